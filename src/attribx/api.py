@@ -1,0 +1,205 @@
+"""The public functions: load, translate, forward, explain, evaluate."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import InputError, MethodError, ModelLoadError, UnsupportedError
+from .graph import Graph
+from .plugins import registry, manager
+from .relevance import concat_batches, labeled, provenance, sample_coords
+from .targets import resolve_targets
+
+
+def load_model(model: Any) -> Any:
+    """A model from a path (each backend plugin reads its formats; attribx graphs are ``.npz``), or
+    the object itself when it already is a model."""
+    if not isinstance(model, (str, os.PathLike)):
+        return model
+    path = os.fspath(model)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"{path}: no such file")
+    loaded = manager().hook.attribx_load_model(path=path)
+    if loaded is None:
+        formats = registry().formats
+        known = "; ".join(f"{k} ({v})" for k, v in formats.items()) or "none"
+        raise ModelLoadError(f"{path}: not a model file attribx can read; formats of the installed plugins: "
+                             f"{known}")
+    return loaded
+
+
+def translate(model: Any, passes: bool | Sequence[str] = True) -> Graph:
+    """The intermediate graph of a model (a native model, a path, or a Graph), after the graph passes.
+
+    ``passes=True`` runs every default pass, a list names the passes to run, ``False`` none.
+    """
+    model = load_model(model)
+    if isinstance(model, Graph):
+        graph = model
+    else:
+        graph = manager().hook.attribx_translate(model=model)
+        if graph is None:
+            raise UnsupportedError(
+                f"no installed backend translates a {type(model).__module__}.{type(model).__name__}; "
+                f"backends register through the 'attribx_translate' hook (install attribx's torch, "
+                f"tensorflow or onnx plugin)")
+    table = registry().passes
+    if passes is True:
+        chosen = [p for p in table.values() if p.default]
+    elif passes is False or passes is None:
+        chosen = []
+    else:
+        missing = [p for p in passes if p not in table]
+        if missing:
+            raise MethodError(f"unknown graph pass(es) {missing}; known: {', '.join(table)}")
+        chosen = [table[p] for p in passes]
+    for p in chosen:
+        graph = p(graph)
+    return graph
+
+
+def get_engine(engine: Any = None, graph: Graph | None = None):
+    """An engine instance from a name, an instance, or the graph's framework (default: numpy)."""
+    from .engines.base import Engine
+    if isinstance(engine, Engine):
+        return engine
+    engines = registry().engines
+    if engine is None:
+        framework = (graph.meta.get("framework") if graph is not None else None) or "numpy"
+        for cls in engines.values():
+            if cls.framework == framework:
+                return cls()
+        return registry().engine("numpy")()
+    if not isinstance(engine, str):
+        raise MethodError(f"engine must be a name ({', '.join(engines)}) or an Engine, got {type(engine).__name__}")
+    return registry().engine(engine)()
+
+
+def _as_input(graph: Graph, x: Any) -> np.ndarray:
+    """Check and convert user input: shape against the graph's, finite, floating."""
+    if hasattr(x, "detach"):      # a torch tensor
+        x = x.detach().cpu().numpy()
+    elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):   # a TensorFlow tensor
+        x = x.numpy()
+    try:
+        x = np.asarray(x)
+    except Exception as err:
+        raise InputError(f"input cannot be read as an array: {err}") from None
+    if x.dtype.kind not in "fiub":
+        raise InputError(f"input must be numeric, got dtype {x.dtype}")
+    want = graph.input.shape
+    if x.ndim != len(want) or any(w is not None and w != s for w, s in zip(want[1:], x.shape[1:])):
+        pretty = "(N, " + ", ".join(str(d) for d in want[1:]) + ")"
+        hint = " (add a batch axis: x[None])" if x.ndim == len(want) - 1 else ""
+        raise InputError(f"input has shape {x.shape}, the model expects {pretty}{hint}")
+    if x.shape[0] == 0:
+        raise InputError("input has no samples")
+    if x.dtype.kind != "f":
+        x = x.astype(graph.input.dtype if np.dtype(graph.input.dtype).kind == "f" else np.float32)
+    elif x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
+        raise InputError(f"input contains NaN or infinite values (in {bad} of {len(x)} samples)")
+    return x
+
+
+def forward(model: Any, x: Any, engine: Any = None, output: str | None = None,
+            passes: bool | Sequence[str] = True) -> np.ndarray:
+    """The graph's own forward pass on any engine, as numpy (the value of ``output``, default the output).
+
+    ``passes`` as in :func:`translate` (``False`` runs the graph exactly as given).
+    """
+    from .propagation import run_forward
+    graph = translate(model, passes)
+    eng = get_engine(engine, graph)
+    x = _as_input(graph, x)
+    name = output or graph.output
+    acts = run_forward(graph, eng, eng.asarray(x), upto=name)
+    return eng.to_numpy(acts[name])
+
+
+def _batches(n: int, batch_size: int | None) -> list[slice]:
+    if batch_size is None or batch_size >= n:
+        return [slice(0, n)]
+    if batch_size < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def progress(iterable: Iterable, total: int, desc: str, enabled: bool | None = None):
+    """A tqdm bar when tqdm is installed and stderr is a terminal (or ``enabled`` says so)."""
+    if enabled is None:
+        enabled = total > 1 and sys.stderr.isatty()
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc)
+
+
+def explain(model: Any, x: Any, method: str = "lrp.epsilon", target: Any = "predicted", *,
+            engine: Any = None, layers: Sequence[str] | None = None, conservation: bool = False,
+            batch_size: int | None = None, sample: Any = None, labels: Any = None,
+            progress_bar: bool | None = None, **params: Any):
+    """Explain ``model``'s prediction for inputs ``x`` with a named method.
+
+    Returns an ``xarray.DataArray`` named ``relevance`` in the input's layout, with coords ``sample``,
+    ``target`` and ``prediction``; with ``layers`` (node names) or ``conservation=True`` an
+    ``xarray.Dataset`` holding also the relevance at those nodes and the per-node relevance sums.
+    Method parameters (``epsilon=...``) are keyword arguments.
+    """
+    graph = translate(model)
+    m = registry().method(method)
+    resolved = m.resolve(params)
+    eng = get_engine(engine, graph)
+    x = _as_input(graph, x)
+    n = len(x)
+    layers = list(layers or [])
+    for name in layers:
+        if name not in graph:
+            raise MethodError(f"layers: no node named {name!r}; see attribx.translate(model).summary()")
+    all_targets = None if isinstance(target, str) else np.asarray(target)
+    if all_targets is not None and all_targets.ndim == 1 and len(all_targets) != n:
+        raise InputError(f"target has {len(all_targets)} entries for {n} samples")
+    pieces = []
+    chunks = _batches(n, batch_size)
+    for sl in progress(chunks, len(chunks), f"explain {method}", progress_bar):
+        xb = x[sl]
+        tb = target if all_targets is None or all_targets.ndim == 0 else all_targets[sl]
+        result = m.run(graph, eng, eng.asarray(xb), lambda s, tb=tb: resolve_targets(tb, s), resolved,
+                       keep=layers, conservation=conservation)
+        scores = eng.to_numpy(result.output)
+        piece = {"input": eng.to_numpy(result.relevance[graph.input.name]),
+                 "targets": result.targets,
+                 "prediction": np.argmax(scores, axis=1) if scores.ndim == 2 else np.zeros(len(xb), np.int64)}
+        for name in layers:
+            r = result.relevance.get(name)
+            piece[f"layer:{name}"] = eng.to_numpy(r) if r is not None else np.zeros((len(xb),) + graph[name].shape[1:],
+                                                                                  piece["input"].dtype)
+        if conservation:
+            for k, v in result.conservation.items():
+                piece[f"sum:{k}"] = v
+        pieces.append(piece)
+        start = result.start
+    joined = concat_batches(pieces)
+    coords = sample_coords(n, sample, joined["targets"], joined["prediction"], labels)
+    attrs = provenance(graph, m, resolved, eng, explained_output=start)
+    lay = {k.split(":", 1)[1]: v for k, v in joined.items() if k.startswith("layer:")}
+    cons = None
+    if conservation:
+        order = [graph.input.name] + [nd.name for nd in graph.nodes]
+        cons = {k: joined[f"sum:{k}"] for k in order if f"sum:{k}" in joined}
+    score = cons.get(start) if cons else None
+    return labeled(joined["input"], graph, coords, attrs, lay, cons, score)
+
+
+def evaluate(name: str, model: Any = None, inputs: Any = None, relevance: Any = None, **params: Any):
+    """Run a registered evaluator (pixel flipping, word deletion, SpRAy, ... as plugins provide them)."""
+    fn = registry().evaluator(name)
+    return fn(model=model, inputs=inputs, relevance=relevance, **params)

@@ -1,0 +1,173 @@
+"""The ``attribx`` command line; it mirrors the Python API.
+
+Errors attribx raises on purpose (bad method, parameter, shape, NaN, file) print one line on stderr
+and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from .errors import AttribxError, InputError
+
+INPUT_KEYS = ("x", "inputs", "input", "images", "data")
+LABEL_KEYS = ("labels", "label", "y")
+
+
+def _parse_value(text: str):
+    """Parameter values as JSON (numbers, lists, true/false/null), else as plain strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_params(items: Sequence[str]) -> dict:
+    params = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InputError(f"--param {item!r}: write name=value, e.g. --param epsilon=0.25")
+        params[name.strip()] = _parse_value(value.strip())
+    return params
+
+
+def parse_target(text: str):
+    if text == "predicted":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if os.path.exists(text):
+        return np.load(text)
+    raise InputError(f"--target {text!r}: give a class index, 'predicted', or a .npy file of indices")
+
+
+def read_inputs(path: str, key: str | None = None, labels_key: str | None = None):
+    """Inputs (and labels, when the file has them) from a .npy or .npz file."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise InputError(f"{path}: not a .npy/.npz array file ({err})") from None
+    if isinstance(data, np.ndarray):
+        return data, None
+    with data:
+        keys = list(data.files)
+        if key is None:
+            key = next((k for k in INPUT_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise InputError(f"{path}: holds {keys}; choose the inputs with --key")
+        if key not in keys:
+            raise InputError(f"{path}: no array {key!r}; it holds {keys}")
+        lk = labels_key or next((k for k in LABEL_KEYS if k in keys), None)
+        return data[key], (data[lk] if lk in keys else None)
+
+
+def cmd_plugins(args) -> int:
+    from .ops import describe_ops
+    from .plugins import registry
+    reg = registry()
+    for info in reg.plugins():
+        print(f"{info.name}  ({info.source})")
+        for kind in reg.KINDS:
+            names = info.contributes.get(kind)
+            if names:
+                print(f"    {kind:11} {', '.join(names)}")
+        kernels = [k for k in info.contributes if k.startswith("kernels")]
+        for k in kernels:
+            print(f"    {k:11} {len(info.contributes[k])} ops")
+    if args.ops:
+        print("\nops:\n" + describe_ops(reg.ops))
+    for f in reg.failures:
+        print(f"FAILED: {f}")
+    for c in reg.conflicts:
+        print(f"conflict: {c}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .api import translate
+    graph = translate(args.model, passes=not args.no_passes)
+    print(graph.summary())
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .api import explain
+    from .storage import save
+    x, labels = read_inputs(args.inputs, args.key, args.labels_key)
+    rel = explain(args.model, x, args.method, parse_target(args.target), engine=args.engine,
+                  layers=args.layers, batch_size=args.batch_size, labels=labels,
+                  progress_bar=None, **parse_params(args.param))
+    rel.attrs["inputs_file"] = os.path.abspath(args.inputs)
+    save(rel, args.output, mode="a" if args.append else "w")
+    print(f"wrote relevance of {rel.sizes['sample']} samples ({args.method}) to {args.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    p = argparse.ArgumentParser(prog="attribx", description="Explain neural-network predictions (LRP and relatives).")
+    p.add_argument("--version", action="version", version=f"attribx {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("plugins", help="list plugins, where they come from and what they add")
+    sp.add_argument("--ops", action="store_true", help="also describe every op of the graph's op set")
+    sp.set_defaults(func=cmd_plugins)
+
+    sp = sub.add_parser("inspect", help="print a model's graph summary")
+    sp.add_argument("model", help="model file (attribx graph .npz, or a format of an installed backend)")
+    sp.add_argument("--no-passes", action="store_true", help="show the graph before canonicalisation")
+    sp.set_defaults(func=cmd_inspect)
+
+    sp = sub.add_parser("explain", help="explain a model's predictions and save labeled relevance (HDF5)")
+    sp.add_argument("model")
+    sp.add_argument("inputs", help=".npy or .npz file of inputs (batch axis first)")
+    sp.add_argument("--method", "-m", default="lrp.epsilon")
+    sp.add_argument("--target", "-t", default="predicted", help="class index, 'predicted', or a .npy of indices")
+    sp.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                    help="method parameter, e.g. -p epsilon=0.25 (repeatable; values parsed as JSON)")
+    sp.add_argument("--engine", default=None)
+    sp.add_argument("--layers", nargs="*", default=None, help="also return relevance at these nodes")
+    sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--key", default=None, help="array name in an .npz input file")
+    sp.add_argument("--labels-key", default=None, help="array of labels in the .npz file")
+    sp.add_argument("--append", action="store_true", help="append samples to an existing file")
+    sp.add_argument("-o", "--output", required=True, help="output .h5 file")
+    sp.set_defaults(func=cmd_explain)
+
+    sp = sub.add_parser("demo", help="train a small model on scikit-learn's digits and explain it")
+    sp.add_argument("--out", default="attribx-demo", help="output folder")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except AttribxError as err:
+        print(f"attribx: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attribx: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

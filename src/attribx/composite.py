@@ -1,0 +1,138 @@
+"""Composites: which rule each node gets, declared as (matcher, rule) entries where the first match wins.
+
+Matchers select nodes by op type, op category, name pattern or position (first/last weighted layer
+in execution order). Rules are given as instances, as names of registered rules (so a rule from a
+third-party plugin can be used), or as ``(name, {params})``. After the user's entries come the
+defaults every LRP method shares: activations pass, sums and average pools norm, max pools and
+shape ops route (winner takes all), batch norm epsilon.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+from .errors import MethodError, UnsupportedError
+from .rules import Epsilon, Norm, Pass, Route, Rule
+
+
+@dataclass(frozen=True)
+class GraphPositions:
+    """Facts about where nodes sit, computed once per graph for position matchers."""
+
+    first: dict  # category -> name of the first node of that category in execution order
+    last: dict
+
+    @classmethod
+    def of(cls, graph, ops) -> "GraphPositions":
+        first, last = {}, {}
+        for node in graph.nodes:
+            cat = ops[node.op].category
+            first.setdefault(cat, node.name)
+            last[cat] = node.name
+        return cls(first, last)
+
+
+Matcher = Callable[..., bool]  # (node, category, positions) -> bool
+
+
+def op(*names: str) -> Matcher:
+    """Nodes of these op types."""
+    names_ = frozenset(names)
+    return _named(lambda node, cat, pos: node.op in names_, f"op{tuple(names)}")
+
+
+def category(*cats: str) -> Matcher:
+    """Nodes whose op is in these categories (see :data:`attribx.ops.CATEGORIES`)."""
+    cats_ = frozenset(cats)
+    return _named(lambda node, cat, pos: cat in cats_, f"category{tuple(cats)}")
+
+
+def name(pattern: str, regex: bool = False) -> Matcher:
+    """Nodes whose name matches a glob pattern (``features.*``) or, with ``regex=True``, a regex."""
+    rx = re.compile(pattern if regex else fnmatch.translate(pattern))
+    return _named(lambda node, cat, pos: bool(rx.fullmatch(node.name)), f"name({pattern!r})")
+
+
+def first(cat: str = "layer") -> Matcher:
+    """The first node of a category in execution order (the input layer, for ``"layer"``)."""
+    return _named(lambda node, c, pos: pos.first.get(cat) == node.name, f"first({cat!r})")
+
+
+def last(cat: str = "layer") -> Matcher:
+    """The last node of a category in execution order (the output layer, for ``"layer"``)."""
+    return _named(lambda node, c, pos: pos.last.get(cat) == node.name, f"last({cat!r})")
+
+
+def every() -> Matcher:
+    return _named(lambda node, cat, pos: True, "every()")
+
+
+def _named(fn, label):
+    fn.label = label
+    return fn
+
+
+RuleSpec = Union[Rule, str, tuple]
+
+
+def make_rule(spec: RuleSpec) -> Rule:
+    """A rule from an instance, a registered rule name, or ``(name, {params})``."""
+    if isinstance(spec, Rule):
+        return spec
+    from .plugins import registry
+    if isinstance(spec, str):
+        return registry().rule(spec)()
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+        return registry().rule(spec[0])(**dict(spec[1]))
+    raise MethodError(f"cannot make a rule from {spec!r}: give a Rule, a rule name or (name, params)")
+
+
+def lrp_defaults() -> list[tuple[Matcher, Rule]]:
+    """The assignments every LRP composite ends with."""
+    return [
+        (category("activation"), Pass()),
+        (category("sum"), Norm()),
+        (category("pool", "shape"), Route()),
+        (category("norm"), Epsilon()),
+    ]
+
+
+class Composite:
+    """An ordered list of (matcher, rule); ``defaults`` (the LRP ones unless given) follow the entries."""
+
+    def __init__(self, entries: Sequence[tuple[Matcher, RuleSpec]] = (),
+                 defaults: Sequence[tuple[Matcher, RuleSpec]] | None = None, name: str = "composite"):
+        self.name = name
+        entries = list(entries) + list(lrp_defaults() if defaults is None else defaults)
+        self.entries = [(m, make_rule(r)) for m, r in entries]
+
+    def __repr__(self):
+        body = ", ".join(f"{getattr(m, 'label', m)}: {r!r}" for m, r in self.entries)
+        return f"Composite({self.name!r}: {body})"
+
+    def assign(self, graph, nodes: Sequence[str] | None = None) -> dict[str, Rule]:
+        """The rule of every node (of ``nodes``, default all non-constant nodes); errors name the node."""
+        from .plugins import registry
+        ops = registry().ops
+        pos = GraphPositions.of(graph, ops)
+        wanted = set(nodes) if nodes is not None else None
+        out = {}
+        for node in graph.nodes:
+            cat = ops[node.op].category
+            if cat == "source" or (wanted is not None and node.name not in wanted):
+                continue
+            for matcher, rule in self.entries:
+                if matcher(node, cat, pos):
+                    if not rule.applies_to(node.op, cat):
+                        raise UnsupportedError(
+                            f"node {node.name!r} ({node.op}): composite {self.name!r} assigns rule "
+                            f"{rule.name!r}, which does not apply to {node.op!r} ops")
+                    out[node.name] = rule
+                    break
+            else:
+                raise UnsupportedError(
+                    f"node {node.name!r}: no rule for op {node.op!r} in {self.name!r}; add an entry to the "
+                    f"composite, or a rule for it through the 'attribx_rules' hook")
+        return out

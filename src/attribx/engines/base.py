@@ -1,0 +1,136 @@
+"""The engine interface: run graph ops on one array library.
+
+An engine supplies, per op, a :class:`Kernel` (forward and vector-Jacobian product) plus the few
+elementwise array functions that rules use (``where``, ``sign``, ``clip``, ...). Rules are written
+once against this interface, so every rule works on every engine. Kernels come from the
+``attribx_kernels(engine)`` hook, so a plugin can add an op to an existing engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import UnsupportedError
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """How one engine computes one op.
+
+    ``forward(attrs, inputs, params) -> output``;
+    ``vjp(attrs, inputs, params, output, grad) -> [grad per input]`` where ``grad`` has the output's
+    shape and each returned gradient has its input's shape (``None`` for inputs that take none).
+    ``attrs`` are complete (defaults filled by graph validation); ``params`` are engine arrays.
+    """
+
+    forward: Callable[..., Any]
+    vjp: Callable[..., Sequence[Any]]
+
+
+class Engine:
+    """Base class: array conversion, parameter caching, kernel dispatch and rule helpers.
+
+    Subclasses set ``name`` and implement the array functions for their library.
+    """
+
+    name: ClassVar[str] = ""
+    #: the framework a graph's ``meta["framework"]`` names when this engine is its natural default
+    framework: ClassVar[str] = ""
+
+    def __init__(self, dtype: str | None = None, device: str | None = None):
+        self.dtype = dtype
+        self.device = device
+        self._kernels: dict[str, Kernel] | None = None
+        self._param_cache: dict[tuple, Any] = {}
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # -- kernels ---------------------------------------------------------------------------------
+    @property
+    def kernels(self) -> dict[str, Kernel]:
+        if self._kernels is None:
+            from ..plugins import registry
+            self._kernels = registry().kernels(self.name)
+        return self._kernels
+
+    def kernel(self, op: str, node_name: str = "?") -> Kernel:
+        k = self.kernels.get(op)
+        if k is None:
+            raise UnsupportedError(
+                f"node {node_name!r}: op {op!r} has no kernel on the {self.name} engine; a plugin adds one "
+                f"through the 'attribx_kernels' hook"
+            )
+        return k
+
+    def forward(self, node, inputs: Sequence[Any], params: dict | None = None):
+        params = self.node_params(node, inputs) if params is None else params
+        return self.kernel(node.op, node.name).forward(node.attrs, list(inputs), params)
+
+    def vjp(self, node, inputs: Sequence[Any], grad, params: dict | None = None, output=None) -> list:
+        params = self.node_params(node, inputs) if params is None else params
+        return list(self.kernel(node.op, node.name).vjp(node.attrs, list(inputs), params, output, grad))
+
+    def node_params(self, node, inputs: Sequence[Any] = ()) -> dict:
+        """The node's parameters as engine arrays of the computation's dtype (cached per engine)."""
+        dtype = self.dtype_of(inputs[0]) if inputs else self.dtype
+        key = (id(node), node.name, str(dtype))
+        hit = self._param_cache.get(key)
+        if hit is None:
+            hit = {k: self.asarray(v, dtype=dtype) for k, v in node.params.items()}
+            self._param_cache[key] = hit
+        return hit
+
+    # -- arrays: subclasses implement ------------------------------------------------------------
+    def asarray(self, x, dtype=None):
+        raise NotImplementedError
+
+    def to_numpy(self, x) -> np.ndarray:
+        raise NotImplementedError
+
+    def dtype_of(self, x):
+        raise NotImplementedError
+
+    def where(self, cond, a, b):
+        raise NotImplementedError
+
+    def sign(self, x):
+        """Sign with sign(0) = +1, as the LRP stabilisers need."""
+        raise NotImplementedError
+
+    def abs(self, x):
+        raise NotImplementedError
+
+    def clip(self, x, low=None, high=None):
+        raise NotImplementedError
+
+    def zeros_like(self, x):
+        raise NotImplementedError
+
+    def ones_like(self, x):
+        raise NotImplementedError
+
+    def sum(self, x, axis=None, keepdims=False):
+        raise NotImplementedError
+
+    def argmax(self, x, axis=-1):
+        raise NotImplementedError
+
+    def one_hot(self, index, like):
+        """Array shaped like ``like`` (N, C) with ones at ``index`` (an int array of length N)."""
+        raise NotImplementedError
+
+    def isfinite_all(self, x) -> bool:
+        raise NotImplementedError
+
+    # -- derived helpers shared by rules -----------------------------------------------------------
+    def stabilize(self, z, epsilon: float):
+        """z + epsilon * sign(z) with sign(0) = +1."""
+        return z + epsilon * self.sign(z)
+
+    def safe_divide(self, num, den):
+        """num / den, and 0 where den is 0 (LRP-0 on units that contribute nothing)."""
+        zero = den == 0
+        return self.where(zero, self.zeros_like(num), num / self.where(zero, self.ones_like(den), den))

@@ -1,0 +1,448 @@
+"""The op set of the intermediate graph: one place that documents every op's attributes and semantics.
+
+An :class:`OpDef` says what an op means, independent of any framework: its inputs, its attributes
+(with defaults), its parameters, and how its output shape follows from its input shapes. Engines
+implement the ops (forward and vector-Jacobian product); rules say how relevance passes through them.
+Plugins add ops through the ``attribx_ops`` hook.
+
+Conventions shared by all ops:
+
+* Shapes include the batch dimension first; ``None`` stands for the free batch size. Values without a
+  batch dimension (constants) have concrete shapes and broadcast like numpy arrays.
+* Spatial ops (conv, pooling, batch norm) are channel-first: ``(N, C, *spatial)``. A backend whose
+  framework is channel-last inserts a ``transpose`` after the input, so relevance still comes back in
+  the user's layout.
+* Axes may be negative and count over the full shape, batch dimension included.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import GraphError
+
+Shape = tuple  # tuple of int | None (batch)
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Definition of one op type.
+
+    ``n_inputs`` is an int, or ``None`` for variadic ops (at least one input). ``attrs`` maps each
+    attribute name to its default (``REQUIRED`` for none). ``params`` names the parameter arrays;
+    ``optional_params`` those that may be absent. ``infer`` computes the output shape.
+    """
+
+    name: str
+    doc: str
+    infer: Callable[[Mapping[str, Any], Sequence[Shape], Mapping[str, Any], str], Shape]
+    n_inputs: int | None = 1
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    params: tuple[str, ...] = ()
+    optional_params: tuple[str, ...] = ()
+    category: str = "other"
+
+    def resolve_attrs(self, node_name: str, attrs: Mapping[str, Any]) -> dict:
+        """Fill defaults and reject unknown or missing attributes, naming the node."""
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise GraphError(
+                f"node {node_name!r} ({self.name}): unknown attribute(s) {sorted(unknown)}; "
+                f"{self.name} takes {sorted(self.attrs) or 'none'}"
+            )
+        out = dict(self.attrs)
+        out.update(attrs)
+        missing = [k for k, v in out.items() if v is REQUIRED]
+        if missing:
+            raise GraphError(f"node {node_name!r} ({self.name}): missing attribute(s) {missing}")
+        return out
+
+
+class _Required:
+    def __repr__(self):
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+#: Categories used by composites to assign default rules.
+CATEGORIES = {
+    "layer": "weighted layers (linear, conv): where LRP rules differ",
+    "activation": "elementwise nonlinearities: relevance passes through unchanged",
+    "sum": "linear combinations of inputs without weights (add, average pools, reductions)",
+    "pool": "max pooling: winner takes all",
+    "shape": "reshaping and routing ops: relevance is moved, not changed",
+    "norm": "normalisations (batch norm)",
+    "product": "elementwise products",
+    "softmax": "softmax",
+    "source": "constants",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# shape helpers shared by every engine
+
+
+def norm_axis(axis: int, ndim: int, node: str = "?") -> int:
+    if not -ndim <= axis < ndim:
+        raise GraphError(f"node {node!r}: axis {axis} out of range for rank {ndim}")
+    return axis % ndim
+
+
+def tuple_n(value, n: int, what: str = "value") -> tuple:
+    """Expand an int to an n-tuple, or check a sequence has length n."""
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        return (int(value),) * n
+    value = tuple(int(v) for v in value)
+    if len(value) != n:
+        raise GraphError(f"{what} {value} needs {n} entries")
+    return value
+
+
+def resolve_padding(padding, in_spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                    dilation: Sequence[int]) -> list[tuple[int, int]]:
+    """Padding as (before, after) per spatial dim.
+
+    Accepts an int, one int per dim, one (before, after) pair per dim, ``"valid"`` (none) or
+    ``"same"`` (output size ceil(in / stride), extra padding after, as TensorFlow and ONNX SAME_UPPER).
+    """
+    n = len(kernel)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [(0, 0)] * n
+        if padding == "same":
+            pads = []
+            for i in range(n):
+                size = in_spatial[i]
+                if size is None:
+                    raise GraphError("'same' padding needs known spatial sizes")
+                out = -(-size // stride[i])
+                eff_k = (kernel[i] - 1) * dilation[i] + 1
+                total = max((out - 1) * stride[i] + eff_k - size, 0)
+                pads.append((total // 2, total - total // 2))
+            return pads
+        raise GraphError(f"padding {padding!r} is not 'same', 'valid', an int or per-dim pairs")
+    if isinstance(padding, int):
+        return [(padding, padding)] * n
+    padding = list(padding)
+    if len(padding) != n:
+        raise GraphError(f"padding {padding} needs {n} entries")
+    out = []
+    for p in padding:
+        if isinstance(p, int):
+            out.append((p, p))
+        else:
+            lo, hi = p
+            out.append((int(lo), int(hi)))
+    return out
+
+
+def window_output_size(size: int, kernel: int, stride: int, dilation: int, pads: tuple[int, int]) -> int:
+    eff = (kernel - 1) * dilation + 1
+    n = (size + pads[0] + pads[1] - eff) // stride + 1
+    if n < 1:
+        raise GraphError(f"window of size {eff} does not fit an input of size {size} with padding {pads}")
+    return n
+
+
+def broadcast_shapes(shapes: Sequence[Shape], node: str) -> Shape:
+    """numpy broadcasting where ``None`` (the batch size) matches 1 or None."""
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for dims in zip(*[(1,) * (ndim - len(s)) + tuple(s) for s in shapes]):
+        if any(d is None for d in dims):
+            if any(d not in (None, 1) for d in dims):
+                raise GraphError(f"node {node!r}: cannot broadcast shapes {list(shapes)}")
+            out.append(None)
+            continue
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            raise GraphError(f"node {node!r}: cannot broadcast shapes {list(shapes)}")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def _check_rank(shape, minimum: int, node: str, what: str):
+    if len(shape) < minimum:
+        raise GraphError(f"node {node!r}: {what} needs an input of rank >= {minimum}, got shape {shape}")
+
+
+# ----------------------------------------------------------------------------------------------
+# shape inference per op; each takes (attrs, input shapes, params, node name)
+
+
+def _same(attrs, shapes, params, node):
+    return tuple(shapes[0])
+
+
+def _linear(attrs, shapes, params, node):
+    (s,) = shapes
+    w = params["weight"]
+    if w.ndim != 2:
+        raise GraphError(f"node {node!r}: linear weight must be (out, in), got {w.shape}")
+    if s[-1] is not None and s[-1] != w.shape[1]:
+        raise GraphError(f"node {node!r}: input has {s[-1]} features, weight expects {w.shape[1]}")
+    b = params.get("bias")
+    if b is not None and b.shape != (w.shape[0],):
+        raise GraphError(f"node {node!r}: bias shape {b.shape} does not match {w.shape[0]} outputs")
+    return tuple(s[:-1]) + (w.shape[0],)
+
+
+def conv_geometry(attrs, in_shape, weight_shape, node="?"):
+    """(n spatial dims, kernel, stride, dilation, pads) of a conv on an input of this shape."""
+    n = len(weight_shape) - 2
+    kernel = tuple(weight_shape[2:])
+    stride = tuple_n(attrs["stride"], n, f"node {node!r} stride")
+    dilation = tuple_n(attrs["dilation"], n, f"node {node!r} dilation")
+    pads = resolve_padding(attrs["padding"], in_shape[2:], kernel, stride, dilation)
+    return n, kernel, stride, dilation, pads
+
+
+def _conv(attrs, shapes, params, node):
+    (s,) = shapes
+    w = params["weight"]
+    n = w.ndim - 2
+    if n < 1:
+        raise GraphError(f"node {node!r}: conv weight must be (out, in/groups, *kernel), got {w.shape}")
+    if len(s) != n + 2:
+        raise GraphError(f"node {node!r}: conv{n}d needs an input of rank {n + 2} (N, C, ...), got {s}")
+    g = attrs["groups"]
+    if w.shape[0] % g:
+        raise GraphError(f"node {node!r}: {w.shape[0]} output channels not divisible by groups={g}")
+    if s[1] is not None and s[1] != w.shape[1] * g:
+        raise GraphError(f"node {node!r}: input has {s[1]} channels, weight expects {w.shape[1] * g}")
+    b = params.get("bias")
+    if b is not None and b.shape != (w.shape[0],):
+        raise GraphError(f"node {node!r}: bias shape {b.shape} does not match {w.shape[0]} channels")
+    _, kernel, stride, dilation, pads = conv_geometry(attrs, s, w.shape, node)
+    spatial = tuple(
+        window_output_size(s[2 + i], kernel[i], stride[i], dilation[i], pads[i]) for i in range(n)
+    )
+    return (s[0], w.shape[0]) + spatial
+
+
+def pool_geometry(attrs, in_shape, node="?"):
+    """(kernel, stride, dilation, pads) of a pooling op on an input of this shape."""
+    n = len(in_shape) - 2
+    kernel = tuple_n(attrs["kernel_size"], n, f"node {node!r} kernel_size")
+    stride = kernel if attrs["stride"] is None else tuple_n(attrs["stride"], n, f"node {node!r} stride")
+    dilation = tuple_n(attrs.get("dilation", 1), n, f"node {node!r} dilation")
+    pads = resolve_padding(attrs["padding"], in_shape[2:], kernel, stride, dilation)
+    return kernel, stride, dilation, pads
+
+
+def _pool(attrs, shapes, params, node):
+    (s,) = shapes
+    _check_rank(s, 3, node, "pooling")
+    kernel, stride, dilation, pads = pool_geometry(attrs, s, node)
+    spatial = tuple(
+        window_output_size(s[2 + i], kernel[i], stride[i], dilation[i], pads[i]) for i in range(len(kernel))
+    )
+    return tuple(s[:2]) + spatial
+
+
+def _global_pool(attrs, shapes, params, node):
+    (s,) = shapes
+    _check_rank(s, 3, node, "global pooling")
+    return tuple(s[:2]) + ((1,) * (len(s) - 2) if attrs["keepdims"] else ())
+
+
+def _batch_norm(attrs, shapes, params, node):
+    (s,) = shapes
+    axis = norm_axis(attrs["axis"], len(s), node)
+    for key in ("mean", "var", "scale", "bias"):
+        p = params.get(key)
+        if p is not None and p.shape != (s[axis],) and s[axis] is not None:
+            raise GraphError(f"node {node!r}: batch norm {key} has shape {p.shape}, input has {s[axis]} features")
+    return tuple(s)
+
+
+def _broadcast(attrs, shapes, params, node):
+    return broadcast_shapes(shapes, node)
+
+
+def _concat(attrs, shapes, params, node):
+    ndim = len(shapes[0])
+    if any(len(s) != ndim for s in shapes):
+        raise GraphError(f"node {node!r}: concat inputs differ in rank: {list(shapes)}")
+    axis = norm_axis(attrs["axis"], ndim, node)
+    if axis == 0:
+        raise GraphError(f"node {node!r}: concat along the batch axis is not supported")
+    out = list(shapes[0])
+    for s in shapes[1:]:
+        for i in range(ndim):
+            if i != axis and s[i] != out[i]:
+                raise GraphError(f"node {node!r}: concat inputs differ off axis {axis}: {list(shapes)}")
+    out[axis] = sum(s[axis] for s in shapes)
+    return tuple(out)
+
+
+def _reshape(attrs, shapes, params, node):
+    (s,) = shapes
+    target = list(attrs["shape"])
+    if s[0] is not None:
+        raise GraphError(f"node {node!r}: reshape needs a batched input")
+    size = math.prod(s[1:])
+    if target.count(-1) > 1:
+        raise GraphError(f"node {node!r}: reshape target {target} has more than one -1")
+    known = math.prod(d for d in target if d != -1)
+    if -1 in target:
+        if known == 0 or size % known:
+            raise GraphError(f"node {node!r}: cannot reshape {s} to (N, {target})")
+        target[target.index(-1)] = size // known
+    elif known != size:
+        raise GraphError(f"node {node!r}: cannot reshape {s} to (N, {tuple(target)}): sizes differ")
+    return (None,) + tuple(target)
+
+
+def _flatten(attrs, shapes, params, node):
+    (s,) = shapes
+    start = norm_axis(attrs["start_dim"], len(s), node)
+    end = norm_axis(attrs["end_dim"], len(s), node)
+    if start == 0 or end < start:
+        raise GraphError(f"node {node!r}: flatten needs 1 <= start_dim <= end_dim, got {start}, {end}")
+    return tuple(s[:start]) + (math.prod(s[start:end + 1]),) + tuple(s[end + 1:])
+
+
+def _transpose(attrs, shapes, params, node):
+    (s,) = shapes
+    perm = [norm_axis(p, len(s), node) for p in attrs["perm"]]
+    if sorted(perm) != list(range(len(s))) or perm[0] != 0:
+        raise GraphError(f"node {node!r}: perm {attrs['perm']} must permute all axes and keep the batch axis first")
+    return tuple(s[p] for p in perm)
+
+
+def slice_bounds(attrs, size: int):
+    """The python ``range`` a slice op selects along its axis."""
+    return range(size)[slice(attrs["start"], attrs["stop"], attrs["step"])]
+
+
+def _slice(attrs, shapes, params, node):
+    (s,) = shapes
+    axis = norm_axis(attrs["axis"], len(s), node)
+    if axis == 0:
+        raise GraphError(f"node {node!r}: slicing the batch axis is not supported")
+    if attrs["step"] is not None and attrs["step"] <= 0:
+        raise GraphError(f"node {node!r}: slice step must be positive")
+    n = len(slice_bounds(attrs, s[axis]))
+    if n == 0:
+        raise GraphError(f"node {node!r}: slice selects nothing from size {s[axis]}")
+    out = list(s)
+    out[axis] = n
+    return tuple(out)
+
+
+def pad_widths(attrs, ndim: int):
+    """Per-axis (before, after) widths over the full rank; ``pads`` covers the trailing axes."""
+    pads = [tuple(p) for p in attrs["pads"]]
+    if len(pads) > ndim - 1:
+        raise GraphError(f"pads {pads} cover more axes than the {ndim - 1} non-batch axes")
+    return [(0, 0)] * (ndim - len(pads)) + pads
+
+
+def _pad(attrs, shapes, params, node):
+    (s,) = shapes
+    widths = pad_widths(attrs, len(s))
+    if any(lo < 0 or hi < 0 for lo, hi in widths):
+        raise GraphError(f"node {node!r}: negative pads; use slice to crop")
+    return tuple(d if d is None else d + lo + hi for d, (lo, hi) in zip(s, widths))
+
+
+def reduce_axes(attrs, ndim: int, node="?"):
+    axes = attrs["axes"]
+    if axes is None:
+        return tuple(range(1, ndim))
+    axes = tuple(sorted(norm_axis(a, ndim, node) for a in ((axes,) if isinstance(axes, int) else axes)))
+    if 0 in axes:
+        raise GraphError(f"node {node!r}: reducing over the batch axis is not supported")
+    return axes
+
+
+def _reduce(attrs, shapes, params, node):
+    (s,) = shapes
+    axes = reduce_axes(attrs, len(s), node)
+    if attrs["keepdims"]:
+        return tuple(1 if i in axes else d for i, d in enumerate(s))
+    return tuple(d for i, d in enumerate(s) if i not in axes)
+
+
+def _softmax(attrs, shapes, params, node):
+    (s,) = shapes
+    norm_axis(attrs["axis"], len(s), node)
+    return tuple(s)
+
+
+def _constant(attrs, shapes, params, node):
+    return tuple(params["value"].shape)
+
+
+_WINDOW = {"kernel_size": REQUIRED, "stride": None, "padding": 0}
+
+BUILTIN_OPS: tuple[OpDef, ...] = (
+    OpDef("linear", "y = x @ weight.T + bias over the last axis; weight is (out, in) as in torch.",
+          _linear, params=("weight", "bias"), optional_params=("bias",), category="layer"),
+    OpDef("conv", "N-d cross-correlation (1d, 2d, 3d from the weight's rank), channel-first, weight "
+          "(out, in/groups, *kernel) as in torch; padding: int, per-dim ints or (before, after) pairs, "
+          "'valid' or 'same'.", _conv,
+          attrs={"stride": 1, "padding": 0, "dilation": 1, "groups": 1},
+          params=("weight", "bias"), optional_params=("bias",), category="layer"),
+    OpDef("max_pool", "Maximum over each window; padded positions never win. stride defaults to kernel_size.",
+          _pool, attrs={**_WINDOW, "dilation": 1}, category="pool"),
+    OpDef("avg_pool", "Mean over each window; count_include_pad decides whether padded zeros count in "
+          "the divisor (torch's default True, Keras 'same' False).",
+          _pool, attrs={**_WINDOW, "count_include_pad": True}, category="sum"),
+    OpDef("global_avg_pool", "Mean over all spatial axes (2..); keepdims keeps them as size 1.",
+          _global_pool, attrs={"keepdims": True}, category="sum"),
+    OpDef("batch_norm", "Inference batch norm: (x - mean) / sqrt(var + eps) * scale + bias along axis.",
+          _batch_norm, attrs={"eps": 1e-5, "axis": 1},
+          params=("mean", "var", "scale", "bias"), optional_params=("scale", "bias"), category="norm"),
+    OpDef("relu", "max(x, 0).", _same, category="activation"),
+    OpDef("leaky_relu", "x if x >= 0 else negative_slope * x.", _same,
+          attrs={"negative_slope": 0.01}, category="activation"),
+    OpDef("tanh", "Hyperbolic tangent.", _same, category="activation"),
+    OpDef("sigmoid", "1 / (1 + exp(-x)).", _same, category="activation"),
+    OpDef("softmax", "exp(x) / sum(exp(x)) along axis.", _softmax, attrs={"axis": -1}, category="softmax"),
+    OpDef("add", "Elementwise sum of two or more inputs, numpy broadcasting.", _broadcast,
+          n_inputs=None, category="sum"),
+    OpDef("mul", "Elementwise product of two inputs, numpy broadcasting.", _broadcast,
+          n_inputs=2, category="product"),
+    OpDef("concat", "Concatenation along axis (not the batch axis).", _concat,
+          n_inputs=None, attrs={"axis": 1}, category="shape"),
+    OpDef("reshape", "Reshape each sample to shape (the batch axis excluded; one entry may be -1).",
+          _reshape, attrs={"shape": REQUIRED}, category="shape"),
+    OpDef("flatten", "Merge axes start_dim..end_dim into one (row-major, like torch.flatten).",
+          _flatten, attrs={"start_dim": 1, "end_dim": -1}, category="shape"),
+    OpDef("transpose", "Permute axes; perm covers all axes and keeps the batch axis first.",
+          _transpose, attrs={"perm": REQUIRED}, category="shape"),
+    OpDef("slice", "x[..., start:stop:step, ...] along one non-batch axis (positive step).",
+          _slice, attrs={"axis": REQUIRED, "start": None, "stop": None, "step": None}, category="shape"),
+    OpDef("pad", "Constant padding; pads is a list of (before, after) for the trailing axes.",
+          _pad, attrs={"pads": REQUIRED, "value": 0.0}, category="shape"),
+    OpDef("identity", "y = x.", _same, category="shape"),
+    OpDef("reduce_sum", "Sum over axes (default: all non-batch axes).", _reduce,
+          attrs={"axes": None, "keepdims": False}, category="sum"),
+    OpDef("reduce_mean", "Mean over axes (default: all non-batch axes).", _reduce,
+          attrs={"axes": None, "keepdims": False}, category="sum"),
+    OpDef("constant", "A constant array (param 'value'), no batch axis; broadcasts in add and mul.",
+          _constant, n_inputs=0, params=("value",), category="source"),
+)
+
+
+def op_table(defs: Sequence[OpDef]) -> dict[str, OpDef]:
+    table: dict[str, OpDef] = {}
+    for d in defs:
+        if d.name in table:
+            raise GraphError(f"op {d.name!r} is defined twice")
+        table[d.name] = d
+    return table
+
+
+def describe_ops(defs: Mapping[str, OpDef]) -> str:
+    """A text table of the op set (used by the docs and ``attribx plugins --ops``)."""
+    lines = []
+    for d in defs.values():
+        attrs = ", ".join(f"{k}={v!r}" for k, v in d.attrs.items()) or "-"
+        params = ", ".join(d.params) or "-"
+        lines.append(f"{d.name:16} [{d.category}] attrs: {attrs}; params: {params}\n    {d.doc}")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Graph passes: rewrites of the graph after translation (canonicalisation), registered as plugins."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    """A named rewrite ``graph -> graph``. ``default`` passes run in :func:`attribx.translate`."""
+
+    name: str
+    run: Callable
+    description: str = ""
+    default: bool = True
+
+    def __call__(self, graph):
+        return self.run(graph)
+
+
+def fold_batch_norm(graph):
+    """Fold an inference batch norm into the linear or conv right before it (its only reader).
+
+    y = (W x + b - mean) / sqrt(var + eps) * scale + bias  ==  W' x + b'  with
+    W' = W * k, b' = (b - mean) * k + bias, k = scale / sqrt(var + eps) per output channel.
+    The folded layer keeps its own name; the batch norm's name then addresses the same values.
+    """
+    consumers = graph.consumers()
+    folded: dict[str, str] = {}   # batch norm name -> layer name
+    nodes = {n.name: n for n in graph.nodes}
+    for bn in graph.nodes:
+        if bn.op != "batch_norm" or bn.attrs.get("axis", 1) not in (1, -1):
+            continue
+        (src,) = bn.inputs
+        layer = nodes.get(src)
+        if layer is None or layer.op not in ("conv", "linear") or consumers[src] != [bn.name] \
+                or src in graph.outputs:
+            continue
+        if layer.op == "conv" and bn.attrs.get("axis", 1) != 1:
+            continue
+        if layer.op == "linear" and bn.attrs.get("axis", 1) == 1 and len(layer.shape) != 2:
+            continue
+        p = bn.params
+        w = layer.params["weight"]
+        dt = np.result_type(w.dtype, np.float32)
+        k = p.get("scale", np.ones_like(p["var"])) / np.sqrt(p["var"].astype(np.float64) + bn.attrs["eps"])
+        b = layer.params.get("bias", np.zeros(w.shape[0], dt))
+        new_b = (b - p["mean"]) * k + p.get("bias", np.zeros_like(k))
+        new_w = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
+        nodes[src] = layer.replace(params={"weight": new_w.astype(w.dtype), "bias": new_b.astype(w.dtype)},
+                                   source=f"{layer.source} + folded {bn.name}".strip(" +"))
+        folded[bn.name] = src
+    if not folded:
+        return graph
+    new_nodes = []
+    for n in graph.nodes:
+        if n.name in folded:
+            continue
+        n = nodes[n.name]
+        new_nodes.append(n.replace(inputs=tuple(folded.get(i, i) for i in n.inputs)))
+    outputs = [folded.get(o, o) for o in graph.outputs]
+    out = graph.with_nodes(new_nodes, outputs)
+    out.meta.setdefault("passes", []).append("fold_batch_norm")
+    out.meta.setdefault("aliases", {}).update(folded)
+    return out
+
+
+BUILTIN_PASSES = (
+    GraphPass("fold_batch_norm", fold_batch_norm,
+              "Fold batch norm into the linear/conv before it (exact, incl. eps)."),
+)

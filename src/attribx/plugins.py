@@ -1,0 +1,211 @@
+"""The plugin manager: pluggy, the ``attribx`` entry-point group, and the registry built from the hooks.
+
+The built-in plugin (:mod:`attribx.builtin`) registers through the same hooks as any third party.
+A plugin that fails to import, or whose hook raises, is recorded with its error and skipped; the
+others keep working. Name clashes keep the first registration (built-ins first) and are reported.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import MethodError, PluginError
+
+ENTRY_POINT_GROUP = "attribx"
+BUILTIN_PLUGIN = "attribx.builtin"
+
+
+@dataclass
+class PluginFailure:
+    plugin: str
+    source: str
+    error: str
+
+    def __str__(self):
+        return f"plugin {self.plugin!r} ({self.source}) failed: {self.error}"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    source: str
+    contributes: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Registry:
+    """Everything the plugins contribute, by kind and name, with where each came from."""
+
+    KINDS = ("ops", "engines", "rules", "methods", "evaluators", "passes", "formats")
+
+    def __init__(self, pm: pluggy.PluginManager, sources: dict[str, str], failures: list[PluginFailure]):
+        self._pm = pm
+        self._sources = sources
+        self.failures = failures
+        self.conflicts: list[str] = []
+        self.provider: dict[tuple[str, str], str] = {}
+        self.ops = self._collect("ops", pm.hook.attribx_ops, lambda x: x.name)
+        self.engines = self._collect("engines", pm.hook.attribx_engines, lambda x: x.name)
+        self.rules = self._collect("rules", pm.hook.attribx_rules, lambda x: x.name)
+        self.methods = self._collect("methods", pm.hook.attribx_methods, lambda x: x.name)
+        self.evaluators = self._collect("evaluators", pm.hook.attribx_evaluators, None)
+        self.passes = self._collect("passes", pm.hook.attribx_graph_passes, lambda x: x.name)
+        self.formats = self._collect("formats", pm.hook.attribx_model_formats, None)
+        self._kernels: dict[str, dict] = {}
+
+    def _impls(self, hook):
+        # registration order (pluggy calls last-registered first; we want built-ins first)
+        return sorted(hook.get_hookimpls(), key=lambda i: self._order(i.plugin_name))
+
+    def _order(self, name: str) -> int:
+        return list(self._sources).index(name) if name in self._sources else len(self._sources)
+
+    def _call(self, impl, **kwargs):
+        try:
+            return impl.function(*[kwargs[a] for a in impl.argnames])
+        except Exception as err:  # a broken plugin must not break the others
+            failure = PluginFailure(impl.plugin_name, self._sources.get(impl.plugin_name, "registered"),
+                                    f"hook {impl.function.__name__} raised {type(err).__name__}: {err}")
+            self.failures.append(failure)
+            warnings.warn(str(failure), RuntimeWarning, stacklevel=3)
+            return None
+
+    def _collect(self, kind: str, hook, key, **kwargs) -> dict:
+        table: dict[str, Any] = {}
+        for impl in self._impls(hook):
+            result = self._call(impl, **kwargs)
+            if not result:
+                continue
+            items = result.items() if isinstance(result, dict) else [(key(x), x) for x in result]
+            for name, item in items:
+                if name in table:
+                    self.conflicts.append(
+                        f"{kind[:-1]} {name!r} from plugin {impl.plugin_name!r} ignored: already provided by "
+                        f"{self.provider[(kind, name)]!r}")
+                    continue
+                table[name] = item
+                self.provider[(kind, name)] = impl.plugin_name
+        return table
+
+    def kernels(self, engine: str) -> dict:
+        """Kernels for one engine, from every plugin's ``attribx_kernels`` hook."""
+        if engine not in self._kernels:
+            self._kernels[engine] = self._collect(f"kernels:{engine}s", self._pm.hook.attribx_kernels, None,
+                                                  engine=engine)
+        return self._kernels[engine]
+
+    # -- lookups with clear errors -------------------------------------------------------------
+    def rule(self, name: str):
+        try:
+            return self.rules[name]
+        except KeyError:
+            raise MethodError(f"unknown rule {name!r}; known rules: {', '.join(sorted(self.rules))} "
+                              f"(plugins add rules through the 'attribx_rules' hook)") from None
+
+    def method(self, name: str):
+        try:
+            return self.methods[name]
+        except KeyError:
+            raise MethodError(f"unknown method {name!r}; known methods: {', '.join(sorted(self.methods))} "
+                              f"(plugins add methods through the 'attribx_methods' hook)") from None
+
+    def engine(self, name: str):
+        try:
+            return self.engines[name]
+        except KeyError:
+            raise MethodError(f"unknown or unavailable engine {name!r}; installed engines: "
+                              f"{', '.join(sorted(self.engines))}") from None
+
+    def evaluator(self, name: str):
+        try:
+            return self.evaluators[name]
+        except KeyError:
+            raise MethodError(f"unknown evaluator {name!r}; known evaluators: "
+                              f"{', '.join(sorted(self.evaluators)) or 'none installed'} "
+                              f"(plugins add evaluators through the 'attribx_evaluators' hook)") from None
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every registered plugin, where it comes from and what it contributes."""
+        infos = {name: PluginInfo(name, src) for name, src in self._sources.items()}
+        for (kind, name), plugin in self.provider.items():
+            info = infos.setdefault(plugin, PluginInfo(plugin, "registered"))
+            info.contributes.setdefault(kind.split(":")[0], []).append(name)
+        return list(infos.values())
+
+
+class _State:
+    pm: pluggy.PluginManager | None = None
+    sources: dict[str, str] = {}
+    failures: list[PluginFailure] = []
+    registry: Registry | None = None
+
+
+def manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, with the built-ins and installed entry points loaded."""
+    if _State.pm is None:
+        pm = pluggy.PluginManager("attribx")
+        pm.add_hookspecs(hookspecs)
+        _State.pm, _State.sources, _State.failures = pm, {}, []
+        from . import builtin
+        pm.register(builtin, name=BUILTIN_PLUGIN)
+        _State.sources[BUILTIN_PLUGIN] = "built-in"
+        _load_entry_points(pm)
+    return _State.pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        source = f"entry point of {dist.name} {dist.version}" if dist else f"entry point {ep.value}"
+        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as err:
+            failure = PluginFailure(ep.name, source, f"{type(err).__name__}: {err}")
+            _State.failures.append(failure)
+            warnings.warn(str(failure), RuntimeWarning, stacklevel=3)
+            continue
+        _State.sources[ep.name] = source
+
+
+def register(plugin: Any, name: str | None = None) -> str:
+    """Register a plugin object or module at run time (the same hooks as an entry point)."""
+    pm = manager()
+    try:
+        name = pm.register(plugin, name=name)
+    except ValueError as err:
+        raise PluginError(str(err)) from None
+    _State.sources[name] = "registered at run time"
+    _State.registry = None
+    return name
+
+
+def unregister(name: str) -> None:
+    pm = manager()
+    pm.unregister(name=name)
+    _State.sources.pop(name, None)
+    _State.registry = None
+
+
+def reload() -> None:
+    """Forget all plugins and load them again (after installing one in the same process)."""
+    _State.pm = None
+    _State.registry = None
+    metadata.distributions.cache_clear() if hasattr(metadata.distributions, "cache_clear") else None
+
+
+def registry() -> Registry:
+    if _State.registry is None:
+        pm = manager()
+        _State.registry = Registry(pm, _State.sources, list(_State.failures))
+    return _State.registry
+
+
+def failures() -> list[PluginFailure]:
+    return registry().failures

@@ -1,0 +1,106 @@
+"""The relevance pass: one forward pass keeping activations, one backward pass node by node.
+
+Nodes are visited in reverse topological order; each node's rule maps the relevance at its output to
+its inputs; a value read by several nodes sums what comes back from each (branches). Activations are
+freed as soon as the backward pass is past the node that produced them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import UnsupportedError
+from .rules.base import NodeContext
+
+
+def ancestors(graph, start: str) -> list[str]:
+    """Names of the nodes ``start`` depends on (itself included), in topological order."""
+    needed = {start}
+    for node in reversed(graph.nodes):
+        if node.name in needed:
+            needed.update(node.inputs)
+    return [n.name for n in graph.nodes if n.name in needed]
+
+
+def run_forward(graph, engine, x, upto: str | None = None) -> dict[str, Any]:
+    """Activations of the graph's input and every node up to ``upto`` (default: all outputs)."""
+    names = set(ancestors(graph, upto)) if upto else None
+    acts = {graph.input.name: x}
+    for node in graph.nodes:
+        if names is not None and node.name not in names:
+            continue
+        ins = [acts[i] for i in node.inputs]
+        acts[node.name] = engine.forward(node, ins, engine.node_params(node, ins or [x]))
+    return acts
+
+
+@dataclass
+class Propagation:
+    """What one relevance pass returns (engine arrays)."""
+
+    output: Any                      # the values at the start node (scores)
+    relevance: dict[str, Any]        # at the input, and at every kept node's output
+    conservation: dict[str, Any] = field(default_factory=dict)  # per node: relevance sum per sample
+    targets: Any = None              # explained class per sample
+    start: str = ""                  # the node whose values were explained
+
+
+def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], Any], start: str,
+              keep: Sequence[str] = (), conservation: bool = False) -> Propagation:
+    """Forward to ``start``, initialise relevance there with ``init(scores)``, and pass it back.
+
+    ``rules`` maps node names to rules (every node between input and ``start`` needs one).
+    """
+    from .plugins import registry
+    ops = registry().ops
+    order = ancestors(graph, start)
+    acts = run_forward(graph, engine, x, upto=start)
+    scores = acts[start]
+    rel: dict[str, Any] = {start: init(scores)}
+    kept: dict[str, Any] = {}
+    sums: dict[str, Any] = {}
+    keep = set(keep)
+    consts = {n.name for n in graph.nodes if ops[n.op].category == "source"}
+    for name in reversed(order):
+        node = graph[name]
+        r = rel.pop(name, None)
+        if node.name in consts:   # constants are leaves: whatever reaches them stays there
+            if r is not None and conservation:
+                sums[name] = _sample_sum(engine, r)
+            continue
+        ins = [acts[i] for i in node.inputs]
+        out = acts.pop(name)
+        if r is None:
+            continue
+        if conservation:
+            sums[name] = _sample_sum(engine, r)
+        if name in keep:
+            kept[name] = r
+        rule = rules.get(name)
+        if rule is None:
+            raise UnsupportedError(f"node {name!r} ({node.op}) has no rule")
+        ctx = NodeContext(engine, node, ins, out, engine.node_params(node, ins),
+                          [i in consts for i in node.inputs], ops[node.op].category)
+        back = rule(ctx, r)
+        if len(back) != len(node.inputs):
+            raise UnsupportedError(f"rule {rule.name!r} returned {len(back)} relevances for node {name!r} "
+                                   f"with {len(node.inputs)} inputs")
+        for i, ri in zip(node.inputs, back):
+            if ri is None:
+                continue
+            rel[i] = rel[i] + ri if i in rel else ri
+    inp = graph.input.name
+    r_in = rel.get(inp)
+    if r_in is None:
+        r_in = engine.zeros_like(x)
+    if conservation:
+        sums[inp] = _sample_sum(engine, r_in)
+    kept[inp] = r_in
+    return Propagation(scores, kept, sums, start=start)
+
+
+def _sample_sum(engine, r):
+    a = engine.to_numpy(r)
+    return np.asarray(a, dtype=np.float64).reshape(len(a), -1).sum(axis=1)

@@ -1,0 +1,63 @@
+"""Labeled relevance: numpy results of a relevance pass -> xarray with dims, coords and provenance."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+
+
+def provenance(graph, method, params: Mapping[str, Any], engine, **extra) -> dict:
+    """The attrs every relevance object carries: what made it, from which model."""
+    from . import __version__
+    attrs = {
+        "method": method.name,
+        "parameters": dict(params),
+        "engine": engine.name,
+        "backend": graph.meta.get("backend", "unknown"),
+        "attribx_version": __version__,
+        "model_fingerprint": graph.fingerprint(),
+        "model_name": graph.meta.get("name", "model"),
+        "output_init": method.output_init,
+    }
+    attrs.update(extra)
+    return attrs
+
+
+def sample_coords(n: int, sample=None, targets=None, prediction=None, label=None) -> dict:
+    coords: dict[str, Any] = {"sample": np.arange(n) if sample is None else np.asarray(sample)}
+    for key, val in (("target", targets), ("prediction", prediction), ("label", label)):
+        if val is not None:
+            coords[key] = ("sample", np.asarray(val))
+    return coords
+
+
+def node_dims(node: str, ndim: int) -> tuple[str, ...]:
+    """Dims for the relevance at an inner node: the sample axis, then ``node:1``, ``node:2``, ..."""
+    return ("sample",) + tuple(f"{node}:{i}" for i in range(1, ndim))
+
+
+def labeled(input_relevance: np.ndarray, graph, coords: dict, attrs: dict,
+          layers: Mapping[str, np.ndarray] | None = None,
+          conservation: Mapping[str, np.ndarray] | None = None, score: np.ndarray | None = None):
+    """A DataArray named ``relevance``; a Dataset when inner layers or a conservation report are asked."""
+    rel = xr.DataArray(input_relevance, dims=graph.input.dims, coords=coords, name="relevance", attrs=attrs)
+    if not layers and conservation is None:
+        return rel
+    data = {"relevance": rel}
+    for name, values in (layers or {}).items():
+        data[name] = xr.DataArray(values, dims=node_dims(name, values.ndim), coords=coords)
+    if conservation is not None:
+        names = list(conservation)
+        data["conservation"] = xr.DataArray(np.stack([conservation[k] for k in names], axis=1),
+                                            dims=("sample", "node"), coords={**coords, "node": names},
+                                            attrs={"description": "relevance sum per sample at each node's output"})
+        if score is not None:
+            data["score"] = xr.DataArray(score, dims=("sample",), coords=coords,
+                                         attrs={"description": "the relevance the pass started from, summed"})
+    return xr.Dataset(data, attrs=attrs)
+
+
+def concat_batches(pieces: Sequence[dict]) -> dict:
+    """Join per-batch numpy results along the sample axis."""
+    return {k: np.concatenate([p[k] for p in pieces], axis=0) for k in pieces[0]}

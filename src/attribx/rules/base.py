@@ -1,0 +1,78 @@
+"""The rule interface: relevance at a node's output -> relevance at its inputs, on any engine."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+from ..errors import MethodError
+
+
+@dataclass
+class NodeContext:
+    """What a rule sees of one node during the backward pass.
+
+    ``inputs`` and ``output`` are the forward pass's activations (engine arrays), ``params`` the node's
+    parameters as engine arrays, ``constant`` tells for each input whether it is a constant (constants
+    take no relevance: they act like biases).
+    """
+
+    engine: Any
+    node: Any
+    inputs: list
+    output: Any
+    params: dict
+    constant: Sequence[bool]
+    category: str
+
+    def forward(self, inputs=None, params=None):
+        return self.engine.forward(self.node, self.inputs if inputs is None else inputs,
+                                   self.params if params is None else params)
+
+    def vjp(self, grad, inputs=None, params=None, output=None):
+        return self.engine.vjp(self.node, self.inputs if inputs is None else inputs, grad,
+                               self.params if params is None else params, output)
+
+
+class Rule:
+    """Base class of all rules.
+
+    Subclasses set ``name``, the ops or op categories they apply to (``ops``/``categories``, both
+    empty: every op), ``defaults`` (their parameters) and implement ``__call__(ctx, relevance)``
+    returning one relevance array (or None) per node input.
+    """
+
+    name: ClassVar[str] = ""
+    ops: ClassVar[frozenset] = frozenset()
+    categories: ClassVar[frozenset] = frozenset()
+    defaults: ClassVar[dict] = {}
+
+    def __init__(self, **params: Any):
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise MethodError(f"rule {self.name!r}: unknown parameter(s) {sorted(unknown)}; "
+                              f"it takes {sorted(self.defaults) or 'none'}")
+        self.params = {**self.defaults, **params}
+
+    def __getattr__(self, key):
+        params = self.__dict__.get("params", {})
+        if key in params:
+            return params[key]
+        raise AttributeError(key)
+
+    def applies_to(self, op: str, category: str) -> bool:
+        if not self.ops and not self.categories:
+            return True
+        return op in self.ops or category in self.categories
+
+    def __call__(self, ctx: NodeContext, relevance) -> list:
+        raise NotImplementedError
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.params == other.params
+
+    def __hash__(self):
+        return hash((type(self), repr(self)))

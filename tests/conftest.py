@@ -1,0 +1,40 @@
+"""Shared fixtures: small hand-built graphs with fixed random weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attribx import GraphBuilder
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def mlp_weights(rng, sizes=(6, 5, 4, 3), dtype=np.float64):
+    """Weights (in, out) and biases of an MLP, as the seeds write them (Z = X W + b)."""
+    ws = [rng.normal(size=(a, b)).astype(dtype) for a, b in zip(sizes[:-1], sizes[1:])]
+    bs = [rng.normal(size=b).astype(dtype) * 0.5 for b in sizes[1:]]
+    return ws, bs
+
+
+def build_mlp(ws, bs):
+    """linear -> relu -> ... -> linear, with torch-layout (out, in) weights."""
+    b = GraphBuilder("mlp")
+    h = b.input("x", (ws[0].shape[0],))
+    for k, (w, bias) in enumerate(zip(ws, bs)):
+        h = b.linear(h, w.T, bias, name=f"fc{k + 1}")
+        if k < len(ws) - 1:
+            h = b.relu(h, name=f"relu{k + 1}")
+    return b.build()
+
+
+@pytest.fixture
+def mlp(rng):
+    ws, bs = mlp_weights(rng)
+    return build_mlp(ws, bs), ws, bs

@@ -1,0 +1,94 @@
+"""The command line: inspect, explain, plugins; bad input gives one clear line and a non-zero exit."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from attribx.cli import main
+
+from conftest import build_mlp, mlp_weights
+
+
+@pytest.fixture
+def files(tmp_path, rng):
+    ws, bs = mlp_weights(rng)
+    graph = build_mlp(ws, bs)
+    model = tmp_path / "mlp.npz"
+    graph.save(model)
+    x = rng.normal(size=(5, 6))
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "data.npz", images=x, labels=np.arange(5) % 3)
+    return tmp_path, model, x, graph
+
+
+def run_cli(*args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "attribx.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_inspect_prints_summary(files, capsys):
+    _, model, _, graph = files
+    assert main(["inspect", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "fc1" in out and "linear" in out and graph.fingerprint() in out
+
+
+def test_explain_writes_labeled_relevance(files):
+    import attribx
+    tmp, model, x, graph = files
+    out = tmp / "rel.h5"
+    assert main(["explain", str(model), str(tmp / "data.npz"), "--method", "lrp.epsilon", "-p", "epsilon=0.5",
+                 "--target", "1", "-o", str(out)]) == 0
+    rel = attribx.open_relevance(out)
+    expected = attribx.explain(graph, x, "lrp.epsilon", target=1, epsilon=0.5)
+    np.testing.assert_allclose(rel.values, expected.values, rtol=1e-12)
+    assert list(rel.label.values) == [0, 1, 2, 0, 1]
+    assert rel.attrs["parameters"] == {"epsilon": 0.5}
+    # --append adds samples to the same file
+    assert main(["explain", str(model), str(tmp / "x.npy"), "-p", "epsilon=0.5", "-t", "1", "-o", str(out),
+                 "--append"]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "lrp.nope"], "unknown method 'lrp.nope'"),
+    (["-p", "gamma=0.25"], "unknown parameter(s) gamma"),
+    (["-p", "epsilon"], "write name=value"),
+    (["--target", "banana"], "--target 'banana'"),
+])
+def test_bad_arguments_one_line(files, args, message):
+    tmp, model, _, _ = files
+    res = run_cli("explain", model, tmp / "x.npy", "-o", tmp / "o.h5", *args)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp / "o.h5").exists()
+
+
+def test_wrong_shape_and_nan_inputs(files):
+    tmp, model, x, _ = files
+    np.save(tmp / "wrong.npy", x[:, :4])
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    np.save(tmp / "nan.npy", bad)
+    for name, message in (("wrong.npy", "the model expects (N, 6)"), ("nan.npy", "NaN")):
+        res = run_cli("explain", model, tmp / name, "-o", tmp / "o.h5")
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+        assert res.stderr.count("\n") == 1
+
+
+def test_not_a_model(files):
+    tmp, _, _, _ = files
+    (tmp / "model.txt").write_text("not a model")
+    res = run_cli("inspect", tmp / "model.txt")
+    assert res.returncode == 2 and "not a model file" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_plugins_command(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "attribx.builtin  (built-in)" in out
+    assert "lrp.epsilon" in out and "numpy" in out
