@@ -49,9 +49,16 @@ def test_explain_writes_labeled_relevance(files):
     np.testing.assert_allclose(rel.values, expected.values, rtol=1e-12)
     assert list(rel.label.values) == [0, 1, 2, 0, 1]
     assert rel.attrs["parameters"] == {"epsilon": 0.5}
-    # --append adds samples to the same file
-    assert main(["explain", str(model), str(tmp / "x.npy"), "-p", "epsilon=0.5", "-t", "1", "-o", str(out),
+    # --append adds samples to the same file; their ids continue
+    assert main(["explain", str(model), str(tmp / "data.npz"), "-p", "epsilon=0.5", "-t", "1", "-o", str(out),
                  "--append"]) == 0
+    both = attribx.open_relevance(out)
+    assert list(both.sample.values) == list(range(10))
+    np.testing.assert_allclose(both.values[5:], expected.values, rtol=1e-12)
+    # appending data without labels to a file with labels is refused, and the file is kept
+    res = run_cli("explain", model, tmp / "x.npy", "-p", "epsilon=0.5", "-t", "1", "-o", out, "--append")
+    assert res.returncode == 2 and "cannot append" in res.stderr
+    assert attribx.open_relevance(out).sizes["sample"] == 10
 
 
 @pytest.mark.parametrize("args, message", [

@@ -71,6 +71,15 @@ def read_inputs(path: str, key: str | None = None, labels_key: str | None = None
         return data[key], (data[lk] if lk in keys else None)
 
 
+def existing_samples(path: str) -> int:
+    """How many samples an existing relevance file holds (0 if there is none), so appended ids continue."""
+    if not os.path.exists(path):
+        return 0
+    from .storage import open_relevance
+    with open_relevance(path, lazy=True) as old:
+        return int(old.sizes.get("sample", 0))
+
+
 def cmd_plugins(args) -> int:
     from .ops import describe_ops
     from .plugins import registry
@@ -104,9 +113,10 @@ def cmd_explain(args) -> int:
     from .api import explain
     from .storage import save
     x, labels = read_inputs(args.inputs, args.key, args.labels_key)
+    first = existing_samples(args.output) if args.append else 0
     rel = explain(args.model, x, args.method, parse_target(args.target), engine=args.engine,
                   layers=args.layers, batch_size=args.batch_size, labels=labels,
-                  progress_bar=None, **parse_params(args.param))
+                  sample=np.arange(first, first + len(x)), progress_bar=None, **parse_params(args.param))
     rel.attrs["inputs_file"] = os.path.abspath(args.inputs)
     save(rel, args.output, mode="a" if args.append else "w")
     print(f"wrote relevance of {rel.sizes['sample']} samples ({args.method}) to {args.output}")

@@ -124,6 +124,8 @@ def resolve_padding(padding, in_spatial: Sequence[int], kernel: Sequence[int], s
             return pads
         raise GraphError(f"padding {padding!r} is not 'same', 'valid', an int or per-dim pairs")
     if isinstance(padding, int):
+        if padding < 0:
+            raise GraphError(f"padding {padding} is negative; crop with a slice node instead")
         return [(padding, padding)] * n
     padding = list(padding)
     if len(padding) != n:
@@ -135,6 +137,8 @@ def resolve_padding(padding, in_spatial: Sequence[int], kernel: Sequence[int], s
         else:
             lo, hi = p
             out.append((int(lo), int(hi)))
+    if any(lo < 0 or hi < 0 for lo, hi in out):
+        raise GraphError(f"padding {padding} is negative; crop with a slice node instead")
     return out
 
 
@@ -236,6 +240,10 @@ def _pool(attrs, shapes, params, node):
     (s,) = shapes
     _check_rank(s, 3, node, "pooling")
     kernel, stride, dilation, pads = pool_geometry(attrs, s, node)
+    for k, d, (lo, hi) in zip(kernel, dilation, pads):
+        if max(lo, hi) >= (k - 1) * d + 1:
+            raise GraphError(f"node {node!r}: padding {pads} as large as the window: a window would hold "
+                             f"only padding")
     spatial = tuple(
         window_output_size(s[2 + i], kernel[i], stride[i], dilation[i], pads[i]) for i in range(len(kernel))
     )
@@ -251,6 +259,8 @@ def _global_pool(attrs, shapes, params, node):
 def _batch_norm(attrs, shapes, params, node):
     (s,) = shapes
     axis = norm_axis(attrs["axis"], len(s), node)
+    if axis == 0:
+        raise GraphError(f"node {node!r}: batch norm along the batch axis is not supported")
     for key in ("mean", "var", "scale", "bias"):
         p = params.get(key)
         if p is not None and p.shape != (s[axis],) and s[axis] is not None:
@@ -369,7 +379,8 @@ def _reduce(attrs, shapes, params, node):
 
 def _softmax(attrs, shapes, params, node):
     (s,) = shapes
-    norm_axis(attrs["axis"], len(s), node)
+    if norm_axis(attrs["axis"], len(s), node) == 0:
+        raise GraphError(f"node {node!r}: softmax along the batch axis mixes samples; not supported")
     return tuple(s)
 
 

@@ -1,0 +1,482 @@
+"""attribx.storage: HDF5 round trip, append, atomic writes, clear errors, lazy reading."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from attribx import storage
+from attribx.errors import StorageError
+from attribx.storage import open_relevance, save
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+
+def deep_equal(a, b) -> bool:
+    """Equality of attrs values, type-exact, NaN equal to NaN, numpy arrays compared by value."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(deep_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(deep_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+    if isinstance(a, (float, np.floating)) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+def assert_same(got, expected):
+    """Identical as xarray sees it, plus exact dtypes and attrs everywhere."""
+    xr.testing.assert_identical(got, expected)
+    assert type(got) is type(expected)
+    assert deep_equal(dict(got.attrs), dict(expected.attrs))
+    for name, var in expected.variables.items() if isinstance(expected, xr.Dataset) else \
+            [(None, expected.variable)] + [(k, v.variable) for k, v in expected.coords.items()]:
+        other = got.variable if name is None else got.variables[name] if isinstance(got, xr.Dataset) \
+            else got.coords[name].variable
+        assert other.dtype == var.dtype, (name, other.dtype, var.dtype)
+        assert other.dims == var.dims
+        assert deep_equal(dict(other.attrs), dict(var.attrs))
+
+
+def make_relevance(n=3, start=0, channels=2, dtype="float32", seed=0, names=None):
+    rng = np.random.default_rng(seed)
+    sample = np.arange(start, start + n) if names is None else np.array(names)
+    return xr.DataArray(
+        rng.normal(size=(n, channels, 4, 5)).astype(dtype),
+        dims=("sample", "channel", "height", "width"),
+        coords={"sample": sample, "target": ("sample", rng.integers(0, 10, n)),
+                "prediction": ("sample", rng.integers(0, 10, n)),
+                "label": ("sample", np.array([f"class {i}" for i in rng.integers(0, 10, n)], dtype=str)),
+                "channel": [f"c{i}" for i in range(channels)]},
+        name="relevance",
+        attrs={"method": "lrp.epsilon", "parameters": {"epsilon": 0.25, "low": [-1.0, 2.0]},
+               "engine": "numpy", "backend": "torch", "attribx_version": "0.1.0",
+               "model_fingerprint": "ab12cd34"})
+
+
+def make_dataset(n=3, start=0, seed=0):
+    rel = make_relevance(n, start, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    coords = {k: v for k, v in rel.coords.items() if k != "channel"}
+    return xr.Dataset(
+        {"lrp.epsilon": rel.variable,
+         "lrp.z": rel.variable.copy(data=rng.normal(size=rel.shape).astype("float32")),
+         "features/0": xr.Variable(("sample", "features/0:1", "features/0:2"),
+                                   rng.normal(size=(n, 3, 2))),
+         "conservation": xr.Variable(("sample", "node"), rng.normal(size=(n, 2)),
+                                     attrs={"description": "relevance sum per sample at each node"}),
+         "score": xr.Variable(("sample",), rng.integers(-5, 5, n)),
+         "weights": xr.Variable(("channel",), np.array([0.5, 1.5]))},
+        coords={**coords, "channel": ["r", "g"], "node": ["conv1", "fc"]},
+        attrs={"method": "lrp.epsilon", "parameters": {"epsilon": 0.25, "nested": {"a": [1, {"b": None}]}}})
+
+
+def listing(directory):
+    return sorted(os.listdir(directory))
+
+
+# ------------------------------------------------------------------------------------------------
+# round trip
+# ------------------------------------------------------------------------------------------------
+
+_json_leaf = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
+              | st.floats(allow_nan=False) | st.text(max_size=8))
+_attrs_values = st.recursive(
+    _json_leaf,
+    lambda inner: (st.lists(inner, max_size=3) | st.tuples(inner, inner)
+                   | st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=8)
+_attrs = st.dictionaries(st.text(min_size=1, max_size=8), _attrs_values, max_size=4)
+# HDF5 variable-length strings are NUL-terminated and UTF-8; numpy drops trailing NULs anyway.
+_labels = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6)
+_dtypes = st.sampled_from(["float32", "float64", "int64"])
+
+
+@st.composite
+def relevance_objects(draw):
+    ndim = draw(st.integers(1, 4))
+    other_dims = draw(st.lists(st.sampled_from(["channel", "height", "width", "conv1:1", "a/b", "x y"]),
+                               min_size=ndim - 1, max_size=ndim - 1, unique=True))
+    dims = list(other_dims)
+    dims.insert(draw(st.integers(0, ndim - 1)), "sample")
+    shape = tuple(draw(st.lists(st.integers(0, 4), min_size=ndim, max_size=ndim)))
+    dtype = np.dtype(draw(_dtypes))
+    if dtype.kind == "f":
+        elements = st.floats(width=dtype.itemsize * 8, allow_nan=True, allow_infinity=True)
+    else:
+        elements = st.integers(-2**63, 2**63 - 1)
+    data = draw(hnp.arrays(dtype, shape, elements=elements))
+    n = shape[dims.index("sample")]
+    if draw(st.booleans()):
+        sample = np.array(draw(st.lists(st.integers(-2**40, 2**40), min_size=n, max_size=n)), dtype="int64")
+    else:
+        sample = np.array(draw(st.lists(_labels, min_size=n, max_size=n)), dtype=str)
+    coords = {"sample": sample,
+              "target": ("sample", np.array(draw(st.lists(st.integers(0, 999), min_size=n, max_size=n)),
+                                            dtype="int64"))}
+    for d, size in zip(dims, shape):
+        if d != "sample" and draw(st.booleans()):
+            coords[d] = (d, np.array(draw(st.lists(_labels, min_size=size, max_size=size)), dtype=str),
+                         draw(_attrs))
+    name = draw(st.sampled_from(["relevance", None, "lrp.epsilon", "a/b%c"]))
+    rel = xr.DataArray(data, dims=tuple(dims), coords=coords, name=name, attrs=draw(_attrs))
+    if draw(st.booleans()):
+        return rel
+    ds_name = name or "relevance"
+    extra = xr.Variable(("sample",), draw(hnp.arrays(np.dtype(draw(_dtypes)), (n,))), attrs=draw(_attrs))
+    return xr.Dataset({ds_name: rel, "extra": extra}, attrs=draw(_attrs))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=relevance_objects())
+def test_round_trip_property(obj):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "rel.h5")
+        save(obj, path)
+        assert_same(open_relevance(path), obj)
+        assert listing(d) == ["rel.h5"]
+
+
+def test_round_trip_relevance_data_array(tmp_path):
+    rel = make_relevance(5, names=["cat", "dög", "ünïcode ✓", "", "a/b"])
+    path = tmp_path / "rel.h5"
+    save(rel, path)
+    got = open_relevance(path)
+    assert_same(got, rel)
+    assert got.name == "relevance"
+    assert got.coords["sample"].dtype.kind == "U"
+    assert got.coords["label"].dtype.kind == "U"
+    assert isinstance(got.data, np.ndarray)
+
+
+def test_round_trip_dataset(tmp_path):
+    ds = make_dataset(4)
+    path = tmp_path / "rel.h5"
+    save(ds, str(path))
+    assert_same(open_relevance(path), ds)
+
+
+def test_round_trip_special_values(tmp_path):
+    attrs = {"tuple": (1, "a", (2.5,)), "array": np.arange(6, dtype="int16").reshape(2, 3),
+             "scalar": np.float32(0.25), "nan": float("nan"), "inf": -math.inf, "bytes": b"\x00\xff",
+             "int keys": {1: "one", (2, 3): "pair"}, "tagged": {"__attribx__": "not a tag"},
+             "big": "x" * 200_000, "nested": {"parameters": {"epsilon": 0.25, "low": [-1.0, 2.0]}}}
+    ds = xr.Dataset(
+        {"flag": ("sample", np.array([True, False, True])),
+         "when": ("sample", np.array(["2020-01-01", "2021-06-30", "NaT"], dtype="datetime64[ns]")),
+         "took": ("sample", np.array([1, 2, 3], dtype="timedelta64[ms]")),
+         "words": ("sample", np.array(["a", "bb", "ccc"], dtype=object)),
+         "c64": (("sample", "k"), np.ones((3, 2), dtype="complex64")),
+         "f16": (("sample",), np.array([1, 2, 3], dtype="float16")),
+         "u8": (("sample", "empty"), np.zeros((3, 0), dtype="uint8")),
+         "scalar": ((), 3.5),
+         "scalar_text": ((), "hello")},
+        coords={"sample": [10, 20, 30], "note": "a scalar coordinate"}, attrs=attrs)
+    path = tmp_path / "rel.h5"
+    save(ds, path)
+    assert_same(open_relevance(path), ds)
+    unnamed = xr.DataArray(np.arange(4.0), dims="sample", attrs=attrs)
+    save(unnamed, path)
+    got = open_relevance(path)
+    assert got.name is None
+    assert_same(got, unnamed)
+
+
+def test_layout_readable_with_plain_h5py(tmp_path):
+    import json
+    rel = make_relevance(3)
+    path = tmp_path / "rel.h5"
+    save(rel, path)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "attribx-relevance"
+        assert int(f.attrs["format_version"]) == 1
+        assert f.attrs["kind"] == "DataArray"
+        assert json.loads(f.attrs["name"]) == "relevance"
+        assert json.loads(f.attrs["attrs"])["parameters"] == {"epsilon": 0.25, "low": [-1.0, 2.0]}
+        dset = f["data/relevance"]
+        assert json.loads(dset.attrs["dims"]) == ["sample", "channel", "height", "width"]
+        np.testing.assert_array_equal(dset[()], rel.values)
+        assert dset.compression == "gzip"
+        assert dset.maxshape[0] is None and dset.maxshape[1:] == (2, 4, 5)
+        assert dset.chunks is not None and dset.chunks[1:] == (2, 4, 5)
+        assert f["coords/target"].maxshape == (None,)
+        assert list(f["coords/label"].asstr()[()]) == list(rel.coords["label"].values)
+        assert h5py.check_string_dtype(f["coords/label"].dtype).encoding == "utf-8"
+
+
+# ------------------------------------------------------------------------------------------------
+# append
+# ------------------------------------------------------------------------------------------------
+
+def test_append_twice_equals_concat(tmp_path):
+    parts = [make_relevance(3, 0, seed=1), make_relevance(1, 3, seed=2), make_relevance(4, 4, seed=3)]
+    path = tmp_path / "rel.h5"
+    save(parts[0], path, mode="a")   # mode="a" on a missing file writes it
+    save(parts[1], path, mode="a")
+    save(parts[2], path, mode="a")
+    expected = xr.concat(parts, dim="sample", coords="minimal", compat="equals", join="outer")
+    assert_same(open_relevance(path), expected)
+    assert listing(tmp_path) == ["rel.h5"]
+
+
+def test_append_dataset_and_string_samples(tmp_path):
+    parts = [make_dataset(2, seed=1), make_dataset(3, seed=2)]
+    parts = [p.assign_coords(sample=names) for p, names in zip(parts, [["a", "b"], ["ccccc", "d", "é"]])]
+    path = tmp_path / "rel.h5"
+    save(parts[0], path)
+    save(parts[1], path, mode="a")
+    save(parts[0], path, mode="a")
+    parts.append(parts[0])
+    expected = xr.concat(parts, dim="sample", data_vars="minimal", coords="minimal", compat="equals",
+                         join="outer")
+    got = open_relevance(path)
+    assert_same(got, expected)
+    assert got.coords["sample"].dtype == np.dtype("<U5")
+
+
+def test_append_lazily_opened_source(tmp_path):
+    path = tmp_path / "rel.h5"
+    save(make_relevance(2), path)
+    lazy = open_relevance(path, lazy=True)
+    save(lazy, tmp_path / "copy.h5")
+    save(lazy, path, mode="a")
+    assert open_relevance(path).sizes["sample"] == 4
+    assert_same(open_relevance(tmp_path / "copy.h5"), make_relevance(2))
+    lazy.close()
+
+
+@pytest.mark.parametrize("other, match", [
+    (make_relevance(2, channels=3), "dims differ"),
+    (make_relevance(2, dtype="float64"), "dtype"),
+    (make_relevance(2).rename("other"), "DataArray"),
+    (make_relevance(2).drop_vars("label"), "coordinates differ"),
+    (make_relevance(2).assign_coords(channel=["x", "y"]), "values differ"),
+    (make_relevance(2).transpose("channel", "sample", "height", "width"), "dims"),
+    (make_relevance(2).to_dataset(), "Dataset"),
+    (make_relevance(2).isel(sample=0), "no 'sample' dim"),
+])
+def test_append_mismatch_errors(tmp_path, other, match):
+    path = tmp_path / "rel.h5"
+    save(make_relevance(3), path)
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match=match) as info:
+        save(other, path, mode="a")
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == before
+    assert listing(tmp_path) == ["rel.h5"]
+
+
+def test_append_dataset_variable_mismatch(tmp_path):
+    path = tmp_path / "rel.h5"
+    save(make_dataset(2), path)
+    with pytest.raises(StorageError, match="data variables differ"):
+        save(make_dataset(2).drop_vars("lrp.z"), path, mode="a")
+
+
+def test_cannot_append_to_data_array_without_sample(tmp_path):
+    path = tmp_path / "rel.h5"
+    single = xr.DataArray(np.ones((2, 3)), dims=("height", "width"), name="relevance")
+    save(single, path)
+    assert_same(open_relevance(path), single)
+    with pytest.raises(StorageError, match="no 'sample' dim"):
+        save(single, path, mode="a")
+
+
+# ------------------------------------------------------------------------------------------------
+# atomic writes
+# ------------------------------------------------------------------------------------------------
+
+def _crash_on_second_write(monkeypatch, exc):
+    original = storage._write_slab
+    calls = []
+
+    def failing(dset, index, values):
+        calls.append(dset.name)
+        original(dset, index, values)      # part of the data reaches the temporary file ...
+        if len(calls) == 2:
+            raise exc                      # ... then the process "dies"
+    monkeypatch.setattr(storage, "_write_slab", failing)
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["w", "a"])
+@pytest.mark.parametrize("exc", [RuntimeError("simulated crash"), KeyboardInterrupt()])
+def test_crash_during_write_keeps_old_file(tmp_path, monkeypatch, mode, exc):
+    path = tmp_path / "rel.h5"
+    save(make_relevance(3), path)
+    before = path.read_bytes()
+    calls = _crash_on_second_write(monkeypatch, exc)
+    with pytest.raises(type(exc)):
+        save(make_relevance(2, start=3, seed=5), path, mode=mode)
+    assert len(calls) == 2
+    assert path.read_bytes() == before
+    assert listing(tmp_path) == ["rel.h5"]
+    monkeypatch.undo()
+    assert_same(open_relevance(path), make_relevance(3))
+
+
+def test_crash_during_first_write_leaves_nothing(tmp_path, monkeypatch):
+    _crash_on_second_write(monkeypatch, RuntimeError("simulated crash"))
+    with pytest.raises(RuntimeError):
+        save(make_dataset(2), tmp_path / "new.h5")
+    assert listing(tmp_path) == []
+
+
+def test_unwritable_value_leaves_old_file(tmp_path):
+    path = tmp_path / "rel.h5"
+    save(make_relevance(2), path)
+    before = path.read_bytes()
+    bad = make_relevance(2).assign_attrs(callback=print)
+    with pytest.raises(StorageError, match="callback"):
+        save(bad, path)
+    with pytest.raises(StorageError, match="object arrays"):
+        save(xr.DataArray(np.array([1, "a"], dtype=object), dims="sample"), path)
+    assert path.read_bytes() == before
+    assert listing(tmp_path) == ["rel.h5"]
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+# ------------------------------------------------------------------------------------------------
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.h5"
+    with pytest.raises(StorageError, match="no such file") as info:
+        open_relevance(path)
+    assert str(path) in str(info.value)
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "notes.h5"
+    path.write_text("this is not HDF5\n" * 20)
+    with pytest.raises(StorageError, match="not an HDF5 file") as info:
+        open_relevance(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(StorageError, match="not an HDF5 file"):
+        save(make_relevance(1), path, mode="a")
+    assert path.read_text() == "this is not HDF5\n" * 20
+
+
+def test_foreign_hdf5_file(tmp_path):
+    path = tmp_path / "foreign.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(StorageError, match="not an attribx relevance file") as info:
+        open_relevance(path)
+    assert str(path) in str(info.value)
+    with h5py.File(path, "a") as f:
+        f.attrs["format"] = "something-else"
+    with pytest.raises(StorageError, match="not an attribx relevance file"):
+        open_relevance(path)
+
+
+def test_newer_format_version(tmp_path):
+    path = tmp_path / "rel.h5"
+    save(make_relevance(2), path)
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = 2
+    with pytest.raises(StorageError, match="newer") as info:
+        open_relevance(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_file(tmp_path):
+    good = tmp_path / "good.h5"
+    save(make_dataset(20), good)
+    data = good.read_bytes()
+    path = tmp_path / "truncated.h5"
+    path.write_bytes(data[: len(data) // 2])
+    for lazy in (False, True):
+        with pytest.raises(StorageError, match="damaged|truncated") as info:
+            open_relevance(path, lazy=lazy)
+        assert str(path) in str(info.value)
+
+
+def test_damaged_layout(tmp_path):
+    path = tmp_path / "rel.h5"
+    save(make_relevance(2), path)
+    with h5py.File(path, "a") as f:
+        del f["coords/target"]
+    with pytest.raises(StorageError, match="damaged") as info:
+        open_relevance(path)
+    assert str(path) in str(info.value)
+
+
+def test_not_xarray(tmp_path):
+    with pytest.raises(StorageError, match="DataArray or xarray.Dataset"):
+        save(np.zeros(3), tmp_path / "rel.h5")
+    with pytest.raises(StorageError, match="mode"):
+        save(make_relevance(1), tmp_path / "rel.h5", mode="x")
+    assert listing(tmp_path) == []
+
+
+def test_missing_directory(tmp_path):
+    path = tmp_path / "no" / "such" / "dir.h5"
+    with pytest.raises(StorageError) as info:
+        save(make_relevance(1), path)
+    assert str(path) in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# lazy reading
+# ------------------------------------------------------------------------------------------------
+
+def test_lazy_equals_eager(tmp_path):
+    import dask.array as da
+    path = tmp_path / "rel.h5"
+    rel = make_relevance(7)
+    save(rel, path)
+    with open_relevance(path, lazy=True) as lazy:
+        assert isinstance(lazy.data, da.Array)
+        assert lazy.chunks is not None
+        assert isinstance(lazy.coords["sample"].data, np.ndarray)   # coordinates are read eagerly
+        assert_same(lazy.compute(), open_relevance(path, lazy=False))
+        assert float(lazy.isel(sample=slice(2, 4)).sum()) == pytest.approx(float(rel.isel(sample=slice(2, 4)).sum()))
+    eager = open_relevance(path)
+    assert isinstance(eager.data, np.ndarray)
+
+    ds = make_dataset(5)
+    save(ds, path)
+    lazy = open_relevance(path, lazy=True)
+    assert all(isinstance(v.data, da.Array) for v in lazy.data_vars.values())
+    assert_same(lazy.compute(), ds)
+    lazy.close()
+
+
+def test_lazy_auto_uses_size_threshold(tmp_path, monkeypatch):
+    import dask.array as da
+    path = tmp_path / "rel.h5"
+    save(make_relevance(3), path)
+    assert isinstance(open_relevance(path).data, np.ndarray)
+    monkeypatch.setattr(storage, "_LAZY_AUTO_BYTES", 0)
+    got = open_relevance(path)
+    assert isinstance(got.data, da.Array)
+    assert_same(got.compute(), make_relevance(3))
+    got.close()
+
+
+def test_lazy_without_dask(tmp_path, monkeypatch):
+    path = tmp_path / "rel.h5"
+    save(make_relevance(3), path)
+    with monkeypatch.context() as m:   # dask unimportable only inside this block (xarray probes it too)
+        for mod in [name for name in sys.modules if name == "dask" or name.startswith("dask.")]:
+            m.delitem(sys.modules, mod)
+        m.setitem(sys.modules, "dask", None)
+        with pytest.raises(StorageError, match="pip install dask") as info:
+            open_relevance(path, lazy=True)
+        assert str(path) in str(info.value)
+    assert_same(open_relevance(path, lazy=False), make_relevance(3))
