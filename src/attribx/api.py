@@ -143,19 +143,40 @@ def progress(iterable: Iterable, total: int, desc: str, enabled: bool | None = N
     return tqdm(iterable, total=total, desc=desc)
 
 
-def explain(model: Any, x: Any, method: str = "lrp.epsilon", target: Any = "predicted", *,
-            engine: Any = None, layers: Sequence[str] | None = None, conservation: bool = False,
-            batch_size: int | None = None, sample: Any = None, labels: Any = None,
+def _batch_target(target, sl: slice, n: int):
+    """The part of ``target`` that belongs to the samples in ``sl``."""
+    def part(t):
+        if isinstance(t, str):
+            return t
+        a = np.asarray(t)
+        if a.ndim == 1:
+            if len(a) != n:
+                raise InputError(f"target has {len(a)} entries for {n} samples")
+            return a[sl]
+        return a
+    if isinstance(target, tuple) and len(target) == 3 and target[0] == "contrast":
+        return ("contrast", part(target[1]), part(target[2]))
+    return part(target)
+
+
+def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "predicted", *,
+            engine: Any = None, output_init: Any = None, layers: Sequence[str] | None = None,
+            conservation: bool = False, batch_size: int | None = None, sample: Any = None, labels: Any = None,
             progress_bar: bool | None = None, **params: Any):
-    """Explain ``model``'s prediction for inputs ``x`` with a named method.
+    """Explain ``model``'s prediction for inputs ``x`` with a method (a name, a Method or a Composite).
 
     Returns an ``xarray.DataArray`` named ``relevance`` in the input's layout, with coords ``sample``,
-    ``target`` and ``prediction``; with ``layers`` (node names) or ``conservation=True`` an
-    ``xarray.Dataset`` holding also the relevance at those nodes and the per-node relevance sums.
+    ``target`` and ``prediction`` (and ``label`` when ``labels`` are given); with ``layers`` (node names)
+    or ``conservation=True`` an ``xarray.Dataset`` holding also the relevance at those nodes and the
+    per-node relevance sums. ``target``: an int, ints per sample, ``"predicted"`` or
+    ``("contrast", c, c2)``. ``output_init`` overrides the method's initialisation (``"score"``,
+    ``"onehot"``, ``"softmax"``, ``"log_odds"``, ``"contrast"`` or an array of the output's shape).
     Method parameters (``epsilon=...``) are keyword arguments.
     """
+    from .methods import as_method
+    from .targets import INITS
     graph = translate(model)
-    m = registry().method(method)
+    m = as_method(method)
     resolved = m.resolve(params)
     eng = get_engine(engine, graph)
     x = _as_input(graph, x)
@@ -164,39 +185,48 @@ def explain(model: Any, x: Any, method: str = "lrp.epsilon", target: Any = "pred
     for name in layers:
         if name not in graph:
             raise MethodError(f"layers: no node named {name!r}; see attribx.translate(model).summary()")
-    all_targets = None if isinstance(target, str) else np.asarray(target)
-    if all_targets is not None and all_targets.ndim == 1 and len(all_targets) != n:
-        raise InputError(f"target has {len(all_targets)} entries for {n} samples")
+    init_array = None
+    if output_init is not None and not isinstance(output_init, str):
+        init_array = np.asarray(output_init)
+        if len(init_array) != n:
+            raise InputError(f"output_init has {len(init_array)} rows for {n} samples")
+    elif output_init is not None and output_init not in INITS:
+        raise InputError(f"unknown output_init {output_init!r}; use one of {', '.join(INITS)} or an array")
     pieces = []
     chunks = _batches(n, batch_size)
-    for sl in progress(chunks, len(chunks), f"explain {method}", progress_bar):
+    for sl in progress(chunks, len(chunks), f"explain {m.name}", progress_bar):
         xb = x[sl]
-        tb = target if all_targets is None or all_targets.ndim == 0 else all_targets[sl]
-        result = m.run(graph, eng, eng.asarray(xb), lambda s, tb=tb: resolve_targets(tb, s), resolved,
+        tb = _batch_target(target, sl, n)
+        init = init_array[sl] if init_array is not None else output_init
+        result = m.run(graph, eng, eng.asarray(xb), lambda s, tb=tb: resolve_targets(tb, s), resolved, init,
                        keep=layers, conservation=conservation)
         scores = eng.to_numpy(result.output)
         piece = {"input": eng.to_numpy(result.relevance[graph.input.name]),
-                 "targets": result.targets,
+                 "targets": np.asarray(result.targets),
                  "prediction": np.argmax(scores, axis=1) if scores.ndim == 2 else np.zeros(len(xb), np.int64)}
         for name in layers:
             r = result.relevance.get(name)
-            piece[f"layer:{name}"] = eng.to_numpy(r) if r is not None else np.zeros((len(xb),) + graph[name].shape[1:],
-                                                                                  piece["input"].dtype)
+            piece[f"layer:{name}"] = (eng.to_numpy(r) if r is not None else
+                                      np.zeros((len(xb),) + graph[name].shape[1:], piece["input"].dtype))
         if conservation:
             for k, v in result.conservation.items():
                 piece[f"sum:{k}"] = v
         pieces.append(piece)
-        start = result.start
     joined = concat_batches(pieces)
     coords = sample_coords(n, sample, joined["targets"], joined["prediction"], labels)
-    attrs = provenance(graph, m, resolved, eng, explained_output=start)
+    extra = {"explained_output": result.start,
+             "output_init": m.output_init if output_init is None else
+             (output_init if isinstance(output_init, str) else "array")}
+    if isinstance(target, tuple):
+        extra["contrast"] = True
+    attrs = provenance(graph, m, resolved, eng, **extra)
     lay = {k.split(":", 1)[1]: v for k, v in joined.items() if k.startswith("layer:")}
     cons = None
     if conservation:
         order = [graph.input.name] + [nd.name for nd in graph.nodes]
         cons = {k: joined[f"sum:{k}"] for k in order if f"sum:{k}" in joined}
-    score = cons.get(start) if cons else None
-    return labeled(joined["input"], graph, coords, attrs, lay, cons, score)
+    score = cons.get(result.start) if cons else None
+    return labeled(joined["input"], result.dims or graph.input.dims, coords, attrs, lay, cons, score)
 
 
 def evaluate(name: str, model: Any = None, inputs: Any = None, relevance: Any = None, **params: Any):

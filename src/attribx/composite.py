@@ -3,8 +3,8 @@
 Matchers select nodes by op type, op category, name pattern or position (first/last weighted layer
 in execution order). Rules are given as instances, as names of registered rules (so a rule from a
 third-party plugin can be used), or as ``(name, {params})``. After the user's entries come the
-defaults every LRP method shares: activations pass, sums and average pools norm, max pools and
-shape ops route (winner takes all), batch norm epsilon.
+defaults every LRP method shares (zennit's base layer map): activations and batch norm pass, sums,
+average pools and scalings norm, max pools winner-takes-all, shape ops route.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 from .errors import MethodError, UnsupportedError
-from .rules import Epsilon, Norm, Pass, Route, Rule
+from .rules import Norm, Pass, Route, Rule, WinnerTakesAll
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,9 @@ class GraphPositions:
     def of(cls, graph, ops) -> "GraphPositions":
         first, last = {}, {}
         for node in graph.nodes:
-            cat = ops[node.op].category
-            first.setdefault(cat, node.name)
-            last[cat] = node.name
+            for key in (ops[node.op].category, node.op):
+                first.setdefault(key, node.name)
+                last[key] = node.name
         return cls(first, last)
 
 
@@ -55,14 +55,15 @@ def name(pattern: str, regex: bool = False) -> Matcher:
     return _named(lambda node, cat, pos: bool(rx.fullmatch(node.name)), f"name({pattern!r})")
 
 
-def first(cat: str = "layer") -> Matcher:
-    """The first node of a category in execution order (the input layer, for ``"layer"``)."""
-    return _named(lambda node, c, pos: pos.first.get(cat) == node.name, f"first({cat!r})")
+def first(kind: str = "layer") -> Matcher:
+    """The first node of a category or op type in execution order (``"layer"``: the input layer;
+    ``"conv"``: the first convolution)."""
+    return _named(lambda node, c, pos: pos.first.get(kind) == node.name, f"first({kind!r})")
 
 
-def last(cat: str = "layer") -> Matcher:
-    """The last node of a category in execution order (the output layer, for ``"layer"``)."""
-    return _named(lambda node, c, pos: pos.last.get(cat) == node.name, f"last({cat!r})")
+def last(kind: str = "layer") -> Matcher:
+    """The last node of a category or op type in execution order (``"layer"``: the output layer)."""
+    return _named(lambda node, c, pos: pos.last.get(kind) == node.name, f"last({kind!r})")
 
 
 def every() -> Matcher:
@@ -89,13 +90,13 @@ def make_rule(spec: RuleSpec) -> Rule:
     raise MethodError(f"cannot make a rule from {spec!r}: give a Rule, a rule name or (name, params)")
 
 
-def lrp_defaults() -> list[tuple[Matcher, Rule]]:
-    """The assignments every LRP composite ends with."""
+def lrp_defaults(stabilizer: float = 1e-6) -> list[tuple[Matcher, Rule]]:
+    """The assignments every LRP composite ends with; ``stabilizer`` is the sums' (0: exact division)."""
     return [
-        (category("activation"), Pass()),
-        (category("sum"), Norm()),
-        (category("pool", "shape"), Route()),
-        (category("norm"), Epsilon()),
+        (category("activation", "norm"), Pass()),
+        (category("sum", "product"), Norm(epsilon=stabilizer)),
+        (category("pool"), WinnerTakesAll()),
+        (category("shape"), Route()),
     ]
 
 

@@ -1,5 +1,9 @@
 """Methods: named recipes — a composite (the rule of each node), the output initialisation, what is
-done at the input, and default parameters. Methods are plugins like everything else."""
+done at the input, and default parameters. Methods are plugins like everything else.
+
+Multi-pass methods (SmoothGrad, integrated gradients) fix the targets on the clean input first, then
+average passes over noisy or interpolated inputs.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,10 +12,26 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import composite as C
-from .errors import MethodError
-from .propagation import Propagation, ancestors, propagate
-from .rules import Epsilon, Gradient, Zero
+from .errors import InputError, MethodError
+from .propagation import Propagation, ancestors, propagate, run_forward
+from .rules import (AlphaBeta, DeconvNet, Epsilon, Flat, Gamma, Gradient, GuidedBackprop, Norm, Rule, WSquare,
+                    ZBox, Zero, ZPlus)
 from .targets import initial_relevance
+
+
+# -- input modifiers: (engine, relevance, input, dims) -> (relevance, dims) ---------------------------
+def times_input(eng, rel, x, dims):
+    """Gradient × input."""
+    return rel * x, dims
+
+
+def squared_channel_sum(eng, rel, x, dims):
+    """Sensitivity (Simonyan et al. 2014): the squared gradient, summed over the channel axis if any."""
+    sq = rel * rel
+    if "channel" in dims:
+        axis = dims.index("channel")
+        return eng.sum(sq, axis=axis), tuple(d for d in dims if d != "channel")
+    return sq, dims
 
 
 @dataclass
@@ -19,15 +39,15 @@ class Method:
     """A named attribution method.
 
     ``composite(**params)`` returns the :class:`~attribx.composite.Composite` for the given parameters;
-    ``output_init`` is ``"score"`` (LRP: decompose the target's score) or ``"onehot"`` (gradients);
-    ``input_modifier`` (``None``, ``"x_input"``) post-processes the input relevance.
+    ``output_init`` is the default initialisation (``"score"`` for LRP, ``"onehot"`` for gradients);
+    ``input_modifier`` post-processes the input relevance.
     """
 
     name: str
     composite: Callable[..., C.Composite]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     output_init: str = "score"
-    input_modifier: str | None = None
+    input_modifier: Callable | None = None
     family: str = "lrp"
     description: str = ""
 
@@ -41,53 +61,206 @@ class Method:
         return {**self.defaults, **params}
 
     def start_node(self, graph) -> str:
-        """Where relevance starts: the output, or for LRP the scores before a final softmax."""
+        """Where relevance starts: the output, or the scores before a final softmax."""
         out = graph.output
         node = graph[out] if out in graph else None
-        if self.output_init == "score" and node is not None and node.op == "softmax":
+        if node is not None and node.op == "softmax":
             return node.inputs[0]
         return out
 
-    def run(self, graph, engine, x, targets_fn, params: Mapping[str, Any], keep: Sequence[str] = (),
-            conservation: bool = False) -> Propagation:
-        """One relevance pass; ``targets_fn(scores)`` returns the target index per sample."""
+    def rules(self, graph, params: Mapping[str, Any]) -> dict[str, Rule]:
+        return self.composite(**params).assign(graph, ancestors(graph, self.start_node(graph)))
+
+    def run(self, graph, engine, x, targets_fn, params: Mapping[str, Any], init=None,
+            keep: Sequence[str] = (), conservation: bool = False) -> Propagation:
+        """One relevance pass; ``targets_fn(scores) -> (targets, against)`` picks the explained classes."""
+        mode = self.output_init if init is None else init
         start = self.start_node(graph)
-        rules = self.composite(**params).assign(graph, ancestors(graph, start))
+        rules = self.rules(graph, params)
         state = {}
 
-        def init(scores):
-            state["targets"] = targets_fn(engine.to_numpy(scores))
-            return initial_relevance(engine, scores, state["targets"], self.output_init)
+        def start_relevance(scores):
+            s = engine.to_numpy(scores)
+            state["targets"], against = targets_fn(s) if s.ndim == 2 else (np.zeros(len(s), np.int64), None)
+            return engine.asarray(initial_relevance(s, state["targets"], mode, against), dtype=engine.dtype_of(scores))
 
-        result = propagate(graph, engine, x, rules, init, start, keep, conservation)
+        result = propagate(graph, engine, x, rules, start_relevance, start, keep, conservation)
         result.targets = state["targets"]
+        self.finish(engine, graph, result, x)
+        return result
+
+    def finish(self, engine, graph, result: Propagation, x, params=None) -> None:
         inp = graph.input.name
-        if self.input_modifier == "x_input":
-            result.relevance[inp] = result.relevance[inp] * x
-        elif self.input_modifier is not None:
-            raise MethodError(f"method {self.name!r}: unknown input modifier {self.input_modifier!r}")
+        result.dims = graph.input.dims
+        if self.input_modifier is not None:
+            result.relevance[inp], result.dims = self.input_modifier(engine, result.relevance[inp], x, graph.input.dims)
+
+
+class AveragedMethod(Method):
+    """Base of methods that average gradient passes over perturbed inputs, with targets fixed on x."""
+
+    def points(self, engine, x, params, rng):
+        """Yield (input, weight) pairs; the result is Σ weight · relevance(input)."""
+        raise NotImplementedError
+
+    def run(self, graph, engine, x, targets_fn, params, init=None, keep=(), conservation=False):
+        if keep or conservation:
+            raise MethodError(f"method {self.name!r} averages several passes: layers= and conservation= are "
+                              f"not available for it")
+        start = self.start_node(graph)
+        scores = run_forward(graph, engine, x, upto=start)[start]
+        fixed = targets_fn(engine.to_numpy(scores))
+        base = Method(self.name, self.composite, output_init=self.output_init)   # one plain pass
+        total = None
+        rng = np.random.default_rng(params.get("seed", 0))
+        for xi, w in self.points(engine, x, params, rng):
+            r = Method.run(base, graph, engine, xi, lambda s: fixed, {}, init).relevance[graph.input.name]
+            total = r * w if total is None else total + r * w
+        result = Propagation(scores, {graph.input.name: total}, targets=fixed[0], start=start)
+        self.finish(engine, graph, result, x, params)
         return result
 
 
+class SmoothGrad(AveragedMethod):
+    """SmoothGrad (Smilkov et al. 2017): the mean gradient over ``samples`` copies of x with Gaussian
+    noise of standard deviation ``noise`` × (max − min of each sample); ``seed`` fixes the noise."""
+
+    def points(self, engine, x, params, rng):
+        n = int(params["samples"])
+        if n < 1:
+            raise MethodError("smoothgrad: samples must be at least 1")
+        xn = engine.to_numpy(x)
+        axes = tuple(range(1, xn.ndim))
+        std = params["noise"] * (xn.max(axis=axes, keepdims=True) - xn.min(axis=axes, keepdims=True))
+        for _ in range(n):
+            eps = rng.standard_normal(xn.shape) * std
+            yield x + engine.asarray(eps, dtype=engine.dtype_of(x)), 1.0 / n
+
+
+class IntegratedGradients(AveragedMethod):
+    """Integrated gradients (Sundararajan et al. 2017): (x − baseline) × the mean gradient at
+    baseline + α (x − baseline) for α = 1/steps, 2/steps, ..., 1 (the right Riemann sum, as zennit)."""
+
+    def points(self, engine, x, params, rng):
+        steps = int(params["steps"])
+        if steps < 1:
+            raise MethodError("integrated_gradients: steps must be at least 1")
+        b = self.baseline(engine, x, params)
+        for k in range(1, steps + 1):
+            yield b + (x - b) * (k / steps), 1.0 / steps
+
+    def baseline(self, engine, x, params):
+        base = np.asarray(params["baseline"], dtype=np.float64)
+        try:
+            return engine.zeros_like(x) + engine.asarray(base, dtype=engine.dtype_of(x))
+        except Exception:
+            raise InputError(f"integrated_gradients: baseline of shape {base.shape} does not broadcast to "
+                             f"inputs of shape {tuple(x.shape)}") from None
+
+    def finish(self, engine, graph, result, x, params=None):
+        inp = graph.input.name
+        result.relevance[inp] = result.relevance[inp] * (x - self.baseline(engine, x, params))
+        super().finish(engine, graph, result, x, params)
+
+
+# -- composites ----------------------------------------------------------------------------------------
 def gradient_composite(**_):
     return C.Composite([(C.every(), Gradient())], defaults=[], name="gradient")
 
 
-def single_rule(rule_factory, name):
-    """The composite of a single-rule LRP method: its rule on every weighted layer, defaults elsewhere."""
-    def make(**params):
-        return C.Composite([(C.category("layer"), rule_factory(**params))], name=name)
+def relu_composite(rule: Rule, name: str):
+    def make(**_):
+        return C.Composite([(C.op("relu"), rule), (C.every(), Gradient())], defaults=[], name=name)
     return make
+
+
+def single_rule(rule_cls, name: str):
+    """A single-rule LRP method: its rule on every linear and conv node, the base map elsewhere.
+    LRP-0 divides exactly at sums too, so that it conserves exactly."""
+    def make(**params):
+        stab = 0.0 if rule_cls is Zero else 1e-6
+        return C.Composite([(C.category("layer"), rule_cls(**params))], defaults=C.lrp_defaults(stab), name=name)
+    return Method(name, make, defaults={k: v for k, v in rule_cls.defaults.items()},
+                  description=(rule_cls.__doc__ or "").strip().splitlines()[0])
+
+
+def named_composite(name, layer_map, first_map=None, defaults=None, description=""):
+    """A zennit-style composite: ``first_map`` (matcher kind -> rule) for the first layer of that kind,
+    then ``layer_map`` by op, then the base map with the composite's stabiliser for sums."""
+    def make(**p):
+        entries = []
+        for kind, rule in (first_map or {}).items():
+            entries.append((C.first(kind), rule(p)))
+        for op, rule in layer_map.items():
+            entries.append((C.op(op), rule(p)))
+        return C.Composite(entries, defaults=C.lrp_defaults(p["stabilizer"]), name=name)
+    return Method(name, make, defaults=defaults or {}, description=description)
+
+
+_EPS = {"epsilon": 1e-6, "stabilizer": 1e-6}
+
+
+def _eps(p):
+    return Epsilon(epsilon=p["epsilon"])
 
 
 BUILTIN_METHODS = (
     Method("gradient", gradient_composite, output_init="onehot", family="gradient",
-           description="Gradient of the target's score w.r.t. the input (sensitivity)."),
-    Method("gradient_x_input", gradient_composite, output_init="onehot", input_modifier="x_input",
+           description="Gradient of the target's score w.r.t. the input."),
+    Method("sensitivity", gradient_composite, output_init="onehot", input_modifier=squared_channel_sum,
+           family="gradient", description="Squared gradient summed over channels (Simonyan et al. 2014)."),
+    Method("gradient_x_input", gradient_composite, output_init="onehot", input_modifier=times_input,
            family="gradient", description="Gradient times input."),
-    Method("lrp.zero", single_rule(lambda: Zero(), "lrp.zero"),
-           description="LRP-0 on every linear and conv layer (Bach et al. 2015)."),
-    Method("lrp.epsilon", single_rule(lambda epsilon: Epsilon(epsilon=epsilon), "lrp.epsilon"),
-           defaults={"epsilon": 1e-6},
-           description="LRP-ε on every linear and conv layer: z + ε·sign(z) in the denominator."),
+    Method("deconvnet", relu_composite(DeconvNet(), "deconvnet"), output_init="onehot", family="gradient",
+           description="DeconvNet: ReLUs pass back the positive part of the signal (Zeiler & Fergus 2014)."),
+    Method("guided_backprop", relu_composite(GuidedBackprop(), "guided_backprop"), output_init="onehot",
+           family="gradient", description="Guided backpropagation (Springenberg et al. 2015)."),
+    SmoothGrad("smoothgrad", gradient_composite, defaults={"noise": 0.1, "samples": 20, "seed": 0},
+               output_init="onehot", family="gradient",
+               description="Mean gradient over noisy copies of the input (Smilkov et al. 2017)."),
+    IntegratedGradients("integrated_gradients", gradient_composite, defaults={"baseline": 0.0, "steps": 20},
+                        output_init="onehot", family="gradient",
+                        description="Path integral of the gradient from a baseline (Sundararajan et al. 2017)."),
+    single_rule(Zero, "lrp.zero"),
+    single_rule(Epsilon, "lrp.epsilon"),
+    single_rule(Gamma, "lrp.gamma"),
+    single_rule(AlphaBeta, "lrp.alpha_beta"),
+    single_rule(ZPlus, "lrp.z_plus"),
+    single_rule(Flat, "lrp.flat"),
+    single_rule(WSquare, "lrp.w_square"),
+    single_rule(ZBox, "lrp.z_box"),
+    named_composite(
+        "lrp.epsilon_gamma_box",
+        {"conv": lambda p: Gamma(gamma=p["gamma"], stabilizer=p["stabilizer"]), "linear": _eps},
+        first_map={"conv": lambda p: ZBox(low=p["low"], high=p["high"], stabilizer=p["stabilizer"])},
+        defaults={"low": None, "high": None, "gamma": 0.25, **_EPS},
+        description="z-box on the first conv, γ on the other convs, ε on dense layers (zennit EpsilonGammaBox)."),
+    named_composite(
+        "lrp.epsilon_plus", {"conv": lambda p: ZPlus(stabilizer=p["stabilizer"]), "linear": _eps},
+        defaults=dict(_EPS), description="z+ on convs, ε on dense layers (zennit EpsilonPlus)."),
+    named_composite(
+        "lrp.epsilon_plus_flat", {"conv": lambda p: ZPlus(stabilizer=p["stabilizer"]), "linear": _eps},
+        first_map={"layer": lambda p: Flat(stabilizer=p["stabilizer"])}, defaults=dict(_EPS),
+        description="flat on the first layer, z+ on convs, ε on dense layers (zennit EpsilonPlusFlat)."),
+    named_composite(
+        "lrp.epsilon_alpha2_beta1",
+        {"conv": lambda p: AlphaBeta(alpha=2.0, beta=1.0, stabilizer=p["stabilizer"]), "linear": _eps},
+        defaults=dict(_EPS), description="α2β1 on convs, ε on dense layers (zennit EpsilonAlpha2Beta1)."),
+    named_composite(
+        "lrp.epsilon_alpha2_beta1_flat",
+        {"conv": lambda p: AlphaBeta(alpha=2.0, beta=1.0, stabilizer=p["stabilizer"]), "linear": _eps},
+        first_map={"layer": lambda p: Flat(stabilizer=p["stabilizer"])}, defaults=dict(_EPS),
+        description="flat on the first layer, α2β1 on convs, ε on dense layers (zennit EpsilonAlpha2Beta1Flat)."),
 )
+
+
+def as_method(method) -> Method:
+    """A Method from a registered name, a Method, or a Composite (a user composite as a method)."""
+    if isinstance(method, Method):
+        return method
+    if isinstance(method, C.Composite):
+        return Method(method.name, lambda: method, description="user composite")
+    if isinstance(method, str):
+        from .plugins import registry
+        return registry().method(method)
+    raise MethodError(f"method must be a name, a Method or a Composite, got {type(method).__name__}")

@@ -45,6 +45,7 @@ class Propagation:
     conservation: dict[str, Any] = field(default_factory=dict)  # per node: relevance sum per sample
     targets: Any = None              # explained class per sample
     start: str = ""                  # the node whose values were explained
+    dims: tuple = ()                 # dims of the input relevance (a method may reduce some)
 
 
 def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], Any], start: str,

@@ -18,7 +18,6 @@ def provenance(graph, method, params: Mapping[str, Any], engine, **extra) -> dic
         "attribx_version": __version__,
         "model_fingerprint": graph.fingerprint(),
         "model_name": graph.meta.get("name", "model"),
-        "output_init": method.output_init,
     }
     attrs.update(extra)
     return attrs
@@ -37,11 +36,11 @@ def node_dims(node: str, ndim: int) -> tuple[str, ...]:
     return ("sample",) + tuple(f"{node}:{i}" for i in range(1, ndim))
 
 
-def labeled(input_relevance: np.ndarray, graph, coords: dict, attrs: dict,
+def labeled(input_relevance: np.ndarray, dims: tuple, coords: dict, attrs: dict,
           layers: Mapping[str, np.ndarray] | None = None,
           conservation: Mapping[str, np.ndarray] | None = None, score: np.ndarray | None = None):
     """A DataArray named ``relevance``; a Dataset when inner layers or a conservation report are asked."""
-    rel = xr.DataArray(input_relevance, dims=graph.input.dims, coords=coords, name="relevance", attrs=attrs)
+    rel = xr.DataArray(input_relevance, dims=dims, coords=coords, name="relevance", attrs=attrs)
     if not layers and conservation is None:
         return rel
     data = {"relevance": rel}

@@ -1,6 +1,8 @@
-"""Rules that pass the signal back unchanged in kind: the gradient, routing and pass-through."""
+"""Rules that pass the signal back without LRP's normalisation: the gradient and its ReLU variants,
+routing (shape ops, max pooling) and pass-through (activations)."""
 from __future__ import annotations
 
+from ..graph import Node
 from .base import NodeContext, Rule
 
 
@@ -14,8 +16,8 @@ class Gradient(Rule):
 
 
 class Route(Rule):
-    """Move relevance to where values came from (reshape, concat, slice, pad) and, for max pooling,
-    to each window's winner: the VJP does exactly that and conserves relevance."""
+    """Move relevance to where values came from (reshape, concat, slice, pad): the VJP of a routing op
+    does exactly that and conserves relevance."""
 
     name = "route"
     categories = frozenset({"shape", "pool"})
@@ -24,11 +26,68 @@ class Route(Rule):
         return ctx.vjp(relevance, output=ctx.output)
 
 
+class WinnerTakesAll(Route):
+    """Max pooling: each window's relevance goes to its maximum (the first one, on ties)."""
+
+    name = "winner_takes_all"
+    categories = frozenset({"pool"})
+
+
+class Proportional(Rule):
+    """Max pooling, proportional variant: each window's relevance is split over its inputs in proportion
+    to their values (LRP-0 on the window's sum); needs non-negative inputs, as after a ReLU."""
+
+    name = "proportional"
+    categories = frozenset({"pool"})
+    defaults = {"epsilon": 1e-6}
+
+    def __call__(self, ctx: NodeContext, relevance):
+        eng, node = ctx.engine, ctx.node
+        if any(d != 1 for d in _tuple(node.attrs.get("dilation", 1))):
+            from ..errors import UnsupportedError
+            raise UnsupportedError(f"node {node.name!r}: the proportional rule needs a max pool without dilation")
+        window = Node(node.name, "avg_pool", node.inputs,
+                      {"kernel_size": node.attrs["kernel_size"], "stride": node.attrs["stride"],
+                       "padding": node.attrs["padding"], "count_include_pad": True})
+        (x,) = ctx.inputs
+        z = eng.forward(window, [x], {})
+        s = relevance / eng.stabilize(z, self.epsilon)
+        (g,) = eng.vjp(window, [x], s, {})
+        return [x * g]
+
+
+def _tuple(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
+
+
 class Pass(Rule):
     """Relevance passes an elementwise activation unchanged (LRP's treatment of ReLU, tanh, ...)."""
 
     name = "pass"
-    categories = frozenset({"activation"})
+    categories = frozenset({"activation", "norm"})
 
     def __call__(self, ctx: NodeContext, relevance):
         return [relevance]
+
+
+class DeconvNet(Rule):
+    """DeconvNet (Zeiler & Fergus 2014): a ReLU passes back the positive part of the incoming signal,
+    whatever its input was."""
+
+    name = "deconvnet"
+    ops = frozenset({"relu"})
+
+    def __call__(self, ctx: NodeContext, relevance):
+        return [ctx.engine.clip(relevance, 0, None)]
+
+
+class GuidedBackprop(Rule):
+    """Guided backpropagation (Springenberg et al. 2015): a ReLU passes back the gradient where both its
+    input and the incoming signal are positive."""
+
+    name = "guided_backprop"
+    ops = frozenset({"relu"})
+
+    def __call__(self, ctx: NodeContext, relevance):
+        (g,) = ctx.vjp(relevance, output=ctx.output)
+        return [ctx.engine.where(relevance > 0, g, ctx.engine.zeros_like(g))]

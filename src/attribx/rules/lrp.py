@@ -1,46 +1,164 @@
-"""LRP rules for ops that are affine in their inputs (linear, conv, sums, pools, batch norm).
+"""LRP rules for ops that are affine in their inputs (linear, conv, sums, pools, scaling, batch norm).
 
-All of them share one form (Bach et al. 2015; Montavon et al. 2019): with z the (modified) forward
-output, s = R / stabilised(z), and the relevance of input i is x_i * (J_i^T s), the VJP doing the
-"redistribute along the weights" step. Constants take none: like a bias, they absorb their share.
+Every rule here has one shape (Bach et al. 2015; Montavon et al. 2017, 2019): compute the op's output
+z with modified weights (and inputs), stabilise it, divide the relevance by it, and send the quotient
+back along the (modified) weights with the op's own VJP. Writing rules this way makes each of them
+work for every affine op on every engine.
+
+What "the weights" of an op are (see :class:`Affine`):
+
+* ``layer`` ops (linear, conv): the ``weight`` and ``bias`` parameters;
+* ``sum`` ops (add, average pools, reductions): the implicit positive coefficients, so "W+" is the op
+  itself and "W-" is zero; constant inputs of an add act as its bias;
+* ``product`` ops with one constant factor (scaling): the constant is the weight;
+* ``norm`` (batch norm): only the rules that need no weight modification (zero, epsilon, norm).
+
+Stabilisers follow zennit: z + s·sign(z) with sign(0) = +1. Bias conventions follow zennit as well:
+the positive part of the bias joins the positive term, the negative part the negative term.
 """
 from __future__ import annotations
 
-from ..errors import UnsupportedError
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import MethodError, UnsupportedError
 from .base import NodeContext, Rule
 
-AFFINE = frozenset({"layer", "sum", "norm"})
+KEEP = "keep"   # bias modifier: leave the bias as it is
+DROP = None     # bias modifier: no bias
 
 
-class ZRule(Rule):
-    """Shared machinery: z from the (possibly modified) forward pass, stabilise, redistribute."""
+class Affine:
+    """An affine node seen as weights and bias, evaluated with modified ones.
 
-    categories = AFFINE | {"product"}
+    ``term(xs, wmod, bmod)`` gives z = f(xs; wmod(W), bmod(b)) and ``back(g, wmod)`` the VJP w.r.t. the
+    signal inputs with the modified weights. ``wmod``/``bmod`` map engine arrays to engine arrays.
+    """
 
-    def denominator(self, ctx: NodeContext, z):
-        raise NotImplementedError
+    def __init__(self, ctx: NodeContext):
+        self.ctx = ctx
+        self.eng = ctx.engine
+        cat = ctx.category
+        self.signal = [i for i, c in enumerate(ctx.constant) if not c]
+        if cat == "layer":
+            self.kind = "layer"
+        elif cat == "sum":
+            self.kind = "sum"
+        elif cat == "product":
+            if len(self.signal) != 1:
+                raise UnsupportedError(
+                    f"node {ctx.node.name!r}: an LRP rule cannot split relevance over a product of "
+                    f"{len(self.signal)} signals; assign a product rule (e.g. a gated rule) to it")
+            self.kind = "product"
+        elif cat == "norm":
+            self.kind = "norm"
+        else:
+            raise UnsupportedError(f"node {ctx.node.name!r}: op {ctx.node.op!r} is not affine")
 
-    def divide(self, ctx: NodeContext, relevance, z):
-        return relevance / self.denominator(ctx, z)
+    # -- building blocks ---------------------------------------------------------------------------
+    def _inputs_params(self, xs, wmod, bmod):
+        """(inputs, params, scale) of the op evaluated with modified weights/bias on signals ``xs``."""
+        ctx, eng = self.ctx, self.eng
+        inputs = list(ctx.inputs)
+        for i, x in zip(self.signal, xs):
+            inputs[i] = x
+        params = dict(ctx.params)
+        scale = 1.0
+        if self.kind == "layer":
+            if wmod is not None:
+                params["weight"] = wmod(params["weight"])
+            if "bias" in params:
+                if bmod is DROP:
+                    del params["bias"]
+                elif bmod is not KEEP:
+                    params["bias"] = bmod(params["bias"])
+        elif self.kind == "sum":
+            if wmod is not None:    # positive coefficients: a positively homogeneous modifier scales them
+                scale = float(np.asarray(eng.to_numpy(wmod(eng.asarray(np.ones((), np.float64))))))
+            for i, c in enumerate(ctx.constant):
+                if c:
+                    inputs[i] = (eng.zeros_like(inputs[i]) if bmod is DROP else
+                                 inputs[i] if bmod is KEEP else bmod(inputs[i]))
+        elif self.kind == "product":
+            for i, c in enumerate(ctx.constant):
+                if c and wmod is not None:
+                    inputs[i] = wmod(inputs[i])
+        elif self.kind == "norm":
+            if wmod is not None or bmod not in (KEEP, DROP):
+                raise UnsupportedError(
+                    f"node {ctx.node.name!r}: rules that modify weights do not apply to batch norm; fold it "
+                    f"into the layer before it (graph pass 'fold_batch_norm') or use epsilon/zero/norm")
+            if bmod is DROP:   # y = k·x: no shift
+                params = {k: v for k, v in params.items() if k != "bias"}
+                params["mean"] = eng.zeros_like(params["mean"])
+        return inputs, params, scale
 
-    def params_without_bias(self, ctx: NodeContext):
-        return {k: v for k, v in ctx.params.items() if k != "bias"}
+    def term(self, xs, wmod=None, bmod=KEEP):
+        inputs, params, scale = self._inputs_params(xs, wmod, bmod)
+        if scale == 0.0:
+            return None
+        z = self.ctx.forward(inputs, params)
+        return z if scale == 1.0 else z * scale
+
+    def back(self, grad, wmod=None):
+        """VJP of the modified op w.r.t. each signal input (a list over signals)."""
+        inputs, params, scale = self._inputs_params([self.ctx.inputs[i] for i in self.signal], wmod, KEEP)
+        if scale == 0.0:
+            return [None] * len(self.signal)
+        grads = self.ctx.vjp(grad, inputs=inputs, params=params)
+        grads = [grads[i] for i in self.signal]
+        return grads if scale == 1.0 else [None if g is None else g * scale for g in grads]
+
+    def signals(self):
+        return [self.ctx.inputs[i] for i in self.signal]
+
+    def scatter(self, rels):
+        """Relevance per signal -> relevance per node input (None for constants)."""
+        out: list = [None] * len(self.ctx.inputs)
+        for i, r in zip(self.signal, rels):
+            out[i] = r
+        return out
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _mul(a, b):
+    return None if a is None or b is None else a * b
+
+
+class AffineRule(Rule):
+    """Base of the rules below: they see the node as an :class:`Affine`."""
+
+    categories = frozenset({"layer", "sum", "product"})
 
     def __call__(self, ctx: NodeContext, relevance):
-        if ctx.category == "product" and sum(not c for c in ctx.constant) > 1:
-            raise UnsupportedError(
-                f"node {ctx.node.name!r}: rule {self.name!r} cannot split relevance over a product of two "
-                f"signals; assign a product rule (e.g. a gated rule) to it in the composite")
-        inputs = ctx.inputs
-        if self.params.get("zero_bias"):
-            eng = ctx.engine
-            inputs = [eng.zeros_like(x) if c else x for x, c in zip(ctx.inputs, ctx.constant)]
-            z = ctx.forward(inputs, self.params_without_bias(ctx))
-        else:
-            z = ctx.output
-        s = self.divide(ctx, relevance, z)
-        grads = ctx.vjp(s, inputs=inputs)
-        return [None if c or g is None else x * g for x, g, c in zip(ctx.inputs, grads, ctx.constant)]
+        op = Affine(ctx)
+        return op.scatter(self.relevance(op, ctx.engine, relevance))
+
+    def relevance(self, op: Affine, eng, R) -> list:
+        raise NotImplementedError
+
+
+class ZRule(AffineRule):
+    """z with the op's own weights; R_i = x_i · (J_iᵀ s) with s = R / stabilised(z)."""
+
+    categories = frozenset({"layer", "sum", "product", "norm"})
+
+    def divide(self, eng, R, z):
+        raise NotImplementedError
+
+    def relevance(self, op, eng, R):
+        xs = op.signals()
+        z = op.term(xs, bmod=DROP) if self.params.get("zero_bias") else op.ctx.output
+        s = self.divide(eng, R, z)
+        return [_mul(x, g) for x, g in zip(xs, op.back(s))]
 
 
 class Epsilon(ZRule):
@@ -49,8 +167,8 @@ class Epsilon(ZRule):
     name = "epsilon"
     defaults = {"epsilon": 1e-6, "zero_bias": False}
 
-    def denominator(self, ctx, z):
-        return ctx.engine.stabilize(z, self.epsilon)
+    def divide(self, eng, R, z):
+        return R / eng.stabilize(z, self.epsilon)
 
 
 class Zero(ZRule):
@@ -59,13 +177,184 @@ class Zero(ZRule):
     name = "zero"
     defaults = {"zero_bias": False}
 
-    def divide(self, ctx, relevance, z):
-        return ctx.engine.safe_divide(relevance, z)
+    def divide(self, eng, R, z):
+        return eng.safe_divide(R, z)
 
 
-class Norm(Zero):
-    """For sums and average pools: each input gets its share of the output (LRP-0 without bias)."""
+class Norm(ZRule):
+    """For sums, average pools and scalings: each input gets its share of the output, by contribution
+    (a bias-free LRP-ε with a small stabiliser; ``epsilon=0`` divides exactly)."""
 
     name = "norm"
-    categories = frozenset({"sum"})
-    defaults = {"zero_bias": True}
+    categories = frozenset({"sum", "product"})
+    defaults = {"epsilon": 1e-6}
+
+    def relevance(self, op, eng, R):
+        xs = op.signals()
+        z = op.term(xs, bmod=DROP)
+        s = eng.safe_divide(R, z) if self.epsilon == 0 else R / eng.stabilize(z, self.epsilon)
+        return [_mul(x, g) for x, g in zip(xs, op.back(s))]
+
+
+def _clip_pos(eng):
+    return lambda w: eng.clip(w, 0, None)
+
+
+def _clip_neg(eng):
+    return lambda w: eng.clip(w, None, 0)
+
+
+class AlphaBeta(AffineRule):
+    """LRP-αβ: positive contributions weighted by α, negative ones by β, α − β = 1.
+
+    Positive contributions are x+·W+ and x-·W- (plus b+), negative ones x+·W- and x-·W+ (plus b-),
+    each normalised by its own total (Bach et al. 2015; zennit's convention for negative inputs).
+    """
+
+    name = "alpha_beta"
+    defaults = {"alpha": 2.0, "beta": 1.0, "stabilizer": 1e-6, "zero_bias": False}
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        a, b = self.params["alpha"], self.params["beta"]
+        if a < 0 or b < 0 or abs((a - b) - 1.0) > 1e-12:
+            raise MethodError(f"rule {self.name!r}: need alpha >= 0, beta >= 0 and alpha - beta = 1, "
+                              f"got alpha={a}, beta={b}")
+
+    def relevance(self, op, eng, R):
+        pos, neg = _clip_pos(eng), _clip_neg(eng)
+        xs = op.signals()
+        xp = [eng.clip(x, 0, None) for x in xs]
+        xn = [eng.clip(x, None, 0) for x in xs]
+        zb = self.params["zero_bias"]
+        out = [None] * len(xs)
+
+        def part(w_for_xp, w_for_xn, b_mod, weight):
+            z = _add(op.term(xp, w_for_xp, DROP if zb else b_mod), op.term(xn, w_for_xn, DROP))
+            if z is None:
+                return
+            s = R / eng.stabilize(z, self.stabilizer)
+            for k, (gp, gn) in enumerate(zip(op.back(s, w_for_xp), op.back(s, w_for_xn))):
+                out[k] = _add(out[k], _mul(_add(_mul(xp[k], gp), _mul(xn[k], gn)), weight))
+
+        part(pos, neg, pos, self.alpha)
+        if self.beta:
+            part(neg, pos, neg, -self.beta)
+        return out
+
+
+class ZPlus(AlphaBeta):
+    """LRP-z+ (deep Taylor for ReLU layers): αβ with α = 1, β = 0."""
+
+    name = "z_plus"
+    defaults = {"stabilizer": 1e-6, "zero_bias": False}
+
+    def __init__(self, **params: Any):
+        Rule.__init__(self, **params)
+        self.params.update(alpha=1.0, beta=0.0)
+
+    def __repr__(self):
+        return f"ZPlus(stabilizer={self.stabilizer!r}, zero_bias={self.zero_bias!r})"
+
+
+class Gamma(AffineRule):
+    """Generalised LRP-γ: favour positive contributions by adding γ times them to the weights.
+
+    The sign of the true output z picks the branch: for z > 0 the positive contributions (x+ with
+    W + γW+, x- with W + γW-), for z < 0 the negative ones (Montavon et al. 2019; Andéol et al. 2021;
+    zennit's generalised form). With non-negative inputs and z > 0 it is the original γ-rule.
+    """
+
+    name = "gamma"
+    defaults = {"gamma": 0.25, "stabilizer": 1e-6, "zero_bias": False}
+
+    def relevance(self, op, eng, R):
+        g = self.gamma
+        up = lambda w: w + g * eng.clip(w, 0, None)      # noqa: E731  W + γW+
+        down = lambda w: w + g * eng.clip(w, None, 0)    # noqa: E731  W + γW-
+        xs = op.signals()
+        xp = [eng.clip(x, 0, None) for x in xs]
+        xn = [eng.clip(x, None, 0) for x in xs]
+        z = op.ctx.output
+        zb = self.params["zero_bias"]
+        out = [None] * len(xs)
+        for w_xp, w_xn, mask in ((up, down, z > 0), (down, up, z < 0)):
+            zz = _add(op.term(xp, w_xp, DROP if zb else w_xp), op.term(xn, w_xn, DROP))
+            if zz is None:
+                continue
+            s = eng.where(mask, R / eng.stabilize(zz, self.stabilizer), eng.zeros_like(R))
+            for k, (gp, gn) in enumerate(zip(op.back(s, w_xp), op.back(s, w_xn))):
+                out[k] = _add(out[k], _add(_mul(xp[k], gp), _mul(xn[k], gn)))
+        return out
+
+
+class Flat(AffineRule):
+    """LRP-flat: each output's relevance is spread evenly over its receptive field (Lapuschkin et al. 2019)."""
+
+    name = "flat"
+    defaults = {"stabilizer": 1e-6}
+
+    def relevance(self, op, eng, R):
+        ones = lambda w: eng.ones_like(w)     # noqa: E731
+        xs = [eng.ones_like(x) for x in op.signals()]
+        z = op.term(xs, ones, DROP)
+        s = R / eng.stabilize(z, self.stabilizer)
+        return op.back(s, ones)
+
+
+class WSquare(AffineRule):
+    """LRP-w²: relevance spread in proportion to the squared weights, independent of the input
+    (Montavon et al. 2017); the squared bias joins the denominator unless ``zero_bias``."""
+
+    name = "w_square"
+    defaults = {"stabilizer": 1e-6, "zero_bias": False}
+
+    def relevance(self, op, eng, R):
+        sq = lambda w: w * w                  # noqa: E731
+        xs = [eng.ones_like(x) for x in op.signals()]
+        z = op.term(xs, sq, DROP if self.zero_bias else sq)
+        s = R / eng.stabilize(z, self.stabilizer)
+        return op.back(s, sq)
+
+
+class ZBox(AffineRule):
+    """LRP-zᴮ (deep Taylor for bounded inputs, low ≤ x ≤ high): for the pixel layer (Montavon et al. 2017).
+
+    ``low``/``high`` are scalars or arrays broadcastable to one sample's input (e.g. per channel).
+    """
+
+    name = "z_box"
+    categories = frozenset({"layer", "sum"})
+    defaults = {"low": None, "high": None, "stabilizer": 1e-6}
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        if self.params["low"] is None or self.params["high"] is None:
+            raise MethodError("rule 'z_box' needs the input bounds: low=..., high=... (scalars or arrays)")
+
+    def bound(self, eng, value, x):
+        arr = np.asarray(value, dtype=np.float64)
+        b = eng.asarray(arr, dtype=eng.dtype_of(x))
+        try:
+            return eng.zeros_like(x) + b
+        except Exception as err:
+            raise MethodError(f"z_box bounds of shape {arr.shape} do not broadcast to inputs of shape "
+                              f"{tuple(x.shape)}: {err}") from None
+
+    def relevance(self, op, eng, R):
+        pos, neg = _clip_pos(eng), _clip_neg(eng)
+        xs = op.signals()
+        ls = [self.bound(eng, self.low, x) for x in xs]
+        hs = [self.bound(eng, self.high, x) for x in xs]
+        z = op.term(xs, None, KEEP)
+        z = z - op.term(ls, pos, pos)
+        zh = op.term(hs, neg, neg)
+        z = z if zh is None else z - zh
+        s = R / eng.stabilize(z, self.stabilizer)
+        out = []
+        for x, l, h, g, gp, gn in zip(xs, ls, hs, op.back(s), op.back(s, pos), op.back(s, neg)):
+            r = _mul(x, g)
+            r = r - _mul(l, gp) if gp is not None else r
+            r = r - _mul(h, gn) if gn is not None else r
+            out.append(r)
+        return out
