@@ -42,6 +42,15 @@ def op_graph(op):
                                 eps=1e-3), (3, 6, 6)
     elif op in ("relu", "tanh", "sigmoid", "identity"):
         h, shape = getattr(b, op)(x), (3, 6, 6)
+    elif op == "clip":
+        h, shape = b.clip(x, -1.0, 1.5), (3, 6, 6)
+    elif op == "elu":
+        h, shape = b.elu(x, 0.7), (3, 6, 6)
+    elif op == "gelu":
+        h = b.add(b.gelu(x), b.gelu(x, approximate="tanh"))
+        shape = (3, 6, 6)
+    elif op == "silu":
+        h, shape = b.silu(x), (3, 6, 6)
     elif op == "leaky_relu":
         h, shape = b.leaky_relu(x, 0.2), (3, 6, 6)
     elif op == "softmax":

@@ -371,6 +371,11 @@ CASES = {
     "relu": unary_cases("relu", values="distinct"),
     "leaky_relu": unary_cases("leaky_relu", values="distinct", negative_slope=st.sampled_from([0.01, 0.2, 1.5])),
     "tanh": unary_cases("tanh"),
+    "clip": unary_cases("clip", values="distinct", min=st.sampled_from([None, -1.05, 0.0]),
+                        max=st.sampled_from([None, 0.5573, 6.0])),
+    "elu": unary_cases("elu", values="distinct", alpha=st.sampled_from([1.0, 0.3])),
+    "gelu": unary_cases("gelu", approximate=st.sampled_from(["none", "tanh"])),
+    "silu": unary_cases("silu"),
     "sigmoid": unary_cases("sigmoid"),
     "softmax": axis_cases("softmax"),
     "add": broadcast_cases("add"),
@@ -624,6 +629,13 @@ def test_elementwise_activations():
     np.testing.assert_allclose(run("leaky_relu", negative_slope=0.1), [[-0.3, -0.05, 0, 0.5, 3]])
     np.testing.assert_allclose(run("sigmoid"), 1 / (1 + np.exp(-x)), rtol=1e-14)
     np.testing.assert_allclose(run("tanh"), np.tanh(x))
+    np.testing.assert_allclose(run("clip", min=0.0, max=0.5), np.clip(x, 0, 0.5))
+    np.testing.assert_allclose(run("elu", alpha=0.5), np.where(x > 0, x, 0.5 * (np.exp(x) - 1)), rtol=1e-14)
+    from scipy.stats import norm
+    np.testing.assert_allclose(run("gelu"), x * norm.cdf(x), rtol=1e-12)
+    np.testing.assert_allclose(run("gelu", approximate="tanh"),
+                               0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))), rtol=1e-12)
+    np.testing.assert_allclose(run("silu"), x / (1 + np.exp(-x)), rtol=1e-14)
     big = np.array([[-1000.0, 1000.0]])
     s = KERNELS["sigmoid"].forward({}, [big], {})
     np.testing.assert_array_equal(s, [[0.0, 1.0]])

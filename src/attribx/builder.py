@@ -75,6 +75,18 @@ class GraphBuilder:
     def leaky_relu(self, x, negative_slope=0.01, name=None):
         return self.add_node("leaky_relu", x, name, negative_slope=negative_slope)
 
+    def clip(self, x, min=None, max=None, name=None):
+        return self.add_node("clip", x, name, min=min, max=max)
+
+    def elu(self, x, alpha=1.0, name=None):
+        return self.add_node("elu", x, name, alpha=alpha)
+
+    def gelu(self, x, approximate="none", name=None):
+        return self.add_node("gelu", x, name, approximate=approximate)
+
+    def silu(self, x, name=None):
+        return self.add_node("silu", x, name)
+
     def tanh(self, x, name=None):
         return self.add_node("tanh", x, name)
 

@@ -316,6 +316,77 @@ def _sigmoid_vjp(attrs, inputs, params, output, grad):
     return [grad * y * (1 - y)]
 
 
+def _clip_forward(attrs, inputs, params):
+    (x,) = inputs
+    return np.clip(x, attrs["min"], attrs["max"])
+
+
+def _clip_vjp(attrs, inputs, params, output, grad):
+    """Gradient 1 strictly inside the bounds (0 at them, as torch's hardtanh)."""
+    (x,) = inputs
+    inside = np.ones(x.shape, bool)
+    if attrs["min"] is not None:
+        inside &= x > attrs["min"]
+    if attrs["max"] is not None:
+        inside &= x < attrs["max"]
+    return [grad * inside]
+
+
+def _elu_forward(attrs, inputs, params):
+    (x,) = inputs
+    a = x.dtype.type(attrs["alpha"])
+    return np.where(x > 0, x, a * np.expm1(np.minimum(x, 0)))
+
+
+def _elu_vjp(attrs, inputs, params, output, grad):
+    (x,) = inputs
+    a = x.dtype.type(attrs["alpha"])
+    return [grad * np.where(x > 0, 1, a * np.exp(np.minimum(x, 0))).astype(x.dtype)]
+
+
+_SQRT2 = np.sqrt(2.0)
+_TANH_C = np.sqrt(2.0 / np.pi)
+
+
+def _erf(x):
+    """erf without scipy in core (scipy's when installed)."""
+    try:
+        from scipy.special import erf
+        return erf(x).astype(x.dtype)
+    except ImportError:   # pragma: no cover - exercised only without scipy
+        import math
+        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+
+
+def _gelu_forward(attrs, inputs, params):
+    (x,) = inputs
+    if attrs["approximate"] == "tanh":
+        return (0.5 * x * (1 + np.tanh(_TANH_C * (x + 0.044715 * x ** 3)))).astype(x.dtype)
+    return (0.5 * x * (1 + _erf(x / _SQRT2))).astype(x.dtype)
+
+
+def _gelu_vjp(attrs, inputs, params, output, grad):
+    (x,) = inputs
+    if attrs["approximate"] == "tanh":
+        u = _TANH_C * (x + 0.044715 * x ** 3)
+        t = np.tanh(u)
+        d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _TANH_C * (1 + 3 * 0.044715 * x * x)
+    else:
+        d = 0.5 * (1 + _erf(x / _SQRT2)) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+    return [(grad * d).astype(x.dtype)]
+
+
+def _silu_forward(attrs, inputs, params):
+    (x,) = inputs
+    return x * _sigmoid(x)
+
+
+def _silu_vjp(attrs, inputs, params, output, grad):
+    (x,) = inputs
+    s = _sigmoid(x)
+    return [grad * (s * (1 + x * (1 - s)))]
+
+
 def _softmax_forward(attrs, inputs, params):
     (x,) = inputs
     axis = norm_axis(attrs["axis"], x.ndim)
@@ -485,6 +556,10 @@ KERNELS: dict[str, Kernel] = {
     "global_avg_pool": Kernel(_global_avg_pool_forward, _global_avg_pool_vjp),
     "batch_norm": Kernel(_batch_norm_forward, _batch_norm_vjp),
     "relu": Kernel(_relu_forward, _relu_vjp),
+    "clip": Kernel(_clip_forward, _clip_vjp),
+    "elu": Kernel(_elu_forward, _elu_vjp),
+    "gelu": Kernel(_gelu_forward, _gelu_vjp),
+    "silu": Kernel(_silu_forward, _silu_vjp),
     "leaky_relu": Kernel(_leaky_forward, _leaky_vjp),
     "tanh": Kernel(_tanh_forward, _tanh_vjp),
     "sigmoid": Kernel(_sigmoid_forward, _sigmoid_vjp),
