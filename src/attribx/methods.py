@@ -175,10 +175,10 @@ def relu_composite(rule: Rule, name: str):
 
 
 def single_rule(rule_cls, name: str):
-    """A single-rule LRP method: its rule on every linear and conv node, the base map elsewhere.
-    LRP-0 divides exactly at sums too, so that it conserves exactly."""
+    """A single-rule LRP method: its rule on every linear and conv node, the base map elsewhere, whose
+    sums take the rule's stabiliser (as zennit's composites do); LRP-0 divides exactly there too."""
     def make(**params):
-        stab = 0.0 if rule_cls is Zero else 1e-6
+        stab = 0.0 if rule_cls is Zero else params.get("stabilizer", 1e-6)
         return C.Composite([(C.category("layer"), rule_cls(**params))], defaults=C.lrp_defaults(stab), name=name)
     return Method(name, make, defaults={k: v for k, v in rule_cls.defaults.items()},
                   description=(rule_cls.__doc__ or "").strip().splitlines()[0])
