@@ -1,0 +1,202 @@
+"""The torch engine: runs any attribx graph with torch's kernels, on the CPU or a GPU.
+
+This module does not import torch at import time: attribx imports engine classes to build its
+registry, and ``import attribx`` (or explaining on the numpy engine) must not pull in torch. torch is
+imported the first time the engine touches an array.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import numpy as np
+
+from attribx.engines import Engine
+
+_TORCH: Any = None
+
+
+def _torch():
+    """torch, imported on first use."""
+    global _TORCH
+    if _TORCH is None:
+        import torch
+        _TORCH = torch
+    return _TORCH
+
+
+@functools.lru_cache(maxsize=None)
+def torch_dtype(dtype):
+    """A torch dtype from a torch dtype, a numpy dtype (or type), or a name ("float32", "bfloat16")."""
+    torch = _torch()
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        named = getattr(torch, dtype, None)
+        if isinstance(named, torch.dtype):
+            return named
+    return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype
+
+
+class TorchEngine(Engine):
+    """Runs graphs with torch, in the input's dtype, on ``device``.
+
+    ``device=None`` follows the data: tensors handed to :meth:`asarray` stay where they are, and arrays
+    converted afterwards go to the device of the last tensor seen (the CPU before any). A device given
+    (``"cuda"``, ``"cuda:1"``, ``"cpu"``) moves everything there; it may also be set after construction
+    (``engine.device = "cuda"``). ``dtype`` (torch or numpy dtype, or its name) casts converted arrays.
+    """
+
+    name = "torch"
+    framework = "torch"
+
+    def __init__(self, dtype: Any = None, device: Any = None):
+        super().__init__(dtype=dtype, device=device)
+        self._seen_device = None
+        self._scalars: dict[tuple, Any] = {}
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name!r} device={str(self.target_device())!r}>"
+
+    # -- devices and parameters -------------------------------------------------------------------
+    def target_device(self, like=None):
+        """Where new arrays go: the device asked for, else ``like``'s, else the data's (CPU at first)."""
+        torch = _torch()
+        if self.device is not None:
+            return torch.device(self.device)
+        if isinstance(like, torch.Tensor):
+            return like.device
+        return self._seen_device if self._seen_device is not None else torch.device("cpu")
+
+    def node_params(self, node, inputs: Sequence[Any] = ()) -> dict:
+        """The node's parameters as tensors of the computation's dtype on its device (cached per both)."""
+        torch = _torch()
+        like = inputs[0] if inputs else None
+        if isinstance(like, torch.Tensor):
+            dtype = like.dtype if like.is_floating_point() else torch_dtype(self.dtype)
+            device = like.device
+        else:
+            dtype = torch_dtype(self.dtype if like is None else self.dtype_of(like))
+            device = self.target_device()
+        key = (id(node), node.name, dtype, device)
+        hit = self._param_cache.get(key)
+        if hit is None:
+            hit = {k: self._convert(v, dtype, device) for k, v in node.params.items()}
+            self._param_cache[key] = hit
+        return hit
+
+    # -- arrays -------------------------------------------------------------------------------------
+    def _convert(self, x, dtype, device):
+        """numpy array (or scalar, or tensor) -> tensor of ``dtype`` (None: keep) on ``device``."""
+        torch = _torch()
+        if isinstance(x, torch.Tensor):
+            t = x.detach()
+        else:
+            a = np.asarray(x)
+            if a.dtype == object:
+                raise TypeError(f"cannot convert an array of python objects to a tensor: {a!r}")
+            if not a.dtype.isnative:
+                a = a.astype(a.dtype.newbyteorder("="))
+            if not a.flags.writeable or any(s < 0 for s in a.strides):
+                a = a.copy()   # torch.from_numpy needs writable memory with positive strides
+            t = torch.from_numpy(a)
+        if dtype is not None and t.dtype != dtype:
+            return t.to(device=device, dtype=dtype)
+        return t.to(device=device)
+
+    def asarray(self, x, dtype=None):
+        torch = _torch()
+        dtype = torch_dtype(self.dtype if dtype is None else dtype)
+        if isinstance(x, torch.Tensor) and self.device is None:
+            self._seen_device = x.device    # follow the data
+        return self._convert(x, dtype, self.target_device(x))
+
+    def to_numpy(self, x) -> np.ndarray:
+        torch = _torch()
+        if not isinstance(x, torch.Tensor):
+            return np.asarray(x)
+        x = x.detach()
+        if x.dtype in (torch.bfloat16,) or (x.dtype.is_floating_point and x.dtype.itemsize == 1):
+            x = x.float()   # numpy has no bfloat16 / float8
+        return x.cpu().contiguous().numpy()
+
+    def dtype_of(self, x):
+        torch = _torch()
+        if isinstance(x, torch.Tensor):
+            return x.dtype
+        return torch_dtype(np.asarray(x).dtype)
+
+    def _tensor(self, x, like=None):
+        torch = _torch()
+        if isinstance(x, torch.Tensor):
+            return x
+        return self._convert(x, None, self.target_device(like))
+
+    def where(self, cond, a, b):
+        torch = _torch()
+        cond = self._tensor(cond, a if isinstance(a, torch.Tensor) else b)
+        return torch.where(cond, a, b)
+
+    def sign(self, x):
+        """Sign with sign(0) = +1 (and -1 for NaN, as the numpy engine)."""
+        torch = _torch()
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    def abs(self, x):
+        return self._tensor(x).abs()
+
+    def clip(self, x, low=None, high=None):
+        torch = _torch()
+        if low is None and high is None:
+            return x
+        return torch.clamp(self._tensor(x), low, high)
+
+    def zeros_like(self, x):
+        return _torch().zeros_like(self._tensor(x))
+
+    def ones_like(self, x):
+        return _torch().ones_like(self._tensor(x))
+
+    def sum(self, x, axis=None, keepdims=False):
+        x = self._tensor(x)
+        if axis is None:
+            s = x.sum()
+            return s.reshape((1,) * x.dim()) if keepdims else s
+        return x.sum(dim=axis, keepdim=keepdims)
+
+    def argmax(self, x, axis=-1):
+        return _torch().argmax(self._tensor(x), dim=axis)
+
+    def one_hot(self, index, like):
+        torch = _torch()
+        index = torch.as_tensor(np.asarray(index) if not isinstance(index, torch.Tensor) else index,
+                                dtype=torch.long, device=like.device)
+        return torch.zeros_like(like).scatter_(1, index.reshape(-1, 1), 1)
+
+    def isfinite_all(self, x) -> bool:
+        return bool(_torch().isfinite(self._tensor(x)).all())
+
+    # -- rule helpers, fused ---------------------------------------------------------------------------
+    def _scalar(self, value: float, like):
+        """A 0-d tensor of ``like``'s dtype and device holding ``value`` (cached)."""
+        key = (value, like.dtype, like.device)
+        t = self._scalars.get(key)
+        if t is None:
+            t = self._scalars[key] = _torch().full((), value, dtype=like.dtype, device=like.device)
+        return t
+
+    def stabilize(self, z, epsilon: float):
+        """z + epsilon * sign(z) with sign(0) = +1: the same numbers as the base class's, in three passes
+        over z instead of five (epsilon · sign(z) is ±epsilon exactly)."""
+        torch = _torch()
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            return super().stabilize(z, epsilon)
+        shift = torch.where(z >= 0, self._scalar(float(epsilon), z), self._scalar(-float(epsilon), z))
+        return shift.add_(z)
+
+    def safe_divide(self, num, den):
+        """num / den, and 0 where den is 0."""
+        torch = _torch()
+        if not isinstance(den, torch.Tensor) or not isinstance(num, torch.Tensor):
+            return super().safe_divide(num, den)
+        return torch.where(den == 0, 0.0, num / den)
