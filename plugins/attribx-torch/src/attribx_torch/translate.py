@@ -1,0 +1,1584 @@
+"""Translate a ``torch.nn.Module`` into the attribx graph, with torch.fx and one example forward pass.
+
+``translate_module(model, input_shape)`` traces the model symbolically (``torch.fx``) with the modules
+it knows kept whole, so that graph nodes carry the module paths users know (``features.3``,
+``layer1.0.conv1``); functional ops get fx's readable names (``add``, ``add_1``, ``cat``, ``flatten``).
+One forward pass on a zero example of shape ``(1, *input_shape)`` gives every intermediate shape, from
+which 'same' padding, adaptive pooling and ``x.view(x.size(0), -1)``-style reshapes are resolved.
+
+Every op without a translation, and every argument the graph cannot express exactly, is an
+:class:`attribx.UnsupportedError` naming the op, the fx node or module path, and the hooks that add
+more. The graph is checked against the traced shapes before it is returned, and cached per model,
+input shape and dtype until a parameter, buffer or submodule changes.
+"""
+from __future__ import annotations
+
+import builtins
+import copy
+import inspect
+import math
+import operator
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attribx.errors import AttribxError, GraphError, InputError, UnsupportedError
+from attribx.graph import Graph, Node, Value, layout_dims
+
+__all__ = ["translate_module", "clear_cache", "HOOK_HINT"]
+
+HOOK_HINT = ("a plugin can add ops through the 'attribx_ops' hook and translations through "
+             "'attribx_translate'")
+
+# ----------------------------------------------------------------------------------------------
+# values flowing through the translation
+
+
+@dataclass
+class T:
+    """A batched tensor of the graph: the graph value's name and its traced shape (batch size 1)."""
+
+    name: str
+    shape: tuple
+    dtype: torch.dtype = torch.float32
+
+
+@dataclass
+class _Lazy:
+    """A piece of a tensor (from chunk/split) that becomes a slice node when something reads it."""
+
+    source: T
+    axis: int
+    start: int
+    stop: int
+    name: str
+    made: T | None = None
+
+    @property
+    def shape(self):
+        s = list(self.source.shape)
+        s[self.axis] = self.stop - self.start
+        return tuple(s)
+
+
+def _is_t(v) -> bool:
+    return isinstance(v, (T, _Lazy))
+
+
+def _contains_t(v) -> bool:
+    if _is_t(v):
+        return True
+    if isinstance(v, (list, tuple)):
+        return any(_contains_t(a) for a in v)
+    if isinstance(v, dict):
+        return any(_contains_t(a) for a in v.values())
+    return False
+
+
+class _Unsupported(Exception):
+    """Raised inside handlers; the translation adds where it happened and the hook hint."""
+
+
+# ----------------------------------------------------------------------------------------------
+# tracing
+
+
+class _Tracer(fx.Tracer):
+    """Keeps the modules we translate as leaves and records the module each node was made in."""
+
+    def __init__(self):
+        super().__init__()
+        self._stack: list[tuple[str, str]] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if _module_handler(m) is not None:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            path = self.path_of_module(m)
+        except Exception:   # pragma: no cover - modules not reachable from the root
+            path = "?"
+        self._stack.append((path, type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self._stack.pop()
+
+    def create_node(self, *args, **kwargs):
+        node = super().create_node(*args, **kwargs)
+        if self._stack:
+            node.meta["attribx_module"] = self._stack[-1]
+        return node
+
+
+def _concrete_args(model: nn.Module) -> tuple[dict, str | None]:
+    """forward's parameters after the first, bound to their defaults; error if one has none."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}, None
+    if not params:
+        raise UnsupportedError(f"{type(model).__name__}.forward takes no input")
+    concrete = {}
+    for p in params[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            raise UnsupportedError(
+                f"{type(model).__name__}.forward takes several inputs ({', '.join(q.name for q in params)}); "
+                f"attribx translates models with one input tensor (wrap the model in a module that "
+                f"takes one)")
+        concrete[p.name] = p.default
+    return concrete, params[0].name
+
+
+class _Holder(nn.Module):
+    """Holds a model that is itself one translatable module (``nn.Conv2d(...)``), named by its class."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.attr = type(model).__name__.lower()
+        setattr(self, self.attr, model)
+
+    def forward(self, x):
+        return getattr(self, self.attr)(x)
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced graph once and keeps every node's value (shapes, static ints)."""
+
+    def __init__(self, gm):
+        super().__init__(gm, garbage_collect_values=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _ntuple(v, n: int, what: str) -> tuple:
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return (int(v),) * n
+    v = tuple(int(a) for a in v)
+    if len(v) == 1 and n > 1:
+        return v * n
+    if len(v) != n:
+        raise _Unsupported(f"{what} {v} does not have {n} entries")
+    return v
+
+
+def _compact_pads(pairs):
+    """Per-dim (before, after) pairs as an int, per-dim ints, or the pairs themselves."""
+    pairs = [(int(a), int(b)) for a, b in pairs]
+    if all(a == b for a, b in pairs):
+        if len({a for a, _ in pairs}) == 1:
+            return pairs[0][0]
+        return tuple(a for a, _ in pairs)
+    return [tuple(p) for p in pairs]
+
+
+def _compact(t: tuple):
+    return t[0] if len(set(t)) == 1 else tuple(t)
+
+
+def _arg(args, kwargs, i, name, default=inspect.Parameter.empty):
+    if len(args) > i:
+        return args[i]
+    if name in kwargs:
+        return kwargs[name]
+    if default is inspect.Parameter.empty:
+        raise _Unsupported(f"argument {name!r} is missing")
+    return default
+
+
+def _qualname(fn) -> str:
+    try:
+        from torch.fx.node import _get_qualified_name
+        return _get_qualified_name(fn)
+    except Exception:
+        return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def _fn_name(fn) -> str:
+    return getattr(fn, "__name__", None) or _qualname(fn).rsplit(".", 1)[-1]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (bool, int, float, np.integer, np.floating))
+
+
+def _norm_dim(d, ndim, what="dim") -> int:
+    d = int(d)
+    if not -ndim <= d < ndim:
+        raise _Unsupported(f"{what} {d} is out of range for a tensor of rank {ndim}")
+    return d % ndim
+
+
+RANDOM_FUNCTIONS = {torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like,
+                    torch.randint_like, torch.randperm, torch.bernoulli, torch.normal, torch.multinomial,
+                    torch.poisson}
+RANDOM_METHODS = {"uniform_", "normal_", "bernoulli", "bernoulli_", "random_", "exponential_",
+                  "geometric_", "cauchy_", "log_normal_", "multinomial"}
+INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_}
+
+
+# ----------------------------------------------------------------------------------------------
+# the translation
+
+
+class _Translation:
+    def __init__(self, model: nn.Module, input_shape: tuple, dtype: torch.dtype):
+        self.model = model
+        self.input_shape = input_shape
+        self.dtype = dtype
+        self.np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        self.nodes: list[Node] = []
+        self.used: set[str] = {"input"}
+        self.values: dict[fx.Node, Any] = {}
+        self.tainted: set[fx.Node] = set()
+        self.aliases: dict[str, str] = {}
+        self.node: fx.Node | None = None       # the fx node being translated
+        self.main: str = ""                    # its graph name
+        self.main_names: dict[fx.Node, str] = {}
+        self.order: dict[fx.Node, int] = {}
+        self.expected: dict[str, tuple] = {}    # graph name -> torch's shape (batch 1)
+        self.emitted: set[str] = set()
+        self.env: dict = {}
+
+    # -- names and nodes --------------------------------------------------------------------------
+    def unique(self, base: str) -> str:
+        if base not in self.used:
+            self.used.add(base)
+            return base
+        k = 1
+        while f"{base}_{k}" in self.used:
+            k += 1
+        self.used.add(f"{base}_{k}")
+        return f"{base}_{k}"
+
+    def sub(self, suffix: str) -> str:
+        """A name for an extra node of the current translation (``avgpool:h0``)."""
+        return self.unique(f"{self.main}:{suffix}")
+
+    def emit(self, op: str, inputs, shape, attrs=None, params=None, name=None, source=None) -> T:
+        """Add a node (named after the fx node unless ``name``); ``shape`` is torch's, batch size 1."""
+        ins = tuple(self.materialize(i).name for i in inputs)
+        name = name or self.main
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        self.nodes.append(Node(name, op, ins, dict(attrs or {}), params, None, source or self.source()))
+        self.emitted.add(name)
+        t = T(name, tuple(int(d) for d in shape), self.dtype)
+        self.expected[name] = t.shape
+        return t
+
+    def source(self) -> str:
+        n = self.node
+        if n is None:
+            return ""
+        if n.op == "call_module":
+            return type(self.root.get_submodule(n.target)).__name__
+        if n.op == "call_method":
+            return str(n.target)
+        return _fn_name(n.target)
+
+    def materialize(self, v, name: str | None = None) -> T:
+        """A graph tensor for ``v``; a chunk/split piece becomes its slice node now (named ``name``)."""
+        if isinstance(v, T):
+            return v
+        if isinstance(v, _Lazy):
+            if v.made is None:
+                v.made = self.emit("slice", [v.source], v.shape,
+                                   {"axis": v.axis, "start": v.start, "stop": v.stop, "step": None},
+                                   name=name or self.unique(v.name))
+            return v.made
+        raise _Unsupported(f"expected a tensor computed from the input, got {type(v).__name__}")
+
+    def param(self, t, what="parameter") -> np.ndarray:
+        if t is None:
+            return None
+        if _is_t(t):
+            raise _Unsupported(f"its {what} is computed from the input; the graph's {what}s are constants")
+        if not isinstance(t, torch.Tensor):
+            raise _Unsupported(f"{what} is a {type(t).__name__}, not a tensor")
+        a = t.detach().to("cpu")
+        if not a.is_floating_point() or a.dtype not in (torch.float32, torch.float64):
+            a = a.to(self.dtype)
+        return a.numpy().copy()
+
+    def const(self, value, suffix="const") -> T:
+        """A constant node (no batch axis) holding a python number or a tensor."""
+        if isinstance(value, torch.Tensor):
+            arr = value.detach().to("cpu").to(torch.float64).numpy().astype(self.np_dtype)
+        elif _is_number(value):
+            arr = np.asarray(value, dtype=np.float64).astype(self.np_dtype)
+        elif isinstance(value, np.ndarray):
+            arr = value.astype(self.np_dtype)
+        else:
+            raise _Unsupported(f"operand {value!r} is neither a number nor a tensor")
+        name = self.sub(suffix)
+        self.nodes.append(Node(name, "constant", (), {}, {"value": arr}, None, "constant"))
+        self.expected[name] = tuple(arr.shape)
+        return T(name, tuple(arr.shape), self.dtype)
+
+    def out_shape(self) -> tuple:
+        v = self.env[self.node]
+        if not isinstance(v, torch.Tensor):
+            raise _Unsupported(f"expected a tensor result, got {type(v).__name__}")
+        if not v.is_floating_point():
+            raise _Unsupported(f"its result has dtype {v.dtype}; the graph carries floating point values only")
+        return tuple(v.shape)
+
+    def tensor(self, v, what="input") -> T:
+        if not _is_t(v):
+            raise _Unsupported(f"its {what} is not computed from the model input "
+                               f"({type(v).__name__}); only the input tensor flows through the graph")
+        return self.materialize(v)
+
+    # -- the walk ---------------------------------------------------------------------------------
+    def run(self) -> Graph:
+        model = self.model
+        # a module we translate whole is traced as the one call of a holder, so it keeps its name
+        whole = _module_handler(model) is not None or fx.Tracer().is_leaf_module(model, "")
+        self.root = root = _Holder(model) if whole else model
+        concrete, _ = _concrete_args(root)
+        tracer = _Tracer()
+        before = set(vars(root))
+        try:
+            fx_graph = tracer.trace(root, concrete_args=concrete or None)
+            gm = fx.GraphModule(tracer.root, fx_graph, type(model).__name__)
+        except AttribxError:
+            raise
+        except Exception as err:
+            raise UnsupportedError(
+                f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: {_first_line(err)}. "
+                f"attribx translates models whose forward torch.fx can trace symbolically (no control "
+                f"flow on tensor values); {HOOK_HINT}") from None
+        finally:
+            for k in set(vars(root)) - before:     # the tracer parks tensor constants on the root
+                if k.startswith("_tensor_constant"):
+                    delattr(root, k)
+        self.gm = gm
+        for n in fx_graph.nodes:     # modules without a translation: say so before running anything
+            if n.op == "call_module" and _module_handler(root.get_submodule(n.target)) is None:
+                raise UnsupportedError(f"{self._where(n)} has no translation to the attribx graph; {HOOK_HINT}")
+        example = torch.zeros((1, *self.input_shape), dtype=self.dtype, device=_device(model))
+        rec = _Recorder(gm)
+        try:
+            with torch.no_grad():
+                rec.run(example)
+        except Exception as err:
+            shape = tuple(self.input_shape)
+            raise InputError(
+                f"{type(model).__name__} does not run on one sample of shape {shape} (batch shape "
+                f"{(1, *shape)}): {type(err).__name__}: {_first_line(err)}; pass the shape of one sample, "
+                f"without the batch axis, e.g. attribx.translate(model, input_shape=(3, 224, 224))") from None
+        self.env = rec.env
+        nodes = list(fx_graph.nodes)
+        self.order = {n: i for i, n in enumerate(nodes)}
+        # module paths first, so that functional names never take a module's name
+        for n in nodes:
+            if n.op == "call_module":
+                self.main_names[n] = self.unique(str(n.target))
+        outputs = None
+        first = True
+        for n in nodes:
+            self.node = n
+            if n.op == "placeholder":
+                if first:
+                    self.values[n] = T("input", tuple(example.shape), self.dtype)
+                    first = False
+                else:
+                    self.values[n] = self.env[n]
+                continue
+            if n.op == "get_attr":
+                self.values[n] = self.env[n]
+                continue
+            if n.op == "output":
+                outputs = self._outputs(n)
+                continue
+            self.main = self.main_names.get(n) or self.unique(n.name)
+            self.values[n] = self._translate_node(n)
+            if isinstance(self.values[n], T) and self.values[n].name != self.main and self.main not in self.emitted:
+                # dropped (identity, dropout, contiguous): the name addresses the value it passes on
+                self.aliases[self.main] = self.values[n].name
+        self.node = None
+        return self._finish(outputs)
+
+    def _where(self, n: fx.Node) -> str:
+        if n.op == "call_module":
+            m = self.root.get_submodule(n.target)
+            return f"module {n.target!r} ({_class_path(type(m))})"
+        what = f"method Tensor.{n.target}" if n.op == "call_method" else f"function {_qualname(n.target)}"
+        where = f"{what} (fx node {n.name!r}"
+        mod = n.meta.get("attribx_module")
+        if mod:
+            where += f", in module {mod[0]!r} ({mod[1]})"
+        return where + ")"
+
+    def _translate_node(self, n: fx.Node):
+        args = fx.node.map_arg(n.args, lambda a: self.values[a])
+        kwargs = fx.node.map_arg(n.kwargs, lambda a: self.values[a])
+        tainted_in = [a for a in n.all_input_nodes if a in self.tainted]
+        if not _contains_t((args, kwargs)):
+            return self._static(n, args, tainted_in)
+        if n.op == "call_module":
+            mod = self.root.get_submodule(n.target)
+            handler = _module_handler(mod)
+            extra = (mod,)
+        elif n.op == "call_method":
+            handler = METHODS.get(n.target)
+            extra = ()
+        else:
+            handler = FUNCTIONS.get(n.target) or FUNCTIONS_BY_NAME.get(_qualname(n.target))
+            extra = ()
+        if handler is None:
+            raise UnsupportedError(f"{self._where(n)} has no translation to the attribx graph; {HOOK_HINT}")
+        if tainted_in and not getattr(handler, "batch_args_ok", False):
+            raise UnsupportedError(
+                f"{self._where(n)}: an argument depends on the batch size "
+                f"({', '.join(a.name for a in tainted_in)}); the graph works for any batch size, so it "
+                f"cannot express that; {HOOK_HINT}")
+        self._check_inplace(n, args, kwargs, extra)
+        try:
+            return handler(self, n, *extra, args, kwargs)
+        except _Unsupported as err:
+            raise UnsupportedError(f"{self._where(n)}: {err}; {HOOK_HINT}") from None
+
+    def _static(self, n, args, tainted_in):
+        """A node that does not depend on the input: its traced value is its value."""
+        if n.target in RANDOM_FUNCTIONS or (n.op == "call_method" and n.target in RANDOM_METHODS):
+            raise UnsupportedError(f"{self._where(n)} draws random numbers; the graph is deterministic; "
+                                   f"{HOOK_HINT}")
+        value = self.env[n]
+        if tainted_in:
+            if n.op == "call_function" and n.target is operator.getitem and len(n.args) == 2 \
+                    and n.args[0] in self.tainted and n.args[1] not in self.tainted \
+                    and isinstance(args[0], (tuple, list)) and not isinstance(args[1], fx.Node):
+                idx = args[1]
+                length = len(args[0])
+                if isinstance(idx, int):
+                    if idx % max(length, 1) == 0:
+                        self.tainted.add(n)
+                elif isinstance(idx, slice):
+                    if 0 in range(length)[idx]:
+                        self.tainted.add(n)
+                else:
+                    self.tainted.add(n)
+            else:
+                self.tainted.add(n)
+        return value
+
+    def _check_inplace(self, n, args, kwargs, extra):
+        """An in-place op whose input is read again later would need aliasing the graph lacks."""
+        inplace = False
+        if n.op == "call_module":
+            inplace = bool(getattr(extra[0], "inplace", False))
+        elif n.op == "call_method":
+            inplace = n.target.endswith("_") and not n.target.endswith("__")
+        else:
+            fname = _fn_name(n.target)
+            inplace = n.target in INPLACE_FUNCTIONS or bool(n.kwargs.get("inplace", False)) \
+                or (fname.endswith("_") and not fname.endswith("__"))
+        if not inplace or not n.args or not isinstance(n.args[0], fx.Node):
+            return
+        # the tensor modified, and the tensors it is a view or pass-through of
+        chain = [n.args[0]]
+        viewish = {"view", "reshape", "flatten", "transpose", "permute", "unsqueeze", "squeeze",
+                   "contiguous", "getitem", "expand"}
+        while chain[-1].op in ("call_method", "call_function", "call_module") and chain[-1].args \
+                and isinstance(chain[-1].args[0], fx.Node):
+            c = chain[-1]
+            name = c.target if c.op == "call_method" else (
+                _fn_name(c.target) if c.op == "call_function" else type(self.root.get_submodule(c.target)).__name__)
+            passthrough = name in viewish or name in ("Identity", "Dropout", "Dropout1d", "Dropout2d",
+                                                      "Dropout3d", "dropout")
+            if not passthrough:
+                break
+            chain.append(c.args[0])
+        here = self.order[n]
+        for m in chain:
+            for u in m.users:
+                if u is n or u in chain:
+                    continue
+                if self.order[u] > here:
+                    raise UnsupportedError(
+                        f"{self._where(n)} modifies {m.name!r} in place, and {u.name!r} reads it "
+                        f"afterwards; the graph has no aliasing (use the op's out-of-place form); {HOOK_HINT}")
+
+    def _outputs(self, n):
+        val = fx.node.map_arg(n.args[0], lambda a: self.values[a])
+        flat = []
+
+        def collect(v):
+            if isinstance(v, (list, tuple)):
+                for a in v:
+                    collect(a)
+            elif isinstance(v, dict):
+                for a in v.values():
+                    collect(a)
+            elif _is_t(v):
+                flat.append(v)
+            elif v is None:     # an absent optional output (an aux head that eval mode skips)
+                pass
+            else:
+                raise UnsupportedError(
+                    f"{type(self.model).__name__} returns a {type(v).__name__} that does not depend on its "
+                    f"input; the graph's outputs must be tensors computed from the input")
+        collect(val)
+        if not flat:
+            raise UnsupportedError(f"{type(self.model).__name__} returns nothing computed from its input")
+        self.main = "output"
+        outs = [self.materialize(v) for v in flat]
+        # a model that returns its input unchanged still gets a node to explain
+        return [self.emit("identity", [o], o.shape, name=self.unique("output"), source="Identity")
+                if o.name == "input" else o for o in outs]
+
+    def _finish(self, outputs) -> Graph:
+        # drop what no output reads (branches the model computes but does not return)
+        needed = {o.name for o in outputs}
+        for node in reversed(self.nodes):
+            if node.name in needed:
+                needed.update(node.inputs)
+        nodes = [nd for nd in self.nodes if nd.name in needed]
+        for o in outputs:
+            if o.dtype != self.dtype:
+                raise UnsupportedError(f"output {o.name!r} has dtype {o.dtype}, the model's is {self.dtype}")
+        dtype = "float64" if self.dtype == torch.float64 else "float32"
+        full = (None, *self.input_shape)
+        meta = {"name": type(self.model).__name__, "backend": "torch", "framework": "torch",
+                "torch_version": torch.__version__, "input_shape": list(self.input_shape)}
+        aliases = {k: v for k, v in self.aliases.items() if v in needed or v == "input"}
+        if aliases:
+            meta["aliases"] = aliases
+        graph = Graph([Value("input", full, dtype, layout_dims(None, len(full)))], nodes,
+                      [o.name for o in outputs], meta)
+        for nd in graph.nodes:   # the graph's shapes must be torch's, batch axis first
+            want = self.expected.get(nd.name)
+            got = tuple(1 if d is None else d for d in nd.shape)
+            if nd.op != "constant" and (nd.shape[0] is not None or (want is not None and got != want)):
+                raise GraphError(f"internal: node {nd.name!r} ({nd.op}) has shape {nd.shape} in the graph "
+                                 f"but {want} in torch (batch 1); please report this with the model")
+        return graph
+
+
+def _first_line(err) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__
+
+
+def _class_path(cls) -> str:
+    mod = cls.__module__
+    if mod.startswith("torch.nn.modules"):
+        mod = "torch.nn"
+    return f"{mod}.{cls.__qualname__}"
+
+
+def _device(model):
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# op translations shared by modules and functions
+
+
+def _conv(ctx, x: T, weight, bias, stride, padding, dilation, groups):
+    w = ctx.param(weight, "weight")
+    n = w.ndim - 2
+    if len(x.shape) != n + 2:
+        raise _Unsupported(f"conv{n}d on an input of rank {len(x.shape)}; the graph needs (N, C, *spatial)")
+    kernel = w.shape[2:]
+    stride = _ntuple(stride, n, "stride")
+    dilation = _ntuple(dilation, n, "dilation")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pairs = [(0, 0)] * n
+        elif padding == "same":
+            pairs = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)
+                pairs.append((total // 2, total - total // 2))
+        else:
+            raise _Unsupported(f"padding {padding!r}")
+    else:
+        pairs = [(p, p) for p in _ntuple(padding, n, "padding")]
+    return ctx.emit("conv", [x], ctx.out_shape(),
+                    {"stride": _compact(stride), "padding": _compact_pads(pairs), "dilation": _compact(dilation),
+                     "groups": int(groups)},
+                    {"weight": w, "bias": ctx.param(bias, "bias")})
+
+
+def _window(x: T, kernel, stride, padding, dilation, ceil_mode, what):
+    """Per spatial dim: kernel, stride, dilation, (before, after) pads with ceil mode's extra, extra."""
+    n = len(x.shape) - 2
+    if n < 1:
+        raise _Unsupported(f"{what} on an input of rank {len(x.shape)}; the graph needs (N, C, *spatial)")
+    kernel = _ntuple(kernel, n, "kernel_size")
+    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) \
+        else _ntuple(stride, n, "stride")
+    padding = _ntuple(padding, n, "padding")
+    dilation = _ntuple(dilation, n, "dilation")
+    pairs, extras = [], []
+    for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation):
+        span = size + 2 * p - d * (k - 1) - 1
+        out = span // s + 1
+        if ceil_mode:
+            out = -(-span // s) + 1
+            if (out - 1) * s >= size + p:
+                out -= 1
+        extra = max(0, (out - 1) * s + d * (k - 1) + 1 - (size + 2 * p))
+        pairs.append((p, p + extra))
+        extras.append(extra)
+    return kernel, stride, dilation, pairs, extras
+
+
+def _max_pool(ctx, x, kernel, stride, padding, dilation, ceil_mode, return_indices):
+    if return_indices:
+        raise _Unsupported("return_indices=True (the indices are not a graph value)")
+    kernel, stride, dilation, pairs, extras = _window(x, kernel, stride, padding, dilation, ceil_mode, "max pooling")
+    # ceil_mode: torch's extra windows are windows over -inf padding after the input; exact here
+    return ctx.emit("max_pool", [x], ctx.out_shape(),
+                    {"kernel_size": _compact(kernel), "stride": _compact(stride),
+                     "padding": _compact_pads(pairs), "dilation": _compact(dilation)})
+
+
+def _avg_pool(ctx, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    if divisor_override is not None:
+        raise _Unsupported(f"divisor_override={divisor_override}")
+    kernel, stride, _, pairs, extras = _window(x, kernel, stride, padding, 1, ceil_mode, "average pooling")
+    count = bool(count_include_pad)
+    if any(extras):
+        # torch counts the zero padding but not ceil mode's extra positions: with no padding, or with
+        # count_include_pad=False, that is the count of real positions, which the graph op has
+        if count and any(p for p, _ in pairs):
+            raise _Unsupported(f"ceil_mode=True with count_include_pad=True and padding {padding} adds a "
+                               f"partial window here (input {x.shape[2:]}) whose divisor the graph's "
+                               f"avg_pool cannot express")
+        count = False
+    return ctx.emit("avg_pool", [x], ctx.out_shape(),
+                    {"kernel_size": _compact(kernel), "stride": _compact(stride),
+                     "padding": _compact_pads(pairs), "count_include_pad": count})
+
+
+def _adaptive_sizes(x: T, output_size):
+    n = len(x.shape) - 2
+    if n < 1:
+        raise _Unsupported(f"adaptive pooling on an input of rank {len(x.shape)}")
+    if isinstance(output_size, (int, np.integer)) or output_size is None:
+        output_size = (output_size,) * n
+    output_size = tuple(output_size)
+    if len(output_size) == 1 and n > 1:
+        output_size = output_size * n
+    if len(output_size) != n:
+        raise _Unsupported(f"output_size {output_size} for {n} spatial dims")
+    ins = x.shape[2:]
+    return ins, tuple(i if o is None else int(o) for i, o in zip(ins, output_size))
+
+
+def _axis_letter(n: int, a: int) -> str:
+    return {1: "l", 2: "hw", 3: "dhw"}.get(n, "")[a:a + 1] or f"a{a}"
+
+
+def _adaptive_avg(ctx, x: T, output_size):
+    ins, outs = _adaptive_sizes(x, output_size)
+    if ins == outs:
+        return x
+    if all(o == 1 for o in outs):
+        return ctx.emit("global_avg_pool", [x], ctx.out_shape(), {"keepdims": True})
+    if all(i % o == 0 for i, o in zip(ins, outs)):
+        k = tuple(i // o for i, o in zip(ins, outs))
+        return ctx.emit("avg_pool", [x], ctx.out_shape(), {"kernel_size": _compact(k), "stride": _compact(k),
+                                                           "padding": 0, "count_include_pad": True})
+    # overlapping or repeating windows: per spatial axis, the mean of each window, concatenated
+    # (a rectangle's mean is the mean over one axis of the means over the other: exact)
+    todo = [a for a, (i, o) in enumerate(zip(ins, outs)) if i != o]
+    cur = x
+    for j, a in enumerate(todo):
+        axis = a + 2
+        size, out = ins[a], outs[a]
+        pieces = []
+        for i in range(out):
+            lo, hi = (i * size) // out, -(-((i + 1) * size) // out)
+            shp = list(cur.shape)
+            shp[axis] = hi - lo
+            piece = ctx.emit("slice", [cur], shp, {"axis": axis, "start": lo, "stop": hi, "step": None},
+                             name=ctx.sub(f"{_axis_letter(len(ins), a)}{i}"))
+            if hi - lo > 1:
+                shp[axis] = 1
+                piece = ctx.emit("reduce_mean", [piece], shp, {"axes": (axis,), "keepdims": True},
+                                 name=ctx.sub(f"{_axis_letter(len(ins), a)}{i}_mean"))
+            pieces.append(piece)
+        shp = list(cur.shape)
+        shp[axis] = out
+        last = j == len(todo) - 1
+        cur = ctx.emit("concat", pieces, shp, {"axis": axis},
+                       name=None if last else ctx.sub(f"{_axis_letter(len(ins), a)}"))
+    return cur
+
+
+def _adaptive_max(ctx, x: T, output_size, return_indices=False):
+    if return_indices:
+        raise _Unsupported("return_indices=True (the indices are not a graph value)")
+    ins, outs = _adaptive_sizes(x, output_size)
+    if ins == outs:
+        return x
+    if not all(i % o == 0 for i, o in zip(ins, outs)):
+        raise _Unsupported(f"adaptive max pooling from {ins} to {outs}: not a whole number of windows per "
+                           f"output, which the graph's max_pool cannot express")
+    k = tuple(i // o for i, o in zip(ins, outs))
+    return ctx.emit("max_pool", [x], ctx.out_shape(), {"kernel_size": _compact(k), "stride": _compact(k),
+                                                       "padding": 0, "dilation": 1})
+
+
+def _batch_norm(ctx, x: T, mean, var, weight, bias, eps, training=False):
+    if training or mean is None or var is None:
+        raise _Unsupported("batch norm with batch statistics (no running stats, or training=True); the graph "
+                           "needs inference batch norm")
+    if len(x.shape) < 2:
+        raise _Unsupported(f"batch norm on an input of rank {len(x.shape)}")
+    return ctx.emit("batch_norm", [x], ctx.out_shape(), {"eps": float(eps), "axis": 1},
+                    {"mean": ctx.param(mean), "var": ctx.param(var), "scale": ctx.param(weight),
+                     "bias": ctx.param(bias)})
+
+
+def _unary(ctx, x, op, **attrs):
+    x = ctx.tensor(x)
+    return ctx.emit(op, [x], ctx.out_shape(), attrs)
+
+
+def _clip(ctx, x, lo, hi):
+    for v in (lo, hi):
+        if v is not None and not _is_number(v):
+            raise _Unsupported(f"clamp bound {type(v).__name__}; only number bounds are supported")
+    x = ctx.tensor(x)
+    return ctx.emit("clip", [x], ctx.out_shape(), {"min": None if lo is None else float(lo),
+                                                   "max": None if hi is None else float(hi)})
+
+
+def _hardsigmoid(ctx, x):
+    """relu6(x + 3) / 6 == clip(x / 6 + 1/2, 0, 1)."""
+    x = ctx.tensor(x)
+    s = ctx.emit("mul", [x, ctx.const(1.0 / 6.0, "scale")], x.shape, name=ctx.sub("scaled"))
+    s = ctx.emit("add", [s, ctx.const(0.5, "shift")], x.shape, name=ctx.sub("shifted"))
+    return ctx.emit("clip", [s], ctx.out_shape(), {"min": 0.0, "max": 1.0})
+
+
+def _softmax(ctx, x, dim, dtype=None):
+    x = ctx.tensor(x)
+    if dtype is not None and dtype != x.dtype:
+        raise _Unsupported(f"softmax with dtype={dtype}")
+    ndim = len(x.shape)
+    if dim is None:   # torch's legacy implicit dim
+        dim = 0 if ndim in (0, 1, 3) else 1
+    dim = _norm_dim(dim, ndim)
+    if dim == 0:
+        raise _Unsupported("softmax over the batch axis mixes samples")
+    return ctx.emit("softmax", [x], ctx.out_shape(), {"axis": dim})
+
+
+def _passthrough(ctx, x):
+    x = ctx.tensor(x)
+    if ctx.out_shape() != x.shape or ctx.env[ctx.node].dtype != x.dtype:
+        raise _Unsupported(f"changes shape or dtype ({x.shape} {x.dtype} -> {ctx.out_shape()} "
+                           f"{ctx.env[ctx.node].dtype})")
+    return x
+
+
+def _reshape_to(ctx, x, out_shape=None):
+    x = ctx.tensor(x)
+    out = tuple(out_shape if out_shape is not None else ctx.out_shape())
+    if out == x.shape:
+        return x
+    if not out or out[0] != 1 or x.shape[0] != 1 or (math.prod(out) != math.prod(x.shape)):
+        raise _Unsupported(f"reshapes {x.shape} to {out} (traced with batch size 1): the batch axis does not "
+                           f"stay first, so samples would mix")
+    if len(out) == 2 and len(x.shape) > 2:
+        return ctx.emit("flatten", [x], out, {"start_dim": 1, "end_dim": -1})
+    return ctx.emit("reshape", [x], out, {"shape": tuple(out[1:])})
+
+
+def _flatten(ctx, x, start_dim=0, end_dim=-1):
+    x = ctx.tensor(x)
+    ndim = len(x.shape)
+    if ndim == 0:
+        raise _Unsupported("flatten of a scalar")
+    s, e = _norm_dim(start_dim, ndim), _norm_dim(end_dim, ndim)
+    if s >= e:
+        return x
+    if s == 0:
+        raise _Unsupported(f"flatten(start_dim={start_dim}) merges the batch axis into the features "
+                           f"(use start_dim=1)")
+    return ctx.emit("flatten", [x], ctx.out_shape(), {"start_dim": s, "end_dim": e if e != ndim - 1 else -1})
+
+
+def _transpose_perm(ctx, x, perm):
+    x = ctx.tensor(x)
+    ndim = len(x.shape)
+    perm = [_norm_dim(p, ndim) for p in perm]
+    if sorted(perm) != list(range(ndim)):
+        raise _Unsupported(f"permutation {perm} for rank {ndim}")
+    if perm == list(range(ndim)):
+        return x
+    if perm[0] != 0:
+        raise _Unsupported(f"permutation {perm} moves the batch axis")
+    return ctx.emit("transpose", [x], ctx.out_shape(), {"perm": tuple(perm)})
+
+
+def _swap(ctx, x, d0, d1):
+    x = ctx.tensor(x)
+    ndim = len(x.shape)
+    perm = list(range(ndim))
+    a, b = _norm_dim(d0, ndim), _norm_dim(d1, ndim)
+    perm[a], perm[b] = perm[b], perm[a]
+    return _transpose_perm(ctx, x, perm)
+
+
+def _concat(ctx, tensors, dim=0):
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise _Unsupported("concatenates something that is not a list of tensors")
+    for t in tensors:
+        if not _is_t(t):
+            raise _Unsupported("concatenates a tensor that does not depend on the input; only "
+                               "input-dependent tensors can be concatenated in the graph")
+    ts = [ctx.materialize(t) for t in tensors]
+    ndim = len(ts[0].shape)
+    d = _norm_dim(dim, ndim)
+    if d == 0:
+        raise _Unsupported("concatenation along the batch axis")
+    if len(ts) == 1:
+        return ts[0]
+    return ctx.emit("concat", ts, ctx.out_shape(), {"axis": d})
+
+
+def _stack(ctx, tensors, dim=0):
+    if not isinstance(tensors, (list, tuple)) or not tensors or not all(_is_t(t) for t in tensors):
+        raise _Unsupported("stacks tensors that do not all depend on the input")
+    ts = [ctx.materialize(t) for t in tensors]
+    ndim = len(ts[0].shape) + 1
+    d = _norm_dim(dim, ndim)
+    if d == 0:
+        raise _Unsupported("stacking along the batch axis")
+    pieces = []
+    for k, t in enumerate(ts):
+        shp = list(t.shape)
+        shp.insert(d, 1)
+        pieces.append(ctx.emit("reshape", [t], shp, {"shape": tuple(shp[1:])}, name=ctx.sub(f"{k}")))
+    return ctx.emit("concat", pieces, ctx.out_shape(), {"axis": d})
+
+
+def _check_operand(ctx, t: T, c):
+    """A constant operand must broadcast without touching the batch axis."""
+    shape = tuple(c.shape) if isinstance(c, torch.Tensor) else ()
+    if len(shape) > len(t.shape) or (len(shape) == len(t.shape) and shape and shape[0] != 1):
+        raise _Unsupported(f"a constant of shape {shape} would broadcast over the batch axis of {t.shape}")
+
+
+def _check_pair(ctx, a: T, b: T):
+    if len(a.shape) != len(b.shape):
+        raise _Unsupported(f"operands of rank {len(a.shape)} and {len(b.shape)} broadcast across the batch axis")
+
+
+def _result_check(ctx):
+    v = ctx.env[ctx.node]
+    if not isinstance(v, torch.Tensor) or v.dtype != ctx.dtype:
+        raise _Unsupported(f"its result has dtype {getattr(v, 'dtype', type(v).__name__)}, the model's is "
+                           f"{ctx.dtype}")
+
+
+def _add(ctx, a, b, alpha=1):
+    """a + alpha * b; constants become constant nodes (the rules treat them as biases)."""
+    _result_check(ctx)
+    if alpha is None:
+        alpha = 1
+    if not _is_number(alpha):
+        raise _Unsupported(f"alpha={alpha!r}")
+    if _is_t(a) and _is_t(b):
+        a, b = ctx.materialize(a), ctx.materialize(b)
+        _check_pair(ctx, a, b)
+        if alpha != 1:
+            b = ctx.emit("mul", [b, ctx.const(float(alpha), "alpha")], b.shape, name=ctx.sub("scaled"))
+        return ctx.emit("add", [a, b], ctx.out_shape())
+    if _is_t(a):
+        t = ctx.materialize(a)
+        _check_operand(ctx, t, b)
+        c = b * alpha if alpha != 1 else b
+        return ctx.emit("add", [t, ctx.const(c)], ctx.out_shape())
+    t = ctx.materialize(b)
+    _check_operand(ctx, t, a)
+    if alpha != 1:
+        t = ctx.emit("mul", [t, ctx.const(float(alpha), "alpha")], t.shape, name=ctx.sub("scaled"))
+    return ctx.emit("add", [ctx.const(a), t], ctx.out_shape())
+
+
+def _neg(ctx, t: T, suffix="neg", final=False):
+    return ctx.emit("mul", [t, ctx.const(-1.0, "minus_one")], t.shape, name=None if final else ctx.sub(suffix))
+
+
+def _sub(ctx, a, b, alpha=1):
+    """a - alpha * b == a + (-alpha) * b."""
+    _result_check(ctx)
+    if alpha is None:
+        alpha = 1
+    if not _is_number(alpha):
+        raise _Unsupported(f"alpha={alpha!r}")
+    if _is_t(a) and _is_t(b):
+        a, b = ctx.materialize(a), ctx.materialize(b)
+        _check_pair(ctx, a, b)
+        nb = ctx.emit("mul", [b, ctx.const(-float(alpha), "minus")], b.shape, name=ctx.sub("neg"))
+        return ctx.emit("add", [a, nb], ctx.out_shape())
+    if _is_t(a):
+        t = ctx.materialize(a)
+        _check_operand(ctx, t, b)
+        return ctx.emit("add", [t, ctx.const(_negated(b, alpha))], ctx.out_shape())
+    t = ctx.materialize(b)
+    _check_operand(ctx, t, a)
+    nt = ctx.emit("mul", [t, ctx.const(-float(alpha), "minus")], t.shape, name=ctx.sub("neg"))
+    return ctx.emit("add", [ctx.const(a), nt], ctx.out_shape())
+
+
+def _negated(c, alpha):
+    if isinstance(c, torch.Tensor):
+        return -(c.detach().to(torch.float64) * alpha)
+    return -float(c) * alpha
+
+
+def _mul(ctx, a, b):
+    _result_check(ctx)
+    if _is_t(a) and _is_t(b):
+        a, b = ctx.materialize(a), ctx.materialize(b)
+        _check_pair(ctx, a, b)
+        return ctx.emit("mul", [a, b], ctx.out_shape())
+    t, c = (a, b) if _is_t(a) else (b, a)
+    t = ctx.materialize(t)
+    _check_operand(ctx, t, c)
+    return ctx.emit("mul", [t, ctx.const(c, "factor")], ctx.out_shape())
+
+
+def _div(ctx, a, b, rounding_mode=None):
+    _result_check(ctx)
+    if rounding_mode is not None:
+        raise _Unsupported(f"rounding_mode={rounding_mode!r}")
+    if _is_t(b):
+        raise _Unsupported("division by a tensor computed from the input (the graph has no division op)")
+    t = ctx.materialize(a)
+    _check_operand(ctx, t, b)
+    if isinstance(b, torch.Tensor):
+        recip = 1.0 / b.detach().to(torch.float64)
+    else:
+        if float(b) == 0:
+            raise _Unsupported("division by zero")
+        recip = 1.0 / float(b)
+    return ctx.emit("mul", [t, ctx.const(recip, "reciprocal")], ctx.out_shape())
+
+
+def _reduce(ctx, op, x, dim=None, keepdim=False, dtype=None):
+    x = ctx.tensor(x)
+    if dtype is not None and dtype != x.dtype:
+        raise _Unsupported(f"dtype={dtype}")
+    ndim = len(x.shape)
+    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+        raise _Unsupported("reduces over all axes, the batch axis included (give dim=...)")
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    axes = tuple(sorted({_norm_dim(d, ndim) for d in dims}))
+    if 0 in axes:
+        raise _Unsupported("reduces over the batch axis, which mixes samples")
+    return ctx.emit(op, [x], ctx.out_shape(), {"axes": axes, "keepdims": bool(keepdim)})
+
+
+def _pad(ctx, x, pad, mode="constant", value=None):
+    x = ctx.tensor(x)
+    if mode != "constant":
+        raise _Unsupported(f"mode={mode!r} (only constant padding is in the graph's op set)")
+    pad = [int(p) for p in pad]
+    if len(pad) % 2:
+        raise _Unsupported(f"pad {pad} has an odd length")
+    k = len(pad) // 2
+    if k > len(x.shape) - 1:
+        raise _Unsupported(f"pad {pad} pads the batch axis")
+    if any(p < 0 for p in pad):
+        raise _Unsupported(f"negative padding {pad} (cropping)")
+    if not any(pad):
+        return x
+    pairs = [(pad[2 * (k - 1 - j)], pad[2 * (k - 1 - j) + 1]) for j in range(k)]
+    return ctx.emit("pad", [x], ctx.out_shape(), {"pads": pairs, "value": 0.0 if value is None else float(value)})
+
+
+def _linear(ctx, x, weight, bias=None):
+    x = ctx.tensor(x)
+    if len(x.shape) < 2:
+        raise _Unsupported(f"linear on an input of rank {len(x.shape)}: the batch axis would be the features")
+    return ctx.emit("linear", [x], ctx.out_shape(), {},
+                    {"weight": ctx.param(weight, "weight"), "bias": ctx.param(bias, "bias")})
+
+
+def _index(ctx, x, idx):
+    """x[...] with slices, ints, None and Ellipsis: slice nodes, then one reshape where ranks change."""
+    if isinstance(x, (list, tuple)):          # a piece of chunk/split, or a tuple of tensors
+        v = x[idx]
+        if isinstance(v, (list, tuple)):
+            return v
+        if isinstance(v, _Lazy) and v.made is None:
+            return ctx.materialize(v, name=ctx.main)
+        return ctx.materialize(v)
+    x = ctx.tensor(x)
+    comps = idx if isinstance(idx, tuple) else (idx,)
+    for c in comps:
+        if not (c is None or c is Ellipsis or isinstance(c, (slice, int, np.integer)) and not isinstance(c, bool)):
+            raise _Unsupported(f"indexing with {type(c).__name__} (advanced indexing); slices, ints, None and "
+                               f"... are supported")
+        if isinstance(c, slice) and any(isinstance(s, torch.Tensor) for s in (c.start, c.stop, c.step)):
+            raise _Unsupported("slice bounds that are tensors")
+    ndim = len(x.shape)
+    real = sum(1 for c in comps if c is not None and c is not Ellipsis)
+    if sum(1 for c in comps if c is Ellipsis) > 1:
+        raise _Unsupported("more than one Ellipsis")
+    if real > ndim:
+        raise _Unsupported(f"too many indices for a tensor of rank {ndim}")
+    full = []
+    for c in comps:
+        if c is Ellipsis:
+            full.extend([slice(None)] * (ndim - real))
+        else:
+            full.append(c)
+    if Ellipsis not in comps:
+        full.extend([slice(None)] * (ndim - real))
+    plan = []
+    axis = 0
+    rank_change = False
+    for c in full:
+        if c is None:
+            if axis == 0:
+                raise _Unsupported("a new axis before the batch axis")
+            rank_change = True
+            continue
+        size = x.shape[axis]
+        if axis == 0:
+            if not (isinstance(c, slice) and c.start in (None, 0) and c.stop is None and c.step in (None, 1)):
+                raise _Unsupported(f"indexes the batch axis with {c!r}")
+            axis += 1
+            continue
+        if isinstance(c, slice):
+            if c.step is not None and c.step <= 0:
+                raise _Unsupported(f"slice step {c.step}")
+            r = range(size)[c]
+            if r != range(size):
+                plan.append((axis, r.start, r.stop, None if r.step == 1 else r.step, len(r)))
+        else:
+            i = int(c)
+            if not -size <= i < size:
+                raise _Unsupported(f"index {i} out of range for size {size}")
+            i %= size
+            plan.append((axis, i, i + 1, None, 1))
+            rank_change = True
+        axis += 1
+    cur = x
+    for k, (a, start, stop, step, n) in enumerate(plan):
+        shp = list(cur.shape)
+        shp[a] = n
+        last = k == len(plan) - 1 and not rank_change
+        cur = ctx.emit("slice", [cur], shp, {"axis": a, "start": start, "stop": stop, "step": step},
+                       name=None if last else ctx.sub(f"{k}"))
+    if rank_change:
+        cur = _reshape_to(ctx, cur, ctx.out_shape())
+    return cur
+
+
+def _pieces(ctx, x, sizes, dim):
+    x = ctx.tensor(x)
+    ndim = len(x.shape)
+    d = _norm_dim(dim, ndim)
+    if d == 0:
+        raise _Unsupported("splits the batch axis")
+    out, start = [], 0
+    for k, s in enumerate(sizes):
+        out.append(_Lazy(x, d, start, start + s, f"{ctx.main}:{k}"))
+        start += s
+    return tuple(out)
+
+
+def _chunk(ctx, x, chunks, dim=0):
+    x = ctx.tensor(x)
+    size = x.shape[_norm_dim(dim, len(x.shape))]
+    each = -(-size // int(chunks))
+    sizes = [min(each, size - s) for s in range(0, size, each)]
+    return _pieces(ctx, x, sizes, dim)
+
+
+def _split(ctx, x, split_size, dim=0):
+    x = ctx.tensor(x)
+    size = x.shape[_norm_dim(dim, len(x.shape))]
+    if isinstance(split_size, (int, np.integer)):
+        sizes = [min(int(split_size), size - s) for s in range(0, size, int(split_size))]
+    else:
+        sizes = [int(s) for s in split_size]
+    return _pieces(ctx, x, sizes, dim)
+
+
+def _squeeze(ctx, x, dim=None):
+    x = ctx.tensor(x)
+    ndim = len(x.shape)
+    if dim is None:
+        dims = [d for d in range(1, ndim) if x.shape[d] == 1]     # the batch axis stays, whatever its size
+    else:
+        dims = [_norm_dim(d, ndim) for d in ((dim,) if isinstance(dim, (int, np.integer)) else dim)]
+        if 0 in dims:
+            raise _Unsupported("squeezes the batch axis")
+        dims = [d for d in dims if x.shape[d] == 1]
+    out = tuple(s for d, s in enumerate(x.shape) if d not in dims)
+    return _reshape_to(ctx, x, out)
+
+
+def _unsqueeze(ctx, x, dim):
+    x = ctx.tensor(x)
+    d = _norm_dim(dim, len(x.shape) + 1)
+    if d == 0:
+        raise _Unsupported("a new axis before the batch axis")
+    out = list(x.shape)
+    out.insert(d, 1)
+    return _reshape_to(ctx, x, tuple(out))
+
+
+def _dropout(ctx, x, p=0.5, training=False, inplace=False):
+    if training and p:
+        raise _Unsupported("dropout with training=True is random")
+    return ctx.tensor(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# module handlers: handler(ctx, node, module, args, kwargs)
+
+
+def _m_linear(ctx, n, m, args, kwargs):
+    return _linear(ctx, args[0], m.weight, m.bias)
+
+
+def _m_conv(ctx, n, m, args, kwargs):
+    if m.padding_mode != "zeros":
+        raise _Unsupported(f"padding_mode={m.padding_mode!r} (only zero padding is in the graph's op set)")
+    x = ctx.tensor(args[0])
+    return _conv(ctx, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _m_max_pool(ctx, n, m, args, kwargs):
+    x = ctx.tensor(args[0])
+    return _max_pool(ctx, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices)
+
+
+def _m_avg_pool(ctx, n, m, args, kwargs):
+    x = ctx.tensor(args[0])
+    return _avg_pool(ctx, x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
+                     getattr(m, "divisor_override", None))
+
+
+def _m_adaptive_avg(ctx, n, m, args, kwargs):
+    return _adaptive_avg(ctx, ctx.tensor(args[0]), m.output_size)
+
+
+def _m_adaptive_max(ctx, n, m, args, kwargs):
+    return _adaptive_max(ctx, ctx.tensor(args[0]), m.output_size, m.return_indices)
+
+
+def _m_batch_norm(ctx, n, m, args, kwargs):
+    x = ctx.tensor(args[0])
+    if not m.track_running_stats or m.running_mean is None:
+        raise _Unsupported("track_running_stats=False: batch norm uses the batch's statistics even in eval "
+                           "mode, which mixes samples")
+    return _batch_norm(ctx, x, m.running_mean, m.running_var, m.weight if m.affine else None,
+                       m.bias if m.affine else None, m.eps)
+
+
+def _m_act(op, **attrs_of):
+    def handler(ctx, n, m, args, kwargs):
+        return _unary(ctx, args[0], op, **{k: f(m) for k, f in attrs_of.items()})
+    return handler
+
+
+def _m_hardtanh(ctx, n, m, args, kwargs):     # ReLU6 is a Hardtanh(0, 6)
+    return _clip(ctx, args[0], m.min_val, m.max_val)
+
+
+def _m_softmax(ctx, n, m, args, kwargs):
+    return _softmax(ctx, args[0], m.dim)
+
+
+def _m_hardsigmoid(ctx, n, m, args, kwargs):
+    return _hardsigmoid(ctx, args[0])
+
+
+def _m_identity(ctx, n, m, args, kwargs):
+    return ctx.tensor(args[0])
+
+
+def _m_flatten(ctx, n, m, args, kwargs):
+    return _flatten(ctx, args[0], m.start_dim, m.end_dim)
+
+
+def _m_unflatten(ctx, n, m, args, kwargs):
+    x = ctx.tensor(args[0])
+    if _norm_dim(m.dim, len(x.shape)) == 0:
+        raise _Unsupported("unflattens the batch axis")
+    return _reshape_to(ctx, x)
+
+
+def _m_pad(ctx, n, m, args, kwargs):
+    return _pad(ctx, args[0], m.padding, "constant", m.value)
+
+
+MODULES: dict[type, Callable] = {
+    nn.Linear: _m_linear,
+    nn.Conv1d: _m_conv, nn.Conv2d: _m_conv, nn.Conv3d: _m_conv,
+    nn.MaxPool1d: _m_max_pool, nn.MaxPool2d: _m_max_pool, nn.MaxPool3d: _m_max_pool,
+    nn.AvgPool1d: _m_avg_pool, nn.AvgPool2d: _m_avg_pool, nn.AvgPool3d: _m_avg_pool,
+    nn.AdaptiveAvgPool1d: _m_adaptive_avg, nn.AdaptiveAvgPool2d: _m_adaptive_avg,
+    nn.AdaptiveAvgPool3d: _m_adaptive_avg,
+    nn.AdaptiveMaxPool1d: _m_adaptive_max, nn.AdaptiveMaxPool2d: _m_adaptive_max,
+    nn.AdaptiveMaxPool3d: _m_adaptive_max,
+    nn.BatchNorm1d: _m_batch_norm, nn.BatchNorm2d: _m_batch_norm, nn.BatchNorm3d: _m_batch_norm,
+    nn.ReLU: _m_act("relu"),
+    nn.LeakyReLU: _m_act("leaky_relu", negative_slope=lambda m: float(m.negative_slope)),
+    nn.Hardtanh: _m_hardtanh, nn.ReLU6: _m_hardtanh,
+    nn.SiLU: _m_act("silu"),
+    nn.GELU: _m_act("gelu", approximate=lambda m: m.approximate),
+    nn.ELU: _m_act("elu", alpha=lambda m: float(m.alpha)),
+    nn.Tanh: _m_act("tanh"), nn.Sigmoid: _m_act("sigmoid"),
+    nn.Hardsigmoid: _m_hardsigmoid,
+    nn.Softmax: _m_softmax,
+    nn.Identity: _m_identity,
+    nn.Dropout: _m_identity, nn.Dropout1d: _m_identity, nn.Dropout2d: _m_identity, nn.Dropout3d: _m_identity,
+    nn.AlphaDropout: _m_identity, nn.FeatureAlphaDropout: _m_identity,
+    nn.Flatten: _m_flatten, nn.Unflatten: _m_unflatten,
+    nn.ConstantPad1d: _m_pad, nn.ConstantPad2d: _m_pad, nn.ConstantPad3d: _m_pad,
+    nn.ZeroPad1d: _m_pad, nn.ZeroPad2d: _m_pad, nn.ZeroPad3d: _m_pad,
+}
+
+
+def _module_handler(m: nn.Module):
+    """The handler for a module whose class (or a base class with the same forward) we translate."""
+    cls = type(m)
+    for base in cls.__mro__:
+        h = MODULES.get(base)
+        if h is not None:
+            return h if getattr(cls, "forward", None) is getattr(base, "forward", None) else None
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# function and method handlers: handler(ctx, node, args, kwargs); methods get self as args[0]
+
+
+def _h(fn, *names, batch_args_ok=False, **defaults):
+    """Adapt fn(ctx, x, *named args) to (ctx, node, args, kwargs) with torch's positional order."""
+    def handler(ctx, n, args, kwargs):
+        vals = [_arg(args, kwargs, i, name, defaults.get(name, inspect.Parameter.empty))
+                for i, name in enumerate(names)]
+        return fn(ctx, *vals)
+    handler.batch_args_ok = batch_args_ok
+    return handler
+
+
+def _act_h(op, *names, **defaults):
+    """An activation: input first, then named attributes (in torch's order) with defaults."""
+    def fn(ctx, x, *vals):
+        attrs = {k: v for k, v in zip(names, vals) if k != "inplace"}
+        return _unary(ctx, x, op, **attrs)
+    return _h(fn, "input", *names, **defaults)
+
+
+def _view_h(ctx, n, args, kwargs):
+    return _reshape_to(ctx, args[0])
+
+
+_view_h.batch_args_ok = True
+
+
+def _permute_method(ctx, n, args, kwargs):
+    dims = args[1:] if len(args) > 1 else kwargs.get("dims")
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    return _transpose_perm(ctx, args[0], dims)
+
+
+def _size_h(ctx, n, args, kwargs):
+    x = ctx.tensor(args[0])
+    d = _arg(args, kwargs, 1, "dim", None)
+    if d is None or _norm_dim(d, len(x.shape)) == 0:
+        ctx.tainted.add(n)
+    return ctx.env[n]
+
+
+def _numel_h(ctx, n, args, kwargs):
+    ctx.tainted.add(n)
+    return ctx.env[n]
+
+
+def _static_h(ctx, n, args, kwargs):
+    return ctx.env[n]
+
+
+def _getattr_h(ctx, n, args, kwargs):
+    x, attr = args[0], args[1]
+    if not _is_t(x):
+        return ctx.env[n]
+    if attr == "shape":
+        ctx.tainted.add(n)
+        return ctx.env[n]
+    if attr in ("ndim", "dtype", "device", "is_cuda", "requires_grad", "layout"):
+        return ctx.env[n]
+    raise _Unsupported(f"attribute {attr!r} of a tensor")
+
+
+def _getitem_h(ctx, n, args, kwargs):
+    return _index(ctx, args[0], args[1])
+
+
+def _cast_h(ctx, n, args, kwargs):
+    return _passthrough(ctx, args[0])
+
+
+def _mm_h(name):
+    def handler(ctx, n, args, kwargs):
+        raise _Unsupported(f"{name} of two input-dependent tensors is not in the graph's op set")
+    return handler
+
+
+def _reduce_h(op):
+    def fn(ctx, x, dim=None, keepdim=False, dtype=None):
+        return _reduce(ctx, op, x, dim, keepdim, dtype)
+    return _h(fn, "input", "dim", "keepdim", "dtype", dim=None, keepdim=False, dtype=None)
+
+
+def _clip_h(ctx, n, args, kwargs):
+    return _clip(ctx, args[0], _arg(args, kwargs, 1, "min", None), _arg(args, kwargs, 2, "max", None))
+
+
+_ADD = _h(_add, "input", "other", "alpha", alpha=1)
+_SUB = _h(_sub, "input", "other", "alpha", alpha=1)
+_MUL = _h(_mul, "input", "other")
+_DIV = _h(_div, "input", "other", "rounding_mode", rounding_mode=None)
+_NEG = _h(lambda ctx, x: _neg(ctx, ctx.tensor(x), final=True), "input")
+_RELU = _act_h("relu", "inplace", inplace=False)
+_TANH = _act_h("tanh")
+_SIGMOID = _act_h("sigmoid")
+_SOFTMAX = _h(_softmax, "input", "dim", "dtype", dim=None, dtype=None)
+_FLATTEN = _h(_flatten, "input", "start_dim", "end_dim", start_dim=0, end_dim=-1)
+_CAT = _h(_concat, "tensors", "dim", dim=0)
+_MEAN = _reduce_h("reduce_mean")
+_SUM = _reduce_h("reduce_sum")
+_CHUNK = _h(_chunk, "input", "chunks", "dim", dim=0)
+_SPLIT = _h(_split, "input", "split_size_or_sections", "dim", dim=0)
+_SQUEEZE = _h(_squeeze, "input", "dim", dim=None)
+_UNSQUEEZE = _h(_unsqueeze, "input", "dim")
+_TRANSPOSE = _h(_swap, "input", "dim0", "dim1")
+
+
+def _pool_h(fn_kind):
+    if fn_kind == "max":
+        return _h(lambda ctx, x, k, s, p, d, c, r: _max_pool(ctx, ctx.tensor(x), k, s, p, d, c, r),
+                  "input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices",
+                  stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False)
+    return _h(lambda ctx, x, k, s, p, c, cip, dv: _avg_pool(ctx, ctx.tensor(x), k, s, p, c, cip, dv),
+              "input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override",
+              stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None)
+
+
+def _conv_h():
+    return _h(lambda ctx, x, w, b, s, p, d, g: _conv(ctx, ctx.tensor(x), w, b, s, p, d, g),
+              "input", "weight", "bias", "stride", "padding", "dilation", "groups",
+              bias=None, stride=1, padding=0, dilation=1, groups=1)
+
+
+def _adaptive_h(kind):
+    if kind == "max":
+        return _h(lambda ctx, x, o, r: _adaptive_max(ctx, ctx.tensor(x), o, r), "input", "output_size",
+                  "return_indices", return_indices=False)
+    return _h(lambda ctx, x, o: _adaptive_avg(ctx, ctx.tensor(x), o), "input", "output_size")
+
+
+_DROPOUT = _h(_dropout, "input", "p", "training", "inplace", p=0.5, training=True, inplace=False)
+
+FUNCTIONS: dict[Any, Callable] = {
+    # arithmetic
+    operator.add: _ADD, operator.iadd: _ADD, torch.add: _ADD,
+    operator.sub: _SUB, operator.isub: _SUB, torch.sub: _SUB, torch.subtract: _SUB,
+    operator.mul: _MUL, operator.imul: _MUL, torch.mul: _MUL, torch.multiply: _MUL,
+    operator.truediv: _DIV, operator.itruediv: _DIV, torch.div: _DIV, torch.divide: _DIV,
+    torch.true_divide: _DIV,
+    operator.neg: _NEG, torch.neg: _NEG, torch.negative: _NEG,
+    operator.pos: _h(lambda ctx, x: ctx.tensor(x), "input"),
+    operator.matmul: _mm_h("matmul"),
+    # activations
+    torch.relu: _RELU, torch.relu_: _RELU, F.relu: _RELU,
+    F.leaky_relu: _act_h("leaky_relu", "negative_slope", "inplace", negative_slope=0.01, inplace=False),
+    F.relu6: _h(lambda ctx, x, inplace: _clip(ctx, x, 0.0, 6.0), "input", "inplace", inplace=False),
+    F.hardtanh: _h(lambda ctx, x, lo, hi, inplace: _clip(ctx, x, lo, hi), "input", "min_val", "max_val",
+                   "inplace", min_val=-1.0, max_val=1.0, inplace=False),
+    torch.clamp: _clip_h, torch.clip: _clip_h, torch.clamp_: _clip_h,
+    F.silu: _act_h("silu", "inplace", inplace=False),
+    F.gelu: _act_h("gelu", "approximate", approximate="none"),
+    F.elu: _act_h("elu", "alpha", "inplace", alpha=1.0, inplace=False),
+    torch.tanh: _TANH, F.tanh: _TANH,
+    torch.sigmoid: _SIGMOID, F.sigmoid: _SIGMOID,
+    F.hardsigmoid: _h(lambda ctx, x, inplace: _hardsigmoid(ctx, x), "input", "inplace", inplace=False),
+    F.softmax: _SOFTMAX, torch.softmax: _SOFTMAX,
+    # layers
+    F.linear: _h(_linear, "input", "weight", "bias", bias=None),
+    F.conv1d: _conv_h(), F.conv2d: _conv_h(), F.conv3d: _conv_h(),
+    F.max_pool1d: _pool_h("max"), F.max_pool2d: _pool_h("max"), F.max_pool3d: _pool_h("max"),
+    F.avg_pool1d: _pool_h("avg"), F.avg_pool2d: _pool_h("avg"), F.avg_pool3d: _pool_h("avg"),
+    F.adaptive_avg_pool1d: _adaptive_h("avg"), F.adaptive_avg_pool2d: _adaptive_h("avg"),
+    F.adaptive_avg_pool3d: _adaptive_h("avg"),
+    F.adaptive_max_pool1d: _adaptive_h("max"), F.adaptive_max_pool2d: _adaptive_h("max"),
+    F.adaptive_max_pool3d: _adaptive_h("max"),
+    F.batch_norm: _h(lambda ctx, x, rm, rv, w, b, tr, mom, eps: _batch_norm(ctx, ctx.tensor(x), rm, rv, w, b, eps, tr),
+                     "input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps",
+                     weight=None, bias=None, training=False, momentum=0.1, eps=1e-5),
+    F.dropout: _DROPOUT, F.dropout1d: _DROPOUT, F.dropout2d: _DROPOUT, F.dropout3d: _DROPOUT,
+    F.alpha_dropout: _DROPOUT, F.feature_alpha_dropout: _DROPOUT,
+    F.pad: _h(_pad, "input", "pad", "mode", "value", mode="constant", value=None),
+    # shapes
+    torch.flatten: _FLATTEN,
+    torch.reshape: _view_h,
+    torch.squeeze: _SQUEEZE, torch.unsqueeze: _UNSQUEEZE,
+    torch.permute: _h(_transpose_perm, "input", "dims"),
+    torch.transpose: _TRANSPOSE, torch.swapaxes: _TRANSPOSE, torch.swapdims: _TRANSPOSE,
+    torch.cat: _CAT, torch.concat: _CAT,
+    torch.concatenate: _h(_concat, "tensors", "axis", axis=0),
+    torch.stack: _h(_stack, "tensors", "dim", dim=0),
+    torch.chunk: _CHUNK, torch.split: _SPLIT,
+    torch.mean: _MEAN, torch.sum: _SUM,
+    builtins.getattr: _getattr_h,
+    operator.getitem: _getitem_h,
+}
+
+#: functions of other libraries, by qualified name (so that they are not imported here)
+FUNCTIONS_BY_NAME: dict[str, Callable] = {
+    # torchvision's StochasticDepth in eval mode passes its input on
+    "torchvision.ops.stochastic_depth.stochastic_depth": _h(
+        lambda ctx, x, p, mode, training: _dropout(ctx, x, p, training), "input", "p", "mode", "training",
+        training=True),
+}
+
+METHODS: dict[str, Callable] = {
+    "add": _ADD, "add_": _ADD, "sub": _SUB, "sub_": _SUB, "subtract": _SUB,
+    "mul": _MUL, "mul_": _MUL, "multiply": _MUL, "div": _DIV, "div_": _DIV, "divide": _DIV,
+    "neg": _NEG, "negative": _NEG,
+    "relu": _RELU, "relu_": _RELU, "tanh": _TANH, "tanh_": _TANH, "sigmoid": _SIGMOID, "sigmoid_": _SIGMOID,
+    "clamp": _clip_h, "clamp_": _clip_h, "clip": _clip_h, "clip_": _clip_h,
+    "softmax": _SOFTMAX,
+    "view": _view_h, "reshape": _view_h, "flatten": _FLATTEN,
+    "squeeze": _SQUEEZE, "unsqueeze": _UNSQUEEZE,
+    "permute": _permute_method, "transpose": _TRANSPOSE, "swapaxes": _TRANSPOSE, "swapdims": _TRANSPOSE,
+    "contiguous": _cast_h, "clone": _cast_h, "to": _cast_h, "float": _cast_h, "double": _cast_h,
+    "type_as": _cast_h, "cpu": _cast_h, "cuda": _cast_h,
+    "mean": _MEAN, "sum": _SUM,
+    "chunk": _CHUNK, "split": _SPLIT,
+    "size": _size_h, "dim": _static_h, "numel": _numel_h,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# the entry point and its cache
+
+_cache: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget every cached translation."""
+    with _lock:
+        _cache.clear()
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            if t.dtype in (torch.float32, torch.float64):
+                return t.dtype
+            raise UnsupportedError(
+                f"{type(model).__name__} has {t.dtype} parameters; attribx graphs are float32 or float64 "
+                f"(convert with model.float())")
+    return torch.float32
+
+
+def _simple(v) -> bool:
+    if isinstance(v, (tuple, list)):
+        return all(_simple(a) for a in v)
+    return isinstance(v, (int, float, str, bool, type(None), torch.dtype))
+
+
+def _state(model: nn.Module):
+    """What the cached graph depends on: the modules, their settings, and every parameter and buffer.
+
+    In-place updates under ``torch.no_grad()`` bump a tensor's version, replacing one changes its data
+    pointer, and writes through ``.data`` (which bump nothing) change its checksum.
+    """
+    structure = []
+    for name, m in model.named_modules(remove_duplicate=False):
+        attrs = tuple(sorted((k, v) for k, v in vars(m).items()
+                             if not k.startswith("_") and k != "training" and _simple(v)))
+        structure.append((name, type(m), id(m), attrs))
+    tensors = [t for _, t in model.named_parameters(remove_duplicate=False)] + \
+              [t for _, t in model.named_buffers(remove_duplicate=False)]
+    meta = tuple((t._version, t.data_ptr(), tuple(t.shape), t.dtype, t.device) for t in tensors)
+    by_device: dict = {}
+    for t in tensors:
+        if t.is_floating_point() and t.numel():
+            by_device.setdefault(t.device, []).append(t.detach().sum().to(torch.float64))
+    checksum = b"".join(torch.stack(v).cpu().numpy().tobytes() for v in by_device.values())
+    return tuple(structure), meta, checksum
+
+
+def _copy(graph: Graph) -> Graph:
+    """A graph of its own for the caller (the cached one stays as translated)."""
+    nodes = [n.replace(attrs=dict(n.attrs), params=dict(n.params)) for n in graph.nodes]
+    return Graph(list(graph.inputs), nodes, list(graph.outputs), copy.deepcopy(graph.meta), validate=False)
+
+
+def translate_module(model: nn.Module, input_shape: tuple | None) -> Graph:
+    """The attribx graph of ``model`` for inputs of one sample's shape ``input_shape`` (no batch axis)."""
+    if input_shape is None:
+        raise InputError(
+            f"translating a torch model ({type(model).__name__}) needs the shape of one input sample, "
+            f"because torch.fx traces it with example data: attribx.translate(model, input_shape=(3, 224, 224)) "
+            f"(explain and forward pass the data's shape themselves)")
+    try:
+        input_shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise InputError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
+    if any(d < 1 for d in input_shape):
+        raise InputError(f"input_shape {input_shape} has a non-positive size")
+    dtype = _model_dtype(model)
+    key = (input_shape, str(dtype))
+    state = _state(model)
+    with _lock:
+        entry = _cache.get(model, {}).get(key)
+    if entry is not None and _same_state(entry[0], state):
+        return _copy(entry[1])
+    was_training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        graph = _Translation(model, input_shape, dtype).run()
+    finally:
+        for m, flag in was_training:
+            m.training = flag
+    with _lock:
+        try:
+            _cache.setdefault(model, {})[key] = (state, graph)
+        except TypeError:   # pragma: no cover - a module that cannot be weakly referenced
+            pass
+    return _copy(graph)
+
+
+def _same_state(a, b) -> bool:
+    return a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
