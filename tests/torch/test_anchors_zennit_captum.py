@@ -81,6 +81,10 @@ def model_and_input(name):
         torch.manual_seed(0)
         if name == "vgg16":
             model, canon = torchvision.models.vgg16(weights=None).eval(), []
+            # at 224x224 the adaptive pool leaves its 7x7 input unchanged: our translator drops it, zennit
+            # applies Norm to it (see test_identity_pool_keeps_relevance_that_zennit_drops); replacing it by
+            # Identity compares the rules themselves
+            model.avgpool = torch.nn.Identity()
             x = torch.randn(1, 3, 224, 224).numpy()
         elif name == "resnet18":
             # float64 and batch-norm eps = 0: zennit's canonizer leaves each merged batch norm computing
@@ -200,13 +204,31 @@ def test_smoothgrad_is_the_mean_gradient_at_the_same_noisy_points():
 
 def test_captum_lrp_equals_uniform_epsilon_on_vgg16():
     captum = pytest.importorskip("captum.attr")
-    model, x, _ = model_and_input("vgg16")
+    _, x, _ = model_and_input("vgg16")
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16(weights=None).eval()   # with its adaptive pool: Captum has a rule for it
     target = 3
     lrp = captum.LRP(model)
     ref = lrp.attribute(torch.tensor(x, requires_grad=True), target=target).detach().numpy()
     # Captum's default: the epsilon rule with epsilon 1e-9 on every layer, starting from the target's logit
-    got = ours("vgg16", "lrp.epsilon", x, target, epsilon=1e-9)
+    got = attribx.explain(model, x, "lrp.epsilon", target=target, engine=engine(), epsilon=1e-9).values
     assert relative_error(got, ref) <= TOL
+
+
+def test_identity_pool_keeps_relevance_that_zennit_drops():
+    """Deliberate difference: an adaptive average pool that changes nothing is dropped from our graph, so
+    rules that give relevance to inactive units (flat) conserve it; zennit's Norm on that pool divides
+    0 by (0 + ε) there and loses it."""
+    torch.manual_seed(0)
+    model = torchvision.models.vgg11(weights=None).eval()
+    x = torch.randn(1, 3, 224, 224).numpy()
+    comp = zc.LayerMapComposite(layer_map=base_map() + [(AnyLinear, zr.Flat())])
+    ref = zennit_attribution(model, x, comp, [0])
+    ds = attribx.explain(model, x, "lrp.flat", target=0, conservation=True, engine=engine())
+    assert "avgpool" not in attribx.translate(model, input_shape=(3, 224, 224))
+    score = ds["score"].values[0]
+    assert abs(ds["relevance"].values.sum() - score) <= 1e-4 * abs(score)
+    assert abs(ref.sum() - score) > 0.05 * abs(score)
 
 
 def test_zennit_canonizer_is_off_by_eps():
