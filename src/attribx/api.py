@@ -31,16 +31,19 @@ def load_model(model: Any) -> Any:
     return loaded
 
 
-def translate(model: Any, passes: bool | Sequence[str] = True) -> Graph:
+def translate(model: Any, passes: bool | Sequence[str] = True, input_shape: Sequence[int] | None = None) -> Graph:
     """The intermediate graph of a model (a native model, a path, or a Graph), after the graph passes.
 
     ``passes=True`` runs every default pass, a list names the passes to run, ``False`` none.
+    ``input_shape`` (one sample's shape, no batch axis) lets backends that trace with example data
+    (PyTorch) translate; :func:`explain` and :func:`forward` pass the data's shape.
     """
     model = load_model(model)
     if isinstance(model, Graph):
         graph = model
     else:
-        graph = manager().hook.attribx_translate(model=model)
+        shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        graph = manager().hook.attribx_translate(model=model, input_shape=shape)
         if graph is None:
             raise UnsupportedError(
                 f"no installed backend translates a {type(model).__module__}.{type(model).__name__}; "
@@ -78,16 +81,27 @@ def get_engine(engine: Any = None, graph: Graph | None = None):
     return registry().engine(engine)()
 
 
-def _as_input(graph: Graph, x: Any) -> np.ndarray:
-    """Check and convert user input: shape against the graph's, finite, floating."""
+def _to_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):      # a torch tensor
         x = x.detach().cpu().numpy()
     elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):   # a TensorFlow tensor
         x = x.numpy()
     try:
-        x = np.asarray(x)
+        return np.asarray(x)
     except Exception as err:
         raise InputError(f"input cannot be read as an array: {err}") from None
+
+
+def _graph_and_input(model: Any, x: Any, passes=True) -> tuple[Graph, np.ndarray]:
+    """Translate (with the data's shape, for tracing backends) and check the input against the graph."""
+    x = _to_numpy(x)
+    graph = translate(model, passes, input_shape=x.shape[1:] if x.ndim >= 1 else None)
+    return graph, _as_input(graph, x)
+
+
+def _as_input(graph: Graph, x: Any) -> np.ndarray:
+    """Check and convert user input: shape against the graph's, finite, floating."""
+    x = _to_numpy(x)
     if x.dtype.kind not in "fiub":
         raise InputError(f"input must be numeric, got dtype {x.dtype}")
     want = graph.input.shape
@@ -114,9 +128,8 @@ def forward(model: Any, x: Any, engine: Any = None, output: str | None = None,
     ``passes`` as in :func:`translate` (``False`` runs the graph exactly as given).
     """
     from .propagation import run_forward
-    graph = translate(model, passes)
+    graph, x = _graph_and_input(model, x, passes)
     eng = get_engine(engine, graph)
-    x = _as_input(graph, x)
     name = output or graph.output
     acts = run_forward(graph, eng, eng.asarray(x), upto=name)
     return eng.to_numpy(acts[name])
@@ -175,11 +188,10 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     """
     from .methods import as_method
     from .targets import INITS
-    graph = translate(model)
+    graph, x = _graph_and_input(model, x)
     m = as_method(method)
     resolved = m.resolve(params)
     eng = get_engine(engine, graph)
-    x = _as_input(graph, x)
     n = len(x)
     layers = list(layers or [])
     for name in layers:

@@ -103,6 +103,7 @@ class Graph:
         self.outputs = list(outputs)
         self.meta = dict(meta or {})
         self._by_name = {n.name: n for n in self.nodes}
+        self._fingerprint: str | None = None
         if validate:
             self.validate()
 
@@ -270,7 +271,15 @@ class Graph:
         }
 
     def fingerprint(self) -> str:
-        """A hash of structure and parameter values: the same model gives the same fingerprint."""
+        """A hash of structure and parameter values: the same model gives the same fingerprint.
+
+        Computed once per graph (graphs are not modified after construction; passes make new ones).
+        """
+        if self._fingerprint is None:
+            self._fingerprint = self._hash()
+        return self._fingerprint
+
+    def _hash(self) -> str:
         h = hashlib.sha256()
         struct = self._structure()
         struct.pop("meta")

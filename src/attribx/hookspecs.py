@@ -49,8 +49,12 @@ def attribx_graph_passes():
 
 
 @hookspec(firstresult=True)
-def attribx_translate(model):
-    """Return a :class:`attribx.graph.Graph` for ``model`` if this backend understands it, else None."""
+def attribx_translate(model, input_shape):
+    """Return a :class:`attribx.graph.Graph` for ``model`` if this backend understands it, else None.
+
+    ``input_shape`` is one sample's input shape (no batch axis) when the caller knows it (explain and
+    forward pass the data's), else None; backends that need shapes to trace raise a clear error then.
+    """
 
 
 @hookspec(firstresult=True)

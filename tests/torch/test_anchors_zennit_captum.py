@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 zennit = pytest.importorskip("zennit")
 torchvision = pytest.importorskip("torchvision")
+pytest.importorskip("attribx_torch")
 
 import attribx  # noqa: E402
 from attribx.testing import relative_error  # noqa: E402

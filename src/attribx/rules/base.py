@@ -13,7 +13,8 @@ class NodeContext:
 
     ``inputs`` and ``output`` are the forward pass's activations (engine arrays), ``params`` the node's
     parameters as engine arrays, ``constant`` tells for each input whether it is a constant (constants
-    take no relevance: they act like biases).
+    take no relevance: they act like biases), ``nonnegative`` whether it is non-negative for any input
+    of the graph (after a ReLU), so that rules can skip terms that vanish.
     """
 
     engine: Any
@@ -23,6 +24,7 @@ class NodeContext:
     params: dict
     constant: Sequence[bool]
     category: str
+    nonnegative: Sequence[bool] = ()
 
     def forward(self, inputs=None, params=None):
         return self.engine.forward(self.node, self.inputs if inputs is None else inputs,

@@ -29,6 +29,43 @@ KEEP = "keep"   # bias modifier: leave the bias as it is
 DROP = None     # bias modifier: no bias
 
 
+class Mod:
+    """A weight modifier: ``mod(w)`` on engine arrays, ``mod.scalar(v)`` on a python number (the implicit
+    positive coefficients of sums, evaluated without touching the device)."""
+
+    def __init__(self, array_fn, scalar_fn):
+        self.array_fn, self.scalar = array_fn, scalar_fn
+
+    def __call__(self, w):
+        return self.array_fn(w)
+
+
+def positive(eng) -> Mod:
+    return Mod(lambda w: eng.clip(w, 0, None), lambda v: max(v, 0.0))
+
+
+def negative(eng) -> Mod:
+    return Mod(lambda w: eng.clip(w, None, 0), lambda v: min(v, 0.0))
+
+
+def gamma_up(eng, g) -> Mod:
+    """W + γW⁺"""
+    return Mod(lambda w: w + g * eng.clip(w, 0, None), lambda v: v + g * max(v, 0.0))
+
+
+def gamma_down(eng, g) -> Mod:
+    """W + γW⁻"""
+    return Mod(lambda w: w + g * eng.clip(w, None, 0), lambda v: v + g * min(v, 0.0))
+
+
+def ones(eng) -> Mod:
+    return Mod(lambda w: eng.ones_like(w), lambda v: 1.0)
+
+
+def square(eng) -> Mod:
+    return Mod(lambda w: w * w, lambda v: v * v)
+
+
 class Affine:
     """An affine node seen as weights and bias, evaluated with modified ones.
 
@@ -75,7 +112,7 @@ class Affine:
                     params["bias"] = bmod(params["bias"])
         elif self.kind == "sum":
             if wmod is not None:    # positive coefficients: a positively homogeneous modifier scales them
-                scale = float(np.asarray(eng.to_numpy(wmod(eng.asarray(np.ones((), np.float64))))))
+                scale = float(wmod.scalar(1.0))
             for i, c in enumerate(ctx.constant):
                 if c:
                     inputs[i] = (eng.zeros_like(inputs[i]) if bmod is DROP else
@@ -95,6 +132,11 @@ class Affine:
         return inputs, params, scale
 
     def term(self, xs, wmod=None, bmod=KEEP):
+        """z with modified weights/bias on signals ``xs`` (None entries: zero signals; all None: no term)."""
+        if all(x is None for x in xs):
+            if bmod is DROP or self.kind != "layer" or "bias" not in self.ctx.params:
+                return None
+        xs = [self.eng.zeros_like(self.ctx.inputs[i]) if x is None else x for i, x in zip(self.signal, xs)]
         inputs, params, scale = self._inputs_params(xs, wmod, bmod)
         if scale == 0.0:
             return None
@@ -112,6 +154,14 @@ class Affine:
 
     def signals(self):
         return [self.ctx.inputs[i] for i in self.signal]
+
+    def split(self):
+        """(x⁺, x⁻) per signal; x⁻ is None where the graph guarantees x ≥ 0 (its terms vanish)."""
+        eng, ctx = self.eng, self.ctx
+        nonneg = ctx.nonnegative or [False] * len(ctx.inputs)
+        xp = [ctx.inputs[i] if nonneg[i] else eng.clip(ctx.inputs[i], 0, None) for i in self.signal]
+        xn = [None if nonneg[i] else eng.clip(ctx.inputs[i], None, 0) for i in self.signal]
+        return xp, xn
 
     def scatter(self, rels):
         """Relevance per signal -> relevance per node input (None for constants)."""
@@ -196,14 +246,6 @@ class Norm(ZRule):
         return [_mul(x, g) for x, g in zip(xs, op.back(s))]
 
 
-def _clip_pos(eng):
-    return lambda w: eng.clip(w, 0, None)
-
-
-def _clip_neg(eng):
-    return lambda w: eng.clip(w, None, 0)
-
-
 class AlphaBeta(AffineRule):
     """LRP-αβ: positive contributions weighted by α, negative ones by β, α − β = 1.
 
@@ -222,19 +264,19 @@ class AlphaBeta(AffineRule):
                               f"got alpha={a}, beta={b}")
 
     def relevance(self, op, eng, R):
-        pos, neg = _clip_pos(eng), _clip_neg(eng)
-        xs = op.signals()
-        xp = [eng.clip(x, 0, None) for x in xs]
-        xn = [eng.clip(x, None, 0) for x in xs]
+        pos, neg = positive(eng), negative(eng)
+        xp, xn = op.split()
         zb = self.params["zero_bias"]
-        out = [None] * len(xs)
+        out = [None] * len(xp)
 
         def part(w_for_xp, w_for_xn, b_mod, weight):
             z = _add(op.term(xp, w_for_xp, DROP if zb else b_mod), op.term(xn, w_for_xn, DROP))
             if z is None:
                 return
             s = R / eng.stabilize(z, self.stabilizer)
-            for k, (gp, gn) in enumerate(zip(op.back(s, w_for_xp), op.back(s, w_for_xn))):
+            gps = op.back(s, w_for_xp)
+            gns = op.back(s, w_for_xn) if any(x is not None for x in xn) else [None] * len(xn)
+            for k, (gp, gn) in enumerate(zip(gps, gns)):
                 out[k] = _add(out[k], _mul(_add(_mul(xp[k], gp), _mul(xn[k], gn)), weight))
 
         part(pos, neg, pos, self.alpha)
@@ -269,21 +311,20 @@ class Gamma(AffineRule):
     defaults = {"gamma": 0.25, "stabilizer": 1e-6, "zero_bias": False}
 
     def relevance(self, op, eng, R):
-        g = self.gamma
-        up = lambda w: w + g * eng.clip(w, 0, None)      # noqa: E731  W + γW+
-        down = lambda w: w + g * eng.clip(w, None, 0)    # noqa: E731  W + γW-
-        xs = op.signals()
-        xp = [eng.clip(x, 0, None) for x in xs]
-        xn = [eng.clip(x, None, 0) for x in xs]
+        up, down = gamma_up(eng, self.gamma), gamma_down(eng, self.gamma)
+        xp, xn = op.split()
         z = op.ctx.output
         zb = self.params["zero_bias"]
-        out = [None] * len(xs)
+        out = [None] * len(xp)
+        has_neg = any(x is not None for x in xn)
         for w_xp, w_xn, mask in ((up, down, z > 0), (down, up, z < 0)):
             zz = _add(op.term(xp, w_xp, DROP if zb else w_xp), op.term(xn, w_xn, DROP))
             if zz is None:
                 continue
             s = eng.where(mask, R / eng.stabilize(zz, self.stabilizer), eng.zeros_like(R))
-            for k, (gp, gn) in enumerate(zip(op.back(s, w_xp), op.back(s, w_xn))):
+            gps = op.back(s, w_xp)
+            gns = op.back(s, w_xn) if has_neg else [None] * len(xn)
+            for k, (gp, gn) in enumerate(zip(gps, gns)):
                 out[k] = _add(out[k], _add(_mul(xp[k], gp), _mul(xn[k], gn)))
         return out
 
@@ -295,11 +336,11 @@ class Flat(AffineRule):
     defaults = {"stabilizer": 1e-6}
 
     def relevance(self, op, eng, R):
-        ones = lambda w: eng.ones_like(w)     # noqa: E731
+        one = ones(eng)
         xs = [eng.ones_like(x) for x in op.signals()]
-        z = op.term(xs, ones, DROP)
+        z = op.term(xs, one, DROP)
         s = R / eng.stabilize(z, self.stabilizer)
-        return op.back(s, ones)
+        return op.back(s, one)
 
 
 class WSquare(AffineRule):
@@ -310,7 +351,7 @@ class WSquare(AffineRule):
     defaults = {"stabilizer": 1e-6, "zero_bias": False}
 
     def relevance(self, op, eng, R):
-        sq = lambda w: w * w                  # noqa: E731
+        sq = square(eng)
         xs = [eng.ones_like(x) for x in op.signals()]
         z = op.term(xs, sq, DROP if self.zero_bias else sq)
         s = R / eng.stabilize(z, self.stabilizer)
@@ -342,7 +383,7 @@ class ZBox(AffineRule):
                               f"{tuple(x.shape)}: {err}") from None
 
     def relevance(self, op, eng, R):
-        pos, neg = _clip_pos(eng), _clip_neg(eng)
+        pos, neg = positive(eng), negative(eng)
         xs = op.signals()
         ls = [self.bound(eng, self.low, x) for x in xs]
         hs = [self.bound(eng, self.high, x) for x in xs]
