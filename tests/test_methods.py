@@ -263,3 +263,20 @@ def test_biased_epsilon_does_not_conserve_and_the_report_shows_it(rng):
     g = cnn(rng, bias=True)
     with pytest.raises(AssertionError, match="does not conserve"):
         assert_conserves(g, rng.normal(size=(2, 2, 8, 8)), "lrp.epsilon", epsilon=1.0)
+
+
+@pytest.mark.parametrize("zero_bias", [False, True])
+def test_gamma_after_relu_uses_the_fast_form_with_the_same_numbers(rng, zero_bias):
+    """On non-negative inputs γ takes a shortcut (one extra forward); it must equal the general form."""
+    from reference_lrp import lrp_gamma as gamma_reference
+    w, bias = rng.normal(size=(4, 6)), rng.normal(size=4)
+    b = GraphBuilder()
+    h = b.relu(b.input("x", (6,)), name="relu")
+    g = b.build(b.linear(h, w, bias, name="fc"))
+    x = rng.normal(size=(5, 6))
+    x[0, :3] = 0.0
+    R = rng.normal(size=(5, 4))
+    comp = C.Composite([(C.op("linear"), ("gamma", {"gamma": 0.3, "zero_bias": zero_bias}))])
+    ours = attribx.explain(g, x, comp, output_init=R).values
+    ref = gamma_reference(np.maximum(x, 0), w.T, bias, R, gamma=0.3, zero_bias=zero_bias)
+    np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)

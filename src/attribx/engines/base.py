@@ -126,6 +126,14 @@ class Engine:
         raise NotImplementedError
 
     # -- derived helpers shared by rules -----------------------------------------------------------
+    def divide_into(self, num, den):
+        """num / den, where ``den`` is a temporary that an engine may overwrite to save an allocation."""
+        return num / den
+
+    def multiply_into(self, a, b):
+        """a * b, where ``a`` is a temporary (same shape as the result) that an engine may overwrite."""
+        return a * b
+
     def stabilize(self, z, epsilon: float):
         """z + epsilon * sign(z) with sign(0) = +1."""
         return z + epsilon * self.sign(z)

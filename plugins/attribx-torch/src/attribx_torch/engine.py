@@ -194,6 +194,22 @@ class TorchEngine(Engine):
         shift = torch.where(z >= 0, self._scalar(float(epsilon), z), self._scalar(-float(epsilon), z))
         return shift.add_(z)
 
+    def divide_into(self, num, den):
+        """num / den written into ``den`` (a temporary): large activations cost an allocation each."""
+        torch = _torch()
+        if (isinstance(num, torch.Tensor) and isinstance(den, torch.Tensor) and num.shape == den.shape
+                and num.dtype == den.dtype and not den.requires_grad):
+            return torch.div(num, den, out=den)
+        return num / den
+
+    def multiply_into(self, a, b):
+        """a * b written into ``a`` (a temporary)."""
+        torch = _torch()
+        if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and not a.requires_grad):
+            return a.mul_(b)
+        return a * b
+
     def safe_divide(self, num, den):
         """num / den, and 0 where den is 0."""
         torch = _torch()
