@@ -2,7 +2,9 @@
 
 Same model, same batch, one run. Each (method, implementation) is timed in-process (median of
 ``--repeat`` runs after a warm-up); peak memory is measured in a fresh subprocess per measurement
-(peak RSS on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU), so measurements do not mix.
+(on the CPU the growth of the resident set during one attribution, from Linux's VmHWM after
+resetting it through /proc/self/clear_refs; on a GPU ``torch.cuda.max_memory_allocated``), so
+measurements do not mix.
 Ratios are relative to the plain gradient pass of the same run.
 
     python benchmarks/torch_speed.py --models vgg16 resnet50 --batch 4 --device cpu --out benchmarks/RESULTS.md
@@ -58,8 +60,7 @@ def make_runner(impl, method, model_name, batch, device):
     if impl == "attribx":
         import attribx
         graph = attribx.translate(model, input_shape=(3, 224, 224))
-        eng = attribx.get_engine("torch", graph)
-        eng.device = device
+        eng = attribx.plugins.registry().engine("torch")(device=device)
         params = OURS[method]
 
         def run():
@@ -125,8 +126,13 @@ if {device!r}.startswith('cuda'):
     torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
     run(); torch.cuda.synchronize(); peak = (torch.cuda.max_memory_allocated() - base) / 2**20
 else:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run(); peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    import gc; run(); gc.collect()   # warm: one-time allocations (weights copies, caches) are not counted
+    def status(key):
+        with open('/proc/self/status') as f:
+            return next(int(l.split()[1]) for l in f if l.startswith(key + ':'))
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')                  # reset the peak resident set (VmHWM) to the current one
+    base = status('VmRSS'); run(); peak = (status('VmHWM') - base) / 1024
 print(json.dumps(peak))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
