@@ -115,6 +115,9 @@ def test_fold_batch_norm_is_exact(rng):
     xs = rng.normal(size=(2, 3, 6, 6))
     np.testing.assert_allclose(attribx.forward(folded, xs), attribx.forward(g, xs, passes=False),
                                rtol=1e-10)
+    # the folded batch norm's name still addresses its values: the relevance at the folded conv
+    ds = attribx.explain(g, xs, "lrp.epsilon", target=0, layers=["bn", "conv"])
+    np.testing.assert_array_equal(ds["bn"].values, ds["conv"].values)
     # LRP then sees one affine layer: the relevance equals the folded graph's
     r1 = attribx.explain(g, xs, "lrp.epsilon", target=0)
     r2 = attribx.explain(folded, xs, "lrp.epsilon", target=0)

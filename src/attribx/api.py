@@ -172,6 +172,20 @@ def _batch_target(target, sl: slice, n: int):
     return part(target)
 
 
+def _resolve_alias(graph: Graph, name: str) -> str:
+    """The node whose output is ``name``'s: itself, or where a graph pass folded or dropped it
+    (``graph.meta["aliases"]``: batch norms folded into convs, dropout and identities removed)."""
+    aliases = graph.meta.get("aliases", {})
+    inputs = {v.name for v in graph.inputs}
+    seen = set()
+    while name not in graph and name not in inputs and name in aliases and name not in seen:
+        seen.add(name)
+        name = aliases[name]
+    if name not in graph and name not in inputs:
+        raise MethodError(f"layers: no node named {name!r}; see attribx.translate(model).summary()")
+    return name
+
+
 def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "predicted", *,
             engine: Any = None, output_init: Any = None, layers: Sequence[str] | None = None,
             conservation: bool = False, batch_size: int | None = None, sample: Any = None, labels: Any = None,
@@ -194,9 +208,7 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     eng = get_engine(engine, graph)
     n = len(x)
     layers = list(layers or [])
-    for name in layers:
-        if name not in graph:
-            raise MethodError(f"layers: no node named {name!r}; see attribx.translate(model).summary()")
+    where = {name: _resolve_alias(graph, name) for name in layers}   # requested name -> node holding it
     init_array = None
     if output_init is not None and not isinstance(output_init, str):
         init_array = np.asarray(output_init)
@@ -211,15 +223,15 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
         tb = _batch_target(target, sl, n)
         init = init_array[sl] if init_array is not None else output_init
         result = m.run(graph, eng, eng.asarray(xb), lambda s, tb=tb: resolve_targets(tb, s), resolved, init,
-                       keep=layers, conservation=conservation)
+                       keep=list(where.values()), conservation=conservation)
         scores = eng.to_numpy(result.output)
         piece = {"input": eng.to_numpy(result.relevance[graph.input.name]),
                  "targets": np.asarray(result.targets),
                  "prediction": np.argmax(scores, axis=1) if scores.ndim == 2 else np.zeros(len(xb), np.int64)}
-        for name in layers:
-            r = result.relevance.get(name)
+        for name, node in where.items():
+            r = result.relevance.get(node)
             piece[f"layer:{name}"] = (eng.to_numpy(r) if r is not None else
-                                      np.zeros((len(xb),) + graph[name].shape[1:], piece["input"].dtype))
+                                      np.zeros((len(xb),) + graph.shape_of(node)[1:], piece["input"].dtype))
         if conservation:
             for k, v in result.conservation.items():
                 piece[f"sum:{k}"] = v
