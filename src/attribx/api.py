@@ -92,11 +92,45 @@ def _to_numpy(x: Any) -> np.ndarray:
         raise InputError(f"input cannot be read as an array: {err}") from None
 
 
-def _graph_and_input(model: Any, x: Any, passes=True) -> tuple[Graph, np.ndarray]:
-    """Translate (with the data's shape, for tracing backends) and check the input against the graph."""
+def _is_torch_tensor(x: Any) -> bool:
+    return hasattr(x, "detach") and hasattr(x, "is_floating_point") and hasattr(x, "isfinite")
+
+
+def _graph_and_input(model: Any, x: Any, passes=True) -> tuple[Graph, Any]:
+    """Translate (with the data's shape, for tracing backends) and check the input against the graph.
+
+    A torch tensor stays a tensor on its device (a GPU batch is not copied to the host to be checked);
+    anything else becomes a numpy array.
+    """
+    if _is_torch_tensor(x):
+        graph = translate(model, passes, input_shape=tuple(x.shape[1:]))
+        return graph, _as_tensor_input(graph, x)
     x = _to_numpy(x)
     graph = translate(model, passes, input_shape=x.shape[1:] if x.ndim >= 1 else None)
     return graph, _as_input(graph, x)
+
+
+def _check_shape(graph: Graph, shape: tuple) -> None:
+    want = graph.input.shape
+    if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want[1:], shape[1:])):
+        pretty = "(N, " + ", ".join(str(d) for d in want[1:]) + ")"
+        hint = " (add a batch axis: x[None])" if len(shape) == len(want) - 1 else ""
+        raise InputError(f"input has shape {shape}, the model expects {pretty}{hint}")
+    if shape[0] == 0:
+        raise InputError("input has no samples")
+
+
+def _as_tensor_input(graph: Graph, x: Any):
+    """The torch-tensor counterpart of :func:`_as_input`, checked where the tensor lives."""
+    x = x.detach()
+    _check_shape(graph, tuple(x.shape))
+    if not x.is_floating_point():
+        x = x.float()
+    finite = x.isfinite()
+    if not bool(finite.all()):
+        bad = int((~finite).reshape(len(x), -1).any(1).sum())
+        raise InputError(f"input contains NaN or infinite values (in {bad} of {len(x)} samples)")
+    return x
 
 
 def _as_input(graph: Graph, x: Any) -> np.ndarray:
@@ -104,13 +138,7 @@ def _as_input(graph: Graph, x: Any) -> np.ndarray:
     x = _to_numpy(x)
     if x.dtype.kind not in "fiub":
         raise InputError(f"input must be numeric, got dtype {x.dtype}")
-    want = graph.input.shape
-    if x.ndim != len(want) or any(w is not None and w != s for w, s in zip(want[1:], x.shape[1:])):
-        pretty = "(N, " + ", ".join(str(d) for d in want[1:]) + ")"
-        hint = " (add a batch axis: x[None])" if x.ndim == len(want) - 1 else ""
-        raise InputError(f"input has shape {x.shape}, the model expects {pretty}{hint}")
-    if x.shape[0] == 0:
-        raise InputError("input has no samples")
+    _check_shape(graph, x.shape)
     if x.dtype.kind != "f":
         x = x.astype(graph.input.dtype if np.dtype(graph.input.dtype).kind == "f" else np.float32)
     elif x.dtype not in (np.float32, np.float64):

@@ -13,6 +13,8 @@ class NumpyEngine(Engine):
     framework = "numpy"
 
     def asarray(self, x, dtype=None):
+        if hasattr(x, "detach"):          # a torch tensor (possibly on a GPU)
+            x = x.detach().cpu().numpy()
         return np.asarray(x, dtype=dtype or self.dtype)
 
     def to_numpy(self, x):
