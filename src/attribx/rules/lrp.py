@@ -346,25 +346,26 @@ class Gamma(AffineRule):
 
 
     def nonnegative(self, op, eng, R, x):
-        """x ≥ 0 (after a ReLU): with p = F(x; W⁺) and z' = F(x; W) the two branches are
-        zp = z' + γp and zn = (1+γ)z' − γp (plus their biases), and the relevance is
-        x ⊙ [Wᵀ(gp + (1+γ)gn) + γ W⁺ᵀ(gp − gn)]: one extra forward and two transposed ops in all,
-        instead of two and two (the same numbers as the general form)."""
+        """x ≥ 0 (after a ReLU): with p = F(x; W⁺) and q = p + b⁺ the branches are zp = z + γq and
+        zn = (1+γ)z − γq (without biases: z' = z − b and q = p), their supports are disjoint, and the
+        relevance is x ⊙ [Wᵀ(gp + (1+γ)gn) + γ W⁺ᵀ(gp − gn)]: one extra forward and two transposed ops
+        in all, and few passes over the activations (the same numbers as the general form)."""
         g = self.gamma
         z = op.ctx.output
         b = op.ctx.params.get("bias")
-        p = op.term([x], positive(eng), DROP)
-        zb = z if b is None else z - op.bias_map(b, z)
-        zp = zb + g * p
-        zn = zb * (1 + g) - g * p
-        if b is not None and not self.zero_bias:
-            zp = zp + op.bias_map(b + g * eng.clip(b, 0, None), z)
-            zn = zn + op.bias_map(b + g * eng.clip(b, None, 0), z)
-        zero = eng.zeros_like(R)
-        gp = eng.where(z > 0, eng.divide_into(R, eng.stabilize(zp, self.stabilizer)), zero)
-        gn = eng.where(z < 0, eng.divide_into(R, eng.stabilize(zn, self.stabilizer)), zero)
-        (t1,) = op.back(gp + (1 + g) * gn)
-        (t2,) = op.back(gp - gn, positive(eng))
+        q = op.term([x], positive(eng), DROP)
+        zz = z
+        if b is not None:
+            if self.zero_bias:
+                zz = z - op.bias_map(b, z)
+            else:
+                q = q + op.bias_map(eng.clip(b, 0, None), z)
+        up = z > 0
+        den = eng.where(up, zz + g * q, (1 + g) * zz - g * q)
+        s = eng.divide_into(R, eng.stabilize(den, self.stabilizer))
+        s = eng.where((z != 0), s, eng.zeros_like(s))
+        (t1,) = op.back(eng.where(up, s, (1 + g) * s))
+        (t2,) = op.back(eng.where(up, s, -s), positive(eng))
         return [op.times(x, t1 + g * t2)]
 
 
