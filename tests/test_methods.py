@@ -265,9 +265,11 @@ def test_biased_epsilon_does_not_conserve_and_the_report_shows_it(rng):
         assert_conserves(g, rng.normal(size=(2, 2, 8, 8)), "lrp.epsilon", epsilon=1.0)
 
 
+@pytest.mark.parametrize("arrives", ["everywhere", "where_z_positive"])
 @pytest.mark.parametrize("zero_bias", [False, True])
-def test_gamma_after_relu_uses_the_fast_form_with_the_same_numbers(rng, zero_bias):
-    """On non-negative inputs γ takes a shortcut (one extra forward); it must equal the general form."""
+def test_gamma_after_relu_uses_the_fast_form_with_the_same_numbers(rng, zero_bias, arrives):
+    """On non-negative inputs γ takes a shortcut (one extra forward; with relevance only where z > 0, as
+    behind a ReLU, one transposed op); it must equal the general form."""
     from reference_lrp import lrp_gamma as gamma_reference
     w, bias = rng.normal(size=(4, 6)), rng.normal(size=4)
     b = GraphBuilder()
@@ -276,6 +278,9 @@ def test_gamma_after_relu_uses_the_fast_form_with_the_same_numbers(rng, zero_bia
     x = rng.normal(size=(5, 6))
     x[0, :3] = 0.0
     R = rng.normal(size=(5, 4))
+    if arrives == "where_z_positive":
+        R = np.where(np.maximum(x, 0) @ w.T + bias > 0, R, 0.0)
+        assert 0 < np.count_nonzero(R) < R.size
     comp = C.Composite([(C.op("linear"), ("gamma", {"gamma": 0.3, "zero_bias": zero_bias}))])
     ours = attribx.explain(g, x, comp, output_init=R).values
     ref = gamma_reference(np.maximum(x, 0), w.T, bias, R, gamma=0.3, zero_bias=zero_bias)

@@ -365,13 +365,18 @@ def test_rule_on_conv_equals_reference(engine, name, kind, rule, params):
     assert_close(got, want.reshape(x.shape))
 
 
-@pytest.mark.parametrize("bounds", ["scalar", "per_channel"])
+@pytest.mark.parametrize("bounds", ["scalar", "per_channel", "per_pixel"])
 @pytest.mark.parametrize("name", ["k3_pad1", "groups2", "dilation2_asym_pad"])
 def test_z_box_on_conv_equals_reference(engine, name, bounds):
+    """Scalar and per-channel bounds fold into the weights (groups=1); per-pixel ones cannot."""
     x, w, b, R = conv_data(name, "random")
     cfg = CONV_CONFIGS[name]
     if bounds == "scalar":
         low, high = -2.5, 2.0
+    elif bounds == "per_pixel":
+        rng = np.random.default_rng(5)
+        low = -np.abs(rng.normal(size=(cfg["C"], cfg["H"], cfg["W"]))) - 1.0
+        high = np.abs(rng.normal(size=(1, cfg["H"], cfg["W"]))) + 1.0
     else:
         rng = np.random.default_rng(4)
         low = (-np.abs(rng.normal(size=(cfg["C"], 1, 1))) - 1.0)

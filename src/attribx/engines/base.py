@@ -125,6 +125,10 @@ class Engine:
     def isfinite_all(self, x) -> bool:
         raise NotImplementedError
 
+    def any_nonzero(self, x) -> bool:
+        """Whether any entry of ``x`` is non-zero (rules use it to skip terms that vanish)."""
+        raise NotImplementedError
+
     # -- derived helpers shared by rules -----------------------------------------------------------
     def divide_into(self, num, den):
         """num / den, where ``den`` is a temporary that an engine may overwrite to save an allocation."""
@@ -133,6 +137,14 @@ class Engine:
     def multiply_into(self, a, b):
         """a * b, where ``a`` is a temporary (same shape as the result) that an engine may overwrite."""
         return a * b
+
+    def where_positive(self, ref, x):
+        """``x`` where ``ref > 0``, else 0 (same shapes): a ReLU's backward, which engines run in one pass."""
+        return self.where(ref > 0, x, self.zeros_like(x))
+
+    def add_scaled_into(self, a, b, alpha: float):
+        """a + alpha * b, where ``b`` is a temporary that an engine may overwrite."""
+        return a + alpha * b
 
     def stabilize(self, z, epsilon: float):
         """z + epsilon * sign(z) with sign(0) = +1."""

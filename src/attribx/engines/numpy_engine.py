@@ -54,3 +54,6 @@ class NumpyEngine(Engine):
 
     def isfinite_all(self, x):
         return bool(np.isfinite(x).all())
+
+    def any_nonzero(self, x):
+        return bool(np.any(x))

@@ -90,4 +90,4 @@ class GuidedBackprop(Rule):
 
     def __call__(self, ctx: NodeContext, relevance):
         (g,) = ctx.vjp(relevance, output=ctx.output)
-        return [ctx.engine.where(relevance > 0, g, ctx.engine.zeros_like(g))]
+        return [ctx.engine.where_positive(relevance, g)]

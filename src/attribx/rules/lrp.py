@@ -254,7 +254,8 @@ class Norm(ZRule):
 
     def relevance(self, op, eng, R):
         xs = op.signals()
-        z = op.term(xs, bmod=DROP)
+        own = op.kind == "product" or (op.kind == "sum" and not any(op.ctx.constant))
+        z = op.ctx.output if own else op.term(xs, bmod=DROP)   # no bias to drop: the output itself
         s = eng.safe_divide(R, z) if self.epsilon == 0 else eng.divide_into(R, eng.stabilize(z, self.epsilon))
         return [op.times(x, g) for x, g in zip(xs, op.back(s))]
 
@@ -333,11 +334,11 @@ class Gamma(AffineRule):
         zb = self.params["zero_bias"]
         out = [None] * len(xp)
         has_neg = any(x is not None for x in xn)
-        for w_xp, w_xn, mask in ((up, down, z > 0), (down, up, z < 0)):
+        for w_xp, w_xn, sign in ((up, down, z), (down, up, -z)):
             zz = _add(op.term(xp, w_xp, DROP if zb else w_xp), op.term(xn, w_xn, DROP))
             if zz is None:
                 continue
-            s = eng.where(mask, R / eng.stabilize(zz, self.stabilizer), eng.zeros_like(R))
+            s = eng.where_positive(sign, eng.divide_into(R, eng.stabilize(zz, self.stabilizer)))
             gps = op.back(s, w_xp)
             gns = op.back(s, w_xn) if has_neg else [None] * len(xn)
             for k, (gp, gn) in enumerate(zip(gps, gns)):
@@ -346,27 +347,35 @@ class Gamma(AffineRule):
 
 
     def nonnegative(self, op, eng, R, x):
-        """x ≥ 0 (after a ReLU): with p = F(x; W⁺) and q = p + b⁺ the branches are zp = z + γq and
-        zn = (1+γ)z − γq (without biases: z' = z − b and q = p), their supports are disjoint, and the
-        relevance is x ⊙ [Wᵀ(gp + (1+γ)gn) + γ W⁺ᵀ(gp − gn)]: one extra forward and two transposed ops
-        in all, and few passes over the activations (the same numbers as the general form)."""
+        """x ≥ 0 (after a ReLU). With p = F(x; W⁺) and q = p + b⁺ the branches are zp = z + γq and
+        zn = (1+γ)z − γq (without biases: z' = z − b and q = p), and their supports are disjoint.
+
+        When no relevance arrives where z ≤ 0 (a layer followed by a ReLU under input-proportional
+        rules: the usual case) only the positive branch is left, R = x ⊙ (W + γW⁺)ᵀ(R / zp): one extra
+        forward and one transposed op. Otherwise R = x ⊙ [Wᵀ(gp + (1+γ)gn) + γW⁺ᵀ(gp − gn)]: one extra
+        forward and two transposed ops. Both give the numbers of the general form.
+        """
         g = self.gamma
         z = op.ctx.output
         b = op.ctx.params.get("bias")
-        q = op.term([x], positive(eng), DROP)
-        zz = z
-        if b is not None:
-            if self.zero_bias:
-                zz = z - op.bias_map(b, z)
-            else:
-                q = q + op.bias_map(eng.clip(b, 0, None), z)
-        up = z > 0
-        den = eng.where(up, zz + g * q, (1 + g) * zz - g * q)
-        s = eng.divide_into(R, eng.stabilize(den, self.stabilizer))
-        s = eng.where((z != 0), s, eng.zeros_like(s))
-        (t1,) = op.back(eng.where(up, s, (1 + g) * s))
-        (t2,) = op.back(eng.where(up, s, -s), positive(eng))
-        return [op.times(x, t1 + g * t2)]
+        q = op.term([x], positive(eng), DROP if self.zero_bias else positive(eng))
+        if not eng.any_nonzero(R - eng.where_positive(z, R)):     # nothing arrives where z ≤ 0
+            den = eng.add_scaled_into(z, q, g)
+            if b is not None and self.zero_bias:
+                den = den - op.bias_map(b, den)
+            s = eng.divide_into(R, eng.stabilize(den, self.stabilizer))
+            (t,) = op.back(s, gamma_up(eng, g))
+            return [op.times(x, t)]
+        zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
+        mz = -z
+        # each branch's own contributions: q where z > 0, the negative part zz − q where z < 0
+        part = eng.where_positive(z, q) + eng.where_positive(mz, zz - q)
+        s = eng.divide_into(R, eng.stabilize(eng.add_scaled_into(zz, part, g), self.stabilizer))
+        s_up, s_dn = eng.where_positive(z, s), eng.where_positive(mz, s)    # z = 0 passes nothing
+        diff = s_up - s_dn
+        (t1,) = op.back(eng.add_scaled_into(s_up, s_dn, 1 + g))
+        (t2,) = op.back(diff, positive(eng))
+        return [op.times(x, eng.add_scaled_into(t1, t2, g))]
 
 
 class Flat(AffineRule):
@@ -422,9 +431,38 @@ class ZBox(AffineRule):
             raise MethodError(f"z_box bounds of shape {arr.shape} do not broadcast to inputs of shape "
                               f"{tuple(x.shape)}: {err}") from None
 
+    def per_channel(self, op, x):
+        """The bounds as per-input-channel vectors (low, high), or None where they vary otherwise.
+
+        Bounds that are constant over a sample's spatial positions fold into the weights:
+        l ⊙ W⁺ᵀs + h ⊙ W⁻ᵀs = (lW⁺ + hW⁻)ᵀs, and F(l; W⁺) + F(h; W⁻) = F(1; lW⁺ + hW⁻), the same for
+        every sample (zero padding included)."""
+        node = op.ctx.node
+        if op.kind != "layer" or len(op.signal) != 1 or int(node.attrs.get("groups", 1)) != 1:
+            return None
+        shape = tuple(x.shape[1:])
+        out = []
+        for v in (self.low, self.high):
+            try:
+                a = np.broadcast_to(np.asarray(v, dtype=np.float64), shape)
+            except ValueError as err:
+                raise MethodError(f"z_box bounds of shape {np.shape(v)} do not broadcast to inputs of "
+                                  f"shape {tuple(x.shape)}: {err}") from None
+            if node.op == "conv":
+                if not np.all(a == a[(slice(None),) + (slice(0, 1),) * (a.ndim - 1)]):
+                    return None
+                a = a.reshape(a.shape[0], -1)[:, 0]
+            elif a.ndim != 1:
+                return None
+            out.append(a)
+        return out
+
     def relevance(self, op, eng, R):
-        pos, neg = positive(eng), negative(eng)
         xs = op.signals()
+        bounds = self.per_channel(op, xs[0]) if xs else None
+        if bounds is not None:
+            return self.folded(op, eng, R, xs[0], *bounds)
+        pos, neg = positive(eng), negative(eng)
         ls = [self.bound(eng, self.low, x) for x in xs]
         hs = [self.bound(eng, self.high, x) for x in xs]
         z = op.term(xs, None, KEEP)
@@ -439,3 +477,18 @@ class ZBox(AffineRule):
             r = r - _mul(h, gn) if gn is not None else r
             out.append(r)
         return out
+
+    def folded(self, op, eng, R, x, low, high):
+        """z-box with per-channel bounds: z − F(1; M) with M = lW⁺ + hW⁻ on one sample (the bias cancels),
+        and R = x ⊙ Wᵀs − Mᵀs: two transposed ops instead of three."""
+        dtype = eng.dtype_of(x)
+        shape = (1, -1) + (1,) * (len(op.ctx.params["weight"].shape) - 2)
+        lo = eng.asarray(low.reshape(shape), dtype=dtype)
+        hi = eng.asarray(high.reshape(shape), dtype=dtype)
+        mix = Mod(lambda w: lo * eng.clip(w, 0, None) + hi * eng.clip(w, None, 0), None)
+        one = eng.ones_like(x[:1])
+        c = op.term([one], mix, KEEP)          # F(1; M) + b, broadcast over the batch
+        s = eng.divide_into(R, eng.stabilize(op.ctx.output - c, self.stabilizer))
+        (g,) = op.back(s)
+        (gb,) = op.back(s, mix)
+        return [op.times(x, g) - gb]
