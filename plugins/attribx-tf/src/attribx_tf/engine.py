@@ -116,7 +116,11 @@ class TensorFlowEngine(Engine):
         return tf_dtype(np.asarray(x).dtype)
 
     def _tensor(self, x):
-        return x if self._is_tensor(x) else self.asarray(x)
+        """``x`` as a tensor of its own dtype (masks stay boolean whatever the engine's dtype)."""
+        if self._is_tensor(x):
+            return x
+        with self.placement():
+            return _tf().convert_to_tensor(np.asarray(x))
 
     def where(self, cond, a, b):
         tf = _tf()

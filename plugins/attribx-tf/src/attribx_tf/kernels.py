@@ -306,28 +306,57 @@ def _max_pool_vjp(attrs, inputs, params, output, grad):
 
 
 class _AvgPlan:
-    """An average pool as TF runs it: channel-last, 1d lifted to 2d, zero padding explicit."""
+    """An average pool as TF runs it: channel-last, 1d lifted to 2d, zero padding explicit.
+
+    3d pools run as a 2d pool over (H, W) and then one over D: a box mean is separable, and TF's CPU
+    AvgPool3D takes float32 only, while AvgPool takes float64 too."""
 
     def __init__(self, attrs, x):
         geometry = pool_geometry(attrs, _shape(x))
         self.lifted = len(x.shape) == 3
         self.x, geometry = _lift(x, geometry) if self.lifted else (x, geometry)
-        kernel, stride, _, self.pads = geometry
-        self.ksize = [1] + list(kernel) + [1]
-        self.strides = [1] + list(stride) + [1]
-        self.area = math.prod(kernel)
+        self.kernel, self.stride, _, self.pads = geometry
+        self.area = math.prod(self.kernel)
         self.padded = any(lo or hi for lo, hi in self.pads)
         self.count_pad = bool(attrs["count_include_pad"]) or not self.padded
         self.three = len(self.x.shape) == 5
 
+    def _hw(self):
+        k, s = self.kernel[-2:], self.stride[-2:]
+        return [1, k[0], k[1], 1], [1, s[0], s[1], 1]
+
+    def _d(self):
+        return [1, self.kernel[0], 1, 1], [1, self.stride[0], 1, 1]
+
     def pool(self, xl):
-        op = tf.raw_ops.AvgPool3D if self.three else tf.raw_ops.AvgPool
-        return op(value=xl, ksize=self.ksize, strides=self.strides, padding="VALID")
+        if not self.three:
+            ksize, strides = self._hw()
+            return tf.raw_ops.AvgPool(value=xl, ksize=ksize, strides=strides, padding="VALID")
+        n, d, h, w, c = _shape(xl)
+        ksize, strides = self._hw()
+        y = tf.raw_ops.AvgPool(value=tf.reshape(xl, (n * d, h, w, c)), ksize=ksize, strides=strides, padding="VALID")
+        _, h2, w2, _ = _shape(y)
+        ksize, strides = self._d()
+        y = tf.raw_ops.AvgPool(value=tf.reshape(y, (n, d, h2 * w2, c)), ksize=ksize, strides=strides, padding="VALID")
+        return tf.reshape(y, (n, int(y.shape[1]), h2, w2, c))
 
     def pool_grad(self, gl, shape):
-        op = tf.raw_ops.AvgPool3DGrad if self.three else tf.raw_ops.AvgPoolGrad
-        return op(orig_input_shape=tf.constant(shape, tf.int32), grad=gl, ksize=self.ksize,
-                  strides=self.strides, padding="VALID")
+        """The gradient of the (padded, channel-last) input of :meth:`pool`, of that ``shape``."""
+        if not self.three:
+            ksize, strides = self._hw()
+            return tf.raw_ops.AvgPoolGrad(orig_input_shape=tf.constant(shape, tf.int32), grad=gl, ksize=ksize,
+                                          strides=strides, padding="VALID")
+        n, d, h, w, c = shape
+        _, d2, h2, w2, _ = _shape(gl)
+        ksize, strides = self._d()
+        g = tf.raw_ops.AvgPoolGrad(orig_input_shape=tf.constant((n, d, h2 * w2, c), tf.int32),
+                                   grad=tf.reshape(gl, (n, d2, h2 * w2, c)), ksize=ksize, strides=strides,
+                                   padding="VALID")
+        ksize, strides = self._hw()
+        g = tf.raw_ops.AvgPoolGrad(orig_input_shape=tf.constant((n * d, h, w, c), tf.int32),
+                                   grad=tf.reshape(g, (n * d, h2, w2, c)), ksize=ksize, strides=strides,
+                                   padding="VALID")
+        return tf.reshape(g, shape)
 
     def counts(self, dtype):
         """Real input positions per window (count_include_pad False), at least 1: channel-last."""
@@ -477,7 +506,12 @@ _TANH_C = math.sqrt(2.0 / math.pi)
 
 
 def _gelu_forward(attrs, inputs, params):
-    return tf.nn.gelu(inputs[0], approximate=attrs["approximate"] == "tanh")
+    """The formula with tf.math.erf: tf.nn.gelu differs from it by ~5e-9 relative in float64 (its
+    constants are rounded to float32), which is more than the engines may differ by."""
+    (x,) = inputs
+    if attrs["approximate"] == "tanh":
+        return 0.5 * x * (1 + tf.tanh(_TANH_C * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + tf.math.erf(x / _SQRT2))
 
 
 def _gelu_vjp(attrs, inputs, params, output, grad):
