@@ -18,11 +18,9 @@ _TF: Any = None
 
 
 def _tf():
-    """tensorflow, imported on first use (and quiet unless the user asked for its logs)."""
+    """tensorflow, imported on first use."""
     global _TF
     if _TF is None:
-        import os
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
         _TF = tf
     return _TF

@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 
 import numpy as np
+import tensorflow as tf
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf  # noqa: E402
-
-from attribx.engines.base import Kernel  # noqa: E402
-from attribx.ops import (conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes,  # noqa: E402
-                         slice_bounds, window_output_size)
+from attribx.engines.base import Kernel
+from attribx.ops import (conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
+                         window_output_size)
 
 __all__ = ["KERNELS", "unbroadcast"]
 
