@@ -197,7 +197,8 @@ ACTIVATIONS = ["relu", "sigmoid", "tanh", "softmax", "linear", "elu", "gelu", "s
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_activation_layer(act, float64):
     model = seq((6, 6, 2), L.Conv2D(3, 3, name="conv"), L.Activation(act, name="act"))
-    check(model, sample((6, 6, 2), dtype=float64) * 3)
+    g = check(model, sample((6, 6, 2), dtype=float64) * 3)
+    assert ("act" in g) == (act != "linear")
 
 
 ACT_LAYERS = {
@@ -331,6 +332,22 @@ def test_unsupported_layer_names_layer_class_and_hook():
         attribx.translate(model)
     msg = str(err.value)
     assert "'up'" in msg and "UpSampling2D" in msg and "attribx_translate" in msg and "attribx_ops" in msg
+
+
+def test_keras_ops_in_a_functional_model_are_unsupported():
+    i = keras.Input((4,))
+    model = keras.Model(i, keras.ops.add(L.Dense(3, name="fc")(i), 1.0))
+    with pytest.raises(UnsupportedError, match="operation.*keras.ops"):
+        attribx.translate(model)
+
+
+def test_shared_layer_gets_numbered_names():
+    i = keras.Input((4,))
+    dense = L.Dense(4, activation="tanh", name="shared")
+    model = randomize(keras.Model(i, L.Dense(2, name="out")(dense(dense(i)))))
+    x = sample((4,))
+    g = check_nested(model, x)
+    assert {"shared", "shared_1", "shared:activation", "shared_1:activation"} <= {n.name for n in g.nodes}
 
 
 def test_embedding_is_unsupported():

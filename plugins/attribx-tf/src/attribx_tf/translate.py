@@ -79,8 +79,10 @@ def _np(v) -> np.ndarray:
 def _class_path(layer) -> str:
     cls = type(layer)
     mod = cls.__module__
-    if mod.startswith("keras.src."):
-        mod = "keras.layers"
+    if mod.startswith("keras.src.layers") or mod.startswith("keras.src.models"):
+        mod = "keras.layers" if mod.startswith("keras.src.layers") else "keras.models"
+    elif mod.startswith("keras.src.ops"):
+        mod = "keras.ops"
     return f"{mod}.{cls.__qualname__}"
 
 
@@ -125,7 +127,8 @@ class _Translation:
 
     def emit(self, op: str, inputs, perm, attrs=None, params=None, name=None) -> V:
         """Add a node (named after the current layer unless ``name``); its shape from the op's inference."""
-        name = name or self.unique(self.main)
+        if name is None:
+            name = self.main if self.main not in self.shapes else self.unique(self.main)
         ins = tuple(i.name for i in inputs)
         params = {k: np.asarray(v) for k, v in (params or {}).items() if v is not None}
         opdef = self.ops[op]
@@ -269,11 +272,13 @@ class _Translation:
                                        f"translates nested models with one output")
             return inner[0]
         handler = _handler(layer)
-        where = f"layer {prefix + layer.name!r} ({_class_path(layer)})"
+        kind = "layer" if isinstance(layer, keras.layers.Layer) else "operation"
+        where = f"{kind} {prefix + layer.name!r} ({_class_path(layer)})"
         if handler is None:
-            raise UnsupportedError(f"{where} has no translation to the attribx graph; {HOOK_HINT}")
+            hint = "" if kind == "layer" else " (keras.ops calls in a functional model are not translated; use layers)"
+            raise UnsupportedError(f"{where} has no translation to the attribx graph{hint}; {HOOK_HINT}")
         self.layer = layer
-        self.main = prefix + layer.name
+        self.main = self.unique(prefix + layer.name)     # a shared layer's second call: name_1
         if prefix:
             self.bare.setdefault(layer.name, []).append(self.main)
         n_before = len(self.nodes)
@@ -283,6 +288,10 @@ class _Translation:
             raise UnsupportedError(f"{where}: {err}; {HOOK_HINT}") from None
         except AttribxError:
             raise
+        except (AttributeError, TypeError, ValueError, IndexError) as err:
+            # a setting this translation does not know (a newer Keras, a subclass): name the layer
+            raise UnsupportedError(f"{where} cannot be translated: {type(err).__name__}: {err}; "
+                                   f"{HOOK_HINT}") from None
         names = {n.name for n in self.nodes[n_before:]}
         if self.main not in names:
             # dropped (dropout, identity): the layer's name addresses the value it passes on
@@ -487,7 +496,7 @@ def _batch_norm(ctx, layer, xs):
 
 
 def _activation_layer(ctx, layer, xs):
-    return _activation_fn(ctx, _one(xs), layer.activation, name=ctx.unique(ctx.main))
+    return _activation_fn(ctx, _one(xs), layer.activation, name=ctx.main)
 
 
 def _relu_layer(ctx, layer, xs):
@@ -699,8 +708,11 @@ _HANDLERS = {
 
 def _handler(layer):
     """The translation of a layer: by class, walking up the bases so subclasses of known layers work."""
+    import keras
+    if not isinstance(layer, keras.layers.Layer):
+        return None          # keras.ops operations share names with layers (Add, Reshape) but not meaning
     for cls in type(layer).__mro__:
-        if cls.__module__.startswith(("keras.", "tf_keras.")) and cls.__name__ in _HANDLERS:
+        if cls.__module__.startswith("keras.src.layers") and cls.__name__ in _HANDLERS:
             return _HANDLERS[cls.__name__]
     return None
 
