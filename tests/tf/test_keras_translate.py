@@ -147,6 +147,9 @@ POOL = {
     "gmp1d": lambda: seq((10, 3), L.GlobalMaxPooling1D()),
     "gmp2d": lambda: seq((6, 5, 3), L.GlobalMaxPooling2D()),
     "gmp2d_keepdims": lambda: seq((6, 5, 3), L.GlobalMaxPooling2D(keepdims=True)),
+    "pool3d": lambda: seq((6, 6, 6, 2), L.Conv3D(2, 1), L.AveragePooling3D(2, padding="same"),
+                          L.MaxPooling3D(2), L.GlobalMaxPooling3D()),
+    "gap3d": lambda: seq((4, 4, 4, 2), L.GlobalAveragePooling3D()),
 }
 
 
@@ -262,6 +265,8 @@ SHAPE = {
     "zero_pad1d": lambda: seq((8, 3), L.ZeroPadding1D((1, 2)), L.Conv1D(2, 3)),
     "zero_pad2d": lambda: seq((6, 5, 3), L.Conv2D(2, 1), L.ZeroPadding2D(((1, 2), (0, 3))), L.Conv2D(2, 3)),
     "zero_pad2d_input": lambda: seq((6, 5, 3), L.ZeroPadding2D(1), L.Flatten()),
+    "pad_crop3d": lambda: seq((6, 6, 6, 2), L.ZeroPadding3D(1), L.Cropping3D(((1, 0), (0, 2), (1, 1))),
+                              L.Conv3D(2, 1)),
     "crop1d": lambda: seq((9, 3), L.Conv1D(2, 1), L.Cropping1D((1, 3))),
     "crop2d": lambda: seq((8, 7, 3), L.Conv2D(2, 1), L.Cropping2D(((1, 2), (2, 0))), L.Flatten()),
     "noops": lambda: seq((6, 6, 3), L.Dropout(0.5), L.Conv2D(4, 3, name="c"), L.SpatialDropout2D(0.3),
