@@ -122,3 +122,28 @@ def test_fold_batch_norm_is_exact(rng):
     r1 = attribx.explain(g, xs, "lrp.epsilon", target=0)
     r2 = attribx.explain(folded, xs, "lrp.epsilon", target=0)
     np.testing.assert_allclose(r1.values, r2.values, rtol=1e-10)
+
+
+def test_fold_pad_into_conv_gives_conv_padding_semantics():
+    """An explicit zero pad before a conv (Keras ZeroPadding2D) becomes the conv's own padding: same
+    forward, and input-independent rules (flat) see the padding as torch-style conv padding."""
+    import attribx
+    from attribx.passes import fold_pad_into_conv
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3, 3, 3))
+    b = GraphBuilder("padded")
+    h = b.pad(b.input("x", (3, 7, 7)), [(1, 2), (0, 1)], name="pad")
+    padded = b.build(b.conv(h, w, stride=2, padding=[(0, 1), (1, 0)], name="conv"))
+    b2 = GraphBuilder("own")
+    ref = b2.build(b2.conv(b2.input("x", (3, 7, 7)), w, stride=2, padding=[(1, 3), (1, 1)], name="conv"))
+    folded = fold_pad_into_conv(padded)
+    assert [n.op for n in folded.nodes] == ["conv"] and folded.meta["folded_pads"] == ["pad"]
+    x = rng.normal(size=(2, 3, 7, 7))
+    np.testing.assert_allclose(attribx.forward(folded, x), attribx.forward(padded, x), rtol=1e-12)
+    np.testing.assert_allclose(attribx.explain(folded, x, "lrp.flat", target=0).values,
+                               attribx.explain(ref, x, "lrp.flat", target=0).values, rtol=1e-12)
+    # a pad that is not zero, or that another node also reads, stays
+    b3 = GraphBuilder("kept")
+    h = b3.pad(b3.input("x", (3, 7, 7)), [(1, 1), (1, 1)], value=1.0, name="pad")
+    kept = b3.build(b3.conv(h, w, name="conv"))
+    assert fold_pad_into_conv(kept) is kept

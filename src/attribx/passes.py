@@ -67,7 +67,45 @@ def fold_batch_norm(graph):
     return out
 
 
+def fold_pad_into_conv(graph):
+    """Fold a zero padding of the spatial axes into the conv that reads it (its only reader).
+
+    Keras writes ``ZeroPadding2D`` then a ``valid`` conv where torch writes ``padding=`` on the conv: the
+    same function, but input-independent rules (flat, w², z-box) see the padded positions of an explicit
+    pad as inputs. Folding gives both the semantics of conv padding, so the frameworks agree.
+    """
+    from .ops import conv_geometry, pad_widths
+    consumers = graph.consumers()
+    nodes = {n.name: n for n in graph.nodes}
+    folded: set[str] = set()
+    for conv in graph.nodes:
+        if conv.op != "conv":
+            continue
+        pad = nodes.get(conv.inputs[0])
+        if pad is None or pad.op != "pad" or float(pad.attrs.get("value", 0.0)) != 0.0 \
+                or consumers[pad.name] != [conv.name] or pad.name in graph.outputs:
+            continue
+        in_shape = (1,) + tuple(graph.shape_of(pad.name))[1:]     # shapes carry a free batch axis
+        widths = pad_widths(pad.attrs, len(in_shape))
+        if any(w != (0, 0) for w in widths[:2]):       # padding of the batch or channel axis
+            continue
+        _, _, _, _, own = conv_geometry(conv.attrs, in_shape, conv.params["weight"].shape, conv.name)
+        total = [(a + c, b + d) for (a, b), (c, d) in zip(widths[2:], own)]
+        attrs = dict(conv.attrs, padding=[tuple(int(v) for v in p) for p in total])
+        nodes[conv.name] = conv.replace(inputs=(pad.inputs[0],) + tuple(conv.inputs[1:]), attrs=attrs,
+                                        source=f"{conv.source} + folded {pad.name}".strip(" +"))
+        folded.add(pad.name)
+    if not folded:
+        return graph
+    out = graph.with_nodes([nodes[n.name] for n in graph.nodes if n.name not in folded], graph.outputs)
+    out.meta.setdefault("passes", []).append("fold_pad_into_conv")
+    out.meta.setdefault("folded_pads", []).extend(sorted(folded))
+    return out
+
+
 BUILTIN_PASSES = (
     GraphPass("fold_batch_norm", fold_batch_norm,
               "Fold batch norm into the linear/conv before it (exact, incl. eps)."),
+    GraphPass("fold_pad_into_conv", fold_pad_into_conv,
+              "Fold a zero padding of the spatial axes into the conv that reads it (Keras ZeroPadding)."),
 )

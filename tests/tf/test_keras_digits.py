@@ -37,7 +37,7 @@ def trained():
     return model, x[1400:1520], y[1400:1520], acc
 
 
-def morf_curve(model, x, y, order, steps=16, per_step=4):
+def morf_curve(model, x, y, order, steps=10, per_step=4):
     """Mean true-class score after removing (zeroing) the first k·per_step pixels of each order."""
     flat = x.reshape(len(x), -1).copy()
     scores = []
@@ -68,4 +68,4 @@ def test_lrp_pixel_flipping_falls_faster_than_random(trained):
     assert lrp_curve[0] == pytest.approx(random_curve[0])
     # area under the curve (mean score over the flipping steps): LRP's is clearly smaller
     assert lrp_curve.mean() < random_curve.mean() - 0.1 * (random_curve[0] - random_curve[-1] + 1e-6)
-    assert lrp_curve[-1] < random_curve[-1]
+    assert lrp_curve[-1] < random_curve[-1]      # after 40 of the 64 pixels
