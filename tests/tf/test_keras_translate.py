@@ -21,6 +21,7 @@ from attribx import UnsupportedError  # noqa: E402
 from attribx.testing import relative_error  # noqa: E402
 
 L = keras.layers
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TOL64 = 1e-8
 TOL32 = 1e-5
 
@@ -179,6 +180,7 @@ BN = {
     "after_dense": lambda: seq((6,), L.Dense(5, name="fc"), L.BatchNormalization(name="bn", epsilon=1e-2)),
     "no_center_scale": lambda: seq((8, 8, 3), L.Conv2D(4, 3), L.Activation("relu"),
                                    L.BatchNormalization(center=False, scale=False)),
+    "after_dense_3d": lambda: seq((4, 6), L.Dense(5, name="fc"), L.BatchNormalization(name="bn")),
     "axis_height": lambda: seq((5, 6, 3), L.Conv2D(4, 1), L.BatchNormalization(axis=1)),
     "on_input": lambda: seq((5, 6, 3), L.BatchNormalization(), L.Conv2D(2, 3)),
 }
@@ -195,6 +197,8 @@ def test_batch_norm_folds_into_conv_and_keeps_its_name(float64):
     x = sample((8, 8, 3), dtype=float64)
     g = check(model, x)
     assert "bn" not in g and g.meta["aliases"]["bn"] == "conv"
+    g3 = check(BN["after_dense_3d"](), sample((4, 6), dtype=float64))
+    assert "bn" not in g3 and g3.meta["aliases"]["bn"] == "fc"
     unfolded = attribx.translate(model, passes=False)
     assert unfolded["bn"].op == "batch_norm"
     ds = attribx.explain(model, x, "lrp.epsilon", engine="numpy", layers=["bn"])

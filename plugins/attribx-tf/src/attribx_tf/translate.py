@@ -492,7 +492,10 @@ def _batch_norm(ctx, layer, xs):
     params = {"mean": _np(layer.moving_mean), "var": _np(layer.moving_variance),
               "scale": _np(layer.gamma) if layer.scale else None,
               "bias": _np(layer.beta) if layer.center else None}
-    return ctx.emit("batch_norm", [x], x.perm, {"eps": float(layer.epsilon), "axis": x.perm.index(axis)}, params)
+    ours = x.perm.index(axis)
+    if ours == x.rank - 1 and ours > 1:
+        ours = -1        # features last (Dense on a sequence): the fold pass folds axis -1 into a linear
+    return ctx.emit("batch_norm", [x], x.perm, {"eps": float(layer.epsilon), "axis": ours}, params)
 
 
 def _activation_layer(ctx, layer, xs):
