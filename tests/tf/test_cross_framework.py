@@ -14,8 +14,6 @@ after putting the layouts side by side), on every engine that is installed.
 """
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
@@ -25,7 +23,16 @@ import attribx  # noqa: E402
 from attribx import GraphBuilder  # noqa: E402
 from attribx.testing import relative_error  # noqa: E402
 
-HAS_TORCH = importlib.util.find_spec("torch") is not None
+def _has_torch() -> bool:
+    """torch itself, not the tests/torch folder that pytest's rootdir makes importable as a namespace."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return hasattr(torch, "no_grad")
+
+
+HAS_TORCH = _has_torch()
 BOUNDED = {"lrp.epsilon_gamma_box", "lrp.z_box"}
 RANDOM = {"smoothgrad"}      # noise is drawn in the input's own layout: compared per layout only
 TOL = 1e-4
