@@ -17,6 +17,18 @@ import numpy as np
 from .graph import Graph, Node, Value, layout_dims
 
 
+def unique_name(base: str, used: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... if taken; the name returned is added to ``used``.
+
+    Translators use it so that node names stay the source's names and repeats are numbered alike."""
+    name, k = base, 0
+    while name in used:
+        k += 1
+        name = f"{base}_{k}"
+    used.add(name)
+    return name
+
+
 class GraphBuilder:
     def __init__(self, name: str = "model", **meta: Any):
         self.meta = {"name": name, "backend": "builder", **meta}

@@ -29,6 +29,18 @@ class Kernel:
     vjp: Callable[..., Sequence[Any]]
 
 
+def _constant_forward(attrs, inputs, params):
+    return params["value"]      # parameters are already engine arrays of the right dtype and device
+
+
+def _no_inputs(attrs, inputs, params, output, grad):
+    return []
+
+
+#: The ``constant`` op's kernel, the same for every engine: its value is a parameter, it has no inputs.
+CONSTANT_KERNEL = Kernel(_constant_forward, _no_inputs)
+
+
 class Engine:
     """Base class: array conversion, parameter caching, kernel dispatch and rule helpers.
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..ops import (conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
                    window_output_size)
-from .base import Kernel
+from .base import CONSTANT_KERNEL, Kernel
 
 __all__ = ["KERNELS", "unbroadcast"]
 
@@ -540,14 +540,6 @@ def _reduce_mean_vjp(attrs, inputs, params, output, grad):
 # ----------------------------------------------------------------------------------------------
 
 
-def _constant_forward(attrs, inputs, params):
-    return params["value"]
-
-
-def _no_inputs(attrs, inputs, params, output, grad):
-    return []
-
-
 KERNELS: dict[str, Kernel] = {
     "linear": Kernel(_linear_forward, _linear_vjp),
     "conv": Kernel(_conv_forward, _conv_vjp),
@@ -575,5 +567,5 @@ KERNELS: dict[str, Kernel] = {
     "identity": Kernel(_identity_forward, _identity_vjp),
     "reduce_sum": Kernel(_reduce_sum_forward, _reduce_sum_vjp),
     "reduce_mean": Kernel(_reduce_mean_forward, _reduce_mean_vjp),
-    "constant": Kernel(_constant_forward, _no_inputs),
+    "constant": CONSTANT_KERNEL,
 }

@@ -24,7 +24,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from attribx.engines.base import Kernel
+from attribx.engines.base import CONSTANT_KERNEL, Kernel
 from attribx.ops import (conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
                          window_output_size)
 
@@ -680,14 +680,6 @@ def _reduce_mean_vjp(attrs, inputs, params, output, grad):
 # ----------------------------------------------------------------------------------------------
 
 
-def _constant_forward(attrs, inputs, params):
-    return params["value"]
-
-
-def _no_inputs(attrs, inputs, params, output, grad):
-    return []
-
-
 KERNELS: dict[str, Kernel] = {
     "linear": Kernel(_linear_forward, _linear_vjp),
     "conv": Kernel(_conv_forward, _conv_vjp),
@@ -715,5 +707,5 @@ KERNELS: dict[str, Kernel] = {
     "identity": Kernel(_identity_forward, _identity_vjp),
     "reduce_sum": Kernel(_reduce_sum_forward, _reduce_sum_vjp),
     "reduce_mean": Kernel(_reduce_mean_forward, _reduce_mean_vjp),
-    "constant": Kernel(_constant_forward, _no_inputs),
+    "constant": CONSTANT_KERNEL,
 }

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from attribx.builder import unique_name
 from attribx.errors import AttribxError, InputError, UnsupportedError
 from attribx.graph import Graph, Node, Value, layout_dims
 
@@ -113,14 +114,7 @@ class _Translation:
 
     # -- names and nodes ------------------------------------------------------------------------
     def unique(self, base: str) -> str:
-        if base not in self.used:
-            self.used.add(base)
-            return base
-        k = 1
-        while f"{base}_{k}" in self.used:
-            k += 1
-        self.used.add(f"{base}_{k}")
-        return f"{base}_{k}"
+        return unique_name(base, self.used)
 
     def sub(self, suffix: str) -> str:
         return self.unique(f"{self.main}:{suffix}")

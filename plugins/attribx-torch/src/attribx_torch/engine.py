@@ -208,28 +208,29 @@ class TorchEngine(Engine):
             return torch.ops.aten.threshold_backward(x, ref, 0)
         return super().where_positive(ref, x)
 
+    @staticmethod
+    def _reusable(temp, other) -> bool:
+        """Whether a result of ``temp`` and ``other`` may be written into ``temp`` (a temporary)."""
+        torch = _torch()
+        return (isinstance(temp, torch.Tensor) and isinstance(other, torch.Tensor)
+                and temp.shape == other.shape and temp.dtype == other.dtype and not temp.requires_grad)
+
     def divide_into(self, num, den):
         """num / den written into ``den`` (a temporary): large activations cost an allocation each."""
-        torch = _torch()
-        if (isinstance(num, torch.Tensor) and isinstance(den, torch.Tensor) and num.shape == den.shape
-                and num.dtype == den.dtype and not den.requires_grad):
-            return torch.div(num, den, out=den)
+        if self._reusable(den, num):
+            return _torch().div(num, den, out=den)
         return num / den
 
     def multiply_into(self, a, b):
         """a * b written into ``a`` (a temporary)."""
-        torch = _torch()
-        if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-                and a.dtype == b.dtype and not a.requires_grad):
+        if self._reusable(a, b):
             return a.mul_(b)
         return a * b
 
     def add_scaled_into(self, a, b, alpha: float):
         """a + alpha * b written into ``b`` (a temporary), in one pass."""
-        torch = _torch()
-        if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-                and a.dtype == b.dtype and not b.requires_grad):
-            return torch.add(a, b, alpha=alpha, out=b)
+        if self._reusable(b, a):
+            return _torch().add(a, b, alpha=alpha, out=b)
         return a + alpha * b
 
     def safe_divide(self, num, den):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from attribx.engines.base import Kernel
+from attribx.engines.base import CONSTANT_KERNEL, Kernel
 from attribx.ops import conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds
 
 __all__ = ["KERNELS", "unbroadcast"]
@@ -597,14 +597,6 @@ def _reduce_mean_vjp(attrs, inputs, params, output, grad):
 # ----------------------------------------------------------------------------------------------
 
 
-def _constant_forward(attrs, inputs, params):
-    return params["value"]
-
-
-def _no_inputs(attrs, inputs, params, output, grad):
-    return []
-
-
 def _kernel(forward, vjp) -> Kernel:
     return Kernel(_nograd(forward), _nograd(vjp))
 
@@ -636,5 +628,5 @@ KERNELS: dict[str, Kernel] = {
     "identity": _kernel(_identity_forward, _identity_vjp),
     "reduce_sum": _kernel(_reduce_sum_forward, _reduce_sum_vjp),
     "reduce_mean": _kernel(_reduce_mean_forward, _reduce_mean_vjp),
-    "constant": _kernel(_constant_forward, _no_inputs),
+    "constant": CONSTANT_KERNEL,
 }

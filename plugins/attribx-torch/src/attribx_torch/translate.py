@@ -29,6 +29,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attribx.builder import unique_name
 from attribx.errors import AttribxError, GraphError, InputError, UnsupportedError
 from attribx.graph import Graph, Node, Value, layout_dims
 
@@ -255,14 +256,7 @@ class _Translation:
 
     # -- names and nodes --------------------------------------------------------------------------
     def unique(self, base: str) -> str:
-        if base not in self.used:
-            self.used.add(base)
-            return base
-        k = 1
-        while f"{base}_{k}" in self.used:
-            k += 1
-        self.used.add(f"{base}_{k}")
-        return f"{base}_{k}"
+        return unique_name(base, self.used)
 
     def sub(self, suffix: str) -> str:
         """A name for an extra node of the current translation (``avgpool:h0``)."""
