@@ -153,6 +153,38 @@ def gen_broadcast(draw, rng, n):
     return {}, [inputs[i] for i in order], {}, [batched[i] for i in order]
 
 
+def gen_div(draw, rng):
+    attrs, inputs, params, batched = gen_broadcast(draw, rng, 2)
+    b = inputs[1]
+    inputs[1] = np.sign(b) * (np.abs(b) + 0.5) + (b == 0)   # divisors kept away from zero
+    return attrs, inputs, params, batched
+
+
+def gen_conv_transpose(draw, rng):
+    nd = draw(st.sampled_from([1, 2, 2, 3]))
+    groups, cg, og = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    extra = tuple(draw(st.integers(0, s - 1)) for s in stride)
+    pair = st.tuples(st.integers(0, 2), st.integers(0, 2))
+    padding = draw(st.one_of(st.integers(0, 2), st.lists(st.one_of(st.integers(0, 2), pair), min_size=nd,
+                                                         max_size=nd)))
+    attrs = {"stride": stride if draw(st.booleans()) or len(set(stride)) > 1 else stride[0],
+             "padding": padding, "output_padding": extra, "groups": groups,
+             "dilation": one_or_per_dim(draw, st.integers(1, 2), nd)}
+    params = {"weight": rng.normal(size=(groups * cg, og) + kernel)}
+    if draw(st.booleans()):
+        params["bias"] = rng.normal(size=groups * og)
+    sizes = tuple(draw(st.integers(1, 4 if nd < 3 else 2)) for _ in range(nd))
+    return attrs, [rng.normal(size=(draw(st.integers(1, 2)), groups * cg) + sizes)], params
+
+
+def gen_embedding(draw, rng):
+    vocab, features = draw(st.integers(1, 6)), draw(st.integers(1, 4))
+    shape = draw_shape(draw, 1, 3)
+    return {}, [rng.integers(0, vocab, size=shape)], {"weight": rng.normal(size=(vocab, features))}
+
+
 def gen_concat(draw, rng):
     base = list(draw_shape(draw))
     axis = draw(st.integers(1, len(base) - 1))
@@ -224,6 +256,8 @@ def gen_constant(draw, rng):
 GENERATORS = {
     "linear": gen_linear,
     "conv": gen_conv,
+    "conv_transpose": gen_conv_transpose,
+    "embedding": gen_embedding,
     "max_pool": lambda d, r: gen_pool(d, r, "max_pool"),
     "avg_pool": lambda d, r: gen_pool(d, r, "avg_pool"),
     "global_avg_pool": gen_global_avg_pool,
@@ -239,6 +273,7 @@ GENERATORS = {
     "softmax": gen_softmax,
     "add": lambda d, r: gen_broadcast(d, r, d(st.integers(1, 3))),
     "mul": lambda d, r: gen_broadcast(d, r, 2),
+    "div": gen_div,
     "concat": gen_concat,
     "reshape": gen_reshape,
     "flatten": gen_flatten,
@@ -250,7 +285,7 @@ GENERATORS = {
     "reduce_mean": gen_reduce,
     "constant": gen_constant,
 }
-EXAMPLES = {"conv": 120, "max_pool": 120, "avg_pool": 120, "add": 60, "mul": 60, "slice": 40, "pad": 40,
+EXAMPLES = {"conv": 120, "conv_transpose": 80, "max_pool": 120, "avg_pool": 120, "add": 60, "mul": 60, "slice": 40, "pad": 40,
             "batch_norm": 40}
 
 

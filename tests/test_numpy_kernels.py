@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy import signal
 
 from attribx.engines.base import Kernel
 from attribx.engines.numpy_kernels import KERNELS, unbroadcast
+from attribx.errors import GraphError
 from attribx.ops import BUILTIN_OPS, op_table
 
 OPS = op_table(BUILTIN_OPS)
@@ -361,8 +362,57 @@ def constant_cases(draw):
     return Case("constant", {}, [], {"value": np.random.default_rng(seed).normal(size=shape)}, seed=seed)
 
 
+@st.composite
+def conv_transpose_cases(draw, nd=None):
+    nd = draw(st.sampled_from([1, 2])) if nd is None else nd
+    groups, cg, og = draw(small), draw(small), draw(small)
+    kernel = tuple(draw(small) for _ in range(nd))
+    stride = tuple(draw(small) for _ in range(nd))
+    extra = tuple(draw(st.integers(0, s - 1)) for s in stride)
+    dilation = draw(per_dim_or_int(st.integers(1, 2), nd))
+    pair = st.tuples(st.integers(0, 2), st.integers(0, 2))
+    padding = draw(st.one_of(st.integers(0, 2), st.lists(st.one_of(st.integers(0, 2), pair), min_size=nd,
+                                                         max_size=nd)))
+    sizes = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    seed = draw(seeds)
+    rng = np.random.default_rng(seed)
+    params = {"weight": rng.normal(size=(groups * cg, og) + kernel)}
+    if draw(st.booleans()):
+        params["bias"] = rng.normal(size=groups * og)
+    attrs = {"stride": stride, "padding": padding, "output_padding": extra, "dilation": dilation,
+             "groups": groups}
+    case = Case("conv_transpose", attrs, [rng.normal(size=(draw(st.integers(1, 2)), groups * cg) + sizes)],
+                params, seed=seed)
+    try:
+        inferred_shape(case)
+    except GraphError:
+        assume(False)      # padding crops the whole output
+    return case
+
+
+@st.composite
+def div_cases(draw):
+    case = draw(broadcast_cases("mul"))
+    b = case.inputs[1]
+    case.inputs[1] = np.sign(b) * (np.abs(b) + 0.5) + (b == 0)   # divisors away from zero
+    return Case("div", {}, case.inputs, batched=case.batched, seed=case.seed)
+
+
+@st.composite
+def embedding_cases(draw):
+    vocab, features = draw(st.integers(1, 6)), draw(st.integers(1, 4))
+    shape = draw(shapes(min_rank=1, max_rank=3))
+    seed = draw(seeds)
+    rng = np.random.default_rng(seed)
+    return Case("embedding", {}, [rng.integers(0, vocab, size=shape)],
+                {"weight": rng.normal(size=(vocab, features))}, seed=seed)
+
+
 CASES = {
     "linear": linear_cases(),
+    "conv_transpose": conv_transpose_cases(),
+    "div": div_cases(),
+    "embedding": embedding_cases(),
     "conv": conv_cases(),
     "max_pool": pool_cases("max_pool"),
     "avg_pool": pool_cases("avg_pool"),
@@ -411,7 +461,11 @@ def inferred_shape(case):
     return tuple(n if d is None else d for d in shape)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+#: ops whose inputs are real-valued (an embedding's are indices; tested on its own below)
+DIFFERENTIABLE = sorted(set(CASES) - {"embedding"})
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
 @settings(max_examples=60, **SETTINGS)
 @given(data=st.data())
 def test_vjp_matches_finite_differences(name, data):
@@ -441,7 +495,7 @@ def test_vjp_matches_finite_differences(name, data):
         assert abs(analytic - numeric) <= 1e-6 * scale + 1e-9, (analytic, numeric)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
 @settings(max_examples=8, **SETTINGS)
 @given(data=st.data())
 def test_float32_stays_float32(name, data):
@@ -501,6 +555,69 @@ def test_conv_same_padding_gives_ceil_in_over_stride(nd, data):
     y = case.forward()
     assert y.shape[2:] == tuple(math.ceil(n / s) for n, s in zip(sizes, stride))
     np.testing.assert_allclose(y, conv_reference(case), rtol=1e-10, atol=1e-10)
+
+
+def conv_transpose_reference(case):
+    """The definition, one multiply-add at a time: input position i and kernel offset k write to output
+    position i·stride + k·dilation − pad_before; positions past the cropped range are dropped."""
+    (x,) = case.inputs
+    w, b = case.params["weight"], case.params.get("bias")
+    a = case.full_attrs
+    nd = x.ndim - 2
+    stride, dilation = per_dim(a["stride"], nd), per_dim(a["dilation"], nd)
+    pads = [(p, p) if isinstance(p, int) else tuple(p) for p in
+            ([a["padding"]] * nd if isinstance(a["padding"], int) else a["padding"])]
+    out_shape = inferred_shape(case)
+    out = np.zeros(out_shape)
+    g = a["groups"]
+    cg, og = w.shape[0] // g, w.shape[1]
+    for n, c in itertools.product(range(x.shape[0]), range(x.shape[1])):
+        grp = c // cg
+        for i in itertools.product(*(range(s) for s in x.shape[2:])):
+            for k in itertools.product(*(range(s) for s in w.shape[2:])):
+                pos = tuple(ii * s + kk * d - p[0] for ii, kk, s, d, p in zip(i, k, stride, dilation, pads))
+                if all(0 <= q < size for q, size in zip(pos, out_shape[2:])):
+                    for o in range(og):
+                        out[(n, grp * og + o) + pos] += x[(n, c) + i] * w[(c, o) + k]
+    if b is not None:
+        out += b.reshape((1, -1) + (1,) * nd)
+    return out
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(case=conv_transpose_cases())
+def test_conv_transpose_matches_direct_loop(case):
+    np.testing.assert_allclose(case.forward(), conv_transpose_reference(case), rtol=1e-10, atol=1e-10)
+
+
+def test_conv_transpose_output_size_is_torchs_formula():
+    """(in − 1)·stride − 2·pad + dilation·(k − 1) + output_padding + 1 (torch.nn.ConvTranspose2d's docs)."""
+    x = np.zeros((1, 2, 5, 7))
+    case = Case("conv_transpose", {"stride": 2, "padding": 1, "output_padding": 1, "dilation": (1, 2)},
+                [x], {"weight": np.zeros((2, 3, 3, 4))})
+    assert inferred_shape(case) == (1, 3, (5 - 1) * 2 - 2 + 1 * 2 + 1 + 1, (7 - 1) * 2 - 2 + 2 * 3 + 1 + 1)
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(case=embedding_cases())
+def test_embedding_looks_up_rows_and_sums_back_over_features(case):
+    (idx,) = case.inputs
+    w = case.params["weight"]
+    y = case.forward()
+    assert y.shape == idx.shape + (w.shape[1],)
+    for pos in itertools.product(*(range(s) for s in idx.shape)):
+        np.testing.assert_array_equal(y[pos], w[idx[pos]])
+    g = np.random.default_rng(case.seed).normal(size=y.shape)
+    (back,) = KERNELS["embedding"].vjp(case.full_attrs, [idx], case.params, y, g)
+    np.testing.assert_allclose(back, g.sum(axis=-1), rtol=1e-12)
+    y32 = KERNELS["embedding"].forward(case.full_attrs, [idx], {"weight": w.astype(np.float32)})
+    assert y32.dtype == np.float32
+
+
+def test_div_formula():
+    a, b = np.array([[1.0, -6.0, 3.0]]), np.array([2.0, 3.0, -0.5])
+    case = Case("div", {}, [a, b], batched=[True, False])
+    np.testing.assert_array_equal(case.forward(), [[0.5, -2.0, -6.0]])
 
 
 def test_conv2d_matches_scipy_correlate():

@@ -365,6 +365,56 @@ def test_rule_on_conv_equals_reference(engine, name, kind, rule, params):
     assert_close(got, want.reshape(x.shape))
 
 
+# -- the rules on a transposed conv: its dense matrix is the transpose of the adjoint conv's -----------------
+CT = dict(C=4, H=3, W=4, O=6, k=(3, 2), stride=(2, 1), padding=((1, 0), (0, 1)), output_padding=(1, 0),
+          dilation=(1, 2), groups=2)
+
+
+def conv_transpose_case(kind, seed=5):
+    """(graph, x, dense matrix (C*H*W, O*Ho*Wo), bias vector, R, ones matrix)."""
+    rng = np.random.default_rng(seed)
+    g = CT["groups"]
+    wshape = (CT["C"], CT["O"] // g, *CT["k"])
+    xshape = (N_CONV, CT["C"], CT["H"], CT["W"])
+    if kind == "random":
+        x, w = _sprinkle_zeros(rng, rng.normal(size=xshape)), _sprinkle_zeros(rng, rng.normal(size=wshape))
+        b = rng.normal(size=CT["O"]) * 0.5
+    else:
+        x = rng.integers(-2, 3, size=xshape).astype(np.float64)
+        w, b = rng.integers(-4, 5, size=wshape) / 4.0, rng.integers(-2, 3, size=CT["O"]) / 4.0
+    out = [(n - 1) * s + (k - 1) * d + 1 - lo - hi + e for n, s, k, d, (lo, hi), e in
+           zip((CT["H"], CT["W"]), CT["stride"], CT["k"], CT["dilation"], CT["padding"], CT["output_padding"])]
+    conv = dict(stride=CT["stride"], padding=CT["padding"], dilation=CT["dilation"], groups=g)
+
+    def dense(weight):     # the conv from (O, Ho, Wo) to (C, H, W) with this weight, transposed
+        M, shape = ref.conv_matrix(weight, (CT["O"], *out), **conv)
+        assert shape == (CT["C"], CT["H"], CT["W"])
+        return M.T
+    b_vec = np.repeat(b, int(np.prod(out)))
+    R = _sprinkle_zeros(rng, rng.normal(size=(N_CONV, CT["O"] * int(np.prod(out)))))
+    gb = GraphBuilder("one_conv_transpose")
+    h = gb.input("x", xshape[1:], dtype="float64")
+    h = gb.add_node("conv_transpose", h, name="layer", params={"weight": w, "bias": b},
+                    output_padding=CT["output_padding"], **conv)
+    gb.flatten(h, name="flat")
+    return gb.build(), x, dense(w), b_vec, R, dense(np.ones_like(w))
+
+
+@pytest.mark.parametrize("kind", ["random", "dyadic"])
+def test_reference_matrix_is_the_transposed_conv(kind):
+    graph, x, M, b_vec, _, _ = conv_transpose_case(kind)
+    assert_close(attribx.forward(graph, x), x.reshape(len(x), -1) @ M + b_vec, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["random", "dyadic"])
+@pytest.mark.parametrize("rule, params", CONV_RULE_CASES, ids=CONV_RULE_IDS)
+def test_rule_on_conv_transpose_equals_reference(engine, kind, rule, params):
+    graph, x, M, b_vec, R, ones = conv_transpose_case(kind)
+    got = explain_layer(graph, x, R, (rule, params), engine)
+    want = reference(rule, params, x.reshape(len(x), -1), M, b_vec, R, ones)
+    assert_close(got, want.reshape(x.shape))
+
+
 @pytest.mark.parametrize("bounds", ["scalar", "per_channel", "per_pixel"])
 @pytest.mark.parametrize("name", ["k3_pad1", "groups2", "dilation2_asym_pad"])
 def test_z_box_on_conv_equals_reference(engine, name, bounds):

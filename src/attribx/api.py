@@ -65,12 +65,19 @@ def translate(model: Any, passes: bool | Sequence[str] = True, input_shape: Sequ
 
 
 def get_engine(engine: Any = None, graph: Graph | None = None):
-    """An engine instance from a name, an instance, or the graph's framework (default: numpy)."""
+    """An engine instance from a name, an instance, or the graph's default.
+
+    The default: the first installed engine of ``graph.meta["engines"]`` (a backend's preference list:
+    ONNX graphs ask for torch, then numpy), else the engine of the graph's framework, else numpy.
+    """
     from .engines.base import Engine
     if isinstance(engine, Engine):
         return engine
     engines = registry().engines
     if engine is None:
+        for name in (graph.meta.get("engines") or ()) if graph is not None else ():
+            if name in engines:
+                return engines[name]()
         framework = (graph.meta.get("framework") if graph is not None else None) or "numpy"
         for cls in engines.values():
             if cls.framework == framework:
@@ -124,6 +131,9 @@ def _as_tensor_input(graph: Graph, x: Any):
     """The torch-tensor counterpart of :func:`_as_input`, checked where the tensor lives."""
     x = x.detach()
     _check_shape(graph, tuple(x.shape))
+    if _takes_indices(graph):
+        _check_indices(graph, x.cpu().numpy())
+        return x.long()
     if not x.is_floating_point():
         x = x.float()
     finite = x.isfinite()
@@ -133,12 +143,36 @@ def _as_tensor_input(graph: Graph, x: Any):
     return x
 
 
+def _takes_indices(graph: Graph) -> bool:
+    """Whether the graph's input holds integer indices (it feeds an embedding lookup)."""
+    return np.dtype(graph.input.dtype).kind in "iu"
+
+
+def _check_indices(graph: Graph, x: np.ndarray) -> np.ndarray:
+    """Integer indices within every vocabulary they look up, as int64."""
+    if x.dtype.kind == "f":
+        if not (np.isfinite(x).all() and np.all(x == np.round(x))):
+            raise InputError("this model's input holds indices (an embedding lookup): got non-integer values")
+    elif x.dtype.kind not in "iub":
+        raise InputError(f"this model's input holds indices (an embedding lookup): got dtype {x.dtype}")
+    x = x.astype(np.int64)
+    for node in graph.nodes:
+        if node.op == "embedding" and graph.input.name in node.inputs:
+            size = node.params["weight"].shape[0]
+            if x.size and (x.min() < 0 or x.max() >= size):
+                raise InputError(f"node {node.name!r}: indices must lie in [0, {size}), got values from "
+                                 f"{x.min()} to {x.max()}")
+    return x
+
+
 def _as_input(graph: Graph, x: Any) -> np.ndarray:
     """Check and convert user input: shape against the graph's, finite, floating."""
     x = _to_numpy(x)
     if x.dtype.kind not in "fiub":
         raise InputError(f"input must be numeric, got dtype {x.dtype}")
     _check_shape(graph, x.shape)
+    if _takes_indices(graph):
+        return _check_indices(graph, x)
     if x.dtype.kind != "f":
         x = x.astype(graph.input.dtype if np.dtype(graph.input.dtype).kind == "f" else np.float32)
     elif x.dtype not in (np.float32, np.float64):
@@ -233,6 +267,9 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     graph, x = _graph_and_input(model, x)
     m = as_method(method)
     resolved = m.resolve(params)
+    if m.needs_real_input and _takes_indices(graph):
+        raise MethodError(f"method {m.name!r} perturbs the input or multiplies by it, but this model's input "
+                          f"holds integer indices (an embedding lookup); use a gradient or LRP method")
     eng = get_engine(engine, graph)
     n = len(x)
     layers = list(layers or [])

@@ -93,10 +93,10 @@ def make_rule(spec: RuleSpec) -> Rule:
 def lrp_defaults(stabilizer: float = 1e-6) -> list[tuple[Matcher, Rule]]:
     """The assignments every LRP composite ends with; ``stabilizer`` is the sums' (0: exact division)."""
     return [
-        (category("activation", "norm"), Pass()),
+        (category("activation", "norm", "scale"), Pass()),
         (category("sum", "product"), Norm(epsilon=stabilizer)),
         (category("pool"), WinnerTakesAll()),
-        (category("shape"), Route()),
+        (category("shape", "lookup"), Route()),
     ]
 
 

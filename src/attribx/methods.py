@@ -50,6 +50,11 @@ class Method:
     input_modifier: Callable | None = None
     family: str = "lrp"
     description: str = ""
+    #: the method perturbs the input or multiplies by it: meaningless for integer (token index) inputs
+    needs_real_input: bool = False
+
+    def __post_init__(self):
+        """Subclasses fix properties of their kind here."""
 
     def resolve(self, params: Mapping[str, Any]) -> dict:
         """Defaults overlaid with the user's parameters; unknown names are an error."""
@@ -98,6 +103,9 @@ class Method:
 
 class AveragedMethod(Method):
     """Base of methods that average gradient passes over perturbed inputs, with targets fixed on x."""
+
+    def __post_init__(self):
+        self.needs_real_input = True
 
     def points(self, engine, x, params, rng):
         """Yield (input, weight) pairs; the result is Σ weight · relevance(input)."""
@@ -184,6 +192,10 @@ def single_rule(rule_cls, name: str):
                   description=(rule_cls.__doc__ or "").strip().splitlines()[0])
 
 
+#: ops that take the rule a composite names for another (zennit treats transposed convs as convs)
+_SAME_RULE = {"conv": ("conv", "conv_transpose")}
+
+
 def named_composite(name, layer_map, first_map=None, defaults=None, description=""):
     """A zennit-style composite: ``first_map`` (matcher kind -> rule) for the first layer of that kind,
     then ``layer_map`` by op, then the base map with the composite's stabiliser for sums."""
@@ -192,7 +204,7 @@ def named_composite(name, layer_map, first_map=None, defaults=None, description=
         for kind, rule in (first_map or {}).items():
             entries.append((C.first(kind), rule(p)))
         for op, rule in layer_map.items():
-            entries.append((C.op(op), rule(p)))
+            entries.append((C.op(*_SAME_RULE.get(op, (op,))), rule(p)))
         return C.Composite(entries, defaults=C.lrp_defaults(p["stabilizer"]), name=name)
     return Method(name, make, defaults=defaults or {}, description=description)
 
@@ -210,7 +222,7 @@ BUILTIN_METHODS = (
     Method("sensitivity", gradient_composite, output_init="onehot", input_modifier=squared_channel_sum,
            family="gradient", description="Squared gradient summed over channels (Simonyan et al. 2014)."),
     Method("gradient_x_input", gradient_composite, output_init="onehot", input_modifier=times_input,
-           family="gradient", description="Gradient times input."),
+           family="gradient", description="Gradient times input.", needs_real_input=True),
     Method("deconvnet", relu_composite(DeconvNet(), "deconvnet"), output_init="onehot", family="gradient",
            description="DeconvNet: ReLUs pass back the positive part of the signal (Zeiler & Fergus 2014)."),
     Method("guided_backprop", relu_composite(GuidedBackprop(), "guided_backprop"), output_init="onehot",

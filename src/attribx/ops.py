@@ -77,6 +77,9 @@ CATEGORIES = {
     "product": "elementwise products",
     "softmax": "softmax",
     "source": "constants",
+    "lookup": "embedding lookups: integer indices in, vectors out; relevance per index is summed over "
+              "the embedding axis",
+    "scale": "division: the divisor acts as a fixed scale, relevance passes to the dividend",
 }
 
 
@@ -224,6 +227,62 @@ def _conv(attrs, shapes, params, node):
         window_output_size(s[2 + i], kernel[i], stride[i], dilation[i], pads[i]) for i in range(n)
     )
     return (s[0], w.shape[0]) + spatial
+
+
+def conv_transpose_geometry(attrs, in_shape, weight_shape, node="?"):
+    """(n, kernel, stride, dilation, pads, output_padding, output spatial sizes) of a transposed conv.
+
+    The output is the input of the conv whose VJP this op is: size (in - 1)·stride + (k - 1)·dilation + 1,
+    minus the (before, after) ``padding`` cropped from it, plus ``output_padding`` added after.
+    """
+    n = len(weight_shape) - 2
+    kernel = tuple(weight_shape[2:])
+    stride = tuple_n(attrs["stride"], n, f"node {node!r} stride")
+    dilation = tuple_n(attrs["dilation"], n, f"node {node!r} dilation")
+    extra = tuple_n(attrs["output_padding"], n, f"node {node!r} output_padding")
+    if isinstance(attrs["padding"], str) and attrs["padding"] != "valid":
+        raise GraphError(f"node {node!r}: conv_transpose takes explicit padding (ints or (before, after) "
+                         f"pairs), not {attrs['padding']!r}")
+    pads = resolve_padding(attrs["padding"], in_shape[2:], kernel, stride, dilation)
+    if any(e < 0 or (e and e >= s) for e, s in zip(extra, stride)):
+        raise GraphError(f"node {node!r}: output_padding {extra} must be smaller than the stride {stride}")
+    out = []
+    for i in range(n):
+        size = in_shape[2 + i]
+        full = None if size is None else (size - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1
+        o = None if full is None else full - pads[i][0] - pads[i][1] + extra[i]
+        if o is not None and o < 1:
+            raise GraphError(f"node {node!r}: padding {pads} crops the whole output")
+        out.append(o)
+    return n, kernel, stride, dilation, pads, extra, tuple(out)
+
+
+def _conv_transpose(attrs, shapes, params, node):
+    (s,) = shapes
+    w = params["weight"]
+    n = w.ndim - 2
+    if n < 1:
+        raise GraphError(f"node {node!r}: conv_transpose weight must be (in, out/groups, *kernel), got {w.shape}")
+    if len(s) != n + 2:
+        raise GraphError(f"node {node!r}: conv_transpose{n}d needs an input of rank {n + 2}, got {s}")
+    g = attrs["groups"]
+    if w.shape[0] % g:
+        raise GraphError(f"node {node!r}: {w.shape[0]} input channels not divisible by groups={g}")
+    if s[1] is not None and s[1] != w.shape[0]:
+        raise GraphError(f"node {node!r}: input has {s[1]} channels, weight expects {w.shape[0]}")
+    b = params.get("bias")
+    if b is not None and b.shape != (w.shape[1] * g,):
+        raise GraphError(f"node {node!r}: bias shape {b.shape} does not match {w.shape[1] * g} channels")
+    spatial = conv_transpose_geometry(attrs, s, w.shape, node)[-1]
+    return (s[0], w.shape[1] * g) + spatial
+
+
+def _embedding(attrs, shapes, params, node):
+    (s,) = shapes
+    w = params["weight"]
+    if w.ndim != 2:
+        raise GraphError(f"node {node!r}: embedding weight must be (vocabulary, features), got {w.shape}")
+    return tuple(s) + (w.shape[1],)
 
 
 def pool_geometry(attrs, in_shape, node="?"):
@@ -398,6 +457,14 @@ BUILTIN_OPS: tuple[OpDef, ...] = (
           "'valid' or 'same'.", _conv,
           attrs={"stride": 1, "padding": 0, "dilation": 1, "groups": 1},
           params=("weight", "bias"), optional_params=("bias",), category="layer"),
+    OpDef("conv_transpose", "N-d transposed convolution (the VJP of conv w.r.t. its input), channel-first, "
+          "weight (in, out/groups, *kernel) as in torch and ONNX; padding (int, per-dim ints or (before, "
+          "after) pairs) is cropped from the full output, output_padding added after.", _conv_transpose,
+          attrs={"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1},
+          params=("weight", "bias"), optional_params=("bias",), category="layer"),
+    OpDef("embedding", "y = weight[indices]: integer indices (N, ...) to vectors (N, ..., features); weight is "
+          "(vocabulary, features). The indices carry relevance summed over the features.", _embedding,
+          params=("weight",), category="lookup"),
     OpDef("max_pool", "Maximum over each window; padded positions never win. stride defaults to kernel_size.",
           _pool, attrs={**_WINDOW, "dilation": 1}, category="pool"),
     OpDef("avg_pool", "Mean over each window; count_include_pad decides whether padded zeros count in "
@@ -424,6 +491,8 @@ BUILTIN_OPS: tuple[OpDef, ...] = (
           n_inputs=None, category="sum"),
     OpDef("mul", "Elementwise product of two inputs, numpy broadcasting.", _broadcast,
           n_inputs=2, category="product"),
+    OpDef("div", "Elementwise quotient x / y of two inputs, numpy broadcasting.", _broadcast,
+          n_inputs=2, category="scale"),
     OpDef("concat", "Concatenation along axis (not the batch axis).", _concat,
           n_inputs=None, attrs={"axis": 1}, category="shape"),
     OpDef("reshape", "Reshape each sample to shape (the batch axis excluded; one entry may be -1).",

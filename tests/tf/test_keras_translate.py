@@ -130,6 +130,12 @@ CONV = {
     "separable2d": lambda: seq((9, 9, 3), L.SeparableConv2D(5, 3, depth_multiplier=2, padding="same",
                                                             activation="relu")),
     "separable1d": lambda: seq((12, 3), L.SeparableConv1D(4, 3, strides=2)),
+    "conv2d_transpose_same": lambda: seq((5, 4, 3), L.Conv2DTranspose(4, 3, strides=2, padding="same",
+                                                                      activation="relu")),
+    "conv2d_transpose_valid": lambda: seq((5, 4, 3), L.Conv2DTranspose(4, (3, 2), strides=(2, 3))),
+    "conv2d_transpose_small_kernel": lambda: seq((4, 4, 2), L.Conv2DTranspose(3, 2, strides=3, padding="same")),
+    "conv1d_transpose_output_padding": lambda: seq((6, 3), L.Conv1DTranspose(2, 3, strides=2, output_padding=1)),
+    "conv3d_transpose": lambda: seq((3, 3, 3, 2), L.Conv3DTranspose(2, 3, strides=2, padding="same")),
 }
 
 
@@ -368,12 +374,35 @@ def test_shared_layer_gets_numbered_names():
     assert {"shared", "shared_1", "shared:activation", "shared_1:activation"} <= {n.name for n in g.nodes}
 
 
-def test_embedding_is_unsupported():
-    i = keras.Input((5,))
-    e = L.Embedding(10, 4, name="emb")(i)
-    model = keras.Model(i, L.Flatten()(e))
-    with pytest.raises(UnsupportedError, match="emb|gather"):
-        attribx.translate(model)
+def _text_model(mask_zero=False):
+    i = keras.Input((6,), dtype="int32")
+    e = L.Embedding(12, 5, name="emb", mask_zero=mask_zero)(i)
+    h = L.Conv1D(4, 3, padding="same", activation="relu", name="conv")(e)
+    return keras.Model(i, L.Dense(3, name="out")(L.GlobalAveragePooling1D(name="pool")(h)))
+
+
+def test_embedding_takes_token_ids_and_gives_relevance_per_token():
+    model = randomize(_text_model())
+    ids = np.random.default_rng(0).integers(0, 12, size=(4, 6))
+    assert relative_error(attribx.forward(model, ids, engine="numpy"), model(ids)) <= TOL32
+    graph = attribx.translate(model)
+    assert graph.input.dtype == "int64" and graph.input.dims == ("sample", "token")
+    ds = attribx.explain(model, ids, "lrp.epsilon", engine="numpy", layers=["emb"], conservation=True)
+    # relevance per token is the embedding output's relevance summed over the embedding axis
+    np.testing.assert_allclose(ds["relevance"], ds["emb"].sum(ds["emb"].dims[-1]), rtol=1e-5, atol=1e-7)
+    assert ds["relevance"].dims == ("sample", "token")
+    on_tf = attribx.explain(model, ids, "lrp.epsilon")        # the model's own engine: tensorflow
+    assert on_tf.attrs["engine"] == "tensorflow"
+    np.testing.assert_allclose(on_tf, ds["relevance"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(attribx.MethodError, match="indices"):
+        attribx.explain(model, ids, "integrated_gradients")
+    with pytest.raises(attribx.InputError, match=r"\[0, 12\)"):
+        attribx.explain(model, ids + 12, "lrp.epsilon")
+
+
+def test_embedding_with_a_mask_is_unsupported():
+    with pytest.raises(UnsupportedError, match="emb.*mask_zero"):
+        attribx.translate(_text_model(mask_zero=True))
 
 
 def test_free_input_size_needs_a_shape():

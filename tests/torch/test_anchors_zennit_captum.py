@@ -98,6 +98,14 @@ def model_and_input(name):
                     m.eps = 0.0
             model, canon = model.double(), [ResNetCanonizer()]
             x = torch.randn(2, 3, 64, 64, dtype=torch.float64).numpy()
+        elif name == "upconv":
+            # an encoder-decoder: zennit treats transposed convs as convolutions, as our composites do
+            model = torch.nn.Sequential(
+                torch.nn.Conv2d(2, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                torch.nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1), torch.nn.ReLU(),
+                torch.nn.ConvTranspose2d(3, 2, (2, 3), stride=1, dilation=(1, 2), groups=1), torch.nn.ReLU(),
+                torch.nn.Flatten(), torch.nn.Linear(2 * 9 * 12, 5)).double().eval()
+            x, canon = torch.randn(3, 2, 8, 8, dtype=torch.float64).numpy(), []
         else:
             (model, x), canon = trained_digits_cnn(), []
         MODELS[name] = (model, x, canon)
@@ -138,7 +146,7 @@ SINGLE = {
     "lrp.z_box": (lambda: zr.ZBox(low=-3.0, high=3.0), {"low": -3.0, "high": 3.0}),
 }
 
-ZOO = ["digits", "resnet18", "vgg16"]
+ZOO = ["digits", "resnet18", "vgg16", "upconv"]
 
 
 def ours(name, method, x, targets, **params):

@@ -243,6 +243,9 @@ FUNCTIONAL_CASES = {
         F.pad(x, (1, 0, 2, 1)), 2, count_include_pad=False), (2, 5, 7)),
     "stack_mean": (lambda x: torch.stack([x, 2 * x], 2).mean(dim=(2, 3)), (3, 4, 4)),
     "constant_buffer": (lambda x: x + torch.arange(5.0) * 0.1 - torch.ones(1, 4, 1) * 2, (4, 5)),
+    "tensor_division": (lambda x: x / (x.sigmoid() + 0.5) + 2.0 / (1.5 + x.tanh()) + torch.div(x, x * x + 1), (4, 5)),
+    "conv_transpose_fn": (lambda x: F.conv_transpose2d(x, torch.ones(4, 2, 3, 3) * 0.1, torch.arange(2.0), stride=2,
+                                                       padding=1, output_padding=1), (4, 3, 5)),
 }
 
 
@@ -294,6 +297,10 @@ MODULE_CASES = {
     "pads": (lambda: nn.Sequential(nn.ZeroPad2d((1, 2, 0, 3)), nn.ConstantPad2d(1, -1.5)), (2, 3, 3)),
     "linear_3d": (lambda: nn.Linear(5, 3), (4, 5)),
     "identities": (lambda: nn.Sequential(nn.Identity(), nn.Dropout2d(), nn.Linear(4, 2), nn.Dropout()), (4,)),
+    "conv_transpose2d": (lambda: nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0),
+                                                    output_padding=(1, 0), groups=2, dilation=(1, 2)), (4, 5, 4)),
+    "conv_transpose1d": (lambda: nn.ConvTranspose1d(3, 2, 4, stride=3, padding=2), (3, 6)),
+    "conv_transpose3d": (lambda: nn.ConvTranspose3d(2, 2, 2, stride=2, bias=False), (2, 2, 3, 2)),
 }
 
 
@@ -304,6 +311,38 @@ def test_module_cases(case):
     torch.manual_seed(0)
     model = randomize_bn(make()).eval()
     assert_faithful(model, randn(3, *shape))
+
+
+class TokenModel(nn.Module):
+    """Token ids -> nn.Embedding -> conv over tokens -> mean -> linear (and F.embedding beside it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 6)
+        self.pos = nn.Parameter(torch.randn(20, 6) * 0.1)
+        self.conv = nn.Conv1d(6, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, ids):
+        e = self.emb(ids) + F.embedding(ids, self.pos)
+        return self.fc(F.relu(self.conv(e.transpose(1, 2))).mean(-1))
+
+
+def test_embedding_model_takes_token_ids():
+    torch.manual_seed(0)
+    model = TokenModel().eval()
+    ids = torch.randint(0, 20, (4, 7))
+    graph = attribx.translate(model, input_shape=(7,))
+    assert graph.input.dtype == "int64" and graph.input.dims == ("sample", "token")
+    assert [n.op for n in graph.nodes][:2] == ["embedding", "embedding"]
+    want = model(ids).detach().numpy()
+    for engine in ("numpy", "torch"):
+        assert relative_error(attribx.forward(model, ids, engine=engine), want) <= 1e-6
+    ds = attribx.explain(model, ids, "lrp.epsilon", layers=["emb", "embedding"], engine="torch")
+    np.testing.assert_allclose(ds["relevance"].values, ds["emb"].values.sum(-1) + ds["embedding"].values.sum(-1),
+                               rtol=1e-5, atol=1e-7)
+    on_numpy = attribx.explain(model, ids.numpy(), "lrp.epsilon", engine="numpy")
+    np.testing.assert_allclose(on_numpy, ds["relevance"], rtol=1e-4, atol=1e-7)
 
 
 def test_float64_model_stays_float64():
@@ -442,14 +481,14 @@ def test_unsupported_method_and_module_inside_custom_block():
     (lambda: nn.Softmax(dim=0), (3,), "batch axis"),
     (lambda: nn.Hardswish(), (3,), "Hardswish"),
     (lambda: nn.LayerNorm(3), (3,), "LayerNorm"),
-    (lambda: nn.Embedding(5, 3), (3,), "Embedding"),
+    (lambda: nn.Embedding(5, 3, max_norm=1.0), (3,), "max_norm"),
     (lambda: Wrap(lambda x: x.sum()), (3,), "batch axis"),
     (lambda: Wrap(lambda x: x.mean(0)), (3,), "batch axis"),
     (lambda: Wrap(lambda x: x.view(-1)), (3,), "batch axis"),
     (lambda: Wrap(lambda x: x.permute(1, 0)), (3,), "batch axis"),
     (lambda: Wrap(lambda x: x[0]), (3,), "batch axis"),
     (lambda: Wrap(lambda x: x[:, [0, 2]]), (3,), "advanced indexing"),
-    (lambda: Wrap(lambda x: x / x), (3,), "division"),
+    (lambda: Wrap(lambda x: torch.div(x, x + 2, rounding_mode="floor")), (3,), "rounding_mode"),
     (lambda: Wrap(lambda x: F.pad(x, (1, 1), mode="reflect")), (2, 3), "reflect"),
     (lambda: Wrap(lambda x: x / x.shape[0]), (3,), "batch size"),
     (lambda: Wrap(lambda x: x[:, :x.size(0)]), (3,), "batch size"),

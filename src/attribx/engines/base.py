@@ -41,6 +41,50 @@ def _no_inputs(attrs, inputs, params, output, grad):
 CONSTANT_KERNEL = Kernel(_constant_forward, _no_inputs)
 
 
+def transposed_conv_kernel(conv: Kernel, placeholder: Callable, add_channel_bias: Callable) -> Kernel:
+    """``conv_transpose`` built from an engine's ``conv`` kernel: its forward is conv's VJP w.r.t. the
+    input and its VJP is conv's forward, so each engine gets it from code it already tests.
+
+    ``placeholder(shape, like)`` gives an array of that shape and ``like``'s dtype whose values are never
+    read (conv's VJP needs only the input's shape); ``add_channel_bias(y, b)`` adds b along axis 1.
+    """
+    from ..ops import conv_transpose_geometry
+
+    def conv_attrs(attrs):
+        return {"stride": attrs["stride"], "padding": attrs["padding"], "dilation": attrs["dilation"],
+                "groups": attrs["groups"]}
+
+    def forward(attrs, inputs, params):
+        (x,) = inputs
+        w = params["weight"]
+        *_, spatial = conv_transpose_geometry(attrs, tuple(x.shape), tuple(w.shape))
+        out_shape = (x.shape[0], w.shape[1] * int(attrs["groups"])) + spatial
+        (y,) = conv.vjp(conv_attrs(attrs), [placeholder(out_shape, x)], {"weight": w}, None, x)
+        b = params.get("bias")
+        return y if b is None else add_channel_bias(y, b)
+
+    def vjp(attrs, inputs, params, output, grad):
+        return [conv.forward(conv_attrs(attrs), [grad], {"weight": params["weight"]})]
+
+    return Kernel(forward, vjp)
+
+
+def quotient_kernel(unbroadcast: Callable, shape_of: Callable) -> Kernel:
+    """``div`` for engines whose arrays support ``/``, ``*`` and unary ``-`` (numpy, torch, TensorFlow):
+    only summing a broadcast gradient back to an input's shape (``unbroadcast(g, shape_of(x))``) differs."""
+
+    def forward(attrs, inputs, params):
+        a, b = inputs
+        return a / b
+
+    def vjp(attrs, inputs, params, output, grad):
+        a, b = inputs
+        q = grad / b
+        return [unbroadcast(q, shape_of(a)), unbroadcast(-q * (a / b), shape_of(b))]
+
+    return Kernel(forward, vjp)
+
+
 class Engine:
     """Base class: array conversion, parameter caching, kernel dispatch and rule helpers.
 
@@ -88,6 +132,8 @@ class Engine:
     def node_params(self, node, inputs: Sequence[Any] = ()) -> dict:
         """The node's parameters as engine arrays of the computation's dtype (cached per engine)."""
         dtype = self.dtype_of(inputs[0]) if inputs else self.dtype
+        if dtype is not None and not self.is_floating(dtype):    # indices in: parameters keep their dtype
+            dtype = self.dtype
         key = (id(node), node.name, str(dtype))
         hit = self._param_cache.get(key)
         if hit is None:
@@ -104,6 +150,10 @@ class Engine:
 
     def dtype_of(self, x):
         raise NotImplementedError
+
+    def is_floating(self, dtype) -> bool:
+        """Whether ``dtype`` (as :meth:`dtype_of` gives it) is a floating type."""
+        return np.dtype(dtype).kind == "f"
 
     def where(self, cond, a, b):
         raise NotImplementedError

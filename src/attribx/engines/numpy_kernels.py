@@ -19,7 +19,7 @@ import numpy as np
 
 from ..ops import (conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
                    window_output_size)
-from .base import CONSTANT_KERNEL, Kernel
+from .base import CONSTANT_KERNEL, Kernel, quotient_kernel, transposed_conv_kernel
 
 __all__ = ["KERNELS", "unbroadcast"]
 
@@ -153,6 +153,25 @@ def _conv_vjp(attrs, inputs, params, output, grad):
             gs = np.matmul(wk.transpose(0, 2, 1), gr)
         gxp[(slice(None), slice(None)) + slices] += gs.reshape((N, C) + out_spatial)
     return [_crop_spatial(gxp, pads, x.shape[2:])]
+
+
+def _embedding_forward(attrs, inputs, params):
+    (idx,) = inputs
+    return np.asarray(params["weight"])[np.asarray(idx, dtype=np.intp)]
+
+
+def _embedding_vjp(attrs, inputs, params, output, grad):
+    """Indices are not differentiable: what comes back per index is the signal summed over the features
+    (for LRP exactly the token's relevance; for gradients the derivative along the all-ones direction)."""
+    return [np.asarray(grad).sum(axis=-1)]
+
+
+def _placeholder(shape, like):
+    return np.broadcast_to(np.zeros((), dtype=np.asarray(like).dtype), shape)
+
+
+def _add_channel_bias(y, b):
+    return y + np.asarray(b, dtype=y.dtype).reshape((1, -1) + (1,) * (y.ndim - 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -543,6 +562,7 @@ def _reduce_mean_vjp(attrs, inputs, params, output, grad):
 KERNELS: dict[str, Kernel] = {
     "linear": Kernel(_linear_forward, _linear_vjp),
     "conv": Kernel(_conv_forward, _conv_vjp),
+    "embedding": Kernel(_embedding_forward, _embedding_vjp),
     "max_pool": Kernel(_max_pool_forward, _max_pool_vjp),
     "avg_pool": Kernel(_avg_pool_forward, _avg_pool_vjp),
     "global_avg_pool": Kernel(_global_avg_pool_forward, _global_avg_pool_vjp),
@@ -569,3 +589,5 @@ KERNELS: dict[str, Kernel] = {
     "reduce_mean": Kernel(_reduce_mean_forward, _reduce_mean_vjp),
     "constant": CONSTANT_KERNEL,
 }
+KERNELS["conv_transpose"] = transposed_conv_kernel(KERNELS["conv"], _placeholder, _add_channel_bias)
+KERNELS["div"] = quotient_kernel(unbroadcast, np.shape)

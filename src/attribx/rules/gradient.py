@@ -16,11 +16,11 @@ class Gradient(Rule):
 
 
 class Route(Rule):
-    """Move relevance to where values came from (reshape, concat, slice, pad): the VJP of a routing op
-    does exactly that and conserves relevance."""
+    """Move relevance to where values came from (reshape, concat, slice, pad; an embedding's features
+    to their index): the VJP of a routing op does exactly that and conserves relevance."""
 
     name = "route"
-    categories = frozenset({"shape", "pool"})
+    categories = frozenset({"shape", "pool", "lookup"})
 
     def __call__(self, ctx: NodeContext, relevance):
         return ctx.vjp(relevance, output=ctx.output)
@@ -61,13 +61,14 @@ def _tuple(v):
 
 
 class Pass(Rule):
-    """Relevance passes an elementwise activation unchanged (LRP's treatment of ReLU, tanh, ...)."""
+    """Relevance passes an elementwise activation unchanged (LRP's treatment of ReLU, tanh, ...); through
+    a division it goes to the dividend, the divisor acting as a fixed scale."""
 
     name = "pass"
-    categories = frozenset({"activation", "norm"})
+    categories = frozenset({"activation", "norm", "scale"})
 
     def __call__(self, ctx: NodeContext, relevance):
-        return [relevance]
+        return [relevance] + [None] * (len(ctx.inputs) - 1)
 
 
 class DeconvNet(Rule):

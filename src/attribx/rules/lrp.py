@@ -157,7 +157,7 @@ class Affine:
 
     def bias_map(self, b, z):
         """The bias broadcast to the output z (channel axis 1 for conv, the last axis for linear)."""
-        if self.ctx.node.op == "conv":
+        if self.ctx.node.op in ("conv", "conv_transpose"):
             return b[(slice(None),) + (None,) * (len(z.shape) - 2)]
         return b
 

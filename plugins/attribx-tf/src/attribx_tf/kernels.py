@@ -24,7 +24,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from attribx.engines.base import CONSTANT_KERNEL, Kernel
+from attribx.engines.base import CONSTANT_KERNEL, Kernel, quotient_kernel, transposed_conv_kernel
 from attribx.ops import (conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
                          window_output_size)
 
@@ -141,8 +141,18 @@ class _ConvPlan:
 
     def __init__(self, attrs, x, w):
         n, kernel, stride, dilation, pads = conv_geometry(attrs, _shape(x), _shape(w))
-        self.n, self.groups, self.pads = n, int(attrs["groups"]), pads
-        self.sizes = _shape(x)[2:]
+        # TF 2.21's oneDNN float32 Conv2D returns garbage for some windows when the input extends past
+        # the last window (e.g. width 3, kernel 2, stride 2): positions no window reads are removed first
+        # (from the after-padding, then from the input itself), so every call sees an exact fit
+        self.cut, fitted = [], []
+        for size, k, s, d, (lo, hi) in zip(_shape(x)[2:], kernel, stride, dilation, pads):
+            eff = (k - 1) * d + 1
+            tail = (size + lo + hi - eff) % s
+            fitted.append((lo, max(hi - tail, 0)))
+            self.cut.append(max(tail - hi, 0))
+        self.n, self.groups, self.pads = n, int(attrs["groups"]), fitted
+        self.full_sizes = _shape(x)[2:]
+        self.sizes = tuple(size - c for size, c in zip(self.full_sizes, self.cut))
         self.lifted = n == 1
         # TF's CPU kernels take no dilation in Conv3D and the conv input gradients: the kernel is dilated
         # explicitly instead (zeros between its taps), the same sums with a few more zero products
@@ -160,12 +170,14 @@ class _ConvPlan:
 
     def prepare(self, x):
         """The padded, channel-last (lifted) input."""
+        if any(self.cut):
+            x = x[(slice(None), slice(None)) + tuple(slice(0, n) for n in self.sizes)]
         x = _pad_spatial(x, self.pads)
         return _to_last(tf.expand_dims(x, 2) if self.lifted else x)
 
     def padded_shape(self, x):
         shape = _shape(x)
-        spatial = tuple(s + lo + hi for s, (lo, hi) in zip(shape[2:], self.pads))
+        spatial = tuple(s + lo + hi for s, (lo, hi) in zip(self.sizes, self.pads))
         return (shape[0],) + ((1,) if self.lifted else ()) + spatial + (shape[1],)
 
     def finish(self, y):
@@ -220,7 +232,32 @@ def _conv_vjp(attrs, inputs, params, output, grad):
     g = tf.cast(grad, w.dtype)
     g = _to_last(tf.expand_dims(g, 2) if plan.lifted else g)
     gx = plan.finish(plan.conv_input_grad(g, plan.padded_shape(x)))
-    return [_crop_spatial(gx, plan.pads, plan.sizes)]
+    gx = _crop_spatial(gx, plan.pads, plan.sizes)
+    if any(plan.cut):    # input positions no window reads get zero gradient
+        gx = _pad_spatial(gx, [(0, c) for c in plan.cut])
+    return [gx]
+
+
+def _embedding_forward(attrs, inputs, params):
+    (idx,) = inputs
+    return tf.gather(params["weight"], tf.cast(idx, tf.int64))
+
+
+def _embedding_vjp(attrs, inputs, params, output, grad):
+    """Indices are not differentiable: each index gets the signal summed over the features (as numpy)."""
+    return [tf.reduce_sum(grad, axis=-1)]
+
+
+class _Placeholder:
+    """Stands for conv's input where only its shape and dtype are read (no memory)."""
+
+    def __init__(self, shape, like):
+        self.shape = tuple(shape)
+        self.dtype = like.dtype
+
+
+def _add_channel_bias(y, b):
+    return y + tf.reshape(tf.cast(b, y.dtype), (1, -1) + (1,) * (len(y.shape) - 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -683,6 +720,7 @@ def _reduce_mean_vjp(attrs, inputs, params, output, grad):
 KERNELS: dict[str, Kernel] = {
     "linear": Kernel(_linear_forward, _linear_vjp),
     "conv": Kernel(_conv_forward, _conv_vjp),
+    "embedding": Kernel(_embedding_forward, _embedding_vjp),
     "max_pool": Kernel(_max_pool_forward, _max_pool_vjp),
     "avg_pool": Kernel(_avg_pool_forward, _avg_pool_vjp),
     "global_avg_pool": Kernel(_global_avg_pool_forward, _global_avg_pool_vjp),
@@ -709,3 +747,5 @@ KERNELS: dict[str, Kernel] = {
     "reduce_mean": Kernel(_reduce_mean_forward, _reduce_mean_vjp),
     "constant": CONSTANT_KERNEL,
 }
+KERNELS["conv_transpose"] = transposed_conv_kernel(KERNELS["conv"], _Placeholder, _add_channel_bias)
+KERNELS["div"] = quotient_kernel(unbroadcast, _shape)

@@ -177,17 +177,20 @@ class _Translation:
         dtype = str(inputs[0].dtype) if inputs else str(model.dtype_policy.variable_dtype)
         shape = self._input_shape(kshape)
         self.np_dtype = np.float64 if dtype == "float64" else np.float32
-        if dtype not in ("float32", "float64"):
-            if "int" in dtype:
-                raise UnsupportedError(f"Keras model {model.name!r} takes {dtype} input (token ids?); attribx "
-                                       f"graphs carry floating point values only (an Embedding layer needs a "
-                                       f"gather op, which the op set lacks; {HOOK_HINT})")
+        self.indices = "int" in dtype or _feeds_embeddings(model)
+        if self.indices:       # token ids: the graph input holds indices for embedding lookups
+            dtype = "int64"
+            self.np_dtype = np.float64 if str(model.dtype_policy.variable_dtype) == "float64" else np.float32
+        elif dtype not in ("float32", "float64"):
             dtype = "float32"
         in_name = inputs[0]._keras_history[0].name if inputs else "input"
         self.used.add(in_name)
+        self.input_name = in_name
         full = (None, *shape)
         layout = None
-        if keras.config.image_data_format() == "channels_last":
+        if self.indices:
+            layout = ("sample",) + tuple("token" if i == 0 else f"position_{i}" for i in range(len(full) - 1))
+        elif keras.config.image_data_format() == "channels_last":
             layout = CHANNELS_LAST_LAYOUTS.get(len(full))
         value = Value(in_name, full, dtype, layout_dims(layout, len(full)))
         self.shapes[in_name] = full
@@ -410,6 +413,32 @@ def _conv(ctx, layer, xs):
     y = ctx.emit("conv", [x], x.perm, {"stride": tuple(layer.strides), "padding": pad,
                                       "dilation": dilation, "groups": int(getattr(layer, "groups", 1))},
                  {"weight": w, "bias": b})
+    return _fused_activation(ctx, layer, y)
+
+
+def _conv_transpose(ctx, layer, xs):
+    """Keras's transposed conv is TensorFlow's conv input gradient for the output size Keras computes:
+    the graph's conv_transpose crops (before, after) = the SAME split of what exceeds that size, or adds
+    output_padding where the size exceeds the full transposed output."""
+    x = _one(xs)
+    cl = _channels_last(layer)
+    n = x.rank - 2
+    x = ctx.channel_first(x, cl)
+    k = _np(layer.kernel)                               # (*kernel, out, in)
+    w = np.transpose(k, (n + 1, n) + tuple(range(n))).copy()
+    b = _np(layer.bias) if layer.use_bias else None
+    stride, dilation = tuple(layer.strides), tuple(layer.dilation_rate)
+    spatial, channels = tuple(x.shape[2:]), x.shape[1]
+    out = layer.compute_output_shape((None, *spatial, channels) if cl else (None, channels, *spatial))
+    out = tuple(out[1:-1] if cl else out[2:])
+    pads, extra = [], []
+    for size, o, kk, s, d in zip(spatial, out, w.shape[2:], stride, dilation):
+        full = (size - 1) * s + (kk - 1) * d + 1
+        total = max(full - o, 0)
+        pads.append((total // 2, total - total // 2))
+        extra.append(max(o - full, 0))
+    y = ctx.emit("conv_transpose", [x], x.perm, {"stride": stride, "padding": pads, "output_padding": tuple(extra),
+                                                "dilation": dilation}, {"weight": w, "bias": b})
     return _fused_activation(ctx, layer, y)
 
 
@@ -671,8 +700,21 @@ def _normalization(ctx, layer, xs):
     return ctx.emit("mul", [h, ctx.const(1.0 / std, "inv_std")], x.perm)
 
 
+def _feeds_embeddings(model) -> bool:
+    """Whether a model's first layer (after its input) is an Embedding: its input holds token ids."""
+    layers = [la for la in getattr(model, "layers", []) if type(la).__name__ != "InputLayer"]
+    return bool(layers) and type(layers[0]).__name__ == "Embedding"
+
+
 def _embedding(ctx, layer, xs):
-    raise _Unsupported("embedding lookup needs a gather op, which the graph's op set lacks so far")
+    x = ctx.keras_order(_one(xs))
+    if x.name != ctx.input_name or not ctx.indices:
+        raise _Unsupported("looks up indices computed inside the model; the graph's indices are its input")
+    if getattr(layer, "mask_zero", False):
+        raise _Unsupported("mask_zero=True: later layers read the mask, which the graph does not carry")
+    if getattr(layer, "quantization_mode", None):
+        raise _Unsupported(f"quantized ({layer.quantization_mode}) embeddings are not translated")
+    return ctx.emit("embedding", [x], _identity(x.rank + 1), params={"weight": _np(layer.embeddings)})
 
 
 _PASSTHROUGH = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
@@ -681,6 +723,7 @@ _PASSTHROUGH = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropo
 _HANDLERS = {
     "Dense": _dense,
     "Conv1D": _conv, "Conv2D": _conv, "Conv3D": _conv,
+    "Conv1DTranspose": _conv_transpose, "Conv2DTranspose": _conv_transpose, "Conv3DTranspose": _conv_transpose,
     "DepthwiseConv1D": _depthwise, "DepthwiseConv2D": _depthwise,
     "SeparableConv1D": _separable, "SeparableConv2D": _separable,
     "MaxPooling1D": _pool("max_pool"), "MaxPooling2D": _pool("max_pool"), "MaxPooling3D": _pool("max_pool"),

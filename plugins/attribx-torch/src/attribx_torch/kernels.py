@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from attribx.engines.base import CONSTANT_KERNEL, Kernel
+from attribx.engines.base import CONSTANT_KERNEL, Kernel, quotient_kernel, transposed_conv_kernel
 from attribx.ops import conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds
 
 __all__ = ["KERNELS", "unbroadcast"]
@@ -168,6 +168,25 @@ def _conv_vjp(attrs, inputs, params, output, grad):
         grad, _shaped(x, in_shape, grad), w, None, list(stride), common, list(dilation), False, [0] * n,
         int(attrs["groups"]), [True, False, False])[0]
     return [_crop(gx, extra, sizes)]
+
+
+def _embedding_forward(attrs, inputs, params):
+    (idx,) = inputs
+    w = params["weight"]
+    return F.embedding(idx.to(device=w.device, dtype=torch.long), w)
+
+
+def _embedding_vjp(attrs, inputs, params, output, grad):
+    """Indices are not differentiable: each index gets the signal summed over the features (as numpy)."""
+    return [grad.sum(-1)]
+
+
+def _placeholder(shape, like):
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+
+
+def _add_channel_bias(y, b):
+    return y + b.to(y.dtype).reshape((1, -1) + (1,) * (y.dim() - 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -604,6 +623,7 @@ def _kernel(forward, vjp) -> Kernel:
 KERNELS: dict[str, Kernel] = {
     "linear": _kernel(_linear_forward, _linear_vjp),
     "conv": _kernel(_conv_forward, _conv_vjp),
+    "embedding": _kernel(_embedding_forward, _embedding_vjp),
     "max_pool": _kernel(_max_pool_forward, _max_pool_vjp),
     "avg_pool": _kernel(_avg_pool_forward, _avg_pool_vjp),
     "global_avg_pool": _kernel(_global_avg_pool_forward, _global_avg_pool_vjp),
@@ -630,3 +650,6 @@ KERNELS: dict[str, Kernel] = {
     "reduce_mean": _kernel(_reduce_mean_forward, _reduce_mean_vjp),
     "constant": CONSTANT_KERNEL,
 }
+KERNELS["conv_transpose"] = transposed_conv_kernel(KERNELS["conv"], _placeholder, _add_channel_bias)
+_QUOTIENT = quotient_kernel(unbroadcast, lambda t: t.shape)
+KERNELS["div"] = _kernel(_QUOTIENT.forward, _QUOTIENT.vjp)

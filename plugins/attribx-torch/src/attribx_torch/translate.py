@@ -363,7 +363,9 @@ class _Translation:
         for n in fx_graph.nodes:     # modules without a translation: say so before running anything
             if n.op == "call_module" and _module_handler(root.get_submodule(n.target)) is None:
                 raise UnsupportedError(f"{self._where(n)} has no translation to the attribx graph; {HOOK_HINT}")
-        example = torch.zeros((1, *self.input_shape), dtype=self.dtype, device=_device(model))
+        self.indices = _feeds_embeddings(fx_graph, root)
+        example = torch.zeros((1, *self.input_shape), dtype=torch.long if self.indices else self.dtype,
+                              device=_device(model))
         rec = _Recorder(gm)
         try:
             with torch.no_grad():
@@ -387,7 +389,7 @@ class _Translation:
             self.node = n
             if n.op == "placeholder":
                 if first:
-                    self.values[n] = T("input", tuple(example.shape), self.dtype)
+                    self.values[n] = T("input", tuple(example.shape), example.dtype)
                     first = False
                 else:
                     self.values[n] = self.env[n]
@@ -545,14 +547,16 @@ class _Translation:
         for o in outputs:
             if o.dtype != self.dtype:
                 raise UnsupportedError(f"output {o.name!r} has dtype {o.dtype}, the model's is {self.dtype}")
-        dtype = "float64" if self.dtype == torch.float64 else "float32"
+        dtype = "int64" if self.indices else "float64" if self.dtype == torch.float64 else "float32"
         full = (None, *self.input_shape)
         meta = {"name": type(self.model).__name__, "backend": "torch", "framework": "torch",
                 "torch_version": torch.__version__, "input_shape": list(self.input_shape)}
         aliases = {k: v for k, v in self.aliases.items() if v in needed or v == "input"}
         if aliases:
             meta["aliases"] = aliases
-        graph = Graph([Value("input", full, dtype, layout_dims(None, len(full)))], nodes,
+        layout = ("sample",) + tuple("token" if i == 0 else f"position_{i}" for i in range(len(full) - 1))
+        graph = Graph([Value("input", full, dtype, layout if self.indices else layout_dims(None, len(full)))],
+                      nodes,
                       [o.name for o in outputs], meta)
         for nd in graph.nodes:   # the graph's shapes must be torch's, batch axis first
             want = self.expected.get(nd.name)
@@ -581,6 +585,21 @@ def _device(model):
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def _feeds_embeddings(fx_graph, root) -> bool:
+    """Whether the model's input holds indices: every use of it is an embedding lookup."""
+    first = next((n for n in fx_graph.nodes if n.op == "placeholder"), None)
+    if first is None or not first.users:
+        return False
+
+    def lookup(user):
+        if user.op == "call_module":
+            return isinstance(root.get_submodule(user.target), nn.Embedding) and user.args[:1] == (first,)
+        if user.op == "call_function" and user.target is F.embedding:
+            return user.args[:1] == (first,) or user.kwargs.get("input") is first
+        return False
+    return all(lookup(u) for u in first.users)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -964,7 +983,11 @@ def _div(ctx, a, b, rounding_mode=None):
     if rounding_mode is not None:
         raise _Unsupported(f"rounding_mode={rounding_mode!r}")
     if _is_t(b):
-        raise _Unsupported("division by a tensor computed from the input (the graph has no division op)")
+        num = ctx.materialize(a) if _is_t(a) else ctx.const(a, "dividend")
+        den = ctx.materialize(b)
+        if _is_t(a):
+            _check_pair(ctx, num, den)
+        return ctx.emit("div", [num, den], ctx.out_shape())
     t = ctx.materialize(a)
     _check_operand(ctx, t, b)
     if isinstance(b, torch.Tensor):
@@ -1164,6 +1187,42 @@ def _m_conv(ctx, n, m, args, kwargs):
     return _conv(ctx, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
 
 
+def _conv_transpose(ctx, x, weight, bias, stride, padding, output_padding, groups, dilation):
+    w = ctx.param(weight, "weight")
+    n = w.ndim - 2
+    if len(x.shape) != n + 2:
+        raise _Unsupported(f"conv_transpose{n}d on an input of rank {len(x.shape)}; the graph needs (N, C, *spatial)")
+    if isinstance(padding, str):
+        raise _Unsupported(f"padding {padding!r}")
+    return ctx.emit("conv_transpose", [x], ctx.out_shape(),
+                    {"stride": _compact(_ntuple(stride, n, "stride")),
+                     "padding": _compact(_ntuple(padding, n, "padding")),
+                     "output_padding": _compact(_ntuple(output_padding, n, "output_padding")),
+                     "dilation": _compact(_ntuple(dilation, n, "dilation")), "groups": int(groups)},
+                    {"weight": w, "bias": ctx.param(bias, "bias")})
+
+
+def _m_conv_transpose(ctx, n, m, args, kwargs):
+    if m.padding_mode != "zeros":
+        raise _Unsupported(f"padding_mode={m.padding_mode!r} (only zero padding is in the graph's op set)")
+    if len(args) > 1 or kwargs.get("output_size") is not None:
+        raise _Unsupported("output_size given at call time (set output_padding on the module instead)")
+    return _conv_transpose(ctx, ctx.tensor(args[0]), m.weight, m.bias, m.stride, m.padding, m.output_padding,
+                           m.groups, m.dilation)
+
+
+def _embedding(ctx, idx, weight, max_norm=None, scale_grad_by_freq=False, sparse=False):
+    if max_norm is not None:
+        raise _Unsupported(f"max_norm={max_norm} renormalises the weight at lookup time")
+    if not _is_t(idx) or idx.name != "input":
+        raise _Unsupported("looks up indices computed inside the model; the graph's indices are its input")
+    return ctx.emit("embedding", [idx], ctx.out_shape(), {}, {"weight": ctx.param(weight, "weight")})
+
+
+def _m_embedding(ctx, n, m, args, kwargs):
+    return _embedding(ctx, args[0], m.weight, m.max_norm)
+
+
 def _m_max_pool(ctx, n, m, args, kwargs):
     x = ctx.tensor(args[0])
     return _max_pool(ctx, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices)
@@ -1232,6 +1291,9 @@ def _m_pad(ctx, n, m, args, kwargs):
 MODULES: dict[type, Callable] = {
     nn.Linear: _m_linear,
     nn.Conv1d: _m_conv, nn.Conv2d: _m_conv, nn.Conv3d: _m_conv,
+    nn.ConvTranspose1d: _m_conv_transpose, nn.ConvTranspose2d: _m_conv_transpose,
+    nn.ConvTranspose3d: _m_conv_transpose,
+    nn.Embedding: _m_embedding,
     nn.MaxPool1d: _m_max_pool, nn.MaxPool2d: _m_max_pool, nn.MaxPool3d: _m_max_pool,
     nn.AvgPool1d: _m_avg_pool, nn.AvgPool2d: _m_avg_pool, nn.AvgPool3d: _m_avg_pool,
     nn.AdaptiveAvgPool1d: _m_adaptive_avg, nn.AdaptiveAvgPool2d: _m_adaptive_avg,
@@ -1392,6 +1454,11 @@ def _conv_h():
               bias=None, stride=1, padding=0, dilation=1, groups=1)
 
 
+_CONV_T = _h(lambda ctx, x, w, b, s, p, op, g, d: _conv_transpose(ctx, ctx.tensor(x), w, b, s, p, op, g, d),
+             "input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation",
+             bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1)
+
+
 def _adaptive_h(kind):
     if kind == "max":
         return _h(lambda ctx, x, o, r: _adaptive_max(ctx, ctx.tensor(x), o, r), "input", "output_size",
@@ -1428,6 +1495,10 @@ FUNCTIONS: dict[Any, Callable] = {
     # layers
     F.linear: _h(_linear, "input", "weight", "bias", bias=None),
     F.conv1d: _conv_h(), F.conv2d: _conv_h(), F.conv3d: _conv_h(),
+    F.conv_transpose1d: _CONV_T, F.conv_transpose2d: _CONV_T, F.conv_transpose3d: _CONV_T,
+    F.embedding: _h(lambda ctx, x, w, pi, mn, nt, sg, sp: _embedding(ctx, x, w, mn), "input", "weight",
+                    "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse", padding_idx=None,
+                    max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False),
     F.max_pool1d: _pool_h("max"), F.max_pool2d: _pool_h("max"), F.max_pool3d: _pool_h("max"),
     F.avg_pool1d: _pool_h("avg"), F.avg_pool2d: _pool_h("avg"), F.avg_pool3d: _pool_h("avg"),
     F.adaptive_avg_pool1d: _adaptive_h("avg"), F.adaptive_avg_pool2d: _adaptive_h("avg"),
