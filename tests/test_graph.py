@@ -142,6 +142,8 @@ def test_fold_pad_into_conv_gives_conv_padding_semantics():
     np.testing.assert_allclose(attribx.forward(folded, x), attribx.forward(padded, x), rtol=1e-12)
     np.testing.assert_allclose(attribx.explain(folded, x, "lrp.flat", target=0).values,
                                attribx.explain(ref, x, "lrp.flat", target=0).values, rtol=1e-12)
+    with pytest.raises(attribx.MethodError, match="'pad' was a zero padding.*fold_pad_into_conv"):
+        attribx.explain(folded, x, "lrp.flat", layers=["pad"])
     # a pad that is not zero, or that another node also reads, stays
     b3 = GraphBuilder("kept")
     h = b3.pad(b3.input("x", (3, 7, 7)), [(1, 1), (1, 1)], value=1.0, name="pad")

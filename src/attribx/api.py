@@ -243,6 +243,10 @@ def _resolve_alias(graph: Graph, name: str) -> str:
     while name not in graph and name not in inputs and name in aliases and name not in seen:
         seen.add(name)
         name = aliases[name]
+    if name in graph.meta.get("folded_pads", ()):
+        raise MethodError(f"layers: {name!r} was a zero padding that the graph pass 'fold_pad_into_conv' "
+                          f"folded into the conv after it, so its output no longer exists; ask for the layer "
+                          f"before it")
     if name not in graph and name not in inputs:
         raise MethodError(f"layers: no node named {name!r}; see attribx.translate(model).summary()")
     return name
