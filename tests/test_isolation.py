@@ -21,7 +21,16 @@ FRAMEWORKS = {
     "onnx": ("onnx", "onnxruntime", "onnxscript"),
     "jax": ("jax", "jaxlib"),
 }
-INSTALLED = {name for name, mods in FRAMEWORKS.items() if importlib.util.find_spec(mods[0]) is not None}
+PLUGINS = {"torch": "attribx_torch", "tensorflow": "attribx_tf", "onnx": "attribx_onnx"}
+
+
+def installed(module: str) -> bool:
+    """A real package, not the namespace that a test folder of that name (tests/torch) makes on sys.path."""
+    spec = importlib.util.find_spec(module)
+    return spec is not None and spec.origin not in (None, "namespace")
+
+
+INSTALLED = {name for name, mods in FRAMEWORKS.items() if installed(mods[0])}
 
 BLOCKER = """
 import sys, importlib.abc
@@ -95,10 +104,8 @@ def test_core_workflow_imports_no_framework():
 
 @pytest.mark.parametrize("backend", sorted(WORKFLOWS))
 def test_backend_workflow_imports_only_its_framework(backend):
-    if backend not in INSTALLED:
-        pytest.skip(f"{backend} is not installed in this environment")
-    if backend == "onnx" and importlib.util.find_spec("attribx_onnx") is None:
-        pytest.skip("the onnx plugin is not installed in this environment")
+    if backend not in INSTALLED or not installed(PLUGINS[backend]):
+        pytest.skip(f"{backend} or attribx's {backend} plugin is not installed in this environment")
     # the other backends' frameworks (a framework may probe jax itself: that is not attribx's doing)
     run_blocked(WORKFLOWS[backend], set(WORKFLOWS) - {backend})
 

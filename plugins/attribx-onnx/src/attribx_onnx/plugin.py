@@ -1,0 +1,30 @@
+"""Hook implementations: the only place attribx and this backend meet."""
+from __future__ import annotations
+
+from attribx import hookimpl
+
+
+def is_onnx_model(model) -> bool:
+    """True for ``onnx.ModelProto``, checked by class path so that onnx is not imported for other objects."""
+    return any(c.__module__.startswith("onnx") and c.__name__ == "ModelProto" for c in type(model).__mro__)
+
+
+@hookimpl
+def attribx_translate(model, input_shape):
+    if not is_onnx_model(model):
+        return None
+    from .translate import translate_onnx
+    return translate_onnx(model, input_shape)
+
+
+@hookimpl
+def attribx_load_model(path):
+    if not str(path).lower().endswith(".onnx"):
+        return None
+    from .load import load_onnx
+    return load_onnx(path)
+
+
+@hookimpl
+def attribx_model_formats():
+    return {".onnx": "ONNX model file (opset 13 and newer; external data next to the file)"}

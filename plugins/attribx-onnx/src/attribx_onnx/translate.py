@@ -1,0 +1,451 @@
+"""Translate an ONNX model (``onnx.ModelProto``) into the attribx graph, keeping ONNX's node names.
+
+``translate_onnx(model, input_shape)`` walks the ONNX graph in its (topological) node order:
+
+* a node whose inputs are all constants (initializers, ``Constant`` outputs, folded values, the
+  ``Shape`` of a tensor whose per-sample shape is known) is evaluated right away with onnx's reference
+  evaluator (:mod:`attribx_onnx.fold`): exporters' shape arithmetic, weight casts and transposes vanish;
+* every other node goes to its handler in :data:`attribx_onnx.handlers.HANDLERS` (one per ONNX op
+  type), which emits attribx nodes. The main node carries the ONNX node's name (its first output's name
+  when it has none; repeats numbered by :func:`attribx.builder.unique_name`); extra nodes a handler
+  needs are named ``<node>:<suffix>``, as in the torch and Keras backends. ONNX tensor names, and the
+  names of nodes that translate to nothing (Identity, Dropout), resolve through ``graph.meta["aliases"]``.
+
+Models older than opset 13 are first converted with ``onnx.version_converter`` so that handlers know
+one set of semantics (opset 13 to the newest). The batch axis is free: the graph works for any batch
+size, whatever batch size the model was exported with. Every translated tensor's shape is checked
+against ONNX's own shape inference where ONNX knows it.
+
+Anything without a translation raises :class:`attribx.UnsupportedError` naming the op type, the node,
+the opset and the hooks that add more.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from attribx.builder import unique_name
+from attribx.errors import AttribxError, GraphError, InputError, UnsupportedError
+from attribx.graph import Graph, Node, Value, layout_dims
+
+from .fold import Const, Folder
+
+__all__ = ["translate_onnx", "HOOK_HINT", "MIN_OPSET"]
+
+HOOK_HINT = ("a plugin can add ops through the 'attribx_ops' hook and translations through "
+             "'attribx_translate'")
+
+#: Oldest default-domain opset the handlers are written for; older models are converted first.
+MIN_OPSET = 13
+
+#: Nodes never evaluated at translation time, although their inputs are known: their outputs vary.
+NEVER_FOLD = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                        "Multinomial", "Bernoulli"})
+
+#: ONNX tensor element types (TensorProto.DataType) an input may have, as graph dtypes.
+INPUT_DTYPES = {1: "float32", 11: "float64", 7: "int64", 6: "int32"}
+
+
+class Unsupported(Exception):
+    """Raised inside a handler; the walk turns it into an UnsupportedError naming node, op and opset."""
+
+
+def default_opset(model) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise UnsupportedError("the ONNX model imports no default-domain opset")
+
+
+def node_attrs(node) -> dict[str, Any]:
+    """The node's attributes as python values (strings decoded)."""
+    from onnx import helper
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [s.decode() for s in v]
+        out[a.name] = v
+    return out
+
+
+def _tensor_shape(type_proto):
+    """Dims of a tensor type (None where unknown), or None without a shape."""
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in type_proto.tensor_type.shape.dim)
+
+
+def inferred_shapes(model, input_name: str, shape: tuple) -> dict[str, tuple]:
+    """ONNX's shape inference with the input's per-sample shape filled in; {} where it cannot run."""
+    import onnx
+    try:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        for v in m.graph.input:
+            if v.name == input_name:
+                dims = v.type.tensor_type.shape.dim
+                del dims[:]
+                dims.add().dim_param = "N"
+                for d in shape:
+                    dims.add().dim_value = int(d)
+        m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception:     # > 2 GB, unknown domains, ...: translate without the cross-check
+        return {}
+    out = {}
+    for v in list(m.graph.value_info) + list(m.graph.output):
+        s = _tensor_shape(v.type)
+        if s is not None:
+            out[v.name] = s
+    return out
+
+
+class Translation:
+    """The state of one translation: constants, translated tensors, emitted nodes, names."""
+
+    def __init__(self, model, input_shape):
+        from attribx.plugins import registry
+        self.model = model
+        self.graph = model.graph
+        self.opset = default_opset(model)
+        self.ops = registry().ops
+        self.inits = {t.name: t for t in self.graph.initializer}
+        self.consts: dict[str, Const] = {}
+        self.values: dict[str, str] = {}         # ONNX tensor -> graph value (node or input name)
+        self.shapes: dict[str, tuple] = {}       # graph value -> shape, batch axis None
+        self.int_values: set[str] = set()        # graph values holding integers (token ids)
+        self.nodes: list[Node] = []
+        self.by_name: dict[str, Node] = {}
+        self.origin: dict[str, str] = {}         # graph value -> ONNX op type that made it
+        self.used: set[str] = set()
+        self.aliases: dict[str, str] = {}
+        self.skip: set[int] = set()              # ONNX nodes already translated by a fused pattern
+        self.consumers: dict[str, list] = {}
+        self.producers: dict[str, Any] = {}
+        for n in self.graph.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+            for o in n.output:
+                self.producers[o] = n
+        self.graph_outputs = {o.name for o in self.graph.output}
+        self.folder = Folder({d.domain or "": d.version for d in model.opset_import}, model.functions)
+        self.input_shape = input_shape
+        self.declared_batch: int | None = None   # the input's fixed batch size, if the model declares one
+        self.dtype = np.float32
+        self.node = None
+        self.main = ""
+        self.inferred: dict[str, tuple] = {}
+
+    # -- where and names ------------------------------------------------------------------------
+    def where(self, node=None) -> str:
+        node = node if node is not None else self.node
+        return f"ONNX node {node.name or node.output[0]!r} ({node.op_type}, opset {self.opset})"
+
+    def unique(self, base: str) -> str:
+        return unique_name(base, self.used)
+
+    def sub(self, suffix: str) -> str:
+        return self.unique(f"{self.main}:{suffix}")
+
+    # -- constants ------------------------------------------------------------------------------
+    def is_const(self, tensor: str) -> bool:
+        return tensor in self.consts or tensor in self.inits
+
+    def const_pair(self, tensor: str) -> Const:
+        if tensor not in self.consts:
+            from onnx import numpy_helper
+            t = self.inits[tensor]
+            try:
+                self.consts[tensor] = Const.of(numpy_helper.to_array(t))
+            except Exception as err:
+                raise UnsupportedError(f"ONNX initializer {tensor!r} cannot be read ({type(err).__name__}: "
+                                       f"{err}); models with external data load with attribx.load_model(path) "
+                                       f"or onnx.load(path)") from None
+        return self.consts[tensor]
+
+    def peek_const(self, tensor: str) -> Const | None:
+        """A constant, looking ahead: a later ``Constant`` node is evaluated now (pattern matchers use it)."""
+        if self.is_const(tensor):
+            return self.const_pair(tensor)
+        producer = self.producers.get(tensor)
+        if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
+            node = self.node
+            self._fold(producer, [])
+            self.node = node
+            return self.consts.get(tensor)
+        return None
+
+    def const(self, tensor: str, what: str = "") -> np.ndarray:
+        """A constant that must not depend on the batch size (weights, axes, pads)."""
+        if not self.is_const(tensor):
+            raise Unsupported(f"{what or 'input'} {tensor!r} must be a constant, but is computed from the "
+                              f"model's input")
+        c = self.const_pair(tensor)
+        if c.batch_dependent:
+            raise Unsupported(f"{what or 'input'} {tensor!r} depends on the batch size")
+        return c.a
+
+    def optional_const(self, node, index: int, what: str = ""):
+        """Input ``index`` of ``node`` as a constant, or None when it is left out."""
+        if len(node.input) <= index or not node.input[index]:
+            return None
+        return self.const(node.input[index], what)
+
+    # -- graph values ---------------------------------------------------------------------------
+    def value(self, tensor: str, allow_int: bool = False) -> str:
+        """The graph value of an ONNX tensor computed from the input."""
+        if tensor not in self.values:
+            if self.is_const(tensor):
+                raise Unsupported(f"input {tensor!r} is a constant where a tensor computed from the model's "
+                                  f"input is expected")
+            raise Unsupported(f"input {tensor!r} is not computed by any earlier node")
+        v = self.values[tensor]
+        if v in self.int_values and not allow_int:
+            raise Unsupported(f"input {tensor!r} holds integers (token ids); only a Gather from a constant "
+                              f"table (an embedding lookup) reads them")
+        return v
+
+    def shape(self, value: str) -> tuple:
+        return self.shapes[value]
+
+    def operand(self, tensor: str, suffix: str = "const") -> str:
+        """A graph value, or a ``constant`` node holding the constant tensor."""
+        if self.is_const(tensor):
+            return self.const_node(self.const(tensor), suffix)
+        return self.value(tensor)
+
+    def emit(self, op: str, inputs, attrs=None, params=None, name=None) -> str:
+        """Add a node (named after the ONNX node unless ``name``); its shape from the op's inference."""
+        if op not in self.ops:
+            raise Unsupported(f"needs the graph op {op!r}, which the installed attribx's op set lacks")
+        if name is None:
+            name = self.main if self.main not in self.shapes else self.unique(self.main)
+        inputs = tuple(inputs)
+        params = {k: np.asarray(v) for k, v in (params or {}).items() if v is not None}
+        attrs = dict(attrs or {})
+        opdef = self.ops[op]
+        try:
+            shape = tuple(opdef.infer(opdef.resolve_attrs(name, attrs), [self.shapes[i] for i in inputs],
+                                      params, name))
+        except GraphError as err:
+            raise Unsupported(f"cannot be expressed in the attribx graph ({err})") from None
+        source = self.node.op_type if self.node is not None else ""
+        node = Node(name, op, inputs, attrs, params, None, source)
+        self.nodes.append(node)
+        self.by_name[name] = node
+        self.shapes[name] = shape
+        self.origin[name] = source
+        return name
+
+    def const_node(self, value, suffix: str = "const") -> str:
+        arr = np.asarray(value, dtype=np.float64).astype(self.dtype)
+        return self.emit("constant", (), params={"value": arr}, name=self.sub(suffix))
+
+    def float_param(self, value) -> np.ndarray:
+        """A weight in the graph's float dtype, C-contiguous (transposed weights included)."""
+        return np.ascontiguousarray(np.asarray(value).astype(self.dtype))
+
+    # -- the walk -------------------------------------------------------------------------------
+    def run(self) -> Graph:
+        value = self._input()
+        self.inferred = inferred_shapes(self.model, value.name, value.shape[1:])
+        for node in self.graph.node:
+            if id(node) not in self.skip:
+                self._node(node)
+        self.node = None
+        return self._finish(value)
+
+    def _input(self) -> Value:
+        inits = set(self.inits) | {t.values.name for t in self.graph.sparse_initializer}
+        real = [v for v in self.graph.input if v.name not in inits]
+        if len(real) != 1:
+            names = ", ".join(repr(v.name) for v in real) or "none"
+            raise UnsupportedError(f"ONNX model {self.graph.name!r} has {len(real)} inputs ({names}); attribx "
+                                   f"graphs explain models with one input for now")
+        v = real[0]
+        if not v.type.HasField("tensor_type"):
+            raise UnsupportedError(f"ONNX model input {v.name!r} is not a tensor (a sequence or map?)")
+        elem = v.type.tensor_type.elem_type
+        dtype = INPUT_DTYPES.get(elem)
+        if dtype is None:
+            from onnx import helper
+            raise UnsupportedError(f"ONNX model input {v.name!r} has element type "
+                                   f"{helper.tensor_dtype_to_np_dtype(elem) if elem else 'undefined'}; attribx "
+                                   f"translates float32, float64 and integer (token id) inputs")
+        shape = self._input_shape(_tensor_shape(v.type))
+        full = (None, *shape)
+        self.used.add(v.name)
+        self.values[v.name] = v.name
+        self.shapes[v.name] = full
+        layout = None
+        if dtype.startswith("int"):
+            self.int_values.add(v.name)
+            dtype = "int64"
+            layout = "NT" if len(full) == 2 else None
+        else:
+            self.dtype = np.dtype(dtype).type
+        return Value(v.name, full, dtype, layout_dims(layout, len(full)))
+
+    def _input_shape(self, declared) -> tuple:
+        given = self.input_shape
+        if declared is not None and len(declared) == 0:
+            raise UnsupportedError("the ONNX model's input is a scalar; attribx needs a batch axis first")
+        per_sample = None if declared is None else declared[1:]
+        self.declared_batch = None if declared is None else declared[0]
+        if given is not None:
+            if per_sample is not None and (len(given) != len(per_sample) or
+                                           any(d is not None and d != g for d, g in zip(per_sample, given))):
+                want = "(" + ", ".join("?" if d is None else str(d) for d in per_sample) + ")"
+                raise InputError(f"input shape {tuple(given)} does not fit the ONNX model's input shape (N, "
+                                 f"{want[1:]} (one sample, no batch axis)")
+            return tuple(given)
+        if per_sample is None or any(d is None for d in per_sample):
+            shown = "unknown" if per_sample is None else str(tuple("?" if d is None else d for d in per_sample))
+            raise InputError(f"the ONNX model's per-sample input shape is {shown}; pass one sample's shape: "
+                             f"attribx.translate(model, input_shape=...) (explain and forward pass the data's)")
+        return tuple(int(d) for d in per_sample)
+
+    def _node(self, node) -> None:
+        self.node = node
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedError(f"{self.where()}: operator domain {node.domain!r} has no translation; "
+                                   f"{HOOK_HINT}")
+        present = [i for i in node.input if i]
+        if all(o in self.consts for o in node.output if o):
+            return                               # folded ahead of time (peek_const)
+        if all(self.is_const(i) for i in present) and node.op_type not in NEVER_FOLD:
+            self._fold(node, present)
+            return
+        from .handlers import HANDLERS
+        handler = HANDLERS.get(node.op_type)
+        if handler is None:
+            raise UnsupportedError(f"{self.where()} has no translation to the attribx graph; {HOOK_HINT}")
+        self.main = self.unique(node.name or node.output[0])
+        n_before = len(self.nodes)
+        try:
+            outs = handler(self, node, node_attrs(node))
+        except Unsupported as err:
+            raise UnsupportedError(f"{self.where()}: {err}; {HOOK_HINT}") from None
+        except AttribxError:
+            raise
+        except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError) as err:
+            raise UnsupportedError(f"{self.where()} cannot be translated: {type(err).__name__}: {err}; "
+                                   f"{HOOK_HINT}") from None
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        self._bind(node, outs)
+        if self.main not in {n.name for n in self.nodes[n_before:]} and len(node.output) == 1 \
+                and outs and isinstance(outs[0], str):
+            self.aliases[self.main] = outs[0]     # translated to nothing: the name addresses its input
+
+    def _fold(self, node, present) -> None:
+        self.node = node
+        try:
+            outs = self.folder.run(node, {i: self.const_pair(i) for i in dict.fromkeys(present)})
+        except AttribxError:
+            raise
+        except Exception as err:
+            raise UnsupportedError(f"{self.where()}: constant folding with onnx's reference evaluator failed "
+                                   f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+        for tensor, c in zip(node.output, outs):
+            if tensor and c is not None:
+                self.consts[tensor] = c
+
+    def _bind(self, node, outs) -> None:
+        """Record what each ONNX output became; check shapes against ONNX's inference."""
+        for tensor, out in zip(node.output, outs):
+            if not tensor:
+                continue
+            if out is None:
+                readers = [c for c in self.consumers.get(tensor, []) if id(c) not in self.skip]
+                if readers or tensor in self.graph_outputs:
+                    raise UnsupportedError(f"{self.where()}: output {tensor!r} is used but has no translation; "
+                                           f"{HOOK_HINT}")
+                continue
+            if isinstance(out, Const):
+                self.consts[tensor] = out
+                continue
+            self.bind_tensor(tensor, out)
+
+    def bind_tensor(self, tensor: str, value: str) -> None:
+        """ONNX tensor ``tensor`` is the graph value ``value`` (its name an alias of it)."""
+        self.values[tensor] = value
+        if tensor != value:
+            self.aliases.setdefault(tensor, value)
+        self._check_shape(tensor, value)
+
+    def _check_shape(self, tensor: str, value: str) -> None:
+        want = self.inferred.get(tensor)
+        got = self.shapes[value]
+        if want is None:
+            return
+        if len(want) != len(got) or any(w is not None and g is not None and w != g
+                                        for w, g in zip(want[1:], got[1:])):
+            if self.node.op_type in ("MaxPool", "AveragePool") and node_attrs(self.node).get("ceil_mode"):
+                # onnx's shape inference counts a last window starting in the right padding, which the
+                # spec and the runtimes drop: its shapes from here on are off, so stop comparing
+                self.inferred = {}
+                return
+            raise UnsupportedError(f"{self.where()}: translated to shape {got}, but ONNX infers {want} for "
+                                   f"{tensor!r}; this is a bug of the ONNX translation, please report it")
+
+    def _finish(self, value: Value) -> Graph:
+        outputs = []
+        for o in self.graph.output:
+            if o.name not in self.values:
+                raise UnsupportedError(f"ONNX model output {o.name!r} is a constant: it does not depend on the "
+                                       f"model's input")
+            v = self.values[o.name]
+            if v in self.int_values:
+                raise UnsupportedError(f"ONNX model output {o.name!r} holds integers; attribx explains float "
+                                       f"outputs")
+            if v == value.name:     # a model that returns its input still gets a node to explain
+                self.main = o.name
+                v = self.emit("identity", [v], name=self.unique(o.name))
+            outputs.append(v)
+        needed = set(outputs)
+        for node in reversed(self.nodes):
+            if node.name in needed:
+                needed.update(node.inputs)
+        nodes = [n for n in self.nodes if n.name in needed]
+        kept = {n.name for n in nodes} | {value.name}
+        aliases = {k: v for k, v in self.aliases.items() if v in kept and k not in kept}
+        meta = {"name": self.graph.name or "model", "backend": "onnx", "framework": "onnx",
+                "engines": ["torch", "numpy"], "opset": self.opset, "input_shape": list(value.shape[1:])}
+        producer = f"{self.model.producer_name} {self.model.producer_version}".strip()
+        if producer:
+            meta["producer"] = producer
+        if aliases:
+            meta["aliases"] = aliases
+        return Graph([value], nodes, outputs, meta)
+
+
+def _upgrade(model):
+    """A model older than :data:`MIN_OPSET`, converted with onnx's version converter."""
+    from onnx import version_converter
+    opset = default_opset(model)
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as err:
+        raise UnsupportedError(f"ONNX model {model.graph.name!r} uses opset {opset}; attribx translates opset "
+                               f"{MIN_OPSET} and newer, and onnx's version converter failed "
+                               f"({' '.join(str(err).split())[:200]})") from None
+
+
+def translate_onnx(model, input_shape=None) -> Graph:
+    """The attribx graph of an ``onnx.ModelProto``; ``input_shape`` (one sample, no batch axis) fills
+    sizes the model leaves free and must match the ones it declares."""
+    if input_shape is not None:
+        try:
+            input_shape = tuple(int(d) for d in input_shape)
+        except (TypeError, ValueError):
+            raise InputError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
+    from .load import model_problem
+    problem = model_problem(model)
+    if problem:
+        raise UnsupportedError(f"not a usable ONNX model: {problem}")
+    if default_opset(model) < MIN_OPSET:
+        model = _upgrade(model)
+    return Translation(model, input_shape).run()
