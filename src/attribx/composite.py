@@ -4,7 +4,8 @@ Matchers select nodes by op type, op category, name pattern or position (first/l
 in execution order). Rules are given as instances, as names of registered rules (so a rule from a
 third-party plugin can be used), or as ``(name, {params})``. After the user's entries come the
 defaults every LRP method shares (zennit's base layer map): activations and batch norm pass, sums,
-average pools and scalings norm, max pools winner-takes-all, shape ops route.
+average pools and scalings norm, max pools winner-takes-all, shape ops route; and products of a gate
+and a signal give the signal all (Arras et al. 2017).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 from .errors import MethodError, UnsupportedError
-from .rules import Norm, Pass, Route, Rule, WinnerTakesAll
+from .bounds import gated_products
+from .rules import Norm, Pass, Route, Rule, SignalTakesAll, WinnerTakesAll
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class GraphPositions:
 
     first: dict  # category -> name of the first node of that category in execution order
     last: dict
+    gated: frozenset = frozenset()   # products of a gate and a signal
 
     @classmethod
     def of(cls, graph, ops) -> "GraphPositions":
@@ -31,7 +34,7 @@ class GraphPositions:
             for key in (ops[node.op].category, node.op):
                 first.setdefault(key, node.name)
                 last[key] = node.name
-        return cls(first, last)
+        return cls(first, last, frozenset(gated_products(graph)))
 
 
 Matcher = Callable[..., bool]  # (node, category, positions) -> bool
@@ -66,6 +69,11 @@ def last(kind: str = "layer") -> Matcher:
     return _named(lambda node, c, pos: pos.last.get(kind) == node.name, f"last({kind!r})")
 
 
+def gated_product() -> Matcher:
+    """Products of a gate (a sigmoid-like value in [0, 1]) and another signal."""
+    return _named(lambda node, cat, pos: node.name in pos.gated, "gated_product()")
+
+
 def every() -> Matcher:
     return _named(lambda node, cat, pos: True, "every()")
 
@@ -94,6 +102,7 @@ def lrp_defaults(stabilizer: float = 1e-6) -> list[tuple[Matcher, Rule]]:
     """The assignments every LRP composite ends with; ``stabilizer`` is the sums' (0: exact division)."""
     return [
         (category("activation", "norm", "scale"), Pass()),
+        (gated_product(), SignalTakesAll()),
         (category("sum", "product"), Norm(epsilon=stabilizer)),
         (category("pool"), WinnerTakesAll()),
         (category("shape", "lookup"), Route()),

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .bounds import gated_products, nonnegative_values, value_bounds
 from .errors import UnsupportedError
 from .rules.base import NodeContext
 
@@ -22,37 +23,6 @@ def ancestors(graph, start: str) -> list[str]:
         if node.name in needed:
             needed.update(node.inputs)
     return [n.name for n in graph.nodes if n.name in needed]
-
-
-_ALWAYS_NONNEG = {"relu", "sigmoid", "softmax"}
-_KEEPS_NONNEG = {"max_pool", "avg_pool", "global_avg_pool", "reshape", "flatten", "transpose", "slice",
-                 "identity", "concat", "reduce_sum", "reduce_mean", "add", "mul"}
-
-
-def nonnegative_values(graph) -> set[str]:
-    """Names of the values that are non-negative for every input (after a ReLU, through pooling, ...).
-
-    Rules use it to skip terms that vanish, e.g. the negative-input half of αβ and γ after a ReLU.
-    Ops it does not know (a plugin's) count as possibly negative.
-    """
-    out: set[str] = set()
-    for node in graph.nodes:
-        a = node.attrs
-        if node.op in _ALWAYS_NONNEG:
-            ok = True
-        elif node.op == "clip":
-            ok = a.get("min") is not None and a["min"] >= 0
-        elif node.op == "constant":
-            ok = bool(np.all(node.params["value"] >= 0))
-        elif node.op == "pad":
-            ok = node.inputs[0] in out and a.get("value", 0) >= 0
-        elif node.op in _KEEPS_NONNEG:
-            ok = all(i in out for i in node.inputs)
-        else:
-            ok = False
-        if ok:
-            out.add(node.name)
-    return out
 
 
 def run_forward(graph, engine, x, upto: str | None = None) -> dict[str, Any]:
@@ -95,7 +65,9 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
     sums: dict[str, Any] = {}
     keep = set(keep)
     consts = {n.name for n in graph.nodes if ops[n.op].category == "source"}
-    nonneg = nonnegative_values(graph)
+    bounds = value_bounds(graph)
+    nonneg = nonnegative_values(graph, bounds)
+    gated = gated_products(graph, bounds)
     for name in reversed(order):
         node = graph[name]
         r = rel.pop(name, None)
@@ -116,7 +88,8 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
             raise UnsupportedError(f"node {name!r} ({node.op}) has no rule")
         ctx = NodeContext(engine, node, ins, out, engine.node_params(node, ins),
                           [i in consts for i in node.inputs], ops[node.op].category,
-                          [i in nonneg for i in node.inputs])
+                          [i in nonneg for i in node.inputs],
+                          [k == gated.get(name) for k in range(len(node.inputs))])
         back = rule(ctx, r)
         if len(back) != len(node.inputs):
             raise UnsupportedError(f"rule {rule.name!r} returned {len(back)} relevances for node {name!r} "

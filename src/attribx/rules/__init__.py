@@ -1,9 +1,10 @@
 """Rules: how relevance passes one node. Written once against the engine interface."""
 from .base import NodeContext, Rule
-from .gradient import DeconvNet, Gradient, GuidedBackprop, Pass, Proportional, Route, WinnerTakesAll
+from .gradient import (DeconvNet, Gradient, GuidedBackprop, Pass, Proportional, Route, SignalTakesAll,
+                       WinnerTakesAll)
 from .lrp import Affine, AffineRule, AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, Zero, ZPlus, ZRule
 
-BUILTIN_RULES = (Gradient, Route, WinnerTakesAll, Proportional, Pass, DeconvNet, GuidedBackprop,
+BUILTIN_RULES = (Gradient, Route, WinnerTakesAll, Proportional, Pass, SignalTakesAll, DeconvNet, GuidedBackprop,
                  Zero, Epsilon, Norm, AlphaBeta, ZPlus, Gamma, Flat, WSquare, ZBox)
 
 __all__ = ["NodeContext", "Rule", "Affine", "AffineRule", "ZRule", *[r.__name__ for r in BUILTIN_RULES],

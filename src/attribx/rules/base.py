@@ -14,7 +14,8 @@ class NodeContext:
     ``inputs`` and ``output`` are the forward pass's activations (engine arrays), ``params`` the node's
     parameters as engine arrays, ``constant`` tells for each input whether it is a constant (constants
     take no relevance: they act like biases), ``nonnegative`` whether it is non-negative for any input
-    of the graph (after a ReLU), so that rules can skip terms that vanish.
+    of the graph (after a ReLU), so that rules can skip terms that vanish, and ``gate`` which input of a
+    product of a gate and a signal is the gate (:func:`attribx.bounds.gated_products`).
     """
 
     engine: Any
@@ -25,6 +26,7 @@ class NodeContext:
     constant: Sequence[bool]
     category: str
     nonnegative: Sequence[bool] = ()
+    gate: Sequence[bool] = ()
 
     def forward(self, inputs=None, params=None):
         return self.engine.forward(self.node, self.inputs if inputs is None else inputs,

@@ -71,6 +71,23 @@ class Pass(Rule):
         return [relevance] + [None] * (len(ctx.inputs) - 1)
 
 
+class SignalTakesAll(Rule):
+    """A product of a gate and a signal (LSTM/GRU gates, squeeze-and-excitation, gated units): the signal
+    takes all the relevance and the gate none (Arras et al. 2017), since the gate only decides how much
+    of the signal passes. The gate is found by :func:`attribx.bounds.gated_products`."""
+
+    name = "signal_takes_all"
+    ops = frozenset({"mul"})
+
+    def __call__(self, ctx: NodeContext, relevance):
+        gate = list(ctx.gate)
+        if sum(gate) != 1 or len(ctx.inputs) != 2:
+            from ..errors import UnsupportedError
+            raise UnsupportedError(f"node {ctx.node.name!r}: signal_takes_all needs a product of one gate (a "
+                                   f"sigmoid-like value in [0, 1]) and one other signal")
+        return [None if g else relevance for g in gate]
+
+
 class DeconvNet(Rule):
     """DeconvNet (Zeiler & Fergus 2014): a ReLU passes back the positive part of the incoming signal,
     whatever its input was."""
