@@ -149,3 +149,85 @@ def test_fold_pad_into_conv_gives_conv_padding_semantics():
     h = b3.pad(b3.input("x", (3, 7, 7)), [(1, 1), (1, 1)], value=1.0, name="pad")
     kept = b3.build(b3.conv(h, w, name="conv"))
     assert fold_pad_into_conv(kept) is kept
+
+
+def _conv1d_as_exported(w, bias):
+    """tf2onnx's Conv1D: channels-last input, unsqueeze, transpose, conv without bias, transpose back,
+    squeeze, then the bias added over the last axis."""
+    b = GraphBuilder("exported")
+    x = b.input("x", (9, 3), layout="NLC")
+    h = b.reshape(x, (1, 9, 3), name="unsqueeze")
+    h = b.transpose(h, (0, 3, 1, 2), name="to_cf")
+    h = b.conv(h, w[:, :, None, :], name="conv")
+    h = b.transpose(h, (0, 2, 3, 1), name="to_cl")
+    h = b.reshape(h, (7, 4), name="squeeze")
+    h = b.add(h, b.constant(bias, name="bias"), name="bias_add")
+    return b.build(b.linear(b.flatten(b.relu(h, name="relu")), np.ones((2, 28)) * 0.1, name="fc"))
+
+
+def test_fold_bias_add_folds_a_bias_added_after_rearrangements():
+    """The exported conv's bias goes back into the conv (same forward, and LRP-ε with the bias in z equals
+    the native layer's), also for MatMul-then-Add linears; a constant that is not one value per output
+    channel stays an addition."""
+    import attribx
+    from attribx.passes import fold_bias_add
+    rng = np.random.default_rng(1)
+    w, bias = rng.normal(size=(4, 3, 3)), rng.normal(size=4)
+    g = _conv1d_as_exported(w, bias)
+    folded = fold_bias_add(g)
+    assert "bias_add" not in folded and "bias" not in folded
+    np.testing.assert_array_equal(folded["conv"].params["bias"], bias)
+    assert folded.meta["aliases"]["bias_add"] == "squeeze"
+    x = rng.normal(size=(2, 9, 3))
+    np.testing.assert_allclose(attribx.forward(folded, x, passes=False), attribx.forward(g, x, passes=False),
+                               rtol=1e-12)
+    # reference: the same network with a native channels-first conv that has the bias
+    b = GraphBuilder("native")
+    h = b.transpose(b.input("x", (9, 3), layout="NLC"), (0, 2, 1), name="to_cf")
+    h = b.transpose(b.conv(h, w, bias, name="conv"), (0, 2, 1), name="to_cl")
+    native = b.build(b.linear(b.flatten(b.relu(h)), np.ones((2, 28)) * 0.1, name="fc"))
+    want = attribx.explain(native, x, "lrp.epsilon", target=0).values
+    np.testing.assert_allclose(attribx.explain(g, x, "lrp.epsilon", target=0).values, want, rtol=1e-10)
+    # one value per position, not per channel: kept
+    g2 = _conv1d_as_exported(w, rng.normal(size=(7, 4)))
+    assert fold_bias_add(g2) is g2
+    # a linear on a sequence with its bias added afterwards
+    b = GraphBuilder("matmul_add")
+    h = b.linear(b.input("x", (5, 3)), rng.normal(size=(6, 3)), name="matmul")
+    lin = b.build(b.add(b.constant(np.arange(6.0), name="c"), h, name="add"))
+    folded = fold_bias_add(lin)
+    assert [n.op for n in folded.nodes] == ["linear"] and folded.outputs == ["matmul"]
+    np.testing.assert_array_equal(folded["matmul"].params["bias"], np.arange(6.0))
+
+
+def test_first_and_last_follow_the_data_flow(rng):
+    """Two parallel convs that both read the input are both the first layer, whichever is listed first."""
+    from attribx import composite as C
+    from attribx.plugins import registry
+    w, w2, w3 = rng.normal(size=(2, 1, 3, 3)), rng.normal(size=(2, 4, 3, 3)), rng.normal(size=(3, 32))
+    graphs = []
+    for order in ((0, 1), (1, 0)):
+        b = GraphBuilder("parallel")
+        x = b.input("x", (1, 6, 6))
+        convs = {i: b.conv(x, w, padding=1, name=f"conv{i}") for i in order}
+        h = b.conv(b.relu(b.concat(convs[0], convs[1])), w2, name="conv_after")
+        graphs.append(b.build(b.linear(b.flatten(h), w3, name="fc")))
+    for g in graphs:
+        pos = C.GraphPositions.of(g, registry().ops)
+        assert pos.first["layer"] == {"conv0", "conv1"} and pos.first["conv"] == {"conv0", "conv1"}
+        assert pos.last["layer"] == {"fc"} and pos.last["conv"] == {"conv_after"}
+    xs = rng.normal(size=(2, 1, 6, 6))
+    a, b_ = (attribx.explain(g, xs, "lrp.epsilon_plus_flat", target=0).values for g in graphs)
+    np.testing.assert_allclose(a, b_, rtol=1e-12)
+
+
+def test_input_channel_axis_is_traced_through_transposes():
+    from attribx.axes import input_channel_axis
+    rng = np.random.default_rng(0)
+    g = _conv1d_as_exported(rng.normal(size=(4, 3, 3)), rng.normal(size=4))
+    assert input_channel_axis(g) == 2
+    b = GraphBuilder("cf")
+    plain = b.build(b.conv(b.input("x", (3, 5, 5)), rng.normal(size=(2, 3, 3, 3))))
+    assert input_channel_axis(plain) == 1
+    b = GraphBuilder("mlp")
+    assert input_channel_axis(b.build(b.linear(b.input("x", (3,)), np.ones((2, 3))))) is None

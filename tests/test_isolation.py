@@ -25,9 +25,7 @@ PLUGINS = {"torch": "attribx_torch", "tensorflow": "attribx_tf", "onnx": "attrib
 
 
 def installed(module: str) -> bool:
-    """A real package, not the namespace that a test folder of that name (tests/torch) makes on sys.path."""
-    spec = importlib.util.find_spec(module)
-    return spec is not None and spec.origin not in (None, "namespace")
+    return importlib.util.find_spec(module) is not None
 
 
 INSTALLED = {name for name, mods in FRAMEWORKS.items() if installed(mods[0])}

@@ -1,7 +1,7 @@
 """Composites: which rule each node gets, declared as (matcher, rule) entries where the first match wins.
 
 Matchers select nodes by op type, op category, name pattern or position (first/last weighted layer
-in execution order). Rules are given as instances, as names of registered rules (so a rule from a
+along the data flow). Rules are given as instances, as names of registered rules (so a rule from a
 third-party plugin can be used), or as ``(name, {params})``. After the user's entries come the
 defaults every LRP method shares (zennit's base layer map): activations and batch norm pass, sums,
 average pools and scalings norm, max pools winner-takes-all, shape ops route; and products of a gate
@@ -21,20 +21,44 @@ from .rules import Norm, Pass, Route, Rule, SignalTakesAll, WinnerTakesAll
 
 @dataclass(frozen=True)
 class GraphPositions:
-    """Facts about where nodes sit, computed once per graph for position matchers."""
+    """Facts about where nodes sit, computed once per graph for position matchers.
 
-    first: dict  # category -> name of the first node of that category in execution order
-    last: dict
+    "First" and "last" follow the data flow, not the order nodes happen to be listed in: the first layers
+    are those with no layer upstream (two parallel convs that both read the input are both first), the
+    last those with no layer downstream. Exporters list parallel branches in different orders; the data
+    flow is the same in every framework.
+    """
+
+    first: dict  # category or op -> names of its nodes with none of that kind upstream
+    last: dict   # category or op -> names of its nodes with none of that kind downstream
     gated: frozenset = frozenset()   # products of a gate and a signal
 
     @classmethod
     def of(cls, graph, ops) -> "GraphPositions":
-        first, last = {}, {}
-        for node in graph.nodes:
-            for key in (ops[node.op].category, node.op):
-                first.setdefault(key, node.name)
-                last[key] = node.name
-        return cls(first, last, frozenset(gated_products(graph)))
+        kinds = {n.name: (ops[n.op].category, n.op) for n in graph.nodes}
+        return cls(_without_kind_along(graph.nodes, kinds, lambda n: n.inputs),
+                   _without_kind_along(reversed(graph.nodes), kinds, _readers(graph)),
+                   frozenset(gated_products(graph)))
+
+
+def _readers(graph):
+    consumers = graph.consumers()
+    return lambda node: consumers.get(node.name, ())
+
+
+def _without_kind_along(nodes, kinds, neighbours) -> dict:
+    """kind -> frozenset of nodes of that kind with no node of the same kind among the nodes reached
+    through ``neighbours`` (inputs: upstream; readers: downstream); ``nodes`` ordered so that neighbours
+    come first."""
+    seen: dict[str, frozenset] = {}     # node -> kinds at or beyond it
+    out: dict[str, set] = {}
+    for node in nodes:
+        beyond = frozenset().union(*(seen.get(m, frozenset()) for m in neighbours(node)))
+        for kind in kinds[node.name]:
+            if kind not in beyond:
+                out.setdefault(kind, set()).add(node.name)
+        seen[node.name] = beyond | frozenset(kinds[node.name])
+    return {k: frozenset(v) for k, v in out.items()}
 
 
 Matcher = Callable[..., bool]  # (node, category, positions) -> bool
@@ -59,14 +83,14 @@ def name(pattern: str, regex: bool = False) -> Matcher:
 
 
 def first(kind: str = "layer") -> Matcher:
-    """The first node of a category or op type in execution order (``"layer"``: the input layer;
-    ``"conv"``: the first convolution)."""
-    return _named(lambda node, c, pos: pos.first.get(kind) == node.name, f"first({kind!r})")
+    """The first nodes of a category or op type along the data flow (``"layer"``: the input layer, or the
+    parallel layers that read the input; ``"conv"``: the first convolution)."""
+    return _named(lambda node, c, pos: node.name in pos.first.get(kind, ()), f"first({kind!r})")
 
 
 def last(kind: str = "layer") -> Matcher:
-    """The last node of a category or op type in execution order (``"layer"``: the output layer)."""
-    return _named(lambda node, c, pos: pos.last.get(kind) == node.name, f"last({kind!r})")
+    """The last nodes of a category or op type along the data flow (``"layer"``: the output layer)."""
+    return _named(lambda node, c, pos: node.name in pos.last.get(kind, ()), f"last({kind!r})")
 
 
 def gated_product() -> Matcher:

@@ -103,7 +103,63 @@ def fold_pad_into_conv(graph):
     return out
 
 
+def fold_bias_add(graph):
+    """Fold a constant added after a linear, conv or transposed conv into its bias, also across reshapes.
+
+    A bias written as a separate addition (tf2onnx's Conv1D: Unsqueeze, Conv, Squeeze, Add; MatMul then Add;
+    ``F.conv2d(x, w) + b``) is the same function, but LRP rules see a conv's bias in its pre-activation z,
+    and an addition's constant takes no relevance: folding gives every export the numbers of the native
+    layer. The constant must hold one value per output channel wherever that channel lands after the
+    rearranging nodes in between (traced with :mod:`attribx.axes`); the addition's name becomes an alias.
+    """
+    from .axes import axis_index, chain_above, rearrange
+    consumers = graph.consumers()
+    nodes = {n.name: n for n in graph.nodes}
+    replaced: dict[str, str] = {}       # removed addition -> the value that now stands for it
+    for add in graph.nodes:
+        if add.op != "add" or len(add.inputs) != 2:
+            continue
+        consts = [i for i in add.inputs if i in graph and graph[i].op == "constant"]
+        if len(consts) != 1:
+            continue
+        signal = add.inputs[1 - add.inputs.index(consts[0])]
+        chain, top = chain_above(graph, signal, add.name, consumers)
+        layer = nodes.get(top) if top is not None else None
+        if layer is None or layer.op not in ("linear", "conv", "conv_transpose") or top in replaced.values():
+            continue
+        axis = -1 if layer.op == "linear" else 1
+        shape = (1,) + tuple(graph.shape_of(top))[1:]
+        channel = rearrange(chain, axis_index(shape, axis))
+        value = np.asarray(graph[consts[0]].params["value"])
+        if np.broadcast_shapes(channel.shape, value.shape) != channel.shape:
+            continue            # the constant would enlarge the signal
+        spread = np.broadcast_to(value, channel.shape).astype(np.float64).ravel()
+        ids = channel.astype(np.int64).ravel()
+        bias = np.zeros(shape[axis])
+        bias[ids] = spread
+        if not np.array_equal(bias[ids], spread):
+            continue            # not one value per output channel
+        w = layer.params["weight"]
+        old = layer.params.get("bias")
+        new_bias = bias if old is None else old.astype(np.float64) + bias
+        nodes[top] = layer.replace(params=dict(layer.params, bias=new_bias.astype(w.dtype)),
+                                   source=f"{layer.source} + folded {add.name}".strip(" +"))
+        replaced[add.name] = chain[-1].name if chain else top
+    if not replaced:
+        return graph
+    kept = [nodes[n.name].replace(inputs=tuple(replaced.get(i, i) for i in nodes[n.name].inputs))
+            for n in graph.nodes if n.name not in replaced]
+    read = {i for n in kept for i in n.inputs}
+    kept = [n for n in kept if n.op != "constant" or n.name in read or n.name in graph.outputs]
+    out = graph.with_nodes(kept, [replaced.get(o, o) for o in graph.outputs])
+    out.meta.setdefault("passes", []).append("fold_bias_add")
+    out.meta.setdefault("aliases", {}).update(replaced)
+    return out
+
+
 BUILTIN_PASSES = (
+    GraphPass("fold_bias_add", fold_bias_add,
+              "Fold a constant added after a linear/conv into its bias, also across reshapes (exporters)."),
     GraphPass("fold_batch_norm", fold_batch_norm,
               "Fold batch norm into the linear/conv before it (exact, incl. eps)."),
     GraphPass("fold_pad_into_conv", fold_pad_into_conv,

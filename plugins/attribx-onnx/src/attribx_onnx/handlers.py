@@ -168,31 +168,9 @@ def _erf(ctx, node, attrs):
 # arithmetic
 
 
-def _fold_bias(ctx, tensor: str, bias_tensor: str):
-    """MatMul then Add of a constant bias: the bias goes into the MatMul's linear node."""
-    value = ctx.values.get(tensor)
-    lin = ctx.by_name.get(value)
-    if lin is None or lin.op != "linear" or ctx.origin.get(value) != "MatMul" or "bias" in lin.params:
-        return None
-    if _only_consumer(ctx, tensor) is None:
-        return None
-    c = ctx.const_pair(bias_tensor)
-    m = lin.params["weight"].shape[0]
-    if c.batch_dependent or c.a.size != m or c.a.ndim > len(ctx.shape(value)) or (c.a.ndim and c.a.shape[-1] != m):
-        return None
-    lin.params["bias"] = ctx.float_param(c.a.reshape(m))
-    lin.source = "MatMul + Add"
-    ctx.origin[value] = "MatMul+Add"
-    return value
-
-
 def _add(ctx, node, attrs):
+    """(A bias Add after a MatMul or Conv is folded by the graph pass ``fold_bias_add``.)"""
     a, b = node.input[:2]
-    if ctx.is_const(a) != ctx.is_const(b):
-        tensor, const = (b, a) if ctx.is_const(a) else (a, b)
-        folded = _fold_bias(ctx, tensor, const)
-        if folded is not None:
-            return folded
     return ctx.emit("add", [ctx.operand(a), ctx.operand(b)])
 
 

@@ -16,15 +16,21 @@ one set of semantics (opset 13 to the newest). The batch axis is free: the graph
 size, whatever batch size the model was exported with. Every translated tensor's shape is checked
 against ONNX's own shape inference where ONNX knows it.
 
+The input's dimension names follow its layout: a channels-last input (a Keras export, which transposes
+the input before its convs) is found by tracing where its axes go (:func:`attribx.axes.input_channel_axis`)
+and labelled ``("sample", "height", "width", "channel")``, so relevance comes back as the user fed it.
+
 Anything without a translation raises :class:`attribx.UnsupportedError` naming the op type, the node,
 the opset and the hooks that add more.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from attribx.axes import input_channel_axis
 from attribx.builder import unique_name
 from attribx.errors import AttribxError, GraphError, InputError, UnsupportedError
 from attribx.graph import Graph, Node, Value, layout_dims
@@ -42,6 +48,9 @@ MIN_OPSET = 13
 #: Nodes never evaluated at translation time, although their inputs are known: their outputs vary.
 NEVER_FOLD = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                         "Multinomial", "Bernoulli"})
+
+#: Input layouts by rank when the input's channels come last (a Keras export; letters of attribx.graph).
+CHANNELS_LAST = {3: "NLC", 4: "NHWC", 5: "NDHWC"}
 
 #: ONNX tensor element types (TensorProto.DataType) an input may have, as graph dtypes.
 INPUT_DTYPES = {1: "float32", 11: "float64", 7: "int64", 6: "int32"}
@@ -118,8 +127,6 @@ class Translation:
         self.shapes: dict[str, tuple] = {}       # graph value -> shape, batch axis None
         self.int_values: set[str] = set()        # graph values holding integers (token ids)
         self.nodes: list[Node] = []
-        self.by_name: dict[str, Node] = {}
-        self.origin: dict[str, str] = {}         # graph value -> ONNX op type that made it
         self.used: set[str] = set()
         self.aliases: dict[str, str] = {}
         self.skip: set[int] = set()              # ONNX nodes already translated by a fused pattern
@@ -235,9 +242,7 @@ class Translation:
         source = self.node.op_type if self.node is not None else ""
         node = Node(name, op, inputs, attrs, params, None, source)
         self.nodes.append(node)
-        self.by_name[name] = node
         self.shapes[name] = shape
-        self.origin[name] = source
         return name
 
     def const_node(self, value, suffix: str = "const") -> str:
@@ -419,7 +424,14 @@ class Translation:
             meta["producer"] = producer
         if aliases:
             meta["aliases"] = aliases
-        return Graph([value], nodes, outputs, meta)
+        graph = Graph([value], nodes, outputs, meta)
+        channel = input_channel_axis(graph)
+        if channel is not None and channel == len(value.shape) - 1 and channel != 1 \
+                and len(value.shape) in CHANNELS_LAST:
+            # channels-last input (a Keras export transposes it for its convs): relevance keeps that layout
+            graph = Graph([replace(value, dims=layout_dims(CHANNELS_LAST[len(value.shape)], len(value.shape)))],
+                          nodes, outputs, meta)
+        return graph
 
 
 def _upgrade(model):

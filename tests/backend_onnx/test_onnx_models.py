@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnx.helper")          # not the tests/onnx folder, when onnx is absent
 pytest.importorskip("onnxruntime")
 pytest.importorskip("attribx_onnx")
 
@@ -202,3 +201,27 @@ def test_explaining_an_onnx_model_on_numpy_imports_no_other_framework(tmp_path, 
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_keras_conv1d_export_keeps_its_layout_and_bias(rng):
+    """tf2onnx writes Keras's Conv1D on channels-last input as Unsqueeze, Transpose, Conv without bias,
+    Transpose, Squeeze, Add(bias): the input is labelled channels-last, the bias goes back into the conv,
+    and LRP-ε equals the same network written natively (channels-first conv with its bias)."""
+    w, bias, fc = weights(rng, 4, 3, 1, 3), weights(rng, 4), weights(rng, 2, 28)
+    nodes = [node("Unsqueeze", ["x", "ax1"], ["u"]), node("Transpose", ["u"], ["t"], perm=[0, 3, 1, 2]),
+             node("Conv", ["t", "w"], ["c"]), node("Transpose", ["c"], ["tb"], perm=[0, 2, 3, 1]),
+             node("Squeeze", ["tb", "ax1"], ["s"]), node("Add", ["s", "b"], ["a"]), node("Relu", ["a"], ["r"]),
+             node("Flatten", ["r"], ["f"]), node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    m = model(nodes, [("ax1", [1]), ("w", w), ("b", bias), ("fc", fc)], in_shape=(9, 3))
+    x = rng.normal(size=(2, 9, 3)).astype(np.float32)
+    g = assert_matches(m, x)
+    assert g.input.dims == ("sample", "length", "channel")
+    assert [n.op for n in g.nodes if n.op in ("add", "conv")] == ["conv"]
+    b = attribx.GraphBuilder("native")
+    h = b.transpose(b.input("x", (9, 3), layout="NLC"), (0, 2, 1))
+    h = b.transpose(b.conv(h, w[:, :, 0, :], bias), (0, 2, 1))
+    native = b.build(b.linear(b.flatten(b.relu(h)), fc))
+    ours = attribx.explain(m, x, "lrp.epsilon", target=0, engine="numpy")
+    assert ours.dims == ("sample", "length", "channel")
+    want = attribx.explain(native, x.astype(np.float64), "lrp.epsilon", target=0)
+    assert relative_error(ours.values, want.values) <= 1e-5

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnx.helper")          # not the tests/onnx folder, when onnx is absent
 pytest.importorskip("onnxruntime")
 pytest.importorskip("attribx_onnx")
 

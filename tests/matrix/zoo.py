@@ -1,38 +1,26 @@
-"""The same network built in Keras, in PyTorch and by hand gets the same relevance from attribx.
+"""The zoo shared by the Keras-vs-torch tests (tests/backend_tf/test_cross_framework.py) and the cross-backend
+matrix (tests/matrix): five small models defined once as numpy weights in PyTorch's convention, each
+buildable three ways (Keras, PyTorch, attribx.GraphBuilder), and the comparison rules.
 
-A zoo of small models (an MLP, a VGG-like CNN with batch norm, a residual CNN, a CNN with
-concatenation, a 1-D conv net for sequences) is defined once as numpy weights in PyTorch's convention;
-each model is then built three ways with those weights:
-
-* in Keras (channels-last, kernels transposed, the dense layer after a flatten permuted to H·W·C order);
-* in PyTorch (only where torch is installed: the environment with both frameworks);
-* by hand with attribx's GraphBuilder (channel-first): the torch-free reference, so that the Keras
-  translation is checked against an independent construction in the TensorFlow-only environment.
-
-Every method and composite must give the same relevance from all of them (relative ≤ 1e-4 in float32,
-after putting the layouts side by side), on every engine that is installed.
+No framework is imported at module level: Keras and torch are imported by the builders that need them,
+so the torch-free and the TensorFlow-free environments can import this module.
 """
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
-import pytest
 
-keras = pytest.importorskip("keras")
-
-import attribx  # noqa: E402
-from attribx import GraphBuilder  # noqa: E402
-from attribx.testing import relative_error  # noqa: E402
-
-def _has_torch() -> bool:
-    """torch itself, not the tests/torch folder that pytest's rootdir makes importable as a namespace."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return hasattr(torch, "no_grad")
+import attribx
+from attribx import GraphBuilder
 
 
-HAS_TORCH = _has_torch()
+def _keras():
+    import keras
+    return keras
+
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
 BOUNDED = {"lrp.epsilon_gamma_box", "lrp.z_box"}
 RANDOM = {"smoothgrad"}      # noise is drawn in the input's own layout: compared per layout only
 TOL = 1e-4
@@ -92,6 +80,7 @@ def _keras_dense_after_flatten(w, chw):
 
 
 def _keras_bn(layer_input, p, name):
+    keras = _keras()
     bn = keras.layers.BatchNormalization(epsilon=1e-3, name=name)
     out = bn(layer_input)
     bn.set_weights([p["scale"], p["bias"], p["mean"], p["var"]])
@@ -113,6 +102,7 @@ def mlp(rng):
         _lin_w(rng, 5, 16), _bias(rng, 5)
 
     def k():
+        keras = _keras()
         i = keras.Input((12,))
         h = keras.layers.Dense(16, activation="relu", name="fc1")(i)
         h = keras.layers.Dense(16, name="fc2")(h)
@@ -148,6 +138,7 @@ def vgg_bn(rng):
     f1, fb1, f2, fb2 = _lin_w(rng, 10, 8 * 2 * 2), _bias(rng, 10), _lin_w(rng, 4, 10), _bias(rng, 4)
 
     def k():
+        keras = _keras()
         i = keras.Input((8, 8, 3))
         h = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="conv1")(i)
         h = _keras_bn(h, bn1, "bn1")
@@ -205,6 +196,7 @@ def residual(rng):
     f, fb = _lin_w(rng, 4, 6), _bias(rng, 4)
 
     def k():
+        keras = _keras()
         i = keras.Input((8, 8, 3))
         h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="stem")(i)
         r = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv1")(h)
@@ -260,6 +252,7 @@ def concat(rng):
     f, fb = _lin_w(rng, 4, 6), _bias(rng, 4)
 
     def k():
+        keras = _keras()
         i = keras.Input((8, 8, 3))
         h1 = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="branch_a")(i)
         h2 = keras.layers.Conv2D(5, 1, activation="relu", name="branch_b")(i)
@@ -311,6 +304,7 @@ def conv1d(rng):
     f, fb = _lin_w(rng, 3, 8), _bias(rng, 3)
 
     def k():
+        keras = _keras()
         i = keras.Input((16, 4))
         h = keras.layers.Conv1D(6, 3, padding="same", activation="relu", name="conv1")(i)
         h = keras.layers.MaxPooling1D(2, name="pool")(h)
@@ -345,81 +339,30 @@ def conv1d(rng):
 ZOO = {f.__name__: f for f in (mlp, vgg_bn, residual, concat, conv1d)}
 
 
-@pytest.fixture(scope="module")
-def built():
-    """name -> (zoo entry, keras model, x in Keras layout); built once per module."""
+def make(name):
+    """The zoo entry ``name`` with its fixed weights (the same in every process)."""
+    return ZOO[name](np.random.default_rng(100 + list(ZOO).index(name)))
+
+
+def example_input(name, z=None):
+    """Three samples in the Keras layout."""
+    z = z or make(name)
+    return np.random.default_rng(200 + list(ZOO).index(name)).normal(size=(3,) + z.in_shape).astype(np.float32)
+
+
+def build_zoo(keras_models=True):
+    """name -> (zoo entry, Keras model or None, x in Keras layout); seeds fixed per model."""
     out = {}
-    for i, (name, make) in enumerate(ZOO.items()):
-        keras.utils.set_random_seed(i)
-        z = make(np.random.default_rng(100 + i))
-        x = np.random.default_rng(200 + i).normal(size=(3,) + z.in_shape).astype(np.float32)
-        out[name] = (z, z.keras(), x)
+    for i, name in enumerate(ZOO):
+        if keras_models:
+            _keras().utils.set_random_seed(i)
+        z = make(name)
+        out[name] = (z, z.keras() if keras_models else None, example_input(name, z))
     return out
 
 
-def _cf(z, a):
+def to_cf(z, a):
     """Keras-layout array -> channel-first (relevance that a method summed over channels has no channel
     axis left, and the spatial axes are already in the same order)."""
     a = np.asarray(a)
     return np.transpose(a, z.to_cf) if a.ndim == len(z.to_cf) else a
-
-
-@pytest.mark.parametrize("name", list(ZOO))
-def test_the_three_builds_compute_the_same_function(built, name):
-    z, km, x = built[name]
-    want = np.asarray(km(x))
-    got_graph = attribx.forward(z.graph(), _cf(z, x))
-    assert relative_error(got_graph, want) <= 1e-5
-    got_keras = attribx.forward(km, x)
-    assert relative_error(got_keras, want) <= 1e-5
-    if HAS_TORCH:
-        import torch
-        with torch.no_grad():
-            got_torch = z.torch()(torch.from_numpy(_cf(z, x))).numpy()
-        assert relative_error(got_torch, want) <= 1e-5
-
-
-def _relevance(model, x, method, engine):
-    return np.asarray(attribx.explain(model, x, method, target=[0, 1, 2], engine=engine,
-                                      **method_params(method)).values)
-
-
-@pytest.mark.parametrize("engine", engines())
-@pytest.mark.parametrize("name", list(ZOO))
-def test_keras_relevance_equals_the_hand_built_graph(built, name, engine):
-    """Every method and composite: Keras translation against the independent channel-first graph."""
-    z, km, x = built[name]
-    for method in RANDOM:      # same noise only within one layout: check it runs and is finite
-        assert np.all(np.isfinite(_relevance(km, x, method, engine)))
-    _assert_same_relevance(z, km, z.graph(), x, name, engine)
-
-
-@pytest.mark.skipif(not HAS_TORCH, reason="the torch side runs in the environment with both frameworks")
-@pytest.mark.parametrize("engine", engines())
-@pytest.mark.parametrize("name", list(ZOO))
-def test_keras_relevance_equals_torch_relevance(built, name, engine):
-    """Every method and composite: a Keras model and a torch model with the same weights."""
-    z, km, x = built[name]
-    _assert_same_relevance(z, km, z.torch(), x, name, engine)
-
-
-def _assert_same_relevance(z, keras_model, reference, x, name, engine):
-    """Every non-random method: the Keras model's relevance, laid out channel-first, equals the
-    channel-first ``reference`` model's on the same input."""
-    bad = {}
-    for method in methods():
-        if method in RANDOM:
-            continue
-        rk = _relevance(keras_model, x, method, engine)
-        rr = _relevance(reference, _cf(z, x), method, engine)
-        err = relative_error(_cf(z, rk), rr)
-        if not err <= TOL:
-            bad[method] = err
-    assert not bad, f"{name} on {engine}: relative errors above {TOL}: {bad}"
-
-
-def test_relevance_comes_back_channels_last(built):
-    z, km, x = built["vgg_bn"]
-    r = attribx.explain(km, x, "lrp.epsilon_plus_flat", target=0)
-    assert r.dims == ("sample", "height", "width", "channel")
-    assert r.shape == x.shape
