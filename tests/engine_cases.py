@@ -253,6 +253,11 @@ def gen_constant(draw, rng):
     return {}, [], {"value": rng.normal(size=tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 3)))))}
 
 
+def gen_fill(draw, rng):
+    x = rng.normal(size=(draw(st.integers(1, 3)), draw(st.integers(1, 4))))
+    return {}, [x], {"value": rng.normal(size=tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 2)))))}
+
+
 GENERATORS = {
     "linear": gen_linear,
     "conv": gen_conv,
@@ -284,6 +289,7 @@ GENERATORS = {
     "reduce_sum": gen_reduce,
     "reduce_mean": gen_reduce,
     "constant": gen_constant,
+    "fill": gen_fill,
 }
 EXAMPLES = {"conv": 120, "conv_transpose": 80, "max_pool": 120, "avg_pool": 120, "add": 60, "mul": 60, "slice": 40, "pad": 40,
             "batch_norm": 40}

@@ -48,7 +48,7 @@ def test_explain_writes_labeled_relevance(files):
     expected = attribx.explain(graph, x, "lrp.epsilon", target=1, epsilon=0.5)
     np.testing.assert_allclose(rel.values, expected.values, rtol=1e-12)
     assert list(rel.label.values) == [0, 1, 2, 0, 1]
-    assert rel.attrs["parameters"] == {"epsilon": 0.5, "zero_bias": False}
+    assert rel.attrs["parameters"] == {"epsilon": 0.5, "zero_bias": False, "bias_factor": 0.0}
     # --append adds samples to the same file; their ids continue
     assert main(["explain", str(model), str(tmp / "data.npz"), "-p", "epsilon=0.5", "-t", "1", "-o", str(out),
                  "--append"]) == 0

@@ -83,6 +83,9 @@ def op_graph(op):
         h, shape = b.reduce_mean(x, axes=2), (3, 6)
     elif op == "constant":
         h, shape = b.mul(x, b.constant(R.normal(size=(3, 1, 6)))), (3, 6, 6)
+    elif op == "fill":      # a per-sample constant: its input's values take no gradient
+        state = b.add_node("fill", b.flatten(x), params={"value": R.normal(size=(3, 6, 6))})
+        h, shape = b.mul(x, state), (3, 6, 6)
     else:
         raise AssertionError(f"no test graph for op {op}")
     head(b, h, shape)

@@ -363,6 +363,15 @@ def constant_cases(draw):
 
 
 @st.composite
+def fill_cases(draw):
+    """A per-sample copy of a value: the input gives only the batch size."""
+    seed = draw(seeds)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(draw(small), draw(small)))
+    return Case("fill", {}, [x], {"value": rng.normal(size=tuple(draw(st.lists(small, max_size=2))))}, seed=seed)
+
+
+@st.composite
 def conv_transpose_cases(draw, nd=None):
     nd = draw(st.sampled_from([1, 2])) if nd is None else nd
     groups, cg, og = draw(small), draw(small), draw(small)
@@ -440,6 +449,7 @@ CASES = {
     "reduce_sum": reduce_cases("reduce_sum"),
     "reduce_mean": reduce_cases("reduce_mean"),
     "constant": constant_cases(),
+    "fill": fill_cases(),
 }
 
 
@@ -809,3 +819,9 @@ def test_routing_ops_match_numpy(name, data):
     else:
         ref = x
     np.testing.assert_allclose(case.forward(), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_fill_copies_its_value_for_every_sample():
+    v = np.arange(6.0).reshape(2, 3)
+    y = KERNELS["fill"].forward({}, [np.full((4, 5), np.nan)], {"value": v})
+    assert y.shape == (4, 2, 3) and np.all(y == v)

@@ -53,7 +53,7 @@ def test_predicted_target_and_coords(mlp, rng):
     np.testing.assert_array_equal(rel.target.values, logits.argmax(1))
     assert rel.name == "relevance"
     assert rel.attrs["method"] == "lrp.epsilon"
-    assert rel.attrs["parameters"] == {"epsilon": 1e-6, "zero_bias": False}
+    assert rel.attrs["parameters"] == {"epsilon": 1e-6, "zero_bias": False, "bias_factor": 0.0}
     assert rel.attrs["engine"] == "numpy"
     assert rel.attrs["model_fingerprint"] == graph.fingerprint()
     assert rel.attrs["attribx_version"] == attribx.__version__

@@ -49,7 +49,7 @@ def _union(bounds) -> Bound:
 
 def _node_bound(node, ins: list, graph) -> Bound:
     op, a = node.op, node.attrs
-    if op == "constant":
+    if op in ("constant", "fill"):
         v = np.asarray(node.params["value"], dtype=np.float64)
         return (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
     if op == "embedding":

@@ -16,7 +16,7 @@ from typing import Callable, Sequence, Union
 
 from .errors import MethodError, UnsupportedError
 from .bounds import gated_products
-from .rules import Norm, Pass, Route, Rule, SignalTakesAll, WinnerTakesAll
+from .rules import Epsilon, Norm, Pass, Route, Rule, SignalTakesAll, WinnerTakesAll
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,16 @@ class GraphPositions:
     first: dict  # category or op -> names of its nodes with none of that kind upstream
     last: dict   # category or op -> names of its nodes with none of that kind downstream
     gated: frozenset = frozenset()   # products of a gate and a signal
+    gated_sums: frozenset = frozenset()   # sums of such products (the cell update of an LSTM or GRU)
 
     @classmethod
     def of(cls, graph, ops) -> "GraphPositions":
         kinds = {n.name: (ops[n.op].category, n.op) for n in graph.nodes}
+        gated = frozenset(gated_products(graph))
+        sums = frozenset(n.name for n in graph.nodes
+                         if n.op == "add" and len(n.inputs) > 1 and all(i in gated for i in n.inputs))
         return cls(_without_kind_along(graph.nodes, kinds, lambda n: n.inputs),
-                   _without_kind_along(reversed(graph.nodes), kinds, _readers(graph)),
-                   frozenset(gated_products(graph)))
+                   _without_kind_along(reversed(graph.nodes), kinds, _readers(graph)), gated, sums)
 
 
 def _readers(graph):
@@ -98,6 +101,11 @@ def gated_product() -> Matcher:
     return _named(lambda node, cat, pos: node.name in pos.gated, "gated_product()")
 
 
+def gated_sum() -> Matcher:
+    """Sums whose every term is a gated product: the cell update c_t = f·c_{t-1} + i·g of an LSTM."""
+    return _named(lambda node, cat, pos: node.name in pos.gated_sums, "gated_sum()")
+
+
 def every() -> Matcher:
     return _named(lambda node, cat, pos: True, "every()")
 
@@ -122,11 +130,17 @@ def make_rule(spec: RuleSpec) -> Rule:
     raise MethodError(f"cannot make a rule from {spec!r}: give a Rule, a rule name or (name, params)")
 
 
-def lrp_defaults(stabilizer: float = 1e-6) -> list[tuple[Matcher, Rule]]:
-    """The assignments every LRP composite ends with; ``stabilizer`` is the sums' (0: exact division)."""
+def lrp_defaults(stabilizer: float = 1e-6, epsilon: float | None = None,
+                 bias_factor: float = 0.0) -> list[tuple[Matcher, Rule]]:
+    """The assignments every LRP composite ends with; ``stabilizer`` is the sums' (0: exact division).
+
+    A method with an ``epsilon`` gives gated sums (the cell update of a recurrent layer) the ε rule with
+    its ε and ``bias_factor``, as Arras et al. (2017) do; other sums normalise with the stabiliser."""
+    cell = [] if epsilon is None else [(gated_sum(), Epsilon(epsilon=epsilon, bias_factor=bias_factor))]
     return [
         (category("activation", "norm", "scale"), Pass()),
         (gated_product(), SignalTakesAll()),
+        *cell,
         (category("sum", "product"), Norm(epsilon=stabilizer)),
         (category("pool"), WinnerTakesAll()),
         (category("shape", "lookup"), Route()),

@@ -187,7 +187,8 @@ def single_rule(rule_cls, name: str):
     sums take the rule's stabiliser (as zennit's composites do); LRP-0 divides exactly there too."""
     def make(**params):
         stab = 0.0 if rule_cls is Zero else params.get("stabilizer", 1e-6)
-        return C.Composite([(C.category("layer"), rule_cls(**params))], defaults=C.lrp_defaults(stab), name=name)
+        defaults = C.lrp_defaults(stab, params.get("epsilon"), params.get("bias_factor", 0.0))
+        return C.Composite([(C.category("layer"), rule_cls(**params))], defaults=defaults, name=name)
     return Method(name, make, defaults={k: v for k, v in rule_cls.defaults.items()},
                   description=(rule_cls.__doc__ or "").strip().splitlines()[0])
 
@@ -205,7 +206,7 @@ def named_composite(name, layer_map, first_map=None, defaults=None, description=
             entries.append((C.first(kind), rule(p)))
         for op, rule in layer_map.items():
             entries.append((C.op(*_SAME_RULE.get(op, (op,))), rule(p)))
-        return C.Composite(entries, defaults=C.lrp_defaults(p["stabilizer"]), name=name)
+        return C.Composite(entries, defaults=C.lrp_defaults(p["stabilizer"], p.get("epsilon")), name=name)
     return Method(name, make, defaults=defaults or {}, description=description)
 
 

@@ -447,6 +447,10 @@ def _constant(attrs, shapes, params, node):
     return tuple(params["value"].shape)
 
 
+def _fill(attrs, shapes, params, node):
+    return (shapes[0][0],) + tuple(params["value"].shape)
+
+
 _WINDOW = {"kernel_size": REQUIRED, "stride": None, "padding": 0}
 
 BUILTIN_OPS: tuple[OpDef, ...] = (
@@ -512,6 +516,9 @@ BUILTIN_OPS: tuple[OpDef, ...] = (
           attrs={"axes": None, "keepdims": False}, category="sum"),
     OpDef("constant", "A constant array (param 'value'), no batch axis; broadcasts in add and mul.",
           _constant, n_inputs=0, params=("value",), category="source"),
+    OpDef("fill", "One copy of the constant 'value' per sample of the input, whose values are not read (the "
+          "initial states of recurrent layers); a source: relevance that reaches it stays there.",
+          _fill, n_inputs=1, params=("value",), category="source"),
 )
 
 

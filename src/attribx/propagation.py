@@ -71,9 +71,11 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
     for name in reversed(order):
         node = graph[name]
         r = rel.pop(name, None)
-        if node.name in consts:   # constants are leaves: whatever reaches them stays there
+        if node.name in consts:   # constants and initial states are leaves: whatever reaches them stays there
             if r is not None and conservation:
                 sums[name] = _sample_sum(engine, r)
+            if r is not None and name in keep:
+                kept[name] = r
             continue
         ins = [acts[i] for i in node.inputs]
         out = acts.pop(name)

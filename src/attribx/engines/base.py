@@ -37,6 +37,11 @@ def _no_inputs(attrs, inputs, params, output, grad):
     return []
 
 
+def fill_vjp(attrs, inputs, params, output, grad):
+    """``fill`` reads only its input's batch size: its gradient is zero."""
+    return [inputs[0] * 0]
+
+
 #: The ``constant`` op's kernel, the same for every engine: its value is a parameter, it has no inputs.
 CONSTANT_KERNEL = Kernel(_constant_forward, _no_inputs)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..ops import (conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
                    window_output_size)
-from .base import CONSTANT_KERNEL, Kernel, quotient_kernel, transposed_conv_kernel
+from .base import CONSTANT_KERNEL, Kernel, fill_vjp, quotient_kernel, transposed_conv_kernel
 
 __all__ = ["KERNELS", "unbroadcast"]
 
@@ -524,6 +524,11 @@ def _identity_vjp(attrs, inputs, params, output, grad):
     return [grad]
 
 
+def _fill_forward(attrs, inputs, params):
+    v = params["value"]
+    return np.broadcast_to(v, (inputs[0].shape[0],) + v.shape).copy()
+
+
 # ----------------------------------------------------------------------------------------------
 # reductions
 
@@ -588,6 +593,7 @@ KERNELS: dict[str, Kernel] = {
     "reduce_sum": Kernel(_reduce_sum_forward, _reduce_sum_vjp),
     "reduce_mean": Kernel(_reduce_mean_forward, _reduce_mean_vjp),
     "constant": CONSTANT_KERNEL,
+    "fill": Kernel(_fill_forward, fill_vjp),
 }
 KERNELS["conv_transpose"] = transposed_conv_kernel(KERNELS["conv"], _placeholder, _add_channel_bias)
 KERNELS["div"] = quotient_kernel(unbroadcast, np.shape)

@@ -225,13 +225,53 @@ class ZRule(AffineRule):
 
 
 class Epsilon(ZRule):
-    """LRP-ε: denominator z + ε·sign(z), sign(0) = +1; ε absorbs weak or contradictory relevance."""
+    """LRP-ε: denominator z + ε·sign(z), sign(0) = +1; ε absorbs weak or contradictory relevance.
+
+    ``bias_factor`` (Arras et al. 2017): the share that the bias and ε absorb, times the factor, is spread
+    evenly over all of the node's input elements of each sample (1: relevance is conserved; 0: plain ε).
+    """
 
     name = "epsilon"
-    defaults = {"epsilon": 1e-6, "zero_bias": False}
+    defaults = {"epsilon": 1e-6, "zero_bias": False, "bias_factor": 0.0}
 
     def divide(self, eng, R, z):
         return eng.divide_into(R, eng.stabilize(z, self.epsilon))
+
+    def relevance(self, op, eng, R):
+        rels = super().relevance(op, eng, R)
+        factor = float(self.params.get("bias_factor", 0.0))
+        return rels if factor == 0.0 else spread_absorbed(eng, R, rels, factor)
+
+
+def _sample_total(eng, a):
+    """Per-sample sum, shape (N,)."""
+    return a if len(a.shape) == 1 else eng.sum(a, axis=tuple(range(1, len(a.shape))))
+
+
+def spread_absorbed(eng, R, rels, factor: float) -> list:
+    """Add ``factor`` × (relevance in − relevance passed on) of each sample evenly to every input element.
+
+    Arras et al.'s ``bias_factor``: spread over all inputs of the sample, not only those of the output unit
+    that absorbed it (their reference spreads a linear map's share over all its inputs, also for the
+    elementwise cell update), so a gated recurrent network conserves relevance exactly with factor 1."""
+    present = [r for r in rels if r is not None]
+    if not present:
+        return rels
+    absorbed = _sample_total(eng, R)
+    size = 0
+    for r in present:
+        absorbed = absorbed - _sample_total(eng, r)
+        size += int(np.prod(r.shape[1:]))
+    share = absorbed * (factor / size)
+    reshape = eng.kernel("reshape")
+    out = []
+    for r in rels:
+        if r is None:
+            out.append(None)
+        else:
+            out.append(r + (share if len(r.shape) == 1 else
+                            reshape.forward({"shape": (1,) * (len(r.shape) - 1)}, [share], {})))
+    return out
 
 
 class Zero(ZRule):

@@ -24,7 +24,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from attribx.engines.base import CONSTANT_KERNEL, Kernel, quotient_kernel, transposed_conv_kernel
+from attribx.engines.base import CONSTANT_KERNEL, Kernel, fill_vjp, quotient_kernel, transposed_conv_kernel
 from attribx.ops import (conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
                          window_output_size)
 
@@ -674,6 +674,11 @@ def _pad_vjp(attrs, inputs, params, output, grad):
     return [grad[tuple(slice(lo, lo + n) for (lo, _), n in zip(widths, _shape(x)))]]
 
 
+def _fill_forward(attrs, inputs, params):
+    v = params["value"]
+    return tf.broadcast_to(v, tf.concat([tf.shape(inputs[0])[:1], tf.shape(v)], axis=0))
+
+
 def _identity_forward(attrs, inputs, params):
     return inputs[0]
 
@@ -746,6 +751,7 @@ KERNELS: dict[str, Kernel] = {
     "reduce_sum": Kernel(_reduce_sum_forward, _reduce_sum_vjp),
     "reduce_mean": Kernel(_reduce_mean_forward, _reduce_mean_vjp),
     "constant": CONSTANT_KERNEL,
+    "fill": Kernel(_fill_forward, fill_vjp),
 }
 KERNELS["conv_transpose"] = transposed_conv_kernel(KERNELS["conv"], _Placeholder, _add_channel_bias)
 KERNELS["div"] = quotient_kernel(unbroadcast, _shape)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from attribx.engines.base import CONSTANT_KERNEL, Kernel, quotient_kernel, transposed_conv_kernel
+from attribx.engines.base import CONSTANT_KERNEL, Kernel, fill_vjp, quotient_kernel, transposed_conv_kernel
 from attribx.ops import conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds
 
 __all__ = ["KERNELS", "unbroadcast"]
@@ -577,6 +577,11 @@ def _identity_forward(attrs, inputs, params):
     return inputs[0]
 
 
+def _fill_forward(attrs, inputs, params):
+    v = params["value"]
+    return v.unsqueeze(0).expand((inputs[0].shape[0],) + tuple(v.shape)).clone()
+
+
 def _identity_vjp(attrs, inputs, params, output, grad):
     return [grad]
 
@@ -649,6 +654,7 @@ KERNELS: dict[str, Kernel] = {
     "reduce_sum": _kernel(_reduce_sum_forward, _reduce_sum_vjp),
     "reduce_mean": _kernel(_reduce_mean_forward, _reduce_mean_vjp),
     "constant": CONSTANT_KERNEL,
+    "fill": _kernel(_fill_forward, fill_vjp),
 }
 KERNELS["conv_transpose"] = transposed_conv_kernel(KERNELS["conv"], _placeholder, _add_channel_bias)
 _QUOTIENT = quotient_kernel(unbroadcast, lambda t: t.shape)
