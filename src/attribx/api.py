@@ -12,6 +12,7 @@ from .graph import Graph
 from .plugins import registry, manager
 from .relevance import concat_batches, labeled, provenance, sample_coords
 from .targets import resolve_targets
+from .tokens import token_view
 
 
 def load_model(model: Any) -> Any:
@@ -255,7 +256,8 @@ def _resolve_alias(graph: Graph, name: str) -> str:
 def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "predicted", *,
             engine: Any = None, output_init: Any = None, layers: Sequence[str] | None = None,
             conservation: bool = False, batch_size: int | None = None, sample: Any = None, labels: Any = None,
-            progress_bar: bool | None = None, **params: Any):
+            progress_bar: bool | None = None, tokens: Any = None, pad_id: int | None = None, padding: Any = None,
+            per_token: bool = False, **params: Any):
     """Explain ``model``'s prediction for inputs ``x`` with a method (a name, a Method or a Composite).
 
     Returns an ``xarray.DataArray`` named ``relevance`` in the input's layout, with coords ``sample``,
@@ -265,6 +267,13 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     ``("contrast", c, c2)``. ``output_init`` overrides the method's initialisation (``"score"``,
     ``"onehot"``, ``"softmax"``, ``"log_odds"``, ``"contrast"`` or an array of the output's shape).
     Method parameters (``epsilon=...``) are keyword arguments.
+
+    Text (see ``docs/text.md``): ``tokens`` (the (N, T) token strings) become the coord ``token_text``
+    on dims ``("sample", "token")``; ``pad_id`` (token-id inputs) or ``padding`` (a boolean (N, T) mask)
+    sets the relevance of padding to exactly 0 and adds the boolean coord ``padding``;
+    ``per_token=True`` sums the relevance over every axis but sample and token, so embedded inputs
+    (N, T, E) get one score per token as token-id inputs do. The token axis is the input's ``token``
+    dim, else its second axis.
     """
     from .methods import as_method
     from .targets import INITS
@@ -274,6 +283,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     if m.needs_real_input and _takes_indices(graph):
         raise MethodError(f"method {m.name!r} perturbs the input or multiplies by it, but this model's input "
                           f"holds integer indices (an embedding lookup); use a gradient or LRP method")
+    view = token_view(tuple(x.shape), graph.input.dims, _takes_indices(graph), tokens, pad_id, padding, per_token,
+                      ids=_to_numpy(x) if pad_id is not None else None)
     eng = get_engine(engine, graph)
     n = len(x)
     layers = list(layers or [])
@@ -319,7 +330,12 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
         order = [graph.input.name] + [nd.name for nd in graph.nodes]
         cons = {k: joined[f"sum:{k}"] for k in order if f"sum:{k}" in joined}
     score = cons.get(result.start) if cons else None
-    return labeled(joined["input"], result.dims or graph.input.dims, coords, attrs, lay, cons, score)
+    values, dims = joined["input"], result.dims or graph.input.dims
+    if view is not None:
+        values, dims, token_coords = view.apply(values, dims)
+        coords.update(token_coords)
+        attrs.update(view.attrs)
+    return labeled(values, dims, coords, attrs, lay, cons, score)
 
 
 def evaluate(name: str, model: Any = None, inputs: Any = None, relevance: Any = None, **params: Any):

@@ -36,6 +36,14 @@ def node_dims(node: str, ndim: int) -> tuple[str, ...]:
     return ("sample",) + tuple(f"{node}:{i}" for i in range(1, ndim))
 
 
+def _fitting(coords: dict, dims: tuple) -> dict:
+    """The coords whose dims a variable with ``dims`` has (per-token coords do not fit an inner layer)."""
+    def coord_dims(key, value):
+        d = value[0] if isinstance(value, tuple) else key
+        return {d} if isinstance(d, str) else set(d)
+    return {k: v for k, v in coords.items() if coord_dims(k, v) <= set(dims)}
+
+
 def labeled(input_relevance: np.ndarray, dims: tuple, coords: dict, attrs: dict,
           layers: Mapping[str, np.ndarray] | None = None,
           conservation: Mapping[str, np.ndarray] | None = None, score: np.ndarray | None = None):
@@ -45,8 +53,10 @@ def labeled(input_relevance: np.ndarray, dims: tuple, coords: dict, attrs: dict,
         return rel
     data = {"relevance": rel}
     for name, values in (layers or {}).items():
-        data[name] = xr.DataArray(values, dims=node_dims(name, values.ndim), coords=coords)
+        layer_dims = node_dims(name, values.ndim)
+        data[name] = xr.DataArray(values, dims=layer_dims, coords=_fitting(coords, layer_dims))
     if conservation is not None:
+        coords = _fitting(coords, ("sample",))
         names = list(conservation)
         data["conservation"] = xr.DataArray(np.stack([conservation[k] for k in names], axis=1),
                                             dims=("sample", "node"), coords={**coords, "node": names},
