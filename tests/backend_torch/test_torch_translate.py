@@ -441,12 +441,12 @@ def test_unsupported_module_names_module_path_and_hook():
         def __init__(self):
             super().__init__()
             self.encoder = nn.Sequential(nn.Linear(4, 4))
-            self.lstm = nn.LSTM(4, 3, batch_first=True)
+            self.rnn = nn.RNN(4, 3, batch_first=True)
 
         def forward(self, x):
-            return self.lstm(self.encoder(x))[0]
+            return self.rnn(self.encoder(x))[0]
 
-    _unsupported(Seq(), (5, 4), "LSTM", "'lstm'")
+    _unsupported(Seq(), (5, 4), "RNN", "'rnn'")
 
 
 def test_unsupported_function_names_function_and_node():

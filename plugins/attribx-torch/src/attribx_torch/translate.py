@@ -253,6 +253,7 @@ class _Translation:
         self.expected: dict[str, tuple] = {}    # graph name -> torch's shape (batch 1)
         self.emitted: set[str] = set()
         self.env: dict = {}
+        self.sequence_input = False             # a recurrent layer reads the input directly
 
     # -- names and nodes --------------------------------------------------------------------------
     def unique(self, base: str) -> str:
@@ -555,7 +556,9 @@ class _Translation:
         if aliases:
             meta["aliases"] = aliases
         layout = ("sample",) + tuple("token" if i == 0 else f"position_{i}" for i in range(len(full) - 1))
-        graph = Graph([Value("input", full, dtype, layout if self.indices else layout_dims(None, len(full)))],
+        if not self.indices:
+            layout = layout_dims("NTE" if self.sequence_input else None, len(full))
+        graph = Graph([Value("input", full, dtype, layout)],
                       nodes,
                       [o.name for o in outputs], meta)
         for nd in graph.nodes:   # the graph's shapes must be torch's, batch axis first
@@ -1223,6 +1226,85 @@ def _m_embedding(ctx, n, m, args, kwargs):
     return _embedding(ctx, args[0], m.weight, m.max_norm)
 
 
+class _Unroller:
+    """Lets :func:`attribx.recurrent.unroll_lstm` add nodes to a translation (names kept unique)."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def add_node(self, op, inputs, name=None, params=None, source="", **attrs):
+        ctx = self.ctx
+        name = ctx.unique(name or ctx.main)
+        ins = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+        ctx.nodes.append(Node(name, op, ins, attrs, params or {}, None, source or ctx.source()))
+        ctx.emitted.add(name)
+        return name
+
+
+def _initial_state(ctx, hx, k, what):
+    """The k-th layer/direction's initial state as one vector: the graph has one value for every sample."""
+    if hx is None:
+        return None
+    if _is_t(hx):
+        raise _Unsupported(f"its initial {what} state is computed from the input; give it as a constant")
+    v = hx.detach().to("cpu")
+    if v.dim() == 3:
+        v = v[k]
+    elif v.dim() == 2 and k == 0:
+        v = v
+    if v.dim() == 2:
+        if not bool(torch.all(v == v[:1])):
+            raise _Unsupported(f"its initial {what} state differs between samples; the graph holds one "
+                               f"initial state for every sample")
+        v = v[0]
+    return v.to(torch.float64).numpy().astype(ctx.np_dtype)
+
+
+def _m_lstm(ctx, n, m, args, kwargs):
+    """nn.LSTM unrolled over the traced sequence length (attribx.recurrent): every layer and direction;
+    returns (output, ([h_n per layer and direction], [c_n ...])) so that ``h_n[-1]`` and the like index it."""
+    from attribx.recurrent import unroll_lstm
+    if not m.batch_first:
+        raise _Unsupported("batch_first=False: the graph's batch axis comes first; build the LSTM with "
+                           "batch_first=True (the weights are the same)")
+    if getattr(m, "proj_size", 0):
+        raise _Unsupported("proj_size > 0 (an LSTM with projections)")
+    x = ctx.tensor(args[0])
+    if len(x.shape) != 3:
+        raise _Unsupported(f"input of rank {len(x.shape)}; the graph explains batched sequences (N, T, features)")
+    if x.name == "input":
+        ctx.sequence_input = True       # the input is a sequence of vectors: dims (sample, token, embedding)
+    hx = _arg(args, kwargs, 1, "hx", None)
+    h0, c0 = (None, None) if hx is None else hx
+    steps = x.shape[1]
+    dirs = 2 if m.bidirectional else 1
+    emit = _Unroller(ctx)
+    seq = x.name
+    hs, cs = [], []
+    for layer in range(m.num_layers):
+        outs = []
+        for d in range(dirs):
+            suffix = f"l{layer}" + ("_reverse" if d else "")
+            k = layer * dirs + d
+            out, h, c = unroll_lstm(
+                emit, seq, steps, w_ih=ctx.param(getattr(m, f"weight_ih_{suffix}")),
+                w_hh=ctx.param(getattr(m, f"weight_hh_{suffix}")),
+                b_ih=ctx.param(getattr(m, f"bias_ih_{suffix}", None)),
+                b_hh=ctx.param(getattr(m, f"bias_hh_{suffix}", None)), order="torch", reverse=bool(d),
+                name=f"{ctx.main}/{suffix}", h0=_initial_state(ctx, h0, k, "hidden"),
+                c0=_initial_state(ctx, c0, k, "cell"))
+            outs.append(out)
+            hs.append(T(h, (1, m.hidden_size), ctx.dtype))
+            cs.append(T(c, (1, m.hidden_size), ctx.dtype))
+        seq = outs[0] if dirs == 1 else emit.add_node("concat", outs, name=f"{ctx.main}/l{layer}/outputs", axis=2)
+    out = ctx.emit("identity", [T(seq, (1, steps, dirs * m.hidden_size), ctx.dtype)],
+                   (1, steps, dirs * m.hidden_size))
+    return out, (hs, cs)
+
+
+_m_lstm.batch_args_ok = True     # initial states expanded to the batch: one value for every sample
+
+
 def _m_max_pool(ctx, n, m, args, kwargs):
     x = ctx.tensor(args[0])
     return _max_pool(ctx, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices)
@@ -1294,6 +1376,7 @@ MODULES: dict[type, Callable] = {
     nn.ConvTranspose1d: _m_conv_transpose, nn.ConvTranspose2d: _m_conv_transpose,
     nn.ConvTranspose3d: _m_conv_transpose,
     nn.Embedding: _m_embedding,
+    nn.LSTM: _m_lstm,
     nn.MaxPool1d: _m_max_pool, nn.MaxPool2d: _m_max_pool, nn.MaxPool3d: _m_max_pool,
     nn.AvgPool1d: _m_avg_pool, nn.AvgPool2d: _m_avg_pool, nn.AvgPool3d: _m_avg_pool,
     nn.AdaptiveAvgPool1d: _m_adaptive_avg, nn.AdaptiveAvgPool2d: _m_adaptive_avg,
