@@ -123,6 +123,20 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_render(args) -> int:
+    from .storage import open_relevance
+    from .textviz import render_html, render_png
+    suffix = os.path.splitext(args.output)[1].lower()
+    draw = {".html": render_html, ".htm": render_html, ".png": render_png}.get(suffix)
+    if draw is None:
+        raise InputError(f"{args.output}: unknown output type {suffix or '(no suffix)'!r}; write .html or .png")
+    with open_relevance(args.relevance) as rel:
+        draw(rel, args.output, samples=args.samples, variable=args.variable, scale=args.scale,
+             class_names=args.class_names)
+    print(f"wrote text heatmaps to {args.output}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(args.out)
@@ -159,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--append", action="store_true", help="append samples to an existing file")
     sp.add_argument("-o", "--output", required=True, help="output .h5 file")
     sp.set_defaults(func=cmd_explain)
+
+    sp = sub.add_parser("render", help="draw text heatmaps (HTML or PNG) from a relevance file with a token axis")
+    sp.add_argument("relevance", help="relevance file (.h5) with dims (sample, token)")
+    sp.add_argument("-o", "--output", required=True, help="output .html or .png file")
+    sp.add_argument("--samples", nargs="+", type=int, default=None, help="sample ids to draw (default: all)")
+    sp.add_argument("--variable", default=None, help="the variable to draw from a file holding several")
+    sp.add_argument("--scale", type=float, default=None,
+                    help="|relevance| at full colour, for all sentences (default: each sentence's largest)")
+    sp.add_argument("--class-names", nargs="+", default=None, help="names of the classes 0, 1, ... for captions")
+    sp.set_defaults(func=cmd_render)
 
     sp = sub.add_parser("demo", help="train a small model on scikit-learn's digits and explain it")
     sp.add_argument("--out", default="attribx-demo", help="output folder")
