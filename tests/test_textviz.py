@@ -139,14 +139,17 @@ def test_png_wraps_long_sentences(tmp_path):
 
 
 def test_relevance_of_a_token_model_renders_with_its_words(tmp_path):
-    """The real labeled output of explain (dims sample, token; target, prediction) plus words added by the user."""
+    """The real labeled output of explain(tokens=, pad_id=): dims sample, token; words, padding, target, prediction."""
     from test_embedding import IDS, token_graph
-    rel = attribx.explain(token_graph(), IDS, "lrp.epsilon", target="predicted")
     vocab = np.array([f"w{i}" for i in range(11)])
-    rel = rel.assign_coords(token_text=(("sample", "token"), vocab[IDS]))
+    ids = IDS.copy()
+    ids[0, -2:] = 0                                      # id 0 pads
+    rel = attribx.explain(token_graph(), ids, "lrp.epsilon", target="predicted", tokens=vocab[ids], pad_id=0)
     page = textviz.render_html(rel)
-    assert page.count('class="attribx-sentence"') == len(IDS)
-    assert [t for t, _, _ in spans(page)][:IDS.shape[1]] == list(vocab[IDS[0]])
+    assert page.count('class="attribx-sentence"') == len(ids)
+    first = spans(page)[:ids.shape[1]]
+    assert [t for t, _, _ in first] == list(vocab[ids[0]])
+    assert [pad for _, _, pad in first] == list(ids[0] == 0) and first[-1][2]
     for i in range(len(IDS)):
         assert f"sample {i} · target {int(rel.target[i])} · prediction {int(rel.prediction[i])}" in page
 
