@@ -125,7 +125,7 @@ def fold_bias_add(graph):
         signal = add.inputs[1 - add.inputs.index(consts[0])]
         chain, top = chain_above(graph, signal, add.name, consumers)
         layer = nodes.get(top) if top is not None else None
-        if layer is None or layer.op not in ("linear", "conv", "conv_transpose") or top in replaced.values():
+        if layer is None or layer.op not in ("linear", "conv", "conv_transpose"):
             continue
         axis = -1 if layer.op == "linear" else 1
         shape = (1,) + tuple(graph.shape_of(top))[1:]

@@ -291,13 +291,18 @@ def _window(attrs, n, key, default=1):
     return tuple(_ints(attrs.get(key, [default] * n)))
 
 
-def _conv(ctx, node, attrs):
+def _conv_operands(ctx, node, attrs):
+    """(x, weight, bias, n, strides, dilations) of a Conv or ConvTranspose node."""
     x = _x(ctx, node)
     w = ctx.const(node.input[1], "weight")
     bias = ctx.optional_const(node, 2, "bias")
     n = w.ndim - 2
     _check_kernel(attrs, w.shape[2:])
-    strides, dilations = _window(attrs, n, "strides"), _window(attrs, n, "dilations")
+    return x, w, bias, n, _window(attrs, n, "strides"), _window(attrs, n, "dilations")
+
+
+def _conv(ctx, node, attrs):
+    x, w, bias, n, strides, dilations = _conv_operands(ctx, node, attrs)
     padding = _padding(attrs, ctx.shape(x)[2:], w.shape[2:], strides, dilations, same_string=True)
     return ctx.emit("conv", [x], {"stride": strides, "padding": padding, "dilation": dilations,
                                   "groups": int(attrs.get("group", 1))},
@@ -330,12 +335,7 @@ def _conv_transpose_pads(attrs, spatial, kernel, strides, dilations, out_pad):
 
 
 def _conv_transpose(ctx, node, attrs):
-    x = _x(ctx, node)
-    w = ctx.const(node.input[1], "weight")
-    bias = ctx.optional_const(node, 2, "bias")
-    n = w.ndim - 2
-    _check_kernel(attrs, w.shape[2:])
-    strides, dilations = _window(attrs, n, "strides"), _window(attrs, n, "dilations")
+    x, w, bias, n, strides, dilations = _conv_operands(ctx, node, attrs)
     out_pad = _window(attrs, n, "output_padding", 0)
     pads = _conv_transpose_pads(attrs, ctx.shape(x)[2:], w.shape[2:], strides, dilations, out_pad)
     return ctx.emit("conv_transpose", [x], {"stride": strides, "padding": [tuple(p) for p in pads],

@@ -1250,8 +1250,6 @@ def _initial_state(ctx, hx, k, what):
     v = hx.detach().to("cpu")
     if v.dim() == 3:
         v = v[k]
-    elif v.dim() == 2 and k == 0:
-        v = v
     if v.dim() == 2:
         if not bool(torch.all(v == v[:1])):
             raise _Unsupported(f"its initial {what} state differs between samples; the graph holds one "
