@@ -258,6 +258,27 @@ def gen_fill(draw, rng):
     return {}, [x], {"value": rng.normal(size=tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 2)))))}
 
 
+def gen_where(draw, rng):
+    attrs, inputs, params, batched = gen_broadcast(draw, rng, 3)
+    inputs[0] = (inputs[0] > 0).astype(np.float64)      # the condition is a 0/1 mask
+    return attrs, inputs, params, batched
+
+
+def gen_mask(draw, rng):
+    shape = draw_shape(draw)
+    value = draw(st.sampled_from([0.0, 1.0, -2.5]))
+    x = values(rng, shape, kinks=(value,))
+    rank = len(shape)
+    axes = draw(st.one_of(st.none(), st.lists(st.integers(1, rank - 1), min_size=1, max_size=rank - 1,
+                                              unique=True))) if rank > 1 else None
+    return {"value": value, "axes": axes}, [x], {}
+
+
+def gen_length_mask(draw, rng):
+    steps = draw(st.integers(1, 5))
+    return {"steps": steps}, [rng.integers(0, steps + 2, size=draw(st.integers(1, 4))).astype(np.float64)], {}
+
+
 GENERATORS = {
     "linear": gen_linear,
     "conv": gen_conv,
@@ -290,6 +311,9 @@ GENERATORS = {
     "reduce_mean": gen_reduce,
     "constant": gen_constant,
     "fill": gen_fill,
+    "mask": gen_mask,
+    "length_mask": gen_length_mask,
+    "where": gen_where,
 }
 EXAMPLES = {"conv": 120, "conv_transpose": 80, "max_pool": 120, "avg_pool": 120, "add": 60, "mul": 60, "slice": 40, "pad": 40,
             "batch_norm": 40}

@@ -86,6 +86,17 @@ def op_graph(op):
     elif op == "fill":      # a per-sample constant: its input's values take no gradient
         state = b.add_node("fill", b.flatten(x), params={"value": R.normal(size=(3, 6, 6))})
         h, shape = b.mul(x, state), (3, 6, 6)
+    elif op == "mask":      # ReLU zeros decide the mask; the mask itself takes no gradient
+        keep = b.add_node("mask", b.relu(x), value=0.0)
+        h, shape = b.add_node("where", [keep, x, b.tanh(x)]), (3, 6, 6)
+    elif op == "length_mask":   # per sample: the number of positive entries, as a length over the last axis
+        count = b.reduce_sum(b.add_node("mask", b.relu(x), value=0.0), axes=(1, 2, 3))
+        steps = b.add_node("reshape", b.add_node("length_mask", b.mul(count, b.constant(np.array(0.05))),
+                                                 steps=6), shape=(1, 1, 6))
+        h, shape = b.add_node("where", [steps, x, b.constant(R.normal(size=(6,)))]), (3, 6, 6)
+    elif op == "where":
+        keep = b.add_node("mask", b.relu(b.mul(x, b.constant(R.normal(size=(3, 1, 1))))), value=0.0)
+        h, shape = b.add_node("where", [keep, b.mul(x, x), b.sigmoid(x)]), (3, 6, 6)
     else:
         raise AssertionError(f"no test graph for op {op}")
     head(b, h, shape)

@@ -236,7 +236,7 @@ def batch_norm_cases(draw):
 @st.composite
 def broadcast_cases(draw, name):
     base = draw(shapes())
-    n = 2 if name == "mul" else draw(st.integers(2, 3))
+    n = {"mul": 2, "where": 3}.get(name) or draw(st.integers(2, 3))
     seed = draw(seeds)
     rng = np.random.default_rng(seed)
     inputs, batched = [], []
@@ -417,6 +417,33 @@ def embedding_cases(draw):
                 {"weight": rng.normal(size=(vocab, features))}, seed=seed)
 
 
+@st.composite
+def where_cases(draw):
+    case = draw(broadcast_cases("where"))
+    case.inputs[0] = (case.inputs[0] > 0).astype(np.float64)    # the condition is a 0/1 mask
+    return case
+
+
+@st.composite
+def mask_cases(draw):
+    seed = draw(seeds)
+    rng = np.random.default_rng(seed)
+    shape = draw(shapes(min_rank=2, max_rank=4))
+    value = draw(st.sampled_from([0.0, 1.5]))
+    x = rng.normal(size=shape)
+    x[rng.random(shape) < 0.5] = value
+    axes = draw(st.sampled_from([None, len(shape) - 1, tuple(range(1, len(shape)))]))
+    return Case("mask", {"value": value, "axes": axes}, [x], seed=seed)
+
+
+@st.composite
+def length_mask_cases(draw):
+    seed = draw(seeds)
+    steps = draw(small)
+    lengths = np.random.default_rng(seed).integers(0, steps + 2, size=draw(small)).astype(np.float64)
+    return Case("length_mask", {"steps": steps}, [lengths], seed=seed)
+
+
 CASES = {
     "linear": linear_cases(),
     "conv_transpose": conv_transpose_cases(),
@@ -450,6 +477,9 @@ CASES = {
     "reduce_mean": reduce_cases("reduce_mean"),
     "constant": constant_cases(),
     "fill": fill_cases(),
+    "mask": mask_cases(),
+    "length_mask": length_mask_cases(),
+    "where": where_cases(),
 }
 
 
@@ -471,8 +501,8 @@ def inferred_shape(case):
     return tuple(n if d is None else d for d in shape)
 
 
-#: ops whose inputs are real-valued (an embedding's are indices; tested on its own below)
-DIFFERENTIABLE = sorted(set(CASES) - {"embedding"})
+#: ops whose inputs are real-valued (an embedding's are indices; masks are piecewise constant: below)
+DIFFERENTIABLE = sorted(set(CASES) - {"embedding", "mask", "length_mask"})
 
 
 @pytest.mark.parametrize("name", DIFFERENTIABLE)
@@ -825,3 +855,36 @@ def test_fill_copies_its_value_for_every_sample():
     v = np.arange(6.0).reshape(2, 3)
     y = KERNELS["fill"].forward({}, [np.full((4, 5), np.nan)], {"value": v})
     assert y.shape == (4, 2, 3) and np.all(y == v)
+
+
+# ----------------------------------------------------------------------------------------------
+# masks and selection
+
+
+def test_mask_marks_what_differs_from_the_padding_value():
+    ids = np.array([[3, 0, 5, 0], [0, 0, 0, 0]])
+    m = KERNELS["mask"].forward({"value": 0, "axes": None}, [ids], {})
+    assert m.dtype == np.float32 and m.tolist() == [[1, 0, 1, 0], [0, 0, 0, 0]]
+    x = np.zeros((2, 3, 2))
+    x[0, 0, 1] = x[1, 2, 0] = 7.0      # Keras Masking: a step is kept when any feature differs
+    m = KERNELS["mask"].forward({"value": 0.0, "axes": [-1]}, [x], {})
+    assert m.dtype == np.float64 and m.tolist() == [[1, 0, 0], [0, 0, 1]]
+    grads = KERNELS["mask"].vjp({"value": 0.0, "axes": [-1]}, [x], {}, m, np.ones((2, 3)))
+    assert grads[0].shape == x.shape and not grads[0].any()
+
+
+def test_length_mask_keeps_the_first_length_steps():
+    m = KERNELS["length_mask"].forward({"steps": 3}, [np.array([0, 2, 3, 5])], {})
+    assert m.tolist() == [[0, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]]
+    with pytest.raises(GraphError, match="one length per sample"):
+        OPS["length_mask"].infer({"steps": 3}, [(None, 2)], {}, "lm")
+
+
+def test_where_routes_the_gradient_to_the_selected_input():
+    cond = np.array([[1.0], [0.0]])
+    a, b = np.arange(6.0).reshape(2, 3), -np.ones(3)
+    y = KERNELS["where"].forward({}, [cond, a, b], {})
+    assert y.tolist() == [[0, 1, 2], [-1, -1, -1]]
+    gc, ga, gb = KERNELS["where"].vjp({}, [cond, a, b], {}, y, np.full((2, 3), 2.0))
+    assert not gc.any() and gc.shape == (2, 1)
+    assert ga.tolist() == [[2, 2, 2], [0, 0, 0]] and gb.tolist() == [2, 2, 2]

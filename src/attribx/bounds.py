@@ -65,6 +65,10 @@ def _node_bound(node, ins: list, graph) -> Bound:
         return max(-float(a.get("alpha", 1.0)), min(ins[0][0], 0.0)), ins[0][1]
     if op in _SAME_VALUES:
         return _union(ins)
+    if op in ("mask", "length_mask"):
+        return 0.0, 1.0
+    if op == "where":
+        return _union(ins[1:])
     if op == "pad":
         value = float(a.get("value", 0.0))
         return min(ins[0][0], value), max(ins[0][1], value)

@@ -143,7 +143,7 @@ def lrp_defaults(stabilizer: float = 1e-6, epsilon: float | None = None,
         *cell,
         (category("sum", "product"), Norm(epsilon=stabilizer)),
         (category("pool"), WinnerTakesAll()),
-        (category("shape", "lookup"), Route()),
+        (category("shape", "lookup", "select", "mask"), Route()),
     ]
 
 

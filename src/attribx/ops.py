@@ -80,6 +80,8 @@ CATEGORIES = {
     "lookup": "embedding lookups: integer indices in, vectors out; relevance per index is summed over "
               "the embedding axis",
     "scale": "division: the divisor acts as a fixed scale, relevance passes to the dividend",
+    "select": "elementwise selection by a mask (where): relevance goes to the selected input",
+    "mask": "masks computed from the input (padding): they decide, and take no relevance",
 }
 
 
@@ -451,6 +453,30 @@ def _fill(attrs, shapes, params, node):
     return (shapes[0][0],) + tuple(params["value"].shape)
 
 
+def mask_axes(attrs, ndim: int, node="?") -> tuple[int, ...]:
+    """The axes a ``mask`` reduces with "any" (none: elementwise)."""
+    return () if attrs["axes"] is None else reduce_axes(attrs, ndim, node)
+
+
+def _mask(attrs, shapes, params, node):
+    (s,) = shapes
+    axes = mask_axes(attrs, len(s), node)
+    return tuple(d for i, d in enumerate(s) if i not in axes)
+
+
+def _length_mask(attrs, shapes, params, node):
+    (s,) = shapes
+    if len(s) != 1:
+        raise GraphError(f"node {node!r}: length_mask reads one length per sample (shape (N,)), got {s}")
+    if int(attrs["steps"]) < 1:
+        raise GraphError(f"node {node!r}: length_mask needs steps >= 1, got {attrs['steps']}")
+    return (s[0], int(attrs["steps"]))
+
+
+def _where(attrs, shapes, params, node):
+    return broadcast_shapes(shapes, node)
+
+
 _WINDOW = {"kernel_size": REQUIRED, "stride": None, "padding": 0}
 
 BUILTIN_OPS: tuple[OpDef, ...] = (
@@ -519,6 +545,16 @@ BUILTIN_OPS: tuple[OpDef, ...] = (
     OpDef("fill", "One copy of the constant 'value' per sample of the input, whose values are not read (the "
           "initial states of recurrent layers); a source: relevance that reaches it stays there.",
           _fill, n_inputs=1, params=("value",), category="source"),
+    OpDef("mask", "1.0 where x differs from value (on any element along axes, which are removed; none: "
+          "elementwise), else 0.0: the padding mask of Keras Masking and Embedding(mask_zero) and of "
+          "torch's ids != pad. Float inputs keep their dtype, integer ones give float32. No relevance or "
+          "gradient flows through it.", _mask, attrs={"value": 0.0, "axes": None}, category="mask"),
+    OpDef("length_mask", "(N, steps) mask from one length per sample (N,): 1.0 at steps t < length, else "
+          "0.0 (ONNX sequence_lens, torch pack_padded_sequence).", _length_mask,
+          attrs={"steps": REQUIRED}, category="mask"),
+    OpDef("where", "Select elementwise: a where cond > 0.5, else b (cond a 0/1 mask), numpy broadcasting; "
+          "how masked recurrent steps keep their state. Relevance goes to the selected input, none to cond.",
+          _where, n_inputs=3, category="select"),
 )
 
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..ops import (conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
+from ..ops import (conv_geometry, mask_axes, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
                    window_output_size)
 from .base import CONSTANT_KERNEL, Kernel, fill_vjp, quotient_kernel, transposed_conv_kernel
 
@@ -530,6 +530,43 @@ def _fill_forward(attrs, inputs, params):
 
 
 # ----------------------------------------------------------------------------------------------
+# masks and selection (padded sequences)
+
+
+def _mask_forward(attrs, inputs, params):
+    (x,) = inputs
+    differs = x != attrs["value"]
+    axes = mask_axes(attrs, x.ndim)
+    if axes:
+        differs = differs.any(axis=axes)
+    return differs.astype(x.dtype if x.dtype.kind == "f" else np.float32)
+
+
+def _length_mask_forward(attrs, inputs, params):
+    (lengths,) = inputs
+    steps = np.arange(int(attrs["steps"]))
+    return (steps[None, :] < lengths[:, None]).astype(lengths.dtype if lengths.dtype.kind == "f" else np.float32)
+
+
+def _no_gradient_vjp(attrs, inputs, params, output, grad):
+    """Masks are piecewise constant: zero gradient, in the gradient's dtype."""
+    return [np.zeros(x.shape, dtype=grad.dtype) for x in inputs]
+
+
+def _where_forward(attrs, inputs, params):
+    cond, a, b = inputs
+    return np.where(cond > 0.5, a, b)
+
+
+def _where_vjp(attrs, inputs, params, output, grad):
+    cond, a, b = inputs
+    chosen = np.broadcast_to(cond > 0.5, grad.shape)
+    zero = np.zeros((), dtype=grad.dtype)
+    return [np.zeros(cond.shape, dtype=grad.dtype), unbroadcast(np.where(chosen, grad, zero), a.shape),
+            unbroadcast(np.where(chosen, zero, grad), b.shape)]
+
+
+# ----------------------------------------------------------------------------------------------
 # reductions
 
 
@@ -594,6 +631,9 @@ KERNELS: dict[str, Kernel] = {
     "reduce_mean": Kernel(_reduce_mean_forward, _reduce_mean_vjp),
     "constant": CONSTANT_KERNEL,
     "fill": Kernel(_fill_forward, fill_vjp),
+    "mask": Kernel(_mask_forward, _no_gradient_vjp),
+    "length_mask": Kernel(_length_mask_forward, _no_gradient_vjp),
+    "where": Kernel(_where_forward, _where_vjp),
 }
 KERNELS["conv_transpose"] = transposed_conv_kernel(KERNELS["conv"], _placeholder, _add_channel_bias)
 KERNELS["div"] = quotient_kernel(unbroadcast, np.shape)

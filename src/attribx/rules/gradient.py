@@ -17,10 +17,11 @@ class Gradient(Rule):
 
 class Route(Rule):
     """Move relevance to where values came from (reshape, concat, slice, pad; an embedding's features
-    to their index): the VJP of a routing op does exactly that and conserves relevance."""
+    to their index; a ``where`` to the input it selected, none to its mask): the VJP of a routing op does
+    exactly that and conserves relevance."""
 
     name = "route"
-    categories = frozenset({"shape", "pool", "lookup"})
+    categories = frozenset({"shape", "pool", "lookup", "select", "mask"})
 
     def __call__(self, ctx: NodeContext, relevance):
         return ctx.vjp(relevance, output=ctx.output)

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from attribx.engines.base import CONSTANT_KERNEL, Kernel, fill_vjp, quotient_kernel, transposed_conv_kernel
-from attribx.ops import (conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
+from attribx.ops import (conv_geometry, mask_axes, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
                          window_output_size)
 
 __all__ = ["KERNELS", "unbroadcast"]
@@ -688,6 +688,44 @@ def _identity_vjp(attrs, inputs, params, output, grad):
 
 
 # ----------------------------------------------------------------------------------------------
+# masks and selection (padded sequences)
+
+
+def _mask_forward(attrs, inputs, params):
+    (x,) = inputs
+    differs = tf.not_equal(x, tf.cast(attrs["value"], x.dtype))
+    axes = mask_axes(attrs, len(x.shape))
+    if axes:
+        differs = tf.reduce_any(differs, axis=list(axes))
+    return tf.cast(differs, x.dtype if x.dtype.is_floating else tf.float32)
+
+
+def _length_mask_forward(attrs, inputs, params):
+    (lengths,) = inputs
+    steps = tf.range(int(attrs["steps"]), dtype=lengths.dtype)
+    return tf.cast(steps[None, :] < lengths[:, None], lengths.dtype if lengths.dtype.is_floating else tf.float32)
+
+
+def _no_gradient_vjp(attrs, inputs, params, output, grad):
+    """Masks are piecewise constant: zero gradient, in the gradient's dtype."""
+    return [tf.zeros(_shape(x), dtype=grad.dtype) for x in inputs]
+
+
+def _where_forward(attrs, inputs, params):
+    cond, a, b = inputs
+    shape = tf.broadcast_static_shape(tf.broadcast_static_shape(cond.shape, a.shape), b.shape)
+    return tf.where(tf.broadcast_to(cond > 0.5, shape), tf.broadcast_to(a, shape), tf.broadcast_to(b, shape))
+
+
+def _where_vjp(attrs, inputs, params, output, grad):
+    cond, a, b = inputs
+    chosen = tf.broadcast_to(cond > 0.5, tf.shape(grad))
+    zero = tf.zeros_like(grad)
+    return [tf.zeros(_shape(cond), dtype=grad.dtype), unbroadcast(tf.where(chosen, grad, zero), _shape(a)),
+            unbroadcast(tf.where(chosen, zero, grad), _shape(b))]
+
+
+# ----------------------------------------------------------------------------------------------
 # reductions
 
 
@@ -752,6 +790,9 @@ KERNELS: dict[str, Kernel] = {
     "reduce_mean": Kernel(_reduce_mean_forward, _reduce_mean_vjp),
     "constant": CONSTANT_KERNEL,
     "fill": Kernel(_fill_forward, fill_vjp),
+    "mask": Kernel(_mask_forward, _no_gradient_vjp),
+    "length_mask": Kernel(_length_mask_forward, _no_gradient_vjp),
+    "where": Kernel(_where_forward, _where_vjp),
 }
 KERNELS["conv_transpose"] = transposed_conv_kernel(KERNELS["conv"], _Placeholder, _add_channel_bias)
 KERNELS["div"] = quotient_kernel(unbroadcast, _shape)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from attribx.engines.base import CONSTANT_KERNEL, Kernel, fill_vjp, quotient_kernel, transposed_conv_kernel
-from attribx.ops import conv_geometry, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds
+from attribx.ops import conv_geometry, mask_axes, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds
 
 __all__ = ["KERNELS", "unbroadcast"]
 
@@ -587,6 +587,43 @@ def _identity_vjp(attrs, inputs, params, output, grad):
 
 
 # ----------------------------------------------------------------------------------------------
+# masks and selection (padded sequences)
+
+
+def _mask_forward(attrs, inputs, params):
+    (x,) = inputs
+    differs = x != attrs["value"]
+    axes = mask_axes(attrs, x.dim())
+    if axes:
+        differs = torch.amax(differs.to(torch.uint8), dim=axes) > 0
+    return differs.to(x.dtype if x.is_floating_point() else torch.float32)
+
+
+def _length_mask_forward(attrs, inputs, params):
+    (lengths,) = inputs
+    steps = torch.arange(int(attrs["steps"]), device=lengths.device)
+    return (steps[None, :] < lengths[:, None]).to(lengths.dtype if lengths.is_floating_point() else torch.float32)
+
+
+def _no_gradient_vjp(attrs, inputs, params, output, grad):
+    """Masks are piecewise constant: zero gradient, in the gradient's dtype."""
+    return [grad.new_zeros(tuple(x.shape)) for x in inputs]
+
+
+def _where_forward(attrs, inputs, params):
+    cond, a, b = inputs
+    return torch.where(cond > 0.5, a, b)
+
+
+def _where_vjp(attrs, inputs, params, output, grad):
+    cond, a, b = inputs
+    chosen = cond > 0.5
+    zero = grad.new_zeros(())
+    return [grad.new_zeros(tuple(cond.shape)), unbroadcast(torch.where(chosen, grad, zero), a.shape),
+            unbroadcast(torch.where(chosen, zero, grad), b.shape)]
+
+
+# ----------------------------------------------------------------------------------------------
 # reductions
 
 
@@ -655,6 +692,9 @@ KERNELS: dict[str, Kernel] = {
     "reduce_mean": _kernel(_reduce_mean_forward, _reduce_mean_vjp),
     "constant": CONSTANT_KERNEL,
     "fill": _kernel(_fill_forward, fill_vjp),
+    "mask": _kernel(_mask_forward, _no_gradient_vjp),
+    "length_mask": _kernel(_length_mask_forward, _no_gradient_vjp),
+    "where": _kernel(_where_forward, _where_vjp),
 }
 KERNELS["conv_transpose"] = transposed_conv_kernel(KERNELS["conv"], _placeholder, _add_channel_bias)
 _QUOTIENT = quotient_kernel(unbroadcast, lambda t: t.shape)
