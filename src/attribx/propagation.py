@@ -65,6 +65,8 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
     sums: dict[str, Any] = {}
     keep = set(keep)
     consts = {n.name for n in graph.nodes if ops[n.op].category == "source"}
+    # rules treat constants as weights and biases; a per-sample source (``fill``: an initial state) is a signal
+    fixed = {name for name in consts if not graph[name].inputs}
     bounds = value_bounds(graph)
     nonneg = nonnegative_values(graph, bounds)
     gated = gated_products(graph, bounds)
@@ -89,7 +91,7 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
         if rule is None:
             raise UnsupportedError(f"node {name!r} ({node.op}) has no rule")
         ctx = NodeContext(engine, node, ins, out, engine.node_params(node, ins),
-                          [i in consts for i in node.inputs], ops[node.op].category,
+                          [i in fixed for i in node.inputs], ops[node.op].category,
                           [i in nonneg for i in node.inputs],
                           [k == gated.get(name) for k in range(len(node.inputs))])
         back = rule(ctx, r)
