@@ -400,9 +400,12 @@ def test_embedding_takes_token_ids_and_gives_relevance_per_token():
         attribx.explain(model, ids + 12, "lrp.epsilon")
 
 
-def test_embedding_with_a_mask_is_unsupported():
-    with pytest.raises(UnsupportedError, match="emb.*mask_zero"):
-        attribx.translate(_text_model(mask_zero=True))
+@pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")
+def test_embedding_mask_dropped_by_a_conv():
+    """mask_zero=True makes a mask (tests/backend_tf/test_keras_recurrent.py); Conv1D drops it, as in Keras."""
+    model = randomize(_text_model(mask_zero=True))
+    ids = np.random.default_rng(0).integers(0, 12, size=(4, 6))
+    assert relative_error(attribx.forward(model, ids, engine="numpy"), model(ids)) <= TOL32
 
 
 def test_free_input_size_needs_a_shape():

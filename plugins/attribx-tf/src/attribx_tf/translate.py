@@ -21,7 +21,7 @@ A layer without a translation, and any setting the graph cannot express exactly,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,7 @@ class V:
     name: str
     shape: tuple            # our shape, batch axis None
     perm: tuple             # our axis i is Keras axis perm[i]
+    mask: Any = None        # Keras's padding mask on this tensor: a V (N, steps) of 0/1, an _OpaqueMask, or None
 
     @property
     def rank(self) -> int:
@@ -61,6 +62,14 @@ class V:
         for i, k in enumerate(self.perm):
             out[k] = self.shape[i]
         return tuple(out)
+
+
+@dataclass(frozen=True)
+class _OpaqueMask:
+    """A padding mask that a layer computed in a way the translation does not follow: harmless unless a
+    layer reads it."""
+
+    reason: str
 
 
 def _identity(n: int) -> tuple:
@@ -111,6 +120,8 @@ class _Translation:
         self.main = ""
         self.layer = None
         self.np_dtype = np.float32
+        self.sequence_input = False     # a recurrent layer reads the input (directly or through Masking)
+        self.masked_input = None        # the Masking output of the graph input, if any
 
     # -- names and nodes ------------------------------------------------------------------------
     def unique(self, base: str) -> str:
@@ -187,15 +198,17 @@ class _Translation:
         self.used.add(in_name)
         self.input_name = in_name
         full = (None, *shape)
-        layout = None
-        if self.indices:
-            layout = ("sample",) + tuple("token" if i == 0 else f"position_{i}" for i in range(len(full) - 1))
-        elif keras.config.image_data_format() == "channels_last":
-            layout = CHANNELS_LAST_LAYOUTS.get(len(full))
-        value = Value(in_name, full, dtype, layout_dims(layout, len(full)))
         self.shapes[in_name] = full
         x = V(in_name, full, _identity(len(full)))
         outs = self.walk(model, [x], prefix="")
+        layout = None
+        if self.indices:
+            layout = ("sample",) + tuple("token" if i == 0 else f"position_{i}" for i in range(len(full) - 1))
+        elif self.sequence_input and len(full) == 3:
+            layout = ("sample", "token", "embedding")    # a recurrent layer reads the input: embedded tokens
+        elif keras.config.image_data_format() == "channels_last":
+            layout = CHANNELS_LAST_LAYOUTS.get(len(full))
+        value = Value(in_name, full, dtype, layout_dims(layout, len(full)))
         self.layer = None
         finals = []
         for o in outs:
@@ -229,7 +242,12 @@ class _Translation:
         if isinstance(model, keras.Sequential):
             xs = inputs
             for layer in model.layers:
-                xs = [self.layer_call(layer, xs, prefix)]
+                y = self.layer_call(layer, xs, prefix)
+                if isinstance(y, list):
+                    raise UnsupportedError(f"layer {prefix + layer.name!r} ({_class_path(layer)}) has {len(y)} "
+                                           f"outputs, which a Sequential model cannot pass on; build the model "
+                                           f"with the functional API")
+                xs = [y]
             return xs
         if not hasattr(model, "_nodes_by_depth"):
             raise UnsupportedError(f"Keras model {model.name!r} ({_class_path(model)}) is a subclassed model; "
@@ -238,25 +256,47 @@ class _Translation:
         env: dict[int, V] = {}
         for t, v in zip(model.inputs, inputs):
             env[id(t)] = v
+        mask_only = _mask_only_nodes(model)
         for depth in sorted(model._nodes_by_depth, reverse=True):
             for node in model._nodes_by_depth[depth]:
                 op = node.operation
-                if isinstance(op, keras.layers.InputLayer):
-                    continue
-                if any(id(t) not in env for t in node.input_tensors):
+                if isinstance(op, keras.layers.InputLayer) or id(node) in mask_only:
+                    continue     # mask computations: the translation carries masks on its values (V.mask)
+                masks = {id(t) for t in _mask_kwarg(node)}
+                if any(id(t) not in env for t in node.input_tensors if id(t) not in masks):
                     continue     # a branch that does not start at the model's input (unused here)
-                xs = [env[id(t)] for t in node.input_tensors]
+                xs = [env[id(t)] for t in node.input_tensors if id(t) not in masks]
+                if masks:
+                    self._check_mask(node, xs, prefix)
                 y = self.layer_call(op, xs, prefix)
+                ys = y if isinstance(y, list) else [y]
                 outs = node.output_tensors
-                if len(outs) != 1:
+                if len(outs) != len(ys):
                     raise UnsupportedError(f"layer {op.name!r} ({_class_path(op)}) has {len(outs)} outputs; "
-                                           f"attribx translates single-output layers")
-                env[id(outs[0])] = y
+                                           f"attribx translates single-output layers and recurrent layers' "
+                                           f"return_state")
+                for t, v in zip(outs, ys):
+                    env[id(t)] = v
         missing = [t for t in model.outputs if id(t) not in env]
         if missing:
             raise UnsupportedError(f"Keras model {model.name!r}: output {missing[0].name} is not computed "
                                    f"from the model's input")
         return [env[id(t)] for t in model.outputs]
+
+    def _check_mask(self, node, xs: list[V], prefix: str) -> None:
+        """A functional node that Keras gives ``mask=``: it must be the mask Keras attached to the input
+        (which the translation carries along), not a tensor the model passes explicitly."""
+        from keras import tree
+        op = node.operation
+        where = f"layer {prefix + op.name!r} ({_class_path(op)})"
+        first = node.arguments.args[0] if node.arguments.args else None
+        attached = [getattr(t, "_keras_mask", None) for t in tree.flatten(first)]
+        if any(all(g is not a for a in attached) for g in _mask_kwarg(node)):
+            raise UnsupportedError(f"{where} is called with an explicit mask= tensor; attribx takes padding "
+                                   f"masks from Masking and Embedding(mask_zero=True) layers only; {HOOK_HINT}")
+        if all(x.mask is None for x in xs):
+            raise UnsupportedError(f"{where} reads a padding mask that comes from a layer whose mask the "
+                                   f"translation does not compute; {HOOK_HINT}")
 
     def layer_call(self, layer, xs: list[V], prefix: str) -> V:
         import keras
@@ -280,7 +320,12 @@ class _Translation:
             self.bare.setdefault(layer.name, []).append(self.main)
         n_before = len(self.nodes)
         try:
+            reads_mask = getattr(handler, "reads_mask", False)
+            if not reads_mask:
+                _refuse_mask_readers(layer, xs)
             y = handler(self, layer, xs)
+            if not reads_mask:
+                y = _pass_mask(layer, xs, y)
         except _Unsupported as err:
             raise UnsupportedError(f"{where}: {err}; {HOOK_HINT}") from None
         except AttribxError:
@@ -292,7 +337,7 @@ class _Translation:
         names = {n.name for n in self.nodes[n_before:]}
         if self.main not in names:
             # dropped (dropout, identity): the layer's name addresses the value it passes on
-            self.aliases[self.main] = y.name
+            self.aliases[self.main] = (y[0] if isinstance(y, list) else y).name
         return y
 
     def _finish(self, value: Value, outputs: list[V], shape) -> Graph:
@@ -313,6 +358,35 @@ class _Translation:
             meta["aliases"] = aliases
         graph = Graph([value], nodes, [o.name for o in outputs], meta)
         return graph
+
+
+def _mask_kwarg(node) -> list:
+    """The Keras tensors a functional node was given as ``mask=`` (Keras adds the input's mask there)."""
+    from keras import tree
+    args = getattr(node, "arguments", None)
+    m = None if args is None else args.kwargs.get("mask")
+    return [t for t in tree.flatten(m) if hasattr(t, "_keras_history")] if m is not None else []
+
+
+def _mask_only_nodes(model) -> set:
+    """ids of a functional model's nodes that only compute masks (the not_equal/any that Masking and
+    Embedding(mask_zero) record): their results reach the model's outputs only through ``mask=``."""
+    uses: dict[int, list] = {}
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            masks = {id(t) for t in _mask_kwarg(node)}
+            for t in node.input_tensors:
+                uses.setdefault(id(t), []).append((node, id(t) in masks))
+    outputs = {id(t) for t in model.outputs}
+    mask_only: set = set()
+    for depth in sorted(model._nodes_by_depth):        # consumers before producers
+        for node in model._nodes_by_depth[depth]:
+            outs = node.output_tensors
+            if not outs or any(id(t) in outputs or not uses.get(id(t)) for t in outs):
+                continue
+            if all(as_mask or id(user) in mask_only for t in outs for user, as_mask in uses[id(t)]):
+                mask_only.add(id(node))
+    return mask_only
 
 
 # ----------------------------------------------------------------------------------------------
@@ -710,11 +784,253 @@ def _embedding(ctx, layer, xs):
     x = ctx.keras_order(_one(xs))
     if x.name != ctx.input_name or not ctx.indices:
         raise _Unsupported("looks up indices computed inside the model; the graph's indices are its input")
-    if getattr(layer, "mask_zero", False):
-        raise _Unsupported("mask_zero=True: later layers read the mask, which the graph does not carry")
     if getattr(layer, "quantization_mode", None):
         raise _Unsupported(f"quantized ({layer.quantization_mode}) embeddings are not translated")
-    return ctx.emit("embedding", [x], _identity(x.rank + 1), params={"weight": _np(layer.embeddings)})
+    y = ctx.emit("embedding", [x], _identity(x.rank + 1), params={"weight": _np(layer.embeddings)})
+    if getattr(layer, "mask_zero", False):      # Keras's mask: ids != 0, elementwise
+        y.mask = ctx.emit("mask", [x], x.perm, {"value": 0.0, "axes": None}, name=ctx.sub("mask"))
+    return y
+
+
+_embedding.reads_mask = True
+
+
+# ----------------------------------------------------------------------------------------------
+# padding masks and recurrent layers
+#
+# Keras attaches a mask (N, steps) to tensors: Masking and Embedding(mask_zero=True) make one, layers with
+# supports_masking pass their input's mask on (compute_mask), others drop it, and layers whose call takes
+# ``mask`` read it. Each translated tensor carries its mask (V.mask) the same way; the recurrent layers
+# give it to the unroller (attribx.recurrent), where a masked step keeps the state.
+
+#: layers whose call takes a mask but uses it in training only (inference reads the moving statistics)
+_MASK_UNUSED_AT_INFERENCE = ("BatchNormalization",)
+
+
+def _mask_source(m) -> str:
+    return m.reason if isinstance(m, _OpaqueMask) else f"node {m.name!r}"
+
+
+def _refuse_mask_readers(layer, xs: list[V]) -> None:
+    """A layer that computes with the mask Keras hands it, where this translation does not apply it."""
+    masks = [x.mask for x in xs if x.mask is not None]
+    if not masks or not getattr(layer, "_call_has_mask_arg", False):
+        return
+    if any(cls.__name__ in _MASK_UNUSED_AT_INFERENCE for cls in type(layer).__mro__):
+        return
+    raise _Unsupported(f"its input carries a padding mask ({_mask_source(masks[0])}), which Keras passes to "
+                       f"this layer and which its translation does not apply; drop the Masking / mask_zero, or "
+                       f"explain a model without this layer")
+
+
+def _pass_mask(layer, xs: list[V], y):
+    """``y`` (a V or a list of them) with the mask Keras gives the layer's output (see compute_mask)."""
+    import keras
+    masks = [x.mask for x in xs if x.mask is not None]
+    ys = y if isinstance(y, list) else [y]
+    mask = None
+    if masks and getattr(layer, "supports_masking", False):
+        own = type(layer).compute_mask is not keras.layers.Layer.compute_mask
+        merge = any(cls.__name__ == "Merge" for cls in type(layer).__mro__)
+        names = {m.name if isinstance(m, V) else id(m) for m in masks}
+        if not own and len(xs) == 1:
+            mask = masks[0]                               # passed on unchanged
+        elif merge and len(names) == 1 and isinstance(masks[0], V) and not (
+                isinstance(layer, keras.layers.Concatenate) and layer.axis % xs[0].rank != xs[0].rank - 1):
+            mask = masks[0]                               # the logical and of one mask (and none)
+        else:
+            mask = _OpaqueMask(f"the mask that {layer.name!r} ({_class_path(layer)}) computes")
+        if len(ys) > 1:
+            mask = _OpaqueMask(f"the masks of the outputs of {layer.name!r} ({_class_path(layer)})")
+    out = [replace(v, mask=mask) for v in ys]
+    return out if isinstance(y, list) else out[0]
+
+
+def _masking(ctx, layer, xs):
+    """Keras Masking: mask = any(x != mask_value) over the features; the output is x with masked steps 0."""
+    x = ctx.keras_order(_one(xs))
+    m = ctx.emit("mask", [x], x.perm[:-1], {"value": float(layer.mask_value), "axes": [-1]},
+                 name=ctx.sub("mask"))
+    cond = ctx.emit("reshape", [m], x.perm, {"shape": tuple(x.shape[1:-1]) + (1,)}, name=ctx.sub("mask_features"))
+    y = ctx.emit("where", [cond, x, ctx.const(0.0, "zero")], x.perm)
+    y.mask = m
+    if x.name == ctx.input_name:
+        ctx.masked_input = y.name
+    return y
+
+
+_masking.reads_mask = True
+
+
+class _Emitter:
+    """Lets attribx.recurrent's unrollers add nodes to a Keras translation (shapes inferred, names unique)."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def add_node(self, op, inputs=(), name=None, params=None, source="", **attrs):
+        ctx = self.ctx
+        ins = [inputs] if isinstance(inputs, str) else list(inputs)
+        vs = [V(i, ctx.shapes[i], ()) for i in ins]
+        return ctx.emit(op, vs, (), attrs, params, name=ctx.unique(name or ctx.main)).name
+
+
+def _fn_name(fn) -> str:
+    return getattr(fn, "__name__", str(fn))
+
+
+def _rnn_cell(layer) -> str:
+    """'lstm' or 'gru' for a recurrent layer the unrollers express exactly; refuses everything else."""
+    import keras
+    cell = getattr(layer, "cell", None)
+    if isinstance(cell, keras.layers.LSTMCell):
+        kind = "lstm"
+    elif isinstance(cell, keras.layers.GRUCell):
+        kind = "gru"
+    else:
+        what = _class_path(cell) if cell is not None else "no cell"
+        raise _Unsupported(f"its cell ({what}) has no unrolled translation; LSTM and GRU cells have one "
+                           f"(SimpleRNN, ConvLSTM, stacked cells do not)")
+    if layer.stateful:
+        raise _Unsupported("stateful=True: the state carried from one call to the next is not part of the graph")
+    if _fn_name(cell.activation) != "tanh":
+        raise _Unsupported(f"activation {_fn_name(cell.activation)!r}: the unrolled cell uses tanh")
+    if _fn_name(cell.recurrent_activation) != "sigmoid":
+        raise _Unsupported(f"recurrent_activation {_fn_name(cell.recurrent_activation)!r}: the unrolled cell's "
+                           f"gates use sigmoid")
+    if getattr(cell, "quantization_mode", None) or getattr(layer, "quantization_mode", None):
+        raise _Unsupported("quantized kernels are not translated")
+    return kind
+
+
+def _mask_for_rnn(x: V, steps: int):
+    m = x.mask
+    if m is None:
+        return None
+    if isinstance(m, _OpaqueMask):
+        raise _Unsupported(f"it reads a padding mask the translation does not follow ({m.reason})")
+    if tuple(m.shape[1:]) != (steps,):
+        raise _Unsupported(f"its mask has shape {m.shape[1:]}, expected one entry per step ({steps},)")
+    return m
+
+
+def _unroll(ctx, layer, x: V, mask, name: str):
+    """One Keras LSTM/GRU over ``x`` (Keras order, (N, steps, features)): (outputs in input time order,
+    Keras's last output, [states]). Masked steps keep the state; their output is zeros when the layer has
+    zero_output_for_mask (Bidirectional sets it with return_sequences), else the kept output, as Keras."""
+    from attribx.recurrent import unroll_gru, unroll_lstm
+    kind = _rnn_cell(layer)
+    cell = layer.cell
+    steps = x.shape[1]
+    emit = _Emitter(ctx)
+    zeros = bool(getattr(layer, "zero_output_for_mask", False))
+    kw = {"reverse": bool(layer.go_backwards), "name": name, "mask": None if mask is None else mask.name,
+          "masked_output": "zeros" if zeros else "state"}
+    w_ih, w_hh = _np(cell.kernel).T.copy(), _np(cell.recurrent_kernel).T.copy()
+    bias = _np(cell.bias) if cell.use_bias else None
+    if kind == "lstm":
+        out, h, c = unroll_lstm(emit, x.name, steps, w_ih=w_ih, w_hh=w_hh, b_ih=bias, order="keras", **kw)
+        states = [h, c]
+    else:
+        reset_after = bool(cell.reset_after)
+        b_ih, b_hh = (bias[0], bias[1]) if bias is not None and reset_after else (bias, None)
+        out, h = unroll_gru(emit, x.name, steps, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, order="keras",
+                            reset_after=reset_after, **kw)
+        states = [h]
+    seq = V(out, ctx.shapes[out], (0, 1, 2))
+    states = [V(s, ctx.shapes[s], (0, 1)) for s in states]
+    last = states[0]
+    if mask is not None and zeros:      # Keras's last output is the last processed step's, zeroed if masked
+        t = 0 if layer.go_backwards else steps - 1
+        sl = emit.add_node("slice", out, name=f"{name}/last_output_slice", axis=1, start=t, stop=t + 1, step=None)
+        r = emit.add_node("reshape", sl, name=f"{name}/last_output", shape=(-1,))
+        last = V(r, ctx.shapes[r], (0, 1))
+    return seq, last, states
+
+
+def _flip_time(ctx, v: V, suffix: str) -> V:
+    """``v`` (N, steps, ...) with its steps in reverse order: Keras's go_backwards outputs."""
+    steps = v.shape[1]
+    if steps == 1:
+        return v
+    parts = [ctx.emit("slice", [v], v.perm, {"axis": 1, "start": t, "stop": t + 1, "step": None},
+                      name=ctx.sub(f"{suffix}/t{t}")) for t in range(steps - 1, -1, -1)]
+    return ctx.emit("concat", parts, v.perm, {"axis": 1}, name=ctx.sub(suffix))
+
+
+def _rnn_input(ctx, layer, xs) -> V:
+    if len(xs) != 1:
+        raise _Unsupported(f"it is called with {len(xs)} tensors (initial_state or an explicit mask); the graph "
+                           f"starts recurrent layers from zero states and takes masks from Masking or "
+                           f"Embedding(mask_zero=True)")
+    x = ctx.keras_order(xs[0])
+    if x.rank != 3:
+        raise _Unsupported(f"input of rank {x.rank}; recurrent layers read (N, steps, features)")
+    if x.name in (ctx.input_name, ctx.masked_input) and not ctx.indices:
+        ctx.sequence_input = True
+    return replace(x, mask=xs[0].mask)
+
+
+def _rnn(ctx, layer, xs):
+    """LSTM, GRU (and keras.layers.RNN over an LSTMCell or GRUCell), unrolled over the input's steps."""
+    x = _rnn_input(ctx, layer, xs)
+    _rnn_cell(layer)
+    mask = _mask_for_rnn(x, x.shape[1])
+    seq, last, states = _unroll(ctx, layer, x, mask, ctx.main)
+    if layer.return_sequences:       # Keras returns go_backwards outputs in processing order
+        out = _flip_time(ctx, seq, "flip") if layer.go_backwards else seq
+        y = ctx.emit("identity", [out], out.perm)
+        y.mask = mask
+    else:
+        y = ctx.emit("identity", [last], last.perm)
+    return [y] + states if layer.return_state else y
+
+
+_rnn.reads_mask = True
+
+
+def _bidirectional(ctx, layer, xs):
+    """Bidirectional: forward and backward layers (each its own weights) on the same input and mask, the
+    backward sequence flipped back to input order, merged by merge_mode (None: two outputs)."""
+    x = _rnn_input(ctx, layer, xs)
+    fwd, bwd = layer.forward_layer, layer.backward_layer
+    for sub in (fwd, bwd):
+        try:
+            _rnn_cell(sub)
+        except _Unsupported as err:
+            raise _Unsupported(f"its layer {sub.name!r} ({_class_path(sub)}): {err}") from None
+    mask = _mask_for_rnn(x, x.shape[1])
+    sf, lf, stf = _unroll(ctx, fwd, x, mask, f"{ctx.main}/{fwd.name}")
+    sb, lb, stb = _unroll(ctx, bwd, x, mask, f"{ctx.main}/{bwd.name}")
+    if layer.return_sequences:
+        # Keras: y = fwd's output (processing order), y_rev = flip(bwd's output); ours are in input order
+        y = _flip_time(ctx, sf, "forward_flip") if fwd.go_backwards else sf
+        y_rev = sb if bwd.go_backwards else _flip_time(ctx, sb, "backward_flip")
+    else:
+        y, y_rev = lf, lb
+    mode = layer.merge_mode
+    if mode == "concat":
+        outs = [ctx.emit("concat", [y, y_rev], y.perm, {"axis": y.rank - 1})]
+    elif mode == "sum":
+        outs = [ctx.emit("add", [y, y_rev], y.perm)]
+    elif mode == "ave":
+        s = ctx.emit("add", [y, y_rev], y.perm, name=ctx.sub("sum"))
+        outs = [ctx.emit("mul", [s, ctx.const(0.5, "half")], y.perm)]
+    elif mode == "mul":
+        outs = [ctx.emit("mul", [y, y_rev], y.perm)]
+    elif mode is None:
+        outs = [ctx.emit("identity", [y], y.perm), ctx.emit("identity", [y_rev], y.perm, name=ctx.sub("backward"))]
+    else:
+        raise _Unsupported(f"merge_mode {mode!r}")
+    if layer.return_sequences:
+        for o in outs:
+            o.mask = mask
+    if layer.return_state:
+        return outs + stf + stb
+    return outs if len(outs) > 1 else outs[0]
+
+
+_bidirectional.reads_mask = True
 
 
 _PASSTHROUGH = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
@@ -742,6 +1058,9 @@ _HANDLERS = {
     "Cropping1D": _crop, "Cropping2D": _crop, "Cropping3D": _crop,
     "Rescaling": _rescaling, "Normalization": _normalization,
     "Embedding": _embedding,
+    "Masking": _masking,
+    "RNN": _rnn,                  # LSTM and GRU are RNNs; other cells are refused with the reason
+    "Bidirectional": _bidirectional,
     **{k: _passthrough for k in _PASSTHROUGH},
 }
 
