@@ -1,7 +1,15 @@
 """One handler per ONNX op type: ``handler(ctx, node, attrs)`` emits attribx nodes for one ONNX node.
 
 A handler returns what each ONNX output became: a graph value name, a :class:`~attribx_onnx.fold.Const`
-(``Shape``), or None for an output with no translation (an error only if something reads it). Nodes whose
+(``Shape``), a :class:`~attribx_onnx.translate.BatchAt` (a value whose ONNX tensor has its batch on another
+axis than 0), or None for an output with no translation (an error only if something reads it).
+
+The batch axis: graph values are always batch-first, but the ONNX tensors around an LSTM or GRU node are
+sequence-first (X (T, N, E) with ``layout=0``, Y (T, dirs, N, H), Y_h (dirs, N, H)). The translation keeps,
+per ONNX tensor, which of its axes is the batch (``ctx.batch_axis``), and stores the value with that axis
+moved to the front. Handlers marked :func:`batch_aware` map ONNX axes to the value's axes
+(``ctx.axis_of``) and say where their outputs' batch axis is; the walk refuses, naming the tensor, any other
+handler reading such a tensor. Nodes whose
 inputs are all constants never get here: :mod:`attribx_onnx.fold` evaluates them. A handler raises
 :class:`~attribx_onnx.translate.Unsupported` with the reason; the walk adds the node, op type and opset.
 """
@@ -14,7 +22,9 @@ import numpy as np
 from attribx.ops import resolve_padding
 
 from .fold import BATCH_A, BATCH_B, Const
-from .translate import Unsupported
+from .recurrent import HANDLERS as RECURRENT_HANDLERS
+from .translate import Unsupported, batch_aware, stored_axis
+from .translate import at_batch as _at
 
 SQRT2 = math.sqrt(2.0)
 
@@ -57,9 +67,9 @@ def _close(a: float, b: float, rtol: float = 1e-5) -> bool:
 
 def _unary(op: str):
     def handler(ctx, node, attrs):
-        return ctx.emit(op, [_x(ctx, node)])
-    handler.__doc__ = f"ONNX op with the same meaning as the graph's {op!r}."
-    return handler
+        return _at(ctx.emit(op, [_x(ctx, node)]), ctx.batch_axis(node.input[0]))
+    handler.__doc__ = f"ONNX op with the same meaning as the graph's {op!r} (elementwise: any batch axis)."
+    return batch_aware(handler)
 
 
 def _leaky_relu(ctx, node, attrs):
@@ -430,52 +440,103 @@ def _global_max_pool(ctx, node, attrs):
 # shapes and routing
 
 
+@batch_aware
 def _passthrough(ctx, node, attrs):
     """Identity: the output is the input; the node's name resolves through the aliases."""
-    return ctx.value(node.input[0], allow_int=True)
+    return _at(ctx.value(node.input[0], allow_int=True), ctx.batch_axis(node.input[0]))
 
 
+@batch_aware
 def _dropout(ctx, node, attrs):
     mode = ctx.optional_const(node, 2, "training_mode")
     if mode is not None and bool(np.asarray(mode).reshape(-1)[0]):
         raise Unsupported("training_mode=True: dropout is random")
-    return [ctx.value(node.input[0])] + [None] * (len(node.output) - 1)   # the mask: an error if read
+    out = _at(ctx.value(node.input[0]), ctx.batch_axis(node.input[0]))
+    return [out] + [None] * (len(node.output) - 1)   # the mask: an error if read
 
 
+@batch_aware
 def _cast(ctx, node, attrs):
-    """A cast to the type a tensor already has is nothing; others would change the graph's dtype."""
+    """A cast to the type a tensor already has is nothing; others would change the graph's dtype, except
+    casts of masks and of the counts computed from them (a sequence length), which hold whole numbers."""
     from onnx import helper
-    v = ctx.value(node.input[0], allow_int=True)
+    tensor = node.input[0]
     to = int(attrs["to"])
     target = np.dtype(helper.tensor_dtype_to_np_dtype(to))
+    if tensor in ctx.complement:               # a boolean held as its negation (Equal): 1 - mask
+        if target.kind not in "iuf":
+            raise Unsupported(f"a cast of a boolean to {target}")
+        m = ctx.values[tensor]
+        neg = ctx.emit("mul", [m, ctx.const_node(-1.0, "minus_one")], name=ctx.sub("neg"))
+        out = ctx.emit("add", [neg, ctx.const_node(1.0, "one")])
+        ctx.counts.add(out)
+        return _at(out, ctx.batch_axis(tensor))
+    v = ctx.value(tensor, allow_int=True)
+    out = _at(v, ctx.batch_axis(tensor))
     if v in ctx.int_values and target.kind in "iu":
-        return v
+        return out
+    if v in ctx.counts and target.kind in "iuf":
+        return out
     if v not in ctx.int_values and target == np.dtype(ctx.dtype):
-        return v
+        return out
     raise Unsupported(f"a cast to {target} changes the type of a tensor computed from the input "
                       f"(the graph computes in {np.dtype(ctx.dtype)})")
 
 
+def _equal(ctx, node, attrs):
+    """Equal to a constant number: the graph's ``mask`` (1 where different), held as the boolean's negation
+    until a Not or a Cast reads it: how a model computes sequence lengths from padding (ids != pad)."""
+    a, b = node.input[:2]
+    tensor, other = (a, b) if ctx.is_const(b) else (b, a)
+    if ctx.is_const(tensor):
+        raise Unsupported("compares two tensors computed from the input")
+    value = _scalar(ctx.const(other, "the compared value"), "the compared value")
+    m = ctx.emit("mask", [ctx.value(tensor, allow_int=True)], {"value": value, "axes": None})
+    ctx.counts.add(m)
+    ctx.complement.add(node.output[0])
+    return m
+
+
+def _not(ctx, node, attrs):
+    tensor = node.input[0]
+    if tensor not in ctx.complement and ctx.values.get(tensor) not in ctx.counts:
+        raise Unsupported("only the negation of a comparison (Not(Equal(x, c))) translates")
+    if tensor not in ctx.complement:
+        ctx.complement.add(node.output[0])
+    return ctx.values[tensor]
+
+
+@batch_aware
 def _shape(ctx, node, attrs):
     """The shape of a tensor with a known per-sample shape: a constant pair (batch size A, B)."""
-    v = ctx.value(node.input[0], allow_int=True)
-    rest = tuple(ctx.shape(v)[1:])
+    tensor = node.input[0]
+    ctx.value(tensor, allow_int=True)
+    dims = ctx.onnx_shape(tensor)
+    batch = ctx.batch_axis(tensor)
     sl = slice(int(attrs.get("start", 0)), attrs.get("end"))
-    return Const.pair(np.array((BATCH_A, *rest), np.int64)[sl], np.array((BATCH_B, *rest), np.int64)[sl])
+    full = [np.array([BATCH if i == batch else d for i, d in enumerate(dims)], np.int64)[sl]
+            for BATCH in (BATCH_A, BATCH_B)]
+    return Const.pair(*full)
 
 
+@batch_aware
 def _size(ctx, node, attrs):
     v = ctx.value(node.input[0], allow_int=True)
     n = math.prod(ctx.shape(v)[1:])
     return Const.pair(np.array(BATCH_A * n, np.int64), np.array(BATCH_B * n, np.int64))
 
 
+@batch_aware
 def _concat(ctx, node, attrs):
     ins = [i for i in node.input if i]
     if any(ctx.is_const(i) for i in ins):
         raise Unsupported("concatenates constants with tensors computed from the input (a constant has no "
                           "batch axis)")
-    return ctx.emit("concat", [ctx.value(i) for i in ins], {"axis": int(attrs["axis"])})
+    batch = {ctx.batch_axis(i) for i in ins}
+    if len(batch) > 1:
+        raise Unsupported(f"concatenates tensors whose batch axes differ ({sorted(batch)})")
+    values = [ctx.value(i) for i in ins]
+    return _at(ctx.emit("concat", values, {"axis": ctx.axis_of(ins[0], int(attrs["axis"]))}), batch.pop())
 
 
 def _split_sizes(ctx, node, attrs, dim: int) -> list[int]:
@@ -494,11 +555,13 @@ def _split_sizes(ctx, node, attrs, dim: int) -> list[int]:
     return [dim // n] * n
 
 
+@batch_aware
 def _split(ctx, node, attrs):
     """Each output is a ``slice`` node named ``<node>:<output index>``."""
     x = _x(ctx, node)
     shape = ctx.shape(x)
-    axis = int(attrs.get("axis", 0)) % len(shape)
+    batch = ctx.batch_axis(node.input[0])
+    axis = ctx.axis_of(node.input[0], int(attrs.get("axis", 0)))
     if axis == 0:
         raise Unsupported("splits the batch axis")
     sizes = _split_sizes(ctx, node, attrs, shape[axis])
@@ -507,8 +570,8 @@ def _split(ctx, node, attrs):
                           f"{len(node.output)} outputs")
     outs, start = [], 0
     for i, size in enumerate(sizes):
-        outs.append(ctx.emit("slice", [x], {"axis": axis, "start": start, "stop": start + size, "step": None},
-                             name=ctx.sub(str(i))))
+        outs.append(_at(ctx.emit("slice", [x], {"axis": axis, "start": start, "stop": start + size, "step": None},
+                                 name=ctx.sub(str(i))), batch))
         start += size
     return outs
 
@@ -524,16 +587,17 @@ def _clamp(index: int, dim: int) -> int:
 _TO_END = 2 ** 31 - 1
 
 
+@batch_aware
 def _slice(ctx, node, attrs):
     """One ``slice`` node per sliced axis (the last one carries the ONNX node's name)."""
     x = _x(ctx, node)
     shape = ctx.shape(x)
-    rank = len(shape)
     starts = _ints(ctx.const(node.input[1], "starts"))
     ends = _ints(ctx.const(node.input[2], "ends"))
     axes = ctx.optional_const(node, 3, "axes")
     steps = ctx.optional_const(node, 4, "steps")
-    axes = list(range(len(starts))) if axes is None else [a % rank for a in _ints(axes)]
+    axes = list(range(len(starts))) if axes is None else _ints(axes)
+    axes = [ctx.axis_of(node.input[0], a) for a in axes]          # the graph value's axes
     steps = [1] * len(starts) if steps is None else _ints(steps)
     plan = []
     for axis, s, e, st in zip(axes, starts, ends, steps):
@@ -548,13 +612,14 @@ def _slice(ctx, node, attrs):
         start, stop = _clamp(s, dim), _clamp(e, dim)
         if (start, stop, st) != (0, dim, 1):
             plan.append((axis, start, stop, st))
+    batch = ctx.batch_axis(node.input[0])
     if not plan:
-        return x
+        return _at(x, batch)
     for j, (axis, start, stop, st) in enumerate(plan):
         name = None if j == len(plan) - 1 else ctx.sub(f"axis{axis}")
         x = ctx.emit("slice", [x], {"axis": axis, "start": start, "stop": stop,
                                     "step": None if st == 1 else st}, name=name)
-    return x
+    return _at(x, batch)
 
 
 def _flatten(ctx, node, attrs):
@@ -568,94 +633,130 @@ def _flatten(ctx, node, attrs):
     return ctx.emit("flatten", [x], {"start_dim": 1, "end_dim": -1})
 
 
-def _reshape_target(ctx, pair: Const, shape: tuple, allowzero: bool) -> tuple:
-    """A Reshape target as one sample's shape: its first entry must be the batch axis."""
+def _reshape_target(ctx, pair: Const, in_shape: tuple, in_batch: int, allowzero: bool) -> tuple[int, tuple]:
+    """A Reshape target as (the output's batch axis, one sample's shape: the target without that axis).
+
+    ``in_shape`` is the input's ONNX shape (None at its batch axis ``in_batch``). The batch entry of the
+    target is the one that depends on the batch size (``Shape(x)[k]``), a 0 that copies the input's batch
+    axis, a -1 when the other entries hold exactly one sample, or the model's declared fixed batch size.
+    The data before the batch axis must stay before it, so that no data moves between samples."""
     a, b = _ints(pair.a), _ints(pair.b)
     if len(a) != len(b):
         raise Unsupported("the target shape's length depends on the batch size")
     if not a:
         raise Unsupported("reshapes to a scalar")
-    rest = []
-    for i in range(1, len(a)):
-        if a[i] != b[i]:
-            raise Unsupported(f"entry {i} of the target shape depends on the batch size (only the first may)")
-        v = a[i]
-        if v == 0:
+    size = math.prod(d for i, d in enumerate(in_shape) if i != in_batch)
+    dims = []                     # the target's entries with copies resolved; None: the batch size
+    for i, (u, v) in enumerate(zip(a, b)):
+        if u != v:
+            if (u, v) != (BATCH_A, BATCH_B):
+                raise Unsupported(f"entry {i} of the target shape depends on the batch size but is not the batch "
+                                  f"size (it would move data between samples)")
+            dims.append(None)
+        elif u == 0:
             if allowzero:
                 raise Unsupported("allowzero=1 with a zero in the target shape")
-            if i >= len(shape):
-                raise Unsupported(f"target entry {i} is 0 (copy), but the input has rank {len(shape)}")
-            v = shape[i]
-        rest.append(v)
-    size = math.prod(shape[1:])
-    fits = -1 in rest or math.prod(rest) == size
-    first_ok = (
-        (a[0] != b[0] and (a[0], b[0]) == (BATCH_A, BATCH_B))        # Shape(x)[0]: the batch size
-        or (a[0] == 0 and not allowzero)                             # copy the batch size
-        or (a[0] == -1 and -1 not in rest and math.prod(rest) == size)
-        or (a[0] > 0 and a[0] == ctx.declared_batch and fits)        # exported with a fixed batch size
-    )
-    if not first_ok:
-        raise Unsupported(f"target shape {a if a == b else (a, b)} does not keep the batch axis first (it would "
-                          f"move data between samples)")
-    if rest.count(-1) == 1:          # one sample's size is known: spell the free entry out
+            if i >= len(in_shape):
+                raise Unsupported(f"target entry {i} is 0 (copy), but the input has rank {len(in_shape)}")
+            dims.append(in_shape[i])
+        else:
+            dims.append(u)
+    shown = a if a == b else (a, b)
+    batch = [i for i, d in enumerate(dims) if d is None]
+    if len(batch) > 1:
+        raise Unsupported(f"target shape {shown} holds the batch size twice")
+    if not batch:
+        known = math.prod(d for d in dims if d != -1)
+        if dims.count(-1) == 1 and known == size:                  # -1 stands for the batch size
+            batch = [dims.index(-1)]
+        elif ctx.declared_batch and ctx.declared_batch in dims:   # exported with a fixed batch size
+            batch = [in_batch if dims[in_batch:in_batch + 1] == [ctx.declared_batch] else
+                     dims.index(ctx.declared_batch)]
+    if not batch:
+        raise Unsupported(f"target shape {shown} does not keep the batch axis (it would move data between samples)")
+    j = batch[0]
+    rest = [d for i, d in enumerate(dims) if i != j]
+    if rest.count(-1) > 1:
+        raise Unsupported(f"target shape {shown} has more than one -1")
+    if -1 in rest:
         known = math.prod(d for d in rest if d != -1)
-        if known and size % known == 0:
-            rest[rest.index(-1)] = size // known
-    return tuple(rest)
+        if not known or size % known:
+            raise Unsupported(f"target shape {shown} does not fit one sample of size {size}")
+        rest[rest.index(-1)] = size // known
+    if math.prod(rest) != size or math.prod(in_shape[:in_batch]) != math.prod(rest[:j]):
+        raise Unsupported(f"target shape {shown} does not keep the batch axis (it would move data between samples)")
+    return j, tuple(rest)
 
 
+@batch_aware
 def _reshape(ctx, node, attrs):
     x = _x(ctx, node)
     if not ctx.is_const(node.input[1]):
         raise Unsupported("the target shape is computed from the input's values")
-    target = _reshape_target(ctx, ctx.const_pair(node.input[1]), ctx.shape(x), bool(attrs.get("allowzero", 0)))
+    tensor = node.input[0]
+    batch, target = _reshape_target(ctx, ctx.const_pair(node.input[1]), ctx.onnx_shape(tensor),
+                                    ctx.batch_axis(tensor), bool(attrs.get("allowzero", 0)))
     if tuple(target) == tuple(ctx.shape(x)[1:]):
-        return x
-    return ctx.emit("reshape", [x], {"shape": target})
+        return _at(x, batch)
+    return _at(ctx.emit("reshape", [x], {"shape": target}), batch)
 
 
+@batch_aware
 def _transpose(ctx, node, attrs):
+    """Any perm: the batch axis goes where perm sends it; the graph value transposes its other axes."""
     x = _x(ctx, node)
     rank = _rank(ctx, x)
+    batch = ctx.batch_axis(node.input[0])
     perm = [p % rank for p in attrs.get("perm", list(range(rank))[::-1])]
-    if perm[0] != 0:
-        raise Unsupported(f"perm {perm} moves the batch axis")
-    if perm == list(range(rank)):
-        return x
-    return ctx.emit("transpose", [x], {"perm": tuple(perm)})
+    if sorted(perm) != list(range(rank)):
+        raise Unsupported(f"perm {perm} is not a permutation of {rank} axes")
+    out_batch = perm.index(batch)
+    order = [out_batch] + [o for o in range(rank) if o != out_batch]
+    stored = tuple(stored_axis(perm[o], batch) for o in order)
+    if stored == tuple(range(rank)):
+        return _at(x, out_batch)
+    return _at(ctx.emit("transpose", [x], {"perm": stored}), out_batch)
 
 
+def _batch_first(shape: list, batch: int) -> tuple:
+    """One sample's shape of a graph value holding an ONNX tensor of ``shape`` (batch axis ``batch``)."""
+    return tuple(d for i, d in enumerate(shape) if i != batch)
+
+
+@batch_aware
 def _squeeze(ctx, node, attrs):
     x = _x(ctx, node)
-    shape = ctx.shape(x)
+    tensor = node.input[0]
+    shape = ctx.onnx_shape(tensor)
+    batch = ctx.batch_axis(tensor)
     axes = _axes_input_or_attr(ctx, node, attrs, 13)
     if axes is None:
-        axes = [i for i in range(1, len(shape)) if shape[i] == 1]
+        axes = [i for i, d in enumerate(shape) if d == 1]
     axes = sorted({a % len(shape) for a in axes})
-    if 0 in axes:
+    if batch in axes:
         raise Unsupported("squeezes the batch axis")
     if any(shape[a] != 1 for a in axes):
         raise Unsupported(f"axes {axes} of shape {shape} are not all of size 1")
     new = [d for i, d in enumerate(shape) if i not in axes]
+    out_batch = batch - sum(a < batch for a in axes)
     if len(new) == len(shape):
-        return x
-    return ctx.emit("reshape", [x], {"shape": tuple(new[1:])})
+        return _at(x, batch)
+    return _at(ctx.emit("reshape", [x], {"shape": _batch_first(new, out_batch)}), out_batch)
 
 
+@batch_aware
 def _unsqueeze(ctx, node, attrs):
+    """Size-1 axes anywhere, before the batch axis too (the batch axis then moves)."""
     x = _x(ctx, node)
-    shape = list(ctx.shape(x))
+    shape = list(ctx.onnx_shape(node.input[0]))
     axes = _axes_input_or_attr(ctx, node, attrs, 13)
     if not axes:
         raise Unsupported("no axes given")
     out_rank = len(shape) + len(axes)
-    axes = sorted(a % out_rank for a in axes)
-    if 0 in axes:
-        raise Unsupported("adds an axis before the batch axis")
-    for a in axes:
+    for a in sorted(a % out_rank for a in axes):
         shape.insert(a, 1)
-    return ctx.emit("reshape", [x], {"shape": tuple(shape[1:])})
+    out_batch = shape.index(None)
+    return _at(ctx.emit("reshape", [x], {"shape": _batch_first(shape, out_batch)}), out_batch)
 
 
 def _pad(ctx, node, attrs):
@@ -696,11 +797,15 @@ def _reduce(op: str, axes_input_since: int):
         axes = tuple(sorted({a % rank for a in axes}))
         if 0 in axes:
             raise Unsupported("reduces over the batch axis")
-        return ctx.emit(op, [x], {"axes": axes, "keepdims": bool(int(attrs.get("keepdims", 1)))})
+        out = ctx.emit(op, [x], {"axes": axes, "keepdims": bool(int(attrs.get("keepdims", 1)))})
+        if op == "reduce_sum" and x in ctx.counts:
+            ctx.counts.add(out)                  # a count of mask entries (a sequence length) stays one
+        return out
     handler.__doc__ = f"The graph's {op!r}; axes are an input from opset {axes_input_since} on."
     return handler
 
 
+@batch_aware
 def _gather(ctx, node, attrs):
     """A constant (V, D) table read at token ids: ``embedding``. A constant index into a tensor: slice."""
     data, idx = node.input[:2]
@@ -713,10 +818,12 @@ def _gather(ctx, node, attrs):
         ids = ctx.value(idx, allow_int=True)
         if ids not in ctx.int_values:
             raise Unsupported("the indices are not integers from the model's input")
-        return ctx.emit("embedding", [ids], params={"weight": ctx.float_param(table)})
+        return _at(ctx.emit("embedding", [ids], params={"weight": ctx.float_param(table)}), ctx.batch_axis(idx))
     x = ctx.value(data)
     shape = ctx.shape(x)
-    axis %= len(shape)
+    batch = ctx.batch_axis(data)
+    onnx_axis = axis % len(shape)
+    axis = ctx.axis_of(data, axis)
     if axis == 0:
         raise Unsupported("selects along the batch axis")
     dim = shape[axis]
@@ -727,11 +834,12 @@ def _gather(ctx, node, attrs):
     if ix.ndim == 0:
         i = int(ix)
         s = ctx.emit("slice", [x], {"axis": axis, "start": i, "stop": i + 1, "step": None}, name=ctx.sub("slice"))
-        return ctx.emit("reshape", [s], {"shape": tuple(shape[1:axis]) + tuple(shape[axis + 1:])})
+        out = ctx.emit("reshape", [s], {"shape": tuple(shape[1:axis]) + tuple(shape[axis + 1:])})
+        return _at(out, batch - (onnx_axis < batch))
     step = int(ix[1] - ix[0]) if ix.size > 1 else 1
     if ix.ndim == 1 and step > 0 and np.array_equal(ix, ix[0] + step * np.arange(ix.size)):
-        return ctx.emit("slice", [x], {"axis": axis, "start": int(ix[0]), "stop": int(ix[-1]) + 1,
-                                       "step": None if step == 1 else step})
+        return _at(ctx.emit("slice", [x], {"axis": axis, "start": int(ix[0]), "stop": int(ix[-1]) + 1,
+                                           "step": None if step == 1 else step}), batch)
     raise Unsupported(f"indices {ix.tolist()} are not one index or an evenly spaced increasing run")
 
 
@@ -749,4 +857,7 @@ HANDLERS = {
     "ReduceMean": _reduce("reduce_mean", 18), "ReduceSum": _reduce("reduce_sum", 13),
     "Gather": _gather,
     "Identity": _passthrough, "Dropout": _dropout, "Cast": _cast, "Shape": _shape, "Size": _size,
+    "Equal": _equal, "Not": _not,
 }
+
+HANDLERS.update(RECURRENT_HANDLERS)         # LSTM, GRU, and the refusal of Loop/Scan

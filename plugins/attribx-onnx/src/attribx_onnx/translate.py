@@ -16,6 +16,13 @@ one set of semantics (opset 13 to the newest). The batch axis is free: the graph
 size, whatever batch size the model was exported with. Every translated tensor's shape is checked
 against ONNX's own shape inference where ONNX knows it.
 
+Graph values are batch-first; an ONNX tensor may have its batch on another axis (the sequence-first
+tensors around an LSTM/GRU with ``layout=0``: X (T, N, E), Y (T, dirs, N, H), Y_h (dirs, N, H)). The
+translation records that axis per ONNX tensor (``batch_axis``) and stores the tensor with it moved to the
+front; handlers marked ``batch_aware`` (Transpose, Reshape, Squeeze, Unsqueeze, Gather, Slice, Split,
+Concat, Shape, the recurrent nodes, elementwise activations, ...) map ONNX axes to the stored ones, and
+any other handler reading such a tensor is refused, naming it.
+
 The input's dimension names follow its layout: a channels-last input (a Keras export, which transposes
 the input before its convs) is found by tracing where its axes go (:func:`attribx.axes.input_channel_axis`)
 and labelled ``("sample", "height", "width", "channel")``, so relevance comes back as the user fed it.
@@ -25,7 +32,7 @@ the opset and the hooks that add more.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +44,7 @@ from attribx.graph import Graph, Node, Value, layout_dims
 
 from .fold import Const, Folder
 
-__all__ = ["translate_onnx", "HOOK_HINT", "MIN_OPSET"]
+__all__ = ["translate_onnx", "HOOK_HINT", "MIN_OPSET", "BatchAt"]
 
 HOOK_HINT = ("a plugin can add ops through the 'attribx_ops' hook and translations through "
              "'attribx_translate'")
@@ -58,6 +65,38 @@ INPUT_DTYPES = {1: "float32", 11: "float64", 7: "int64", 6: "int32"}
 
 class Unsupported(Exception):
     """Raised inside a handler; the walk turns it into an UnsupportedError naming node, op and opset."""
+
+
+@dataclass(frozen=True)
+class BatchAt:
+    """A handler's output whose ONNX tensor has its batch axis at ``axis`` (the graph value ``value`` is
+    stored batch-first, as every graph value is): the sequence-first tensors of ONNX LSTM/GRU nodes."""
+
+    value: str
+    axis: int
+
+
+def at_batch(value, batch: int):
+    """A handler's output whose ONNX tensor has its batch on axis ``batch``."""
+    return value if batch == 0 or not isinstance(value, str) else BatchAt(value, batch)
+
+
+def batch_aware(handler):
+    """Mark a handler that reads tensors with the batch on any axis (see :mod:`attribx_onnx.handlers`)."""
+    handler.batch_axes = True
+    return handler
+
+
+def stored_axis(axis: int, batch: int) -> int:
+    """The graph value's axis that holds ONNX axis ``axis`` (non-negative) of a tensor whose batch axis is
+    ``batch``: the batch axis moves to the front, the others keep their order."""
+    return 0 if axis == batch else axis + 1 if axis < batch else axis
+
+
+def onnx_order(shape, batch: int) -> tuple:
+    """A graph value's (batch-first) ``shape`` in its ONNX tensor's axis order."""
+    shape = tuple(shape)
+    return shape[1:batch + 1] + shape[:1] + shape[batch + 1:]
 
 
 def default_opset(model) -> int:
@@ -112,6 +151,20 @@ def inferred_shapes(model, input_name: str, shape: tuple) -> dict[str, tuple]:
     return out
 
 
+def outer_names(node) -> list[str]:
+    """The outer-scope tensors that a node's subgraphs (Loop, Scan, If bodies) read."""
+    from onnx import AttributeProto
+    found: list[str] = []
+    for a in node.attribute:
+        graphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs) if a.type == AttributeProto.GRAPHS else []
+        for g in graphs:
+            local = {v.name for v in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                found += [i for i in list(n.input) + outer_names(n) if i and i not in local]
+                local.update(n.output)
+    return list(dict.fromkeys(found))
+
+
 class Translation:
     """The state of one translation: constants, translated tensors, emitted nodes, names."""
 
@@ -126,6 +179,9 @@ class Translation:
         self.values: dict[str, str] = {}         # ONNX tensor -> graph value (node or input name)
         self.shapes: dict[str, tuple] = {}       # graph value -> shape, batch axis None
         self.int_values: set[str] = set()        # graph values holding integers (token ids)
+        self.counts: set[str] = set()            # float graph values holding whole numbers from masks
+        self.complement: set[str] = set()        # ONNX booleans whose graph value holds their negation
+        self.batch_axes: dict[str, int] = {}     # ONNX tensor -> its batch axis, where that is not axis 0
         self.nodes: list[Node] = []
         self.used: set[str] = set()
         self.aliases: dict[str, str] = {}
@@ -210,6 +266,8 @@ class Translation:
                                   f"input is expected")
             raise Unsupported(f"input {tensor!r} is not computed by any earlier node")
         v = self.values[tensor]
+        if tensor in self.complement:
+            raise Unsupported(f"input {tensor!r} is a boolean that only Not and Cast translate")
         if v in self.int_values and not allow_int:
             raise Unsupported(f"input {tensor!r} holds integers (token ids); only a Gather from a constant "
                               f"table (an embedding lookup) reads them")
@@ -217,6 +275,21 @@ class Translation:
 
     def shape(self, value: str) -> tuple:
         return self.shapes[value]
+
+    def batch_axis(self, tensor: str) -> int:
+        """The axis of ONNX tensor ``tensor`` that is the batch (its graph value has it first)."""
+        return self.batch_axes.get(tensor, 0)
+
+    def onnx_shape(self, tensor: str) -> tuple:
+        """The ONNX tensor's shape (None at its batch axis), from its batch-first graph value."""
+        return onnx_order(self.shapes[self.values[tensor]], self.batch_axis(tensor))
+
+    def axis_of(self, tensor: str, axis: int, what: str = "axis") -> int:
+        """The graph value's axis for ONNX axis ``axis`` of ``tensor`` (negative counts from the end)."""
+        rank = len(self.shapes[self.values[tensor]])
+        if not -rank <= axis < rank:
+            raise Unsupported(f"{what} {axis} is out of range for a tensor of rank {rank}")
+        return stored_axis(axis % rank, self.batch_axis(tensor))
 
     def operand(self, tensor: str, suffix: str = "const") -> str:
         """A graph value, or a ``constant`` node holding the constant tensor."""
@@ -318,7 +391,7 @@ class Translation:
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedError(f"{self.where()}: operator domain {node.domain!r} has no translation; "
                                    f"{HOOK_HINT}")
-        present = [i for i in node.input if i]
+        present = list(dict.fromkeys([i for i in node.input if i] + outer_names(node)))
         if all(o in self.consts for o in node.output if o):
             return                               # folded ahead of time (peek_const)
         if all(self.is_const(i) for i in present) and node.op_type not in NEVER_FOLD:
@@ -328,6 +401,13 @@ class Translation:
         handler = HANDLERS.get(node.op_type)
         if handler is None:
             raise UnsupportedError(f"{self.where()} has no translation to the attribx graph; {HOOK_HINT}")
+        moved = [i for i in present if i in self.values and self.batch_axis(i)]
+        if moved and not getattr(handler, "batch_axes", False):
+            raise UnsupportedError(
+                f"{self.where()} reads {moved[0]!r}, whose batch is on its axis {self.batch_axis(moved[0])} "
+                f"(a sequence-first tensor, as around an LSTM/GRU with layout=0); such tensors translate through "
+                f"{', '.join(sorted(op for op, h in HANDLERS.items() if getattr(h, 'batch_axes', False)))}; "
+                f"{HOOK_HINT}")
         self.main = self.unique(node.name or node.output[0])
         n_before = len(self.nodes)
         try:
@@ -341,9 +421,10 @@ class Translation:
                                    f"{HOOK_HINT}") from None
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         self._bind(node, outs)
+        first = outs[0].value if outs and isinstance(outs[0], BatchAt) else outs[0] if outs else None
         if self.main not in {n.name for n in self.nodes[n_before:]} and len(node.output) == 1 \
-                and outs and isinstance(outs[0], str):
-            self.aliases[self.main] = outs[0]     # translated to nothing: the name addresses its input
+                and isinstance(first, str):
+            self.aliases[self.main] = first       # translated to nothing: the name addresses its input
 
     def _fold(self, node, present) -> None:
         self.node = node
@@ -372,22 +453,29 @@ class Translation:
             if isinstance(out, Const):
                 self.consts[tensor] = out
                 continue
+            if isinstance(out, BatchAt):
+                self.bind_tensor(tensor, out.value, out.axis)
+                continue
             self.bind_tensor(tensor, out)
 
-    def bind_tensor(self, tensor: str, value: str) -> None:
-        """ONNX tensor ``tensor`` is the graph value ``value`` (its name an alias of it)."""
+    def bind_tensor(self, tensor: str, value: str, batch_axis: int = 0) -> None:
+        """ONNX tensor ``tensor`` is the graph value ``value`` (its name an alias of it), the value holding
+        the tensor's axis ``batch_axis`` first."""
         self.values[tensor] = value
+        if batch_axis:
+            self.batch_axes[tensor] = batch_axis
         if tensor != value:
             self.aliases.setdefault(tensor, value)
         self._check_shape(tensor, value)
 
     def _check_shape(self, tensor: str, value: str) -> None:
         want = self.inferred.get(tensor)
-        got = self.shapes[value]
         if want is None:
             return
+        batch = self.batch_axis(tensor)
+        got = onnx_order(self.shapes[value], batch)
         if len(want) != len(got) or any(w is not None and g is not None and w != g
-                                        for w, g in zip(want[1:], got[1:])):
+                                        for i, (w, g) in enumerate(zip(want, got)) if i != batch):
             if self.node.op_type in ("MaxPool", "AveragePool") and node_attrs(self.node).get("ceil_mode"):
                 # onnx's shape inference counts a last window starting in the right padding, which the
                 # spec and the runtimes drop: its shapes from here on are off, so stop comparing
@@ -403,6 +491,10 @@ class Translation:
                 raise UnsupportedError(f"ONNX model output {o.name!r} is a constant: it does not depend on the "
                                        f"model's input")
             v = self.values[o.name]
+            if self.batch_axis(o.name):
+                raise UnsupportedError(f"ONNX model output {o.name!r} has the batch on its axis "
+                                       f"{self.batch_axis(o.name)}; attribx graphs return outputs with the batch "
+                                       f"axis first (transpose it in the model, as a batch_first export does)")
             if v in self.int_values:
                 raise UnsupportedError(f"ONNX model output {o.name!r} holds integers; attribx explains float "
                                        f"outputs")
