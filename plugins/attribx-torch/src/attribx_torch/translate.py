@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import functools
 import inspect
 import math
 import operator
@@ -28,6 +29,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import rnn as rnn_utils
 
 from attribx.builder import unique_name
 from attribx.errors import AttribxError, GraphError, InputError, UnsupportedError
@@ -69,8 +71,45 @@ class _Lazy:
         return tuple(s)
 
 
+@dataclass
+class _Swapped:
+    """A time-major tensor: torch's view has axes 0 and 1 swapped against the batch-first graph value.
+
+    ``x.transpose(0, 1)`` of a batch-first tensor, the output of an RNN with ``batch_first=False``, and an
+    RNN's final states (torch's (layers·directions, N, H)) are such views. The graph's batch axis stays
+    first: a transpose of axes 0/1 is a no-op, and indexing or reducing torch's axis 0 works on the graph
+    value's axis 1. ``pieces`` (final states) are per-layer/direction (N, H) values, stacked along the
+    graph's axis 1 only when something reads them whole."""
+
+    base: T | None
+    pieces: tuple = ()
+    name: str = ""
+
+    @property
+    def shape(self):
+        if self.base is not None:
+            return _swap01(self.base.shape)
+        return (len(self.pieces), *self.pieces[0].shape)
+
+
+@dataclass
+class _Packed:
+    """A PackedSequence: the padded batch-first data (N, T, ...), one length per sample (N,) and the
+    (N, T) length mask; ``zeroed``: the data is zero past each length (an RNN's output)."""
+
+    data: T
+    lengths: T
+    mask: str
+    zeroed: bool = False
+
+
+def _swap01(shape) -> tuple:
+    shape = tuple(shape)
+    return (shape[1], shape[0], *shape[2:]) if len(shape) >= 2 else shape
+
+
 def _is_t(v) -> bool:
-    return isinstance(v, (T, _Lazy))
+    return isinstance(v, (T, _Lazy, _Swapped, _Packed))
 
 
 def _contains_t(v) -> bool:
@@ -83,6 +122,20 @@ def _contains_t(v) -> bool:
     return False
 
 
+def _contains(args, kwargs, cls) -> bool:
+    found = []
+    fx.node.map_aggregate((args, kwargs), lambda v: found.append(v) if isinstance(v, cls) else None)
+    return bool(found)
+
+
+TIME_MAJOR_HINT = (
+    "it reads a time-major tensor (torch's axis 0 is time, axis 1 the batch: from x.transpose(0, 1), an RNN "
+    "with batch_first=False, or an RNN's final states h_n); the graph keeps the batch axis first and "
+    "supports on such tensors: transposing axes 0 and 1 back, indexing or slicing axis 0 (out[-1], h_n[-1]), "
+    "reducing over axis 0 (out.mean(0)), squeeze(0), cat, elementwise ops, and an nn.LSTM/nn.GRU with "
+    "batch_first=False; make the tensor batch-first (x.transpose(0, 1)) before other ops")
+
+
 class _Unsupported(Exception):
     """Raised inside handlers; the translation adds where it happened and the hook hint."""
 
@@ -91,12 +144,44 @@ class _Unsupported(Exception):
 # tracing
 
 
+_PACK_PADDED = rnn_utils.pack_padded_sequence
+_PAD_PACKED = rnn_utils.pad_packed_sequence
+#: functions torch.fx cannot trace through (they read tensor values), recorded as one call each
+LEAF_FUNCTIONS = {"pack_padded_sequence": _PACK_PADDED, "pad_packed_sequence": _PAD_PACKED}
+_patch_lock = threading.RLock()
+
+
+def _leaf(fn):
+    """fn, recorded as one fx call when an argument is traced (torch.fx.wrap's behaviour), else run."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        proxies = []
+        fx.node.map_aggregate((args, kwargs), lambda v: proxies.append(v) if isinstance(v, fx.Proxy) else None)
+        if proxies:
+            return proxies[0].tracer.create_proxy("call_function", fn, args, kwargs)
+        return fn(*args, **kwargs)
+    return traced
+
+
 class _Tracer(fx.Tracer):
     """Keeps the modules we translate as leaves and records the module each node was made in."""
 
     def __init__(self):
-        super().__init__()
+        # names bound by ``from torch.nn.utils.rnn import ...`` in the model's modules
+        super().__init__(autowrap_functions=tuple(LEAF_FUNCTIONS.values()))
         self._stack: list[tuple[str, str]] = []
+
+    def trace(self, root, concrete_args=None):
+        # ``nn.utils.rnn.pack_padded_sequence(...)``: the attribute, replaced while tracing
+        with _patch_lock:
+            saved = {k: getattr(rnn_utils, k) for k in LEAF_FUNCTIONS}
+            try:
+                for k, fn in LEAF_FUNCTIONS.items():
+                    setattr(rnn_utils, k, _leaf(fn))
+                return super().trace(root, concrete_args)
+            finally:
+                for k, fn in saved.items():
+                    setattr(rnn_utils, k, fn)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if _module_handler(m) is not None:
@@ -137,7 +222,8 @@ def _concrete_args(model: nn.Module) -> tuple[dict, str | None]:
             raise UnsupportedError(
                 f"{type(model).__name__}.forward takes several inputs ({', '.join(q.name for q in params)}); "
                 f"attribx translates models with one input tensor (wrap the model in a module that "
-                f"takes one)")
+                f"takes one; sequence lengths for pack_padded_sequence are computed inside the model from the "
+                f"padded input, e.g. (ids != pad).sum(1))")
         concrete[p.name] = p.default
     return concrete, params[0].name
 
@@ -254,6 +340,8 @@ class _Translation:
         self.emitted: set[str] = set()
         self.env: dict = {}
         self.sequence_input = False             # a recurrent layer reads the input directly
+        self.swap_out = False                   # an elementwise op on time-major tensors: see out_shape
+        self.counts: set[str] = set()           # graph values holding integers (masks, lengths)
 
     # -- names and nodes --------------------------------------------------------------------------
     def unique(self, base: str) -> str:
@@ -272,6 +360,10 @@ class _Translation:
         self.emitted.add(name)
         t = T(name, tuple(int(d) for d in shape), self.dtype)
         self.expected[name] = t.shape
+        v = self.env.get(self.node)
+        if isinstance(v, torch.Tensor) and not v.is_floating_point() and any(i in self.counts for i in ins):
+            t.dtype = v.dtype           # a reshaped or sliced mask or lengths: still one
+            self.counts.add(name)
         return t
 
     def source(self) -> str:
@@ -294,7 +386,22 @@ class _Translation:
                                    {"axis": v.axis, "start": v.start, "stop": v.stop, "step": None},
                                    name=name or self.unique(v.name))
             return v.made
+        if isinstance(v, _Swapped):
+            raise _Unsupported(TIME_MAJOR_HINT)
+        if isinstance(v, _Packed):
+            raise _Unsupported("it reads a PackedSequence; in the graph only nn.LSTM, nn.GRU and "
+                               "pad_packed_sequence read one")
         raise _Unsupported(f"expected a tensor computed from the input, got {type(v).__name__}")
+
+    def base(self, v) -> T:
+        """The batch-first graph value of a time-major view (final states stacked now, along axis 1)."""
+        if v.base is None:
+            rest = v.pieces[0].shape[1:]
+            cols = [self.emit("reshape", [p], (1, 1, *rest), {"shape": (1, *rest)},
+                              name=self.unique(f"{v.name}/{k}")) for k, p in enumerate(v.pieces)]
+            v.base = cols[0] if len(cols) == 1 else self.emit(
+                "concat", cols, (1, len(cols), *rest), {"axis": 1}, name=self.unique(v.name))
+        return v.base
 
     def param(self, t, what="parameter") -> np.ndarray:
         if t is None:
@@ -323,13 +430,17 @@ class _Translation:
         self.expected[name] = tuple(arr.shape)
         return T(name, tuple(arr.shape), self.dtype)
 
-    def out_shape(self) -> tuple:
+    def out_shape(self, counts: bool = False) -> tuple:
+        """torch's shape of the current node's result (batch 1); graph order (axes 0/1 swapped back) inside
+        an elementwise op on time-major tensors. ``counts``: integer and boolean results are fine (masks
+        and lengths, which the graph holds as floats)."""
         v = self.env[self.node]
         if not isinstance(v, torch.Tensor):
             raise _Unsupported(f"expected a tensor result, got {type(v).__name__}")
-        if not v.is_floating_point():
-            raise _Unsupported(f"its result has dtype {v.dtype}; the graph carries floating point values only")
-        return tuple(v.shape)
+        if not v.is_floating_point() and not counts:
+            raise _Unsupported(f"its result has dtype {v.dtype}; the graph carries floating point values only "
+                               f"(besides masks and lengths of padded sequences)")
+        return _swap01(v.shape) if self.swap_out else tuple(v.shape)
 
     def tensor(self, v, what="input") -> T:
         if not _is_t(v):
@@ -348,6 +459,8 @@ class _Translation:
         before = set(vars(root))
         try:
             fx_graph = tracer.trace(root, concrete_args=concrete or None)
+            for n in fx_graph.nodes:    # else the generated code registers them with fx.wrap by a dotted name
+                n.meta.pop("is_wrapped", None)
             gm = fx.GraphModule(tracer.root, fx_graph, type(model).__name__)
         except AttribxError:
             raise
@@ -365,18 +478,25 @@ class _Translation:
             if n.op == "call_module" and _module_handler(root.get_submodule(n.target)) is None:
                 raise UnsupportedError(f"{self._where(n)} has no translation to the attribx graph; {HOOK_HINT}")
         self.indices = _feeds_embeddings(fx_graph, root)
-        example = torch.zeros((1, *self.input_shape), dtype=torch.long if self.indices else self.dtype,
-                              device=_device(model))
-        rec = _Recorder(gm)
-        try:
-            with torch.no_grad():
-                rec.run(example)
-        except Exception as err:
+        # packed sequences need lengths >= 1: an example of ones (twos where 1 pads), whole-length sequences
+        packs = any(n.op == "call_function" and n.target is _PACK_PADDED for n in fx_graph.nodes)
+        first_err = None
+        for fill in ((1, 2, 0) if packs else (0,)):
+            example = torch.full((1, *self.input_shape), fill, dtype=torch.long if self.indices else self.dtype,
+                                 device=_device(model))
+            rec = _Recorder(gm)
+            try:
+                with torch.no_grad():
+                    rec.run(example)
+                break
+            except Exception as err:
+                first_err = first_err or err
+        else:
             shape = tuple(self.input_shape)
             raise InputError(
                 f"{type(model).__name__} does not run on one sample of shape {shape} (batch shape "
-                f"{(1, *shape)}): {type(err).__name__}: {_first_line(err)}; pass the shape of one sample, "
-                f"without the batch axis, e.g. attribx.translate(model, input_shape=(3, 224, 224))") from None
+                f"{(1, *shape)}): {type(first_err).__name__}: {_first_line(first_err)}; pass the shape of one "
+                f"sample, without the batch axis, e.g. attribx.translate(model, input_shape=(3, 224, 224))") from None
         self.env = rec.env
         nodes = list(fx_graph.nodes)
         self.order = {n: i for i, n in enumerate(nodes)}
@@ -438,6 +558,12 @@ class _Translation:
             extra = ()
         if handler is None:
             raise UnsupportedError(f"{self._where(n)} has no translation to the attribx graph; {HOOK_HINT}")
+        if _contains(args, kwargs, _Swapped):
+            mode = getattr(handler, "time_major", None)
+            if mode == "elementwise":
+                return self._elementwise_time_major(n, handler, extra, args, kwargs)
+            if mode != "aware":
+                raise UnsupportedError(f"{self._where(n)}: {TIME_MAJOR_HINT}; {HOOK_HINT}")
         if tainted_in and not getattr(handler, "batch_args_ok", False):
             raise UnsupportedError(
                 f"{self._where(n)}: an argument depends on the batch size "
@@ -448,6 +574,34 @@ class _Translation:
             return handler(self, n, *extra, args, kwargs)
         except _Unsupported as err:
             raise UnsupportedError(f"{self._where(n)}: {err}; {HOOK_HINT}") from None
+
+    def _elementwise_time_major(self, n, handler, extra, args, kwargs):
+        """An elementwise op on time-major views: run on their batch-first values; the result is time-major."""
+        def unwrap(v):
+            if isinstance(v, _Swapped):
+                return self.base(v)
+            if _is_t(v):
+                raise _Unsupported("it mixes a time-major tensor (time axis first) with a batch-first one; "
+                                   "transpose one of them (x.transpose(0, 1))")
+            rank = len(getattr(self.env[n], "shape", ()))
+            if isinstance(v, torch.Tensor) and (v.dim() > rank or any(
+                    ((1,) * (rank - v.dim()) + tuple(v.shape))[a] != 1 for a in range(min(rank, 2)))):
+                raise _Unsupported(f"a constant of shape {tuple(v.shape)} would broadcast over the time or "
+                                   f"batch axis of a time-major tensor")
+            return v
+        try:
+            args = fx.node.map_aggregate(args, unwrap)
+            kwargs = fx.node.map_aggregate(kwargs, unwrap)
+            self.swap_out = True
+            try:
+                out = handler(self, n, *extra, args, kwargs)
+            finally:
+                self.swap_out = False
+            if not isinstance(out, T):
+                raise _Unsupported("its result is not one tensor")
+        except _Unsupported as err:
+            raise UnsupportedError(f"{self._where(n)}: {err}; {HOOK_HINT}") from None
+        return _Swapped(out)
 
     def _static(self, n, args, tainted_in):
         """A node that does not depend on the input: its traced value is its value."""
@@ -521,6 +675,15 @@ class _Translation:
             elif isinstance(v, dict):
                 for a in v.values():
                     collect(a)
+            elif isinstance(v, _Swapped):
+                raise UnsupportedError(
+                    f"{type(self.model).__name__} returns a time-major tensor (time axis first, batch second); "
+                    f"the graph's outputs keep the batch axis first: return out.transpose(0, 1) (or h_n[-1], "
+                    f"h_n.transpose(0, 1) for final states)")
+            elif isinstance(v, _Packed):
+                raise UnsupportedError(
+                    f"{type(self.model).__name__} returns a PackedSequence; return a tensor (unpack it with "
+                    f"pad_packed_sequence)")
             elif _is_t(v):
                 flat.append(v)
             elif v is None:     # an absent optional output (an aux head that eval mode skips)
@@ -590,19 +753,38 @@ def _device(model):
     return torch.device("cpu")
 
 
+_AXIS_SWAPS = {"transpose", "permute", "t", "contiguous", "swapaxes", "swapdims"}
+
+
 def _feeds_embeddings(fx_graph, root) -> bool:
-    """Whether the model's input holds indices: every use of it is an embedding lookup."""
+    """Whether the model's input holds indices: it is looked up in an embedding (directly or through a
+    time-major view), and otherwise only compared with a padding id (``ids != pad``, for lengths and masks)
+    or asked its size."""
     first = next((n for n in fx_graph.nodes if n.op == "placeholder"), None)
     if first is None or not first.users:
         return False
 
-    def lookup(user):
+    def kind(user, src):
+        """'lookup', 'neutral' or None (any other use) for one use of src."""
         if user.op == "call_module":
-            return isinstance(root.get_submodule(user.target), nn.Embedding) and user.args[:1] == (first,)
+            ok = isinstance(root.get_submodule(user.target), nn.Embedding) and user.args[:1] == (src,)
+            return "lookup" if ok else None
         if user.op == "call_function" and user.target is F.embedding:
-            return user.args[:1] == (first,) or user.kwargs.get("input") is first
-        return False
-    return all(lookup(u) for u in first.users)
+            return "lookup" if user.args[:1] == (src,) or user.kwargs.get("input") is src else None
+        name = user.target if user.op == "call_method" else \
+            _fn_name(user.target) if user.op == "call_function" else None
+        if user.args[:1] != (src,):
+            return None
+        if name == "ne" and len(user.args) == 2 and _is_number(user.args[1]):
+            return "neutral"
+        if name in ("size", "dim") or name == "getattr" and user.args[1:] in (("shape",), ("ndim",)):
+            return "neutral"
+        if name in _AXIS_SWAPS and user.users:
+            kinds = [kind(u, user) for u in user.users]
+            return None if None in kinds else "lookup" if "lookup" in kinds else "neutral"
+        return None
+    kinds = [kind(u, first) for u in first.users]
+    return None not in kinds and "lookup" in kinds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -805,9 +987,12 @@ def _softmax(ctx, x, dim, dtype=None):
 
 def _passthrough(ctx, x):
     x = ctx.tensor(x)
-    if ctx.out_shape() != x.shape or ctx.env[ctx.node].dtype != x.dtype:
-        raise _Unsupported(f"changes shape or dtype ({x.shape} {x.dtype} -> {ctx.out_shape()} "
-                           f"{ctx.env[ctx.node].dtype})")
+    dtype = ctx.env[ctx.node].dtype
+    out = ctx.out_shape(counts=x.name in ctx.counts)
+    if out == x.shape and dtype != x.dtype and x.name in ctx.counts:
+        return T(x.name, x.shape, dtype)      # a mask or lengths cast: the graph holds them as floats
+    if out != x.shape or dtype != x.dtype:
+        raise _Unsupported(f"changes shape or dtype ({x.shape} {x.dtype} -> {out} {dtype})")
     return x
 
 
@@ -838,21 +1023,44 @@ def _flatten(ctx, x, start_dim=0, end_dim=-1):
     return ctx.emit("flatten", [x], ctx.out_shape(), {"start_dim": s, "end_dim": e if e != ndim - 1 else -1})
 
 
+def _swap_axis(a: int) -> int:
+    return 1 if a == 0 else 0 if a == 1 else a
+
+
+def _graph_value(ctx, x) -> T:
+    """The batch-first graph value of x (of a time-major view: the value it views)."""
+    return ctx.base(x) if isinstance(x, _Swapped) else ctx.tensor(x)
+
+
 def _transpose_perm(ctx, x, perm):
-    x = ctx.tensor(x)
+    """A permutation that keeps the batch axis first is a transpose node; one that puts it second makes a
+    time-major view (``x.transpose(0, 1)``: no node), and the reverse swap of a view is its value."""
+    swapped = isinstance(x, _Swapped)
+    if not swapped:
+        x = ctx.tensor(x)
     ndim = len(x.shape)
     perm = [_norm_dim(p, ndim) for p in perm]
     if sorted(perm) != list(range(ndim)):
         raise _Unsupported(f"permutation {perm} for rank {ndim}")
-    if perm == list(range(ndim)):
-        return x
-    if perm[0] != 0:
-        raise _Unsupported(f"permutation {perm} moves the batch axis")
-    return ctx.emit("transpose", [x], ctx.out_shape(), {"perm": tuple(perm)})
+    src = [_swap_axis(p) for p in perm] if swapped else perm      # graph axis behind each result axis
+    ident = list(range(ndim))
+    if src[0] == 0:
+        g = _graph_value(ctx, x)
+        return g if src == ident else ctx.emit("transpose", [g], ctx.out_shape(), {"perm": tuple(src)})
+    if ndim >= 2 and src[1] == 0:
+        g = _graph_value(ctx, x)
+        r = [src[_swap_axis(k)] for k in range(ndim)]
+        return _Swapped(g if r == ident else ctx.emit("transpose", [g], _swap01(ctx.out_shape()),
+                                                      {"perm": tuple(r)}))
+    if swapped:
+        raise _Unsupported(f"permutation {perm} of a time-major tensor (batch axis 1) moves the batch axis "
+                           f"past the first two")
+    raise _Unsupported(f"permutation {perm} moves the batch axis")
 
 
 def _swap(ctx, x, d0, d1):
-    x = ctx.tensor(x)
+    if not isinstance(x, _Swapped):
+        x = ctx.tensor(x)
     ndim = len(x.shape)
     perm = list(range(ndim))
     a, b = _norm_dim(d0, ndim), _norm_dim(d1, ndim)
@@ -863,6 +1071,16 @@ def _swap(ctx, x, d0, d1):
 def _concat(ctx, tensors, dim=0):
     if not isinstance(tensors, (list, tuple)) or not tensors:
         raise _Unsupported("concatenates something that is not a list of tensors")
+    if any(isinstance(t, _Swapped) for t in tensors):
+        if not all(isinstance(t, _Swapped) for t in tensors):
+            raise _Unsupported("concatenates time-major and batch-first tensors; transpose one of them")
+        d = _norm_dim(dim, len(tensors[0].shape))
+        if d == 1:
+            raise _Unsupported("concatenation along the batch axis (axis 1 of a time-major tensor)")
+        if len(tensors) == 1:
+            return tensors[0]
+        return _Swapped(ctx.emit("concat", [ctx.base(t) for t in tensors], _swap01(ctx.out_shape()),
+                                 {"axis": _swap_axis(d)}))
     for t in tensors:
         if not _is_t(t):
             raise _Unsupported("concatenates a tensor that does not depend on the input; only "
@@ -1003,17 +1221,69 @@ def _div(ctx, a, b, rounding_mode=None):
 
 
 def _reduce(ctx, op, x, dim=None, keepdim=False, dtype=None):
-    x = ctx.tensor(x)
-    if dtype is not None and dtype != x.dtype:
-        raise _Unsupported(f"dtype={dtype}")
+    """A reduction over non-batch axes; over torch's axis 0 of a time-major view (time), a reduction over
+    the graph's axis 1. Sums of masks count (lengths of padded sequences)."""
+    swapped = isinstance(x, _Swapped)
     ndim = len(x.shape)
+    x = _graph_value(ctx, x)
+    counts = x.name in ctx.counts
+    if dtype is not None and dtype != x.dtype and not counts:
+        raise _Unsupported(f"dtype={dtype}")
     if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
         raise _Unsupported("reduces over all axes, the batch axis included (give dim=...)")
     dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
     axes = tuple(sorted({_norm_dim(d, ndim) for d in dims}))
+    if (1 if swapped else 0) in axes:
+        raise _Unsupported("reduces over the batch axis" + (" (axis 1 of a time-major tensor)" if swapped else "")
+                           + ", which mixes samples")
+    if counts and op != "reduce_sum":
+        raise _Unsupported(f"{op} of a mask; the graph counts masks with sum")
+    out = ctx.out_shape(counts=counts)
+    if not swapped:
+        r = ctx.emit(op, [x], out, {"axes": axes, "keepdims": bool(keepdim)})
+    else:
+        gaxes = tuple(sorted(_swap_axis(a) for a in axes))
+        still = keepdim or 0 not in axes
+        r = ctx.emit(op, [x], _swap01(out) if still else out, {"axes": gaxes, "keepdims": bool(keepdim)})
+    if counts:
+        r.dtype = ctx.env[ctx.node].dtype
+        ctx.counts.add(r.name)
+    return _Swapped(r) if swapped and (keepdim or 0 not in axes) else r
+
+
+def _not_equal(ctx, x, other):
+    """``x != c`` for a number c: op mask (1.0 where x differs), e.g. ``(ids != pad)`` for lengths."""
+    if _is_t(other) and _is_number(x):
+        x, other = other, x
+    if not _is_number(other):
+        raise _Unsupported("compares two tensors; the graph has comparisons with a number (padding) only "
+                           "(op mask)")
+    x = ctx.tensor(x)
+    r = ctx.emit("mask", [x], ctx.out_shape(counts=True), {"value": float(other), "axes": None})
+    r.dtype = torch.bool
+    ctx.counts.add(r.name)
+    return r
+
+
+def _any(ctx, x, dim=None, keepdim=False):
+    """``x.any(dim)``: op mask over dim (1.0 where any element differs from 0)."""
+    x = ctx.tensor(x)
+    ndim = len(x.shape)
+    if dim is None:
+        raise _Unsupported("any() over all axes, the batch axis included (give dim=...)")
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    axes = tuple(sorted({_norm_dim(d, ndim) for d in dims}))
     if 0 in axes:
-        raise _Unsupported("reduces over the batch axis, which mixes samples")
-    return ctx.emit(op, [x], ctx.out_shape(), {"axes": axes, "keepdims": bool(keepdim)})
+        raise _Unsupported("any() over the batch axis mixes samples")
+    out = ctx.out_shape(counts=True)
+    if keepdim:
+        out = tuple(s for d, s in enumerate(out) if d not in axes)
+    r = ctx.emit("mask", [x], out, {"value": 0.0, "axes": axes}, name=ctx.sub("any") if keepdim else None)
+    if keepdim:
+        r = ctx.emit("reshape", [r], ctx.out_shape(counts=True), {"shape": ctx.out_shape(counts=True)[1:]})
+    r.dtype = torch.bool
+    ctx.counts.add(r.name)
+    return r
 
 
 def _pad(ctx, x, pad, mode="constant", value=None):
@@ -1046,12 +1316,58 @@ def _index(ctx, x, idx):
     """x[...] with slices, ints, None and Ellipsis: slice nodes, then one reshape where ranks change."""
     if isinstance(x, (list, tuple)):          # a piece of chunk/split, or a tuple of tensors
         v = x[idx]
-        if isinstance(v, (list, tuple)):
+        if isinstance(v, (list, tuple, _Swapped, _Packed)):
             return v
         if isinstance(v, _Lazy) and v.made is None:
             return ctx.materialize(v, name=ctx.main)
         return ctx.materialize(v)
-    x = ctx.tensor(x)
+    if isinstance(x, _Swapped):
+        return _index_time_major(ctx, x, idx)
+    return _slice_graph(ctx, ctx.tensor(x), idx, ctx.out_shape())
+
+
+def _full_slice(c) -> bool:
+    return isinstance(c, slice) and c.start in (None, 0) and c.stop is None and c.step in (None, 1)
+
+
+def _is_int(c) -> bool:
+    return isinstance(c, (int, np.integer)) and not isinstance(c, bool)
+
+
+def _index_time_major(ctx, x: _Swapped, idx):
+    """Index a time-major view: torch's axis 0 (time, or layer/direction of final states) is the graph's
+    axis 1; an int there gives a batch-first tensor (``out[-1]``, ``h_n[-1]``), a slice a time-major one."""
+    comps = idx if isinstance(idx, tuple) else (idx,)
+    ndim = len(x.shape)
+    if any(c is None for c in comps):
+        raise _Unsupported("a new axis (None) in the index of a time-major tensor")
+    if sum(1 for c in comps if c is Ellipsis) > 1:
+        raise _Unsupported("more than one Ellipsis")
+    real = sum(1 for c in comps if c is not Ellipsis)
+    if real > ndim:
+        raise _Unsupported(f"too many indices for a tensor of rank {ndim}")
+    full = []
+    for c in comps:
+        full.extend([slice(None)] * (ndim - real) if c is Ellipsis else [c])
+    full.extend([slice(None)] * (ndim - len(full)))
+    t, b, rest = full[0], full[1], full[2:]
+    if not _full_slice(b):
+        raise _Unsupported(f"indexes the batch axis (axis 1 of a time-major tensor) with {b!r}")
+    simple = _is_int(t) or isinstance(t, slice) and all(v is None or _is_int(v) for v in (t.start, t.stop, t.step))
+    if x.base is None and simple and all(_full_slice(c) for c in rest):     # final states: no node
+        if _is_int(t):
+            return x.pieces[int(t)]
+        kept = tuple(x.pieces[t])
+        if kept:
+            return x if len(kept) == len(x.pieces) else _Swapped(None, kept, x.name)
+    g, out = ctx.base(x), ctx.out_shape()
+    if _is_int(t):
+        return _slice_graph(ctx, g, (b, t, *rest), out)
+    return _Swapped(_slice_graph(ctx, g, (b, t, *rest), _swap01(out)))
+
+
+def _slice_graph(ctx, x: T, idx, out_shape):
+    """Slices of a batch-first graph tensor; ``out_shape`` the result's shape in graph order."""
     comps = idx if isinstance(idx, tuple) else (idx,)
     for c in comps:
         if not (c is None or c is Ellipsis or isinstance(c, (slice, int, np.integer)) and not isinstance(c, bool)):
@@ -1110,7 +1426,7 @@ def _index(ctx, x, idx):
         cur = ctx.emit("slice", [cur], shp, {"axis": a, "start": start, "stop": stop, "step": step},
                        name=None if last else ctx.sub(f"{k}"))
     if rank_change:
-        cur = _reshape_to(ctx, cur, ctx.out_shape())
+        cur = _reshape_to(ctx, cur, out_shape)
     return cur
 
 
@@ -1146,6 +1462,8 @@ def _split(ctx, x, split_size, dim=0):
 
 
 def _squeeze(ctx, x, dim=None):
+    if isinstance(x, _Swapped):
+        return _squeeze_time_major(ctx, x, dim)
     x = ctx.tensor(x)
     ndim = len(x.shape)
     if dim is None:
@@ -1157,6 +1475,24 @@ def _squeeze(ctx, x, dim=None):
         dims = [d for d in dims if x.shape[d] == 1]
     out = tuple(s for d, s in enumerate(x.shape) if d not in dims)
     return _reshape_to(ctx, x, out)
+
+
+def _squeeze_time_major(ctx, x, dim):
+    shape = x.shape
+    if dim is None:
+        dims = [d for d in range(len(shape)) if d != 1 and shape[d] == 1]
+    else:
+        dims = [_norm_dim(d, len(shape)) for d in ((dim,) if isinstance(dim, (int, np.integer)) else dim)]
+        if 1 in dims:
+            raise _Unsupported("squeezes the batch axis (axis 1 of a time-major tensor)")
+        dims = [d for d in dims if shape[d] == 1]
+    if not dims:
+        return x
+    if x.base is None and dims == [0]:
+        return x.pieces[0]
+    out = tuple(s for d, s in enumerate(shape) if d not in dims)
+    g = ctx.base(x)
+    return _reshape_to(ctx, g, out) if 0 in dims else _Swapped(_reshape_to(ctx, g, _swap01(out)))
 
 
 def _unsqueeze(ctx, x, dim):
@@ -1217,6 +1553,9 @@ def _m_conv_transpose(ctx, n, m, args, kwargs):
 def _embedding(ctx, idx, weight, max_norm=None, scale_grad_by_freq=False, sparse=False):
     if max_norm is not None:
         raise _Unsupported(f"max_norm={max_norm} renormalises the weight at lookup time")
+    if isinstance(idx, _Swapped) and idx.base is not None and idx.base.name == "input":
+        return _Swapped(ctx.emit("embedding", [idx.base], _swap01(ctx.out_shape()), {},
+                                 {"weight": ctx.param(weight, "weight")}))
     if not _is_t(idx) or idx.name != "input":
         raise _Unsupported("looks up indices computed inside the model; the graph's indices are its input")
     return ctx.emit("embedding", [idx], ctx.out_shape(), {}, {"weight": ctx.param(weight, "weight")})
@@ -1258,49 +1597,134 @@ def _initial_state(ctx, hx, k, what):
     return v.to(torch.float64).numpy().astype(ctx.np_dtype)
 
 
-def _m_lstm(ctx, n, m, args, kwargs):
-    """nn.LSTM unrolled over the traced sequence length (attribx.recurrent): every layer and direction;
-    returns (output, ([h_n per layer and direction], [c_n ...])) so that ``h_n[-1]`` and the like index it."""
-    from attribx.recurrent import unroll_lstm
-    if not m.batch_first:
-        raise _Unsupported("batch_first=False: the graph's batch axis comes first; build the LSTM with "
-                           "batch_first=True (the weights are the same)")
+def _rnn_sequence(ctx, m, x):
+    """The batch-first graph value an RNN reads, and its packing (None if not packed)."""
+    kind = type(m).__name__
+    if isinstance(x, _Packed):          # a packed sequence holds its own layout; batch_first does not apply
+        return x.data, x
+    if m.batch_first:
+        if isinstance(x, _Swapped):
+            raise _Unsupported(f"batch_first=True, but its input is time-major (time axis first); pass the "
+                               f"batch-first tensor, or build the {kind} with batch_first=False")
+        return ctx.tensor(x), None
+    if isinstance(x, _Swapped):
+        return ctx.base(x), None
+    x = ctx.tensor(x)
+    fed = ("the model feeds its own input to it, i.e. the model expects time-major data (T, N, features), "
+           "which the graph cannot take: its input is batch-first (N, T, features)") if x.name == "input" else \
+        "its input's axis 0 is the batch axis here (the graph's input is batch-first)"
+    raise _Unsupported(f"batch_first=False reads axis 0 as time, but {fed}; pass batch-first data and "
+                       f"transpose in the model before the layer ({kind.lower()}(x.transpose(0, 1))), or build "
+                       f"the {kind} with batch_first=True (the weights are the same)")
+
+
+def _m_rnn(ctx, n, m, args, kwargs):
+    """nn.LSTM and nn.GRU unrolled over the traced sequence length (attribx.recurrent), every layer and
+    direction, on a batch-first tensor, a time-major view of one (``batch_first=False``) or a packed
+    sequence (its length mask keeps each sequence's state past its end). Returns torch's (output, h_n) /
+    (output, (h_n, c_n)): output batch-first, time-major or packed as torch's is, and the final states as
+    time-major views (L·D, N, H) of the per-layer/direction states, so that ``h_n[-1]``, ``h_n.squeeze(0)``
+    or ``h_n.transpose(0, 1)`` read them."""
+    from attribx.recurrent import unroll_gru, unroll_lstm
+    lstm = isinstance(m, nn.LSTM)
     if getattr(m, "proj_size", 0):
         raise _Unsupported("proj_size > 0 (an LSTM with projections)")
-    x = ctx.tensor(args[0])
+    x, packed = _rnn_sequence(ctx, m, args[0])
     if len(x.shape) != 3:
         raise _Unsupported(f"input of rank {len(x.shape)}; the graph explains batched sequences (N, T, features)")
     if x.name == "input":
         ctx.sequence_input = True       # the input is a sequence of vectors: dims (sample, token, embedding)
     hx = _arg(args, kwargs, 1, "hx", None)
-    h0, c0 = (None, None) if hx is None else hx
-    steps = x.shape[1]
+    initial = ((None, None) if hx is None else hx) if lstm else (hx,)
+    states = ("hidden", "cell") if lstm else ("hidden",)
+    steps, hidden = x.shape[1], m.hidden_size
     dirs = 2 if m.bidirectional else 1
     emit = _Unroller(ctx)
     seq = x.name
-    hs, cs = [], []
+    finals = [[] for _ in states]
     for layer in range(m.num_layers):
         outs = []
         for d in range(dirs):
             suffix = f"l{layer}" + ("_reverse" if d else "")
             k = layer * dirs + d
-            out, h, c = unroll_lstm(
-                emit, seq, steps, w_ih=ctx.param(getattr(m, f"weight_ih_{suffix}")),
-                w_hh=ctx.param(getattr(m, f"weight_hh_{suffix}")),
-                b_ih=ctx.param(getattr(m, f"bias_ih_{suffix}", None)),
-                b_hh=ctx.param(getattr(m, f"bias_hh_{suffix}", None)), order="torch", reverse=bool(d),
-                name=f"{ctx.main}/{suffix}", h0=_initial_state(ctx, h0, k, "hidden"),
-                c0=_initial_state(ctx, c0, k, "cell"))
+            w = {f"{a}_{b}": ctx.param(getattr(m, f"{'weight' if a == 'w' else 'bias'}_{b}_{suffix}", None))
+                 for a in ("w", "b") for b in ("ih", "hh")}
+            init = [_initial_state(ctx, s, k, what) for s, what in zip(initial, states)]
+            common = {"order": "torch", "reverse": bool(d), "name": f"{ctx.main}/{suffix}",
+                      "mask": packed.mask if packed else None}
+            if lstm:
+                out, *last = unroll_lstm(emit, seq, steps, **w, **common, h0=init[0], c0=init[1])
+            else:
+                out, *last = unroll_gru(emit, seq, steps, **w, **common, h0=init[0])
             outs.append(out)
-            hs.append(T(h, (1, m.hidden_size), ctx.dtype))
-            cs.append(T(c, (1, m.hidden_size), ctx.dtype))
+            for f, v in zip(finals, last):
+                f.append(T(v, (1, hidden), ctx.dtype))
         seq = outs[0] if dirs == 1 else emit.add_node("concat", outs, name=f"{ctx.main}/l{layer}/outputs", axis=2)
-    out = ctx.emit("identity", [T(seq, (1, steps, dirs * m.hidden_size), ctx.dtype)],
-                   (1, steps, dirs * m.hidden_size))
-    return out, (hs, cs)
+    out = ctx.emit("identity", [T(seq, (1, steps, dirs * hidden), ctx.dtype)], (1, steps, dirs * hidden))
+    if packed:
+        out = _Packed(out, packed.lengths, packed.mask, zeroed=True)
+    elif not m.batch_first:
+        out = _Swapped(out)
+    last = [_Swapped(None, tuple(f), f"{ctx.main}/{s}") for f, s in zip(finals, ("h_n", "c_n"))]
+    return out, (tuple(last) if lstm else last[0])
 
 
-_m_lstm.batch_args_ok = True     # initial states expanded to the batch: one value for every sample
+_m_rnn.batch_args_ok = True     # initial states expanded to the batch: one value for every sample
+
+
+def _pack_h(ctx, n, args, kwargs):
+    """pack_padded_sequence(x, lengths, batch_first, enforce_sorted): the data and a length mask (N, T)."""
+    x = _arg(args, kwargs, 0, "input")
+    lengths = _arg(args, kwargs, 1, "lengths")
+    if bool(_arg(args, kwargs, 2, "batch_first", False)):
+        if isinstance(x, _Swapped):
+            raise _Unsupported("batch_first=True, but its input is time-major (time axis first)")
+        data = ctx.tensor(x)
+    elif isinstance(x, _Swapped):
+        data = ctx.base(x)
+    else:
+        raise _Unsupported("batch_first=False reads axis 0 as time, but it is the batch axis here (the graph's "
+                           "input is batch-first); pass batch_first=True, or pack x.transpose(0, 1)")
+    if not _is_t(lengths) or isinstance(lengths, (_Swapped, _Packed)):
+        raise _Unsupported(
+            "its lengths do not come from the model input (constants, or a second forward argument); the "
+            "graph has one input, so compute the lengths in the model from the padded input: "
+            "(ids != pad).sum(1) for token ids, (x != 0).any(-1).sum(1) for embedded sequences")
+    lengths = ctx.tensor(lengths)
+    if len(lengths.shape) != 1:
+        raise _Unsupported(f"lengths of shape {lengths.shape}; one length per sample (N,)")
+    if len(data.shape) < 2:
+        raise _Unsupported(f"packs a tensor of rank {len(data.shape)}")
+    steps = data.shape[1]
+    mask = ctx.emit("length_mask", [lengths], (1, steps), {"steps": steps})
+    return _Packed(data, lengths, mask.name)
+
+
+_pack_h.batch_args_ok = True     # lengths that depend on the batch size only are refused above
+_pack_h.time_major = "aware"
+
+
+def _unpack_h(ctx, n, args, kwargs):
+    """pad_packed_sequence: the packed data (zeros at padding, as an RNN's packed output is) and lengths."""
+    p = _arg(args, kwargs, 0, "sequence")
+    if not isinstance(p, _Packed):
+        raise _Unsupported("unpacks something that is not a PackedSequence computed from the input")
+    batch_first = bool(_arg(args, kwargs, 1, "batch_first", False))
+    padding_value = _arg(args, kwargs, 2, "padding_value", 0.0)
+    total_length = _arg(args, kwargs, 3, "total_length", None)
+    steps = p.data.shape[1]
+    if not _is_number(padding_value) or float(padding_value) != 0.0:
+        raise _Unsupported(f"padding_value={padding_value!r}; the graph pads with zeros")
+    if total_length is not None and int(total_length) != steps:
+        raise _Unsupported(f"total_length={total_length}, but the graph is built for sequences of {steps} steps")
+    if not p.zeroed:
+        raise _Unsupported("unpacks a sequence that no nn.LSTM/nn.GRU ran over (the graph keeps its padding)")
+    traced = ctx.env[n][0]
+    if traced.shape[1 if batch_first else 0] != steps:
+        raise _Unsupported(f"its traced output has {traced.shape[1 if batch_first else 0]} steps, not the input's "
+                           f"{steps}: the lengths the model computes from an example input of ones are not "
+                           f"all {steps}")
+    return (p.data if batch_first else _Swapped(p.data)), p.lengths
 
 
 def _m_max_pool(ctx, n, m, args, kwargs):
@@ -1334,6 +1758,7 @@ def _m_batch_norm(ctx, n, m, args, kwargs):
 def _m_act(op, **attrs_of):
     def handler(ctx, n, m, args, kwargs):
         return _unary(ctx, args[0], op, **{k: f(m) for k, f in attrs_of.items()})
+    handler.time_major = "elementwise"
     return handler
 
 
@@ -1374,7 +1799,7 @@ MODULES: dict[type, Callable] = {
     nn.ConvTranspose1d: _m_conv_transpose, nn.ConvTranspose2d: _m_conv_transpose,
     nn.ConvTranspose3d: _m_conv_transpose,
     nn.Embedding: _m_embedding,
-    nn.LSTM: _m_lstm,
+    nn.LSTM: _m_rnn, nn.GRU: _m_rnn,
     nn.MaxPool1d: _m_max_pool, nn.MaxPool2d: _m_max_pool, nn.MaxPool3d: _m_max_pool,
     nn.AvgPool1d: _m_avg_pool, nn.AvgPool2d: _m_avg_pool, nn.AvgPool3d: _m_avg_pool,
     nn.AdaptiveAvgPool1d: _m_adaptive_avg, nn.AdaptiveAvgPool2d: _m_adaptive_avg,
@@ -1429,7 +1854,9 @@ def _act_h(op, *names, **defaults):
     def fn(ctx, x, *vals):
         attrs = {k: v for k, v in zip(names, vals) if k != "inplace"}
         return _unary(ctx, x, op, **attrs)
-    return _h(fn, "input", *names, **defaults)
+    handler = _h(fn, "input", *names, **defaults)
+    handler.time_major = "elementwise"
+    return handler
 
 
 def _view_h(ctx, n, args, kwargs):
@@ -1447,9 +1874,11 @@ def _permute_method(ctx, n, args, kwargs):
 
 
 def _size_h(ctx, n, args, kwargs):
-    x = ctx.tensor(args[0])
+    x = args[0]
+    if not isinstance(x, _Swapped):
+        x = ctx.tensor(x)
     d = _arg(args, kwargs, 1, "dim", None)
-    if d is None or _norm_dim(d, len(x.shape)) == 0:
+    if d is None or _norm_dim(d, len(x.shape)) == (1 if isinstance(x, _Swapped) else 0):
         ctx.tainted.add(n)
     return ctx.env[n]
 
@@ -1467,6 +1896,9 @@ def _getattr_h(ctx, n, args, kwargs):
     x, attr = args[0], args[1]
     if not _is_t(x):
         return ctx.env[n]
+    if isinstance(x, _Packed):
+        raise _Unsupported(f"attribute {attr!r} of a PackedSequence; in the graph only nn.LSTM, nn.GRU and "
+                           f"pad_packed_sequence read one")
     if attr == "shape":
         ctx.tainted.add(n)
         return ctx.env[n]
@@ -1517,6 +1949,9 @@ _SPLIT = _h(_split, "input", "split_size_or_sections", "dim", dim=0)
 _SQUEEZE = _h(_squeeze, "input", "dim", dim=None)
 _UNSQUEEZE = _h(_unsqueeze, "input", "dim")
 _TRANSPOSE = _h(_swap, "input", "dim0", "dim1")
+_T = _h(lambda ctx, x: _swap(ctx, x, 0, min(1, len(x.shape) - 1)), "input")
+_NE = _h(_not_equal, "input", "other")
+_ANY = _h(_any, "input", "dim", "keepdim", dim=None, keepdim=False)
 
 
 def _pool_h(fn_kind):
@@ -1603,8 +2038,12 @@ FUNCTIONS: dict[Any, Callable] = {
     torch.stack: _h(_stack, "tensors", "dim", dim=0),
     torch.chunk: _CHUNK, torch.split: _SPLIT,
     torch.mean: _MEAN, torch.sum: _SUM,
+    torch.t: _T,
     builtins.getattr: _getattr_h,
     operator.getitem: _getitem_h,
+    # padding masks and packed sequences
+    operator.ne: _NE, torch.ne: _NE, torch.not_equal: _NE, torch.any: _ANY,
+    _PACK_PADDED: _pack_h, _PAD_PACKED: _unpack_h,
 }
 
 #: functions of other libraries, by qualified name (so that they are not imported here)
@@ -1626,11 +2065,24 @@ METHODS: dict[str, Callable] = {
     "squeeze": _SQUEEZE, "unsqueeze": _UNSQUEEZE,
     "permute": _permute_method, "transpose": _TRANSPOSE, "swapaxes": _TRANSPOSE, "swapdims": _TRANSPOSE,
     "contiguous": _cast_h, "clone": _cast_h, "to": _cast_h, "float": _cast_h, "double": _cast_h,
-    "type_as": _cast_h, "cpu": _cast_h, "cuda": _cast_h,
+    "type_as": _cast_h, "cpu": _cast_h, "cuda": _cast_h, "long": _cast_h, "int": _cast_h,
+    "ne": _NE, "not_equal": _NE, "any": _ANY, "t": _T,
     "mean": _MEAN, "sum": _SUM,
     "chunk": _CHUNK, "split": _SPLIT,
     "size": _size_h, "dim": _static_h, "numel": _numel_h,
 }
+
+
+# what handlers do with time-major views (see _Swapped): elementwise ones run on the batch-first values,
+# aware ones handle the views themselves; every other handler refuses them
+for _handler in (_ADD, _SUB, _MUL, _DIV, _NEG, _DROPOUT, _clip_h, _cast_h, _NE, FUNCTIONS[operator.pos],
+                 FUNCTIONS[F.relu6], FUNCTIONS[F.hardtanh], FUNCTIONS[F.hardsigmoid],
+                 _m_identity, _m_hardtanh, _m_hardsigmoid, _m_linear):
+    _handler.time_major = "elementwise"
+for _handler in (_TRANSPOSE, _T, _permute_method, FUNCTIONS[torch.permute], _getitem_h, _MEAN, _SUM, _SQUEEZE,
+                 _CAT, _size_h, _getattr_h, _static_h, _numel_h, FUNCTIONS[F.embedding], _m_embedding, _m_rnn):
+    _handler.time_major = "aware"
+del _handler
 
 
 # ----------------------------------------------------------------------------------------------
