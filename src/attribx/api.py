@@ -339,6 +339,16 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
 
 
 def evaluate(name: str, model: Any = None, inputs: Any = None, relevance: Any = None, **params: Any):
-    """Run a registered evaluator (pixel flipping, word deletion, SpRAy, ... as plugins provide them)."""
+    """Run the evaluator registered as ``name`` and return its ``xarray.Dataset`` (save it with :func:`save`).
+
+    ``model``: anything :func:`translate` takes (evaluators that need no model, like SpRAy, take None);
+    ``inputs``: the explained inputs in the model's layout; ``relevance``: a DataArray or Dataset from
+    :func:`explain`, an array, or the path of a relevance file (recorded in the result's attrs).
+    Evaluators' parameters are keyword arguments; an unknown one is an error that lists the accepted.
+    Built in: ``pixel_flipping`` and ``region_perturbation`` (``docs/evaluators.md``); plugins add more
+    through the ``attribx_evaluators`` hook.
+    """
+    if not isinstance(name, str):
+        raise MethodError(f"evaluator name must be a str, got {type(name).__name__}")
     fn = registry().evaluator(name)
     return fn(model=model, inputs=inputs, relevance=relevance, **params)

@@ -40,6 +40,12 @@ def attribx_methods():
 
 
 @hookimpl
+def attribx_evaluators():
+    from .evaluators import BUILTIN_EVALUATORS
+    return dict(BUILTIN_EVALUATORS)
+
+
+@hookimpl
 def attribx_graph_passes():
     from .passes import BUILTIN_PASSES
     return list(BUILTIN_PASSES)

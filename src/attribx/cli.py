@@ -137,6 +137,31 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .api import evaluate
+    from .storage import save
+    params = parse_params(args.param)
+    for key, value in (("engine", args.engine), ("batch_size", args.batch_size), ("variable", args.variable)):
+        if value is not None:
+            params.setdefault(key, value)
+    x = read_inputs(args.inputs, args.key)[0] if args.inputs else None
+    if args.relevance is not None and not os.path.exists(args.relevance):
+        raise InputError(f"{args.relevance}: no such file")
+    result = evaluate(args.name, args.model, x, args.relevance, **params)
+    if args.inputs:
+        result.attrs["inputs_file"] = os.path.abspath(args.inputs)
+    save(result, args.output)
+    summary = ", ".join(f"{k} {result.attrs[k]:.4g}" for k in ("aopc", "aopc_random", "aopc_relative")
+                        if isinstance(result.attrs.get(k), float))
+    print(f"wrote {args.name} of {result.sizes.get('sample', 0)} samples to {args.output}"
+          + (f" ({summary})" if summary else ""))
+    if args.plot:
+        from .evaluators.plots import plot_result
+        plot_result(result).savefig(args.plot, dpi=110)
+        print(f"wrote the plot to {args.plot}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(args.out)
@@ -183,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="|relevance| at full colour, for all sentences (default: each sentence's largest)")
     sp.add_argument("--class-names", nargs="+", default=None, help="names of the classes 0, 1, ... for captions")
     sp.set_defaults(func=cmd_render)
+
+    sp = sub.add_parser("evaluate", help="evaluate relevance (pixel_flipping, region_perturbation, ...) and save "
+                                         "the result (HDF5)")
+    sp.add_argument("name", help="evaluator name (see 'attribx plugins')")
+    sp.add_argument("--model", default=None, help="model file (attribx graph .npz, or a format of an installed backend)")
+    sp.add_argument("--inputs", default=None, help=".npy or .npz file of the explained inputs (batch axis first)")
+    sp.add_argument("--relevance", default=None, help="relevance file (.h5) written by 'attribx explain'")
+    sp.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                    help="evaluator parameter, e.g. -p order=lerf (repeatable; values parsed as JSON)")
+    sp.add_argument("--variable", default=None, help="the relevance variable of a file holding several")
+    sp.add_argument("--engine", default=None)
+    sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--key", default=None, help="array name in an .npz input file")
+    sp.add_argument("-o", "--output", required=True, help="output .h5 file")
+    sp.add_argument("--plot", default=None, help="also draw the result (e.g. curves.png)")
+    sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("demo", help="train a small model on scikit-learn's digits and explain it")
     sp.add_argument("--out", default="attribx-demo", help="output folder")

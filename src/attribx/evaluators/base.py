@@ -285,8 +285,35 @@ def as_numpy_inputs(inputs: Any) -> np.ndarray:
     return x
 
 
-def make_rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
+class Progress:
+    """A progress bar over ``total`` units of work: tqdm on a terminal (or when ``enabled``), else silent."""
+
+    def __init__(self, total: int, desc: str, enabled: bool | None = None):
+        import sys
+        if enabled is None:
+            enabled = total > 1 and sys.stderr.isatty()
+        self._bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self._bar = tqdm(total=total, desc=desc)
+
+    def update(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 Evaluator = Callable[..., xr.Dataset]
