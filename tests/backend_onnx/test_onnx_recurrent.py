@@ -481,3 +481,36 @@ def test_loop_is_refused_with_a_reason(rng):
              node("Loop", ["trip", "cond", "zero"], ["y"], name="while_loop", body=body)]
     m = model(nodes, [("trip", np.array(2)), ("cond", np.array(True)), ("zero", np.float32(0))], (5, 3))
     _refused(m, "'while_loop' \\(Loop, opset 13\\): control flow.*tf2onnx writes Keras GRU")
+
+
+def test_loop_is_named_before_ops_without_translation_ahead_of_it(rng):
+    """tf2onnx's masked LSTM: a Greater (no translation) computes the mask the Loop reads; the Loop is the reason."""
+    body = helper.make_graph(
+        [node("Identity", ["cond_in"], ["cond_out"]), node("Add", ["state_in", "gt_f"], ["state_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None)])
+    nodes = [node("Greater", ["x", "zero"], ["gt"], name="gt"),
+             node("Cast", ["gt"], ["gt_f"], name="gt_f", to=TensorProto.FLOAT),
+             node("Loop", ["trip", "cond", "zero"], ["y"], name="while_loop", body=body)]
+    m = model(nodes, [("trip", np.array(2)), ("cond", np.array(True)), ("zero", np.float32(0))], (5, 3))
+    _refused(m, "'while_loop' \\(Loop, opset 13\\): control flow")
+
+
+def test_loop_on_constants_is_folded(rng):
+    """A Loop whose body reads only constants (from the outer scope too) is evaluated at translation time."""
+    body = helper.make_graph(
+        [node("Identity", ["cond_in"], ["cond_out"]), node("Add", ["state_in", "step"], ["state_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None)])
+    nodes = [node("Loop", ["trip", "cond", "zero"], ["scale"], name="loop", body=body),
+             node("Mul", ["x", "scale"], ["y"], name="scaled")]
+    inits = [("trip", np.array(3)), ("cond", np.array(True)), ("zero", np.zeros(3, np.float32)),
+             ("step", np.array([0.5, 1.0, -2.0], np.float32))]
+    g = assert_matches(model(nodes, inits, (3,)), rng.normal(size=(2, 3)).astype(np.float32))
+    assert [n.op for n in g.nodes] == ["constant", "mul"]

@@ -860,4 +860,4 @@ HANDLERS = {
     "Equal": _equal, "Not": _not,
 }
 
-HANDLERS.update(RECURRENT_HANDLERS)         # LSTM, GRU, and the refusal of Loop/Scan
+HANDLERS.update(RECURRENT_HANDLERS)         # LSTM, GRU

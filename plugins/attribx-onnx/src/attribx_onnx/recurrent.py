@@ -22,8 +22,9 @@ last valid states, as ONNX defines them.
 
 Refused, naming the node: peepholes (input P), ``clip``, ``input_forget=1``, activations other than the
 defaults (Sigmoid, Tanh, Tanh for LSTM; Sigmoid, Tanh for GRU), initial states computed from the input
-or different per sample, per-sample constant lengths. ``Loop`` and ``Scan`` (how tf2onnx writes Keras GRU
-layers and masked LSTMs) are refused with a message that says so.
+or different per sample, per-sample constant lengths. ``Loop`` and ``Scan`` on the input's values (how
+tf2onnx writes Keras GRU layers and masked LSTMs) are refused before the walk, with a message that says so
+(:meth:`attribx_onnx.translate.Translation._refuse_control_flow`).
 """
 from __future__ import annotations
 
@@ -202,12 +203,4 @@ def _recurrent(ctx, node, attrs):
     return results[:len(node.output)] + [None] * (len(node.output) - len(results))
 
 
-@batch_aware
-def _control_flow(ctx, node, attrs):
-    raise Unsupported(f"control flow on values computed from the input has no translation: a recurrent layer "
-                      f"written as a {node.op_type} (tf2onnx writes Keras GRU layers and masked LSTMs so) cannot "
-                      f"be unrolled; attribx unrolls ONNX LSTM and GRU nodes, and translates Keras models "
-                      f"themselves")
-
-
-HANDLERS = {"LSTM": _recurrent, "GRU": _recurrent, "Loop": _control_flow, "Scan": _control_flow}
+HANDLERS = {"LSTM": _recurrent, "GRU": _recurrent}

@@ -59,6 +59,9 @@ NEVER_FOLD = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "Ra
 #: Input layouts by rank when the input's channels come last (a Keras export; letters of attribx.graph).
 CHANNELS_LAST = {3: "NLC", 4: "NHWC", 5: "NDHWC"}
 
+#: Ops with subgraphs: on values computed from the input they have no translation (see _refuse_control_flow).
+CONTROL_FLOW = frozenset({"Loop", "Scan", "If"})
+
 #: ONNX tensor element types (TensorProto.DataType) an input may have, as graph dtypes.
 INPUT_DTYPES = {1: "float32", 11: "float64", 7: "int64", 6: "int32"}
 
@@ -330,11 +333,33 @@ class Translation:
     def run(self) -> Graph:
         value = self._input()
         self.inferred = inferred_shapes(self.model, value.name, value.shape[1:])
+        self._refuse_control_flow(value.name)
         for node in self.graph.node:
             if id(node) not in self.skip:
                 self._node(node)
         self.node = None
         return self._finish(value)
+
+    def _refuse_control_flow(self, start: str) -> None:
+        """Control flow (Loop, Scan, If) on values computed from the input has no translation; it is refused
+        before the walk, so that it, and not some op before it, is what the error names (tf2onnx writes
+        Keras GRU layers and masked LSTMs as a Loop whose body reads the sequence). Values that only
+        ``Shape``/``Size`` read stay constants."""
+        live = {start}
+        for node in self.graph.node:
+            if not any(i in live for i in [*node.input, *outer_names(node)] if i):
+                continue
+            if node.op_type in CONTROL_FLOW and node.domain in ("", "ai.onnx"):
+                self.node = node
+                why = ""
+                if node.op_type != "If":
+                    why = (f": a recurrent layer written as a {node.op_type} (tf2onnx writes Keras GRU layers and "
+                           f"masked LSTMs so) cannot be unrolled; attribx unrolls ONNX LSTM and GRU nodes, and "
+                           f"translates Keras models themselves")
+                raise UnsupportedError(f"{self.where()}: control flow on values computed from the input has no "
+                                       f"translation{why}; {HOOK_HINT}")
+            if node.op_type not in ("Shape", "Size"):
+                live.update(o for o in node.output if o)
 
     def _input(self) -> Value:
         inits = set(self.inits) | {t.values.name for t in self.graph.sparse_initializer}
