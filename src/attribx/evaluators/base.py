@@ -58,7 +58,8 @@ def read_relevance(relevance: Any, variable: str | None = None, dims: Sequence[s
             elif len(names) == 1:
                 variable = names[0]
             else:
-                raise InputError(f"the relevance holds several variables {names}; choose one with variable=")
+                raise InputError(f"the relevance holds several variables {names}; choose one with variable= (--variable "
+                                 f"on the command line)")
         if variable not in names:
             raise InputError(f"the relevance has no variable {variable!r}; it holds {names}")
         da = relevance[variable]
