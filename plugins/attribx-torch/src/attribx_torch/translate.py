@@ -677,13 +677,14 @@ class _Translation:
                     collect(a)
             elif isinstance(v, _Swapped):
                 raise UnsupportedError(
-                    f"{type(self.model).__name__} returns a time-major tensor (time axis first, batch second); "
-                    f"the graph's outputs keep the batch axis first: return out.transpose(0, 1) (or h_n[-1], "
-                    f"h_n.transpose(0, 1) for final states)")
+                    f"{type(self.model).__name__} returns a tensor whose batch axis is second (time-major, e.g. "
+                    f"x.transpose(0, 1) or an RNN's output with batch_first=False); the graph's outputs keep the "
+                    f"batch axis first: return out.transpose(0, 1) (or h_n[-1], h_n.transpose(0, 1) for final "
+                    f"states); {HOOK_HINT}")
             elif isinstance(v, _Packed):
                 raise UnsupportedError(
                     f"{type(self.model).__name__} returns a PackedSequence; return a tensor (unpack it with "
-                    f"pad_packed_sequence)")
+                    f"pad_packed_sequence); {HOOK_HINT}")
             elif _is_t(v):
                 flat.append(v)
             elif v is None:     # an absent optional output (an aux head that eval mode skips)
