@@ -199,6 +199,17 @@ def test_layouts_nhwc_and_channel_free_relevance(case):
     np.testing.assert_array_equal(a["curve"].values, b["curve"].values)
 
 
+@pytest.mark.parametrize("evaluator,params", [("pixel_flipping", {"features_in_step": 7}),
+                                               ("region_perturbation", {"patch_size": 3, "order": "random"})])
+def test_quantus_convention_channels_last_equals_channels_first(case, evaluator, params):
+    g, w, x, r, rel = case
+    kw = dict(convention="quantus", baseline="uniform", seed=2, batch_size=3, **params)
+    ref = attribx.evaluate(evaluator, g, x, rel, **kw)
+    got = attribx.evaluate(evaluator, linear_graph(w, "NHWC"), x.transpose(0, 2, 3, 1),
+                           rel.transpose("sample", "height", "width", "channel"), **kw)
+    np.testing.assert_allclose(got["curve"].values, ref["curve"].values, rtol=1e-12, atol=1e-12)
+
+
 def test_probability_output(case):
     g, w, x, r, rel = case
     logit = attribx.evaluate("pixel_flipping", g, x, rel, baseline=0.0, steps=10, relative_to_random=False)
