@@ -128,6 +128,7 @@ def test_every_direction_and_layout(rng, op, direction, layout):
     g = assert_all_outputs(m, _x(rng))
     fwd = "reverse" if direction == "reverse" else "forward"
     assert g[f"rnn/{fwd}/t0/gates"].op == "linear" and g["rnn"].op in ("reshape", "concat")
+    assert g.input.dims == ("sample", "token", "embedding")
 
 
 @pytest.mark.parametrize("linear_before_reset", [0, 1])
@@ -387,6 +388,7 @@ def test_sst_bilstm_as_one_onnx_lstm_equals_arras(layout, bias_factor, dtype):
     for steps in (1, 4, 9):
         x = np.random.default_rng(steps).normal(size=(2, steps, 60)) * 0.3
         g = attribx.translate(m, input_shape=(steps, 60))
+        assert g.input.dims == ("sample", "token", "embedding")
         want = reference(m32, x.astype(np.float32))[0]
         assert relative_error(attribx.forward(g, x.astype(dtype), engine="numpy"), want) <= 1e-5
         targets = [1, 3]

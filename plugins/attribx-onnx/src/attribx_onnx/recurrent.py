@@ -164,6 +164,8 @@ def _recurrent(ctx, node, attrs):
                           f"{want}, but its batch axis is {ctx.batch_axis(tensor)} (the graph's input is batch "
                           f"first: a sequence-first model needs a Transpose before the {op}, as torch.onnx writes)")
     steps = ctx.shape(x)[1]
+    if x in {v.name for v in ctx.graph.input}:
+        ctx.sequence_input = True          # the input is a sequence of vectors: dims (sample, token, embedding)
     gates = GATES[op]
     hidden, weights = _weights(ctx, node, dirs, gates)
     if attrs.get("hidden_size") is not None and int(attrs["hidden_size"]) != hidden:

@@ -185,6 +185,7 @@ class Translation:
         self.counts: set[str] = set()            # float graph values holding whole numbers from masks
         self.complement: set[str] = set()        # ONNX booleans whose graph value holds their negation
         self.batch_axes: dict[str, int] = {}     # ONNX tensor -> its batch axis, where that is not axis 0
+        self.sequence_input = False              # an LSTM/GRU reads the input: dims (sample, token, embedding)
         self.nodes: list[Node] = []
         self.used: set[str] = set()
         self.aliases: dict[str, str] = {}
@@ -541,6 +542,8 @@ class Translation:
             meta["producer"] = producer
         if aliases:
             meta["aliases"] = aliases
+        if self.sequence_input and len(value.shape) == 3:
+            value = replace(value, dims=layout_dims("NTE", 3))
         graph = Graph([value], nodes, outputs, meta)
         channel = input_channel_axis(graph)
         if channel is not None and channel == len(value.shape) - 1 and channel != 1 \
