@@ -26,6 +26,7 @@ from arras_reference import arras_lrp, sst_net  # noqa: E402
 from onnx_builders import CURRENT, assert_matches, model, run_ort, tensor, weights  # noqa: E402
 
 node = helper.make_node
+ENGINES = ["numpy"] + (["torch"] if "torch" in registry().engines else [])    # torch: where installed
 GATES = {"LSTM": 4, "GRU": 3}
 DIRS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
@@ -105,9 +106,8 @@ def reference(m, x):
 def assert_all_outputs(m, x, tol=1e-5):
     """Every output of the translated graph equals onnxruntime's, on numpy (and torch where installed)."""
     g = attribx.translate(m, input_shape=x.shape[1:])
-    engines = ["numpy"] + (["torch"] if "torch" in registry().engines else [])
     for k, want in enumerate(reference(m, x)):
-        for engine in engines:
+        for engine in ENGINES:
             ours = np.asarray(attribx.forward(g, x, engine=engine, output=g.outputs[k]), dtype=np.float64)
             assert ours.shape == want.shape, (k, ours.shape, want.shape)
             err = relative_error(ours, want)
@@ -392,12 +392,13 @@ def test_sst_bilstm_as_one_onnx_lstm_equals_arras(layout, bias_factor, dtype):
         want = reference(m32, x.astype(np.float32))[0]
         assert relative_error(attribx.forward(g, x.astype(dtype), engine="numpy"), want) <= 1e-5
         targets = [1, 3]
-        ours = attribx.explain(g, x.astype(dtype), "lrp.epsilon", target=targets, epsilon=0.001,
-                               bias_factor=bias_factor, engine="numpy")
-        for k, target in enumerate(targets):
-            want, _, _ = arras_lrp(x[k], net, target, 0.001, bias_factor)
-            err = relative_error(ours.values[k], want)
-            assert err <= 1e-4, f"layout {layout}, {steps} steps, sample {k}: relative error {err:.1e}"
+        for engine in ENGINES:
+            ours = attribx.explain(g, x.astype(dtype), "lrp.epsilon", target=targets, epsilon=0.001,
+                                   bias_factor=bias_factor, engine=engine)
+            for k, target in enumerate(targets):
+                want, _, _ = arras_lrp(x[k], net, target, 0.001, bias_factor)
+                err = relative_error(ours.values[k], want)
+                assert err <= 1e-4, f"{engine}, layout {layout}, {steps} steps, sample {k}: relative error {err:.1e}"
 
 
 # ----------------------------------------------------------------------------------------------
