@@ -260,6 +260,12 @@ def test_packed_embedded_sequences_read_back_padded(cell, time_major):
     rel = attribx.explain(m, x, "lrp.epsilon", target=0)
     for k, n in enumerate(lengths):
         assert not np.any(rel.values[k, n:])
+    # the gradient through the masked steps (where nodes, length mask) is torch's autograd's
+    xt = torch.from_numpy(x).requires_grad_(True)
+    m(xt)[:, 1].sum().backward()
+    for engine in ("numpy", "torch"):
+        grad = attribx.explain(m, x, "gradient", target=1, engine=engine)
+        np.testing.assert_allclose(grad.values, xt.grad.numpy(), rtol=1e-10, atol=1e-14, err_msg=engine)
 
 
 def test_packed_sequence_refusals():

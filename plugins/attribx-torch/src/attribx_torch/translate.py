@@ -10,6 +10,18 @@ Every op without a translation, and every argument the graph cannot express exac
 :class:`attribx.UnsupportedError` naming the op, the fx node or module path, and the hooks that add
 more. The graph is checked against the traced shapes before it is returned, and cached per model,
 input shape and dtype until a parameter, buffer or submodule changes.
+
+Recurrent layers: ``nn.LSTM`` and ``nn.GRU`` are unrolled over the traced sequence length
+(:mod:`attribx.recurrent`). The graph's batch axis is always first, so ``batch_first=False`` is read through
+time-major views: ``x.transpose(0, 1)`` of a batch-first tensor is no node, and torch's axis 0 of the view
+(time, or layer·direction of ``h_n``) is the graph value's axis 1 for indexing (``out[-1]``, ``h_n[-1]``),
+reductions (``out.mean(0)``), ``squeeze(0)``, ``cat``, elementwise ops and ``Linear``; anything else on a
+time-major tensor is refused, and so is a model whose own input is time-major. Padded batches of different
+lengths: ``pack_padded_sequence`` with lengths computed in the model from the input (``(ids != pad).sum(1)``,
+``(x != 0).any(-1).sum(1)``: ops ``mask``, ``reduce_sum``, ``length_mask``) runs the RNN with each sequence's
+state kept past its end; ``pad_packed_sequence`` gives the outputs with zeros at padding over the input's
+length (torch's ``total_length=T``: without it torch trims to the batch's longest sequence, so the two agree
+when that one fills the padding or the model reads the outputs position-independently, e.g. by sums).
 """
 from __future__ import annotations
 
