@@ -42,7 +42,8 @@ def attribx_methods():
 @hookimpl
 def attribx_evaluators():
     from .evaluators import BUILTIN_EVALUATORS
-    return dict(BUILTIN_EVALUATORS)
+    from .evaluators.spray import spray
+    return {**BUILTIN_EVALUATORS, "spray": spray}
 
 
 @hookimpl

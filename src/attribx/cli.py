@@ -162,6 +162,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_spray(args) -> int:
+    from .evaluators.spray import export_virelay, plot_spray, spray
+    from .storage import save
+    if not os.path.exists(args.relevance):
+        raise InputError(f"{args.relevance}: no such file")
+    params = parse_params(args.param)
+    if args.variable is not None:
+        params.setdefault("variable", args.variable)
+    result = spray(relevance=args.relevance, **params)
+    save(result, args.output)
+    print(f"wrote SpRAy of {result.sizes['sample']} heatmaps to {args.output} (eigengap suggests "
+          f"{result.attrs['n_clusters']} clusters; {result.attrs['n_clusters_used']} found)")
+    if args.plot:
+        plot_spray(result).savefig(args.plot, dpi=110)
+        print(f"wrote the plot to {args.plot}")
+    if args.virelay:
+        x = read_inputs(args.inputs, args.key)[0] if args.inputs else None
+        project = export_virelay(result, args.relevance, args.virelay, inputs=x, variable=params.get("variable"))
+        print(f"wrote a ViRelAy project to {project}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(args.out)
@@ -224,6 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, help="output .h5 file")
     sp.add_argument("--plot", default=None, help="also draw the result (e.g. curves.png)")
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("spray", help="spectral relevance analysis (SpRAy) of a relevance file: eigenvalues, "
+                                      "clusters, prototypes (HDF5)")
+    sp.add_argument("relevance", help="relevance file (.h5) written by 'attribx explain' (read lazily)")
+    sp.add_argument("-o", "--output", required=True, help="output .h5 file")
+    sp.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                    help="SpRAy parameter, e.g. -p n_clusters=4 -p eigensolver=corelay (repeatable; values as JSON)")
+    sp.add_argument("--variable", default=None, help="the relevance variable of a file holding several")
+    sp.add_argument("--plot", default=None, help="also draw the spectrum and the clusters (e.g. spray.png)")
+    sp.add_argument("--virelay", default=None, metavar="DIR", help="also write a ViRelAy project into DIR")
+    sp.add_argument("--inputs", default=None, help=".npy/.npz of the explained inputs, for the ViRelAy data set")
+    sp.add_argument("--key", default=None, help="array name in an .npz input file")
+    sp.set_defaults(func=cmd_spray)
 
     sp = sub.add_parser("demo", help="train a small model on scikit-learn's digits and explain it")
     sp.add_argument("--out", default="attribx-demo", help="output folder")

@@ -82,7 +82,13 @@ def plot_curves(results: Any, title: str | None = None, random: bool = True, fig
 PLOTTERS = {
     "pixel_flipping": lambda ds: plot_curves(ds),
     "region_perturbation": lambda ds: plot_curves(ds),
+    "spray": lambda ds: _plot_spray(ds),
 }
+
+
+def _plot_spray(ds: xr.Dataset):
+    from .spray import plot_spray
+    return plot_spray(ds)
 
 
 def plot_result(ds: xr.Dataset):

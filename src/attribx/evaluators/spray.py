@@ -66,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "clustering": "kmeans",
     "clustering_params": None,
     "n_components": None,
-    "embedding": "tsne",
+    "embedding": "auto",
     "seed": 0,
     "approximate": False,
     "variable": None,
@@ -78,7 +78,8 @@ CHANNELS = ("sum", "abs")
 NORMALIZE = ("sum", "abs", "max", "l2", None)
 EIGENSOLVERS = ("smallest", "corelay")
 CLUSTERINGS = ("kmeans", "dbscan", "agglomerative")
-EMBEDDINGS = ("tsne", "umap", "spectral", None)
+EMBEDDINGS = ("auto", "tsne", "umap", "spectral", None)
+TSNE_MAX = 5000             # embedding="auto": t-SNE up to this many samples, the spectral coordinates beyond
 CHANNEL_DIMS = ("channel", "embedding")   # dims summed away by the channel reduction
 
 DENSE_MAX = 1000            # up to this many samples the eigenproblem is solved densely (exact, all at once)
@@ -232,36 +233,29 @@ def heatmap_features(da: xr.DataArray, layout: _Layout, channels: str = "sum", n
 # steps 2-4: kNN graph, Laplacian, spectrum
 # --------------------------------------------------------------------------------------------------
 
-def nearest_neighbors(features: np.ndarray, n_neighbors: int, approximate: bool = False, seed: int = 0,
-                      candidates: int | None = None) -> np.ndarray:
+def nearest_neighbors(features: np.ndarray, n_neighbors: int, approximate: bool = False, seed: int = 0) -> np.ndarray:
     """``(N, n_neighbors)`` indices of each row's nearest other rows (Euclidean), nearest first.
 
-    Exact: scikit-learn's brute-force search (each sample itself is excluded, as scikit-learn does when
-    asked for the neighbours of the fitted data). ``approximate=True``: candidates are the
-    ``candidates`` (default ``max(4·n_neighbors, 50)``) nearest rows in a 32-dimensional PCA projection,
-    re-ranked by their exact distances; for heatmaps whose variance lies in few directions this finds
-    nearly all true neighbours at a fraction of the cost.
+    Exact: scikit-learn's brute-force search (BLAS, chunked; each sample itself is excluded, as
+    scikit-learn does when asked for the neighbours of the fitted data). ``approximate=True``: the
+    nearest-neighbour descent of ``pynndescent`` (seeded), when it is installed.
     """
-    from sklearn.neighbors import NearestNeighbors
-    n, d = features.shape
+    n = len(features)
     if not approximate:
+        from sklearn.neighbors import NearestNeighbors
         nn = NearestNeighbors(n_neighbors=n_neighbors, algorithm="brute").fit(features)
         return nn.kneighbors(return_distance=False)
-    from sklearn.decomposition import PCA
-    c = min(n - 1, candidates or max(4 * n_neighbors, 50))
-    if c < n_neighbors:
-        raise MethodError(f"evaluator {EVALUATOR!r}: candidates ({c}) must be at least n_neighbors ({n_neighbors})")
-    k = min(32, d, n)
-    low = PCA(n_components=k, random_state=seed, svd_solver="randomized").fit_transform(features) if k < d else features
-    cand = NearestNeighbors(n_neighbors=c, algorithm="auto").fit(low).kneighbors(return_distance=False)
+    try:
+        from pynndescent import NNDescent
+    except ImportError:
+        raise MethodError(f"evaluator {EVALUATOR!r}: approximate=True needs pynndescent, which is not installed "
+                          "(pip install pynndescent); the exact search (approximate=False) needs nothing more") from None
+    index = NNDescent(features, n_neighbors=n_neighbors + 1, random_state=seed, metric="euclidean")
+    idx, _ = index.neighbor_graph
     out = np.empty((n, n_neighbors), dtype=np.int64)
-    step = max(1, (64 << 20) // max(8 * c * d, 1))
-    for start in range(0, n, step):
-        rows = np.arange(start, min(n, start + step))
-        diff = features[cand[rows]] - features[rows, None, :]
-        dist = np.einsum("ijk,ijk->ij", diff, diff)
-        order = np.argsort(dist, axis=1, kind="stable")[:, :n_neighbors]
-        out[rows] = np.take_along_axis(cand[rows], order, axis=1)
+    for i in range(n):                                 # drop the sample itself (or, if absent, the farthest)
+        row = idx[i][idx[i] != i]
+        out[i] = row[:n_neighbors]
     return out
 
 
@@ -305,11 +299,52 @@ def spectrum(affinity, n_eigenvalues: int = 32, eigensolver: str = "smallest", s
     ARPACK (``scipy.sparse.linalg.eigsh``) from a seeded start vector. Each eigenvector's sign is fixed
     so that its largest-magnitude entry is positive.
     """
+    from scipy.sparse.csgraph import connected_components
     s = normalized_affinity(affinity)
     n = s.shape[0]
     m = int(n_eigenvalues)
     if m > n:
         raise InputError(f"n_eigenvalues={m} exceeds the number of samples ({n})")
+    if n <= DENSE_MAX:
+        w, v = _eigen_select(s, m, eigensolver, seed)
+    else:
+        # A disconnected graph has the eigenvalue 0 once per component; Lanczos (ARPACK) from one start
+        # vector finds repeated eigenvalues unreliably (CoRelAy's eigsh misses some), so each component
+        # is solved alone and the results are merged (the spectrum of a block-diagonal matrix).
+        n_comp, comp = connected_components(affinity, directed=False)
+        if n_comp == 1:
+            w, v = _eigen_select(s, m, eigensolver, seed)
+        else:
+            ws, cols = [], []
+            for c in range(n_comp):
+                idx = np.flatnonzero(comp == c)
+                if len(idx) == 1:
+                    wc, vc = np.ones(1), np.ones((1, 1))
+                else:
+                    wc, vc = _eigen_select(s[idx][:, idx], min(m, len(idx)), eigensolver, seed)
+                for j in range(len(wc)):
+                    ws.append(wc[j])
+                    cols.append((idx, vc[:, j]))
+            ws = np.asarray(ws)
+            key = -ws if eigensolver == "smallest" else -np.abs(ws)
+            pick = np.argsort(key, kind="stable")[:m]
+            w = ws[pick]
+            v = np.zeros((n, m))
+            for j, p in enumerate(pick):
+                idx, col = cols[p]
+                v[idx, j] = col
+    lam = 1.0 - w
+    order = np.argsort(lam, kind="stable")
+    lam, v = lam[order], np.array(v[:, order])
+    big = np.abs(v).argmax(axis=0)
+    v *= np.where(v[big, np.arange(v.shape[1])] < 0, -1.0, 1.0)
+    return lam, v
+
+
+def _eigen_select(s, m: int, eigensolver: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``m`` eigenpairs of the symmetric ``s``: the largest (``"smallest"`` of ``I - s``) or the largest
+    in magnitude (``"corelay"``); dense LAPACK up to :data:`DENSE_MAX` rows, else ARPACK."""
+    n = s.shape[0]
     if n <= DENSE_MAX or m >= n - 1:
         from scipy.linalg import eigh
         w, v = eigh(s.toarray())                       # ascending eigenvalues of S
@@ -317,17 +352,10 @@ def spectrum(affinity, n_eigenvalues: int = 32, eigensolver: str = "smallest", s
             pick = np.arange(n - m, n)
         else:
             pick = np.argsort(-np.abs(w), kind="stable")[:m]
-        w, v = w[pick], v[:, pick]
-    else:
-        from scipy.sparse.linalg import eigsh
-        v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, n)
-        w, v = eigsh(s, k=m, which="LA" if eigensolver == "smallest" else "LM", v0=v0)
-    lam = 1.0 - w
-    order = np.argsort(lam, kind="stable")
-    lam, v = lam[order], np.array(v[:, order])
-    big = np.abs(v).argmax(axis=0)
-    v *= np.where(v[big, np.arange(v.shape[1])] < 0, -1.0, 1.0)
-    return lam, v
+        return w[pick], v[:, pick]
+    from scipy.sparse.linalg import eigsh
+    v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, n)
+    return eigsh(s, k=m, which="LA" if eigensolver == "smallest" else "LM", v0=v0)
 
 
 def row_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -366,9 +394,9 @@ def cluster_embedding(embedding: np.ndarray, clustering: Any = "kmeans", n_clust
     """
     params = dict(params or {})
     if hasattr(clustering, "fit_predict"):
-        est = clustering
-    else:
-        import sklearn.cluster as skc
+        return np.asarray(clustering.fit_predict(embedding), dtype=np.int64)
+    import sklearn.cluster as skc
+    try:
         if clustering == "kmeans":
             est = skc.KMeans(**{"n_clusters": n_clusters, "random_state": seed, "n_init": 10, **params})
         elif clustering == "dbscan":
@@ -378,15 +406,17 @@ def cluster_embedding(embedding: np.ndarray, clustering: Any = "kmeans", n_clust
         else:
             raise MethodError(f"evaluator {EVALUATOR!r}: clustering={clustering!r}; use one of "
                               f"{', '.join(repr(c) for c in CLUSTERINGS)} or a scikit-learn clusterer")
-    try:
         return np.asarray(est.fit_predict(embedding), dtype=np.int64)
-    except TypeError as err:
-        raise MethodError(f"evaluator {EVALUATOR!r}: clustering_params {params}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise MethodError(f"evaluator {EVALUATOR!r}: clustering={clustering!r} with clustering_params {params}: "
+                          f"{err}") from None
 
 
 def embed_2d(embedding: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
     """A ``(N, 2)`` embedding of the spectral embedding's rows for plotting."""
     n = len(embedding)
+    if method == "auto":
+        method = "tsne" if n <= TSNE_MAX else "spectral"
     if method == "spectral":
         cols = [1, 2] if embedding.shape[1] >= 3 else [0, min(1, embedding.shape[1] - 1)]
         return np.array(embedding[:, cols], dtype=np.float64)
@@ -545,7 +575,12 @@ def spray(model: Any = None, inputs: Any = None, relevance: Any = None, **params
     labels = cluster_embedding(space, p["clustering"], k, p["seed"], p["clustering_params"])
     timings["clustering"] = time.perf_counter() - t
     t = time.perf_counter()
-    xy = embed_2d(space, p["embedding"], p["seed"]) if p["embedding"] is not None else None
+    emb_method = p["embedding"]
+    if emb_method == "auto":
+        emb_method = "tsne" if n <= TSNE_MAX else "spectral"
+    xy = None
+    if emb_method is not None:   # "spectral": the first non-trivial eigenvectors, else t-SNE/UMAP of what was clustered
+        xy = embed_2d(emb if emb_method == "spectral" else space, emb_method, p["seed"])
     timings["embedding"] = time.perf_counter() - t
     t = time.perf_counter()
     ids, protos = prototypes(da, layout, labels, factors, p["channels"], p["batch_size"], p["progress_bar"])
@@ -574,7 +609,7 @@ def spray(model: Any = None, inputs: Any = None, relevance: Any = None, **params
     }
     if xy is not None:
         data["embedding"] = xr.Variable(("sample", "axis"), np.asarray(xy, dtype=np.float64),
-                                        {"method": p["embedding"]})
+                                        {"method": emb_method})
     attrs = result_attrs(EVALUATOR, {k2: v for k2, v in p.items() if k2 != "progress_bar"}, relevance=da,
                          relevance_file=path, seed=p["seed"], n_clusters=int(suggested),
                          n_clusters_used=int((ids >= 0).sum()), eigensolver=p["eigensolver"],
