@@ -43,7 +43,8 @@ def attribx_methods():
 def attribx_evaluators():
     from .evaluators import BUILTIN_EVALUATORS
     from .evaluators.spray import spray
-    return {**BUILTIN_EVALUATORS, "spray": spray}
+    from .evaluators.word_deletion import word_deletion
+    return {**BUILTIN_EVALUATORS, "spray": spray, "word_deletion": word_deletion}
 
 
 @hookimpl

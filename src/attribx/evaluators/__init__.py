@@ -7,7 +7,8 @@ The shared machinery is in :mod:`attribx.evaluators.base`; ``docs/evaluators.md`
 from __future__ import annotations
 
 from .perturbation import pixel_flipping, region_perturbation
-from .plots import plot_curves, plot_result
+from .plots import plot_accuracy, plot_curves, plot_result
+from .word_deletion import word_deletion
 
 #: The evaluators attribx registers through the ``attribx_evaluators`` hook (see :mod:`attribx.builtin`).
 BUILTIN_EVALUATORS = {
@@ -15,4 +16,5 @@ BUILTIN_EVALUATORS = {
     "region_perturbation": region_perturbation,
 }
 
-__all__ = ["BUILTIN_EVALUATORS", "pixel_flipping", "region_perturbation", "plot_curves", "plot_result"]
+__all__ = ["BUILTIN_EVALUATORS", "pixel_flipping", "region_perturbation", "plot_curves", "plot_result",
+           "word_deletion", "plot_accuracy"]

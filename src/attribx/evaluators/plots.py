@@ -77,12 +77,57 @@ def plot_curves(results: Any, title: str | None = None, random: bool = True, fig
     return fig
 
 
+def plot_accuracy(results: Any, title: str | None = None, random: bool = True, figsize=(6.4, 4.4)):
+    """Word-deletion accuracy curves of several methods on one axes: accuracy against words deleted.
+
+    ``results``: ``{label: Dataset}`` (one word-deletion result per relevance method), a list of
+    Datasets (labelled by their relevance method) or one Dataset. The random-order curve of the first
+    result that has one is drawn dashed (``random=False`` leaves it out). Returns a
+    ``matplotlib.figure.Figure``.
+    """
+    if isinstance(results, xr.Dataset):
+        results = [results]
+    if not isinstance(results, Mapping):
+        items = list(results)
+        labels = [str(ds.attrs.get("method") or ds.attrs.get("relevance_method") or f"result {i}")
+                  for i, ds in enumerate(items)]
+        results = dict(zip(labels, items))
+    if not results:
+        raise InputError("plot_accuracy: no results to plot")
+    fig = _figure(figsize)
+    ax = fig.add_subplot(1, 1, 1)
+    random_from = None
+    for name, ds in results.items():
+        if not isinstance(ds, xr.Dataset) or "accuracy" not in ds or "step" not in ds["accuracy"].dims:
+            raise InputError(f"plot_accuracy: {name!r} is not a word-deletion result (no 'accuracy' over 'step')")
+        ax.plot(ds["step"].values, ds["accuracy"].values, marker="o", markersize=3, label=name)
+        if random and random_from is None and "accuracy_random" in ds:
+            random_from = ds
+    if random_from is not None:
+        runs = int(random_from.attrs.get("random_runs", 1))
+        ax.plot(random_from["step"].values, random_from["accuracy_random"].values, "--", color="gray",
+                label=f"random order ({runs} run{'s' if runs != 1 else ''})")
+    first = next(iter(results.values()))
+    ax.set_xlabel("words deleted")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    mode = first.attrs.get("mode", "")
+    order = first.attrs.get("order", "")
+    n = first.sizes.get("sample", 0)
+    ax.set_title(title or f"word deletion ({mode} sentences, {order}, {n} sentences)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 #: How ``attribx evaluate --plot`` draws a result, by its ``evaluator`` attr: ``f(dataset) -> Figure``.
 #: Evaluators add their own entry here (or a plugin does, for its evaluators).
 PLOTTERS = {
     "pixel_flipping": lambda ds: plot_curves(ds),
     "region_perturbation": lambda ds: plot_curves(ds),
     "spray": lambda ds: _plot_spray(ds),
+    "word_deletion": lambda ds: plot_accuracy(ds),
 }
 
 
