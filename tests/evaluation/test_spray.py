@@ -331,6 +331,22 @@ def test_bad_relevance(case):
             S.spray(relevance=rel, approximate=True)
 
 
+def test_approximate_neighbours(case, result):
+    """approximate=True (pynndescent's nearest-neighbour descent, when installed) finds nearly every exact
+    neighbour, and the planted groups all the same."""
+    pytest.importorskip("pynndescent")
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(2000, 20))
+    exact = S.nearest_neighbors(f, 10)
+    approx = S.nearest_neighbors(f, 10, approximate=True)
+    assert not (approx == np.arange(2000)[:, None]).any()
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(exact, approx)])
+    assert recall > 0.95, recall
+    rel, truth = case
+    res = S.spray(relevance=rel, approximate=True, **FAST)
+    assert adjusted_rand_score(truth, res["cluster"].values) == 1.0
+
+
 def _installed(name):
     try:
         __import__(name)

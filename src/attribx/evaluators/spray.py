@@ -12,8 +12,8 @@ against CoRelAy's processor of the same name):
 2. :func:`knn_affinity`: the k-nearest-neighbour graph of the pooled heatmaps (Euclidean distance,
    each heatmap's ``n_neighbors`` nearest others, itself excluded), as a sparse 0/1 matrix ``A``,
    symmetrised to ``(A + Aᵀ)/2`` (CoRelAy's ``SparseKNN``). Exact neighbours come from
-   scikit-learn's brute-force search (BLAS, chunked); ``approximate=True`` finds candidates in a PCA
-   projection of the heatmaps and re-ranks them by their exact distances.
+   scikit-learn's brute-force search (BLAS, chunked); ``approximate=True`` uses ``pynndescent`` when it
+   is installed.
 3. :func:`normalized_affinity` ``S = D^-1/2 A D^-1/2`` (``D`` the degrees) and the symmetric
    normalised Laplacian :func:`laplacian` ``L = I - S``. (CoRelAy's ``SymmetricNormalLaplacian``
    returns ``S``, and its ``EigenDecomposition`` reports ``1 - λ(S)``, the eigenvalues of ``L``.)
@@ -27,10 +27,12 @@ against CoRelAy's processor of the same name):
    clusters (``attrs["n_clusters"]``); with ``eigensolver="corelay"`` only the eigenvalues below 1
    (those from the bottom of the spectrum) count.
 6. :func:`cluster_embedding`: k-means (seeded), DBSCAN or agglomerative clustering of the spectral
-   embedding, with ``n_clusters`` clusters (None: the eigengap's suggestion).
+   embedding, with ``n_clusters`` clusters (None: the eigengap's suggestion). The embedding clustered is
+   the first ``n_components`` eigenvectors (None: as many as clusters), each row normalised (Ng, Jordan
+   and Weiss); ``n_components="all"`` takes all of them, as CoRelAy's ``KMeans`` does.
 7. :func:`embed_2d`: a 2-D embedding of the spectral embedding for plotting: t-SNE (seeded), UMAP when
    ``umap-learn`` is installed, or the first two non-trivial eigenvectors (``"spectral"``: instant at
-   any size).
+   any size); ``"auto"`` is t-SNE up to :data:`TSNE_MAX` samples, ``"spectral"`` beyond.
 8. The per-cluster mean heatmap (``prototype``): the channel-reduced heatmaps at full resolution, each
    divided by the factor it was normalised with in step 1, averaged over each cluster's members.
 
@@ -250,7 +252,8 @@ def nearest_neighbors(features: np.ndarray, n_neighbors: int, approximate: bool 
     except ImportError:
         raise MethodError(f"evaluator {EVALUATOR!r}: approximate=True needs pynndescent, which is not installed "
                           "(pip install pynndescent); the exact search (approximate=False) needs nothing more") from None
-    index = NNDescent(features, n_neighbors=n_neighbors + 1, random_state=seed, metric="euclidean")
+    # a wider search graph than asked for (30 neighbours, pynndescent's default) keeps the recall high
+    index = NNDescent(features, n_neighbors=max(n_neighbors + 1, 30), random_state=seed, metric="euclidean")
     idx, _ = index.neighbor_graph
     out = np.empty((n, n_neighbors), dtype=np.int64)
     for i in range(n):                                 # drop the sample itself (or, if absent, the farthest)
@@ -533,11 +536,12 @@ def spray(model: Any = None, inputs: Any = None, relevance: Any = None, **params
     ignored). See the module docstring for the steps and ``docs/evaluators.md`` for the parameters.
 
     Returns an ``xarray.Dataset`` with ``eigenvalues`` (``eigen``) and ``eigengap`` (``eigen``: the gap
-    to the next eigenvalue), ``spectral_embedding`` (``sample, eigen``: the row-normalised
-    eigenvectors that were clustered), ``cluster`` (``sample``), ``embedding`` (``sample, axis``;
-    absent with ``embedding=None``), ``prototype`` (``cluster`` and the spatial dims) and
-    ``cluster_size`` (``cluster``); ``attrs["n_clusters"]`` is the eigengap's suggestion and
-    ``attrs["n_clusters_used"]`` the number of clusters found.
+    to the next eigenvalue), ``spectral_embedding`` (``sample, eigen``: all eigenvectors, each row
+    normalised; the clustering sees the first ``n_components`` of them, row-normalised again),
+    ``cluster`` (``sample``), ``embedding`` (``sample, axis``; absent with ``embedding=None``),
+    ``prototype`` (``cluster`` and the spatial dims; the coordinate ``cluster_label`` says which cluster
+    each is) and ``cluster_size`` (``cluster``); ``attrs["n_clusters"]`` is the eigengap's suggestion and
+    ``attrs["n_clusters_used"]`` the number of clusters found (DBSCAN's noise not counted).
     """
     p = _check(params)
     da, path = _open(relevance, p["variable"])
