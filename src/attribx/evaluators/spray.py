@@ -583,8 +583,8 @@ def spray(model: Any = None, inputs: Any = None, relevance: Any = None, **params
     if emb_method == "auto":
         emb_method = "tsne" if n <= TSNE_MAX else "spectral"
     xy = None
-    if emb_method is not None:   # "spectral": the first non-trivial eigenvectors, else t-SNE/UMAP of what was clustered
-        xy = embed_2d(emb if emb_method == "spectral" else space, emb_method, p["seed"])
+    if emb_method is not None:   # of all eigenvectors (as ViRelAy shows them): the first k collapse each cluster
+        xy = embed_2d(emb, emb_method, p["seed"])
     timings["embedding"] = time.perf_counter() - t
     t = time.perf_counter()
     ids, protos = prototypes(da, layout, labels, factors, p["channels"], p["batch_size"], p["progress_bar"])
