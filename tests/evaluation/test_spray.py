@@ -188,6 +188,12 @@ def test_result_layout_and_provenance(case, result):
     np.testing.assert_allclose(np.linalg.norm(result["spectral_embedding"].values, axis=1), 1.0, rtol=1e-12)
     np.testing.assert_array_equal(result["sample"].values, rel["sample"].values)
     np.testing.assert_array_equal(result["label"].values, rel["label"].values)     # sample coords travel
+    # prototypes by hand: channel sums divided by their totals (sum pooling keeps the total), averaged
+    h = rel.values.sum(axis=1)
+    h = h / h.sum(axis=(1, 2), keepdims=True)
+    labels = result["cluster"].values
+    for i, c in enumerate(result["cluster_label"].values):
+        np.testing.assert_allclose(result["prototype"].values[i], h[labels == c].mean(axis=0), rtol=1e-10, atol=1e-15)
     a = result.attrs
     assert a["evaluator"] == "spray" and a["seed"] == 0 and a["relevance_method"] == "synthetic"
     assert a["parameters"]["size"] == 20 and a["parameters"]["n_neighbors"] == 10 and a["pooled_shape"] == [20, 20]

@@ -444,12 +444,13 @@ def prototypes(da: xr.DataArray, layout: _Layout, labels: np.ndarray, factors: n
                batch_size: int | None = None, progress_bar: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(cluster ids, ``(clusters, *spatial)`` mean of each cluster's normalised full-resolution heatmaps)."""
     ids, inverse = np.unique(labels, return_inverse=True)
-    sums = np.zeros((len(ids),) + layout.spatial_shape, dtype=np.float64)
+    sums = np.zeros((len(ids), int(np.prod(layout.spatial_shape))), dtype=np.float64)
     for sl, block in reduced_heatmaps(da, layout, channels, batch_size, progress_bar, desc="spray: prototypes"):
-        block = block / factors[sl].reshape((-1,) + (1,) * (block.ndim - 1))
-        np.add.at(sums, inverse[sl], block)
+        member = np.zeros((len(ids), len(block)))
+        member[inverse[sl], np.arange(len(block))] = 1.0 / factors[sl]
+        sums += member @ block.reshape(len(block), -1)        # each cluster's sum of normalised heatmaps
     counts = np.bincount(inverse, minlength=len(ids))
-    return ids, sums / counts.reshape((-1,) + (1,) * len(layout.spatial_shape))
+    return ids, (sums / counts[:, None]).reshape((len(ids),) + layout.spatial_shape)
 
 
 # --------------------------------------------------------------------------------------------------
