@@ -174,14 +174,14 @@ class _Layout:
 
 
 def _sample_blocks(da: xr.DataArray, batch_size: int | None, per_sample_bytes: int) -> list[slice]:
+    """Blocks of samples to read: ``batch_size`` each, else ~32 MiB (as float64) each, never across a
+    dask chunk boundary (a lazily opened file is read chunk by chunk, a large chunk in parts)."""
     n = int(da.sizes["sample"])
-    if batch_size is None and getattr(da, "chunks", None) is not None:
-        sizes = da.chunksizes.get("sample") if hasattr(da, "chunksizes") else None
-        if sizes:
-            bounds = np.concatenate([[0], np.cumsum(sizes)])
-            return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
     step = batch_size or max(1, _BLOCK_BYTES // max(per_sample_bytes, 1))
-    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+    bounds = [0, n]
+    if getattr(da, "chunks", None) is not None and hasattr(da, "chunksizes") and da.chunksizes.get("sample"):
+        bounds = [0] + [int(b) for b in np.cumsum(da.chunksizes["sample"])]
+    return [slice(i, min(b, i + step)) for a, b in zip(bounds[:-1], bounds[1:]) for i in range(a, b, step)]
 
 
 def reduced_heatmaps(da: xr.DataArray, layout: _Layout, channels: str, batch_size: int | None = None,
@@ -194,15 +194,17 @@ def reduced_heatmaps(da: xr.DataArray, layout: _Layout, channels: str, batch_siz
     blocks = _sample_blocks(da, batch_size, per_sample)
     caxes = tuple(range(1, 1 + len(layout.channel_dims)))
     for sl in progress(blocks, len(blocks), desc, progress_bar if len(blocks) > 1 else False):
-        block = np.asarray(da.isel(sample=sl).values, dtype=np.float64)
-        if not np.isfinite(block).all():
-            bad = int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0]) + sl.start
-            raise InputError(f"relevance of sample {bad} (position {bad} along 'sample') contains NaN or "
-                             "infinite values")
-        if caxes:
-            block = (np.abs(block) if channels == "abs" else block).sum(axis=caxes)
-        elif channels == "abs":
+        block = np.asarray(da.isel(sample=sl).values)          # the stored dtype: no float64 copy of it all
+        if block.dtype.kind != "f" or not np.isfinite(block).all():
+            block = block.astype(np.float64)
+            if not np.isfinite(block).all():
+                bad = int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0]) + sl.start
+                raise InputError(f"relevance of sample {bad} (position {bad} along 'sample') contains NaN or "
+                                 "infinite values")
+        if channels == "abs":
             block = np.abs(block)
+        # channel sums accumulate in float64 (numpy casts in small buffers, not the whole block)
+        block = block.sum(axis=caxes, dtype=np.float64) if caxes else block.astype(np.float64, copy=False)
         yield sl, block
 
 
