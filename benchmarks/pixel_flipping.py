@@ -32,36 +32,12 @@ import numpy as np
 
 
 def digits_model(n):
-    import torch
-    from sklearn.datasets import load_digits
+    """The shared digits CNN (attribx.datasets.digits) trained on the first 1200 digits, in [0, 1] as
+    Quantus's baselines assume; ``n`` images cycled from the whole set."""
+    from attribx.datasets.digits import load_digits_images, train_digits_cnn
 
-    class DigitsCNN(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = torch.nn.Conv2d(1, 8, 3, padding=1)
-            self.conv2 = torch.nn.Conv2d(8, 16, 3, padding=1)
-            self.pool = torch.nn.MaxPool2d(2)
-            self.fc1 = torch.nn.Linear(16 * 4 * 4, 32)
-            self.fc2 = torch.nn.Linear(32, 10)
-            self.relu1, self.relu2, self.relu3 = torch.nn.ReLU(), torch.nn.ReLU(), torch.nn.ReLU()
-
-        def forward(self, x):
-            x = self.relu1(self.conv1(x))
-            x = self.pool(self.relu2(self.conv2(x)))
-            return self.fc2(self.relu3(self.fc1(x.flatten(1))))
-
-    d = load_digits()
-    x = (d.images[:, None] / 16.0).astype(np.float32)          # [0, 1], as Quantus's baselines assume
-    y = d.target.astype(np.int64)
-    torch.manual_seed(0)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    xt, yt = torch.tensor(x[:1200]), torch.tensor(y[:1200])
-    for _ in range(80):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    model.eval()
+    x, y = load_digits_images("unit")
+    model = train_digits_cnn(x[:1200], y[:1200], steps=80)
     idx = np.arange(n) % len(x)
     return model, x[idx], y[idx]
 

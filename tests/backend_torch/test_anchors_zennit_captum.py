@@ -15,6 +15,7 @@ torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("attribx_torch")
 
 import attribx  # noqa: E402
+from attribx.datasets.digits import load_digits_images, train_digits_cnn  # noqa: E402
 from attribx.testing import relative_error  # noqa: E402
 
 from zennit import composites as zc, rules as zr  # noqa: E402
@@ -41,37 +42,10 @@ def randomize_bn(model, seed=0):
     return model
 
 
-class DigitsCNN(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 8, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(8, 16, 3, padding=1)
-        self.pool = torch.nn.MaxPool2d(2)
-        self.fc1 = torch.nn.Linear(16 * 4 * 4, 32)
-        self.fc2 = torch.nn.Linear(32, 10)
-        # ReLU modules, not torch.relu: zennit's hooks see modules only, and flat / w² send relevance to
-        # dead units, which a functional ReLU's gradient (zennit's fallback) would zero
-        self.relu1, self.relu2, self.relu3 = torch.nn.ReLU(), torch.nn.ReLU(), torch.nn.ReLU()
-
-    def forward(self, x):
-        x = self.relu1(self.conv1(x))
-        x = self.pool(self.relu2(self.conv2(x)))
-        return self.fc2(self.relu3(self.fc1(x.flatten(1))))
-
-
 def trained_digits_cnn():
-    datasets = pytest.importorskip("sklearn.datasets")
-    d = datasets.load_digits()
-    x = torch.tensor(d.images[:, None] / 8.0 - 1.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
-    torch.manual_seed(0)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval(), x[:6].numpy()
+    pytest.importorskip("sklearn.datasets")
+    x, y = load_digits_images()
+    return train_digits_cnn(x, y, steps=60), x[:6]
 
 
 MODELS = {}

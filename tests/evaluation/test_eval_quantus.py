@@ -21,27 +21,12 @@ try:   # with TensorFlow installed too, importing torchvision after it (as quant
 except ImportError:
     pass
 quantus = pytest.importorskip("quantus")
-datasets = pytest.importorskip("sklearn.datasets")
+pytest.importorskip("sklearn.datasets")
 
 import attribx  # noqa: E402
+from attribx.datasets.digits import load_digits_images, train_digits_cnn  # noqa: E402
 
 N_TRAIN, N_QUANTUS, N_ORDER, BATCH = 1200, 40, 128, 32
-
-
-class DigitsCNN(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 8, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(8, 16, 3, padding=1)
-        self.pool = torch.nn.MaxPool2d(2)
-        self.fc1 = torch.nn.Linear(16 * 4 * 4, 32)
-        self.fc2 = torch.nn.Linear(32, 10)
-        self.relu1, self.relu2, self.relu3 = torch.nn.ReLU(), torch.nn.ReLU(), torch.nn.ReLU()
-
-    def forward(self, x):
-        x = self.relu1(self.conv1(x))
-        x = self.pool(self.relu2(self.conv2(x)))
-        return self.fc2(self.relu3(self.fc1(x.flatten(1))))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,18 +41,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def digits():
     """The CNN trained on the first 1200 digits (80 full-batch Adam steps, ~2 s); held-out digits after."""
-    d = datasets.load_digits()
-    x = (d.images[:, None] / 8.0 - 1.0).astype(np.float32)       # values in [-1, 1]
-    y = d.target.astype(np.int64)
-    torch.manual_seed(0)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    xt, yt = torch.tensor(x[:N_TRAIN]), torch.tensor(y[:N_TRAIN])
-    for _ in range(80):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    model.eval()
+    x, y = load_digits_images()                                  # values in [-1, 1]
+    model = train_digits_cnn(x[:N_TRAIN], y[:N_TRAIN], steps=80)
     xs, ys = x[N_TRAIN:N_TRAIN + N_ORDER], y[N_TRAIN:N_TRAIN + N_ORDER]
     with torch.no_grad():
         acc = float((model(torch.tensor(xs)).argmax(1).numpy() == ys).mean())

@@ -39,6 +39,7 @@ from corelay.processor.preprocessing import Pooling  # noqa: E402
 from scipy.sparse.csgraph import connected_components  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
+from attribx.datasets.digits import load_digits_images, train_digits_cnn  # noqa: E402
 from attribx.evaluators import spray as S  # noqa: E402
 from spray_cases import planted  # noqa: E402
 
@@ -135,32 +136,15 @@ def digits_relevance():
     trained here (60 full-batch Adam steps on 1200 digits, one torch thread: a few seconds)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("attribx_torch")
-    datasets = pytest.importorskip("sklearn.datasets")
+    pytest.importorskip("sklearn.datasets")
     import attribx
-    d = datasets.load_digits()
-    x = (d.images[:, None] / 8.0 - 1.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 10))
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        xt, yt = torch.tensor(x[:1200]), torch.tensor(y[:1200])
-        for _ in range(60):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt), yt).backward()
-            opt.step()
-        model.eval()
-        xs, ys = x[1200:1500], y[1200:1500]
-        with torch.no_grad():
-            acc = float((model(torch.tensor(xs)).argmax(1).numpy() == ys).mean())
-        assert acc > 0.9, acc
-        rel = attribx.explain(model, xs, "lrp.epsilon_plus", target=ys)
-    finally:
-        torch.set_num_threads(threads)
+    x, y = load_digits_images()
+    model = train_digits_cnn(x[:1200], y[:1200], steps=60)
+    xs, ys = x[1200:1500], y[1200:1500]
+    with torch.no_grad():
+        acc = float((model(torch.tensor(xs)).argmax(1).numpy() == ys).mean())
+    assert acc > 0.9, acc
+    rel = attribx.explain(model, xs, "lrp.epsilon_plus", target=ys)
     rel = rel.astype(np.float64)
     return rel, ys
 
