@@ -6,4 +6,5 @@ from .digits import build_digits_cnn, load_digits_images, train_digits_cnn
 from .sentiment import SentimentData, make_sentiment
 from .text_model import TrainHistory, build_sentiment_lstm, embedded, predict, train_sentiment_lstm
 
-__all__ = ["load_digits_images", "build_digits_cnn", "train_digits_cnn", "SentimentData", "make_sentiment", "TrainHistory", "build_sentiment_lstm", "train_sentiment_lstm", "embedded", "predict"]
+__all__ = ["load_digits_images", "build_digits_cnn", "train_digits_cnn", "SentimentData", "make_sentiment",
+           "TrainHistory", "build_sentiment_lstm", "train_sentiment_lstm", "embedded", "predict"]
