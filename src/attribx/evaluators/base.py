@@ -263,10 +263,11 @@ class ModelRunner:
         return t.astype(np.int64)
 
 
-def as_numpy_inputs(inputs: Any) -> np.ndarray:
-    """Inputs as a finite floating numpy array (torch and TensorFlow tensors are copied to the host)."""
+def host_array(inputs: Any, who: str = "this evaluator") -> np.ndarray:
+    """Inputs as a numpy array of any dtype: torch and TensorFlow tensors copied to the host, DataArrays
+    unwrapped; ``who`` names the caller in errors."""
     if inputs is None:
-        raise InputError("this evaluator needs inputs")
+        raise InputError(f"{who} needs inputs")
     if hasattr(inputs, "detach"):
         inputs = inputs.detach().cpu().numpy()
     elif hasattr(inputs, "numpy") and not isinstance(inputs, np.ndarray):
@@ -274,9 +275,14 @@ def as_numpy_inputs(inputs: Any) -> np.ndarray:
     if isinstance(inputs, xr.DataArray):
         inputs = inputs.values
     try:
-        x = np.asarray(inputs)
+        return np.asarray(inputs)
     except Exception as err:
-        raise InputError(f"inputs cannot be read as an array: {err}") from None
+        raise InputError(f"{who}: inputs cannot be read as an array: {err}") from None
+
+
+def as_numpy_inputs(inputs: Any) -> np.ndarray:
+    """Inputs as a finite floating numpy array (torch and TensorFlow tensors are copied to the host)."""
+    x = host_array(inputs)
     if x.dtype.kind not in "fiub":
         raise InputError(f"inputs must be numeric, got dtype {x.dtype}")
     if x.dtype.kind != "f":

@@ -39,13 +39,7 @@ def plot_curves(results: Any, title: str | None = None, random: bool = True, fig
     dashed (``random=False`` leaves it out). Returns a ``matplotlib.figure.Figure``; save it with
     ``fig.savefig("curves.png")``.
     """
-    if isinstance(results, xr.Dataset):
-        results = [results]
-    if not isinstance(results, Mapping):
-        items = list(results)
-        labels = [str(ds.attrs.get("method") or ds.attrs.get("relevance_method") or f"result {i}")
-                  for i, ds in enumerate(items)]
-        results = dict(zip(labels, items))
+    results = _labelled(results)
     if not results:
         raise InputError("plot_curves: no results to plot")
     fig = _figure(figsize)
@@ -77,6 +71,18 @@ def plot_curves(results: Any, title: str | None = None, random: bool = True, fig
     return fig
 
 
+def _labelled(results: Any) -> dict:
+    """``{label: Dataset}`` from a mapping, a list of Datasets (labelled by their relevance method) or one."""
+    if isinstance(results, xr.Dataset):
+        results = [results]
+    if isinstance(results, Mapping):
+        return dict(results)
+    items = list(results)
+    labels = [str(ds.attrs.get("method") or ds.attrs.get("relevance_method") or f"result {i}")
+              for i, ds in enumerate(items)]
+    return dict(zip(labels, items))
+
+
 def plot_accuracy(results: Any, title: str | None = None, random: bool = True, figsize=(6.4, 4.4)):
     """Word-deletion accuracy curves of several methods on one axes: accuracy against words deleted.
 
@@ -85,13 +91,7 @@ def plot_accuracy(results: Any, title: str | None = None, random: bool = True, f
     result that has one is drawn dashed (``random=False`` leaves it out). Returns a
     ``matplotlib.figure.Figure``.
     """
-    if isinstance(results, xr.Dataset):
-        results = [results]
-    if not isinstance(results, Mapping):
-        items = list(results)
-        labels = [str(ds.attrs.get("method") or ds.attrs.get("relevance_method") or f"result {i}")
-                  for i, ds in enumerate(items)]
-        results = dict(zip(labels, items))
+    results = _labelled(results)
     if not results:
         raise InputError("plot_accuracy: no results to plot")
     fig = _figure(figsize)

@@ -40,8 +40,8 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError, MethodError
-from .base import (ModelRunner, Progress, check_params, choice, positive_int, read_relevance, result_attrs,
-                   seed_of)
+from .base import (ModelRunner, Progress, check_params, choice, host_array, positive_int, read_relevance,
+                   result_attrs, seed_of)
 
 MODES = ("correct", "misclassified", "all")
 ORDERS = ("morf", "lerf", "random")
@@ -73,18 +73,7 @@ DEFAULTS = {
 # --------------------------------------------------------------------------------------------------
 
 def _inputs(inputs: Any, takes_ids: bool) -> np.ndarray:
-    if inputs is None:
-        raise InputError(f"evaluator {NAME!r} needs inputs (token ids or embedded vectors)")
-    if hasattr(inputs, "detach"):
-        inputs = inputs.detach().cpu().numpy()
-    elif hasattr(inputs, "numpy") and not isinstance(inputs, np.ndarray):
-        inputs = inputs.numpy()
-    if isinstance(inputs, xr.DataArray):
-        inputs = inputs.values
-    try:
-        x = np.asarray(inputs)
-    except Exception as err:
-        raise InputError(f"evaluator {NAME!r}: inputs cannot be read as an array: {err}") from None
+    x = host_array(inputs, f"evaluator {NAME!r} (token ids or embedded vectors)")
     if x.dtype.kind not in "fiub" or x.ndim < 2:
         raise InputError(f"evaluator {NAME!r}: inputs must be a numeric array (sample, token, ...), got dtype "
                          f"{x.dtype}, shape {x.shape}")
