@@ -214,6 +214,25 @@ def test_same_seed_same_result_and_tsne(case):
     xr.testing.assert_equal(a, b)                       # values and coords (attrs hold timings)
 
 
+def test_umap_embedding_separates_the_planted_groups(case):
+    """embedding='umap' where umap-learn is installed (CI's torch environment): a 2-D map in which every
+    sample's nearest neighbour belongs to its own group; without umap-learn, a clear error."""
+    rel, truth = case
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        with pytest.raises(MethodError, match="umap-learn"):
+            S.spray(relevance=rel, embedding="umap")
+        pytest.skip("umap-learn is not installed")
+    res = S.spray(relevance=rel, embedding="umap", seed=0)
+    emb = res["embedding"].values
+    assert emb.shape == (len(truth), 2) and np.isfinite(emb).all()
+    assert res["embedding"].attrs["method"] == "umap"
+    d = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    assert np.mean(truth[d.argmin(1)] == truth) == 1.0
+
+
 @pytest.mark.parametrize("clustering,params", [("dbscan", {"eps": 0.3}), ("agglomerative", None), ("kmeans", None)])
 def test_clusterings(case, clustering, params):
     rel, truth = case
