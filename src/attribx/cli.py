@@ -184,6 +184,13 @@ def cmd_spray(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from .benchmark import main as benchmark
+    benchmark(args.out, methods=args.methods, models=args.models, evaluators=args.evaluators, n=args.samples,
+              engine=args.engine, batch_size=args.batch_size, seed=args.seed, inputs=args.inputs)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(args.out)
@@ -259,6 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--inputs", default=None, help=".npy/.npz of the explained inputs, for the ViRelAy data set")
     sp.add_argument("--key", default=None, help="array name in an .npz input file")
     sp.set_defaults(func=cmd_spray)
+
+    sp = sub.add_parser("benchmark", help="compare methods across models by pixel flipping, word deletion, runtime, "
+                                          "memory and conservation (default: Samek et al. 2017 on the digits CNN)")
+    sp.add_argument("--methods", "-m", nargs="+", default=None, metavar="METHOD",
+                    help="methods, 'name' or 'name:key=value,...', and 'random' (default: LRP composites, "
+                         "sensitivity, deconvnet, random)")
+    sp.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                    help="digits-cnn, digits-mlp, sentiment-lstm, 'pkg.module:function', or model.onnx@inputs.npz "
+                         "(default: digits-cnn with torch, else digits-mlp)")
+    sp.add_argument("--evaluators", nargs="+", default=None,
+                    help="any of pixel_flipping word_deletion runtime memory conservation (default: all)")
+    sp.add_argument("--samples", "-n", type=int, default=128, help="samples per model (default 128)")
+    sp.add_argument("--inputs", default=None, help=".npz/.npy inputs for model files given without @inputs")
+    sp.add_argument("--engine", default=None)
+    sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default="attribx-benchmark", help="output folder (benchmark.h5/.md/.html/.png)")
+    sp.set_defaults(func=cmd_benchmark)
 
     sp = sub.add_parser("demo", help="train a small model on scikit-learn's digits and explain it")
     sp.add_argument("--out", default="attribx-demo", help="output folder")
