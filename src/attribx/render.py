@@ -1,0 +1,495 @@
+"""Heatmap images of saved relevance: RGB arrays, grids as matplotlib figures, PNG files.
+
+Relevance comes as labeled xarray data (what :func:`attribx.explain` returns and
+:func:`attribx.open_relevance` reads back): a DataArray, or a Dataset with one variable per method.
+Images need the dims ``height`` and ``width`` besides ``sample``; channel dims (``channel`` by default,
+wherever it sits: NCHW and NHWC draw the same) are reduced to one value per pixel first.
+
+Colours: a diverging map centred at zero, ``bwr`` by default (red positive, blue negative, white
+zero); ``coldnhot`` (cyan-blue-black-red-yellow, as in zennit and iNNvestigate) is built in and any
+matplotlib colour map name works. Normalisation maps relevance to [-1, 1] before colouring:
+
+``symmetric``  each heatmap by its own largest |R| (where the evidence sits within one sample);
+``global``     one scale per variable (method) over all drawn samples (compares samples' strength);
+``none``       no normalisation: |R| = ``vmax`` (default 1) at full colour, larger values clipped.
+
+``bwr`` and ``coldnhot`` are computed with numpy alone; figures and other colour maps need matplotlib.
+Token relevance (a ``token`` dim) is drawn by :mod:`attribx.textviz`; :func:`render` picks the right one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+from .errors import AttribxError, InputError
+from .textviz import SAMPLE_DIM, TOKEN_DIM, _select, _write_atomically, relevance_colors
+
+NORMS = ("symmetric", "global", "none")
+REDUCTIONS = ("sum", "mean", "abs", "norm")
+SPATIAL_DIMS = ("height", "width")
+INPUT_VARS = ("input", "inputs", "x")
+#: zennit's / iNNvestigate's "coldnhot": cyan, blue, black (zero), red, yellow
+COLDNHOT = np.array([[0, 1, 1], [0, 0, 1], [0, 0, 0], [1, 0, 0], [1, 1, 0]], dtype=float)
+CAPTION_COORDS = (("label", "y"), ("prediction", "ŷ"), ("target", "t"))
+MAX_SAMPLES = 16
+
+
+def _mpl_cmap(name: str):
+    try:
+        import matplotlib
+    except ImportError:
+        raise AttribxError(f"colour map {name!r} needs matplotlib: pip install 'attribx[demo]' "
+                           f"(or use cmap='bwr' or 'coldnhot')") from None
+    if name == "coldnhot":
+        from matplotlib.colors import LinearSegmentedColormap
+        return LinearSegmentedColormap.from_list("coldnhot", COLDNHOT)
+    try:
+        return matplotlib.colormaps[name]
+    except KeyError:
+        raise InputError(f"unknown colour map {name!r}; use 'bwr', 'coldnhot' or a matplotlib colour map "
+                         f"name (e.g. 'seismic', 'RdBu_r', 'coolwarm')") from None
+
+
+def check_cmap(cmap: Any) -> None:
+    """Raise a clear :class:`InputError` for a colour map that cannot be drawn."""
+    if isinstance(cmap, str) and cmap in ("bwr", "coldnhot"):
+        return
+    if isinstance(cmap, str):
+        _mpl_cmap(cmap)
+    elif not callable(cmap):
+        raise InputError(f"cmap must be a colour map name or a matplotlib Colormap, got {type(cmap).__name__}")
+
+
+def colorize(values: Any, cmap: Any = "bwr") -> np.ndarray:
+    """RGB in [0, 1] for values in [-1, 1] (clipped): -1 the colour map's start, 0 its centre, 1 its end."""
+    v = np.clip(np.asarray(values, dtype=float), -1.0, 1.0)
+    if isinstance(cmap, str) and cmap == "bwr":
+        return relevance_colors(v, 1.0)
+    if isinstance(cmap, str) and cmap == "coldnhot":
+        knots = np.linspace(-1.0, 1.0, len(COLDNHOT))
+        return np.stack([np.interp(v, knots, COLDNHOT[:, c]) for c in range(3)], axis=-1)
+    if isinstance(cmap, str):
+        cmap = _mpl_cmap(cmap)
+    elif not callable(cmap):
+        check_cmap(cmap)
+    return np.asarray(cmap((v + 1.0) / 2.0))[..., :3].astype(float)
+
+
+def _resolve_norm(norm: str | None, vmax: float | None) -> str:
+    if vmax is not None:
+        if not (isinstance(vmax, (int, float, np.number)) and np.isfinite(vmax) and vmax > 0):
+            raise InputError(f"vmax (--scale) must be a positive number, got {vmax!r}")
+        if norm not in (None, "none"):
+            raise InputError(f"a fixed vmax (--scale) means no normalisation; it cannot go with norm={norm!r}")
+        return "none"
+    norm = "symmetric" if norm is None else norm
+    if norm not in NORMS:
+        raise InputError(f"unknown normalisation {norm!r}; choose one of {', '.join(NORMS)}")
+    return norm
+
+
+def normalise(values: Any, norm: str | None = "symmetric", vmax: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` (sample first) divided by their scale, and the scale per sample.
+
+    ``symmetric``: each sample by its largest |value|; ``global``: all by the largest |value| of all;
+    ``none``: by ``vmax`` (default 1). A scale of zero (an all-zero heatmap) counts as 1.
+    """
+    norm = _resolve_norm(norm, vmax)
+    v = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(v)):
+        raise InputError("relevance holds NaN or infinite values; cannot draw it")
+    n = v.shape[0]
+    if norm == "symmetric":
+        scale = np.abs(v.reshape(n, -1)).max(axis=1) if v.size else np.ones(n)
+    elif norm == "global":
+        scale = np.full(n, np.abs(v).max() if v.size else 1.0)
+    else:
+        scale = np.full(n, 1.0 if vmax is None else float(vmax))
+    scale = np.where(scale > 0, scale, 1.0)
+    return v / scale.reshape((n,) + (1,) * (v.ndim - 1)), scale
+
+
+# --------------------------------------------------------------------------------------------------
+# labeled relevance -> (sample, height, width)
+# --------------------------------------------------------------------------------------------------
+
+def _is_image(da: xr.DataArray, spatial: Sequence[str]) -> bool:
+    return all(d in da.dims for d in spatial)
+
+
+def image_variables(relevance, variables: str | Sequence[str] | None = None,
+                    spatial: Sequence[str] = SPATIAL_DIMS) -> list[tuple[str, xr.DataArray]]:
+    """``(name, DataArray)`` for each variable to draw: the named ones, else every image variable.
+
+    A DataArray is drawn under its ``method`` attribute (or its name); from a Dataset, every data
+    variable with the spatial dims except stored inputs (``input``, ``inputs``, ``x``).
+    """
+    if isinstance(variables, str):
+        variables = [variables]
+    if isinstance(relevance, xr.DataArray):
+        name = str(relevance.attrs.get("method") or relevance.name or "relevance")
+        if variables is not None and list(variables) not in ([relevance.name], [name]):
+            raise InputError(f"no variable {variables}: the relevance is one array named {relevance.name!r}")
+        return [(name, relevance)]
+    if not isinstance(relevance, xr.Dataset):
+        raise InputError(f"expected relevance as an xarray DataArray or Dataset, got {type(relevance).__name__}")
+    names = [str(k) for k in relevance.data_vars]
+    if variables is None:
+        variables = [k for k in names if k not in INPUT_VARS and _is_image(relevance[k], spatial)]
+        if not variables:
+            raise InputError(f"no variable of the relevance has the dims {tuple(spatial)} of an image "
+                             f"(it holds {', '.join(f'{k} {relevance[k].dims}' for k in names)})")
+    missing = [v for v in variables if v not in relevance.data_vars]
+    if missing:
+        raise InputError(f"no variable {', '.join(map(repr, missing))}; the relevance holds {', '.join(names)}")
+    return [(v, relevance[v]) for v in variables]
+
+
+def reduce_channels(da: xr.DataArray, channel: str | Sequence[str] | None = "channel", reduce: str = "sum",
+                    spatial: Sequence[str] = SPATIAL_DIMS) -> xr.DataArray:
+    """``da`` as ``(sample, height, width)``: the ``channel`` dims reduced, wherever they sit (NCHW, NHWC).
+
+    ``reduce``: ``sum`` (relevance is additive: a pixel's relevance is its channels' sum, the default),
+    ``mean``, ``abs`` (sum of |R|) or ``norm`` (Euclidean norm over channels; both not signed).
+    """
+    if reduce not in REDUCTIONS:
+        raise InputError(f"unknown channel reduction {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
+    spatial = tuple(spatial)
+    if not _is_image(da, spatial):
+        raise InputError(f"relevance {da.name!r} has dims {da.dims}, not the image dims {spatial}; "
+                         f"rename its dims (.rename(...)) or name them with spatial=")
+    if SAMPLE_DIM not in da.dims:
+        da = da.expand_dims(SAMPLE_DIM)
+    channels = [channel] if isinstance(channel, str) else list(channel or ())
+    channels = [c for c in channels if c in da.dims]
+    left = [d for d in da.dims if d not in (SAMPLE_DIM, *spatial, *channels)]
+    if left:
+        raise InputError(f"relevance {da.name!r} has dims {da.dims}: {left} are neither sample, image "
+                         f"{spatial} nor channel dims {channels}; name the channel dims (channel= / --channel)")
+    if channels:
+        if reduce == "sum":
+            da = da.sum(channels, skipna=False)
+        elif reduce == "mean":
+            da = da.mean(channels, skipna=False)
+        elif reduce == "abs":
+            da = abs(da).sum(channels, skipna=False)
+        else:
+            da = (da ** 2).sum(channels, skipna=False) ** 0.5
+    return da.transpose(SAMPLE_DIM, *spatial)
+
+
+# --------------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------------
+
+def _load_array(path) -> np.ndarray:
+    from .cli import read_inputs
+    return np.asarray(read_inputs(os.fspath(path))[0])
+
+
+def stored_inputs(relevance) -> Any:
+    """The inputs kept with the relevance: a Dataset's ``input`` variable, else the ``inputs_file`` that
+    ``attribx explain`` notes in the attributes, where that file still exists; else None."""
+    if isinstance(relevance, xr.Dataset):
+        for k in INPUT_VARS:
+            if k in relevance.data_vars:
+                return relevance[k]
+    path = relevance.attrs.get("inputs_file")
+    if isinstance(path, str) and os.path.exists(path):
+        return path
+    return None
+
+
+def align_inputs(inputs, da: xr.DataArray, spatial: Sequence[str] = SPATIAL_DIMS) -> xr.DataArray:
+    """``inputs`` (a path to .npy/.npz, an array or a DataArray) labeled like the relevance ``da``.
+
+    An array takes the relevance's dims (or ``sample`` and the spatial dims alone, for grey images
+    without a channel axis). Samples are matched by position when there are as many inputs as relevance
+    samples, else by sample id (row ``id`` of the inputs for the sample with that id).
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = _load_array(inputs)
+    if SAMPLE_DIM not in da.dims:
+        da = da.expand_dims(SAMPLE_DIM)
+    if isinstance(inputs, xr.DataArray):
+        x = inputs if SAMPLE_DIM in inputs.dims else inputs.expand_dims(SAMPLE_DIM)
+        if SAMPLE_DIM in da.coords and SAMPLE_DIM in x.coords:
+            return x.sel({SAMPLE_DIM: da[SAMPLE_DIM].values})
+        values, dims = np.asarray(x.transpose(SAMPLE_DIM, ...).values), (SAMPLE_DIM,) + tuple(
+            d for d in x.dims if d != SAMPLE_DIM)
+    else:
+        values = np.asarray(inputs)
+        dims = da.dims if values.ndim == da.ndim else (SAMPLE_DIM, *spatial) if values.ndim == 3 else None
+        if dims is None:
+            raise InputError(f"inputs of shape {values.shape} do not fit relevance of dims {da.dims} "
+                             f"{tuple(da.shape)}")
+    want = tuple(da.sizes[d] for d in dims[1:] if d in da.dims)
+    if values.shape[1:] != want:
+        raise InputError(f"inputs of shape {values.shape} do not fit relevance of dims {da.dims} "
+                         f"{tuple(da.shape)} (per sample {want})")
+    n = da.sizes[SAMPLE_DIM]
+    ids = da[SAMPLE_DIM].values if SAMPLE_DIM in da.coords else np.arange(n)
+    if len(values) != n:
+        if not (np.issubdtype(ids.dtype, np.integer) and ids.size and ids.min() >= 0 and ids.max() < len(values)):
+            raise InputError(f"{len(values)} inputs for {n} relevance samples (ids {ids.min()} to {ids.max()}): "
+                             f"give the inputs that were explained")
+        values = values[ids]
+    return xr.DataArray(values, dims=dims, coords={SAMPLE_DIM: ids} if SAMPLE_DIM in da.coords else None)
+
+
+def input_images(x: xr.DataArray, channel: str | Sequence[str] | None = "channel",
+                 spatial: Sequence[str] = SPATIAL_DIMS, input_cmap: str = "gray") -> np.ndarray:
+    """Inputs as RGB pictures in [0, 1], ``(sample, height, width, 3)``, each stretched to its own range.
+
+    Three channels are drawn as colour (RGB); one channel, none or any other number as grey (their
+    mean), through ``input_cmap`` (``gray``: high values white; ``gray_r``: high values dark).
+    """
+    channels = [channel] if isinstance(channel, str) else list(channel or ())
+    channels = [c for c in channels if c in x.dims]
+    colour = len(channels) == 1 and x.sizes[channels[0]] == 3
+    if colour:
+        v = np.asarray(x.transpose(SAMPLE_DIM, *spatial, channels[0]).values, dtype=float)
+    else:
+        v = np.asarray((x.mean(channels) if channels else x).transpose(SAMPLE_DIM, *spatial).values, dtype=float)
+    v = np.nan_to_num(v)
+    flat = v.reshape(len(v), -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    shape = (len(v),) + (1,) * (v.ndim - 1)
+    v = (v - lo.reshape(shape)) / span.reshape(shape)
+    if colour:
+        return v
+    if input_cmap == "gray":
+        return np.repeat(v[..., None], 3, axis=-1)
+    if input_cmap == "gray_r":
+        return np.repeat(1.0 - v[..., None], 3, axis=-1)
+    return np.asarray(_mpl_cmap(input_cmap)(v))[..., :3].astype(float)
+
+
+def blend(heat: np.ndarray, normalised: np.ndarray, base: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    """The heatmap laid over ``base``: opacity ``alpha * |R|/scale`` per pixel, so zero shows the input."""
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must lie in [0, 1], got {alpha!r}")
+    a = alpha * np.clip(np.abs(normalised), 0.0, 1.0)[..., None]
+    return (1.0 - a) * base + a * heat
+
+
+# --------------------------------------------------------------------------------------------------
+# arrays
+# --------------------------------------------------------------------------------------------------
+
+def _prepared(relevance, variable, samples, channel, reduce, spatial):
+    """[(name, reduced (sample, H, W) DataArray, the full-dims DataArray of the selected samples)]."""
+    out = []
+    for name, da in image_variables(relevance, variable, spatial):
+        if TOKEN_DIM in da.dims:
+            raise InputError(f"relevance {name!r} is per token: draw it with attribx.textviz (or render())")
+        if SAMPLE_DIM not in da.dims:
+            da = da.expand_dims(SAMPLE_DIM)
+        if samples is None and da.sizes[SAMPLE_DIM] > MAX_SAMPLES:
+            samples = list(da[SAMPLE_DIM].values[:MAX_SAMPLES]) if SAMPLE_DIM in da.coords else list(range(MAX_SAMPLES))
+        picked = _select(da, samples)
+        out.append((name, reduce_channels(picked, channel, reduce, spatial), da, samples))
+    return out
+
+
+def heatmap(relevance, variable: str | None = None, *, samples: Sequence | None = None, cmap: Any = "bwr",
+            norm: str | None = None, vmax: float | None = None, channel: str | Sequence[str] | None = "channel",
+            reduce: str = "sum", inputs: Any = None, overlay: bool = False, alpha: float = 0.8,
+            input_cmap: str = "gray", spatial: Sequence[str] = SPATIAL_DIMS) -> np.ndarray:
+    """Heatmaps as an RGB array ``(sample, height, width, 3)`` of floats in [0, 1].
+
+    ``variable`` picks one of a Dataset's variables (needed when it holds several); ``samples`` are
+    sample ids (default: all). ``norm``: ``symmetric`` (default), ``global`` or ``none`` (with
+    ``vmax``, the |R| at full colour). ``overlay=True`` lays the heatmap over the inputs (``inputs``: a
+    path, an array or DataArray; default: those stored with the relevance). For a picture file,
+    ``(heatmap(...) * 255).astype('uint8')`` or :func:`heatmap_grid`.
+    """
+    check_cmap(cmap)
+    norm = _resolve_norm(norm, vmax)
+    prepared = _prepared(relevance, variable, samples, channel, reduce, spatial)
+    if len(prepared) != 1:
+        raise InputError(f"the relevance holds several image variables ({', '.join(p[0] for p in prepared)}); "
+                         f"choose one (variable=), or draw them all with heatmap_grid")
+    _, red, full, picked = prepared[0]
+    v, _ = normalise(red.values, norm, vmax)
+    rgb = colorize(v, cmap)
+    if overlay:
+        x = inputs if inputs is not None else stored_inputs(relevance)
+        if x is None:
+            raise InputError("overlay needs the inputs: pass inputs= (--inputs X.npy); the relevance stores none")
+        xa = align_inputs(x, full, spatial)
+        xa = _select(xa, picked) if picked is not None else xa
+        rgb = blend(rgb, v, input_images(xa, channel, spatial, input_cmap), alpha)
+    return rgb
+
+
+# --------------------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------------------
+
+def _figure(**kw):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise AttribxError("heatmap figures need matplotlib: pip install 'attribx[demo]' "
+                           "(attribx.render.heatmap returns arrays without it)") from None
+    return Figure(**kw)
+
+
+def _caption(red: xr.DataArray, i: int) -> str:
+    parts = [f"#{red[SAMPLE_DIM].values[i]}" if SAMPLE_DIM in red.coords else f"#{i}"]
+    for coord, short in CAPTION_COORDS:
+        if coord in red.coords and red.coords[coord].dims == (SAMPLE_DIM,):
+            parts.append(f"{short}={red.coords[coord].values[i]}")
+    return " ".join(parts)
+
+
+def heatmap_grid(relevance, inputs: Any = None, *, variables: str | Sequence[str] | None = None,
+                 samples: Sequence | None = None, rows: str = "methods", overlay: bool = False,
+                 cmap: Any = "bwr", norm: str | None = None, vmax: float | None = None,
+                 channel: str | Sequence[str] | None = "channel", reduce: str = "sum", alpha: float = 0.8,
+                 input_cmap: str = "gray", show_inputs: bool | None = None, colorbar: bool = True,
+                 title: str | None = None, cell: float = 1.5, spatial: Sequence[str] = SPATIAL_DIMS):
+    """A grid of heatmaps as a matplotlib Figure (not attached to pyplot: ``fig.savefig(path)``).
+
+    ``rows="methods"``: one row per variable (method), one column per sample, the inputs in a first
+    row; ``rows="samples"``: one row per sample, the input in the first column, then one column per
+    method. ``overlay=True`` draws each heatmap over its input instead of beside it. Inputs (a path to
+    .npy/.npz, an array or a DataArray) default to those stored with the relevance; without any, only
+    heatmaps are drawn. ``samples`` are sample ids (default: the first 16). ``norm="global"`` scales
+    each method over all its drawn samples. Other arguments as for :func:`heatmap`.
+    """
+    if rows not in ("methods", "samples"):
+        raise InputError(f"rows must be 'methods' or 'samples', got {rows!r}")
+    check_cmap(cmap)
+    norm = _resolve_norm(norm, vmax)
+    prepared = _prepared(relevance, variables, samples, channel, reduce, spatial)
+    x = inputs if inputs is not None else stored_inputs(relevance)
+    if overlay and x is None:
+        raise InputError("overlay needs the inputs: pass inputs= (--inputs X.npy); the relevance stores none")
+    names = [p[0] for p in prepared]
+    red0, full0, picked = prepared[0][1], prepared[0][2], prepared[0][3]
+    n = red0.sizes[SAMPLE_DIM]
+    for name, red, _, _ in prepared[1:]:
+        if red.sizes[SAMPLE_DIM] != n:
+            raise InputError(f"variables {names[0]!r} and {name!r} hold different numbers of samples")
+    base = None
+    if x is not None:
+        xa = align_inputs(x, full0, spatial)
+        xa = _select(xa, picked) if picked is not None else xa
+        base = input_images(xa, channel, spatial, input_cmap)
+    cells = []                                  # per variable: (normalised values, RGB pictures, scales)
+    for _, red, _, _ in prepared:
+        v, scale = normalise(red.values, norm, vmax)
+        rgb = colorize(v, cmap)
+        if overlay:
+            rgb = blend(rgb, v, base, alpha)
+        cells.append(rgb)
+    beside = base is not None and not overlay if show_inputs is None else bool(show_inputs) and base is not None
+    labels = (["input"] if beside else []) + names
+    pictures = ([base] if beside else []) + cells
+    n_rows, n_cols = (len(labels), n) if rows == "methods" else (n, len(labels))
+    h, w = red0.sizes[spatial[0]], red0.sizes[spatial[1]]
+    cw, ch = cell, cell * h / w                 # inches per picture
+    wspace, hspace = 0.05, 0.32 / ch            # gaps as fractions of a picture (room for the titles)
+    top_in, bottom_in, left_in = 0.3 + (0.35 if title else 0.0), (0.75 if colorbar else 0.1), 0.9
+    grid_w, grid_h = cw * (n_cols + wspace * (n_cols - 1)), ch * (n_rows + hspace * (n_rows - 1))
+    fig_w, fig_h = left_in + grid_w + 0.1, top_in + grid_h + bottom_in
+    fig = _figure(figsize=(fig_w, fig_h), dpi=100)
+    grid = fig.add_gridspec(n_rows, n_cols, left=left_in / fig_w, right=1.0 - 0.1 / fig_w,
+                            top=1.0 - top_in / fig_h, bottom=bottom_in / fig_h, hspace=hspace, wspace=wspace)
+    for k, (label, pics) in enumerate(zip(labels, pictures)):
+        for i in range(n):
+            r, c = (k, i) if rows == "methods" else (i, k)
+            ax = fig.add_subplot(grid[r, c])
+            ax.imshow(pics[i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label if rows == "methods" else _caption(red0, i), fontsize=8)
+            if r == 0:
+                ax.set_title(_caption(red0, i) if rows == "methods" else label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.0 - 0.08 / fig_h, va="top")
+    if colorbar:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import ListedColormap, Normalize
+        ramp = ListedColormap(colorize(np.linspace(-1, 1, 256), cmap))
+        bar_w = min(0.8, 3.0 / fig_w)
+        cax = fig.add_axes([0.5 - bar_w / 2, 0.45 / fig_h, bar_w, 0.12 / fig_h])
+        bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap=ramp), cax=cax, orientation="horizontal")
+        bar.set_ticks([-1.0, 0.0, 1.0])
+        if norm == "none":
+            lim = vmax if vmax is not None else 1.0
+            bar.set_ticklabels([f"−{lim:.3g}", "0", f"+{lim:.3g}"])
+        else:
+            bar.set_ticklabels(["−max |R|", "0", "+max |R|"])
+            bar.set_label("max |R| " + ("of each heatmap" if norm == "symmetric" else "of each method"), fontsize=7)
+        bar.ax.tick_params(labelsize=7)
+    return fig
+
+
+def render_image_png(relevance, path, *, dpi: int = 100, **kw) -> None:
+    """:func:`heatmap_grid` written to a PNG file (through a temporary file: no half-written picture)."""
+    fig = heatmap_grid(relevance, **kw)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(fig)
+    _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, facecolor="white"))
+
+
+def is_token_relevance(relevance, variable: str | None = None) -> bool:
+    """Whether the relevance to draw is per token (text heatmaps) rather than per pixel."""
+    if isinstance(relevance, xr.DataArray):
+        return TOKEN_DIM in relevance.dims
+    if variable is not None and variable in relevance.data_vars:
+        return TOKEN_DIM in relevance[variable].dims
+    return any(TOKEN_DIM in relevance[k].dims for k in relevance.data_vars) and not any(
+        _is_image(relevance[k], SPATIAL_DIMS) for k in relevance.data_vars)
+
+
+def render(relevance, path, *, samples: Sequence | None = None, variable: str | Sequence[str] | None = None,
+           inputs: Any = None, overlay: bool = False, cmap: Any = None, norm: str | None = None,
+           scale: float | None = None, rows: str | None = None, channel: str | Sequence[str] | None = None,
+           reduce: str | None = None, class_names: Sequence[str] | None = None, title: str | None = None) -> str:
+    """Draw any relevance to ``path``: token relevance as text heatmaps (.html or .png, by
+    :mod:`attribx.textviz`), image relevance as a heatmap grid (.png). Returns ``"text"`` or ``"image"``.
+
+    Options that only one kind understands raise :class:`InputError` for the other.
+    """
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    single = variable if isinstance(variable, str) or variable is None else (
+        variable[0] if len(variable) == 1 else None)
+    if isinstance(relevance, (xr.DataArray, xr.Dataset)) and is_token_relevance(relevance, single):
+        from .textviz import render_html, render_png, sentences
+        bad = [opt for opt, value in (("inputs", inputs), ("overlay", overlay), ("rows", rows),
+                                      ("channel", channel), ("reduce", reduce)) if value]
+        if cmap not in (None, "bwr"):
+            bad.append("cmap")
+        if bad:
+            raise InputError(f"{', '.join(bad)}: only for image relevance; this relevance is per token "
+                             f"(text heatmaps, always coloured 'bwr')")
+        if variable is not None and single is None:
+            raise InputError("text heatmaps draw one variable at a time")
+        draw = {".html": render_html, ".htm": render_html, ".png": render_png}.get(suffix)
+        if draw is None:
+            raise InputError(f"{path}: unknown output type {suffix or '(no suffix)'!r}; write .html or .png")
+        norm = _resolve_norm(norm, scale)
+        if norm == "global":
+            scale = max(s.scale() for s in sentences(relevance, samples, single, class_names))
+        elif norm == "none" and scale is None:
+            scale = 1.0
+        kw = {"title": title} if title else {}
+        draw(relevance, path, samples=samples, variable=single, scale=scale, class_names=class_names, **kw)
+        return "text"
+    if suffix != ".png":
+        raise InputError(f"{path}: image heatmaps are written as .png (got {suffix or 'no suffix'!r})")
+    if class_names is not None:
+        raise InputError("class names are only for text heatmaps' captions")
+    render_image_png(relevance, path, inputs=inputs, variables=variable, samples=samples,
+                     rows=rows or "methods", overlay=overlay, cmap=cmap or "bwr", norm=norm, vmax=scale,
+                     channel="channel" if channel is None else channel, reduce=reduce or "sum", title=title)
+    return "image"
