@@ -124,16 +124,16 @@ def cmd_explain(args) -> int:
 
 
 def cmd_render(args) -> int:
+    from .render import check_cmap, render
     from .storage import open_relevance
-    from .textviz import render_html, render_png
-    suffix = os.path.splitext(args.output)[1].lower()
-    draw = {".html": render_html, ".htm": render_html, ".png": render_png}.get(suffix)
-    if draw is None:
-        raise InputError(f"{args.output}: unknown output type {suffix or '(no suffix)'!r}; write .html or .png")
+    if args.cmap is not None:
+        check_cmap(args.cmap)
+    variable = args.variable[0] if args.variable and len(args.variable) == 1 else args.variable
     with open_relevance(args.relevance) as rel:
-        draw(rel, args.output, samples=args.samples, variable=args.variable, scale=args.scale,
-             class_names=args.class_names)
-    print(f"wrote text heatmaps to {args.output}")
+        kind = render(rel, args.output, samples=args.samples, variable=variable, inputs=args.inputs,
+                      overlay=args.overlay, cmap=args.cmap, norm=args.norm, scale=args.scale, rows=args.rows,
+                      channel=args.channel, reduce=args.reduce, class_names=args.class_names)
+    print(f"wrote {kind} heatmaps to {args.output}")
     return 0
 
 
@@ -228,13 +228,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, help="output .h5 file")
     sp.set_defaults(func=cmd_explain)
 
-    sp = sub.add_parser("render", help="draw text heatmaps (HTML or PNG) from a relevance file with a token axis")
-    sp.add_argument("relevance", help="relevance file (.h5) with dims (sample, token)")
-    sp.add_argument("-o", "--output", required=True, help="output .html or .png file")
-    sp.add_argument("--samples", nargs="+", type=int, default=None, help="sample ids to draw (default: all)")
-    sp.add_argument("--variable", default=None, help="the variable to draw from a file holding several")
+    sp = sub.add_parser("render", help="draw heatmaps from a relevance file: image grids (PNG), or text heatmaps "
+                                       "(HTML or PNG) for relevance with a token axis")
+    sp.add_argument("relevance", help="relevance file (.h5): dims (sample, [channel,] height, width) or (sample, token)")
+    sp.add_argument("-o", "--output", required=True, help="output .png file (images), or .html or .png (text)")
+    sp.add_argument("--samples", nargs="+", type=int, default=None,
+                    help="sample ids to draw (default: all sentences; the first 16 images)")
+    sp.add_argument("--variable", nargs="+", default=None,
+                    help="the variable(s) to draw from a file holding several (default: every image variable)")
+    sp.add_argument("--inputs", default=None, help="images: .npy/.npz of the explained inputs, drawn beside the "
+                                                   "heatmaps (default: the inputs stored with the relevance)")
+    sp.add_argument("--overlay", action="store_true", help="images: draw each heatmap over its input")
+    sp.add_argument("--cmap", default=None, help="images: colour map, 'bwr' (default), 'coldnhot' or any matplotlib "
+                                                 "name; centred at zero")
+    sp.add_argument("--norm", choices=("symmetric", "global", "none"), default=None,
+                    help="symmetric: each heatmap by its own max |R| (default); global: one scale over all drawn "
+                         "samples (per method); none: --scale (default 1) at full colour")
+    sp.add_argument("--rows", choices=("methods", "samples"), default=None,
+                    help="images: one row per method (default) or per sample")
+    sp.add_argument("--channel", nargs="+", default=None,
+                    help="images: the dims reduced to one value per pixel (default: channel)")
+    sp.add_argument("--reduce", choices=("sum", "mean", "abs", "norm"), default=None,
+                    help="images: how channels are reduced (default: sum)")
     sp.add_argument("--scale", type=float, default=None,
-                    help="|relevance| at full colour, for all sentences (default: each sentence's largest)")
+                    help="|relevance| at full colour, for all heatmaps (means --norm none)")
     sp.add_argument("--class-names", nargs="+", default=None, help="names of the classes 0, 1, ... for captions")
     sp.set_defaults(func=cmd_render)
 

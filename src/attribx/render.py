@@ -485,6 +485,12 @@ def render(relevance, path, *, samples: Sequence | None = None, variable: str | 
         kw = {"title": title} if title else {}
         draw(relevance, path, samples=samples, variable=single, scale=scale, class_names=class_names, **kw)
         return "text"
+    if isinstance(relevance, (xr.DataArray, xr.Dataset)) and not any(
+            _is_image(da, SPATIAL_DIMS) for da in ([relevance] if isinstance(relevance, xr.DataArray)
+                                                   else relevance.data_vars.values())):
+        dims = relevance.dims if isinstance(relevance, xr.DataArray) else tuple(relevance.dims)
+        raise InputError(f"relevance of dims {dims} has no 'token' axis (text heatmaps) nor 'height' and "
+                         f"'width' (image heatmaps); rename its dims (xarray .rename) to draw it")
     if suffix != ".png":
         raise InputError(f"{path}: image heatmaps are written as .png (got {suffix or 'no suffix'!r})")
     if class_names is not None:
