@@ -21,9 +21,10 @@ Every (model, method) cell measures:
   numpy arrays; not torch or TensorFlow tensors); ``peak_rss``: the peak rise of the process's resident
   memory sampled every millisecond during that call (Linux ``/proc``; NaN elsewhere), which sees every
   allocator but also the allocator's caching;
-* ``conservation_error``: mean over samples of |Σ input relevance − explained score| / |score| from
-  ``explain(..., conservation=True)`` (0 for a conserving LRP rule without bias or stabiliser leaks;
-  meaningless — but measured — for gradient methods);
+* ``conservation_error``: mean over samples of |Σ input relevance − S| / |S| from
+  ``explain(..., conservation=True)``, S the relevance the pass starts from (its ``score``: the logit for
+  LRP, the one-hot 1 for gradient methods); 0 for a conserving LRP rule without bias or stabiliser
+  leaks; no promise — but measured — for gradient methods;
 * ``rank``: 1 = best, by AOPC (image) or deletion accuracy (text), per model; ``error``: the message of a
   cell that failed ("" otherwise): a failure is recorded and the run goes on.
 
@@ -308,7 +309,8 @@ SCALARS = {
     "seconds_per_sample": ("explain() wall time over all samples / samples (after a warm-up call)", "s"),
     "peak_memory_traced": ("tracemalloc peak during explain() (Python and numpy allocations)", "bytes"),
     "peak_rss": ("peak rise of resident memory during explain(), sampled every ms", "bytes"),
-    "conservation_error": ("mean |sum of input relevance - explained score| / |score|", "1"),
+    "conservation_error": ("mean |sum of input relevance - starting relevance| / |starting relevance| (the "
+                           "logit for LRP, the one-hot 1 for gradient methods)", "1"),
 }
 
 

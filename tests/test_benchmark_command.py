@@ -1,0 +1,195 @@
+"""``attribx benchmark`` on a tiny numpy model: the Dataset's layout, its numbers against direct evaluator
+calls and closed forms, the tables against the Dataset, the ranking by AOPC, failures kept, the CLI."""
+from __future__ import annotations
+
+import re
+import textwrap
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import attribx
+from attribx import benchmark as B
+from attribx.builder import GraphBuilder
+from attribx.cli import main
+
+
+def tiny_graph(seed=0, bias=False):
+    """(1, 4, 4) image -> linear 8 -> ReLU -> linear 3; bias-free unless asked (then ReLU nets are
+    positively homogeneous and gradient x input sums exactly to the logit)."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder("tiny-image")
+    h = b.flatten(b.input("image", (1, 4, 4), layout="NCHW"))
+    h = b.relu(b.linear(h, rng.normal(size=(8, 16)).astype(np.float32),
+                        rng.normal(size=8).astype(np.float32) if bias else None, name="fc1"), name="relu1")
+    b.linear(h, rng.normal(size=(3, 8)).astype(np.float32), None, name="fc2")
+    return b.build()
+
+
+@pytest.fixture(scope="module")
+def case():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, size=(12, 1, 4, 4)).astype(np.float32)
+    return B.Case("tiny", tiny_graph(), x, np.arange(12) % 3, description="hand-built bias-free MLP")
+
+
+@pytest.fixture(scope="module")
+def ds(case):
+    return B.run_benchmark(["gradient_x_input", "lrp.zero", "random"], [case], n=None, progress_bar=False)
+
+
+def test_dataset_dims_and_variables(ds):
+    assert ds.sizes["model"] == 1 and ds.sizes["method"] == 3
+    assert list(ds["method"].values) == ["gradient_x_input", "lrp.zero", "random"]
+    for var in ("aopc", "aopc_sem", "seconds_per_sample", "peak_memory_traced", "peak_rss", "conservation_error",
+                "rank", "error"):
+        assert ds[var].dims == ("model", "method"), var
+    assert ds["curve"].dims == ("model", "method", "step")
+    assert ds.sizes["step"] == 17                     # 16 pixels: k = 0..16
+    assert "deletion_accuracy" not in ds              # an image model: no word deletion
+    assert ds.attrs["model_kind"] == ["image"] and ds.attrs["samples"] == [12]
+    assert (ds["error"].values == "").all()
+    real = ds.sel({"method": ["gradient_x_input", "lrp.zero"]})
+    assert (real["seconds_per_sample"] > 0).all() and (real["peak_memory_traced"] > 0).all()
+    # the random heatmap is not an explain() call: no runtime, memory or conservation
+    assert np.isnan(ds["seconds_per_sample"].sel({"method": "random"})).all()
+
+
+def test_aopc_equals_the_evaluator_and_its_curve(ds, case):
+    rel = attribx.explain(case.model, case.inputs, "gradient_x_input", labels=case.labels)
+    res = attribx.evaluate("pixel_flipping", case.model, case.inputs, rel, relative_to_random=False, seed=0)
+    got = ds.sel({"model": "tiny", "method": "gradient_x_input"})
+    np.testing.assert_allclose(float(got["aopc"]), float(res["aopc"].mean()), rtol=1e-12)
+    np.testing.assert_allclose(float(got["aopc_sem"]), float(res["aopc"].std(ddof=1) / np.sqrt(12)), rtol=1e-12)
+    # AOPC is linear in the curve: mean over samples of 1/(L+1) sum_k (f0 - fk) from the mean curve
+    c = ds["curve"].values[0]
+    np.testing.assert_allclose(ds["aopc"].values[0], (c[:, :1] - c).mean(axis=1), rtol=1e-10)
+
+
+def test_conservation_error_against_hand_computed(ds, case):
+    # bias-free ReLU net: LRP-0 conserves the logit exactly; gradient x input starts from a one-hot 1 and
+    # (Euler) sums to the logit instead, so its error is mean |f_c(x) - 1| with f from the graph's forward
+    err = ds["conservation_error"].sel(model="tiny")
+    assert float(err.sel({"method": "lrp.zero"})) < 1e-5
+    logits = np.asarray(attribx.forward(case.model, case.inputs), np.float64)
+    f = logits[np.arange(len(logits)), logits.argmax(1)]
+    np.testing.assert_allclose(float(err.sel({"method": "gradient_x_input"})), np.mean(np.abs(f - 1.0)), rtol=1e-4)
+
+
+def test_ranking_is_by_aopc(ds):
+    aopc = ds["aopc"].values[0]
+    expected = [str(m) for m in ds["method"].values[np.argsort(-aopc)]]
+    assert B.ranking(ds) == expected
+    assert sorted(ds["rank"].values[0]) == [1, 2, 3]
+    assert ds["rank"].values[0][np.argmax(aopc)] == 1
+
+
+def _md_rows(md):
+    lines = [ln for ln in md.splitlines() if ln.startswith("|") and not ln.startswith("|---")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return header, [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:]]
+
+
+def test_markdown_and_html_tables_match_the_dataset(ds, tmp_path):
+    header, rows = _md_rows(B.markdown_table(ds))
+    assert [r[0] for r in rows] == B.ranking(ds)         # rows in rank order
+    col = {h: i for i, h in enumerate(header)}
+    for r in rows:
+        cell = ds.sel({"model": "tiny", "method": r[0]})
+        assert float(r[col["AOPC ↑"]]) == pytest.approx(float(cell["aopc"]), abs=5e-4)
+        assert int(r[col["rank"]]) == int(cell["rank"])
+        if r[0] != "random":
+            assert float(r[col["ms / sample"]]) == pytest.approx(1e3 * float(cell["seconds_per_sample"]), abs=5e-4)
+            assert float(r[col["conservation error"]]) == pytest.approx(float(cell["conservation_error"]), rel=1e-2,
+                                                                      abs=1e-300)
+    paths = B.write_reports(ds, str(tmp_path))
+    page = open(paths["html"]).read()
+    for r in rows:
+        assert f"<td>{r[0]}</td>" in page and f"<td>{r[col['AOPC ↑']]}</td>" in page
+    assert "data:image/png;base64," in page
+    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failures_are_recorded_and_finished_cells_kept(case, tmp_path, monkeypatch):
+    out = tmp_path / "b.h5"
+    ds = B.run_benchmark(["gradient", "no_such_method", "random"], [case], ["pixel_flipping"], n=None,
+                         output=str(out), progress_bar=False)
+    err = ds["error"].sel(model="tiny")
+    assert "no_such_method" in str(err.sel({"method": "no_such_method"}).values) and err.sel({"method": "gradient"}) == ""
+    assert np.isnan(float(ds["aopc"].sel({"model": "tiny", "method": "no_such_method"})))
+    assert int(ds["rank"].sel({"model": "tiny", "method": "no_such_method"})) == 0
+    assert B.ranking(ds) == [m for m in B.ranking(ds) if m != "no_such_method"]
+    saved = attribx.open_relevance(str(out))
+    np.testing.assert_array_equal(saved["aopc"].values, ds["aopc"].values)
+    assert list(saved["error"].values[0]) == list(ds["error"].values[0])
+
+    # a crash (not an attribx error) in the second cell: the first cell is on disk, the error propagates
+    real = B._cell
+    calls = []
+
+    def crashing(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(B, "_cell", crashing)
+    crash = tmp_path / "crash.h5"
+    with pytest.raises(RuntimeError, match="boom"):
+        B.run_benchmark(["gradient", "gradient_x_input", "random"], [case], ["pixel_flipping"], n=None,
+                        output=str(crash), progress_bar=False)
+    kept = attribx.open_relevance(str(crash))
+    assert np.isfinite(float(kept["aopc"].sel({"model": "tiny", "method": "gradient"})))
+    assert np.isnan(kept["aopc"].sel({"model": "tiny", "method": ["gradient_x_input", "random"]}).values).all()
+
+
+def test_hdf5_round_trip(ds, tmp_path):
+    attribx.save(ds, tmp_path / "b.h5")
+    back = attribx.open_relevance(str(tmp_path / "b.h5"))
+    for var in ds.data_vars:
+        np.testing.assert_array_equal(back[var].values, ds[var].values)
+    assert back.attrs["model_kind"] == ds.attrs["model_kind"]
+
+
+def test_method_parameters_and_box_bounds(case):
+    assert B.parse_method("lrp.epsilon:epsilon=0.5") == ("lrp.epsilon:epsilon=0.5", "lrp.epsilon", {"epsilon": 0.5})
+    p = B._method_params("lrp.z_box", {}, case.inputs)
+    assert p == {"low": float(case.inputs.min()), "high": float(case.inputs.max())}
+    assert B._method_params("lrp.z_box", {"low": -3.0}, case.inputs)["low"] == -3.0
+    with pytest.raises(attribx.errors.InputError):
+        B.parse_method("lrp.epsilon:epsilon")
+
+
+def test_cli_with_an_import_path(tmp_path, monkeypatch, capsys):
+    (tmp_path / "bench_provider.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from test_benchmark_command import tiny_graph
+
+        def make():
+            x = np.random.default_rng(3).uniform(-1, 1, size=(6, 1, 4, 4)).astype(np.float32)
+            return {"name": "provided", "model": tiny_graph(), "inputs": x, "labels": np.zeros(6, int)}
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    assert main(["benchmark", "--models", "bench_provider:make", "--methods", "gradient_x_input", "random",
+                 "--evaluators", "pixel_flipping", "-n", "4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    ds = attribx.open_relevance(str(out / "benchmark.h5"))
+    assert ds.attrs["samples"] == [4] and list(ds["model"].values) == ["provided"]
+    line = re.search(r"provided: ranking by AOPC: (.*?)  \(", text).group(1)
+    assert line.split(" > ") == B.ranking(ds, "provided")
+    for suffix in ("md", "html", "png"):
+        assert (out / f"benchmark.{suffix}").stat().st_size > 0
+    assert main(["benchmark", "--models", "no_such_module:make", "--out", str(out)]) == 2
+    assert "cannot import" in capsys.readouterr().err
+
+
+def test_model_file_needs_inputs(case, tmp_path, capsys):
+    path = tmp_path / "tiny.npz"
+    case.model.save(path)
+    with pytest.raises(attribx.errors.InputError, match="needs inputs"):
+        B.resolve_model(str(path))
+    np.save(tmp_path / "x.npy", case.inputs)
+    got = B.resolve_model(f"{path}@{tmp_path / 'x.npy'}", n=5)
+    assert got.name == "tiny.npz" and got.inputs.shape == (5, 1, 4, 4)
