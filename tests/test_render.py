@@ -144,6 +144,19 @@ def test_grid_has_a_picture_per_method_and_sample_plus_inputs():
         render.heatmap_grid(ds, rows="columns")
 
 
+def test_grid_finds_the_inputs_file_that_explain_notes(tmp_path):
+    pytest.importorskip("matplotlib")
+    x = np.zeros((2, 6, 5, 1))
+    x[1, 2, 3] = 1.0
+    np.save(tmp_path / "x.npy", x)
+    rel = image(np.ones((2, 6, 5, 1)), NHWC).assign_attrs(inputs_file=str(tmp_path / "x.npy"))
+    fig = render.heatmap_grid(rel, colorbar=False)
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["input", "relevance"]
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array()[..., 0], x[1, ..., 0])
+    (tmp_path / "x.npy").unlink()                       # moved away: heatmaps alone
+    assert len(render.heatmap_grid(rel, colorbar=False).axes) == 2
+
+
 def test_cli_writes_a_readable_png_of_the_expected_size(tmp_path, capsys):
     plt_image = pytest.importorskip("matplotlib.image")
     rng = np.random.default_rng(3)
