@@ -193,7 +193,8 @@ def cmd_benchmark(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(args.out)
+    run_demo(args.out, backend=args.backend, n_images=args.images,
+             progress_bar=False if args.no_progress else None)
     return 0
 
 
@@ -302,8 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="attribx-benchmark", help="output folder (benchmark.h5/.md/.html/.png)")
     sp.set_defaults(func=cmd_benchmark)
 
-    sp = sub.add_parser("demo", help="train a small model on scikit-learn's digits and explain it")
+    sp = sub.add_parser("demo", help="train small models (digits CNN, sentiment LSTM), explain and evaluate them, "
+                                     "write report.html")
     sp.add_argument("--out", default="attribx-demo", help="output folder")
+    sp.add_argument("--backend", default="auto", choices=["auto", "torch", "numpy"],
+                    help="torch: digits CNN and sentiment BiLSTM; numpy: a scikit-learn MLP on the numpy engine, "
+                         "no text part; auto (default): torch when installed")
+    sp.add_argument("--images", type=int, default=200, help="test digits to explain and evaluate (default 200)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_demo)
     return p
 

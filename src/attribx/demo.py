@@ -1,24 +1,66 @@
-"""``attribx demo``: train a small network on scikit-learn's digits, explain it, save and draw the result.
+"""``attribx demo``: train two small models, explain them, evaluate the explanations, write one report.
 
-Nothing is downloaded: the digits ship with scikit-learn. The network is trained by scikit-learn
-(``MLPClassifier``) and written into an attribx graph with the public builder, which is exactly how
-a model from any other framework reaches attribx (a backend plugin does the writing).
+Nothing is downloaded: the digits ship with scikit-learn, the sentences are generated
+(:func:`attribx.datasets.make_sentiment`). With PyTorch and the attribx-torch plugin installed (the
+default backend) the demo trains the digits CNN (:mod:`attribx.datasets.digits`) and the sentiment
+BiLSTM (:mod:`attribx.datasets.text_model`); without them it trains a scikit-learn MLP on the digits,
+writes it into an attribx graph with the public builder (how any framework's model reaches attribx)
+and runs it on the numpy engine, and skips the text part.
+
+Every stage writes its files as soon as it finishes (each file atomically), so a failure midway leaves
+the finished files intact; the report is written at the end, also after a failure (it then says
+where the demo stopped).
 """
 from __future__ import annotations
 
+import base64
+import datetime
+import html
 import os
+import platform
+import sys
 import time
+import traceback
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from .errors import AttribxError
 
-DEMO_METHODS = ("lrp.epsilon", "lrp.zero", "gradient_x_input", "gradient")
+#: The image methods, in the order of the heatmap grid's rows; "random" is a seeded N(0, 1) baseline.
+IMAGE_METHODS = ("lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1", "lrp.epsilon",
+                 "gradient", "gradient_x_input", "deconvnet", "guided_backprop", "random")
+#: The text methods (torch only): gradient×input runs on the embedded vectors, one score per token.
+TEXT_METHODS = ("lrp.epsilon", "gradient", "gradient_x_input", "random")
+#: Kept for old callers: the methods of the first demo.
+DEMO_METHODS = IMAGE_METHODS
+#: Pixel flipping on 8×8 digits: one pixel per step, the first half of the pixels (32 steps).
+PF_STEPS = 32
+WD_STEPS = 5
+SEED = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------------
+
+def torch_available() -> bool:
+    """True when PyTorch and the attribx-torch plugin import."""
+    try:
+        import attribx_torch  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def digits_graph(hidden=(64, 32), seed=0):
-    """Train an MLP on 8x8 digits (a few seconds) and return (graph, test images, test labels, accuracy)."""
+    """Train an MLP on 8x8 digits (a few seconds) and return (graph, test images, test labels, accuracy).
+
+    The images are in [0, 1], shape (n, 1, 8, 8); a quarter of the digits are held out.
+    """
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -41,60 +83,405 @@ def digits_graph(hidden=(64, 32), seed=0):
             h = b.relu(h, name=f"relu{k + 1}")
     graph = b.build()
     acc = float(clf.score(x_test.reshape(len(x_test), -1), y_test))
-    return graph, x_test[:, None], y_test, acc
+    return graph, x_test[:, None], y_test.astype(np.int64), acc
 
 
-def heatmap_grid(images: np.ndarray, relevance: xr.Dataset, path: str, n: int = 8) -> None:
-    """One row per method, input in the first row; diverging colours centred at zero per heatmap."""
-    import matplotlib
-    matplotlib.use("Agg")
+def digits_cnn(seed=0):
+    """The shared digits CNN trained on three quarters of the digits ([-1, 1] scale); returns
+    (model, test images, test labels, accuracy)."""
+    import torch
+
+    from .datasets.digits import load_digits_images, train_digits_cnn
+    x, y = load_digits_images("signed")
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_train = int(0.75 * len(x))
+    tr, te = order[:n_train], order[n_train:]
+    model = train_digits_cnn(x[tr], y[tr], steps=120, seed=seed)
+    with torch.no_grad():
+        acc = float((model(torch.from_numpy(x[te])).argmax(1).numpy() == y[te]).mean())
+    return model, x[te], y[te], acc
+
+
+def random_relevance(like: xr.DataArray, seed: int = SEED) -> xr.DataArray:
+    """A seeded N(0, 1) relevance with the coords of ``like`` (padding, where marked, stays 0)."""
+    values = np.random.default_rng(seed).standard_normal(like.shape).astype(np.float32)
+    if "padding" in like.coords:
+        values = np.where(like.coords["padding"].broadcast_like(like).values, 0.0, values).astype(np.float32)
+    r = like.copy(data=values)
+    r.attrs = {k: v for k, v in like.attrs.items() if k not in ("method", "parameters")}
+    r.attrs.update(method="random", parameters={"seed": seed, "distribution": "standard normal"})
+    return r
+
+
+# --------------------------------------------------------------------------------------------------
+# files: written atomically, so an interrupted demo leaves no half-written file
+# --------------------------------------------------------------------------------------------------
+
+def _atomic(path: str, write: Callable[[str], None]) -> str:
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.partial{ext}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_figure(fig, path: str, dpi: int = 110) -> str:
+    """Save a matplotlib figure to PNG atomically and close it (pyplot figures too)."""
+    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     import matplotlib.pyplot as plt
-
-    methods = list(relevance.data_vars)
-    fig, axes = plt.subplots(len(methods) + 1, n, figsize=(1.3 * n, 1.4 * (len(methods) + 1)))
-    for j in range(n):
-        axes[0, j].imshow(images[j, 0], cmap="gray_r")
-        axes[0, j].set_title(f"y={int(relevance.label[j])}", fontsize=8)
-        for i, m in enumerate(methods, start=1):
-            r = relevance[m].values[j].sum(0)
-            lim = np.abs(r).max() or 1.0
-            axes[i, j].imshow(r, cmap="bwr", vmin=-lim, vmax=lim)
-    for i, m in enumerate(["input"] + methods):
-        axes[i, 0].set_ylabel(m, fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plt.close(fig)      # a no-op for a Figure made without pyplot
+    return path
 
 
-def run_demo(out: str) -> dict:
-    from .api import explain
-    from .storage import save
+def heatmap_grid(images: np.ndarray, relevance: xr.Dataset, path: str, n: int = 8,
+                 methods: list[str] | None = None) -> str:
+    """Input in the first row, one row per method, ``n`` samples, drawn by :func:`attribx.render.heatmap_grid`:
+    diverging colours centred at zero (``bwr``: red positive, blue negative), each heatmap scaled by its
+    own largest |relevance|."""
+    from .render import heatmap_grid as render_grid
 
-    os.makedirs(out, exist_ok=True)
+    methods = list(methods or relevance.data_vars)
+    samples = list(relevance["sample"].values[:min(n, len(images))])
+    fig = render_grid(relevance, np.asarray(images), variables=methods, samples=samples, input_cmap="gray_r",
+                      title="input and relevance per method (red positive, blue negative, symmetric per heatmap)")
+    return save_figure(fig, path, dpi=90)
+
+
+def _combine(results: dict[str, xr.Dataset]) -> xr.Dataset:
+    """Results of one evaluator for several methods as one Dataset along a ``method`` dim."""
+    names = list(results)
+    ds = xr.concat([results[m] for m in names], dim="method", coords="minimal", compat="override",
+                   join="outer", combine_attrs="drop_conflicts")
+    ds = ds.assign_coords(method=names)
+    for var in ("aopc", "aopc_random", "aopc_relative", "auc"):
+        ds.attrs.pop(var, None)
+    ds.attrs["methods"] = names
+    return ds
+
+
+# --------------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------------
+
+_CSS = """body{font-family:sans-serif;max-width:70em;margin:1.5em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:0.6em 0}td,th{border:1px solid #ccc;padding:0.25em 0.7em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+.note{color:#555;font-size:0.92em}.error{color:#a00}code{background:#f5f5f5;padding:0 0.2em}"""
+
+
+def _img(path: str, alt: str) -> str:
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+class _Report:
+    """Sections of the report, collected while the demo runs, written as one self-contained HTML file."""
+
+    def __init__(self, out: str, backend: str):
+        self.out, self.backend, self.sections, self.files = out, backend, [], []
+        self.started = time.perf_counter()
+        self.error: str | None = None
+
+    def add(self, title: str, html_text: str, anchor: str) -> None:
+        self.sections.append((title, html_text, anchor))
+
+    def file(self, path: str, what: str) -> str:
+        self.files.append((os.path.basename(path), what))
+        return path
+
+    def write(self) -> str:
+        from . import __version__
+        seconds = time.perf_counter() - self.started
+        toc = "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for t, _, a in self.sections)
+        parts = [f"<h2 id='{a}'>{html.escape(t)}</h2>\n{body}" for t, body, a in self.sections]
+        files = _table(["file", "what it holds"], [[f, w] for f, w in self.files])
+        error = (f'<p class="error"><b>The demo stopped early:</b> {html.escape(self.error)}. The sections '
+                 f'below are the parts that finished.</p>' if self.error else "")
+        page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>attribx demo report</title><style>{_CSS}</style></head>
+<body>
+<h1>attribx demo report</h1>
+<p>attribx {html.escape(__version__)} · backend <b>{html.escape(self.backend)}</b> · Python
+{platform.python_version()} on {html.escape(platform.platform(terse=True))} ·
+{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} · {seconds:.0f} s</p>
+<p class="note">This page is self-contained (the pictures are embedded); the data behind it are the HDF5
+files listed at the end, in the same folder, readable with <code>attribx.open_relevance</code>.</p>
+{error}<ul>{toc}</ul>
+{''.join(parts)}
+<h2 id="files">Files</h2>
+{files}
+</body></html>
+"""
+        path = os.path.join(self.out, "report.html")
+
+        def write(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(page)
+        return _atomic(path, write)
+
+
+# --------------------------------------------------------------------------------------------------
+# the stages
+# --------------------------------------------------------------------------------------------------
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _images(rep: _Report, out: str, backend: str, n_images: int, progress_bar, result: dict) -> None:
+    import attribx
+
+    from .api import progress
+    from .evaluators import plot_curves
+    from .evaluators.spray import plot_spray
+
     t0 = time.perf_counter()
-    graph, x, y, acc = digits_graph()
-    print(f"trained {graph.meta['name']} on scikit-learn digits: test accuracy {acc:.3f} "
-          f"({time.perf_counter() - t0:.1f} s)")
-    graph_path = os.path.join(out, "digits-mlp.npz")
-    graph.save(graph_path)
-    print(graph.summary())
+    if backend == "torch":
+        model, x, y, acc = digits_cnn(SEED)
+        engine, low, high, name = None, -1.0, 1.0, "digits CNN (torch: conv 8, conv 16, max pool, linear 32, linear 10)"
+    else:
+        model, x, y, acc = digits_graph(seed=SEED)
+        engine, low, high, name = "numpy", 0.0, 1.0, "digits MLP (scikit-learn, 64-32 hidden units, numpy engine)"
+        model.save(rep.file(os.path.join(out, "digits-mlp.npz"), "the digits MLP as an attribx graph"))
+    train_s = time.perf_counter() - t0
+    result["accuracy"] = acc
+    _say(f"trained the {name} on scikit-learn's digits: test accuracy {acc:.3f} ({train_s:.1f} s)")
+    rep.add("Models", "<p>Two small models are trained here from fixed seeds, in seconds, on data that "
+            "ships with the package (nothing is downloaded).</p>" + _table(
+                ["model", "data", "test accuracy", "training (s)"],
+                [[name, f"scikit-learn digits, {len(x)} held-out 8×8 images", acc, round(train_s, 1)]]) +
+            '<div id="text-model-row"></div>', "models")
+
+    x, y = x[:n_images], y[:n_images]
     rels = {}
-    for m in DEMO_METHODS:
-        r = explain(graph, x, m, target="predicted", labels=y, engine="numpy")
-        rels[m] = r
-    ds = xr.Dataset({m: r.drop_attrs() if hasattr(r, "drop_attrs") else r for m, r in rels.items()})
-    ds.attrs.update({k: v for k, v in rels[DEMO_METHODS[0]].attrs.items() if k not in ("method", "parameters")})
-    ds.attrs["methods"] = list(DEMO_METHODS)
-    ds.attrs["parameters"] = {m: r.attrs["parameters"] for m, r in rels.items()}
-    rel_path = os.path.join(out, "relevance.h5")
-    save(ds, rel_path)
-    png = os.path.join(out, "heatmaps.png")
-    heatmap_grid(x, ds, png)
-    score = ds["lrp.epsilon"].sum(("channel", "height", "width"))
-    print(f"explained {len(x)} test digits with {', '.join(DEMO_METHODS)} on the numpy engine")
-    print(f"relevance (HDF5): {rel_path}\nheatmaps (PNG):   {png}\nmodel graph:      {graph_path}")
-    return {"relevance": rel_path, "heatmaps": png, "graph": graph_path, "accuracy": acc,
-            "lrp_sum": score.values}
+    params = {"lrp.epsilon_gamma_box": {"low": low, "high": high}}
+    for m in progress(IMAGE_METHODS, len(IMAGE_METHODS), "explain digits", progress_bar):
+        if m == "random":
+            rels[m] = random_relevance(rels["gradient"], SEED)
+            continue
+        rels[m] = attribx.explain(model, x, m, target="predicted", labels=y, engine=engine, progress_bar=False,
+                                  **params.get(m, {}))
+    first = rels[IMAGE_METHODS[0]]
+    ds = xr.Dataset({m: r.drop_attrs() for m, r in rels.items()})
+    ds.attrs.update({k: v for k, v in first.attrs.items() if k not in ("method", "parameters")})
+    ds.attrs["methods"] = list(IMAGE_METHODS)
+    ds.attrs["parameters"] = {m: r.attrs.get("parameters", {}) for m, r in rels.items()}
+    rel_path = rep.file(os.path.join(out, "relevance_digits.h5"), "relevance of every image method (one variable each)")
+    attribx.save(ds, rel_path)
+    result["relevance"] = rel_path
+    png = rep.file(heatmap_grid(x, ds, os.path.join(out, "heatmaps_digits.png")), "heatmap grid of the digits")
+    result["heatmaps"] = png
+    _say(f"explained {len(x)} test digits with {len(IMAGE_METHODS)} methods: {rel_path}")
+    rep.add("Heatmaps", "<p>Each column is a held-out digit (first row: the input; y the true label, ŷ the "
+            "prediction, t the explained class); each further row is one method's relevance for the predicted class. Red pixels speak "
+            "for the class, blue against it; every heatmap is scaled symmetrically by its own largest "
+            "|relevance|, so white is zero. The LRP composites give sparse, stroke-shaped evidence; the "
+            "gradient shows sensitivity (what would change the output), not contribution; the random row is "
+            "a seeded Gaussian baseline.</p>" + _img(png, "heatmaps"), "heatmaps")
+
+    # pixel flipping
+    pf = {}
+    for m in progress(IMAGE_METHODS, len(IMAGE_METHODS), "pixel flipping", progress_bar):
+        pf[m] = attribx.evaluate("pixel_flipping", model, x, rels[m], convention="samek2017", steps=PF_STEPS,
+                                 patch_size=1, engine=engine, seed=SEED, progress_bar=False)
+    pf_ds = _combine(pf)
+    pf_path = rep.file(os.path.join(out, "eval_pixel_flipping.h5"), "pixel-flipping curves and AOPC per method")
+    attribx.save(pf_ds, pf_path)
+    curves = rep.file(save_figure(plot_curves(pf, title=f"pixel flipping on {len(x)} digits (samek2017, "
+                                                        f"most relevant first, uniform noise)"),
+                                  os.path.join(out, "pixel_flipping.png")), "pixel-flipping curves")
+    rows = [[m, float(pf[m].attrs["aopc"]), float(pf[m].attrs["aopc_random"]), float(pf[m].attrs["aopc_relative"])]
+            for m in sorted(IMAGE_METHODS, key=lambda m: -pf[m].attrs["aopc"])]
+    result["aopc"] = {m: float(pf[m].attrs["aopc"]) for m in IMAGE_METHODS}
+    best = rows[0][0]
+    _say(f"pixel flipping ({PF_STEPS} steps): AOPC " + ", ".join(f"{r[0]} {r[1]:.3f}" for r in rows))
+    rep.add("Pixel flipping", f"<p>Samek et al. 2017: the pixels are replaced by uniform noise one at a time, "
+            f"most relevant first, for {PF_STEPS} steps (half of the 64 pixels), and the logit of the explained "
+            f"class is recorded. A good explanation makes it fall fast: the area over the perturbation curve "
+            f"(AOPC, the mean drop f₀ − f_k over the steps) is large. Each method is also compared with a random "
+            f"flipping order (AOPC random; relative = AOPC − AOPC random). Ranking by AOPC: <b>{html.escape(best)}"
+            f"</b> first.</p>" + _table(["method", "AOPC", "AOPC random order", "AOPC relative"], rows)
+            + _img(curves, "pixel-flipping curves"), "pixel-flipping")
+
+    # SpRAy on the first LRP composite's heatmaps
+    sp_method = IMAGE_METHODS[0]
+    sp = attribx.evaluate("spray", relevance=rels[sp_method], seed=SEED, progress_bar=False)
+    sp_path = rep.file(os.path.join(out, "eval_spray.h5"), f"SpRAy of the {sp_method} heatmaps")
+    attribx.save(sp, sp_path)
+    sp_png = rep.file(save_figure(plot_spray(sp), os.path.join(out, "spray.png")), "SpRAy spectrum and clusters")
+    sizes = sp["cluster_size"].values
+    _say(f"SpRAy on {len(x)} {sp_method} heatmaps: eigengap suggests {sp.attrs['n_clusters']} clusters")
+    table = _table(["cluster", "heatmaps", "most common true digit"],
+                   [[int(c), int(s), int(np.bincount(y[sp["cluster"].values == c]).argmax())
+                     if s and c >= 0 else "-"] for c, s in zip(sp["cluster_label"].values, sizes)])
+    rep.add("SpRAy", f"<p>Spectral relevance analysis (Lapuschkin et al. 2019) of the {len(x)} "
+            f"<code>{sp_method}</code> heatmaps: each heatmap is pooled and normalised, a k-nearest-neighbour "
+            f"graph links similar heatmaps, and the eigenvalues of its Laplacian count groups of heatmaps "
+            f"with a similar strategy: a large gap after the k-th smallest eigenvalue suggests k clusters "
+            f"(here {sp.attrs['n_clusters']}). The right panel shows the clusters on a 2-D embedding and "
+            f"each cluster's mean heatmap (its prototype). On digits the clusters follow the classes; on a "
+            f"data set with a shortcut (a watermark, a border) a separate cluster reveals it.</p>"
+            + table + _img(sp_png, "SpRAy"), "spray")
+    result["spray"] = sp_path
+
+
+def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) -> None:
+    import attribx
+
+    from .api import progress
+    from .datasets import make_sentiment
+    from .datasets.text_model import embedded, predict, train_sentiment_lstm
+    from .evaluators import plot_accuracy
+    from .textviz import _legend_html, render_html, render_png, text_heatmap_html
+
+    t0 = time.perf_counter()
+    train = make_sentiment(3000, seed=1)
+    model, _ = train_sentiment_lstm(train, epochs=6, seed=SEED, progress_bar=progress_bar)
+    test = make_sentiment(n_sentences, seed=2)
+    acc = float((predict(model, test.ids).argmax(1) == test.labels).mean())
+    train_s = time.perf_counter() - t0
+    result["text_accuracy"] = acc
+    _say(f"trained the sentiment BiLSTM on 3000 generated sentences: held-out accuracy {acc:.3f} ({train_s:.1f} s)")
+    ids, y, tokens = test.ids, test.labels, test.token_text
+    rels = {}
+    head, vectors = embedded(model, ids)
+    for m in progress(TEXT_METHODS, len(TEXT_METHODS), "explain sentences", progress_bar):
+        if m == "random":
+            rels[m] = random_relevance(rels["lrp.epsilon"], SEED)
+        elif m == "gradient_x_input":
+            r = attribx.explain(head, vectors, m, target=y, labels=y, tokens=tokens, padding=ids == test.pad_id,
+                                per_token=True, progress_bar=False)
+            rels[m] = r
+        else:
+            rels[m] = attribx.explain(model, ids, m, target=y, labels=y, tokens=tokens, pad_id=test.pad_id,
+                                      progress_bar=False)
+    ds = xr.Dataset({m: r.drop_attrs() for m, r in rels.items()})
+    ds.attrs.update({k: v for k, v in rels["lrp.epsilon"].attrs.items() if k not in ("method", "parameters")})
+    ds.attrs["methods"] = list(TEXT_METHODS)
+    ds.attrs["parameters"] = {m: r.attrs.get("parameters", {}) for m, r in rels.items()}
+    rel_path = rep.file(os.path.join(out, "relevance_text.h5"), "relevance of every text method (per token)")
+    attribx.save(ds, rel_path)
+    result["text_relevance"] = rel_path
+    wd = {}
+    for m in progress(TEXT_METHODS, len(TEXT_METHODS), "word deletion", progress_bar):
+        # gradient×input explains the model from its embedding on: evaluated on that model and the vectors
+        # (deleting a word = zeroing its vector, the same as on the ids)
+        on, inputs = (head, vectors) if m == "gradient_x_input" else (model, ids)
+        wd[m] = attribx.evaluate("word_deletion", on, inputs, rels[m], steps=WD_STEPS, repeats=3, seed=SEED,
+                                 random_baseline=(m == TEXT_METHODS[0]), progress_bar=False)
+    wd_ds = _combine(wd)
+    wd_path = rep.file(os.path.join(out, "eval_word_deletion.h5"), "word-deletion accuracy per method")
+    attribx.save(wd_ds, wd_path)
+    acc_png = rep.file(save_figure(plot_accuracy(wd), os.path.join(out, "word_deletion.png")),
+                       "word-deletion accuracy curves")
+    rows = [[m, *[float(a) for a in wd[m]["accuracy"].values[1:]], float(wd[m]["accuracy"].values[1:].mean())]
+            for m in TEXT_METHODS]
+    r0 = wd[TEXT_METHODS[0]]
+    rows.append(["random order (3 runs)", *[float(a) for a in r0["accuracy_random"].values[1:]],
+                 float(r0["accuracy_random"].values[1:].mean())])
+    result["word_deletion"] = {r[0]: r[-1] for r in rows}
+    _say("word deletion: mean accuracy after 1.." + f"{WD_STEPS} deletions " +
+         ", ".join(f"{r[0]} {r[-1]:.3f}" for r in rows))
+
+    show = list(range(min(6, len(ids))))
+    html_path = rep.file(os.path.join(out, "text_heatmaps.html"), "LRP-ε text heatmaps (HTML)")
+    render_html(rels["lrp.epsilon"], html_path, samples=list(range(min(40, len(ids)))),
+                class_names=["negative", "positive"])
+    png = rep.file(os.path.join(out, "text_heatmaps.png"), "LRP-ε text heatmaps (PNG)")
+    _atomic(png, lambda tmp: render_png(rels["lrp.epsilon"], tmp, samples=show, class_names=["negative", "positive"]))
+    inline = []
+    for m in ("lrp.epsilon", "gradient_x_input"):
+        r = rels[m]
+        for i in show[:4]:
+            n = int(test.lengths[i])
+            inline.append(text_heatmap_html(list(test.tokens[i]), r.values[i, :n],
+                                            label=f"{m} · sentence {i} · label "
+                                                  f"{['negative', 'positive'][int(y[i])]}"))
+    rep.sections[0] = (rep.sections[0][0], rep.sections[0][1].replace(
+        '<div id="text-model-row"></div>',
+        _table(["model", "data", "held-out accuracy", "training (s)"],
+               [["sentiment BiLSTM (torch: embedding 16, LSTM 24 per direction, linear)",
+                 f"{len(train)} generated sentences, {len(ids)} held out", acc, round(train_s, 1)]])),
+        rep.sections[0][2])
+    rep.add("Text: word deletion", "<p>Arras et al. 2017: in the held-out sentences the model classifies "
+            f"correctly, words are deleted (their embedding set to zero) one at a time, most relevant first, and "
+            f"the accuracy is recorded after each of {WD_STEPS} deletions. A good explanation finds the deciding "
+            "words (sentiment words and the negations that flip them), so the accuracy falls fast: lower is "
+            "better. The table gives the accuracy after 1, 2, … deletions and its mean.</p>"
+            + _table(["method"] + [f"after {k}" for k in range(1, WD_STEPS + 1)] + ["mean"], rows)
+            + _img(acc_png, "word deletion"), "word-deletion")
+    rep.add("Text heatmaps", "<p>Relevance of each word for the true class (LRP-ε on the token ids, "
+            "gradient×input on the embedded vectors); hover over a word for its value. More sentences are in "
+            "<code>text_heatmaps.html</code>.</p>" + _legend_html(None) + "\n".join(inline)
+            + _img(png, "text heatmaps"), "text-heatmaps")
+
+
+def run_demo(out: str = "attribx-demo", backend: str = "auto", n_images: int = 200, n_sentences: int = 400,
+             progress_bar: bool | None = None) -> dict:
+    """Run the demo into the folder ``out``; returns what it wrote and measured (paths, accuracy, AOPC).
+
+    ``backend``: "torch" (the digits CNN and the sentiment BiLSTM), "numpy" (a scikit-learn MLP on the
+    numpy engine; no text part) or "auto" (torch when PyTorch and attribx-torch are installed).
+    """
+    if backend == "auto":
+        backend = "torch" if torch_available() else "numpy"
+    if backend not in ("torch", "numpy"):
+        raise AttribxError(f"backend must be 'auto', 'torch' or 'numpy', got {backend!r}")
+    if backend == "torch" and not torch_available():
+        raise AttribxError("backend 'torch' needs PyTorch and the attribx-torch plugin: pip install 'attribx[torch]'")
+    try:
+        import matplotlib  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise AttribxError("the demo needs scikit-learn and matplotlib: pip install 'attribx[demo]'") from None
+    os.makedirs(out, exist_ok=True)
+    _say(f"attribx demo: backend {backend}, writing to {os.path.abspath(out)}")
+    rep = _Report(out, backend)
+    result: dict = {"backend": backend, "out": out}
+    threads = None
+    if backend == "torch":
+        import torch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)        # tiny models: one thread is fastest and fair to a shared machine
+    stage = "images"
+    try:
+        _images(rep, out, backend, n_images, progress_bar, result)
+        stage = "text"
+        if backend == "torch":
+            _text(rep, out, n_sentences, progress_bar, result)
+        else:
+            line = "text part skipped: the sentiment BiLSTM needs PyTorch and attribx-torch (pip install 'attribx[torch]')"
+            _say(line)
+            rep.add("Text", f"<p>{html.escape(line)}.</p>", "text")
+            result["text_skipped"] = line
+    except BaseException as e:
+        rep.error = f"during the {stage} part: {type(e).__name__}: {e}"
+        if not isinstance(e, KeyboardInterrupt):
+            traceback.print_exc()
+        raise
+    finally:
+        if threads is not None:
+            import torch
+            torch.set_num_threads(threads)
+        result["report"] = rep.write()
+        result["seconds"] = time.perf_counter() - rep.started
+        _say(f"report: {os.path.abspath(result['report'])} ({result['seconds']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":   # pragma: no cover
+    run_demo(sys.argv[1] if len(sys.argv) > 1 else "attribx-demo")
