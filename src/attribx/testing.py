@@ -5,7 +5,7 @@ import numpy as np
 
 
 def relative_error(ours, reference) -> float:
-    """max |ours − reference| / max |reference| (the anchors' comparison measure)."""
+    """``max |ours − reference| / max |reference|`` (the anchors' comparison measure)."""
     a, b = np.asarray(ours, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     scale = np.abs(b).max()
     return float(np.abs(a - b).max() / (scale if scale > 0 else 1.0))

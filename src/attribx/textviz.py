@@ -1,7 +1,7 @@
 """Text heatmaps: every token's background coloured by its relevance, as HTML or as a PNG picture.
 
 Colours are matplotlib's diverging map ``bwr``: red positive, blue negative, white zero, symmetric
-around zero. Each sentence is normalised by its own largest |relevance|, because a text heatmap shows
+around zero. Each sentence is normalised by its own largest ``|relevance|``, because a text heatmap shows
 where the evidence sits within one sentence; pass ``scale`` to put sentences on one common scale.
 Padding positions (a boolean coordinate ``padding``) are drawn grey, uncoloured and left out of the
 normalisation, but still shown: relevance the model gives to padding is part of the explanation.
@@ -84,7 +84,7 @@ class Sentence:
             raise InputError(f"relevance of {self.label or 'a sentence'} holds NaN or infinite values")
 
     def scale(self, scale: float | None = None) -> float:
-        """The |relevance| drawn at full colour: ``scale`` if given, else this sentence's largest."""
+        """The ``|relevance|`` drawn at full colour: ``scale`` if given, else this sentence's largest."""
         if scale is not None:
             if not (np.isfinite(scale) and scale > 0):
                 raise InputError(f"scale must be a positive number, got {scale!r}")
