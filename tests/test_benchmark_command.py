@@ -7,7 +7,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import xarray as xr
 
 import attribx
 from attribx import benchmark as B
@@ -104,11 +103,13 @@ def test_markdown_and_html_tables_match_the_dataset(ds, tmp_path):
             assert float(r[col["conservation error"]]) == pytest.approx(float(cell["conservation_error"]), rel=1e-2,
                                                                       abs=1e-300)
     paths = B.write_reports(ds, str(tmp_path))
-    page = open(paths["html"]).read()
+    with open(paths["html"]) as f:
+        page = f.read()
     for r in rows:
         assert f"<td>{r[0]}</td>" in page and f"<td>{r[col['AOPC ↑']]}</td>" in page
     assert "data:image/png;base64," in page
-    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(paths["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_failures_are_recorded_and_finished_cells_kept(case, tmp_path, monkeypatch):
@@ -116,7 +117,8 @@ def test_failures_are_recorded_and_finished_cells_kept(case, tmp_path, monkeypat
     ds = B.run_benchmark(["gradient", "no_such_method", "random"], [case], ["pixel_flipping"], n=None,
                          output=str(out), progress_bar=False)
     err = ds["error"].sel(model="tiny")
-    assert "no_such_method" in str(err.sel({"method": "no_such_method"}).values) and err.sel({"method": "gradient"}) == ""
+    assert "no_such_method" in str(err.sel({"method": "no_such_method"}).values)
+    assert err.sel({"method": "gradient"}) == ""
     assert np.isnan(float(ds["aopc"].sel({"model": "tiny", "method": "no_such_method"})))
     assert int(ds["rank"].sel({"model": "tiny", "method": "no_such_method"})) == 0
     assert B.ranking(ds) == [m for m in B.ranking(ds) if m != "no_such_method"]

@@ -309,8 +309,8 @@ SCALARS = {
     "seconds_per_sample": ("explain() wall time over all samples / samples (after a warm-up call)", "s"),
     "peak_memory_traced": ("tracemalloc peak during explain() (Python and numpy allocations)", "bytes"),
     "peak_rss": ("peak rise of resident memory during explain(), sampled every ms", "bytes"),
-    "conservation_error": ("mean |sum of input relevance - starting relevance| / |starting relevance| (the "
-                           "logit for LRP, the one-hot 1 for gradient methods)", "1"),
+    "conservation_error": (("mean |sum of input relevance - starting relevance| / |starting relevance| (the "
+                            "logit for LRP, the one-hot 1 for gradient methods)"), "1"),
 }
 
 
@@ -472,12 +472,12 @@ def markdown_table(ds: xr.Dataset) -> str:
 
 
 def html_report(ds: xr.Dataset, plot: str | None = None) -> str:
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>attribx benchmark</title><style>"
-             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
-             "</style></head><body><h1>attribx benchmark</h1>",
-             f"<p>{html.escape(ds.attrs.get('pixel_flipping', ''))}. Reference: "
-             f"{html.escape(ds.attrs.get('reference', ''))}.</p>"]
+    parts = [("<!doctype html><html><head><meta charset='utf-8'><title>attribx benchmark</title><style>"
+              "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+              "</style></head><body><h1>attribx benchmark</h1>"),
+             (f"<p>{html.escape(ds.attrs.get('pixel_flipping', ''))}. Reference: "
+              f"{html.escape(ds.attrs.get('reference', ''))}.</p>")]
     for k, (model, header, rows) in enumerate(table_rows(ds)):
         desc = ds.attrs.get("model_description", [""] * ds.sizes["model"])[k]
         parts.append(f"<h2>{html.escape(model)}</h2><p>{html.escape(desc)}; {ds.attrs['samples'][k]} samples.</p>"
