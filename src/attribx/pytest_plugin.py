@@ -114,6 +114,8 @@ def check_conservation(method, graph, x=None, *, rtol: float = 1e-6, target="pre
     cons, score = ds["conservation"], ds["score"].values
     atol = rtol * max(float(np.abs(score).max()), 1e-300)
     name = getattr(method, "name", method)
+    bad = [str(n) for n in cons.node.values if not np.isfinite(cons.sel(node=n).values).all()]
+    assert not bad, f"{name!r} gives non-finite relevance at {bad}"
     inputs = cons.sel(node=cons.node.values[0]).values
     np.testing.assert_allclose(inputs, score, rtol=rtol, atol=atol,
                                err_msg=f"{name!r} does not conserve relevance: input sums vs start scores")
