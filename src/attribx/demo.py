@@ -40,6 +40,9 @@ DEMO_METHODS = IMAGE_METHODS
 PF_STEPS = 32
 WD_STEPS = 5
 SEED = 0
+NUMPY_NOTE = ("<p class='note'>The MLP has no convolutions: the composites' rules for convolutional layers "
+              "do not apply, so lrp.epsilon_gamma_box and lrp.epsilon_alpha2_beta1 give LRP-ε there (and "
+              "LRP-ε with a small ε is nearly gradient×input on a ReLU network).</p>")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,7 +266,7 @@ def _images(rep: _Report, out: str, backend: str, n_images: int, progress_bar, r
     rep.add("Models", "<p>Two small models are trained here from fixed seeds, in seconds, on data that "
             "ships with the package (nothing is downloaded).</p>" + _table(
                 ["model", "data", "test accuracy", "training (s)"],
-                [[name, f"scikit-learn digits, {len(x)} held-out 8×8 images", acc, round(train_s, 1)]]) +
+                [[name, f"scikit-learn digits, {len(x)} held-out 8×8 images", acc, f"{train_s:.1f}"]]) +
             '<div id="text-model-row"></div>', "models")
 
     x, y = x[:n_images], y[:n_images]
@@ -314,7 +317,7 @@ def _images(rep: _Report, out: str, backend: str, n_images: int, progress_bar, r
             f"class is recorded. A good explanation makes it fall fast: the area over the perturbation curve "
             f"(AOPC, the mean drop f₀ − f_k over the steps) is large. Each method is also compared with a random "
             f"flipping order (AOPC random; relative = AOPC − AOPC random). Ranking by AOPC: <b>{html.escape(best)}"
-            f"</b> first.</p>" + _table(["method", "AOPC", "AOPC random order", "AOPC relative"], rows)
+            f"</b> first.</p>" + (NUMPY_NOTE if backend == "numpy" else "") + _table(["method", "AOPC", "AOPC random order", "AOPC relative"], rows)
             + _img(curves, "pixel-flipping curves"), "pixel-flipping")
 
     # SpRAy on the first LRP composite's heatmaps
@@ -415,7 +418,7 @@ def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) 
         '<div id="text-model-row"></div>',
         _table(["model", "data", "held-out accuracy", "training (s)"],
                [["sentiment BiLSTM (torch: embedding 16, LSTM 24 per direction, linear)",
-                 f"{len(train)} generated sentences, {len(ids)} held out", acc, round(train_s, 1)]])),
+                 f"{len(train)} generated sentences, {len(ids)} held out", acc, f"{train_s:.1f}"]])),
         rep.sections[0][2])
     rep.add("Text: word deletion", "<p>Arras et al. 2017: in the held-out sentences the model classifies "
             f"correctly, words are deleted (their embedding set to zero) one at a time, most relevant first, and "
