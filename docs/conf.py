@@ -110,5 +110,27 @@ class AttribxCli(Directive):
         return out
 
 
+# ---- docstrings are written as plain text: |x| is an absolute value, not a reST substitution ------------
+
+import re  # noqa: E402
+
+_LITERAL = re.compile(r"(``.+?``)")
+
+
+def _escape_bars(app, what, name, obj, options, lines):
+    """Escape ``|`` outside inline literals (and line-block markers), so ``|R|`` reads as written."""
+    for i, line in enumerate(lines):
+        if "|" not in line:
+            continue
+        body = line.lstrip()
+        indent = line[: len(line) - len(body)]
+        lead = ""
+        if body.startswith("| ") or body == "|":                 # a reST line block: keep the marker
+            lead, body = body[:1], body[1:]
+        parts = _LITERAL.split(body)
+        lines[i] = indent + lead + "".join(p if k % 2 else p.replace("|", "\\|") for k, p in enumerate(parts))
+
+
 def setup(app):
     app.add_directive("attribx-cli", AttribxCli)
+    app.connect("autodoc-process-docstring", _escape_bars)
