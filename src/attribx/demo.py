@@ -304,8 +304,8 @@ def _images(rep: _Report, out: str, backend: str, n_images: int, progress_bar, r
     pf_ds = _combine(pf)
     pf_path = rep.file(os.path.join(out, "eval_pixel_flipping.h5"), "pixel-flipping curves and AOPC per method")
     attribx.save(pf_ds, pf_path)
-    curves = rep.file(save_figure(plot_curves(pf, title=f"pixel flipping on {len(x)} digits (samek2017, "
-                                                        f"most relevant first, uniform noise)"),
+    curves = rep.file(save_figure(plot_curves(pf, title=f"pixel flipping, {len(x)} digits (most relevant "
+                                                        f"first, uniform noise)", figsize=(7.4, 5.0)),
                                   os.path.join(out, "pixel_flipping.png")), "pixel-flipping curves")
     rows = [[m, float(pf[m].attrs["aopc"]), float(pf[m].attrs["aopc_random"]), float(pf[m].attrs["aopc_relative"])]
             for m in sorted(IMAGE_METHODS, key=lambda m: -pf[m].attrs["aopc"])]
