@@ -51,3 +51,14 @@ scores = attribx.forward(graph, x)
 target = relevance["LRP-0"].coords["target"].values
 print("logit of the target:", np.round(scores[np.arange(len(x)), target], 2))
 print("sum of LRP-0       :", np.round(relevance["LRP-0"].sum(["channel", "height", "width"]).values, 2))
+
+# %%
+# The same relevance drawn by :mod:`attribx.render` (what ``attribx render`` uses for saved files), now
+# with one colour scale per method over all samples (``norm="global"``), so that weak and strong
+# evidence can be told apart from sample to sample.
+import xarray as xr
+
+from attribx import render
+
+methods_ds = xr.Dataset({name: rel for name, rel in relevance.items()})
+grid = render.heatmap_grid(methods_ds, x, norm="global", input_cmap="gray_r", cell=1.1)
