@@ -95,7 +95,7 @@ class AttribxCli(Directive):
         from attribx.cli import build_parser
 
         parser = build_parser()
-        os.environ["COLUMNS"] = "100"
+        os.environ["COLUMNS"] = "86"                # fits the page's code width
         def block(text):
             node = nodes.literal_block(text=text)
             node["language"] = "text"
