@@ -102,6 +102,10 @@ def test_engine_check_catches_a_different_engine(twin_plugin):
     assert "numpy_twin" in check_engines_agree("lrp.epsilon_plus", g)     # every installed engine
     with pytest.raises(AssertionError, match="numpy_twin differs from numpy"):
         check_engines_agree("test.twisted", g, "numpy_twin")
+    twin = _Plugin.Twin(dtype="float64")                       # an engine instance (e.g. a torch engine on a GPU)
+    assert check_engines_agree("lrp.epsilon", g, twin) == [twin]
+    with pytest.raises(AssertionError, match="differs from numpy"):
+        check_engines_agree("test.twisted", g, [twin])
 
 
 def test_registration_check(twin_plugin):

@@ -175,16 +175,18 @@ def installed_engines() -> list[str]:
     return [name for name in registry().engines if name != "numpy"]
 
 
-def check_engines_agree(method, graph, engine: str | Sequence[str] | None = None, x=None, *, rtol: float = 1e-6,
+def check_engines_agree(method, graph, engine: Any = None, x=None, *, rtol: float = 1e-6,
                         target="predicted", **params):
-    """Assert that ``method`` gives the numpy engine's relevance (and per-node sums) on ``engine`` (a name,
-    names, or None: every installed engine), in float64, relative to ``rtol`` of the largest value.
+    """Assert that ``method`` gives the numpy engine's relevance (and per-node sums) on ``engine`` (a name or
+    an engine instance such as ``TorchEngine(device="cuda")``, a list of them, or None: every installed
+    engine), in float64, relative to ``rtol`` of the largest value.
     Returns the engines checked; skips the test when there is none besides numpy."""
     import attribx
     from .testing import relative_error
     graph, x = _unpack(graph, x)
     x = np.asarray(x, dtype=np.float64)
-    engines = installed_engines() if engine is None else [engine] if isinstance(engine, str) else list(engine)
+    engines = (installed_engines() if engine is None else list(engine) if isinstance(engine, (list, tuple))
+               else [engine])
     if not engines:
         pytest.skip("no engine besides numpy is installed (install attribx-torch or attribx-tf to compare)")
     name = getattr(method, "name", method)
