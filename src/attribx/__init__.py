@@ -16,9 +16,10 @@ from .errors import (AttribxError, GraphError, InputError, MethodError, ModelLoa
 from .graph import Graph, Node, Value
 from .hookspecs import hookimpl
 from .storage import open_relevance, save
+from .streaming import explain_dataset
 
 __all__ = [
-    "__version__", "explain", "evaluate", "forward", "translate", "load_model", "get_engine", "save",
+    "__version__", "explain", "explain_dataset", "evaluate", "forward", "translate", "load_model", "get_engine", "save",
     "open_relevance", "Graph", "GraphBuilder", "Node", "Value", "hookimpl", "AttribxError", "GraphError",
     "InputError", "MethodError", "ModelLoadError", "PluginError", "StorageError", "UnsupportedError",
 ]

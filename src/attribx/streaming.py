@@ -1,0 +1,544 @@
+"""Streaming, resumable explain over data sets larger than memory: sources, an appending writer,
+:func:`explain_dataset`.
+
+Public API (stable; :mod:`attribx.distributed` builds on it)
+-------------------------------------------------------------
+``open_source(obj, ids=None) -> Source``
+    ``obj``: a ``.npy`` path (read batch by batch from the file, never whole), ``"file.h5:dataset"``
+    (or an ``h5py.Dataset``), a zarr array or ``.zarr`` path (if zarr is installed), a directory of
+    PNG/JPEG images (Pillow; sorted file names are the sample ids), a numpy array / ``np.memmap``,
+    or any iterable of batches (arrays, or dicts ``{"x": array, "sample": ids}``).
+``Source``
+    ``.n`` (samples, or None for an iterable), ``.batches(batch_size, start=0)`` yielding
+    ``(ids, x)`` numpy pairs from sample position ``start`` on, ``.read(start, stop)`` (sized sources
+    only) and ``.fingerprint()`` (a str identifying the data, for resume checks).
+``StreamWriter(path, fingerprint, resume=False)``
+    Appends relevance batches (``xarray.DataArray``/``Dataset`` with a ``sample`` dim, as
+    :func:`attribx.explain` returns) to ONE HDF5 file in the format of :func:`attribx.save`.
+    ``.committed`` is the number of samples safely in the file; ``.append(batch)`` writes a batch and
+    commits it; ``.close()`` (or ``with``). With ``resume=True`` an existing file is continued after a
+    fingerprint check (:class:`~attribx.errors.StorageError` when it belongs to another run), any
+    uncommitted tail is cut off; with ``resume=False`` an existing file is replaced.
+``run_fingerprint(graph, method, params, target, engine, source, **extra) -> str``
+    The fingerprint :func:`explain_dataset` stores in the file.
+``explain_dataset(model, source, out_path, method=..., target=..., batch_size=..., engine=...,
+resume=True, **params)``
+
+The file protocol
+-----------------
+The first batch is written like :func:`attribx.save` (atomically: a temporary file renamed over the
+target) with every ``sample`` variable resizable. Each later batch: the sample datasets are resized
+and filled, the file is flushed, then the commit (the root attr ``dims["sample"]`` and the
+``attribx_streaming`` attr) is written and flushed. A run killed at any point leaves at most an
+uncommitted tail beyond ``dims["sample"]``, which a resumed run cuts off before continuing; a file is
+never extended by a batch before the previous one is committed, so no sample is held twice.
+The root attr ``attribx_streaming`` (JSON: fingerprint, committed, total, complete) stays in the final
+file; :func:`attribx.open_relevance` ignores it.
+Limit: HDF5 updates its own metadata in place; the protocol protects against a kill between and
+during batch writes, but a kill in the middle of HDF5's metadata flush (a few ms per batch) or a power
+loss can still leave a file HDF5 cannot open.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import sys
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import xarray as xr
+
+from . import storage as _st
+from .errors import InputError, StorageError
+
+__all__ = ["open_source", "Source", "ArraySource", "NpyFileSource", "ImageDirSource", "IterableSource",
+           "StreamWriter", "run_fingerprint", "explain_dataset", "STREAM_ATTR"]
+
+STREAM_ATTR = "attribx_streaming"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+# --------------------------------------------------------------------------------------------------
+# sources
+# --------------------------------------------------------------------------------------------------
+
+def _hash(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(np.ascontiguousarray(p).tobytes())
+            h.update(str((p.dtype.str, p.shape)).encode())
+        else:
+            h.update(repr(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+class Source:
+    """Samples read batch by batch. Subclasses set ``n`` and implement :meth:`read`, or :meth:`batches`."""
+
+    n: int | None = None
+    ids: np.ndarray | None = None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def sample_ids(self, start: int, stop: int) -> np.ndarray:
+        if self.ids is not None:
+            return np.asarray(self.ids[start:stop])
+        return np.arange(start, stop)
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for s in range(start, self.n, batch_size):
+            e = min(self.n, s + batch_size)
+            yield self.sample_ids(s, e), self.read(s, e)
+
+    def sample_shape(self) -> tuple:
+        """One sample's shape (no batch axis)."""
+        return tuple(self.read(0, 1).shape[1:])
+
+    def _content(self) -> Any:
+        """Shape, dtype and the first and last samples: cheap and changes when the data does."""
+        if not self.n:
+            return ("empty",)
+        return (self.n, self.read(0, 1), self.read(self.n - 1, self.n))
+
+    def fingerprint(self) -> str:
+        ids = None if self.ids is None else _hash(np.asarray(self.ids))
+        return _hash(type(self).__name__, self._content(), ids)
+
+
+class ArraySource(Source):
+    """Anything sliceable along axis 0: numpy arrays, ``np.memmap``, ``h5py.Dataset``, zarr arrays.
+
+    Pages of an ``np.memmap`` are dropped (``madvise(MADV_DONTNEED)``) after each batch, so the
+    process's resident memory stays flat however large the mapped file is.
+    """
+
+    def __init__(self, array: Any, ids: Any = None):
+        if not hasattr(array, "shape") or len(array.shape) < 1:
+            raise InputError(f"a source array needs a batch axis, got {type(array).__name__}")
+        self.array = array
+        self.n = int(array.shape[0])
+        self.ids = None if ids is None else np.asarray(ids)
+        if self.ids is not None and len(self.ids) != self.n:
+            raise InputError(f"ids has {len(self.ids)} entries for {self.n} samples")
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = np.array(self.array[start:stop])
+        self._drop_pages(start, stop)
+        return out
+
+    def _drop_pages(self, start: int, stop: int) -> None:
+        mm = getattr(self.array, "_mmap", None)
+        if not isinstance(self.array, np.memmap) or mm is None or not hasattr(mm, "madvise"):
+            return
+        try:
+            row = int(np.prod(self.array.shape[1:])) * self.array.dtype.itemsize
+            base = int(self.array.offset)  # the offset of the array in the file; the mmap starts page-aligned
+            lo = (base % mmap.ALLOCATIONGRANULARITY) + start * row
+            hi = (base % mmap.ALLOCATIONGRANULARITY) + stop * row
+            lo -= lo % mmap.PAGESIZE
+            mm.madvise(mmap.MADV_DONTNEED, lo, max(0, hi - lo))
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+class NpyFileSource(Source):
+    """A ``.npy`` file read batch by batch with plain file reads (no mapping, resident memory flat)."""
+
+    def __init__(self, path: str, ids: Any = None):
+        self.path = os.path.abspath(path)
+        try:
+            header = np.load(path, mmap_mode="r")
+        except Exception as err:
+            raise InputError(f"{path}: not a .npy array file ({err})") from None
+        if not header.flags.c_contiguous or header.ndim < 1:
+            raise InputError(f"{path}: streaming needs a C-ordered .npy array with a batch axis")
+        self.shape, self.dtype, self.offset = header.shape, header.dtype, int(header.offset)
+        self.row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        del header
+        self.n = int(self.shape[0])
+        self.ids = None if ids is None else np.asarray(ids)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        count = (stop - start) * int(np.prod(self.shape[1:]))
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * self.row)
+            data = np.fromfile(f, dtype=self.dtype, count=count)
+        return data.reshape((stop - start,) + tuple(self.shape[1:]))
+
+
+class ImageDirSource(Source):
+    """A directory of PNG/JPEG images (Pillow), in sorted file-name order; the file names are the ids.
+
+    Images become float32 in [0, 1] (``scale``), ``layout="NCHW"`` (default) or ``"NHWC"``; grayscale
+    images get one channel. ``mode``: a Pillow mode to convert to (``"L"``, ``"RGB"``).
+    """
+
+    def __init__(self, directory: str, layout: str = "NCHW", mode: str | None = None, scale: float = 1 / 255):
+        try:
+            from PIL import Image  # noqa: F401
+        except ImportError:
+            raise InputError("reading a directory of images needs Pillow: pip install pillow") from None
+        self.directory = os.path.abspath(directory)
+        self.files = sorted(f for f in os.listdir(directory) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not self.files:
+            raise InputError(f"{directory}: no .png/.jpg/.jpeg images")
+        if layout not in ("NCHW", "NHWC"):
+            raise InputError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+        self.layout, self.mode, self.scale = layout, mode, scale
+        self.n = len(self.files)
+        self.ids = np.array(self.files)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        from PIL import Image
+        out = []
+        for name in self.files[start:stop]:
+            with Image.open(os.path.join(self.directory, name)) as img:
+                if self.mode is not None:
+                    img = img.convert(self.mode)
+                a = np.asarray(img, dtype=np.float32) * np.float32(self.scale)
+            if a.ndim == 2:
+                a = a[..., None]
+            out.append(a.transpose(2, 0, 1) if self.layout == "NCHW" else a)
+        shapes = {a.shape for a in out}
+        if len(shapes) > 1:
+            raise InputError(f"{self.directory}: images of different sizes {sorted(shapes)}; resize them first")
+        return np.stack(out)
+
+    def fingerprint(self) -> str:
+        return _hash("images", self.directory, self.files, self.layout, self.mode, self.scale)
+
+
+class IterableSource(Source):
+    """Any iterable of batches: arrays (ids count on from 0) or dicts ``{"x": array, "sample": ids}``.
+
+    Its length is unknown; resuming skips (reads and drops) the samples already in the file. Its
+    fingerprint is only ``"iterable"`` unless one is given: the caller vouches for the data.
+    """
+
+    def __init__(self, iterable: Iterable, fingerprint: str | None = None):
+        self.iterable = iterable
+        self._fp = fingerprint
+        self._peeked: list = []
+        self._shape: tuple | None = None
+
+    def _items(self):
+        it = iter(self.iterable)
+        if self._peeked:   # a one-pass iterator whose first item sample_shape() took
+            yield self._peeked.pop()
+        yield from it
+
+    def sample_shape(self) -> tuple:
+        if self._shape is None:
+            it = iter(self.iterable)
+            try:
+                first = next(it)
+            except StopIteration:
+                raise InputError("the source holds no samples") from None
+            if it is self.iterable:   # a one-pass iterator: keep the item for batches()
+                self._peeked.append(first)
+            x = first["x"] if isinstance(first, dict) else first
+            self._shape = tuple(np.asarray(x).shape[1:])
+        return self._shape
+
+    def batches(self, batch_size: int, start: int = 0):
+        pos = 0
+        for item in self._items():
+            if isinstance(item, dict):
+                x = np.asarray(item["x"])
+                ids = np.asarray(item["sample"]) if item.get("sample") is not None else np.arange(pos, pos + len(x))
+            else:
+                x = np.asarray(item)
+                ids = np.arange(pos, pos + len(x))
+            end = pos + len(x)
+            if end > start:
+                cut = max(0, start - pos)
+                x, ids = x[cut:], ids[cut:]
+                for s in range(0, len(x), batch_size):
+                    yield ids[s:s + batch_size], x[s:s + batch_size]
+            pos = end
+
+    def fingerprint(self) -> str:
+        return self._fp or "iterable"
+
+
+def open_source(obj: Any, ids: Any = None, **kwargs: Any) -> Source:
+    """A :class:`Source` for ``obj`` (see the module docstring); ``kwargs`` go to :class:`ImageDirSource`."""
+    if isinstance(obj, Source):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        path = os.fspath(obj)
+        if os.path.isdir(path) and not path.rstrip("/").endswith(".zarr"):
+            return ImageDirSource(path, **kwargs)
+        if path.endswith(".npy"):
+            if not os.path.exists(path):
+                raise InputError(f"{path}: no such file")
+            return NpyFileSource(path, ids)
+        if ".zarr" in path:
+            try:
+                import zarr
+            except ImportError:
+                raise InputError(f"{path}: reading zarr needs zarr: pip install zarr") from None
+            return ArraySource(zarr.open(path, mode="r"), ids)
+        file, sep, name = path.rpartition(":")
+        if sep and file and os.path.exists(file):
+            import h5py
+            try:
+                f = h5py.File(file, "r")
+                return ArraySource(f[name], ids)
+            except (OSError, KeyError) as err:
+                raise InputError(f"{path}: no HDF5 dataset {name!r} in {file} ({err})") from None
+        if path.endswith((".h5", ".hdf5")):
+            raise InputError(f"{path}: name the dataset: {path}:DATASET")
+        raise InputError(f"{path}: not a streaming source (.npy, file.h5:dataset, .zarr, a directory of images)")
+    if hasattr(obj, "shape") and hasattr(obj, "__getitem__") and len(getattr(obj, "shape")) >= 1:
+        return ArraySource(obj, ids)
+    if hasattr(obj, "__iter__"):
+        return IterableSource(obj)
+    raise InputError(f"cannot stream from a {type(obj).__module__}.{type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# the appending writer
+# --------------------------------------------------------------------------------------------------
+
+def _read_stream_attr(f) -> dict:
+    if STREAM_ATTR not in f.attrs:
+        return {}
+    return json.loads(_st._attr_str(f.attrs[STREAM_ATTR]))
+
+
+class StreamWriter:
+    """Append relevance batches to one HDF5 relevance file, committing after each (module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, fingerprint: str, resume: bool = False, total: int | None = None):
+        _st._require_h5py()
+        self.path = os.fspath(path)
+        self.fingerprint = fingerprint
+        self.total = total
+        self.committed = 0
+        self._f = None
+        if os.path.isdir(self.path):
+            raise StorageError(f"{self.path}: is a directory")
+        if os.path.exists(self.path):
+            if not resume:
+                os.unlink(self.path)
+            else:
+                self._reopen()
+
+    def _reopen(self) -> None:
+        import h5py
+        try:
+            f = h5py.File(self.path, "r+")
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot resume, the HDF5 file cannot be opened ({exc}); "
+                               "delete it to start again") from exc
+        try:
+            _st._check_format(f, self.path)
+            info = _read_stream_attr(f)
+            if not info:
+                raise StorageError(f"{self.path}: cannot resume: not written by a streaming explain "
+                                   "(no attribx_streaming attr); delete it or choose another output")
+            if info.get("fingerprint") != self.fingerprint:
+                raise StorageError(f"{self.path}: cannot resume: the file was written for another model, "
+                                   "method, parameters or input (fingerprint differs); delete it or choose "
+                                   "another output")
+            self.committed = int(json.loads(_st._attr_str(f.attrs["dims"]))[_st.SAMPLE_DIM])
+            self._truncate(f, self.committed)
+        except BaseException:
+            f.close()
+            raise
+        self._f = f
+
+    @staticmethod
+    def _sample_dsets(f):
+        for group in (_st.DATA_GROUP, _st.COORDS_GROUP):
+            for dset in f[group].values():
+                dims = json.loads(_st._attr_str(dset.attrs["dims"]))
+                if _st.SAMPLE_DIM in dims:
+                    yield dset, dims.index(_st.SAMPLE_DIM)
+
+    def _truncate(self, f, n: int) -> None:
+        cut = False
+        for dset, ax in self._sample_dsets(f):
+            if dset.shape[ax] != n:
+                dset.resize(n, axis=ax)
+                cut = True
+        if cut:
+            f.flush()
+
+    def _stream_info(self, complete: bool = False) -> str:
+        return json.dumps({"fingerprint": self.fingerprint, "committed": self.committed, "total": self.total,
+                           "complete": complete})
+
+    def append(self, batch) -> None:
+        """Write ``batch``'s samples after those in the file, then commit them."""
+        spec = _st._Spec(batch)
+        if not spec.has_sample:
+            raise StorageError(f"{self.path}: a streamed batch needs a {_st.SAMPLE_DIM!r} dim")
+        n_new = spec.dims[_st.SAMPLE_DIM]
+        if self._f is None:
+            self.committed = n_new
+
+            def write(h5):
+                _st._write_new(h5, spec)
+                h5.attrs[STREAM_ATTR] = self._stream_info()
+            _st._atomic_write(self.path, write)
+            import h5py
+            self._f = h5py.File(self.path, "r+")
+            return
+        f = self._f
+        plan = _st._plan_append(f, spec, self.path)
+        n_old = plan["n_old"]
+        for var in spec.variables:
+            if var.sample_axis is None:
+                continue
+            dset = f[var.group][var.link]
+            dset.resize(n_old + n_new, axis=var.sample_axis)
+            if "attribx_dtype" in dset.attrs:
+                tag = _st._attr_str(dset.attrs["attribx_dtype"])
+                merged = _st._merged_string_tag(tag, var.variable.dtype)
+                if merged != tag:
+                    dset.attrs["attribx_dtype"] = merged
+            _st._fill(dset, var, offset=n_old)
+        f.flush()                      # the data is in the file before the commit says so
+        dims = json.loads(_st._attr_str(f.attrs["dims"]))
+        dims[_st.SAMPLE_DIM] = n_old + n_new
+        self.committed = n_old + n_new
+        f.attrs["dims"] = json.dumps(dims, ensure_ascii=False)
+        f.attrs[STREAM_ATTR] = self._stream_info()
+        f.flush()
+
+    def close(self, complete: bool = False) -> None:
+        if self._f is not None:
+            if complete:
+                self._f.attrs[STREAM_ATTR] = self._stream_info(complete=True)
+            self._f.close()
+            self._f = None
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# explain_dataset
+# --------------------------------------------------------------------------------------------------
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return {"ndarray": _hash(v)}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (np.generic,)):
+        return v.item()
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    return repr(v)
+
+
+def run_fingerprint(graph, method_name: str, params: dict, target: Any, engine_name: str, source: Source,
+                    **extra: Any) -> str:
+    """What a resumed run must share with the file: model, method, parameters, target, engine, data."""
+    payload = {"model": graph.fingerprint(), "method": method_name, "params": _jsonable(params),
+               "target": _jsonable(target), "engine": engine_name, "source": source.fingerprint(),
+               "extra": _jsonable(extra)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _part(target: Any, start: int, stop: int):
+    """The per-sample entries of ``target`` (or labels) for sample positions [start, stop)."""
+    def part(t):
+        if t is None or isinstance(t, (str, int, np.integer)):
+            return t
+        a = np.asarray(t)
+        if a.ndim == 1:
+            return a[start:stop]
+        return a
+    if isinstance(target, tuple) and len(target) == 3 and target[0] == "contrast":
+        return ("contrast", part(target[1]), part(target[2]))
+    return part(target)
+
+
+def explain_dataset(model: Any, source: Any, out_path: str | os.PathLike, method: Any = "lrp.epsilon",
+                    target: Any = "predicted", *, batch_size: int = 256, engine: Any = None,
+                    resume: bool = True, labels: Any = None, layers: Any = None, conservation: bool = False,
+                    progress_bar: bool | None = None, fingerprint: str | None = None, **params: Any) -> dict:
+    """Explain every sample of ``source`` batch by batch into one HDF5 relevance file ``out_path``.
+
+    ``source``: anything :func:`open_source` takes. The file equals ``attribx.save(attribx.explain(model,
+    all_inputs, ...), out_path)`` when read with :func:`attribx.open_relevance`. ``resume=True`` (default)
+    continues a file an interrupted run left (checking it was written for the same model, method,
+    parameters, target, engine and data), ``False`` starts again. ``target`` / ``labels``: as in
+    :func:`attribx.explain`; per-sample arrays are sliced with the batches. ``fingerprint``: override
+    the data's fingerprint (iterables have none). Returns ``{"path", "samples", "new", "resumed_at"}``.
+    """
+    from .api import explain, get_engine, load_model, translate
+    from .methods import as_method
+    if batch_size is None or int(batch_size) < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    batch_size = int(batch_size)
+    src = open_source(source)
+    if fingerprint is not None and isinstance(src, IterableSource):
+        src._fp = fingerprint
+    m = as_method(method)
+    resolved = m.resolve(params)
+    path = os.fspath(out_path)
+
+    model = load_model(model)
+    graph = translate(model, input_shape=src.sample_shape())   # tracing backends need the shape
+    eng = get_engine(engine, graph)
+    fp = run_fingerprint(graph, m.name, resolved, target, eng.name, src, layers=layers,
+                         conservation=conservation, labels=labels, source_override=fingerprint)
+    writer = StreamWriter(path, fp, resume=resume, total=src.n)
+    start = writer.committed
+    bar = _bar(src.n, start, progress_bar)
+    n_done = 0
+    try:
+        for ids, xb in src.batches(batch_size, start):
+            pos = writer.committed
+            stop = pos + len(xb)
+            rel = explain(graph, xb, m, _part(target, pos, stop), engine=eng, layers=layers,
+                          conservation=conservation, sample=ids, labels=_part(labels, pos, stop),
+                          progress_bar=False, **params)
+            writer.append(rel)
+            n_done += len(xb)
+            if bar is not None:
+                bar.update(len(xb))
+    except BaseException:
+        writer.close()
+        if bar is not None:
+            bar.close()
+        raise
+    if bar is not None:
+        bar.close()
+    if writer.committed == 0:
+        raise InputError("the source holds no samples")
+    total = writer.committed
+    writer.close(complete=True)
+    return {"path": path, "samples": total, "new": n_done, "resumed_at": start}
+
+
+def _bar(total, initial, enabled):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc="explain", unit="sample")
