@@ -85,10 +85,13 @@ def read_relevance(relevance: Any, variable: str | None = None, dims: Sequence[s
         da = xr.DataArray(arr, dims=names, name="relevance")
     if "sample" not in da.dims:
         raise InputError(f"relevance has dims {da.dims}; it needs a 'sample' dim")
-    values = np.asarray(da.values)
-    if values.dtype.kind not in "fiub":
-        raise InputError(f"relevance must be numeric, got dtype {values.dtype}")
-    if not np.isfinite(values).all():
+    if da.dtype.kind not in "fiub":
+        raise InputError(f"relevance must be numeric, got dtype {da.dtype}")
+    if da.chunks is not None:       # dask-backed: checked where it is computed (on the cluster, if one is the default)
+        finite = bool(np.isfinite(da.data).all().compute())
+    else:
+        finite = bool(np.isfinite(np.asarray(da.values)).all())
+    if not finite:
         raise InputError("relevance contains NaN or infinite values")
     return da, path
 

@@ -111,7 +111,9 @@ def _canonical_relevance(evaluator: str, rel: xr.DataArray, layout: _Layout, sha
         if d not in rel.dims:
             raise InputError(f"evaluator {evaluator!r}: the relevance has dims {rel.dims}; it needs {d!r}")
     present = [d for d in CANONICAL if d in rel.dims]
-    values = np.asarray(rel.transpose(*present).values)
+    values = rel.transpose(*present).data
+    if not _is_dask(values):                 # dask-backed relevance stays lazy (attribx.distributed)
+        values = np.asarray(values)
     if "channel" not in rel.dims:
         values = values[:, None]
     n, c, h, w = shape_c
@@ -122,6 +124,10 @@ def _canonical_relevance(evaluator: str, rel: xr.DataArray, layout: _Layout, sha
     if values.dtype.kind != "f":
         values = values.astype(np.float64)
     return values
+
+
+def _is_dask(a: Any) -> bool:
+    return type(a).__module__.split(".")[0] == "dask"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,7 +186,7 @@ def _replacement_fn(evaluator: str, p: dict, xc_all: np.ndarray, layout: _Layout
             raise MethodError(f"evaluator {evaluator!r}: value must be a finite number, got {v!r}")
         return (lambda xb, rng: np.full(xb.shape, v, dtype)), False, {"value": float(v)}
     if baseline == "mean":
-        means = xc_all.mean(axis=(0, 2, 3), dtype=np.float64)
+        means = np.asarray(xc_all.mean(axis=(0, 2, 3), dtype=np.float64))   # computed, when xc_all is dask
         return (lambda xb, rng: np.broadcast_to(means[None, :, None, None], xb.shape).astype(dtype)), False, \
             {"channel_mean": means.tolist()}
     sigma = p["blur_sigma"]
@@ -234,26 +240,37 @@ def _orders(scores: np.ndarray, order: str, rng: np.random.Generator) -> np.ndar
 
 def _samek_run(runner, layout, xc, targets, scores, rid, order, fis, n_steps, replace, rng, runs, chunks, bar):
     """Curves (N, n_steps + 1) averaged over ``runs`` runs, and the fraction of pixels perturbed per step."""
-    n, c, h, w = xc.shape
-    regions = scores.shape[1]
+    n = len(xc)
     curves = np.zeros((n, n_steps + 1), np.float64)
     fraction = np.zeros(n_steps + 1, np.float64)
     for sl in chunks:
-        xb, tb = xc[sl], targets[sl]
-        for rep in range(runs):
-            ordr = _orders(scores[sl], order, rng)
-            rank = np.empty_like(ordr)
-            np.put_along_axis(rank, ordr, np.arange(regions)[None, :].repeat(len(ordr), 0), axis=1)
-            pixel_rank = rank[:, rid]                              # (b, h, w): when each pixel goes
-            repl = replace(xb, rng)
-            for k in range(n_steps + 1):
-                mask = pixel_rank < k * fis
-                xk = np.where(mask[:, None], repl, xb)
-                curves[sl, k] += runner.target_scores(layout.to_model(xk), tb) / runs
-                if rep == 0:
-                    fraction[k] += mask.sum() / (h * w)
-                bar.update()
+        curves[sl], part = _samek_chunk(runner, layout, xc[sl], targets[sl], scores[sl], rid, order, fis, n_steps,
+                                        replace, rng, runs, bar)
+        fraction += part
     return curves, fraction / n
+
+
+def _samek_chunk(runner, layout, xb, tb, scores_b, rid, order, fis, n_steps, replace, rng, runs, bar):
+    """One chunk of samples (``attribx.distributed`` runs chunks on dask workers): its curves and its
+    summed fraction of pixels perturbed per step."""
+    b, c, h, w = xb.shape
+    regions = scores_b.shape[1]
+    curves = np.zeros((b, n_steps + 1), np.float64)
+    fraction = np.zeros(n_steps + 1, np.float64)
+    for rep in range(runs):
+        ordr = _orders(scores_b, order, rng)
+        rank = np.empty_like(ordr)
+        np.put_along_axis(rank, ordr, np.arange(regions)[None, :].repeat(len(ordr), 0), axis=1)
+        pixel_rank = rank[:, rid]                              # (b, h, w): when each pixel goes
+        repl = replace(xb, rng)
+        for k in range(n_steps + 1):
+            mask = pixel_rank < k * fis
+            xk = np.where(mask[:, None], repl, xb)
+            curves[:, k] += runner.target_scores(layout.to_model(xk), tb) / runs
+            if rep == 0:
+                fraction[k] += mask.sum() / (h * w)
+            bar.update()
+    return curves, fraction
 
 
 def _samek(evaluator, p, runner, layout, xc, rc, targets, bar_desc):
