@@ -109,9 +109,35 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _streaming(args) -> bool:
+    """Stream (batch by batch into the file, resumable) with --resume/--stream, or for inputs that are not
+    a .npy/.npz file (a directory of images, file.h5:dataset, a .zarr array)."""
+    inp = args.inputs
+    return bool(args.resume or args.stream or not (os.path.isfile(inp) and inp.endswith((".npy", ".npz"))))
+
+
+def cmd_explain_streaming(args) -> int:
+    from .streaming import explain_dataset
+    if args.append:
+        raise InputError("--append and streaming (--stream/--resume) do not mix: a streamed file is continued "
+                         "with --resume")
+    if args.inputs.endswith(".npz"):
+        raise InputError(f"{args.inputs}: streaming reads .npy, file.h5:dataset, .zarr or a directory of images, "
+                         "not .npz (which cannot be read in parts); save the array with np.save")
+    r = explain_dataset(args.model, args.inputs, args.output, args.method, parse_target(args.target),
+                        engine=args.engine, layers=args.layers, batch_size=args.batch_size or 256,
+                        resume=args.resume, progress_bar=None,
+                        attrs={"inputs_file": os.path.abspath(args.inputs)}, **parse_params(args.param))
+    done = f" (resumed at sample {r['resumed_at']})" if r["resumed_at"] else ""
+    print(f"wrote relevance of {r['samples']} samples ({args.method}) to {args.output}{done}")
+    return 0
+
+
 def cmd_explain(args) -> int:
     from .api import explain
     from .storage import save
+    if _streaming(args):
+        return cmd_explain_streaming(args)
     x, labels = read_inputs(args.inputs, args.key, args.labels_key)
     first = existing_samples(args.output) if args.append else 0
     rel = explain(args.model, x, args.method, parse_target(args.target), engine=args.engine,
@@ -215,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("explain", help="explain a model's predictions and save labeled relevance (HDF5)")
     sp.add_argument("model")
-    sp.add_argument("inputs", help=".npy or .npz file of inputs (batch axis first)")
+    sp.add_argument("inputs", help=".npy or .npz file of inputs (batch axis first); streaming also takes "
+                                   "file.h5:dataset, a .zarr array or a directory of images")
     sp.add_argument("--method", "-m", default="lrp.epsilon")
     sp.add_argument("--target", "-t", default="predicted", help="class index, 'predicted', or a .npy of indices")
     sp.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
@@ -226,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", default=None, help="array name in an .npz input file")
     sp.add_argument("--labels-key", default=None, help="array of labels in the .npz file")
     sp.add_argument("--append", action="store_true", help="append samples to an existing file")
+    sp.add_argument("--stream", action="store_true",
+                    help="explain batch by batch into the file (inputs larger than memory; docs/streaming.md); "
+                         "implied for a directory of images, file.h5:dataset or .zarr inputs")
+    sp.add_argument("--resume", action="store_true",
+                    help="streaming: continue the file an interrupted run left (same model, method, params, "
+                         "inputs); without it the file is replaced")
     sp.add_argument("-o", "--output", required=True, help="output .h5 file")
     sp.set_defaults(func=cmd_explain)
 

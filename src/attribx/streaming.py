@@ -476,7 +476,8 @@ def _part(target: Any, start: int, stop: int):
 def explain_dataset(model: Any, source: Any, out_path: str | os.PathLike, method: Any = "lrp.epsilon",
                     target: Any = "predicted", *, batch_size: int = 256, engine: Any = None,
                     resume: bool = True, labels: Any = None, layers: Any = None, conservation: bool = False,
-                    progress_bar: bool | None = None, fingerprint: str | None = None, **params: Any) -> dict:
+                    progress_bar: bool | None = None, fingerprint: str | None = None, attrs: dict | None = None,
+                    **params: Any) -> dict:
     """Explain every sample of ``source`` batch by batch into one HDF5 relevance file ``out_path``.
 
     ``source``: anything :func:`open_source` takes. The file equals ``attribx.save(attribx.explain(model,
@@ -484,7 +485,7 @@ def explain_dataset(model: Any, source: Any, out_path: str | os.PathLike, method
     continues a file an interrupted run left (checking it was written for the same model, method,
     parameters, target, engine and data), ``False`` starts again. ``target`` / ``labels``: as in
     :func:`attribx.explain`; per-sample arrays are sliced with the batches. ``fingerprint``: override
-    the data's fingerprint (iterables have none). Returns ``{"path", "samples", "new", "resumed_at"}``.
+    the data's fingerprint (iterables have none). ``attrs``: added to the file's attrs. Returns ``{"path", "samples", "new", "resumed_at"}``.
     """
     from .api import explain, get_engine, load_model, translate
     from .methods import as_method
@@ -514,6 +515,8 @@ def explain_dataset(model: Any, source: Any, out_path: str | os.PathLike, method
             rel = explain(graph, xb, m, _part(target, pos, stop), engine=eng, layers=layers,
                           conservation=conservation, sample=ids, labels=_part(labels, pos, stop),
                           progress_bar=False, **params)
+            if attrs:
+                rel.attrs.update(attrs)
             writer.append(rel)
             n_done += len(xb)
             if bar is not None:

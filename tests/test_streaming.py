@@ -1,0 +1,225 @@
+"""Streaming explain (attribx.explain_dataset / `attribx explain --stream --resume`): a run killed with
+SIGKILL and resumed equals an uninterrupted one; memory stays flat on inputs larger than it allows;
+the sources (HDF5 dataset, directory of PNGs, iterable of batches)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+
+import attribx
+from attribx.errors import InputError, StorageError
+from attribx.streaming import STREAM_ATTR, StreamWriter, explain_dataset, open_source
+
+pytest.importorskip("sklearn")
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from attribx.demo import digits_graph
+    graph, x, _, _ = digits_graph()
+    return graph, x
+
+
+def _reference(graph, x, path, batch_size, method="lrp.epsilon", **kw):
+    """The independent reference: attribx.explain over the whole array, saved with attribx.save."""
+    ref = attribx.explain(graph, x, method, batch_size=batch_size, **kw)
+    attribx.save(ref, path)
+    return attribx.open_relevance(path, lazy=False)
+
+
+def _identical(a, b):
+    xr.testing.assert_identical(a, b)
+    assert a.attrs == b.attrs
+
+
+def _committed(path):
+    """The committed sample count of a file being written (None while it cannot be read)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return int(json.loads(f.attrs["dims"])["sample"])
+    except Exception:
+        return None
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_sigkill_and_resume_equals_uninterrupted_run(digits, tmp_path):
+    graph, x = digits
+    x = np.concatenate([x] * 8)[:3000]            # 3000 samples, 300 batches of 10
+    xpath, mpath, out = tmp_path / "x.npy", tmp_path / "model.npz", tmp_path / "out.h5"
+    np.save(xpath, x)
+    graph.save(mpath)
+    cmd = [sys.executable, "-m", "attribx.cli", "explain", str(mpath), str(xpath), "-o", str(out),
+           "-m", "lrp.epsilon", "-p", "epsilon=0.1", "--batch-size", "10", "--resume"]
+    kills = []
+    rng = np.random.default_rng(0)
+    # kill after at least this many committed samples, then after a random 0-4 ms (often inside a write)
+    for at_least in (100, 700, 1400, 2100):
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            n = _committed(out)
+            if n is not None and n >= at_least:
+                time.sleep(rng.uniform(0, 0.004))
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.001)
+        proc.wait()
+        kills.append((at_least, proc.returncode, _committed(out)))
+    assert sum(rc == -signal.SIGKILL for _, rc, _ in kills) >= 2, kills   # really killed midway
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = attribx.open_relevance(out, lazy=False)
+    ref = _reference(graph, x, tmp_path / "ref.h5", 10, epsilon=0.1)
+    ref.attrs["inputs_file"] = os.path.abspath(xpath)
+    _identical(got, ref)
+    np.testing.assert_array_equal(got["sample"].values, np.arange(len(x)))   # no sample twice
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs[STREAM_ATTR])["complete"] is True
+
+
+def test_resume_refuses_another_run_and_cuts_an_uncommitted_tail(digits, tmp_path):
+    graph, x = digits
+    out = tmp_path / "out.h5"
+    explain_dataset(graph, x[:100], out, "lrp.epsilon", batch_size=30)
+    with pytest.raises(StorageError, match="fingerprint"):
+        explain_dataset(graph, x[:100], out, "lrp.epsilon", batch_size=30, epsilon=0.5)
+    with pytest.raises(StorageError, match="fingerprint"):
+        explain_dataset(graph, x[1:101], out, "lrp.epsilon", batch_size=30)
+    # simulate a crash after a batch's data was written but before its commit
+    with h5py.File(out, "r+") as f:
+        dims = json.loads(f.attrs["dims"])
+        dims["sample"] = 60
+        f.attrs["dims"] = json.dumps(dims)
+    r = explain_dataset(graph, x[:100], out, "lrp.epsilon", batch_size=30)
+    assert r["resumed_at"] == 60 and r["new"] == 40 and r["samples"] == 100
+    ref = attribx.explain(graph, x[:100], "lrp.epsilon", batch_size=30)
+    got = attribx.open_relevance(out, lazy=False)
+    np.testing.assert_array_equal(got.values, ref.values)
+    np.testing.assert_array_equal(got["sample"].values, np.arange(100))
+    # resume=False starts again
+    r = explain_dataset(graph, x[:50], out, "lrp.epsilon", batch_size=30, resume=False)
+    assert r["samples"] == 50 and r["resumed_at"] == 0
+
+
+_MEMORY_SCRIPT = textwrap.dedent("""
+    import resource, sys, numpy as np
+    from attribx.demo import digits_graph
+    from attribx.streaming import explain_dataset
+    graph, x, _, _ = digits_graph()
+    xpath, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    src = xpath if mode == "path" else np.load(xpath, mmap_mode="r")
+    explain_dataset(graph, x[:2000], out, "lrp.epsilon", batch_size=2000, resume=False)   # warm up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    import time; t = time.perf_counter()
+    r = explain_dataset(graph, src, out, "lrp.epsilon", batch_size=2000, resume=False)
+    dt = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(before, after, r["samples"], dt)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["path", "memmap"])
+def test_memory_stays_flat_on_a_memory_mapped_input(tmp_path, mode):
+    n = 400_000                                     # 400k digits: 102 MB of float32 input
+    xpath = tmp_path / "big.npy"
+    big = np.lib.format.open_memmap(xpath, mode="w+", dtype=np.float32, shape=(n, 1, 8, 8))
+    rng = np.random.default_rng(0)
+    for s in range(0, n, 50_000):
+        big[s:s + 50_000] = rng.random((min(50_000, n - s), 1, 8, 8), dtype=np.float32)
+    big.flush()
+    del big
+    size = os.path.getsize(xpath)
+    done = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(xpath), str(tmp_path / "out.h5"), mode],
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    before, after, samples, dt = done.stdout.split()[-4:]
+    grew = int(after) - int(before)
+    print(f"input {size / 1e6:.0f} MB, peak RSS grew {grew / 1e6:.1f} MB, {int(samples) / float(dt):.0f} samples/s")
+    assert int(samples) == n
+    assert grew < size / 8, (grew, size)          # the whole input never sits in memory
+    with attribx.open_relevance(tmp_path / "out.h5", lazy=True) as rel:
+        assert rel.sizes["sample"] == n
+
+
+def test_hdf5_dataset_source(digits, tmp_path):
+    graph, x = digits
+    h5 = tmp_path / "inputs.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("images/x", data=x[:95])
+    ref = _reference(graph, x[:95], tmp_path / "ref.h5", 20)
+    explain_dataset(graph, f"{h5}:images/x", tmp_path / "a.h5", batch_size=20)
+    _identical(attribx.open_relevance(tmp_path / "a.h5", lazy=False), ref)
+    with h5py.File(h5, "r") as f:                    # an h5py object
+        explain_dataset(graph, f["images/x"], tmp_path / "b.h5", batch_size=20)
+    _identical(attribx.open_relevance(tmp_path / "b.h5", lazy=False), ref)
+    with pytest.raises(InputError, match="DATASET"):
+        open_source(str(h5))
+
+
+def test_directory_of_pngs(digits, tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    graph, x = digits
+    images = np.round(x[:25, 0] * 255).astype(np.uint8)
+    d = tmp_path / "pngs"
+    d.mkdir()
+    names = [f"digit_{i:03d}.png" for i in range(25)]
+    for name, img in zip(names, images):
+        Image.fromarray(img, mode="L").save(d / name)
+    (d / "notes.txt").write_text("not an image")
+    explain_dataset(graph, d, tmp_path / "out.h5", batch_size=7)
+    got = attribx.open_relevance(tmp_path / "out.h5", lazy=False)
+    xs = images[:, None].astype(np.float32) * np.float32(1 / 255)
+    ref = attribx.explain(graph, xs, batch_size=7, sample=np.array(names))
+    np.testing.assert_array_equal(got.values, ref.values)
+    assert list(got["sample"].values) == names      # sorted file names are the sample ids
+    np.testing.assert_array_equal(got["prediction"].values, ref["prediction"].values)
+
+
+def test_iterable_of_batches_and_a_one_pass_generator(digits, tmp_path):
+    graph, x = digits
+    ref = _reference(graph, x[:90], tmp_path / "ref.h5", 30)
+    batches = [x[0:30], x[30:60], x[60:90]]
+    explain_dataset(graph, batches, tmp_path / "a.h5", batch_size=30)
+    _identical(attribx.open_relevance(tmp_path / "a.h5", lazy=False), ref)
+    explain_dataset(graph, (b for b in batches), tmp_path / "b.h5", batch_size=30)
+    _identical(attribx.open_relevance(tmp_path / "b.h5", lazy=False), ref)
+    # resume over an iterable skips the samples already in the file
+    with StreamWriter(tmp_path / "c.h5", "x") as w:
+        assert w.committed == 0
+    explain_dataset(graph, batches[:1], tmp_path / "c.h5", batch_size=30, fingerprint="digits-90")
+    r = explain_dataset(graph, iter(batches), tmp_path / "c.h5", batch_size=30, fingerprint="digits-90")
+    assert r["resumed_at"] == 30 and r["samples"] == 90
+    _identical(attribx.open_relevance(tmp_path / "c.h5", lazy=False), ref)
+
+
+def test_cli_streams_an_hdf5_dataset(digits, tmp_path):
+    from attribx.cli import main
+    graph, x = digits
+    graph.save(tmp_path / "m.npz")
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f["x"] = x[:64]
+    assert main(["explain", str(tmp_path / "m.npz"), f"{tmp_path / 'in.h5'}:x", "-o", str(tmp_path / "o.h5"),
+                 "--batch-size", "16"]) == 0
+    got = attribx.open_relevance(tmp_path / "o.h5", lazy=False)
+    ref = attribx.explain(graph, x[:64], batch_size=16)
+    np.testing.assert_array_equal(got.values, ref.values)
+    assert main(["explain", str(tmp_path / "m.npz"), f"{tmp_path / 'in.h5'}:x", "-o", str(tmp_path / "o.h5"),
+                 "--batch-size", "16", "--resume", "-p", "epsilon=0.3"]) == 2     # another run: refused
