@@ -12,11 +12,13 @@ Public API (stable; :mod:`attribx.distributed` builds on it)
     ``.n`` (samples, or None for an iterable), ``.batches(batch_size, start=0)`` yielding
     ``(ids, x)`` numpy pairs from sample position ``start`` on, ``.read(start, stop)`` (sized sources
     only) and ``.fingerprint()`` (a str identifying the data, for resume checks).
-``StreamWriter(path, fingerprint, resume=False)``
+``StreamWriter(path, fingerprint, resume=False, total=None, batch_size=None)``
     Appends relevance batches (``xarray.DataArray``/``Dataset`` with a ``sample`` dim, as
     :func:`attribx.explain` returns) to ONE HDF5 file in the format of :func:`attribx.save`.
     ``.committed`` is the number of samples safely in the file; ``.append(batch)`` writes a batch and
-    commits it; ``.close()`` (or ``with``). With ``resume=True`` an existing file is continued after a
+    commits it; ``.close(complete=False)`` (or ``with``). Chunks along ``sample`` divide ``batch_size``
+    (default: the first batch's size): append batches of exactly that size (the last may be smaller) so
+    no committed chunk is ever rewritten; a resumed writer takes ``batch_size`` from the file. With ``resume=True`` an existing file is continued after a
     fingerprint check (:class:`~attribx.errors.StorageError` when it belongs to another run), any
     uncommitted tail is cut off; with ``resume=False`` an existing file is replaced.
 ``run_fingerprint(graph, method, params, target, engine, source, **extra) -> str``
@@ -246,7 +248,11 @@ class IterableSource(Source):
         return self._shape
 
     def batches(self, batch_size: int, start: int = 0):
+        """Batches of exactly ``batch_size`` samples (the last may be smaller), however the items are cut."""
         pos = 0
+        buf_ids: list = []
+        buf_x: list = []
+        held = 0
         for item in self._items():
             if isinstance(item, dict):
                 x = np.asarray(item["x"])
@@ -257,10 +263,16 @@ class IterableSource(Source):
             end = pos + len(x)
             if end > start:
                 cut = max(0, start - pos)
-                x, ids = x[cut:], ids[cut:]
-                for s in range(0, len(x), batch_size):
-                    yield ids[s:s + batch_size], x[s:s + batch_size]
+                buf_x.append(x[cut:])
+                buf_ids.append(ids[cut:])
+                held += len(x) - cut
+                while held >= batch_size:
+                    xs, ids_all = np.concatenate(buf_x), np.concatenate(buf_ids)
+                    yield ids_all[:batch_size], xs[:batch_size]
+                    buf_x, buf_ids, held = [xs[batch_size:]], [ids_all[batch_size:]], held - batch_size
             pos = end
+        if held:
+            yield np.concatenate(buf_ids), np.concatenate(buf_x)
 
     def fingerprint(self) -> str:
         return self._fp or "iterable"
@@ -306,6 +318,54 @@ def open_source(obj: Any, ids: Any = None, **kwargs: Any) -> Source:
 # the appending writer
 # --------------------------------------------------------------------------------------------------
 
+def _sample_chunk(batch_size: int, per_sample_bytes: int) -> int:
+    """Samples per HDF5 chunk: the largest divisor of the batch size with chunks of at most ~4 MiB, so a
+    batch fills whole chunks of its own and a committed chunk is never rewritten (nor read to be cut)."""
+    best = 1
+    for d in range(1, batch_size + 1):
+        if batch_size % d == 0 and d * per_sample_bytes <= _st._CHUNK_MAX:
+            best = d
+    return best
+
+
+def _create(group, var, batch_size: int):
+    """:func:`attribx.storage._create`, with chunks along ``sample`` aligned to the batches."""
+    if var.sample_axis is None:
+        return _st._create(group, var)
+    itemsize = _st._itemsize(var.stored_dtype)
+    chunk = list(_st._chunks(var.shape, itemsize, var.sample_axis))
+    per_sample = int(np.prod([c for i, c in enumerate(chunk) if i != var.sample_axis])) * itemsize
+    chunk[var.sample_axis] = _sample_chunk(batch_size, per_sample)
+    maxshape = tuple(None if (i == var.sample_axis or n == 0) else n for i, n in enumerate(var.shape))
+    dset = group.create_dataset(var.link, shape=var.shape, dtype=var.stored_dtype, chunks=tuple(chunk),
+                                maxshape=maxshape, compression="gzip", compression_opts=4, shuffle=True)
+    dset.attrs["name"] = var.link if var.name is None and var.group == _st.DATA_GROUP else var.name
+    dset.attrs["dims"] = json.dumps(list(var.dims), ensure_ascii=False)
+    dset.attrs["attrs"] = var.attrs_json
+    if var.tag is not None:
+        dset.attrs["attribx_dtype"] = var.tag
+    return dset
+
+
+def _write_new(f, spec, batch_size: int) -> None:
+    """:func:`attribx.storage._write_new` (same root attrs and layout), with batch-aligned chunks."""
+    f.attrs["format"] = _st.FORMAT_NAME
+    f.attrs["format_version"] = np.int64(_st.FORMAT_VERSION)
+    f.attrs["kind"] = spec.kind
+    f.attrs["name"] = json.dumps(spec.name, ensure_ascii=False)
+    f.attrs["attrs"] = spec.attrs_json
+    f.attrs["data_vars"] = json.dumps([v.link if v.name is None else v.name for v in spec.data],
+                                      ensure_ascii=False)
+    f.attrs["coords"] = json.dumps([v.name for v in spec.coords], ensure_ascii=False)
+    f.attrs["dims"] = json.dumps(spec.dims, ensure_ascii=False)
+    f.attrs["sample_dim"] = _st.SAMPLE_DIM
+    f.attrs["attribx_version"] = _st._writer_version()
+    groups = {_st.DATA_GROUP: f.create_group(_st.DATA_GROUP), _st.COORDS_GROUP: f.create_group(_st.COORDS_GROUP)}
+    for var in spec.variables:
+        dset = _create(groups[var.group], var, batch_size)
+        _st._fill(dset, var)
+
+
 def _read_stream_attr(f) -> dict:
     if STREAM_ATTR not in f.attrs:
         return {}
@@ -315,11 +375,13 @@ def _read_stream_attr(f) -> dict:
 class StreamWriter:
     """Append relevance batches to one HDF5 relevance file, committing after each (module docstring)."""
 
-    def __init__(self, path: str | os.PathLike, fingerprint: str, resume: bool = False, total: int | None = None):
+    def __init__(self, path: str | os.PathLike, fingerprint: str, resume: bool = False, total: int | None = None,
+                 batch_size: int | None = None):
         _st._require_h5py()
         self.path = os.fspath(path)
         self.fingerprint = fingerprint
         self.total = total
+        self.batch_size = batch_size
         self.committed = 0
         self._f = None
         if os.path.isdir(self.path):
@@ -348,6 +410,8 @@ class StreamWriter:
                                    "method, parameters or input (fingerprint differs); delete it or choose "
                                    "another output")
             self.committed = int(json.loads(_st._attr_str(f.attrs["dims"]))[_st.SAMPLE_DIM])
+            if info.get("batch_size"):
+                self.batch_size = int(info["batch_size"])   # the file's chunks follow its batches
             self._truncate(f, self.committed)
         except BaseException:
             f.close()
@@ -373,7 +437,7 @@ class StreamWriter:
 
     def _stream_info(self, complete: bool = False) -> str:
         return json.dumps({"fingerprint": self.fingerprint, "committed": self.committed, "total": self.total,
-                           "complete": complete})
+                           "batch_size": self.batch_size, "complete": complete})
 
     def append(self, batch) -> None:
         """Write ``batch``'s samples after those in the file, then commit them."""
@@ -385,7 +449,7 @@ class StreamWriter:
             self.committed = n_new
 
             def write(h5):
-                _st._write_new(h5, spec)
+                _write_new(h5, spec, self.batch_size or n_new)
                 h5.attrs[STREAM_ATTR] = self._stream_info()
             _st._atomic_write(self.path, write)
             import h5py
@@ -504,7 +568,8 @@ def explain_dataset(model: Any, source: Any, out_path: str | os.PathLike, method
     eng = get_engine(engine, graph)
     fp = run_fingerprint(graph, m.name, resolved, target, eng.name, src, layers=layers,
                          conservation=conservation, labels=labels, source_override=fingerprint)
-    writer = StreamWriter(path, fp, resume=resume, total=src.n)
+    writer = StreamWriter(path, fp, resume=resume, total=src.n, batch_size=batch_size)
+    batch_size = writer.batch_size   # a resumed file keeps its own (its chunks follow its batches)
     start = writer.committed
     bar = _bar(src.n, start, progress_bar)
     n_done = 0
