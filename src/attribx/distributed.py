@@ -91,6 +91,17 @@ def _worker_graph(graph, fingerprint: str):
     return g
 
 
+def _worker_engine(graph, fingerprint: str, engine: Any):
+    """(graph, engine instance) on this worker; the engine made once per (model, engine name)."""
+    from .api import get_engine
+    g = _worker_graph(graph, fingerprint)
+    key = (fingerprint, "engine", engine)
+    eng = _RUNNERS.get(key)
+    if eng is None:
+        eng = _RUNNERS[key] = get_engine(engine, g)
+    return g, eng
+
+
 def _ship_model(client, model: Any, sample_shape: tuple):
     """Translate on the client and send the graph to every worker once: (future, fingerprint, graph)."""
     from .api import translate
@@ -103,76 +114,154 @@ def _ship_model(client, model: Any, sample_shape: tuple):
 # explain
 # --------------------------------------------------------------------------------------------------
 
-def _explain_batch(graph, fp, xb, start, method, target, engine, params):
+def _aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``a`` on a 64-byte boundary: BLAS kernels (OpenBLAS's gemv for one-sample
+    batches) sum in an order that depends on the buffer's alignment, and a buffer unpickled from a
+    message lands anywhere; aligned like a large numpy allocation, results equal one process's bit for bit."""
+    a = np.asarray(a)
+    raw = np.empty(a.nbytes + align, np.uint8)
+    start = (-raw.ctypes.data) % align
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _explain_batch(graph, fp, xb, ids, method, target, labels, engine, params):
     from .api import explain
-    g = _worker_graph(graph, fp)
-    r = explain(g, xb, method, target, engine=engine, progress_bar=False,
-                sample=np.arange(start, start + len(xb)), **params)
-    return start, r
+    g, eng = _worker_engine(graph, fp, engine)
+    xb = _aligned(xb)
+    return explain(g, xb, method, target, engine=eng, progress_bar=False, sample=ids, labels=labels, **params)
+
+
+def _in_order(client, graph_f, fp, batches, method, target, labels, engine, params, limit):
+    """Submit ``(pos, ids, xb)`` batches (at most ``limit`` in flight) and yield the results in order."""
+    from .streaming import _part
+    pending = iter(batches)
+    order: list = []                     # futures in submission (= sample) order
+
+    def submit_next():
+        item = next(pending, None)
+        if item is None:
+            return False
+        pos, ids, xb = item
+        stop = pos + len(xb)
+        fut = client.submit(_explain_batch, graph_f, fp, np.asarray(xb), np.asarray(ids), method,
+                            _part(target, pos, stop), _part(labels, pos, stop), engine, params, pure=False)
+        order.append(fut)
+        return True
+
+    for _ in range(limit):
+        if not submit_next():
+            break
+    while order:
+        head = order.pop(0)
+        r = head.result()                # waits for this batch; the others keep running meanwhile
+        head.release()
+        submit_next()
+        yield r
+
+
+def _limit(client, max_in_flight):
+    return max_in_flight or 2 * max(1, len(client.scheduler_info()["workers"])) + 2
+
+
+def explain_dataset_distributed(model: Any, source: Any, out_path: Any, method: Any = "lrp.epsilon",
+                                target: Any = "predicted", *, scheduler: Any = 2, batch_size: int = 256,
+                                engine: Any = None, resume: bool = True, labels: Any = None,
+                                progress_bar: bool | None = None, fingerprint: str | None = None,
+                                attrs: dict | None = None, max_in_flight: int | None = None,
+                                layers: Any = None, conservation: bool = False, **params: Any) -> dict:
+    """:func:`attribx.streaming.explain_dataset` with the batches computed on a dask cluster: the same
+    sources, the same resumable file (a run on the cluster continues a single-process file and back),
+    the same result sample for sample. The client reads the batches and writes the file in sample order;
+    the workers translate nothing (they get the graph) and run the engine (a name)."""
+    from .api import get_engine, load_model, translate
+    from .methods import as_method
+    from .streaming import IterableSource, StreamWriter, _bar, open_source, run_fingerprint
+    if layers or conservation:
+        raise MethodError("explain on a cluster writes the input relevance only; layers and conservation: "
+                          "run attribx.explain_dataset in one process")
+    if engine is not None and not isinstance(engine, str):
+        raise MethodError("on a cluster, engine must be a name (engines are created on the workers)")
+    if batch_size is None or int(batch_size) < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    batch_size = int(batch_size)
+    src = open_source(source)
+    if fingerprint is not None and isinstance(src, IterableSource):
+        src._fp = fingerprint
+    m = as_method(method)
+    resolved = m.resolve(params)
+    path = str(out_path)
+    graph = translate(load_model(model), input_shape=src.sample_shape())
+    eng = get_engine(engine, graph)
+    fp = run_fingerprint(graph, m.name, resolved, target, eng.name, src, layers=layers,
+                         conservation=conservation, labels=labels, source_override=fingerprint)
+    writer = StreamWriter(path, fp, resume=resume, total=src.n)
+    start = writer.committed
+    bar = _bar(src.n, start, progress_bar)
+    n_done = 0
+
+    def batches():
+        pos = start
+        for ids, xb in src.batches(batch_size, start):
+            yield pos, ids, xb
+            pos += len(xb)
+
+    try:
+        with client_for(scheduler) as client:
+            graph_f = client.scatter(graph, broadcast=True, hash=False)
+            for rel in _in_order(client, graph_f, graph.fingerprint(), batches(), m, target, labels, eng.name,
+                                 params, _limit(client, max_in_flight)):
+                if attrs:
+                    rel.attrs.update(attrs)
+                writer.append(rel)
+                n_done += rel.sizes["sample"]
+                if bar is not None:
+                    bar.update(rel.sizes["sample"])
+    except BaseException:
+        writer.close()
+        if bar is not None:
+            bar.close()
+        raise
+    if bar is not None:
+        bar.close()
+    if writer.committed == 0:
+        raise InputError("the source holds no samples")
+    total = writer.committed
+    writer.close(complete=True)
+    return {"path": path, "samples": total, "new": n_done, "resumed_at": start}
 
 
 def explain_distributed(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "predicted", *,
-                        scheduler: Any = 2, batch_size: int = 64, engine: Any = None, out_path: Any = None,
-                        labels: Any = None, progress_bar: bool | None = None, max_in_flight: int | None = None,
-                        **params: Any) -> xr.DataArray:
-    """Explain ``x`` (anything with ``len`` and slicing along samples: a numpy array or memory map, an
-    h5py or dask array) on a dask cluster, batch by batch, and return the relevance in sample order
-    (also written to ``out_path`` when given). Equals ``attribx.explain(model, x, ..., batch_size=...)``.
-
-    ``engine`` is a name (engines are created on the workers). Layers and conservation are not supported
-    here (they return Datasets); ask :func:`attribx.explain` for those.
-    """
-    from distributed import as_completed
-
-    from .api import _batch_target, _batches, progress
+                        scheduler: Any = 2, batch_size: int = 64, engine: Any = None, labels: Any = None,
+                        max_in_flight: int | None = None, **params: Any) -> xr.DataArray:
+    """Explain ``x`` (anything :func:`attribx.streaming.open_source` takes) on a dask cluster and return
+    the relevance in sample order, in memory; equals ``attribx.explain(model, x, ..., batch_size=...)``.
+    For data sets larger than memory use :func:`explain_dataset_distributed` (into a file)."""
+    from .api import get_engine, load_model, translate
+    from .streaming import open_source
     if params.get("layers") or params.get("conservation"):
         raise MethodError("explain on a cluster returns the input relevance only; layers and conservation: "
                           "use attribx.explain")
     if engine is not None and not isinstance(engine, str):
         raise MethodError("on a cluster, engine must be a name (engines are created on the workers)")
-    n = len(x)
-    if n == 0:
-        raise InputError("input has no samples")
-    chunks = _batches(n, batch_size)
-    results: dict[int, xr.DataArray] = {}
-    done: list[xr.DataArray] = []
+    src = open_source(x)
+    graph = translate(load_model(model), input_shape=src.sample_shape())
+    eng_name = get_engine(engine, graph).name
+
+    def batches():
+        pos = 0
+        for ids, xb in src.batches(int(batch_size), 0):
+            yield pos, ids, xb
+            pos += len(xb)
+
     with client_for(scheduler) as client:
-        first = np.asarray(x[0:1])
-        graph_f, fp, _ = _ship_model(client, model, first.shape[1:])
-        limit = max_in_flight or 2 * max(1, len(client.scheduler_info()["workers"])) + 2
-        pending = iter(chunks)
-        ac = as_completed()
-
-        def submit_next():
-            sl = next(pending, None)
-            if sl is None:
-                return
-            xb = np.asarray(x[sl])
-            ac.add(client.submit(_explain_batch, graph_f, fp, xb, sl.start, method,
-                                 _batch_target(target, sl, n), engine, params, pure=False))
-
-        for _ in range(limit):
-            submit_next()
-        bar = progress(range(len(chunks)), len(chunks), "explain (dask)", progress_bar)
-        bar_iter = iter(bar)
-        next_start = 0
-        for fut in ac:
-            start, r = fut.result()
-            fut.release()
-            results[start] = r
-            while next_start in results:            # hand on in sample order, as soon as it can
-                piece = results.pop(next_start)
-                done.append(piece)
-                next_start += piece.sizes["sample"]
-                next(bar_iter, None)
-            submit_next()
-    out = xr.concat(done, dim="sample", combine_attrs="override")
-    if labels is not None:
-        out = out.assign_coords(label=("sample", np.asarray(labels)))
-    if out_path is not None:
-        from .storage import save
-        save(out, out_path)
-    return out
+        graph_f = client.scatter(graph, broadcast=True, hash=False)
+        done = list(_in_order(client, graph_f, graph.fingerprint(), batches(), method, target, labels, eng_name,
+                              params, _limit(client, max_in_flight)))
+    if not done:
+        raise InputError("input has no samples")
+    return xr.concat(done, dim="sample", combine_attrs="override")
 
 
 # --------------------------------------------------------------------------------------------------
