@@ -119,24 +119,34 @@ def test_resume_refuses_another_run_and_cuts_an_uncommitted_tail(digits, tmp_pat
 
 
 _MEMORY_SCRIPT = textwrap.dedent("""
-    import resource, sys, numpy as np
+    import resource, sys, time, numpy as np
     from attribx.demo import digits_graph
     from attribx.streaming import explain_dataset
+
+    def status(key):   # kB -> bytes, from /proc/self/status (Linux)
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+
     graph, x, _, _ = digits_graph()
     xpath, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
-    src = xpath if mode == "path" else np.load(xpath, mmap_mode="r")
+    src = {"path": xpath, "memmap": np.load(xpath, mmap_mode="r")}.get(mode)
     explain_dataset(graph, x[:2000], out, "lrp.epsilon", batch_size=2000, resume=False)   # warm up
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    import time; t = time.perf_counter()
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:   # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    if src is None:   # "load": the control, which reads the whole input into memory
+        src = np.load(xpath)
+    t = time.perf_counter()
     r = explain_dataset(graph, src, out, "lrp.epsilon", batch_size=2000, resume=False)
     dt = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(before, after, r["samples"], dt)
+    print(before, status("VmHWM"), r["samples"], dt)
 """)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["path", "memmap"])
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="measures the peak RSS through Linux /proc")
+@pytest.mark.parametrize("mode", ["path", "memmap", "load"])
 def test_memory_stays_flat_on_a_memory_mapped_input(tmp_path, mode):
     n = 400_000                                     # 400k digits: 102 MB of float32 input
     xpath = tmp_path / "big.npy"
@@ -154,7 +164,10 @@ def test_memory_stays_flat_on_a_memory_mapped_input(tmp_path, mode):
     grew = int(after) - int(before)
     print(f"input {size / 1e6:.0f} MB, peak RSS grew {grew / 1e6:.1f} MB, {int(samples) / float(dt):.0f} samples/s")
     assert int(samples) == n
-    assert grew < size / 8, (grew, size)          # the whole input never sits in memory
+    if mode == "load":                            # the control: the measurement sees an input in memory
+        assert grew > size / 2, (grew, size)
+        return
+    assert grew < size / 4, (grew, size)          # the input never sits in memory (measured: 5-20 MB)
     with attribx.open_relevance(tmp_path / "out.h5", lazy=True) as rel:
         assert rel.sizes["sample"] == n
 
