@@ -24,7 +24,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) \
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") \
             as cluster, distributed.Client(cluster) as c:
         yield c
 
@@ -81,3 +81,16 @@ def test_scheduler_argument_checked():
     with pytest.raises(attribx.errors.InputError, match="scheduler"):
         with D.client_for(0):
             pass
+
+
+def test_cli_scheduler_writes_the_streamed_file(digits, tmp_path):
+    from attribx.cli import main
+    graph, x, _ = digits
+    graph.save(tmp_path / "g.npz")
+    np.save(tmp_path / "x.npy", x)
+    assert main(["explain", str(tmp_path / "g.npz"), str(tmp_path / "x.npy"), "--batch-size", "25",
+                 "--scheduler", "2", "-o", str(tmp_path / "d.h5")]) == 0
+    assert main(["explain", str(tmp_path / "g.npz"), str(tmp_path / "x.npy"), "--batch-size", "25",
+                 "--stream", "-o", str(tmp_path / "s.h5")]) == 0
+    xr.testing.assert_identical(attribx.open_relevance(tmp_path / "d.h5", lazy=False),
+                                attribx.open_relevance(tmp_path / "s.h5", lazy=False))

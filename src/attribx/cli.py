@@ -113,11 +113,16 @@ def _streaming(args) -> bool:
     """Stream (batch by batch into the file, resumable) with --resume/--stream, or for inputs that are not
     a .npy/.npz file (a directory of images, file.h5:dataset, a .zarr array)."""
     inp = args.inputs
-    return bool(args.resume or args.stream or not (os.path.isfile(inp) and inp.endswith((".npy", ".npz"))))
+    return bool(args.resume or args.stream or getattr(args, "scheduler", None) or not (os.path.isfile(inp) and inp.endswith((".npy", ".npz"))))
 
 
 def cmd_explain_streaming(args) -> int:
     from .streaming import explain_dataset
+    if getattr(args, "scheduler", None):       # batches on a dask cluster, the same resumable file
+        from functools import partial
+
+        from .distributed import explain_dataset_distributed
+        explain_dataset = partial(explain_dataset_distributed, scheduler=args.scheduler)
     if args.append:
         raise InputError("--append and streaming (--stream/--resume) do not mix: a streamed file is continued "
                          "with --resume")
@@ -259,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true",
                     help="streaming: continue the file an interrupted run left (same model, method, params, "
                          "inputs); without it the file is replaced")
+    sp.add_argument("--scheduler", default=None, metavar="ADDRESS|N",
+                    help="compute the batches on a dask.distributed cluster: a scheduler address (tcp://host:8786) "
+                         "or N for a local cluster of N worker processes; streams into the file (needs "
+                         "attribx[distributed])")
     sp.add_argument("-o", "--output", required=True, help="output .h5 file")
     sp.set_defaults(func=cmd_explain)
 

@@ -62,7 +62,7 @@ def client_for(scheduler: Any):
     if isinstance(scheduler, int):
         if scheduler < 1:
             raise InputError(f"scheduler: a local cluster needs at least 1 worker, got {scheduler}")
-        with LocalCluster(n_workers=scheduler, threads_per_worker=1, processes=True, dashboard_address=None) \
+        with LocalCluster(n_workers=scheduler, threads_per_worker=1, processes=True, dashboard_address=":0") \
                 as cluster, Client(cluster) as client:
             yield client
         return
