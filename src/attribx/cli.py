@@ -113,7 +113,8 @@ def _streaming(args) -> bool:
     """Stream (batch by batch into the file, resumable) with --resume/--stream, or for inputs that are not
     a .npy/.npz file (a directory of images, file.h5:dataset, a .zarr array)."""
     inp = args.inputs
-    return bool(args.resume or args.stream or getattr(args, "scheduler", None) or not (os.path.isfile(inp) and inp.endswith((".npy", ".npz"))))
+    return bool(args.resume or args.stream or getattr(args, "scheduler", None)
+                or not (os.path.isfile(inp) and inp.endswith((".npy", ".npz"))))
 
 
 def cmd_explain_streaming(args) -> int:
