@@ -107,6 +107,9 @@ class Source:
             return ("empty",)
         return (self.n, self.read(0, 1), self.read(self.n - 1, self.n))
 
+    def close(self) -> None:
+        """Release what the source opened (an HDF5 file named by path); a no-op for most sources."""
+
     def fingerprint(self) -> str:
         ids = None if self.ids is None else _hash(np.asarray(self.ids))
         return _hash(type(self).__name__, self._content(), ids)
@@ -301,9 +304,11 @@ def open_source(obj: Any, ids: Any = None, **kwargs: Any) -> Source:
             import h5py
             try:
                 f = h5py.File(file, "r")
-                return ArraySource(f[name], ids)
+                src = ArraySource(f[name], ids)
             except (OSError, KeyError) as err:
                 raise InputError(f"{path}: no HDF5 dataset {name!r} in {file} ({err})") from None
+            src.close = f.close   # explain_dataset closes the file it opened
+            return src
         if path.endswith((".h5", ".hdf5")):
             raise InputError(f"{path}: name the dataset: {path}:DATASET")
         raise InputError(f"{path}: not a streaming source (.npy, file.h5:dataset, .zarr, a directory of images)")
@@ -549,14 +554,26 @@ def explain_dataset(model: Any, source: Any, out_path: str | os.PathLike, method
     continues a file an interrupted run left (checking it was written for the same model, method,
     parameters, target, engine and data), ``False`` starts again. ``target`` / ``labels``: as in
     :func:`attribx.explain`; per-sample arrays are sliced with the batches. ``fingerprint``: override
-    the data's fingerprint (iterables have none). ``attrs``: added to the file's attrs. Returns ``{"path", "samples", "new", "resumed_at"}``.
+    the data's fingerprint (iterables have none). ``attrs``: added to the file's attrs.
+    Returns ``{"path", "samples", "new", "resumed_at"}``.
     """
-    from .api import explain, get_engine, load_model, translate
-    from .methods import as_method
     if batch_size is None or int(batch_size) < 1:
         raise InputError(f"batch_size must be positive, got {batch_size}")
     batch_size = int(batch_size)
     src = open_source(source)
+    own = src is not source and not isinstance(source, Source)
+    try:
+        return _explain_dataset(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
+                                conservation, progress_bar, fingerprint, attrs, params)
+    finally:
+        if own:
+            src.close()
+
+
+def _explain_dataset(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
+                     conservation, progress_bar, fingerprint, attrs, params) -> dict:
+    from .api import explain, get_engine, load_model, translate
+    from .methods import as_method
     if fingerprint is not None and isinstance(src, IterableSource):
         src._fp = fingerprint
     m = as_method(method)
