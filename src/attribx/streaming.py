@@ -450,11 +450,13 @@ class StreamWriter:
         if not spec.has_sample:
             raise StorageError(f"{self.path}: a streamed batch needs a {_st.SAMPLE_DIM!r} dim")
         n_new = spec.dims[_st.SAMPLE_DIM]
+        if self.batch_size is None:   # the first batch's size sets the chunks; recorded for resumes
+            self.batch_size = n_new
         if self._f is None:
             self.committed = n_new
 
             def write(h5):
-                _write_new(h5, spec, self.batch_size or n_new)
+                _write_new(h5, spec, self.batch_size)
                 h5.attrs[STREAM_ATTR] = self._stream_info()
             _st._atomic_write(self.path, write)
             import h5py
