@@ -26,6 +26,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +57,10 @@ def vgg_model(n: int, size: int):
     return f"VGG16 {size}×{size} (torch, random weights)", model, x
 
 
+def _spread(times):
+    return f"; {len(times)} runs, {min(times):.2f}–{max(times):.2f} s" if len(times) > 1 else ""
+
+
 def _warm():
     import attribx.plugins
     attribx.plugins.registry()
@@ -66,7 +71,7 @@ def _warm():
         pass
 
 
-def run_one(name, model, x, method, batch, workers, tmp):
+def run_one(name, model, x, method, batch, workers, tmp, repeat=3):
     params = {"low": float(x.min()), "high": float(x.max())} if method.endswith("_box") else {}
     import attribx
     from attribx.distributed import explain_dataset_distributed
@@ -76,33 +81,48 @@ def run_one(name, model, x, method, batch, workers, tmp):
     np.save(path, x)
     n = len(x)
     rows = []
-    t = time.perf_counter()
-    explain_dataset(model, path, os.path.join(tmp, "one.h5"), method, batch_size=batch, resume=False,
-                    **params)
-    t_one = time.perf_counter() - t
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        explain_dataset(model, path, os.path.join(tmp, "one.h5"), method, batch_size=batch, resume=False,
+                        **params)
+        times.append(time.perf_counter() - t)
+    t_one = statistics.median(times)
     try:
         import torch
         threads = torch.get_num_threads()
     except ImportError:
         threads = "BLAS default"
-    rows.append((name, n, batch, method, f"one process ({threads} threads)", t_one, n / t_one, "", ""))
+    rows.append((name, n, batch, method, f"one process ({threads} threads){_spread(times)}", t_one, n / t_one, "", "", ""))
     t = time.perf_counter()
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         client.run(_warm)                      # imports on the workers (torch takes seconds), timed as start-up
         t_start = time.perf_counter() - t
+        # what the call spends sending the graph to every worker, measured apart (the call does it again)
+        graph = attribx.translate(model, input_shape=x.shape[1:])
         t = time.perf_counter()
-        explain_dataset_distributed(model, path, os.path.join(tmp, "dask.h5"), method, batch_size=batch,
-                                    resume=False, scheduler=client, **params)
-        t_dask = time.perf_counter() - t
+        client.scatter(graph, broadcast=True, hash=False).result()
+        t_ship = time.perf_counter() - t
+        mb = sum(v.nbytes for nd in graph.nodes for v in nd.params.values()) / 1e6
+        dtimes = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            explain_dataset_distributed(model, path, os.path.join(tmp, "dask.h5"), method, batch_size=batch,
+                                        resume=False, scheduler=client, **params)
+            dtimes.append(time.perf_counter() - t)
+        t_cold = dtimes[0]                   # the first call sends the graph; later ones find it on the workers
+        dtimes = dtimes[1:] or dtimes
+        t_dask = statistics.median(dtimes)
     a = attribx.open_relevance(os.path.join(tmp, "one.h5"), lazy=False)
     b = attribx.open_relevance(os.path.join(tmp, "dask.h5"), lazy=False)
     diff = float(np.abs(a.values - b.values).max())
     same = bool((a["sample"].values == b["sample"].values).all())
-    rows.append((name, n, batch, method, f"dask LocalCluster, {workers} workers × 1 thread", t_dask, n / t_dask,
-                 f"{t_start:.1f}", f"{diff:.1e}{'' if same else ' (sample order differs!)'}"))
+    rows.append((name, n, batch, method, f"dask LocalCluster, {workers} workers × 1 thread; first call {t_cold:.2f} s (sends the graph), later"
+                 f"{_spread(dtimes)[1:]}", t_dask, n / t_dask,
+                 f"{t_start:.1f}", f"{t_ship:.2f} ({mb:.2f} MB)", f"{diff:.1e}{'' if same else ' (sample order differs!)'}"))
     for r in rows:
-        print(f"{r[0]:45s} {r[4]:42s} {r[5]:8.2f} s {r[6]:9.1f} samples/s  start {r[7]}  max|Δ| {r[8]}",
+        print(f"{r[0]:45s} {r[4]:42s} {r[5]:8.2f} s {r[6]:9.1f} samples/s  start {r[7]}  ship {r[8]}  max|Δ| {r[9]}",
               flush=True)
     return rows
 
@@ -162,17 +182,19 @@ def main(argv=None):
     ap.add_argument("--gpu-n", type=int, default=256)
     ap.add_argument("--gpu-batch", type=int, default=32)
     ap.add_argument("--skip-vgg", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per setting; the median is reported (dask: of the runs after the first)")
     ap.add_argument("--out", default=None, help="append a Markdown section to this file (RESULTS.md)")
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         name, model, x = digits_model(args.n_digits)
-        rows += run_one(name, model, x, args.method, 128, args.workers, tmp)
+        rows += run_one(name, model, x, args.method, 128, args.workers, tmp, args.repeat)
         if not args.skip_vgg:
             try:
                 import torchvision  # noqa: F401
                 name, model, x = vgg_model(args.n_vgg, args.vgg_size)
-                rows += run_one(name, model, x, args.method, 16, args.workers, tmp)
+                rows += run_one(name, model, x, args.method, 16, args.workers, tmp, args.repeat)
             except ImportError:
                 print("VGG16 skipped: torchvision is not installed")
     try:
@@ -183,12 +205,12 @@ def main(argv=None):
         cpu = f"{os.cpu_count()}-core {platform.machine()}"
         lines = [f"\n## {datetime.date.today()}: streaming explain, one process vs dask LocalCluster ({cpu})\n",
                  "Produced by `benchmarks/streaming.py` (inputs in a `.npy` file, relevance streamed into one "
-                 "HDF5 file; one run each, wall-clock seconds of the whole call on a shared machine; the "
+                 "HDF5 file; median of --repeat runs, wall-clock seconds of the whole call on a shared machine; the "
                  "cluster's start-up is listed apart; max|Δ| compares the two files).\n",
-                 "| model | samples | batch | method | run | time (s) | samples/s | cluster start (s) | max abs Δ |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "| model | samples | batch | method | run | time (s) | samples/s | cluster start (s) | graph to workers (s) | max abs Δ |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.2f} | {r[6]:.1f} | {r[7]} | {r[8]} |")
+            lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.2f} | {r[6]:.1f} | {r[7]} | {r[8]} | {r[9]} |")
         if gpu_rows:
             lines += ["", f"GPU ({gpu_note}), VGG16 224×224, random weights:", "",
                       "| pass | images | batch | time (s) | images/s |", "|---|---|---|---|---|"]

@@ -7,8 +7,9 @@ processes, one thread each, started and closed here) or a ``distributed.Client``
   batch on a worker (:func:`attribx.explain` there, the same call a single process makes per batch) and
   gathers the results in sample order, as they arrive, into one relevance (and one file with
   ``out_path``). The model is translated to an attribx :class:`~attribx.graph.Graph` once on the client,
-  sent to every worker once (``Client.scatter(broadcast=True)``), and each worker prepares it once
-  (a per-process cache keyed by the graph's fingerprint), so workers need no deep-learning framework
+  sent to every worker once (``Client.scatter(broadcast=True)``; not again by later calls on the same
+  cluster while every worker holds it), and each worker prepares it once (a per-process cache keyed by
+  the graph's fingerprint), so workers need no deep-learning framework
   unless the engine is one. At most ``2 × workers + 2`` batches are in flight, so the client's memory
   stays bounded by batches, not by the data set.
 * :func:`pixel_flipping` / :func:`region_perturbation` run the evaluators of
@@ -79,10 +80,26 @@ def _loads():
     return LOADS["count"]
 
 
+def _has_model(fingerprint: str) -> bool:
+    return fingerprint in _MODELS
+
+
+def _send_graph(client, graph):
+    """The graph for the tasks: None when every worker already holds it (an earlier call on this cluster
+    sent it; VGG16 is 553 MB), else a future of it scattered to every worker once."""
+    fp = graph.fingerprint()
+    have = client.run(_has_model, fp)
+    if have and all(have.values()):
+        return None
+    return client.scatter(graph, broadcast=True, hash=False)
+
+
 def _worker_graph(graph, fingerprint: str):
     """The graph prepared on this worker: once per fingerprint per process."""
     g = _MODELS.get(fingerprint)
     if g is None:
+        if graph is None:
+            raise RuntimeError(f"this worker joined after the model {fingerprint[:12]} was sent; run the call again")
         from .api import translate
         g = translate(graph, passes=False)      # already passed on the client: nothing to redo
         g.fingerprint()
@@ -106,8 +123,7 @@ def _ship_model(client, model: Any, sample_shape: tuple):
     """Translate on the client and send the graph to every worker once: (future, fingerprint, graph)."""
     from .api import translate
     graph = translate(model, input_shape=tuple(int(d) for d in sample_shape))
-    fp = graph.fingerprint()
-    return client.scatter(graph, broadcast=True, hash=False), fp, graph
+    return _send_graph(client, graph), graph.fingerprint(), graph
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,7 +225,7 @@ def explain_dataset_distributed(model: Any, source: Any, out_path: Any, method: 
 
     try:
         with client_for(scheduler) as client:
-            graph_f = client.scatter(graph, broadcast=True, hash=False)
+            graph_f = _send_graph(client, graph)
             for rel in _in_order(client, graph_f, graph.fingerprint(), batches(), m, target, labels, eng.name,
                                  params, _limit(client, max_in_flight)):
                 if attrs:
@@ -256,7 +272,7 @@ def explain_distributed(model: Any, x: Any, method: Any = "lrp.epsilon", target:
             pos += len(xb)
 
     with client_for(scheduler) as client:
-        graph_f = client.scatter(graph, broadcast=True, hash=False)
+        graph_f = _send_graph(client, graph)
         done = list(_in_order(client, graph_f, graph.fingerprint(), batches(), method, target, labels, eng_name,
                               params, _limit(client, max_in_flight)))
     if not done:
