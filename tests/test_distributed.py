@@ -94,3 +94,28 @@ def test_cli_scheduler_writes_the_streamed_file(digits, tmp_path):
                  "--stream", "-o", str(tmp_path / "s.h5")]) == 0
     xr.testing.assert_identical(attribx.open_relevance(tmp_path / "d.h5", lazy=False),
                                 attribx.open_relevance(tmp_path / "s.h5", lazy=False))
+
+
+def test_cluster_resumes_an_interrupted_single_process_file(digits, client, tmp_path):
+    """A single-process run stops after 3 batches (an exception from the source); the cluster continues
+    the same file and the result equals an uninterrupted single-process run's, sample for sample."""
+    graph, x, _ = digits
+
+    class Stop(Exception):
+        pass
+
+    def batches(stop_after=None):
+        for i, s in enumerate(range(0, len(x), 10)):
+            if stop_after is not None and i == stop_after:
+                raise Stop
+            yield x[s:s + 10]
+
+    explain_dataset(graph, batches(), tmp_path / "ref.h5", "lrp.epsilon", batch_size=10, fingerprint="digits")
+    with pytest.raises(Stop):
+        explain_dataset(graph, batches(stop_after=3), tmp_path / "cut.h5", "lrp.epsilon", batch_size=10,
+                        fingerprint="digits")
+    r = D.explain_dataset_distributed(graph, batches(), tmp_path / "cut.h5", "lrp.epsilon", scheduler=client,
+                                      batch_size=10, fingerprint="digits")
+    assert r["resumed_at"] == 30 and r["new"] == len(x) - 30
+    xr.testing.assert_identical(attribx.open_relevance(tmp_path / "cut.h5", lazy=False),
+                                attribx.open_relevance(tmp_path / "ref.h5", lazy=False))

@@ -191,9 +191,7 @@ def explain_dataset_distributed(model: Any, source: Any, out_path: Any, method: 
     sources, the same resumable file (a run on the cluster continues a single-process file and back),
     the same result sample for sample. The client reads the batches and writes the file in sample order;
     the workers translate nothing (they get the graph) and run the engine (a name)."""
-    from .api import get_engine, load_model, translate
-    from .methods import as_method
-    from .streaming import IterableSource, StreamWriter, _bar, open_source, run_fingerprint
+    from .streaming import Source, open_source
     if layers or conservation:
         raise MethodError("explain on a cluster writes the input relevance only; layers and conservation: "
                           "run attribx.explain_dataset in one process")
@@ -203,6 +201,20 @@ def explain_dataset_distributed(model: Any, source: Any, out_path: Any, method: 
         raise InputError(f"batch_size must be positive, got {batch_size}")
     batch_size = int(batch_size)
     src = open_source(source)
+    own = src is not source and not isinstance(source, Source)
+    try:
+        return _explain_dataset(model, src, out_path, method, target, scheduler, batch_size, engine, resume, labels,
+                                progress_bar, fingerprint, attrs, max_in_flight, layers, conservation, params)
+    finally:
+        if own and hasattr(src, "close"):
+            src.close()
+
+
+def _explain_dataset(model, src, out_path, method, target, scheduler, batch_size, engine, resume, labels,
+                     progress_bar, fingerprint, attrs, max_in_flight, layers, conservation, params) -> dict:
+    from .api import get_engine, load_model, translate
+    from .methods import as_method
+    from .streaming import IterableSource, StreamWriter, _bar, run_fingerprint
     if fingerprint is not None and isinstance(src, IterableSource):
         src._fp = fingerprint
     m = as_method(method)
@@ -212,7 +224,8 @@ def explain_dataset_distributed(model: Any, source: Any, out_path: Any, method: 
     eng = get_engine(engine, graph)
     fp = run_fingerprint(graph, m.name, resolved, target, eng.name, src, layers=layers,
                          conservation=conservation, labels=labels, source_override=fingerprint)
-    writer = StreamWriter(path, fp, resume=resume, total=src.n)
+    writer = StreamWriter(path, fp, resume=resume, total=src.n, batch_size=batch_size)
+    batch_size = writer.batch_size   # a resumed file keeps its own (its chunks follow its batches)
     start = writer.committed
     bar = _bar(src.n, start, progress_bar)
     n_done = 0
