@@ -119,3 +119,22 @@ def test_cluster_resumes_an_interrupted_single_process_file(digits, client, tmp_
     assert r["resumed_at"] == 30 and r["new"] == len(x) - 30
     xr.testing.assert_identical(attribx.open_relevance(tmp_path / "cut.h5", lazy=False),
                                 attribx.open_relevance(tmp_path / "ref.h5", lazy=False))
+
+
+def test_spray_on_cluster_equals_single_process(client, tmp_path):
+    """SpRAy's pooling (tasks reading blocks of a lazily opened file) and exact neighbour search (tasks of
+    query rows) on the cluster: the same spectrum, embedding, clusters and prototypes as one process."""
+    from attribx.evaluators.spray import spray
+    rng = np.random.default_rng(0)
+    n = 2500                           # > 2048: the neighbour search runs as two tasks
+    groups = rng.integers(0, 4, n)
+    base = rng.standard_normal((4, 1, 12, 12))
+    heat = (base[groups] + 0.8 * rng.standard_normal((n, 1, 12, 12))).astype(np.float32)
+    attribx.save(xr.DataArray(heat, dims=("sample", "channel", "height", "width"), name="relevance"),
+                 tmp_path / "r.h5")
+    lazy = attribx.open_relevance(tmp_path / "r.h5", lazy=True)
+    params = dict(size=(6, 6), embedding=None, batch_size=300, n_clusters=4)
+    ref = spray(relevance=attribx.open_relevance(tmp_path / "r.h5", lazy=False), **params)
+    got = D.spray(relevance=lazy, scheduler=client, **params)
+    xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
+    assert got.attrs["n_edges"] == ref.attrs["n_edges"] and got.attrs["n_clusters"] == ref.attrs["n_clusters"]

@@ -474,3 +474,82 @@ def region_perturbation(model: Any = None, inputs: Any = None, relevance: Any = 
                         **params: Any) -> xr.Dataset:
     """:func:`attribx.evaluators.perturbation.region_perturbation` (samek2017) on a dask cluster."""
     return _evaluate("region_perturbation", model, inputs, relevance, scheduler, params)
+
+
+# --------------------------------------------------------------------------------------------------
+# SpRAy: pooling and the exact neighbour search on the cluster
+# --------------------------------------------------------------------------------------------------
+
+_KNN_ROWS = 2048     # query rows per task: a multiple of scikit-learn's 256-row chunks, so each row's
+                     # distances are computed as in the single-process search
+
+
+def _pool_block(block, start, caxes, channels, shape, normalize):
+    from .evaluators.spray import _reduce_block, normalization_factors, sum_pool
+    pooled = sum_pool(_reduce_block(np.asarray(block), start, caxes, channels), shape)
+    f = normalization_factors(pooled, normalize)
+    safe = np.where(f == 0, 1.0, f)
+    return pooled.reshape(len(pooled), -1) / safe[:, None], f
+
+
+def _knn_block(features, a, b, k):
+    """Rows a..b-1's k nearest other rows, as ``NearestNeighbors.kneighbors()`` on the fitted data gives them."""
+    from sklearn.neighbors import NearestNeighbors
+    idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(features).kneighbors(
+        features[a:b], n_neighbors=k + 1, return_distance=False)
+    mask = idx != np.arange(a, b)[:, None]          # drop the row itself, as scikit-learn does
+    mask[:, 0][np.all(mask, axis=1)] = False
+    return idx[mask].reshape(b - a, k)
+
+
+def _spray_fns(client):
+    import warnings
+
+    from .evaluators import spray as S
+
+    def features_fn(da, layout, channels, normalize, batch_size, progress_bar):
+        da = da.transpose(*layout.order)
+        per_sample = 8 * int(np.prod([da.sizes[d] for d in layout.order[1:]], dtype=np.int64))
+        caxes = tuple(range(1, 1 + len(layout.channel_dims)))
+        futures = []
+        for sl in S._sample_blocks(da, batch_size, per_sample):
+            data = da.isel(sample=sl).data
+            block = client.compute(data) if hasattr(data, "dask") else np.asarray(data)
+            futures.append(client.submit(_pool_block, block, sl.start, caxes, channels, tuple(layout.shape),
+                                         normalize, pure=False))
+        parts = client.gather(futures)
+        features = np.concatenate([q[0] for q in parts])
+        factors = np.concatenate([q[1] for q in parts])
+        zero = int((factors == 0).sum())
+        if zero:
+            warnings.warn(f"SpRAy: {zero} heatmap(s) have normalisation factor 0 under normalize={normalize!r} "
+                          "and were left unnormalised", stacklevel=3)
+            factors[factors == 0] = 1.0
+        return features, factors
+
+    def knn_fn(features, n_neighbors, approximate=False, seed=0):
+        if approximate:                              # pynndescent: one process
+            return S.knn_affinity(features, n_neighbors, approximate=True, seed=seed)
+        import scipy.sparse as sp
+        n = len(features)
+        f = client.scatter(features, broadcast=True, hash=False)
+        futures = [client.submit(_knn_block, f, a, min(n, a + _KNN_ROWS), n_neighbors, pure=False)
+                   for a in range(0, n, _KNN_ROWS)]
+        idx = np.concatenate(client.gather(futures))
+        rows = np.repeat(np.arange(n), n_neighbors)
+        a = sp.csr_matrix((np.ones(n * n_neighbors, dtype=np.float64), (rows, idx.ravel())), shape=(n, n))
+        return (a + a.T) / 2.0
+
+    return features_fn, knn_fn
+
+
+def spray(model: Any = None, inputs: Any = None, relevance: Any = None, *, scheduler: Any = 2,
+          **params: Any) -> xr.Dataset:
+    """:func:`attribx.evaluators.spray.spray` with the pooling (one task per block of samples, each reading
+    its block of a lazily opened relevance file) and the exact neighbour search (one task per 2048 query
+    rows against all features) on a dask cluster; the eigen-decomposition and the clustering run on the
+    client. The same result as the single-process run."""
+    from .evaluators.spray import _spray
+    with client_for(scheduler) as client:
+        features_fn, knn_fn = _spray_fns(client)
+        return _spray(relevance, params, features_fn, knn_fn)

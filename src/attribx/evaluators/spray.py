@@ -195,17 +195,21 @@ def reduced_heatmaps(da: xr.DataArray, layout: _Layout, channels: str, batch_siz
     caxes = tuple(range(1, 1 + len(layout.channel_dims)))
     for sl in progress(blocks, len(blocks), desc, progress_bar if len(blocks) > 1 else False):
         block = np.asarray(da.isel(sample=sl).values)          # the stored dtype: no float64 copy of it all
-        if block.dtype.kind != "f" or not np.isfinite(block).all():
-            block = block.astype(np.float64)
-            if not np.isfinite(block).all():
-                bad = int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0]) + sl.start
-                raise InputError(f"relevance of sample {bad} (position {bad} along 'sample') contains NaN or "
-                                 "infinite values")
-        if channels == "abs":
-            block = np.abs(block)
-        # channel sums accumulate in float64 (numpy casts in small buffers, not the whole block)
-        block = block.sum(axis=caxes, dtype=np.float64) if caxes else block.astype(np.float64, copy=False)
-        yield sl, block
+        yield sl, _reduce_block(block, sl.start, caxes, channels)
+
+
+def _reduce_block(block: np.ndarray, start: int, caxes: tuple, channels: str) -> np.ndarray:
+    """One block of read relevance checked and reduced over its channels, as float64."""
+    if block.dtype.kind != "f" or not np.isfinite(block).all():
+        block = block.astype(np.float64)
+        if not np.isfinite(block).all():
+            bad = int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0]) + start
+            raise InputError(f"relevance of sample {bad} (position {bad} along 'sample') contains NaN or "
+                             "infinite values")
+    if channels == "abs":
+        block = np.abs(block)
+    # channel sums accumulate in float64 (numpy casts in small buffers, not the whole block)
+    return block.sum(axis=caxes, dtype=np.float64) if caxes else block.astype(np.float64, copy=False)
 
 
 def heatmap_features(da: xr.DataArray, layout: _Layout, channels: str = "sum", normalize: str | None = "sum",
@@ -546,6 +550,12 @@ def spray(model: Any = None, inputs: Any = None, relevance: Any = None, **params
     each is) and ``cluster_size`` (``cluster``); ``attrs["n_clusters"]`` is the eigengap's suggestion and
     ``attrs["n_clusters_used"]`` the number of clusters found (DBSCAN's noise not counted).
     """
+    return _spray(relevance, params, heatmap_features, knn_affinity)
+
+
+def _spray(relevance: Any, params: dict, features_fn: Any, knn_fn: Any) -> xr.Dataset:
+    """:func:`spray` with the pooling and the neighbour search given (``attribx.distributed`` runs them on
+    a dask cluster; same arguments and results as :func:`heatmap_features` and :func:`knn_affinity`)."""
     p = _check(params)
     da, path = _open(relevance, p["variable"])
     layout = _Layout(da, p["size"])
@@ -559,10 +569,10 @@ def spray(model: Any = None, inputs: Any = None, relevance: Any = None, **params
         raise MethodError(f"evaluator {EVALUATOR!r}: n_clusters={p['n_clusters']} exceeds the number of samples ({n})")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    features, factors = heatmap_features(da, layout, p["channels"], p["normalize"], p["batch_size"], p["progress_bar"])
+    features, factors = features_fn(da, layout, p["channels"], p["normalize"], p["batch_size"], p["progress_bar"])
     timings["features"] = time.perf_counter() - t
     t = time.perf_counter()
-    affinity = knn_affinity(features, p["n_neighbors"], approximate=p["approximate"], seed=p["seed"])
+    affinity = knn_fn(features, p["n_neighbors"], approximate=p["approximate"], seed=p["seed"])
     timings["knn"] = time.perf_counter() - t
     t = time.perf_counter()
     lam, vectors = spectrum(affinity, p["n_eigenvalues"], p["eigensolver"], p["seed"])
