@@ -147,7 +147,7 @@ def _explain_batch(graph, fp, xb, ids, method, target, labels, engine, params):
 
 def _in_order(client, graph_f, fp, batches, method, target, labels, engine, params, limit):
     """Submit ``(pos, ids, xb)`` batches (at most ``limit`` in flight) and yield the results in order."""
-    from .streaming import _part
+    from .streaming import per_sample_slice
     pending = iter(batches)
     order: list = []                     # futures in submission (= sample) order
 
@@ -158,7 +158,8 @@ def _in_order(client, graph_f, fp, batches, method, target, labels, engine, para
         pos, ids, xb = item
         stop = pos + len(xb)
         fut = client.submit(_explain_batch, graph_f, fp, np.asarray(xb), np.asarray(ids), method,
-                            _part(target, pos, stop), _part(labels, pos, stop), engine, params, pure=False)
+                            per_sample_slice(target, pos, stop), per_sample_slice(labels, pos, stop), engine,
+                            params, pure=False)
         order.append(fut)
         return True
 

@@ -530,7 +530,7 @@ def run_fingerprint(graph, method_name: str, params: dict, target: Any, engine_n
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _part(target: Any, start: int, stop: int):
+def per_sample_slice(target: Any, start: int, stop: int):
     """The per-sample entries of ``target`` (or labels) for sample positions [start, stop)."""
     def part(t):
         if t is None or isinstance(t, (str, int, np.integer)):
@@ -596,8 +596,8 @@ def _explain_dataset(model, src, out_path, method, target, batch_size, engine, r
         for ids, xb in src.batches(batch_size, start):
             pos = writer.committed
             stop = pos + len(xb)
-            rel = explain(graph, xb, m, _part(target, pos, stop), engine=eng, layers=layers,
-                          conservation=conservation, sample=ids, labels=_part(labels, pos, stop),
+            rel = explain(graph, xb, m, per_sample_slice(target, pos, stop), engine=eng, layers=layers,
+                          conservation=conservation, sample=ids, labels=per_sample_slice(labels, pos, stop),
                           progress_bar=False, **params)
             if attrs:
                 rel.attrs.update(attrs)
