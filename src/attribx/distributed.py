@@ -209,53 +209,24 @@ def explain_dataset_distributed(model: Any, source: Any, out_path: Any, method: 
 
 def _explain_dataset(model, src, out_path, method, target, scheduler, batch_size, engine, resume, labels,
                      progress_bar, fingerprint, attrs, max_in_flight, layers, conservation, params) -> dict:
-    from .api import get_engine, load_model, translate
-    from .methods import as_method
-    from .streaming import IterableSource, StreamWriter, _bar, run_fingerprint
-    if fingerprint is not None and isinstance(src, IterableSource):
-        src._fp = fingerprint
-    m = as_method(method)
-    resolved = m.resolve(params)
-    path = str(out_path)
-    graph = translate(load_model(model), input_shape=src.sample_shape())
-    eng = get_engine(engine, graph)
-    fp = run_fingerprint(graph, m.name, resolved, target, eng.name, src, layers=layers,
-                         conservation=conservation, labels=labels, source_override=fingerprint)
-    writer = StreamWriter(path, fp, resume=resume, total=src.n, batch_size=batch_size)
-    batch_size = writer.batch_size   # a resumed file keeps its own (its chunks follow its batches)
-    start = writer.committed
-    bar = _bar(src.n, start, progress_bar)
-    n_done = 0
+    from .streaming import StreamRun
+    run = StreamRun(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
+                    conservation, progress_bar, fingerprint, params)
 
     def batches():
-        pos = start
-        for ids, xb in src.batches(batch_size, start):
+        pos = run.start
+        for ids, xb in src.batches(run.batch_size, run.start):
             yield pos, ids, xb
             pos += len(xb)
 
     try:
         with client_for(scheduler) as client:
-            graph_f = _send_graph(client, graph)
-            for rel in _in_order(client, graph_f, graph.fingerprint(), batches(), m, target, labels, eng.name,
-                                 params, _limit(client, max_in_flight)):
-                if attrs:
-                    rel.attrs.update(attrs)
-                writer.append(rel)
-                n_done += rel.sizes["sample"]
-                if bar is not None:
-                    bar.update(rel.sizes["sample"])
+            graph_f = _send_graph(client, run.graph)
+            return run.write(_in_order(client, graph_f, run.graph.fingerprint(), batches(), run.method, target,
+                                       labels, run.engine.name, params, _limit(client, max_in_flight)), attrs)
     except BaseException:
-        writer.close()
-        if bar is not None:
-            bar.close()
+        run.abort()      # also when the cluster cannot be reached
         raise
-    if bar is not None:
-        bar.close()
-    if writer.committed == 0:
-        raise InputError("the source holds no samples")
-    total = writer.committed
-    writer.close(complete=True)
-    return {"path": path, "samples": total, "new": n_done, "resumed_at": start}
 
 
 def explain_distributed(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "predicted", *,
@@ -355,7 +326,7 @@ def _replay_states(rng, chunks, runs, order, random_baseline, replace, regions, 
 
 def _evaluate(evaluator: str, model, inputs, relevance, scheduler, params: dict) -> xr.Dataset:
     from .evaluators import perturbation as P
-    from .evaluators.base import ModelRunner, as_numpy_inputs, read_relevance, result_attrs
+    from .evaluators.base import ModelRunner, as_numpy_inputs, read_relevance
     p = P._resolve(evaluator, params)
     if p["convention"] != "samek2017":
         raise MethodError(f"evaluator {evaluator!r} on a cluster: convention='samek2017' only (Quantus's draws "
@@ -442,22 +413,8 @@ def _evaluate(evaluator: str, model, inputs, relevance, scheduler, params: dict)
                      "aopc_relative": (("sample",), aopc - aopc_random)})
     extra = {"regions": regions, "steps_run": n_steps, "runs": runs, "curve_quantity": "output",
              "aopc_definition": "1/(L+1) sum_{k=0..L} (f_0 - f_k)", **info}
-    coords = {"sample": rel.coords["sample"].values if "sample" in rel.coords else np.arange(n),
-              "target": ("sample", targets), "step": np.arange(n_steps + 1), "fraction": ("step", fraction)}
-    if "label" in rel.coords and rel.coords["label"].dims == ("sample",):
-        coords["label"] = ("sample", rel.coords["label"].values)
-    stored = {k: v for k, v in p.items() if k not in ("progress_bar",)}
-    attrs = result_attrs(evaluator, stored, relevance=rel, relevance_file=path, runner=runner, seed=p["seed"],
-                         convention=p["convention"], order=p["order"], **extra)
-    ds = xr.Dataset(data, coords=coords, attrs=attrs)
-    for name in ("aopc", "aopc_random", "aopc_relative"):
-        if name in ds:
-            mean = float(ds[name].mean())
-            ds.attrs[name] = mean
-            ds[name].attrs["mean"] = mean
-    ds["curve"].attrs["quantity"] = extra["curve_quantity"]
-    ds.attrs["method"] = rel.attrs.get("method") or ds.attrs.get("relevance_method")
-    return ds
+    return P.result_dataset(evaluator, p, rel, path, runner, targets, data, np.arange(n_steps + 1), fraction,
+                            extra)
 
 
 def pixel_flipping(model: Any = None, inputs: Any = None, relevance: Any = None, *, scheduler: Any = 2,

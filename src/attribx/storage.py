@@ -368,7 +368,10 @@ def _create(group, var: _Var):
     return dset
 
 
-def _write_new(f, spec: _Spec) -> None:
+def _write_new(f, spec: _Spec, create=None) -> None:
+    """Write ``spec`` into the empty open file ``f``; ``create(group, var)`` makes each dataset (default
+    :func:`_create`; streamed files pass one with batch-aligned chunks)."""
+    create = _create if create is None else create
     f.attrs["format"] = FORMAT_NAME
     f.attrs["format_version"] = np.int64(FORMAT_VERSION)
     f.attrs["kind"] = spec.kind
@@ -382,7 +385,7 @@ def _write_new(f, spec: _Spec) -> None:
     f.attrs["attribx_version"] = _writer_version()
     groups = {DATA_GROUP: f.create_group(DATA_GROUP), COORDS_GROUP: f.create_group(COORDS_GROUP)}
     for var in spec.variables:
-        dset = _create(groups[var.group], var)
+        dset = create(groups[var.group], var)
         _fill(dset, var)
 
 

@@ -50,7 +50,6 @@ import sys
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-import xarray as xr
 
 from . import storage as _st
 from .errors import InputError, StorageError
@@ -352,25 +351,6 @@ def _create(group, var, batch_size: int):
     return dset
 
 
-def _write_new(f, spec, batch_size: int) -> None:
-    """:func:`attribx.storage._write_new` (same root attrs and layout), with batch-aligned chunks."""
-    f.attrs["format"] = _st.FORMAT_NAME
-    f.attrs["format_version"] = np.int64(_st.FORMAT_VERSION)
-    f.attrs["kind"] = spec.kind
-    f.attrs["name"] = json.dumps(spec.name, ensure_ascii=False)
-    f.attrs["attrs"] = spec.attrs_json
-    f.attrs["data_vars"] = json.dumps([v.link if v.name is None else v.name for v in spec.data],
-                                      ensure_ascii=False)
-    f.attrs["coords"] = json.dumps([v.name for v in spec.coords], ensure_ascii=False)
-    f.attrs["dims"] = json.dumps(spec.dims, ensure_ascii=False)
-    f.attrs["sample_dim"] = _st.SAMPLE_DIM
-    f.attrs["attribx_version"] = _st._writer_version()
-    groups = {_st.DATA_GROUP: f.create_group(_st.DATA_GROUP), _st.COORDS_GROUP: f.create_group(_st.COORDS_GROUP)}
-    for var in spec.variables:
-        dset = _create(groups[var.group], var, batch_size)
-        _st._fill(dset, var)
-
-
 def _read_stream_attr(f) -> dict:
     if STREAM_ATTR not in f.attrs:
         return {}
@@ -456,7 +436,7 @@ class StreamWriter:
             self.committed = n_new
 
             def write(h5):
-                _write_new(h5, spec, self.batch_size)
+                _st._write_new(h5, spec, lambda group, var: _create(group, var, self.batch_size))
                 h5.attrs[STREAM_ATTR] = self._stream_info()
             _st._atomic_write(self.path, write)
             import h5py
@@ -572,51 +552,74 @@ def explain_dataset(model: Any, source: Any, out_path: str | os.PathLike, method
             src.close()
 
 
-def _explain_dataset(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
-                     conservation, progress_bar, fingerprint, attrs, params) -> dict:
-    from .api import explain, get_engine, load_model, translate
-    from .methods import as_method
-    if fingerprint is not None and isinstance(src, IterableSource):
-        src._fp = fingerprint
-    m = as_method(method)
-    resolved = m.resolve(params)
-    path = os.fspath(out_path)
+class StreamRun:
+    """What one streaming run (here or on a dask cluster) sets up before its first batch: the method, the
+    translated graph, the engine, the writer (resumed where the file stopped) and the progress bar."""
 
-    model = load_model(model)
-    graph = translate(model, input_shape=src.sample_shape())   # tracing backends need the shape
-    eng = get_engine(engine, graph)
-    fp = run_fingerprint(graph, m.name, resolved, target, eng.name, src, layers=layers,
-                         conservation=conservation, labels=labels, source_override=fingerprint)
-    writer = StreamWriter(path, fp, resume=resume, total=src.n, batch_size=batch_size)
-    batch_size = writer.batch_size   # a resumed file keeps its own (its chunks follow its batches)
-    start = writer.committed
-    bar = _bar(src.n, start, progress_bar)
-    n_done = 0
-    try:
-        for ids, xb in src.batches(batch_size, start):
-            pos = writer.committed
-            stop = pos + len(xb)
-            rel = explain(graph, xb, m, per_sample_slice(target, pos, stop), engine=eng, layers=layers,
-                          conservation=conservation, sample=ids, labels=per_sample_slice(labels, pos, stop),
-                          progress_bar=False, **params)
-            if attrs:
-                rel.attrs.update(attrs)
-            writer.append(rel)
-            n_done += len(xb)
-            if bar is not None:
-                bar.update(len(xb))
-    except BaseException:
-        writer.close()
+    def __init__(self, model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
+                 conservation, progress_bar, fingerprint, params):
+        from .api import get_engine, load_model, translate
+        from .methods import as_method
+        if fingerprint is not None and isinstance(src, IterableSource):
+            src._fp = fingerprint
+        self.method = as_method(method)
+        resolved = self.method.resolve(params)
+        self.path = os.fspath(out_path)
+        self.graph = translate(load_model(model), input_shape=src.sample_shape())   # tracing backends need it
+        self.engine = get_engine(engine, self.graph)
+        fp = run_fingerprint(self.graph, self.method.name, resolved, target, self.engine.name, src, layers=layers,
+                             conservation=conservation, labels=labels, source_override=fingerprint)
+        self.writer = StreamWriter(self.path, fp, resume=resume, total=src.n, batch_size=batch_size)
+        self.batch_size = self.writer.batch_size   # a resumed file keeps its own (its chunks follow its batches)
+        self.start = self.writer.committed
+        self.bar = _bar(src.n, self.start, progress_bar)
+
+    def write(self, rels: Iterable, attrs: dict | None = None) -> dict:
+        """Append every explained batch of ``rels`` in order; on any failure the writer and bar are closed
+        with what was committed kept. Returns ``{"path", "samples", "new", "resumed_at"}``."""
+        writer, bar = self.writer, self.bar
+        n_done = 0
+        try:
+            for rel in rels:
+                if attrs:
+                    rel.attrs.update(attrs)
+                writer.append(rel)
+                n_done += rel.sizes["sample"]
+                if bar is not None:
+                    bar.update(rel.sizes["sample"])
+        except BaseException:
+            self.abort()
+            raise
         if bar is not None:
             bar.close()
-        raise
-    if bar is not None:
-        bar.close()
-    if writer.committed == 0:
-        raise InputError("the source holds no samples")
-    total = writer.committed
-    writer.close(complete=True)
-    return {"path": path, "samples": total, "new": n_done, "resumed_at": start}
+        if writer.committed == 0:
+            raise InputError("the source holds no samples")
+        total = writer.committed
+        writer.close(complete=True)
+        return {"path": self.path, "samples": total, "new": n_done, "resumed_at": self.start}
+
+    def abort(self) -> None:
+        """Close the writer (what was committed stays) and the bar; safe to call twice."""
+        self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _explain_dataset(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
+                     conservation, progress_bar, fingerprint, attrs, params) -> dict:
+    from .api import explain
+    run = StreamRun(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
+                    conservation, progress_bar, fingerprint, params)
+
+    def explained():
+        for ids, xb in src.batches(run.batch_size, run.start):
+            pos = run.writer.committed
+            stop = pos + len(xb)
+            yield explain(run.graph, xb, run.method, per_sample_slice(target, pos, stop), engine=run.engine,
+                          layers=layers, conservation=conservation, sample=ids,
+                          labels=per_sample_slice(labels, pos, stop), progress_bar=False, **params)
+
+    return run.write(explained(), attrs)
 
 
 def _bar(total, initial, enabled):

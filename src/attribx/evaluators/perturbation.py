@@ -557,7 +557,14 @@ def _evaluate(evaluator: str, model, inputs, relevance, params: dict) -> xr.Data
     desc = f"{evaluator} ({p['convention']}, {p['order']})"
     run = _quantus if p["convention"] == "quantus" else _samek
     data, steps, fraction, extra = run(evaluator, p, runner, layout, xc, rc, targets, desc)
-    coords = {"sample": rel.coords["sample"].values if "sample" in rel.coords else np.arange(len(x)),
+    return result_dataset(evaluator, p, rel, path, runner, targets, data, steps, fraction, extra)
+
+
+def result_dataset(evaluator, p, rel, path, runner, targets, data, steps, fraction, extra) -> xr.Dataset:
+    """The result Dataset of a perturbation run (also assembled by :mod:`attribx.distributed`): curves and
+    AOPC per sample with their means in the attrs, coords from the relevance, provenance attrs."""
+    n = len(targets)
+    coords = {"sample": rel.coords["sample"].values if "sample" in rel.coords else np.arange(n),
               "target": ("sample", targets), "step": steps, "fraction": ("step", fraction)}
     if "label" in rel.coords and rel.coords["label"].dims == ("sample",):
         coords["label"] = ("sample", rel.coords["label"].values)
