@@ -12,17 +12,13 @@ Model names: ``{LSTM|GRU}-l{layers}-{uni|bi}-{out|h}`` (a linear head on ``out[:
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-EXPORTERS = ("dynamo", "legacy")
-TESTS = Path(__file__).resolve().parents[1]
+from . import torch_export
+
 FEATURES, HIDDEN, CLASSES = 5, 4, 3
 
 
@@ -88,57 +84,12 @@ def model(name: str):
 
 
 def export_all(jobs: list[dict], folder: Path, timeout: float = 540) -> dict:
-    """Run the exports in a child interpreter; returns the report (an 'error' per exporter on failure)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = folder / "jobs.json"
-    spec.write_text(json.dumps({"folder": str(folder), "jobs": jobs}))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
-    proc = subprocess.run([sys.executable, "-m", "matrix.recurrent_models", str(spec)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    answer = folder / "exports.json"
-    if proc.returncode != 0 or not answer.exists():
-        why = f"export process exited with status {proc.returncode}: {proc.stderr[-2000:]}"
-        return {job["name"]: {e: {"path": None, "error": why, "ops": [], "seconds": 0.0} for e in EXPORTERS}
-                for job in jobs}
-    return json.loads(answer.read_text())
-
-
-def _export(m, x, path: Path, exporter: str, dynamic_time: bool) -> dict:
-    import onnx
-    import torch
-    t = time.perf_counter()
-    try:
-        if exporter == "dynamo":
-            dims = {0: torch.export.Dim("batch")}
-            if dynamic_time:
-                dims[1] = torch.export.Dim("time")
-            torch.onnx.export(m, (x,), str(path), dynamo=True, input_names=["x"], output_names=["y"],
-                              dynamic_shapes=(dims,), verbose=False)
-        else:
-            axes = {0: "batch", 1: "time"} if dynamic_time else {0: "batch"}
-            torch.onnx.export(m, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": axes, "y": {0: "batch"}})
-        ops = sorted({n.op_type for n in onnx.load(str(path)).graph.node})
-        return {"path": str(path), "error": None, "ops": ops, "seconds": time.perf_counter() - t}
-    except Exception as err:   # noqa: BLE001 - reported to the test, which fails with it
-        return {"path": None, "error": f"{type(err).__name__}: {err}"[:3000], "ops": [],
-                "seconds": time.perf_counter() - t}
+    """Run the exports in a child interpreter (:func:`matrix.torch_export.export_all` with this module)."""
+    return torch_export.export_all(jobs, folder, timeout, module="matrix.recurrent_models")
 
 
 def main(spec_path: str) -> None:
-    import warnings
-
-    import torch
-    warnings.simplefilter("ignore")
-    spec = json.loads(Path(spec_path).read_text())
-    folder = Path(spec["folder"])
-    report = {}
-    for job in spec["jobs"]:
-        m = model(job["name"])
-        x = torch.from_numpy(np.load(job["x"]))
-        report[job["name"]] = {e: _export(m, x, folder / f"{job['name']}-{e}.onnx", e, job.get("dynamic_time", False))
-                               for e in EXPORTERS}
-    (folder / "exports.json").write_text(json.dumps(report, indent=1))
+    torch_export.run_jobs(spec_path, lambda job: model(job["name"]))
 
 
 if __name__ == "__main__":

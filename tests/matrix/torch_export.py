@@ -25,14 +25,15 @@ EXPORTERS = ("dynamo", "legacy")
 TESTS = Path(__file__).resolve().parents[1]
 
 
-def export_all(jobs: list[dict], folder: Path, timeout: float = 540) -> dict:
-    """Run the exports in a child interpreter; returns the report (an 'error' per exporter on failure)."""
+def export_all(jobs: list[dict], folder: Path, timeout: float = 540, module: str = "matrix.torch_export") -> dict:
+    """Run the exports in a child interpreter (``python -m module``: this one, or another whose ``main``
+    calls :func:`run_jobs`); returns the report (an 'error' per exporter on failure)."""
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "jobs.json"
     spec.write_text(json.dumps({"folder": str(folder), "jobs": jobs}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
-    proc = subprocess.run([sys.executable, "-m", "matrix.torch_export", str(spec)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", module, str(spec)], env=env, capture_output=True, text=True,
+                          timeout=timeout)
     answer = folder / "exports.json"
     if proc.returncode != 0 or not answer.exists():
         why = f"export process exited with status {proc.returncode}: {proc.stderr[-2000:]}"
@@ -52,18 +53,23 @@ def _model(job):
     return m.eval()
 
 
-def _export(model, x, path: Path, exporter: str) -> dict:
+def _export(model, x, path: Path, exporter: str, dynamic_time: bool = False) -> dict:
+    """One export with a dynamic batch axis (and time axis, axis 1, if asked); its ops or its error."""
     import onnx
     import torch
     t = time.perf_counter()
     try:
         if exporter == "dynamo":
             # positional dynamic shapes: nn.Sequential's argument is called 'input', other modules' 'x'
+            dims = {0: torch.export.Dim("batch")}
+            if dynamic_time:
+                dims[1] = torch.export.Dim("time")
             torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"], output_names=["y"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                              dynamic_shapes=(dims,), verbose=False)
         else:
+            axes = {0: "batch", 1: "time"} if dynamic_time else {0: "batch"}
             torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+                              dynamic_axes={"x": axes, "y": {0: "batch"}})
         ops = sorted({n.op_type for n in onnx.load(str(path)).graph.node})
         return {"path": str(path), "error": None, "ops": ops, "seconds": time.perf_counter() - t}
     except Exception as err:   # noqa: BLE001 - reported to the test, which fails with it
@@ -71,7 +77,8 @@ def _export(model, x, path: Path, exporter: str) -> dict:
                 "seconds": time.perf_counter() - t}
 
 
-def main(spec_path: str) -> None:
+def run_jobs(spec_path: str, make) -> None:
+    """The child's work: ``make(job)`` builds each job's model, exported with every exporter."""
     import warnings
 
     import numpy as np
@@ -81,11 +88,19 @@ def main(spec_path: str) -> None:
     folder = Path(spec["folder"])
     report = {}
     for job in spec["jobs"]:
-        torch.manual_seed(0)
-        model = _model(job).eval()
+        model = make(job)
         x = torch.from_numpy(np.load(job["x"]))
-        report[job["name"]] = {e: _export(model, x, folder / f"{job['name']}-{e}.onnx", e) for e in EXPORTERS}
+        report[job["name"]] = {e: _export(model, x, folder / f"{job['name']}-{e}.onnx", e,
+                                          job.get("dynamic_time", False)) for e in EXPORTERS}
     (folder / "exports.json").write_text(json.dumps(report, indent=1))
+
+
+def main(spec_path: str) -> None:
+    def make(job):
+        import torch
+        torch.manual_seed(0)
+        return _model(job).eval()
+    run_jobs(spec_path, make)
 
 
 if __name__ == "__main__":
