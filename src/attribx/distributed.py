@@ -188,23 +188,16 @@ def explain_dataset_distributed(model: Any, source: Any, out_path: Any, method: 
     sources, the same resumable file (a run on the cluster continues a single-process file and back),
     the same result sample for sample. The client reads the batches and writes the file in sample order;
     the workers translate nothing (they get the graph) and run the engine (a name)."""
-    from .streaming import Source, open_source
+    from .streaming import opened_source, positive_batch_size
     if layers or conservation:
         raise MethodError("explain on a cluster writes the input relevance only; layers and conservation: "
                           "run attribx.explain_dataset in one process")
     if engine is not None and not isinstance(engine, str):
         raise MethodError("on a cluster, engine must be a name (engines are created on the workers)")
-    if batch_size is None or int(batch_size) < 1:
-        raise InputError(f"batch_size must be positive, got {batch_size}")
-    batch_size = int(batch_size)
-    src = open_source(source)
-    own = src is not source and not isinstance(source, Source)
-    try:
+    batch_size = positive_batch_size(batch_size)
+    with opened_source(source) as src:
         return _explain_dataset(model, src, out_path, method, target, scheduler, batch_size, engine, resume, labels,
                                 progress_bar, fingerprint, attrs, max_in_flight, layers, conservation, params)
-    finally:
-        if own and hasattr(src, "close"):
-            src.close()
 
 
 def _explain_dataset(model, src, out_path, method, target, scheduler, batch_size, engine, resume, labels,
@@ -370,12 +363,7 @@ def _evaluate(evaluator: str, model, inputs, relevance, scheduler, params: dict)
         raise MethodError(f"evaluator {evaluator!r}: steps={n_steps}, but {regions} regions of {patch} × {patch} "
                           f"({fis} per step) are gone after {possible} steps")
     replace, random_baseline, info = P._replacement_fn(evaluator, p, xc, layout)
-    relative = p["relative_to_random"]
-    if relative is None:
-        relative = p["order"] != "random"
-    main_rng, random_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(2))
-    runs = p["repeats"] if (random_baseline or p["order"] == "random") else 1
-    random_runs = p["repeats"] if relative else 0
+    relative, main_rng, random_rng, runs, random_runs = P.random_plan(p, random_baseline)
     chunks = P._chunks(n, p["batch_size"])
     s_main = _replay_states(main_rng, chunks, runs, p["order"], random_baseline, replace, regions, xc.shape, xc.dtype)
     s_rand = _replay_states(random_rng, chunks, random_runs, "random", random_baseline, replace, regions, xc.shape,
@@ -457,8 +445,6 @@ def _knn_block(features, a, b, k):
 
 
 def _spray_fns(client):
-    import warnings
-
     from .evaluators import spray as S
 
     def features_fn(da, layout, channels, normalize, batch_size, progress_bar):
@@ -474,12 +460,7 @@ def _spray_fns(client):
         parts = client.gather(futures)
         features = np.concatenate([q[0] for q in parts])
         factors = np.concatenate([q[1] for q in parts])
-        zero = int((factors == 0).sum())
-        if zero:
-            warnings.warn(f"SpRAy: {zero} heatmap(s) have normalisation factor 0 under normalize={normalize!r} "
-                          "and were left unnormalised", stacklevel=3)
-            factors[factors == 0] = 1.0
-        return features, factors
+        return features, S.unit_zero_factors(factors, normalize)
 
     def knn_fn(features, n_neighbors, approximate=False, seed=0):
         if approximate:                              # pynndescent: one process

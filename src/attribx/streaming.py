@@ -42,6 +42,7 @@ loss can still leave a file HDF5 cannot open.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -539,16 +540,26 @@ def explain_dataset(model: Any, source: Any, out_path: str | os.PathLike, method
     the data's fingerprint (iterables have none). ``attrs``: added to the file's attrs.
     Returns ``{"path", "samples", "new", "resumed_at"}``.
     """
-    if batch_size is None or int(batch_size) < 1:
-        raise InputError(f"batch_size must be positive, got {batch_size}")
-    batch_size = int(batch_size)
-    src = open_source(source)
-    own = src is not source and not isinstance(source, Source)
-    try:
+    batch_size = positive_batch_size(batch_size)
+    with opened_source(source) as src:
         return _explain_dataset(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
                                 conservation, progress_bar, fingerprint, attrs, params)
+
+
+def positive_batch_size(batch_size: Any) -> int:
+    if batch_size is None or int(batch_size) < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    return int(batch_size)
+
+
+@contextlib.contextmanager
+def opened_source(source: Any) -> Iterator[Source]:
+    """:func:`open_source`, closing on exit what it opened (a source object given is the caller's)."""
+    src = open_source(source)
+    try:
+        yield src
     finally:
-        if own:
+        if src is not source and not isinstance(source, Source):
             src.close()
 
 

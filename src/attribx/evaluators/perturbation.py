@@ -290,12 +290,7 @@ def _samek(evaluator, p, runner, layout, xc, rc, targets, bar_desc):
                               f"({fis} per step) are gone after {possible} steps")
     replace, random_baseline, info = _replacement_fn(evaluator, p, xc, layout)
     scores = _region_scores(rc, patch)
-    relative = p["relative_to_random"]
-    if relative is None:
-        relative = p["order"] != "random"
-    main_rng, random_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(2))
-    runs = p["repeats"] if (random_baseline or p["order"] == "random") else 1
-    random_runs = p["repeats"] if relative else 0
+    relative, main_rng, random_rng, runs, random_runs = random_plan(p, random_baseline)
     chunks = _chunks(n, p["batch_size"])
     total = len(chunks) * (runs + random_runs) * (n_steps + 1)
     with Progress(total, bar_desc, p["progress_bar"]) as bar:
@@ -558,6 +553,19 @@ def _evaluate(evaluator: str, model, inputs, relevance, params: dict) -> xr.Data
     run = _quantus if p["convention"] == "quantus" else _samek
     data, steps, fraction, extra = run(evaluator, p, runner, layout, xc, rc, targets, desc)
     return result_dataset(evaluator, p, rel, path, runner, targets, data, steps, fraction, extra)
+
+
+def random_plan(p: dict, random_baseline: bool) -> tuple:
+    """samek2017's random streams and run counts (also replayed by :mod:`attribx.distributed`): whether a
+    random-order reference runs, the generators of the main and the reference runs (one seed, two
+    independent streams), and how many runs each makes (repeated when anything is random)."""
+    relative = p["relative_to_random"]
+    if relative is None:
+        relative = p["order"] != "random"
+    main_rng, random_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(2))
+    runs = p["repeats"] if (random_baseline or p["order"] == "random") else 1
+    random_runs = p["repeats"] if relative else 0
+    return relative, main_rng, random_rng, runs, random_runs
 
 
 def result_dataset(evaluator, p, rel, path, runner, targets, data, steps, fraction, extra) -> xr.Dataset:

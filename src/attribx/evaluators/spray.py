@@ -229,12 +229,17 @@ def heatmap_features(da: xr.DataArray, layout: _Layout, channels: str = "sum", n
         factors[sl] = f
         safe = np.where(f == 0, 1.0, f)
         features[sl] = pooled.reshape(len(pooled), -1) / safe[:, None]
+    return features, unit_zero_factors(factors, normalize)
+
+
+def unit_zero_factors(factors: np.ndarray, normalize: str | None) -> np.ndarray:
+    """Factors of heatmaps left unnormalised (factor 0) set to 1, in place, with a warning saying how many."""
     zero = int((factors == 0).sum())
     if zero:
         warnings.warn(f"SpRAy: {zero} heatmap(s) have normalisation factor 0 under normalize={normalize!r} "
-                      "and were left unnormalised", stacklevel=3)
+                      "and were left unnormalised", stacklevel=4)
         factors[factors == 0] = 1.0
-    return features, factors
+    return factors
 
 
 # --------------------------------------------------------------------------------------------------
