@@ -452,6 +452,12 @@ def _plan_append(f, spec: _Spec, path: str) -> dict:
 
 
 def _append(f, spec: _Spec, plan: dict) -> None:
+    _set_sample_count(f, _append_data(f, spec, plan))
+
+
+def _append_data(f, spec: _Spec, plan: dict) -> int:
+    """Extend every sample-wise dataset by ``spec``'s samples; returns the new sample count, which the
+    file's ``dims`` say only after :func:`_set_sample_count` (streamed files flush in between)."""
     n_old = plan["n_old"]
     n_new = spec.dims[SAMPLE_DIM]
     for var in spec.variables:
@@ -465,8 +471,12 @@ def _append(f, spec: _Spec, plan: dict) -> None:
             if merged != tag:
                 dset.attrs["attribx_dtype"] = merged
         _fill(dset, var, offset=n_old)
+    return n_old + n_new
+
+
+def _set_sample_count(f, n: int) -> None:
     dims = json.loads(_attr_str(f.attrs["dims"]))
-    dims[SAMPLE_DIM] = n_old + n_new
+    dims[SAMPLE_DIM] = n
     f.attrs["dims"] = json.dumps(dims, ensure_ascii=False)
 
 

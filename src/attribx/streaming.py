@@ -444,24 +444,10 @@ class StreamWriter:
             self._f = h5py.File(self.path, "r+")
             return
         f = self._f
-        plan = _st._plan_append(f, spec, self.path)
-        n_old = plan["n_old"]
-        for var in spec.variables:
-            if var.sample_axis is None:
-                continue
-            dset = f[var.group][var.link]
-            dset.resize(n_old + n_new, axis=var.sample_axis)
-            if "attribx_dtype" in dset.attrs:
-                tag = _st._attr_str(dset.attrs["attribx_dtype"])
-                merged = _st._merged_string_tag(tag, var.variable.dtype)
-                if merged != tag:
-                    dset.attrs["attribx_dtype"] = merged
-            _st._fill(dset, var, offset=n_old)
+        n = _st._append_data(f, spec, _st._plan_append(f, spec, self.path))
         f.flush()                      # the data is in the file before the commit says so
-        dims = json.loads(_st._attr_str(f.attrs["dims"]))
-        dims[_st.SAMPLE_DIM] = n_old + n_new
-        self.committed = n_old + n_new
-        f.attrs["dims"] = json.dumps(dims, ensure_ascii=False)
+        _st._set_sample_count(f, n)
+        self.committed = n
         f.attrs[STREAM_ATTR] = self._stream_info()
         f.flush()
 
