@@ -23,10 +23,10 @@ processes, one thread each, started and closed here) or a ``distributed.Client``
   search (tasks of query rows against all features) on the cluster; the eigen-decomposition, the
   clustering and the prototypes stay on the client.
 
-Known deviation: in one comparison (the numpy digits MLP, ``gradient_x_input``, a last batch of ONE
-sample) a worker's relevance differed from the single process's by one float32 ulp (2.4e-7) in some
-entries; every batch of more than one sample compared so far has been equal bit for bit. Cause not found
-(not the threads, not the buffers' alignment).
+Arrays arrive on a worker as views into dask's message frames, at any byte address; numpy takes other
+kernels on unaligned float32 data and rounds differently (1 ulp). The graph's parameters
+(:meth:`attribx.graph.Node.__setstate__`) and every array a task receives are therefore re-aligned
+(:func:`attribx.graph.aligned_array`) before use, so a cluster reproduces the single process bit for bit.
 
 Needs ``pip install 'attribx[distributed]'`` (dask and distributed).
 """
@@ -40,6 +40,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import InputError, MethodError
+from .graph import aligned_array
 
 #: Per worker process: fingerprint -> prepared graph; and how many times a model was prepared here.
 _MODELS: dict[str, Any] = {}
@@ -142,7 +143,8 @@ def _ship_model(client, model: Any, sample_shape: tuple):
 def _explain_batch(graph, fp, xb, ids, method, target, labels, engine, params):
     from .api import explain
     g, eng = _worker_engine(graph, fp, engine)
-    return explain(g, xb, method, target, engine=eng, progress_bar=False, sample=ids, labels=labels, **params)
+    return explain(g, aligned_array(xb), method, target, engine=eng, progress_bar=False, sample=ids, labels=labels,
+                   **params)
 
 
 def _in_order(client, graph_f, fp, batches, method, target, labels, engine, params, limit):
@@ -287,6 +289,8 @@ def _pf_chunk(graph, fp, spec, xb, rb, tb, states):
     runner = _worker_runner(graph, fp, xb.shape[1:], spec["engine"], spec["output"], spec["batch_size"],
                             spec["evaluator"])
     layout = _Layout(spec["evaluator"], runner.dims)
+    xb, rb = aligned_array(xb), aligned_array(rb)
+    spec = {k: aligned_array(v) if isinstance(v, np.ndarray) else v for k, v in spec.items()}
     if tb is None:
         tb = runner.targets(xb, "predicted")
     xc = layout.to_canon(xb)
@@ -428,7 +432,7 @@ _KNN_ROWS = 2048     # query rows per task: a multiple of scikit-learn's 256-row
 
 def _pool_block(block, start, caxes, channels, shape, normalize):
     from .evaluators.spray import _reduce_block, normalization_factors, sum_pool
-    pooled = sum_pool(_reduce_block(np.asarray(block), start, caxes, channels), shape)
+    pooled = sum_pool(_reduce_block(aligned_array(block), start, caxes, channels), shape)
     f = normalization_factors(pooled, normalize)
     safe = np.where(f == 0, 1.0, f)
     return pooled.reshape(len(pooled), -1) / safe[:, None], f
@@ -437,6 +441,7 @@ def _pool_block(block, start, caxes, channels, shape, normalize):
 def _knn_block(features, a, b, k):
     """Rows a..b-1's k nearest other rows, as ``NearestNeighbors.kneighbors()`` on the fitted data gives them."""
     from sklearn.neighbors import NearestNeighbors
+    features = aligned_array(features)
     idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(features).kneighbors(
         features[a:b], n_neighbors=k + 1, return_distance=False)
     mask = idx != np.arange(a, b)[:, None]          # drop the row itself, as scikit-learn does

@@ -69,6 +69,21 @@ class Value:
             object.__setattr__(self, "dims", layout_dims(None, len(self.shape)))
 
 
+#: Byte alignment of every buffer numpy allocates itself (malloc's on 64-bit platforms).
+ALIGNMENT = 16
+
+
+def aligned_array(a: Any) -> np.ndarray:
+    """``a`` itself when its buffer is aligned as numpy's own allocations are, else a copy that is: a view
+    into a pickle-5 message frame (dask, multiprocessing) can start at any byte, and numpy then takes
+    other kernels on it that round differently (1 ulp), so a worker would not reproduce the single process
+    bit for bit."""
+    a = np.asarray(a)
+    if a.size and (not a.flags.aligned or a.ctypes.data % ALIGNMENT):
+        return np.array(a, copy=True, order="K")
+    return a
+
+
 @dataclass
 class Node:
     """One op application. ``inputs`` name graph inputs or earlier nodes; ``shape`` is filled by validation."""
@@ -84,6 +99,14 @@ class Node:
     def __post_init__(self):
         self.inputs = tuple(self.inputs)
         self.params = {k: np.asarray(v) for k, v in self.params.items() if v is not None}
+
+    def __setstate__(self, state):
+        """Unpickled parameters land aligned (:func:`aligned_array`), wherever the graph was sent."""
+        state = dict(state)
+        state["params"] = {k: aligned_array(v) for k, v in state.get("params", {}).items()}
+        state["attrs"] = {k: aligned_array(v) if isinstance(v, np.ndarray) else v
+                          for k, v in state.get("attrs", {}).items()}
+        self.__dict__.update(state)
 
     @property
     def n_params(self) -> int:
