@@ -81,13 +81,35 @@ def test_nchw_and_nhwc_draw_the_same_and_channels_are_summed():
     np.testing.assert_allclose(a, b)
 
 
-def test_overlay_shows_the_input_where_relevance_is_zero():
-    rel = image([[[0.0, 2.0]]])
-    x = np.array([[[0.25, 1.0]], [[0.0, 0.5]]])[:1]     # grey input, stretched to [0, 1]: 0 and 1
+def test_overlay_shows_a_dimmed_grey_input_where_relevance_is_zero_and_full_colour_at_the_max():
+    rel = image([[[0.0, 2.0, 0.5]]])
+    x = np.array([[[0.25, 1.0, 1.0]]])                   # grey input, stretched to [0, 1]: 0, 1, 1
     rgb = render.heatmap(rel, inputs=x, overlay=True, alpha=1.0)
-    np.testing.assert_allclose(rgb[0, 0], [(0, 0, 0), RED])
+    # zero relevance: the input in grey, contrast halved (0.25 + 0.5 * grey), so no colour is hidden
+    np.testing.assert_allclose(rgb[0, 0, 0], (0.25, 0.25, 0.25))
+    np.testing.assert_allclose(rgb[0, 0, 1], RED)         # the largest |R|: the map's end, opaque
+    # a quarter of the max: opacity min(1, 2 * 0.25) ** 0.7, colour bwr(0.5 + 0.5 * 0.25)
+    a, colour = 0.5 ** 0.7, np.array([1.0, 0.375, 0.375])
+    np.testing.assert_allclose(rgb[0, 0, 2], (1 - a) * 0.75 + a * colour)
     half = render.heatmap(rel, inputs=x, overlay=True, alpha=0.5)
-    np.testing.assert_allclose(half[0, 0, 1], (0.5 * 1 + 0.5 * 1, 0.5 * 1, 0.5 * 1))
+    np.testing.assert_allclose(half[0, 0, 1], 0.5 * 0.75 + 0.5 * np.array(RED))
+    with pytest.raises(InputError, match="alpha must lie"):
+        render.heatmap(rel, inputs=x, overlay=True, alpha=1.5)
+
+
+def test_overlay_is_clearly_visible_at_a_tenth_of_the_largest_relevance():
+    # a sparse heatmap, as LRP gives: one strong pixel, the rest a tenth of it or less; white input there
+    rel = image([[[1.0, 0.1, -0.1, 0.0]]])
+    x = np.array([[[0.0, 1.0, 1.0, 1.0]]])
+    rgb = render.heatmap(rel, inputs=x, overlay=True)[0, 0]
+    redness = rgb[:, 0] - rgb[:, 1]
+    blueness = rgb[:, 2] - rgb[:, 1]
+    assert redness[1] > 0.1 and blueness[2] > 0.1        # the blend at opacity 0.8 * |R| gave 0.008
+    assert abs(redness[3]) < 1e-12 and abs(blueness[3]) < 1e-12
+    assert rgb[3].max() < 0.8                            # a white input is drawn grey under the colours
+    for cmap in ("coldnhot", "bwr"):                     # the colour is the map's outer half: not pale
+        strong = render.heatmap(rel, inputs=x, overlay=True, cmap=cmap, alpha=1.0)[0, 0, 1]
+        np.testing.assert_allclose(strong, (1 - 0.2 ** 0.7) * 0.75 + 0.2 ** 0.7 * render.colorize(0.55, cmap))
 
 
 def test_samples_are_picked_by_id_and_inputs_matched_by_id():
@@ -95,7 +117,7 @@ def test_samples_are_picked_by_id_and_inputs_matched_by_id():
     x = np.zeros((13, 2, 2))
     x[11, 0, 0] = 1.0                                   # the input of sample id 11
     rgb = render.heatmap(rel, samples=[11], inputs=x, overlay=True, alpha=0.0)
-    np.testing.assert_allclose(rgb[0, :, :, 0], [[1, 0], [0, 0]])
+    np.testing.assert_allclose(rgb[0, :, :, 0], [[0.75, 0.25], [0.25, 0.25]])     # the dimmed grey input
     with pytest.raises(InputError, match="not there"):
         render.heatmap(rel, samples=[3])
     with pytest.raises(InputError, match="5 inputs for 3"):
@@ -207,3 +229,124 @@ def test_cli_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "grid.png").exists() and not (tmp_path / "grid.html").exists()
+
+
+# --- picture size and resolution ----------------------------------------------------------------------
+
+def red_extent(png: np.ndarray) -> tuple[int, int]:
+    """The widest run of pure-red pixels in a row and the tallest in a column: a drawn picture's size."""
+    red = (png[..., 0] > 0.99) & (png[..., 1] < 0.01) & (png[..., 2] < 0.01)
+
+    def longest(mask):
+        best = 0
+        for line in mask:
+            padded = np.concatenate([[0], line.astype(np.int8), [0]])
+            edges = np.flatnonzero(np.diff(padded))
+            if edges.size:
+                best = max(best, int((edges[1::2] - edges[::2]).max()))
+        return best
+    return longest(red), longest(red.T)
+
+
+def test_picture_size_defaults_to_the_input_resolution_small_inputs_by_whole_factors():
+    assert render.picture_size(224) == 224 and render.picture_size(640) == 640
+    assert render.picture_size(8) == 152 and render.picture_size(28) == 168     # 19 and 6 pixels per pixel
+    assert render.picture_size(224, 100) == 100
+    for bad in (0, -3, 2.5, True, 10 ** 6):
+        with pytest.raises(InputError, match="size"):
+            render.picture_size(224, bad)
+
+
+@pytest.mark.parametrize("shape, args, expect", [
+    ((224, 160), [], (224, 160)),                        # one picture pixel per input pixel
+    ((224, 160), ["--size", "80"], (112, 80)),           # --size: the width, height in proportion
+    ((224, 160), ["--dpi", "200"], (224, 160)),          # --dpi: larger text, same picture pixels
+    ((8, 8), [], (152, 152)),                            # a digit: 19 screen pixels per input pixel
+])
+def test_cli_draws_each_heatmap_at_the_input_resolution_or_size(tmp_path, shape, args, expect):
+    plt_image = pytest.importorskip("matplotlib.image")
+    rel = image(np.ones((2,) + shape))                   # positive everywhere: two pure-red pictures
+    attribx.save(rel, tmp_path / "rel.h5")
+    out = tmp_path / "grid.png"
+    assert main(["render", str(tmp_path / "rel.h5"), "-o", str(out), *args]) == 0
+    png = plt_image.imread(out)[..., :3]
+    h, w = red_extent(png)[::-1]
+    # the frame (0.6 pt, antialiased) may take the outermost pixel row or column of a side
+    assert expect[0] - 2 <= h <= expect[0] and expect[1] - 2 <= w <= expect[1], (h, w, expect)
+    assert png.shape[1] >= 2 * expect[1]                 # both pictures side by side, none shrunk to fit
+
+
+def test_dpi_scales_the_text_not_the_pictures(tmp_path):
+    pytest.importorskip("matplotlib")
+    ds = methods(2)
+    small = render.heatmap_grid(ds, size=60, dpi=100)
+    large = render.heatmap_grid(ds, size=60, dpi=200)
+    ax_small = [a for a in small.axes if a.images][0]
+    ax_large = [a for a in large.axes if a.images][0]
+    assert round(ax_small.get_position().width * small.get_figwidth() * small.dpi) == 60
+    assert round(ax_large.get_position().width * large.get_figwidth() * large.dpi) == 60
+    assert large.get_figwidth() * large.dpi > small.get_figwidth() * small.dpi    # wider labels
+    assert render.heatmap_grid(ds, cell=1.1, dpi=100).get_figwidth() > 0          # the older cell= (inches)
+    with pytest.raises(InputError, match="not both"):
+        render.heatmap_grid(ds, cell=1.1, size=60)
+    with pytest.raises(InputError, match="dpi"):
+        render.heatmap_grid(ds, dpi=0)
+
+
+def test_cli_size_and_dpi_errors_are_one_line(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    attribx.save(methods(), tmp_path / "rel.h5")
+    assert main(["render", str(tmp_path / "rel.h5"), "-o", str(tmp_path / "g.png"), "--size", "0"]) == 2
+    assert main(["render", str(tmp_path / "rel.h5"), "-o", str(tmp_path / "g.png"), "--dpi", "-5"]) == 2
+    rel = xr.DataArray([[1.0, -2.0]], dims=("sample", "token"), name="relevance", coords={"sample": [0]})
+    attribx.save(rel, tmp_path / "text.h5")
+    assert main(["render", str(tmp_path / "text.h5"), "-o", str(tmp_path / "t.png"), "--size", "50"]) == 2
+    assert main(["render", str(tmp_path / "text.h5"), "-o", str(tmp_path / "t.html"), "--dpi", "150"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4
+    assert "size" in err[0] and "dpi" in err[1] and "only for image relevance" in err[2] and "HTML" in err[3]
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.html"))
+    assert main(["render", str(tmp_path / "text.h5"), "-o", str(tmp_path / "t.png"), "--dpi", "150"]) == 0
+
+
+# --- file permissions: the umask decides, as for any tool ------------------------------------------------
+
+_WRITE_ALL = r"""
+import os, sys
+import numpy as np, xarray as xr
+os.umask(int(sys.argv[2], 8))
+import attribx
+from attribx.render import render
+out = sys.argv[1]
+img = xr.DataArray(np.ones((1, 4, 4)), dims=("sample", "height", "width"), name="relevance", coords={"sample": [0]})
+txt = xr.DataArray([[1.0, -2.0]], dims=("sample", "token"), name="relevance", coords={"sample": [0]})
+attribx.save(img, os.path.join(out, "rel.h5"))
+attribx.save(img, os.path.join(out, "rel.h5"), mode="a")
+render(img, os.path.join(out, "grid.png"))
+render(txt, os.path.join(out, "text.html"))
+render(txt, os.path.join(out, "text.png"))
+"""
+
+
+@pytest.mark.parametrize("umask, mode", [("022", 0o644), ("077", 0o600), ("002", 0o664)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    import stat
+    import subprocess
+    import sys
+    pytest.importorskip("matplotlib")
+    result = subprocess.run([sys.executable, "-c", _WRITE_ALL, str(tmp_path), umask], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["grid.png", "rel.h5", "text.html", "text.png"]             # no temporary file left
+    for name in names:
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, (name, oct((tmp_path / name).stat().st_mode))
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    import stat
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "grid.png"
+    path.write_bytes(b"old")
+    path.chmod(0o640)
+    render.render(image(np.ones((1, 4, 4))), path)
+    assert path.read_bytes()[:4] == b"\x89PNG" and stat.S_IMODE(path.stat().st_mode) == 0o640

@@ -164,7 +164,8 @@ def cmd_render(args) -> int:
     with open_relevance(args.relevance) as rel:
         kind = render(rel, args.output, samples=args.samples, variable=variable, inputs=args.inputs,
                       overlay=args.overlay, cmap=args.cmap, norm=args.norm, scale=args.scale, rows=args.rows,
-                      channel=args.channel, reduce=args.reduce, class_names=args.class_names)
+                      channel=args.channel, reduce=args.reduce, class_names=args.class_names, size=args.size,
+                      dpi=args.dpi)
     print(f"wrote {kind} heatmaps to {args.output}")
     return 0
 
@@ -297,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scale", type=float, default=None,
                     help="|relevance| at full colour, for all heatmaps (means --norm none)")
     sp.add_argument("--class-names", nargs="+", default=None, help="names of the classes 0, 1, ... for captions")
+    sp.add_argument("--size", type=int, default=None, metavar="PX",
+                    help="images: each heatmap PX pixels wide (default: the input's resolution, small inputs "
+                         "enlarged by a whole factor to at least 150 pixels)")
+    sp.add_argument("--dpi", type=float, default=None,
+                    help="PNG dots per inch (default 100): for image grids, the size of the text beside the "
+                         "heatmaps (their pixels are --size)")
     sp.set_defaults(func=cmd_render)
 
     sp = sub.add_parser("evaluate", help="evaluate relevance (pixel_flipping, region_perturbation, ...) and save "

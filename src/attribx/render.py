@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import AttribxError, InputError
-from .textviz import SAMPLE_DIM, TOKEN_DIM, _select, _write_atomically, relevance_colors
+from .textviz import MAX_PNG_PIXELS, SAMPLE_DIM, TOKEN_DIM, _select, _write_atomically, relevance_colors
 
 NORMS = ("symmetric", "global", "none")
 REDUCTIONS = ("sum", "mean", "abs", "norm")
@@ -35,6 +35,10 @@ INPUT_VARS = ("input", "inputs", "x")
 COLDNHOT = np.array([[0, 1, 1], [0, 0, 1], [0, 0, 0], [1, 0, 0], [1, 1, 0]], dtype=float)
 CAPTION_COORDS = (("label", "y"), ("prediction", "ŷ"), ("target", "t"))
 MAX_SAMPLES = 16
+#: the narrowest a picture in a grid is drawn by default, in pixels (small inputs: whole blocks per pixel)
+MIN_PICTURE_PX = 150
+#: the heatmap's opacity over the input where |R| reaches half its scale (overlay)
+OVERLAY_ALPHA = 0.9
 
 
 def _mpl_cmap(name: str):
@@ -269,12 +273,27 @@ def input_images(x: xr.DataArray, channel: str | Sequence[str] | None = "channel
     return np.asarray(_mpl_cmap(input_cmap)(v))[..., :3].astype(float)
 
 
-def blend(heat: np.ndarray, normalised: np.ndarray, base: np.ndarray, alpha: float = 0.8) -> np.ndarray:
-    """The heatmap laid over ``base``: opacity ``alpha * |R|/scale`` per pixel, so zero shows the input."""
+def blend(heat: np.ndarray, normalised: np.ndarray, base: np.ndarray, alpha: float = OVERLAY_ALPHA,
+          cmap: Any = None) -> np.ndarray:
+    """The heatmap laid over the input ``base`` (RGB in [0, 1]) so that it stays visible.
+
+    The input is drawn grey with reduced contrast (0.25 + 0.5 × its luminance), so neither its black
+    nor its white hides a colour. Each pixel's opacity is ``alpha × min(1, 2|v|)^0.7`` for the
+    normalised relevance ``v``: 0 at zero relevance (only the grey input shows there), ``alpha`` from half
+    the scale on, and already a third of ``alpha`` at a tenth of it, so the sparse evidence of an LRP
+    heatmap stays visible. Its colour is the colour map's outer half, ``cmap(sign(v) × (0.5 + 0.5|v|))``:
+    weak relevance is drawn not in the map's pale (``bwr``) or dark (``coldnhot``) middle but in a clear
+    colour that fades out.
+    With ``cmap=None`` the given ``heat`` colours are used as they are.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must lie in [0, 1], got {alpha!r}")
-    a = alpha * np.clip(np.abs(normalised), 0.0, 1.0)[..., None]
-    return (1.0 - a) * base + a * heat
+    v = np.clip(np.asarray(normalised, dtype=float), -1.0, 1.0)
+    grey = np.asarray(base, dtype=float) @ np.array([0.299, 0.587, 0.114])
+    under = np.repeat((0.25 + 0.5 * grey)[..., None], 3, axis=-1)
+    colour = heat if cmap is None else colorize(np.sign(v) * (0.5 + 0.5 * np.abs(v)), cmap)
+    a = (alpha * np.minimum(1.0, 2.0 * np.abs(v)) ** 0.7)[..., None]
+    return (1.0 - a) * under + a * colour
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,14 +317,15 @@ def _prepared(relevance, variable, samples, channel, reduce, spatial):
 
 def heatmap(relevance, variable: str | None = None, *, samples: Sequence | None = None, cmap: Any = "bwr",
             norm: str | None = None, vmax: float | None = None, channel: str | Sequence[str] | None = "channel",
-            reduce: str = "sum", inputs: Any = None, overlay: bool = False, alpha: float = 0.8,
+            reduce: str = "sum", inputs: Any = None, overlay: bool = False, alpha: float = OVERLAY_ALPHA,
             input_cmap: str = "gray", spatial: Sequence[str] = SPATIAL_DIMS) -> np.ndarray:
     """Heatmaps as an RGB array ``(sample, height, width, 3)`` of floats in [0, 1].
 
     ``variable`` picks one of a Dataset's variables (needed when it holds several); ``samples`` are
     sample ids (default: all). ``norm``: ``symmetric`` (default), ``global`` or ``none`` (with
-    ``vmax``, the |R| at full colour). ``overlay=True`` lays the heatmap over the inputs (``inputs``: a
-    path, an array or DataArray; default: those stored with the relevance). For a picture file,
+    ``vmax``, the |R| at full colour). ``overlay=True`` lays the heatmap over the inputs drawn in grey
+    (``inputs``: a path, an array or DataArray; default: those stored with the relevance; ``alpha``: the
+    opacity from half the scale on, see :func:`blend`). For a picture file,
     ``(heatmap(...) * 255).astype('uint8')`` or :func:`heatmap_grid`.
     """
     check_cmap(cmap)
@@ -323,7 +343,7 @@ def heatmap(relevance, variable: str | None = None, *, samples: Sequence | None 
             raise InputError("overlay needs the inputs: pass inputs= (--inputs X.npy); the relevance stores none")
         xa = align_inputs(x, full, spatial)
         xa = _select(xa, picked) if picked is not None else xa
-        rgb = blend(rgb, v, input_images(xa, channel, spatial, input_cmap), alpha)
+        rgb = blend(rgb, v, input_images(xa, channel, spatial, input_cmap), alpha, cmap)
     return rgb
 
 
@@ -348,25 +368,59 @@ def _caption(red: xr.DataArray, i: int) -> str:
     return " ".join(parts)
 
 
+def picture_size(width: int, size: int | None = None) -> int:
+    """Pixels per picture (its width) in a grid: ``size`` when given, else the input's own width, times
+    the smallest whole factor that makes it at least ``MIN_PICTURE_PX`` wide (an 8-pixel digit is drawn
+    19 screen pixels per input pixel, a 224-pixel image one to one)."""
+    if size is not None:
+        if not (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and 1 <= size <= MAX_PNG_PIXELS):
+            raise InputError(f"size (--size) must be a whole number of pixels from 1 to {MAX_PNG_PIXELS}, got {size!r}")
+        return int(size)
+    return int(width) * max(1, -(-MIN_PICTURE_PX // int(width)))
+
+
+def _check_dpi(dpi) -> float:
+    if not (isinstance(dpi, (int, float, np.number)) and not isinstance(dpi, bool) and np.isfinite(dpi)
+            and 10 <= dpi <= 2400):
+        raise InputError(f"dpi (--dpi) must be a number from 10 to 2400, got {dpi!r}")
+    return float(dpi)
+
+
 def heatmap_grid(relevance, inputs: Any = None, *, variables: str | Sequence[str] | None = None,
                  samples: Sequence | None = None, rows: str = "methods", overlay: bool = False,
                  cmap: Any = "bwr", norm: str | None = None, vmax: float | None = None,
-                 channel: str | Sequence[str] | None = "channel", reduce: str = "sum", alpha: float = 0.8,
-                 input_cmap: str = "gray", show_inputs: bool | None = None, colorbar: bool = True,
-                 title: str | None = None, cell: float = 1.5, spatial: Sequence[str] = SPATIAL_DIMS):
+                 channel: str | Sequence[str] | None = "channel", reduce: str = "sum",
+                 alpha: float = OVERLAY_ALPHA, input_cmap: str = "gray", show_inputs: bool | None = None,
+                 colorbar: bool = True, title: str | None = None, size: int | None = None, dpi: float = 100,
+                 cell: float | None = None, fontsize: float = 10.0, spatial: Sequence[str] = SPATIAL_DIMS):
     """A grid of heatmaps as a matplotlib Figure (not attached to pyplot: ``fig.savefig(path)``).
 
     ``rows="methods"``: one row per variable (method), one column per sample, the inputs in a first
     row; ``rows="samples"``: one row per sample, the input in the first column, then one column per
-    method. ``overlay=True`` draws each heatmap over its input instead of beside it. Inputs (a path to
-    .npy/.npz, an array or a DataArray) default to those stored with the relevance; without any, only
-    heatmaps are drawn. ``samples`` are sample ids (default: the first 16). ``norm="global"`` scales
-    each method over all its drawn samples. Other arguments as for :func:`heatmap`.
+    method. ``overlay=True`` draws each heatmap over its input instead of beside it (see :func:`blend`).
+    Inputs (a path to .npy/.npz, an array or a DataArray) default to those stored with the relevance;
+    without any, only heatmaps are drawn. ``samples`` are sample ids (default: the first 16).
+    ``norm="global"`` scales each method over all its drawn samples. Other arguments as for :func:`heatmap`.
+
+    Size: each picture is ``size`` pixels wide (default: the input's width, times the smallest whole
+    factor reaching 150 pixels, so that every input pixel gets at least one screen pixel and small inputs
+    whole blocks of them), its height in proportion; ``dpi`` is the figure's dots per inch, which sets
+    how large the text is beside the pictures (``fontsize`` points for the row and column labels).
+    ``cell`` (inches per picture) is the older way to set the size: ``size = cell × dpi``. The layout is
+    computed in whole pixels, so ``fig.savefig(path)`` (at the figure's own dpi) places every picture on
+    the pixel grid.
     """
     if rows not in ("methods", "samples"):
         raise InputError(f"rows must be 'methods' or 'samples', got {rows!r}")
     check_cmap(cmap)
     norm = _resolve_norm(norm, vmax)
+    dpi = _check_dpi(dpi)
+    if cell is not None:
+        if size is not None:
+            raise InputError("give the picture size once: size= (pixels) or cell= (inches), not both")
+        if not (isinstance(cell, (int, float, np.number)) and np.isfinite(cell) and cell > 0):
+            raise InputError(f"cell must be a positive number of inches, got {cell!r}")
+        size = max(1, int(round(cell * dpi)))
     prepared = _prepared(relevance, variables, samples, channel, reduce, spatial)
     x = inputs if inputs is not None else stored_inputs(relevance)
     if overlay and x is None:
@@ -377,68 +431,100 @@ def heatmap_grid(relevance, inputs: Any = None, *, variables: str | Sequence[str
     for name, red, _, _ in prepared[1:]:
         if red.sizes[SAMPLE_DIM] != n:
             raise InputError(f"variables {names[0]!r} and {name!r} hold different numbers of samples")
+    h, w = red0.sizes[spatial[0]], red0.sizes[spatial[1]]
+    pic_w = picture_size(w, size)
+    pic_h = max(1, int(round(pic_w * h / w)))
     base = None
     if x is not None:
         xa = align_inputs(x, full0, spatial)
         xa = _select(xa, picked) if picked is not None else xa
         base = input_images(xa, channel, spatial, input_cmap)
-    cells = []                                  # per variable: (normalised values, RGB pictures, scales)
+    cells = []                                  # per variable: RGB pictures
     for _, red, _, _ in prepared:
-        v, scale = normalise(red.values, norm, vmax)
+        v, _ = normalise(red.values, norm, vmax)
         rgb = colorize(v, cmap)
         if overlay:
-            rgb = blend(rgb, v, base, alpha)
+            rgb = blend(rgb, v, base, alpha, cmap)
         cells.append(rgb)
     beside = base is not None and not overlay if show_inputs is None else bool(show_inputs) and base is not None
     labels = (["input"] if beside else []) + names
     pictures = ([base] if beside else []) + cells
     n_rows, n_cols = (len(labels), n) if rows == "methods" else (n, len(labels))
-    h, w = red0.sizes[spatial[0]], red0.sizes[spatial[1]]
-    cw, ch = cell, cell * h / w                 # inches per picture
-    wspace, hspace = 0.05, 0.32 / ch            # gaps as fractions of a picture (room for the titles)
-    top_in, bottom_in, left_in = 0.3 + (0.35 if title else 0.0), (0.75 if colorbar else 0.1), 0.9
-    grid_w, grid_h = cw * (n_cols + wspace * (n_cols - 1)), ch * (n_rows + hspace * (n_rows - 1))
-    fig_w, fig_h = left_in + grid_w + 0.1, top_in + grid_h + bottom_in
-    fig = _figure(figsize=(fig_w, fig_h), dpi=100)
-    grid = fig.add_gridspec(n_rows, n_cols, left=left_in / fig_w, right=1.0 - 0.1 / fig_w,
-                            top=1.0 - top_in / fig_h, bottom=bottom_in / fig_h, hspace=hspace, wspace=wspace)
-    for k, (label, pics) in enumerate(zip(labels, pictures)):
+    row_labels = labels if rows == "methods" else [_caption(red0, i) for i in range(n)]
+    col_labels = [_caption(red0, i) for i in range(n)] if rows == "methods" else labels
+    caption_size = fontsize * 0.85
+
+    fig = _figure(figsize=(4.0, 3.0), dpi=dpi)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.font_manager import FontProperties
+    renderer = FigureCanvasAgg(fig).get_renderer()
+
+    def text_px(text: str, points: float) -> float:
+        return renderer.get_text_width_height_descent(text, FontProperties(size=points), ismath=False)[0]
+
+    pt = dpi / 72.0                             # pixels per point
+    # the layout in whole pixels: labels left of the rows (horizontal), captions above the columns
+    gap_w, gap_h = max(2, round(0.06 * dpi)), max(2, round(0.06 * dpi))
+    left = int(np.ceil(max(text_px(t, fontsize) for t in row_labels) + 10 * pt))
+    right = max(4, round(0.1 * dpi))
+    top = int(np.ceil(2.0 * caption_size * pt + (2.2 * fontsize * pt if title else 0.0))) + gap_h
+    bottom = int(np.ceil((0.75 if colorbar else 0.1) * dpi))
+    width = left + n_cols * pic_w + (n_cols - 1) * gap_w + right
+    if title:
+        width = max(width, int(np.ceil(text_px(title, fontsize * 1.1) + 2 * right)))
+    height = top + n_rows * pic_h + (n_rows - 1) * gap_h + bottom
+    if max(width, height) > MAX_PNG_PIXELS:
+        raise InputError(f"the grid would be {width}×{height} pixels, more than a PNG can hold; draw fewer "
+                         f"samples (--samples) or smaller pictures (--size)")
+    fig.set_size_inches(width / dpi, height / dpi)
+    x0 = left + (width - left - right - (n_cols * pic_w + (n_cols - 1) * gap_w)) // 2
+    for k, pics in enumerate(pictures):
         for i in range(n):
             r, c = (k, i) if rows == "methods" else (i, k)
-            ax = fig.add_subplot(grid[r, c])
-            ax.imshow(pics[i], interpolation="nearest")
+            px, py = x0 + c * (pic_w + gap_w), top + r * (pic_h + gap_h)
+            ax = fig.add_axes([px / width, 1.0 - (py + pic_h) / height, pic_w / width, pic_h / height])
+            ax.imshow(pics[i], interpolation="nearest", aspect="auto")
             ax.set_xticks([])
             ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_linewidth(0.6)
+                spine.set_color("0.6")
             if c == 0:
-                ax.set_ylabel(label if rows == "methods" else _caption(red0, i), fontsize=8)
+                ax.set_ylabel(row_labels[r], fontsize=fontsize, rotation=0, ha="right", va="center",
+                              labelpad=4)
             if r == 0:
-                ax.set_title(_caption(red0, i) if rows == "methods" else label, fontsize=8)
+                ax.set_title(col_labels[c], fontsize=caption_size, pad=3)
     if title:
-        fig.suptitle(title, fontsize=10, y=1.0 - 0.08 / fig_h, va="top")
+        fig.text(0.5, 1.0 - 0.5 * fontsize * pt / height, title, fontsize=fontsize * 1.1, ha="center", va="top")
     if colorbar:
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import ListedColormap, Normalize
-        ramp = ListedColormap(colorize(np.linspace(-1, 1, 256), cmap))
-        bar_w = min(0.8, 3.0 / fig_w)
-        cax = fig.add_axes([0.5 - bar_w / 2, 0.45 / fig_h, bar_w, 0.12 / fig_h])
-        bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap=ramp), cax=cax, orientation="horizontal")
+        t = np.linspace(-1, 1, 256)
+        ramp = colorize(t, cmap)
+        if overlay:                             # what the overlay draws, over a mid-grey input
+            ramp = blend(ramp, t, np.full((256, 3), 0.5), alpha, cmap)
+        tick = max(text_px(lab, fontsize * 0.75) for lab in ("−max |R|", "+max |R|"))
+        bar_w = max(0.2 * width, min(3.0 * dpi, width - tick - 2 * right))
+        cax = fig.add_axes([0.5 - bar_w / width / 2, 0.45 * dpi / height, bar_w / width, 0.12 * dpi / height])
+        bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap=ListedColormap(ramp)), cax=cax,
+                           orientation="horizontal")
         bar.set_ticks([-1.0, 0.0, 1.0])
         if norm == "none":
             lim = vmax if vmax is not None else 1.0
             bar.set_ticklabels([f"−{lim:.3g}", "0", f"+{lim:.3g}"])
         else:
             bar.set_ticklabels(["−max |R|", "0", "+max |R|"])
-            bar.set_label("max |R| " + ("of each heatmap" if norm == "symmetric" else "of each method"), fontsize=7)
-        bar.ax.tick_params(labelsize=7)
+            bar.set_label("max |R| " + ("of each heatmap" if norm == "symmetric" else "of each method"),
+                          fontsize=fontsize * 0.75)
+        bar.ax.tick_params(labelsize=fontsize * 0.75)
     return fig
 
 
-def render_image_png(relevance, path, *, dpi: int = 100, **kw) -> None:
-    """:func:`heatmap_grid` written to a PNG file (through a temporary file: no half-written picture)."""
-    fig = heatmap_grid(relevance, **kw)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    FigureCanvasAgg(fig)
-    _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, facecolor="white"))
+def render_image_png(relevance, path, *, dpi: float = 100, **kw) -> str:
+    """:func:`heatmap_grid` written to a PNG file at the grid's own ``dpi`` (through a temporary file: no
+    half-written picture). Returns ``path``."""
+    fig = heatmap_grid(relevance, dpi=dpi, **kw)
+    return _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi, facecolor="white"))
 
 
 def is_token_relevance(relevance, variable: str | None = None) -> bool:
@@ -454,12 +540,18 @@ def is_token_relevance(relevance, variable: str | None = None) -> bool:
 def render(relevance, path, *, samples: Sequence | None = None, variable: str | Sequence[str] | None = None,
            inputs: Any = None, overlay: bool = False, cmap: Any = None, norm: str | None = None,
            scale: float | None = None, rows: str | None = None, channel: str | Sequence[str] | None = None,
-           reduce: str | None = None, class_names: Sequence[str] | None = None, title: str | None = None) -> str:
+           reduce: str | None = None, class_names: Sequence[str] | None = None, title: str | None = None,
+           size: int | None = None, dpi: float | None = None) -> str:
     """Draw any relevance to ``path``: token relevance as text heatmaps (.html or .png, by
     :mod:`attribx.textviz`), image relevance as a heatmap grid (.png). Returns ``"text"`` or ``"image"``.
 
-    Options that only one kind understands raise :class:`InputError` for the other.
+    ``size``: pixels per image heatmap (default: the input's resolution, see :func:`heatmap_grid`);
+    ``dpi``: dots per inch of a PNG (default 100; for an image grid it sets the text's size beside the
+    pictures, whose pixels ``size`` fixes). Options that only one kind understands raise
+    :class:`InputError` for the other.
     """
+    if dpi is not None:
+        dpi = _check_dpi(dpi)
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     single = variable if isinstance(variable, str) or variable is None else (
         variable[0] if len(variable) == 1 else None)
@@ -467,6 +559,8 @@ def render(relevance, path, *, samples: Sequence | None = None, variable: str | 
         from .textviz import render_html, render_png, sentences
         bad = [opt for opt, value in (("inputs", inputs), ("overlay", overlay), ("rows", rows),
                                       ("channel", channel), ("reduce", reduce)) if value]
+        if size is not None:
+            bad.append("size")
         if cmap not in (None, "bwr"):
             bad.append("cmap")
         if bad:
@@ -477,12 +571,16 @@ def render(relevance, path, *, samples: Sequence | None = None, variable: str | 
         draw = {".html": render_html, ".htm": render_html, ".png": render_png}.get(suffix)
         if draw is None:
             raise InputError(f"{path}: unknown output type {suffix or '(no suffix)'!r}; write .html or .png")
+        if dpi is not None and draw is render_html:
+            raise InputError("dpi is for PNG pictures; an HTML page has none (write .png, or leave out --dpi)")
         norm = _resolve_norm(norm, scale)
         if norm == "global":
             scale = max(s.scale() for s in sentences(relevance, samples, single, class_names))
         elif norm == "none" and scale is None:
             scale = 1.0
-        kw = {"title": title} if title else {}
+        kw: dict = {"title": title} if title else {}
+        if dpi is not None:
+            kw["dpi"] = dpi
         draw(relevance, path, samples=samples, variable=single, scale=scale, class_names=class_names, **kw)
         return "text"
     if isinstance(relevance, (xr.DataArray, xr.Dataset)) and not any(
@@ -497,5 +595,6 @@ def render(relevance, path, *, samples: Sequence | None = None, variable: str | 
         raise InputError("class names are only for text heatmaps' captions")
     render_image_png(relevance, path, inputs=inputs, variables=variable, samples=samples,
                      rows=rows or "methods", overlay=overlay, cmap=cmap or "bwr", norm=norm, vmax=scale,
-                     channel="channel" if channel is None else channel, reduce=reduce or "sum", title=title)
+                     channel="channel" if channel is None else channel, reduce=reduce or "sum", title=title,
+                     size=size, dpi=100 if dpi is None else dpi)
     return "image"
