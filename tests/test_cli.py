@@ -61,6 +61,26 @@ def test_explain_writes_labeled_relevance(files):
     assert attribx.open_relevance(out).sizes["sample"] == 10
 
 
+def test_append_needs_no_dask(files):
+    """The demo's install has no dask: --append counts the file's samples from its header alone."""
+    tmp, model, x, graph = files
+    out = tmp / "rel.h5"
+    blocker = ("import sys\n"
+               "sys.modules.update(dask=None, distributed=None)   # as if not installed\n"
+               "from attribx.cli import main\n"
+               "raise SystemExit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for extra in ([], ["--append"]):
+        res = subprocess.run([sys.executable, "-c", blocker, "explain", str(model), str(tmp / "x.npy"), "-t", "1",
+                              "-o", str(out), *extra], capture_output=True, text=True, env=env, timeout=120,
+                             stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stderr
+    import attribx
+    both = attribx.open_relevance(out, lazy=False)
+    assert list(both.sample.values) == list(range(10))
+    np.testing.assert_array_equal(both.values[:5], both.values[5:])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--method", "lrp.nope"], "unknown method 'lrp.nope'"),
     (["-p", "gamma=0.25"], "unknown parameter(s) gamma"),

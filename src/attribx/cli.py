@@ -73,11 +73,8 @@ def read_inputs(path: str, key: str | None = None, labels_key: str | None = None
 
 def existing_samples(path: str) -> int:
     """How many samples an existing relevance file holds (0 if there is none), so appended ids continue."""
-    if not os.path.exists(path):
-        return 0
-    from .storage import open_relevance
-    with open_relevance(path, lazy=True) as old:
-        return int(old.sizes.get("sample", 0))
+    from .storage import sample_count
+    return sample_count(path)
 
 
 def cmd_plugins(args) -> int:

@@ -701,6 +701,21 @@ def _build(f, path: str, lazy_ctx):
     raise ValueError(f"unknown kind {kind!r}")
 
 
+def sample_count(path) -> int:
+    """How many samples a relevance file holds (0 when there is no file): read from its header alone, so
+    appending to a large file needs neither dask nor the data in memory."""
+    _require_h5py()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return 0
+    with _open_h5(path) as f:
+        _check_format(f, path)
+        try:
+            return int(json.loads(_attr_str(f.attrs["dims"])).get(SAMPLE_DIM, 0))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StorageError(f"{path}: damaged attribx relevance file: bad dims attribute ({exc})") from None
+
+
 def open_relevance(path, lazy: bool | str = "auto"):
     """Read a relevance file written by :func:`save`: the DataArray or Dataset exactly as saved.
 
