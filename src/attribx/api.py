@@ -7,7 +7,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import InputError, MethodError, ModelLoadError, UnsupportedError
+from .errors import InputError, InputShapeError, MethodError, ModelLoadError, UnsupportedError
 from .graph import Graph
 from .plugins import registry, manager
 from .relevance import concat_batches, labeled, provenance, sample_coords
@@ -65,13 +65,16 @@ def translate(model: Any, passes: bool | Sequence[str] = True, input_shape: Sequ
     return graph
 
 
-def get_engine(engine: Any = None, graph: Graph | None = None):
+def get_engine(engine: Any = None, graph: Graph | None = None, device: Any = None):
     """An engine instance from a name, an instance, or the graph's default.
 
     The default: the first installed engine of ``graph.meta["engines"]`` (a backend's preference list:
     ONNX graphs ask for torch, then numpy), else the engine of the graph's framework, else numpy.
+    ``device`` (``"cuda"``, ``"cpu"``, a ``torch.device``) asks for the torch engine on that device.
     """
     from .engines.base import Engine
+    if device is not None:
+        return _engine_on(engine, device)
     if isinstance(engine, Engine):
         return engine
     engines = registry().engines
@@ -87,6 +90,27 @@ def get_engine(engine: Any = None, graph: Graph | None = None):
     if not isinstance(engine, str):
         raise MethodError(f"engine must be a name ({', '.join(engines)}) or an Engine, got {type(engine).__name__}")
     return registry().engine(engine)()
+
+
+def _engine_on(engine: Any, device: Any):
+    """A torch engine (``engine`` names one, or the torch engine) on ``device``, which the engine checks exists:
+    devices are torch's, so an engine of another framework is an error rather than a silent CPU run."""
+    from .engines.base import Engine
+    if isinstance(engine, Engine):
+        raise MethodError(f"device={device!r} and an engine object: give the device to one of them "
+                          f"({type(engine).__name__}(device=...) or engine='torch')")
+    if engine is not None and not isinstance(engine, str):
+        raise MethodError(f"engine must be a name or an Engine, got {type(engine).__name__}")
+    engines = registry().engines
+    if engine is None and "torch" not in engines:
+        raise MethodError(f"device={device!r} runs the torch engine, which is not installed (install attribx's "
+                          f"torch plugin: pip install -e plugins/attribx-torch); installed engines: "
+                          f"{', '.join(sorted(engines))}")
+    cls = registry().engine(engine or "torch")
+    if cls.framework != "torch":
+        raise MethodError(f"device={device!r} selects a torch device, but the {cls.name} engine does not run on "
+                          f"torch; use engine='torch' (or leave engine out) with device=")
+    return cls(device=device)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -110,20 +134,52 @@ def _graph_and_input(model: Any, x: Any, passes=True) -> tuple[Graph, Any]:
     A torch tensor stays a tensor on its device (a GPU batch is not copied to the host to be checked);
     anything else becomes a numpy array.
     """
-    if _is_torch_tensor(x):
-        graph = translate(model, passes, input_shape=tuple(x.shape[1:]))
-        return graph, _as_tensor_input(graph, x)
-    x = _to_numpy(x)
-    graph = translate(model, passes, input_shape=x.shape[1:] if x.ndim >= 1 else None)
-    return graph, _as_input(graph, x)
+    tensor = _is_torch_tensor(x)
+    if not tensor:
+        x = _to_numpy(x)
+    shape = tuple(int(d) for d in x.shape)
+    try:
+        graph = translate(model, passes, input_shape=shape[1:] if shape else None)
+    except InputShapeError as err:     # a tracing backend could not run the model on data of this shape
+        if err.expected is None:
+            raise
+        raise _shape_error(shape, err.expected, tensor) from None
+    return graph, (_as_tensor_input(graph, x) if tensor else _as_input(graph, x))
 
 
-def _check_shape(graph: Graph, shape: tuple) -> None:
-    want = graph.input.shape
-    if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want[1:], shape[1:])):
-        pretty = "(N, " + ", ".join(str(d) for d in want[1:]) + ")"
-        hint = " (add a batch axis: x[None])" if len(shape) == len(want) - 1 else ""
-        raise InputError(f"input has shape {shape}, the model expects {pretty}{hint}")
+def _fits(shape: tuple, want: tuple) -> bool:
+    return len(shape) == len(want) and all(w is None or isinstance(w, str) or w == s for s, w in zip(shape, want))
+
+
+def _shape_hint(shape: Sequence[int], want: Sequence, tensor: bool = False) -> str:
+    """How to fix the two usual slips, when one of them explains the mismatch: one sample without its batch
+    axis, and channels-last images for a channels-first model (or the reverse). ``want`` has the batch axis
+    first (None, or a name, where any size fits); "" when neither explains it."""
+    shape, want = tuple(shape), tuple(want)
+    if _fits(shape, want[1:]):
+        return "add a batch axis: x[None]"
+    n = len(want)
+    if n < 3 or len(shape) != n:
+        return ""
+    to_first = (0, n - 1, *range(1, n - 1))      # NHWC -> NCHW
+    to_last = (0, *range(2, n), 1)               # NCHW -> NHWC
+    for perm, src, dst, where in ((to_first, -1, 1, "first"), (to_last, 1, -1, "last")):
+        if _fits(tuple(shape[i] for i in perm), want):
+            move = f"x.permute{perm}" if tensor else f"np.moveaxis(x, {src}, {dst})"
+            return f"the model takes channels {where}: {move}"
+    return ""
+
+
+def _shape_error(shape: tuple, want: tuple, tensor: bool = False) -> InputShapeError:
+    pretty = "(N, " + ", ".join("?" if d is None else str(d) for d in want[1:]) + ")"
+    hint = _shape_hint(shape, want, tensor)
+    return InputShapeError(f"input has shape {shape}, the model expects {pretty}" + (f" ({hint})" if hint else ""),
+                           want)
+
+
+def _check_shape(graph: Graph, shape: tuple, tensor: bool = False) -> None:
+    if not shape or not _fits(shape[1:], graph.input.shape[1:]):
+        raise _shape_error(shape, graph.input.shape, tensor)
     if shape[0] == 0:
         raise InputError("input has no samples")
 
@@ -131,7 +187,7 @@ def _check_shape(graph: Graph, shape: tuple) -> None:
 def _as_tensor_input(graph: Graph, x: Any):
     """The torch-tensor counterpart of :func:`_as_input`, checked where the tensor lives."""
     x = x.detach()
-    _check_shape(graph, tuple(x.shape))
+    _check_shape(graph, tuple(x.shape), tensor=True)
     if _takes_indices(graph):
         _check_indices(graph, x.cpu().numpy())
         return x.long()
@@ -185,14 +241,15 @@ def _as_input(graph: Graph, x: Any) -> np.ndarray:
 
 
 def forward(model: Any, x: Any, engine: Any = None, output: str | None = None,
-            passes: bool | Sequence[str] = True) -> np.ndarray:
+            passes: bool | Sequence[str] = True, device: Any = None) -> np.ndarray:
     """The graph's own forward pass on any engine, as numpy (the value of ``output``, default the output).
 
-    ``passes`` as in :func:`translate` (``False`` runs the graph exactly as given).
+    ``passes`` as in :func:`translate` (``False`` runs the graph exactly as given); ``device`` as in
+    :func:`explain`.
     """
     from .propagation import run_forward
     graph, x = _graph_and_input(model, x, passes)
-    eng = get_engine(engine, graph)
+    eng = get_engine(engine, graph, device)
     name = output or graph.output
     acts = run_forward(graph, eng, eng.asarray(x), upto=name)
     return eng.to_numpy(acts[name])
@@ -254,7 +311,7 @@ def _resolve_alias(graph: Graph, name: str) -> str:
 
 
 def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "predicted", *,
-            engine: Any = None, output_init: Any = None, layers: Sequence[str] | None = None,
+            engine: Any = None, device: Any = None, output_init: Any = None, layers: Sequence[str] | None = None,
             conservation: bool = False, batch_size: int | None = None, sample: Any = None, labels: Any = None,
             progress_bar: bool | None = None, tokens: Any = None, pad_id: int | None = None, padding: Any = None,
             per_token: bool = False, **params: Any):
@@ -266,7 +323,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     per-node relevance sums. ``target``: an int, ints per sample, ``"predicted"`` or
     ``("contrast", c, c2)``. ``output_init`` overrides the method's initialisation (``"score"``,
     ``"onehot"``, ``"softmax"``, ``"log_odds"``, ``"contrast"`` or an array of the output's shape).
-    Method parameters (``epsilon=...``) are keyword arguments.
+    Method parameters (``epsilon=...``) are keyword arguments. ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``
+    or a ``torch.device``) runs the torch engine there, as ``engine=TorchEngine(device=...)`` does.
 
     Text (see ``docs/text.md``): ``tokens`` (the (N, T) token strings) become the coord ``token_text``
     on dims ``("sample", "token")``; ``pad_id`` (token-id inputs) or ``padding`` (a boolean (N, T) mask)
@@ -285,7 +343,7 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
                           f"holds integer indices (an embedding lookup); use a gradient or LRP method")
     view = token_view(tuple(x.shape), graph.input.dims, _takes_indices(graph), tokens, pad_id, padding, per_token,
                       ids=_to_numpy(x) if pad_id is not None else None)
-    eng = get_engine(engine, graph)
+    eng = get_engine(engine, graph, device)
     n = len(x)
     layers = list(layers or [])
     where = {name: _resolve_alias(graph, name) for name in layers}   # requested name -> node holding it

@@ -17,6 +17,15 @@ class InputError(AttribxError, ValueError):
     """The data given to attribx is unusable (shape, NaN, dtype, target)."""
 
 
+class InputShapeError(InputError):
+    """The input's shape does not fit the model. ``expected`` is the shape it takes, batch axis first (None,
+    or a name such as ``"H"``, where any size fits), so that the caller holding the data can say how to fix it."""
+
+    def __init__(self, message: str, expected: tuple | None = None):
+        super().__init__(message)
+        self.expected = expected
+
+
 class MethodError(AttribxError, ValueError):
     """Unknown method, rule or parameter."""
 

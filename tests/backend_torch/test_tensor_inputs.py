@@ -32,7 +32,8 @@ def test_tensor_inputs_are_checked_where_they_live():
     x[1, 0, 2, 2] = float("nan")
     with pytest.raises(attribx.InputError, match=r"NaN or infinite values \(in 1 of 2 samples\)"):
         attribx.explain(model, x)
-    with pytest.raises(attribx.InputError, match=r"does not run on one sample of shape \(6, 6\)"):
+    with pytest.raises(attribx.InputError, match=r"input has shape \(1, 6, 6\), the model expects \(N, 1, H, W\) "
+                                                r"\(add a batch axis: x\[None\]\)"):
         attribx.explain(model, torch.randn(1, 6, 6))
     ints = attribx.explain(model, torch.ones(2, 1, 6, 6, dtype=torch.int64), "gradient")
     assert ints.dtype == np.float32

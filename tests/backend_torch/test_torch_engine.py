@@ -128,3 +128,56 @@ def test_device_follows_tensor_data():
     if CUDA:
         tc = eng.asarray(t.cuda())
         assert tc.device.type == "cuda" and eng.asarray(np.ones(3)).device.type == "cuda"
+
+
+# ----------------------------------------------------------------------------------------------
+# explain(..., device=): the torch engine on that device, as zennit's and Captum's users move models
+
+
+def small_torch_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(3 * 5 * 5, 4)).eval()
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu")], ids=["str", "torch.device"])
+def test_device_cpu_gives_the_default_numbers(device):
+    model, x = small_torch_model(), torch.randn(3, 1, 5, 5)
+    default = attribx.explain(model, x, "lrp.epsilon_plus_flat")
+    on_cpu = attribx.explain(model, x, "lrp.epsilon_plus_flat", device=device)
+    assert on_cpu.attrs["engine"] == "torch"
+    np.testing.assert_array_equal(on_cpu.values, default.values)
+    g, xg = cnn_graph()      # a graph whose default engine is numpy: device= runs it on torch
+    np.testing.assert_allclose(attribx.forward(g, xg, device=device), attribx.forward(g, xg, engine="numpy"),
+                               rtol=1e-9)
+    with torch.no_grad():
+        np.testing.assert_allclose(attribx.forward(model, x, device=device), model(x).numpy(), rtol=1e-5)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the error where no CUDA device is available")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda")])
+def test_device_cuda_without_a_gpu_is_one_clear_error(device):
+    with pytest.raises(attribx.MethodError) as err:
+        attribx.explain(small_torch_model(), torch.randn(2, 1, 5, 5), device=device)
+    text = str(err.value)
+    assert "\n" not in text and "finds no CUDA GPU here (torch.cuda.is_available() is False)" in text
+    assert text.startswith("device 'cuda")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_device_cuda_matches_cpu():
+    model, x = small_torch_model(), torch.randn(3, 1, 5, 5)
+    gpu = attribx.explain(model, x, "lrp.epsilon_plus_flat", device="cuda")
+    cpu = attribx.explain(model, x, "lrp.epsilon_plus_flat", device="cpu")
+    assert relative_error(gpu.values, cpu.values) <= 1e-5
+    assert not any(p.is_cuda for p in model.parameters())      # the user's model stays where it was
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"device": "cpu", "engine": "numpy"}, "the numpy engine does not run on torch; use engine='torch'"),
+    ({"device": "banana"}, "device 'banana' is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'"),
+    ({"device": "cpu", "engine": TorchEngine()}, "give the device to one of them"),
+])
+def test_device_errors(kwargs, needle):
+    with pytest.raises(attribx.MethodError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        attribx.explain(small_torch_model(), torch.randn(2, 1, 5, 5), **kwargs)

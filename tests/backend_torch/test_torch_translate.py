@@ -528,9 +528,10 @@ def test_optional_forward_arguments_take_their_defaults():
     assert_faithful(Opt().eval(), randn(2, 3))
 
 
-def test_input_shape_is_required():
-    with pytest.raises(InputError, match=r"input_shape=\(3, 224, 224\)"):
-        attribx.translate(nn.Linear(3, 2))
+def test_input_shape_is_required_unless_the_first_layer_fixes_it():
+    with pytest.raises(InputError, match=r"input_shape=\(3, H, W\)"):
+        attribx.translate(nn.Conv2d(3, 2, 3))
+    assert attribx.translate(nn.Linear(3, 2)).input.shape == (None, 3)     # more in test_torch_input_shape.py
 
 
 def test_wrong_input_shape_is_an_input_error():

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from attribx.engines import Engine
+from attribx.errors import MethodError
 
 _TORCH: Any = None
 
@@ -38,6 +39,29 @@ def torch_dtype(dtype):
     return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype
 
 
+def available_device(device):
+    """``device`` as a ``torch.device`` that exists here, so that a missing GPU is one clear error up front
+    rather than torch's at the first array."""
+    torch = _torch()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise MethodError(f"device {device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MethodError(f"device '{dev}': torch {torch.__version__} finds no CUDA GPU here "
+                              f"(torch.cuda.is_available() is False); use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MethodError(f"device '{dev}': torch finds {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise MethodError(f"device '{dev}' is not available to torch here: {first}") from None
+    return dev
+
+
 class TorchEngine(Engine):
     """Runs graphs with torch, in the input's dtype, on ``device``.
 
@@ -51,6 +75,8 @@ class TorchEngine(Engine):
     framework = "torch"
 
     def __init__(self, dtype: Any = None, device: Any = None):
+        if device is not None:
+            available_device(device)
         super().__init__(dtype=dtype, device=device)
         self._seen_device = None
         self._scalars: dict[tuple, Any] = {}

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch.nn.utils import rnn as rnn_utils
 
 from attribx.builder import unique_name
-from attribx.errors import AttribxError, GraphError, InputError, UnsupportedError
+from attribx.errors import AttribxError, GraphError, InputError, InputShapeError, UnsupportedError
 from attribx.graph import Graph, Node, Value, layout_dims
 
 __all__ = ["translate_module", "clear_cache", "HOOK_HINT"]
@@ -461,7 +461,11 @@ class _Translation:
         return self.materialize(v)
 
     # -- the walk ---------------------------------------------------------------------------------
-    def run(self) -> Graph:
+    #: function handlers by fx node target (a subclass adds its own, e.g. aten ops)
+    functions: dict = {}
+
+    def trace(self):
+        """The model as an fx graph: (root module, fx graph, GraphModule); untranslatable modules refused."""
         model = self.model
         # a module we translate whole is traced as the one call of a holder, so it keeps its name
         whole = _module_handler(model) is not None or fx.Tracer().is_leaf_module(model, "")
@@ -485,37 +489,54 @@ class _Translation:
             for k in set(vars(root)) - before:     # the tracer parks tensor constants on the root
                 if k.startswith("_tensor_constant"):
                     delattr(root, k)
-        self.gm = gm
         for n in fx_graph.nodes:     # modules without a translation: say so before running anything
             if n.op == "call_module" and _module_handler(root.get_submodule(n.target)) is None:
                 raise UnsupportedError(f"{self._where(n)} has no translation to the attribx graph; {HOOK_HINT}")
-        self.indices = _feeds_embeddings(fx_graph, root)
+        return root, fx_graph, gm
+
+    def takes_indices(self, fx_graph) -> bool:
+        return _feeds_embeddings(fx_graph, self.root)
+
+    def record(self, fx_graph):
+        """One forward pass on an example of batch size 1: (every node's value, the example)."""
+        model = self.model
         # packed sequences need lengths >= 1: an example of ones (twos where 1 pads), whole-length sequences
         packs = any(n.op == "call_function" and n.target is _PACK_PADDED for n in fx_graph.nodes)
         first_err = None
         for fill in ((1, 2, 0) if packs else (0,)):
             example = torch.full((1, *self.input_shape), fill, dtype=torch.long if self.indices else self.dtype,
                                  device=_device(model))
-            rec = _Recorder(gm)
+            rec = _Recorder(self.gm)
             try:
                 with torch.no_grad():
                     rec.run(example)
-                break
+                return rec.env, example
             except Exception as err:
                 first_err = first_err or err
-        else:
-            shape = tuple(self.input_shape)
-            raise InputError(
-                f"{type(model).__name__} does not run on one sample of shape {shape} (batch shape "
-                f"{(1, *shape)}): {type(first_err).__name__}: {_first_line(first_err)}; pass the shape of one "
-                f"sample, without the batch axis, e.g. attribx.translate(model, input_shape=(3, 224, 224))") from None
-        self.env = rec.env
+        raise self.shape_error(fx_graph, first_err)
+
+    def shape_error(self, fx_graph, err) -> InputShapeError:
+        """The model does not run on the example: torch's reason, and the shape its first layer takes."""
+        shape = tuple(self.input_shape)
+        first = _first_layer(fx_graph, self.root)
+        takes = (f"its first layer {first[0]!r} ({type(first[1]).__name__}) takes one sample of shape "
+                 f"{_pretty(first[2])}" if first else
+                 "inputs need the batch axis first, then the model's own layout (channels first for torch)")
+        return InputShapeError(
+            f"{type(self.model).__name__} does not run on one sample of shape {shape} (batch shape {(1, *shape)}): "
+            f"{type(err).__name__}: {_first_line(err)}; {takes}", (None, *first[2]) if first else None)
+
+    def names(self, nodes) -> dict:
+        """Graph names fixed before the walk: module paths, so that functional names never take them."""
+        return {n: self.unique(str(n.target)) for n in nodes if n.op == "call_module"}
+
+    def run(self) -> Graph:
+        self.root, fx_graph, self.gm = self.trace()
+        self.indices = self.takes_indices(fx_graph)
+        self.env, example = self.record(fx_graph)
         nodes = list(fx_graph.nodes)
         self.order = {n: i for i, n in enumerate(nodes)}
-        # module paths first, so that functional names never take a module's name
-        for n in nodes:
-            if n.op == "call_module":
-                self.main_names[n] = self.unique(str(n.target))
+        self.main_names.update(self.names(nodes))
         outputs = None
         first = True
         for n in nodes:
@@ -547,10 +568,14 @@ class _Translation:
             return f"module {n.target!r} ({_class_path(type(m))})"
         what = f"method Tensor.{n.target}" if n.op == "call_method" else f"function {_qualname(n.target)}"
         where = f"{what} (fx node {n.name!r}"
-        mod = n.meta.get("attribx_module")
+        mod = self.scope(n)
         if mod:
             where += f", in module {mod[0]!r} ({mod[1]})"
         return where + ")"
+
+    def scope(self, n: fx.Node):
+        """(module path, class name) of the module the node was made in, or None."""
+        return n.meta.get("attribx_module")
 
     def _translate_node(self, n: fx.Node):
         args = fx.node.map_arg(n.args, lambda a: self.values[a])
@@ -566,7 +591,7 @@ class _Translation:
             handler = METHODS.get(n.target)
             extra = ()
         else:
-            handler = FUNCTIONS.get(n.target) or FUNCTIONS_BY_NAME.get(_qualname(n.target))
+            handler = self.functions.get(n.target) or FUNCTIONS_BY_NAME.get(_qualname(n.target))
             extra = ()
         if handler is None:
             raise UnsupportedError(f"{self._where(n)} has no translation to the attribx graph; {HOOK_HINT}")
@@ -2096,6 +2121,7 @@ for _handler in (_TRANSPOSE, _T, _permute_method, FUNCTIONS[torch.permute], _get
                  _CAT, _size_h, _getattr_h, _static_h, _numel_h, FUNCTIONS[F.embedding], _m_embedding, _m_rnn):
     _handler.time_major = "aware"
 del _handler
+_Translation.functions = FUNCTIONS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2156,13 +2182,65 @@ def _copy(graph: Graph) -> Graph:
     return Graph(list(graph.inputs), nodes, list(graph.outputs), copy.deepcopy(graph.meta), validate=False)
 
 
+def _sample_template(m: nn.Module) -> tuple | None:
+    """One sample's shape as a first layer takes it: sizes it fixes as ints, the others named."""
+    handler = _module_handler(m)
+    if handler is _m_linear:
+        return (int(m.in_features),)
+    if handler in (_m_conv, _m_conv_transpose):
+        return (int(m.in_channels), *{1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}[len(m.kernel_size)])
+    if handler is _m_embedding:
+        return ("T",)
+    if handler is _m_rnn and m.batch_first:
+        return ("T", int(m.input_size))
+    return None
+
+
+def _first_layer(fx_graph, root) -> tuple | None:
+    """(path, module, sample template) of the module that alone reads the model's input, if it has a template."""
+    first = next((n for n in fx_graph.nodes if n.op == "placeholder"), None)
+    users = list(first.users) if first is not None else []
+    if len(users) != 1 or users[0].op != "call_module" or users[0].args[:1] != (first,):
+        return None
+    m = root.get_submodule(users[0].target)
+    template = _sample_template(m)
+    return None if template is None else (str(users[0].target), m, template)
+
+
+def _pretty(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _implied_input_shape(model: nn.Module) -> tuple:
+    """One sample's shape when the model's first layer fixes all of it (``nn.Linear``: its in_features);
+    otherwise an error saying what to pass, since the graph is traced with example data."""
+    ctx = _Translation(model, (), _model_dtype(model))
+    _, fx_graph, _ = ctx.trace()
+    first = _first_layer(fx_graph, ctx.root)
+    if first is not None and all(isinstance(d, int) for d in first[2]):
+        return first[2]
+    if first is not None:
+        path, m, template = first
+        free = [d for d in template if isinstance(d, str)]
+        why = (f"its first layer {path!r} ({type(m).__name__}) takes one sample of shape {_pretty(template)} "
+               f"and does not fix {', '.join(free)}")
+        example = f"attribx.translate(model, input_shape={_pretty(template)}) with your data's {', '.join(free)}"
+    else:
+        why = "its first layer does not fix the input shape"
+        example = ("attribx.translate(model, input_shape=...) with one sample's shape (no batch axis), e.g. "
+                   "(3, 224, 224)")
+    raise InputShapeError(
+        f"translating a torch model ({type(model).__name__}) needs one sample's input shape, because torch.fx "
+        f"traces it with example data, and {why}: pass {example}; or call attribx.explain(model, x) or "
+        f"attribx.forward(model, x), which take the shape from x",
+        None if first is None else (None, *first[2]))
+
+
 def translate_module(model: nn.Module, input_shape: tuple | None) -> Graph:
-    """The attribx graph of ``model`` for inputs of one sample's shape ``input_shape`` (no batch axis)."""
+    """The attribx graph of ``model`` for inputs of one sample's shape ``input_shape`` (no batch axis; None:
+    the shape the first layer fixes, see :func:`_implied_input_shape`)."""
     if input_shape is None:
-        raise InputError(
-            f"translating a torch model ({type(model).__name__}) needs the shape of one input sample, "
-            f"because torch.fx traces it with example data: attribx.translate(model, input_shape=(3, 224, 224)) "
-            f"(explain and forward pass the data's shape themselves)")
+        input_shape = _implied_input_shape(model)
     try:
         input_shape = tuple(int(d) for d in input_shape)
     except (TypeError, ValueError):
