@@ -15,16 +15,24 @@ Every (model, method) cell measures:
 * ``deletion_accuracy`` (token-id models): Arras et al.'s word deletion, the classifier's accuracy
   averaged over 1..K deletions of the most relevant words of correctly classified sentences (lower is
   better); ``deletion_curve`` the accuracy after k deletions;
-* ``seconds_per_sample``: wall time of :func:`attribx.explain` over all samples (after one warm-up
-  call; translation excluded) divided by their number;
-* ``peak_memory_traced``: the peak of ``tracemalloc`` during a second explain call (Python objects and
-  numpy arrays; not torch or TensorFlow tensors); ``peak_rss``: the peak rise of the process's resident
-  memory sampled every millisecond during that call (Linux ``/proc``; NaN elsewhere), which sees every
-  allocator but also the allocator's caching;
-* ``conservation_error``: mean over samples of |Σ input relevance − S| / |S| from
-  ``explain(..., conservation=True)``, S the relevance the pass starts from (its ``score``: the logit for
-  LRP, the one-hot 1 for gradient methods); 0 for a conserving LRP rule without bias or stabiliser
-  leaks; no promise — but measured — for gradient methods;
+* ``seconds_per_sample``: the median over ``repeats`` timed :func:`attribx.explain` calls over all samples
+  (after one warm-up call; translation excluded), divided by their number; ``seconds_per_sample_runs`` every
+  timed call;
+* ``peak_allocated``: the peak of the memory the engine's allocator handed out during one explain call,
+  above what was allocated before it: ``tracemalloc`` for the numpy engine (numpy reports its arrays to it),
+  ``torch.cuda.max_memory_allocated`` for torch on CUDA; NaN where no allocator reports its peak (torch and
+  TensorFlow on the CPU);
+* ``peak_rss``: the peak rise of the process's resident memory during one explain call (Linux): the kernel's
+  high-water mark ``VmHWM``, reset by writing ``5`` to ``/proc/self/clear_refs`` just before the call,
+  minus ``VmRSS`` at that moment, after glibc handed its free heap back (``malloc_trim``) so that memory
+  cached from earlier calls cannot hide the rise. It sees every allocator on the host (not GPU memory);
+  where the reset is refused, the resident size sampled every millisecond; NaN off Linux;
+* ``conservation_error`` (LRP methods only): mean over samples of |Σ input relevance − S| / |S| from
+  ``explain(..., conservation=True)``, S the relevance the pass starts from (its ``score``, the logit); 0 for a
+  conserving LRP rule without bias or stabiliser leaks. Gradient methods (``Method.family == "gradient"``:
+  gradient, sensitivity, gradient × input, deconvnet, guided backprop, SmoothGrad, integrated gradients) do
+  not decompose a score (their relevance sums to the logit only by accident of the network, e.g. gradient ×
+  input on a bias-free ReLU net), so their cell is NaN and the tables print "n/a";
 * ``rank``: 1 = best, by AOPC (image) or deletion accuracy (text), per model; ``error``: the message of a
   cell that failed ("" otherwise): a failure is recorded and the run goes on.
 
@@ -205,80 +213,169 @@ def _method_params(name: str, params: dict, x: np.ndarray) -> dict:
     return out
 
 
-class _RSSPeak:
-    """The peak rise of resident memory (bytes) while the block runs, sampled every millisecond (Linux)."""
+#: written to by :class:`PeakRSS` to reset the kernel's resident-memory high-water mark (Linux >= 4.0)
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def _proc_status(key: str) -> int | None:
+    """A memory line of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _trim_heap() -> None:
+    """Hand glibc's free heap memory back to the kernel, so that reusing it shows up as resident again."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakRSS:
+    """The peak rise (bytes) of the process's resident memory while the block runs, in ``.peak``.
+
+    Linux: the kernel's high-water mark ``VmHWM`` is reset to the current ``VmRSS`` by writing ``5`` to
+    ``/proc/self/clear_refs``; the peak is ``VmHWM`` at the end minus ``VmRSS`` at the reset. Free heap is
+    handed back first (``malloc_trim``), so memory that glibc cached from earlier calls cannot hide the rise.
+    Where the reset is refused, the resident size is sampled every millisecond instead (``.how`` says
+    which: ``"VmHWM"`` or ``"sampled"``); off Linux ``.peak`` stays NaN.
+    """
 
     def __init__(self):
         self.peak = float("nan")
-
-    @staticmethod
-    def _rss() -> int | None:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return None
+        self.how = None
+        self._thread = None
 
     def __enter__(self):
-        self._base = self._rss()
-        self._max = self._base or 0
-        self._stop = threading.Event()
-        if self._base is not None:
+        _trim_heap()
+        try:
+            with open(_CLEAR_REFS, "w") as f:
+                f.write("5")
+            self.how = "VmHWM"
+        except OSError:
+            self.how = "sampled"
+        self._base = _proc_status("VmRSS")
+        if self._base is None:
+            self.how = None
+        elif self.how == "sampled":
+            self._max = self._base
+            self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
     def _sample(self):
         while not self._stop.wait(0.001):
-            r = self._rss()
+            r = _proc_status("VmRSS")
             if r is not None and r > self._max:
                 self._max = r
 
     def __exit__(self, *exc):
-        self._stop.set()
-        if self._base is not None:
+        if self.how == "VmHWM":
+            hwm = _proc_status("VmHWM")
+            if hwm is not None:
+                self.peak = float(max(hwm - self._base, 0))
+        elif self.how == "sampled":
+            self._stop.set()
             self._thread.join()
-            r = self._rss() or 0
-            self.peak = float(max(self._max, r) - self._base)
+            self.peak = float(max(self._max, _proc_status("VmRSS") or 0) - self._base)
+
+
+def _traced_peak(run: Callable[[], Any]) -> float:
+    """The ``tracemalloc`` peak (bytes) above what was traced before, while ``run()`` runs."""
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        run()
+        return float(tracemalloc.get_traced_memory()[1] - base)
+    finally:
+        if started:
+            tracemalloc.stop()
+
+
+def _cuda_device(eng) -> Any:
+    """The CUDA device a torch engine computes on, else None."""
+    if getattr(eng, "name", None) != "torch" or not hasattr(eng, "target_device"):
+        return None
+    dev = eng.target_device()
+    return dev if getattr(dev, "type", None) == "cuda" else None
+
+
+def measure_memory(eng, run: Callable[[], Any]) -> dict:
+    """``peak_allocated`` and ``peak_rss`` (bytes, NaN where unmeasured) of ``run()``, an explain call on
+    engine ``eng``: see the module docstring. The numpy engine is run twice (once under ``tracemalloc``,
+    whose own bookkeeping would otherwise count as resident memory)."""
+    out = {"peak_allocated": float("nan")}
+    cuda = _cuda_device(eng)
+    if cuda is not None:
+        import torch
+        torch.cuda.synchronize(cuda)
+        torch.cuda.reset_peak_memory_stats(cuda)
+        base = torch.cuda.memory_allocated(cuda)
+    with PeakRSS() as rss:
+        run()
+        if cuda is not None:
+            torch.cuda.synchronize(cuda)
+    out["peak_rss"] = rss.peak
+    if cuda is not None:
+        out["peak_allocated"] = float(torch.cuda.max_memory_allocated(cuda) - base)
+    elif getattr(eng, "name", None) == "numpy":
+        out["peak_allocated"] = _traced_peak(run)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------------
 
+def _family(name: str) -> str:
+    if name == RANDOM:
+        return RANDOM
+    from .methods import as_method
+    return as_method(name).family
+
+
 def _cell(case: Case, graph, is_text: bool, label: str, name: str, params: dict, evaluators: Sequence[str],
-          engine: Any, batch_size: int | None, seed: int) -> dict:
+          engine: Any, batch_size: int | None, seed: int, repeats: int = 5) -> dict:
     """Every measurement of one (model, method) cell, as plain numbers and arrays."""
-    from .api import evaluate, explain
+    from .api import evaluate, explain, get_engine
     x, y = case.inputs, case.labels
     target = y if (is_text and y is not None) else "predicted"
-    kw = dict(engine=engine, batch_size=batch_size, labels=y, progress_bar=False, **case.explain)
+    kw = dict(batch_size=batch_size, labels=y, progress_bar=False, **case.explain)
     out: dict = {}
     if name == RANDOM:
         rng = np.random.default_rng(seed)
-        ref = explain(graph, x, "gradient", target, **kw)
+        ref = explain(graph, x, "gradient", target, engine=engine, **kw)
         rel = ref.copy(data=rng.uniform(-1.0, 1.0, ref.shape).astype(ref.dtype))
         if "padding" in rel.coords:
             rel = rel.where(~rel.coords["padding"], 0.0)
         rel.attrs.update(method=RANDOM, parameters={"seed": seed, "distribution": "uniform(-1, 1)"})
     else:
         params = _method_params(name, params, x)
-        run = lambda **extra: explain(graph, x, name, target, **kw, **extra, **params)  # noqa: E731
-        run()                                         # warm-up: kernels, caches, allocator
-        t0 = time.perf_counter()
-        rel = run()
+        eng = get_engine(engine, graph)     # one instance for every call: measured on the device it uses
+        run = lambda **extra: explain(graph, x, name, target, engine=eng, **kw, **extra, **params)  # noqa: E731
+        rel = run()                                   # warm-up: kernels, caches, allocator
         if "runtime" in evaluators:
-            out["seconds_per_sample"] = (time.perf_counter() - t0) / len(x)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                run()
+                times.append((time.perf_counter() - t0) / len(x))
+            out["seconds_per_sample_runs"] = np.asarray(times)
+            out["seconds_per_sample"] = float(np.median(times))
         if "memory" in evaluators:
-            tracemalloc.start()
-            try:
-                with _RSSPeak() as rss:
-                    run()
-                out["peak_memory_traced"] = float(tracemalloc.get_traced_memory()[1])
-            finally:
-                tracemalloc.stop()
-            out["peak_rss"] = rss.peak
-        if "conservation" in evaluators:
+            out.update(measure_memory(eng, run))
+        if "conservation" in evaluators and _family(name) != "gradient":
             ds = run(conservation=True)
             total = ds["relevance"].sum([d for d in ds["relevance"].dims if d != "sample"]).values.astype(np.float64)
             score = ds["score"].values.astype(np.float64)
@@ -306,15 +403,20 @@ SCALARS = {
     "aopc_sem": ("standard error of the mean AOPC", "output units"),
     "deletion_accuracy": ("word deletion: accuracy averaged over 1..K deletions, most relevant first; lower is better",
                           "1"),
-    "seconds_per_sample": ("explain() wall time over all samples / samples (after a warm-up call)", "s"),
-    "peak_memory_traced": ("tracemalloc peak during explain() (Python and numpy allocations)", "bytes"),
-    "peak_rss": ("peak rise of resident memory during explain(), sampled every ms", "bytes"),
+    "seconds_per_sample": ("median over the repeats of explain() wall time over all samples / samples (after a "
+                           "warm-up call)", "s"),
+    "peak_allocated": ("peak allocated during one explain() call above what was allocated before: tracemalloc "
+                       "(numpy engine), torch.cuda.max_memory_allocated (torch on CUDA); NaN on other engines",
+                       "bytes"),
+    "peak_rss": ("peak rise of the process's resident memory during one explain() call (VmHWM after a reset "
+                 "through /proc/self/clear_refs, minus VmRSS then)", "bytes"),
     "conservation_error": (("mean |sum of input relevance - starting relevance| / |starting relevance| (the "
-                            "logit for LRP, the one-hot 1 for gradient methods)"), "1"),
+                            "logit); NaN for gradient methods, which do not conserve relevance"), "1"),
 }
 
 
-def _dataset(results: dict, models: list[str], methods: list[str], info: dict, attrs: dict) -> xr.Dataset:
+def _dataset(results: dict, models: list[str], methods: list[str], info: dict, attrs: dict,
+             families: list[str]) -> xr.Dataset:
     """The tidy Dataset from the finished cells (missing cells and measurements are NaN)."""
     shape = (len(models), len(methods))
     data = {}
@@ -325,7 +427,7 @@ def _dataset(results: dict, models: list[str], methods: list[str], info: dict, a
                 vals[i, j] = cell[var]
         if not np.isnan(vals).all():
             data[var] = xr.DataArray(vals, dims=("model", "method"), attrs={"description": desc, "units": unit})
-    for var, dim in (("curve", "step"), ("deletion_curve", "deletion")):
+    for var, dim in (("curve", "step"), ("deletion_curve", "deletion"), ("seconds_per_sample_runs", "repeat")):
         n = max((len(c[var]) for c in results.values() if var in c), default=0)
         if n:
             vals = np.full(shape + (n,), np.nan)
@@ -337,7 +439,12 @@ def _dataset(results: dict, models: list[str], methods: list[str], info: dict, a
     for (i, j), cell in results.items():
         err[i, j] = cell.get("error", "")
     data["error"] = xr.DataArray(err.astype(str), dims=("model", "method"))
-    ds = xr.Dataset(data, coords={"model": models, "method": methods}, attrs=attrs)
+    if "seconds_per_sample_runs" in data:
+        data["seconds_per_sample_runs"].attrs.update(
+            description="explain() wall time over all samples / samples, every timed call (after a warm-up call)",
+            units="s")
+    ds = xr.Dataset(data, coords={"model": models, "method": methods, "family": ("method", families)},
+                    attrs=attrs)
     ds = ds.assign(rank=_ranks(ds, info))
     ds["rank"].attrs["description"] = "1 = best per model: by AOPC (images, descending) or deletion accuracy (text)"
     ds.attrs["model_kind"] = [info[m]["kind"] for m in models]
@@ -370,9 +477,11 @@ def ranking(ds: xr.Dataset, model: str | None = None) -> list[str]:
 def run_benchmark(methods: Sequence[str] = DEFAULT_METHODS, models: Sequence[Any] | None = None,
                   evaluators: Sequence[str] = DEFAULT_EVALUATORS, *, n: int | None = 128, engine: Any = None,
                   batch_size: int | None = None, seed: int = 0, output: str | None = None,
-                  inputs: str | None = None, progress_bar: bool | None = None) -> xr.Dataset:
+                  inputs: str | None = None, progress_bar: bool | None = None, repeats: int = 5) -> xr.Dataset:
     """Run every method on every model with every evaluator; return (and, with ``output``, save after
-    every cell) the tidy Dataset with dims ``(model, method)`` (and ``step`` / ``deletion`` for curves)."""
+    every cell) the tidy Dataset with dims ``(model, method)`` (and ``step`` / ``deletion`` for curves,
+    ``repeat`` for the ``repeats`` timed explain calls of each cell, whose median is ``seconds_per_sample``);
+    the coord ``family`` names each method's family (``lrp``, ``gradient``, ``random``)."""
     from . import __version__
     from .api import _takes_indices, translate
     from .evaluators.base import Progress
@@ -380,10 +489,18 @@ def run_benchmark(methods: Sequence[str] = DEFAULT_METHODS, models: Sequence[Any
     unknown = set(evaluators) - set(EVALUATORS)
     if unknown:
         raise InputError(f"unknown evaluator(s) {', '.join(sorted(unknown))}; choose from {', '.join(EVALUATORS)}")
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise InputError(f"repeats must be a positive integer, got {repeats!r}")
     parsed = [parse_method(m) for m in methods]
     labels = [p[0] for p in parsed]
     if len(set(labels)) != len(labels):
         raise InputError(f"methods repeat: {labels}")
+    families = []
+    for _, name, _ in parsed:
+        try:
+            families.append(_family(name))
+        except AttribxError:              # an unknown method: its cell records the error
+            families.append("")
     cases, graphs, info = [], [], {}
     for spec in (models if models is not None else default_models()):
         case = resolve_model(spec, n, inputs)
@@ -397,6 +514,7 @@ def run_benchmark(methods: Sequence[str] = DEFAULT_METHODS, models: Sequence[Any
     names = [c.name for c in cases]
     attrs = {"title": "attribx benchmark", "attribx_version": __version__, "evaluators": list(evaluators),
              "samples": [int(len(c.inputs)) for c in cases], "engine": str(engine or "default"), "seed": seed,
+             "repeats": int(repeats),
              "reference": "Samek et al., Evaluating the visualization of what a deep neural network has learned, "
                           "IEEE TNNLS 2017", "pixel_flipping": "convention samek2017, 1x1 regions, most relevant "
                           "first, uniform noise over the data range, AOPC over k = 0..L"}
@@ -407,14 +525,14 @@ def run_benchmark(methods: Sequence[str] = DEFAULT_METHODS, models: Sequence[Any
                 for j, (label, name, params) in enumerate(parsed):
                     try:
                         results[i, j] = _cell(case, graph, info[case.name]["kind"] == "text", label, name, params,
-                                              evaluators, engine, batch_size, seed)
+                                              evaluators, engine, batch_size, seed, repeats)
                     except AttribxError as err:      # a method that does not apply: recorded, the run goes on
                         results[i, j] = {"error": f"{type(err).__name__}: {err}"}
                     bar.update()
                     if output:
-                        save(_dataset(results, names, labels, info, attrs), output)
+                        save(_dataset(results, names, labels, info, attrs, families), output)
         finally:
-            ds = _dataset(results, names, labels, info, attrs)
+            ds = _dataset(results, names, labels, info, attrs, families)
             if output and results:
                 save(ds, output)
     return ds
@@ -425,9 +543,12 @@ def run_benchmark(methods: Sequence[str] = DEFAULT_METHODS, models: Sequence[Any
 # --------------------------------------------------------------------------------------------------
 
 COLUMNS = (("rank", "rank", "{:d}"), ("aopc", "AOPC ↑", "{:.3f}"), ("aopc_sem", "± SEM", "{:.3f}"),
-           ("deletion_accuracy", "deletion acc. ↓", "{:.3f}"), ("seconds_per_sample", "ms / sample", None),
-           ("peak_memory_traced", "traced peak (MiB)", None), ("peak_rss", "RSS peak (MiB)", None),
+           ("deletion_accuracy", "deletion acc. ↓", "{:.3f}"), ("seconds_per_sample", "ms / sample (median)", None),
+           ("peak_allocated", "peak allocated (MiB)", None), ("peak_rss", "peak RSS rise (MiB)", None),
            ("conservation_error", "conservation error", "{:.2e}"))
+
+#: what a table cell shows for a gradient method's conservation error (and the note under the table)
+NOT_CONSERVING = "n/a"
 
 
 def _fmt(var: str, fmt: str | None, v: Any) -> str:
@@ -442,9 +563,31 @@ def _fmt(var: str, fmt: str | None, v: Any) -> str:
     return fmt.format(v)
 
 
+def table_notes(ds: xr.Dataset, model: str | None = None) -> list[str]:
+    """The sentences printed under a model's table: what the runtime and memory columns measured and why a
+    conservation error is missing."""
+    sub = ds.sel(model=model if model is not None else ds["model"].values[0])
+    notes = []
+    if "seconds_per_sample" in ds and not np.isnan(sub["seconds_per_sample"].values).all():
+        notes.append(f"ms / sample: the median of {ds.attrs.get('repeats', '?')} timed explain() calls over all "
+                     f"samples (after a warm-up call), per sample.")
+    if "peak_allocated" in ds and not np.isnan(sub["peak_allocated"].values).all():
+        notes.append("peak allocated: the allocator's peak during one explain() call above what it held before "
+                     "(tracemalloc on the numpy engine, torch.cuda.max_memory_allocated on CUDA).")
+    if "peak_rss" in ds and not np.isnan(sub["peak_rss"].values).all():
+        notes.append("peak RSS rise: the process's resident-memory high-water mark during one explain() call minus "
+                     "its resident memory before (Linux VmHWM, reset through /proc/self/clear_refs); host memory "
+                     "of every allocator, not GPU memory.")
+    if "conservation_error" in ds and "family" in ds.coords and (ds["family"].values == "gradient").any():
+        notes.append(f"conservation error {NOT_CONSERVING}: gradient methods do not conserve relevance, so no "
+                     "error is computed for them.")
+    return notes
+
+
 def table_rows(ds: xr.Dataset) -> list[tuple[str, list[str], list[list[str]]]]:
     """Per model: (model, header, rows in rank order) with the numbers formatted as the tables show them."""
     out = []
+    gradient = ds["family"].values == "gradient" if "family" in ds.coords else np.zeros(ds.sizes["method"], bool)
     for m in ds["model"].values:
         sub = ds.sel(model=m)
         cols = [c for c in COLUMNS if c[0] in ds and not (c[0] != "rank" and np.isnan(sub[c[0]].values).all())]
@@ -452,7 +595,10 @@ def table_rows(ds: xr.Dataset) -> list[tuple[str, list[str], list[list[str]]]]:
         order = sorted(range(ds.sizes["method"]), key=lambda j: (int(sub["rank"].values[j]) or 10 ** 6, j))
         rows = []
         for j in order:
-            row = [str(ds["method"].values[j])] + [_fmt(v, f, sub[v].values[j].item()) for v, _, f in cols]
+            row = [str(ds["method"].values[j])]
+            for v, _, f in cols:
+                na = v == "conservation_error" and gradient[j] and not sub["error"].values[j]
+                row.append(NOT_CONSERVING if na else _fmt(v, f, sub[v].values[j].item()))
             if len(header) > len(cols) + 1:
                 row.append(str(sub["error"].values[j]))
             rows.append(row)
@@ -468,6 +614,9 @@ def markdown_table(ds: xr.Dataset) -> str:
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
+        notes = table_notes(ds, model)
+        if notes:
+            lines += [" ".join(notes), ""]
     return "\n".join(lines)
 
 
@@ -484,6 +633,9 @@ def html_report(ds: xr.Dataset, plot: str | None = None) -> str:
                      "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
         parts.append("</table>")
+        notes = table_notes(ds, model)
+        if notes:
+            parts.append("<p><small>" + html.escape(" ".join(notes)) + "</small></p>")
     if plot:
         import base64
         with open(plot, "rb") as f:
