@@ -101,7 +101,9 @@ def test_wrong_shape_and_nan_inputs(files):
     bad = x.copy()
     bad[2, 1] = np.nan
     np.save(tmp / "nan.npy", bad)
-    for name, message in (("wrong.npy", "the model expects (N, 6)"), ("nan.npy", "NaN")):
+    np.save(tmp / "one.npy", x[0])
+    for name, message in (("wrong.npy", "the model expects (N, 6)"), ("nan.npy", "NaN"),
+                          ("one.npy", "input has shape (6,), the model expects (N, 6) (add a batch axis: x[None])")):
         res = run_cli("explain", model, tmp / name, "-o", tmp / "o.h5")
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
         assert res.stderr.count("\n") == 1
@@ -119,3 +121,75 @@ def test_plugins_command(capsys):
     out = capsys.readouterr().out
     assert "attribx.builtin  (built-in)" in out
     assert "lrp.epsilon" in out and "numpy" in out
+
+
+def test_help_lists_the_choices(capsys):
+    import re
+
+    from attribx.plugins import registry
+    reg = registry()
+
+    def help_of(*command) -> str:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        assert done.value.code == 0
+        return " ".join(capsys.readouterr().out.split())      # argparse's line breaks undone
+
+    def listed(text, start, end) -> set:
+        return set(re.findall(r"[\w.]+", text[text.index(start):text.index(end, text.index(start))]))
+
+    text = help_of("explain")
+    assert set(reg.methods) <= listed(text, "method (default: lrp.epsilon", "--target TARGET, -t")
+    assert set(reg.engines) <= listed(text, "engine that runs the graph", "--layers [LAYERS")
+    assert ("a class index (e.g. 3), 'predicted' (default: each sample's predicted class), or a .npy file of one "
+            "class index per sample") in text
+    assert "model file, of a format an installed plugin reads: " + ", ".join(reg.formats) in text
+    assert set(reg.evaluators) <= listed(help_of("evaluate"), "evaluator:", "options:")
+
+
+def test_plugins_lists_translators_and_formats(capsys):
+    import attribx
+    from attribx import plugins
+
+    class Backend:
+        @attribx.hookimpl
+        def attribx_model_types(self):
+            return {"mylib.Net": "mylib networks, traced by mylib"}
+
+        @attribx.hookimpl
+        def attribx_model_formats(self):
+            return {".myl": "a mylib checkpoint", ".myz": "a zipped one"}
+
+    name = plugins.register(Backend(), name="mylib-backend")
+    try:
+        assert plugins.registry().translators["mylib.Net"] == "mylib networks, traced by mylib"
+        assert main(["plugins"]) == 0
+        out = capsys.readouterr().out
+    finally:
+        plugins.unregister(name)
+    block = out[out.index("mylib-backend  (registered at run time)"):]
+    assert "    translators mylib.Net: mylib networks, traced by mylib\n" in block
+    assert "    formats     .myl: a mylib checkpoint; .myz: a zipped one\n" in block
+    assert "    formats     .npz: an attribx graph written by Graph.save\n" in out     # the built-in format
+    with pytest.raises(attribx.UnsupportedError, match=r"the installed ones translate: [^;]*\); backends"):
+        attribx.translate(object())
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+@pytest.mark.parametrize("where", ["under a file", "missing folder"])
+def test_unwritable_output_is_refused_before_computing(files, monkeypatch, capsys, command, where):
+    import attribx.api
+    tmp, model, _, _ = files
+    (tmp / "somefile.txt").write_text("a file, not a folder")
+    out = tmp / "somefile.txt" / "out.h5" if where == "under a file" else tmp / "no" / "such" / "out.h5"
+    calls = []
+    monkeypatch.setattr(attribx.api, command, lambda *a, **k: calls.append(a))
+    args = (["explain", str(model), str(tmp / "x.npy")] if command == "explain" else
+            ["evaluate", "pixel_flipping", "--model", str(model), "--inputs", str(tmp / "x.npy")])
+    assert main([*args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    why = (f"{tmp / 'somefile.txt'} is a file, not a folder" if where == "under a file" else
+           f"the folder {tmp / 'no' / 'such'} does not exist")
+    assert err == f"attribx: error: {out}: cannot write there: {why}\n"
+    assert calls == []          # nothing was computed
+    assert not (tmp / "no").exists() and (tmp / "somefile.txt").read_text() == "a file, not a folder"

@@ -46,10 +46,11 @@ def translate(model: Any, passes: bool | Sequence[str] = True, input_shape: Sequ
         shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         graph = manager().hook.attribx_translate(model=model, input_shape=shape)
         if graph is None:
+            known = ", ".join(registry().translators) or "none"
             raise UnsupportedError(
-                f"no installed backend translates a {type(model).__module__}.{type(model).__name__}; "
-                f"backends register through the 'attribx_translate' hook (install attribx's torch, "
-                f"tensorflow or onnx plugin)")
+                f"no installed backend translates a {type(model).__module__}.{type(model).__name__} (the installed "
+                f"ones translate: {known}); backends register through the 'attribx_translate' hook (install "
+                f"attribx's torch, tensorflow or onnx plugin)")
     table = registry().passes
     if passes is True:
         chosen = [p for p in table.values() if p.default]

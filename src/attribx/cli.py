@@ -85,7 +85,10 @@ def cmd_plugins(args) -> int:
         print(f"{info.name}  ({info.source})")
         for kind in reg.KINDS:
             names = info.contributes.get(kind)
-            if names:
+            if names and kind in ("translators", "formats"):    # what a user can hand to attribx: say what each is
+                table = getattr(reg, kind)
+                print(f"    {kind:11} " + "; ".join(f"{n}: {table[n]}" for n in names))
+            elif names:
                 print(f"    {kind:11} {', '.join(names)}")
         kernels = [k for k in info.contributes if k.startswith("kernels")]
         for k in kernels:
@@ -136,9 +139,18 @@ def cmd_explain_streaming(args) -> int:
     return 0
 
 
+def check_outputs(*paths) -> None:
+    """Refuse now, before any computation, output paths that could not be written."""
+    from .storage import check_writable
+    for path in paths:
+        if path is not None:
+            check_writable(path)
+
+
 def cmd_explain(args) -> int:
     from .api import explain
     from .storage import save
+    check_outputs(args.output)
     if _streaming(args):
         return cmd_explain_streaming(args)
     x, labels = read_inputs(args.inputs, args.key, args.labels_key)
@@ -155,6 +167,7 @@ def cmd_explain(args) -> int:
 def cmd_render(args) -> int:
     from .render import check_cmap, render
     from .storage import open_relevance
+    check_outputs(args.output)
     if args.cmap is not None:
         check_cmap(args.cmap)
     variable = args.variable[0] if args.variable and len(args.variable) == 1 else args.variable
@@ -170,6 +183,7 @@ def cmd_render(args) -> int:
 def cmd_evaluate(args) -> int:
     from .api import evaluate
     from .storage import save
+    check_outputs(args.output, args.plot)
     params = parse_params(args.param)
     for key, value in (("engine", args.engine), ("batch_size", args.batch_size), ("variable", args.variable)):
         if value is not None:
@@ -195,6 +209,7 @@ def cmd_evaluate(args) -> int:
 def cmd_spray(args) -> int:
     from .evaluators.spray import export_virelay, plot_spray, spray
     from .storage import save
+    check_outputs(args.output, args.plot)
     if not os.path.exists(args.relevance):
         raise InputError(f"{args.relevance}: no such file")
     params = parse_params(args.param)
@@ -228,8 +243,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _installed() -> dict[str, str]:
+    """The names --help lists, from the installed plugins: methods, engines, evaluators, model file formats."""
+    from .plugins import registry
+    reg = registry()
+    names = {kind: ", ".join(sorted(getattr(reg, kind))) or "none" for kind in ("methods", "engines", "evaluators")}
+    names["formats"] = ", ".join(reg.formats) or "none"
+    return names
+
+
+TARGET_HELP = ("the class explained: a class index (e.g. 3), 'predicted' (default: each sample's predicted class), "
+               "or a .npy file of one class index per sample")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    installed = _installed()
+    engine_help = (f"engine that runs the graph (default: the model's framework's, else numpy); installed: "
+                   f"{installed['engines']}")
+    model_help = f"model file, of a format an installed plugin reads: {installed['formats']}"
     p = argparse.ArgumentParser(prog="attribx", description="Explain neural-network predictions (LRP and relatives).")
     p.add_argument("--version", action="version", version=f"attribx {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -239,19 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_plugins)
 
     sp = sub.add_parser("inspect", help="print a model's graph summary")
-    sp.add_argument("model", help="model file (attribx graph .npz, or a format of an installed backend)")
+    sp.add_argument("model", help=model_help)
     sp.add_argument("--no-passes", action="store_true", help="show the graph before canonicalisation")
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser("explain", help="explain a model's predictions and save labeled relevance (HDF5)")
-    sp.add_argument("model")
+    sp.add_argument("model", help=model_help)
     sp.add_argument("inputs", help=".npy or .npz file of inputs (batch axis first); streaming also takes "
                                    "file.h5:dataset, a .zarr array or a directory of images")
-    sp.add_argument("--method", "-m", default="lrp.epsilon")
-    sp.add_argument("--target", "-t", default="predicted", help="class index, 'predicted', or a .npy of indices")
+    sp.add_argument("--method", "-m", default="lrp.epsilon",
+                    help=f"method (default: lrp.epsilon; its parameters with -p): {installed['methods']}")
+    sp.add_argument("--target", "-t", default="predicted", help=TARGET_HELP)
     sp.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
                     help="method parameter, e.g. -p epsilon=0.25 (repeatable; values parsed as JSON)")
-    sp.add_argument("--engine", default=None)
+    sp.add_argument("--engine", default=None, help=engine_help)
     sp.add_argument("--layers", nargs="*", default=None, help="also return relevance at these nodes")
     sp.add_argument("--batch-size", type=int, default=None)
     sp.add_argument("--key", default=None, help="array name in an .npz input file")
@@ -305,14 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("evaluate", help="evaluate relevance (pixel_flipping, region_perturbation, ...) and save "
                                          "the result (HDF5)")
-    sp.add_argument("name", help="evaluator name (see 'attribx plugins')")
-    sp.add_argument("--model", default=None, help="model file (attribx graph .npz, or a format of an installed backend)")
+    sp.add_argument("name", help=f"evaluator: {installed['evaluators']}")
+    sp.add_argument("--model", default=None, help=model_help)
     sp.add_argument("--inputs", default=None, help=".npy or .npz file of the explained inputs (batch axis first)")
     sp.add_argument("--relevance", default=None, help="relevance file (.h5) written by 'attribx explain'")
     sp.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
                     help="evaluator parameter, e.g. -p order=lerf (repeatable; values parsed as JSON)")
     sp.add_argument("--variable", default=None, help="the relevance variable of a file holding several")
-    sp.add_argument("--engine", default=None)
+    sp.add_argument("--engine", default=None, help=engine_help)
     sp.add_argument("--batch-size", type=int, default=None)
     sp.add_argument("--key", default=None, help="array name in an .npz input file")
     sp.add_argument("-o", "--output", required=True, help="output .h5 file")
@@ -344,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="any of pixel_flipping word_deletion runtime memory conservation (default: all)")
     sp.add_argument("--samples", "-n", type=int, default=128, help="samples per model (default 128)")
     sp.add_argument("--inputs", default=None, help=".npz/.npy inputs for model files given without @inputs")
-    sp.add_argument("--engine", default=None)
+    sp.add_argument("--engine", default=None, help=engine_help)
     sp.add_argument("--batch-size", type=int, default=None)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="attribx-benchmark", help="output folder (benchmark.h5/.md/.html/.png)")

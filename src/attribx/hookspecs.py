@@ -57,6 +57,12 @@ def attribx_translate(model, input_shape):
     """
 
 
+@hookspec
+def attribx_model_types():
+    """Return ``{model type: description}`` of the model objects this plugin's ``attribx_translate`` takes
+    (for messages and ``attribx plugins``)."""
+
+
 @hookspec(firstresult=True)
 def attribx_load_model(path):
     """Return a model object (or Graph) read from ``path`` if this plugin reads that format, else None."""

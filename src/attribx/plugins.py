@@ -40,7 +40,7 @@ class PluginInfo:
 class Registry:
     """Everything the plugins contribute, by kind and name, with where each came from."""
 
-    KINDS = ("ops", "engines", "rules", "methods", "evaluators", "passes", "formats")
+    KINDS = ("ops", "engines", "rules", "methods", "evaluators", "passes", "translators", "formats")
 
     def __init__(self, pm: pluggy.PluginManager, sources: dict[str, str], failures: list[PluginFailure]):
         self._pm = pm
@@ -54,6 +54,7 @@ class Registry:
         self.methods = self._collect("methods", pm.hook.attribx_methods, lambda x: x.name)
         self.evaluators = self._collect("evaluators", pm.hook.attribx_evaluators, None)
         self.passes = self._collect("passes", pm.hook.attribx_graph_passes, lambda x: x.name)
+        self.translators = self._collect("translators", pm.hook.attribx_model_types, None)
         self.formats = self._collect("formats", pm.hook.attribx_model_formats, None)
         self._kernels: dict[str, dict] = {}
 

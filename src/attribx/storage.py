@@ -537,6 +537,27 @@ def _atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def check_writable(path) -> None:
+    """Raise :class:`StorageError` unless a file can be written at ``path``: its folder exists and takes a new
+    file (every write goes through a temporary file beside it), and ``path`` is no folder. Commands call it
+    before they compute, so that a typo in ``-o`` does not cost the computation."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise StorageError(f"{path}: is a directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        why = (f"the folder {folder} does not exist" if os.path.isdir(existing) else
+               f"{existing} is a file, not a folder")
+        raise StorageError(f"{path}: cannot write there: {why}")
+    try:
+        os.unlink(_temp_path(path))
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot write there: {exc.strerror or exc}") from None
+
+
 def save(obj, path, mode: str = "w") -> None:
     """Write relevance (a DataArray or Dataset) to the HDF5 file ``path``.
 

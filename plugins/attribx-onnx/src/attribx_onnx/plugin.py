@@ -18,6 +18,11 @@ def attribx_translate(model, input_shape):
 
 
 @hookimpl
+def attribx_model_types():
+    return {"onnx.ModelProto": "an ONNX model, opset 13 and newer"}
+
+
+@hookimpl
 def attribx_load_model(path):
     if not str(path).lower().endswith(".onnx"):
         return None

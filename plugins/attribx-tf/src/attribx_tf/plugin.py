@@ -33,6 +33,11 @@ def attribx_translate(model, input_shape):
 
 
 @hookimpl
+def attribx_model_types():
+    return {"keras.Model": "Keras 3 models, Sequential or functional (nested ones too), and single layers"}
+
+
+@hookimpl
 def attribx_load_model(path):
     if not str(path).endswith((".keras", ".h5")):
         return None

@@ -24,6 +24,11 @@ def attribx_kernels(engine):
 
 
 @hookimpl
+def attribx_model_types():
+    return {"torch.nn.Module": "traced by torch.fx with one example input, shaped like the data or input_shape="}
+
+
+@hookimpl
 def attribx_translate(model, input_shape):
     if not _is_torch_module(model):
         return None
