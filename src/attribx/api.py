@@ -160,7 +160,7 @@ def _shape_hint(shape: Sequence[int], want: Sequence, tensor: bool = False) -> s
     if _fits(shape, want[1:]):
         return "add a batch axis: x[None]"
     n = len(want)
-    if n < 3 or len(shape) != n:
+    if n < 4 or len(shape) != n:       # images and volumes: (N, C, H, W), (N, C, D, H, W) and channels-last
         return ""
     to_first = (0, n - 1, *range(1, n - 1))      # NHWC -> NCHW
     to_last = (0, *range(2, n), 1)               # NCHW -> NHWC

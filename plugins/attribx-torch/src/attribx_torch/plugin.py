@@ -9,6 +9,12 @@ def _is_torch_module(model) -> bool:
     return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__)
 
 
+def _is_exported_program(model) -> bool:
+    """True for torch.export's ExportedProgram, checked by class path as above."""
+    return any(c.__module__.startswith("torch.export") and c.__name__ == "ExportedProgram"
+               for c in type(model).__mro__)
+
+
 @hookimpl
 def attribx_engines():
     from .engine import TorchEngine
@@ -25,12 +31,29 @@ def attribx_kernels(engine):
 
 @hookimpl
 def attribx_model_types():
-    return {"torch.nn.Module": "traced by torch.fx with one example input, shaped like the data or input_shape="}
+    return {"torch.nn.Module": "traced by torch.fx with one example input, shaped like the data or input_shape=",
+            "torch.export.ExportedProgram": "a torch.export program (aten ops of CNNs and MLPs)"}
 
 
 @hookimpl
 def attribx_translate(model, input_shape):
+    if _is_exported_program(model):
+        from .export import translate_program
+        return translate_program(model, input_shape)
     if not _is_torch_module(model):
         return None
     from .translate import translate_module
     return translate_module(model, input_shape)
+
+
+@hookimpl
+def attribx_model_formats():
+    return {".pt2": "a torch.export program (torch.export.save)"}
+
+
+@hookimpl
+def attribx_load_model(path):
+    if not str(path).endswith(".pt2"):
+        return None
+    from .export import load_program
+    return load_program(path)
