@@ -1,11 +1,12 @@
-"""``attribx demo``: train two small models, explain them, evaluate the explanations, write one report.
+"""``attribx demo``: train small models, explain them, evaluate the explanations, write one report.
 
 Nothing is downloaded: the digits ship with scikit-learn, the sentences are generated
 (:func:`attribx.datasets.make_sentiment`). With PyTorch and the attribx-torch plugin installed (the
 default backend) the demo trains the digits CNN (:mod:`attribx.datasets.digits`) and the sentiment
 BiLSTM (:mod:`attribx.datasets.text_model`); without them it trains a scikit-learn MLP on the digits,
 writes it into an attribx graph with the public builder (how any framework's model reaches attribx)
-and runs it on the numpy engine, and skips the text part.
+and runs it on the numpy engine with methods that suit a network without convolutions
+(:data:`NUMPY_IMAGE_METHODS`), and skips the text part.
 
 Every stage writes its files as soon as it finishes (each file atomically), so a failure midway leaves
 the finished files intact; the report is written at the end, also after a failure (it then says
@@ -18,9 +19,11 @@ import datetime
 import html
 import os
 import platform
+import re
 import sys
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +32,22 @@ import xarray as xr
 
 from .errors import AttribxError
 
-#: The image methods, in the order of the heatmap grid's rows; "random" is a seeded N(0, 1) baseline.
+#: The image methods of the digits CNN (torch), in the order of the heatmap grid's rows; "random" is a
+#: seeded N(0, 1) baseline.
 IMAGE_METHODS = ("lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1", "lrp.epsilon",
                  "gradient", "gradient_x_input", "deconvnet", "guided_backprop", "random")
+#: The image methods of the MLP (numpy fallback). The registered composites differ from LRP-ε only in
+#: their rules for convolutions, which an MLP lacks, and lrp.epsilon_plus_flat's flat first layer splits
+#: the relevance equally over all 64 pixels there (one colour per heatmap); so the MLP gets the same
+#: recipe written for dense layers (:func:`mlp_composite`) and the single rules z+ and α2β1. Deconvnet and
+#: guided backprop are left out: without max pooling their backward pass sees the input only through which
+#: ReLUs are on (guided backprop) or not at all (deconvnet), so the digits of a class share a few heatmaps
+#: or one; integrated gradients is drawn instead.
+NUMPY_IMAGE_METHODS = ("lrp.epsilon_gamma_box_mlp", "lrp.z_plus", "lrp.alpha_beta", "lrp.epsilon",
+                       "gradient", "gradient_x_input", "integrated_gradients", "random")
+#: The heatmaps SpRAy clusters: the CNN's first composite; for the MLP LRP-z+, whose heatmaps (positive,
+#: on the strokes) show a digit in each cluster's prototype.
+SPRAY_METHOD = {"torch": "lrp.epsilon_plus_flat", "numpy": "lrp.z_plus"}
 #: The text methods (torch only): gradient×input runs on the embedded vectors, one score per token.
 TEXT_METHODS = ("lrp.epsilon", "gradient", "gradient_x_input", "random")
 #: Kept for old callers: the methods of the first demo.
@@ -40,9 +56,24 @@ DEMO_METHODS = IMAGE_METHODS
 PF_STEPS = 32
 WD_STEPS = 5
 SEED = 0
-NUMPY_NOTE = ("<p class='note'>The MLP has no convolutions: the composites' rules for convolutional layers "
-              "do not apply, so lrp.epsilon_gamma_box and lrp.epsilon_alpha2_beta1 give LRP-ε there (and "
-              "LRP-ε with a small ε is nearly gradient×input on a ReLU network).</p>")
+#: How to install what the torch demo needs, from a checkout of the attribx repository (the torch
+#: plugin is a package of its own there, not an extra of attribx).
+TORCH_INSTALL = "python3 -m pip install -e plugins/attribx-torch torch"
+TORCH_HINT = f"from the attribx repository: {TORCH_INSTALL}"
+
+
+def image_methods(backend: str) -> tuple[str, ...]:
+    """The image methods the demo runs on ``backend`` ("torch" or "numpy")."""
+    return IMAGE_METHODS if backend == "torch" else NUMPY_IMAGE_METHODS
+
+
+def mlp_composite(low: float = 0.0, high: float = 1.0):
+    """lrp.epsilon_gamma_box for dense layers: z-box on the first layer (pixels in [low, high]), LRP-γ
+    (γ = 0.25) on the hidden layers, LRP-ε on the output layer; a user composite, as any user writes one."""
+    from . import composite as C
+    return C.Composite([(C.first("layer"), ("z_box", {"low": low, "high": high})),
+                        (C.last("layer"), ("epsilon", {"epsilon": 1e-6})),
+                        (C.category("layer"), ("gamma", {"gamma": 0.25}))], name="lrp.epsilon_gamma_box_mlp")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,20 +152,15 @@ def random_relevance(like: xr.DataArray, seed: int = SEED) -> xr.DataArray:
 # --------------------------------------------------------------------------------------------------
 
 def _atomic(path: str, write: Callable[[str], None]) -> str:
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.partial{ext}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """``write(tmp)`` to a temporary file beside ``path``, then renamed over it (the mode the umask gives)."""
+    from .textviz import _write_atomically
+    return _write_atomically(path, write)
 
 
-def save_figure(fig, path: str, dpi: int = 110) -> str:
-    """Save a matplotlib figure to PNG atomically and close it (pyplot figures too)."""
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+def save_figure(fig, path: str, dpi: Any = 110) -> str:
+    """Save a matplotlib figure to PNG atomically and close it (pyplot figures too); ``dpi="figure"``
+    keeps the figure's own."""
+    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", facecolor="white"))
     import matplotlib.pyplot as plt
     plt.close(fig)      # a no-op for a Figure made without pyplot
     return path
@@ -144,14 +170,28 @@ def heatmap_grid(images: np.ndarray, relevance: xr.Dataset, path: str, n: int = 
                  methods: list[str] | None = None) -> str:
     """Input in the first row, one row per method, ``n`` samples, drawn by :func:`attribx.render.heatmap_grid`:
     diverging colours centred at zero (``bwr``: red positive, blue negative), each heatmap scaled by its
-    own largest |relevance|."""
+    own largest |relevance|; 13 screen pixels per input pixel."""
     from .render import heatmap_grid as render_grid
 
     methods = list(methods or relevance.data_vars)
     samples = list(relevance["sample"].values[:min(n, len(images))])
     fig = render_grid(relevance, np.asarray(images), variables=methods, samples=samples, input_cmap="gray_r",
+                      size=13 * int(relevance.sizes["width"]), dpi=100, fontsize=11,
                       title="input and relevance per method (red positive, blue negative, symmetric per heatmap)")
-    return save_figure(fig, path, dpi=90)
+    return save_figure(fig, path, dpi="figure")
+
+
+def _distinguish(fig, under: str, over: str) -> None:
+    """Draw the curve of ``over`` dashed with markers on top of the broad, pale curve of ``under``, so that
+    two equal curves are both seen (lines labelled by the method's name, with or without " (AOPC …)")."""
+    ax = fig.axes[0]
+    for line in ax.get_lines():
+        label = line.get_label().split(" (", 1)[0]
+        if label == under:
+            line.set(linewidth=6, alpha=0.35, zorder=1, solid_capstyle="round")
+        elif label == over:
+            line.set(linestyle="--", linewidth=1.5, marker="o", markersize=3.5, markevery=4, zorder=3)
+    ax.legend(fontsize=8)
 
 
 def _combine(results: dict[str, xr.Dataset]) -> xr.Dataset:
@@ -172,8 +212,9 @@ def _combine(results: dict[str, xr.Dataset]) -> xr.Dataset:
 
 _CSS = """body{font-family:sans-serif;max-width:70em;margin:1.5em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:0.6em 0}td,th{border:1px solid #ccc;padding:0.25em 0.7em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+table{border-collapse:collapse;margin:0.6em 0}td,th{border:1px solid #ccc;padding:0.25em 0.7em;text-align:left}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee}
 .note{color:#555;font-size:0.92em}.error{color:#a00}code{background:#f5f5f5;padding:0 0.2em}"""
 
 
@@ -183,11 +224,22 @@ def _img(path: str, alt: str) -> str:
     return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
 
 
+class _Link(str):
+    """A file name drawn in a table as a link relative to the report (the files lie beside it)."""
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v):
+        if isinstance(v, _Link):
+            return f'<a href="{html.escape(urllib.parse.quote(v))}">{html.escape(v)}</a>'
         return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+    def td(v):      # numbers right-aligned, text left
+        num = (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)) or (
+            isinstance(v, str) and not isinstance(v, _Link) and re.fullmatch(r"-?\d+(\.\d+)?", v) is not None)
+        return f'<td class="num">{cell(v)}</td>' if num else f"<td>{cell(v)}</td>"
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(td(v) for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -196,22 +248,39 @@ class _Report:
 
     def __init__(self, out: str, backend: str):
         self.out, self.backend, self.sections, self.files = out, backend, [], []
+        self.models: list[list[Any]] = []
         self.started = time.perf_counter()
         self.error: str | None = None
 
-    def add(self, title: str, html_text: str, anchor: str) -> None:
+    def add(self, title: str, html_text: str | None, anchor: str) -> None:
+        """A section; ``html_text=None`` for the models section, written from :attr:`models` at the end."""
         self.sections.append((title, html_text, anchor))
+
+    def model(self, name: str, data: str, accuracy: float, seconds: float) -> None:
+        self.models.append([name, data, accuracy, f"{seconds:.1f}"])
 
     def file(self, path: str, what: str) -> str:
         self.files.append((os.path.basename(path), what))
         return path
 
+    def models_html(self) -> str:
+        n = len(self.models)
+        count = {1: "One small model is", 2: "Two small models are"}.get(n, f"{n} small models are")
+        seeds = "a fixed seed" if n == 1 else "fixed seeds"
+        intro = (f"<p>{count} trained here from {seeds}, in seconds, on the digits that ship with scikit-learn"
+                 f"{' and sentences attribx generates' if n > 1 else ''} (nothing is downloaded).")
+        if self.backend == "numpy":
+            intro += (f" The demo's digits CNN and the sentiment BiLSTM of the text part need PyTorch and the "
+                      f"attribx-torch plugin ({html.escape(TORCH_HINT)}).")
+        return intro + "</p>" + _table(["model", "data", "held-out accuracy", "training (s)"], self.models)
+
     def write(self) -> str:
         from . import __version__
         seconds = time.perf_counter() - self.started
         toc = "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for t, _, a in self.sections)
-        parts = [f"<h2 id='{a}'>{html.escape(t)}</h2>\n{body}" for t, body, a in self.sections]
-        files = _table(["file", "what it holds"], [[f, w] for f, w in self.files])
+        parts = [f"<h2 id='{a}'>{html.escape(t)}</h2>\n{self.models_html() if body is None else body}"
+                 for t, body, a in self.sections]
+        files = _table(["file", "what it holds"], [[_Link(f), w] for f, w in self.files])
         error = (f'<p class="error"><b>The demo stopped early:</b> {html.escape(self.error)}. The sections '
                  f'below are the parts that finished.</p>' if self.error else "")
         page = f"""<!DOCTYPE html>
@@ -252,94 +321,147 @@ def _images(rep: _Report, out: str, backend: str, n_images: int, progress_bar, r
     from .evaluators import plot_curves
     from .evaluators.spray import plot_spray
 
+    methods = image_methods(backend)
     t0 = time.perf_counter()
     if backend == "torch":
         model, x, y, acc = digits_cnn(SEED)
         engine, low, high, name = None, -1.0, 1.0, "digits CNN (torch: conv 8, conv 16, max pool, linear 32, linear 10)"
+        recipes: dict[str, Any] = {"lrp.epsilon_gamma_box": ("lrp.epsilon_gamma_box", {"low": low, "high": high})}
     else:
         model, x, y, acc = digits_graph(seed=SEED)
         engine, low, high, name = "numpy", 0.0, 1.0, "digits MLP (scikit-learn, 64-32 hidden units, numpy engine)"
+        recipes = {"lrp.epsilon_gamma_box_mlp": (mlp_composite(low, high), {})}
         model.save(rep.file(os.path.join(out, "digits-mlp.npz"), "the digits MLP as an attribx graph"))
     train_s = time.perf_counter() - t0
     result["accuracy"] = acc
     _say(f"trained the {name} on scikit-learn's digits: test accuracy {acc:.3f} ({train_s:.1f} s)")
-    rep.add("Models", "<p>Two small models are trained here from fixed seeds, in seconds, on data that "
-            "ships with the package (nothing is downloaded).</p>" + _table(
-                ["model", "data", "test accuracy", "training (s)"],
-                [[name, f"scikit-learn digits, {len(x)} held-out 8×8 images", acc, f"{train_s:.1f}"]]) +
-            '<div id="text-model-row"></div>', "models")
+    rep.model(name, f"scikit-learn digits, {len(x)} held-out 8×8 images", acc, train_s)
+    rep.add("Models", None, "models")
 
     x, y = x[:n_images], y[:n_images]
     rels = {}
-    params = {"lrp.epsilon_gamma_box": {"low": low, "high": high}}
-    for m in progress(IMAGE_METHODS, len(IMAGE_METHODS), "explain digits", progress_bar):
+    for m in progress(methods, len(methods), "explain digits", progress_bar):
         if m == "random":
             rels[m] = random_relevance(rels["gradient"], SEED)
             continue
-        rels[m] = attribx.explain(model, x, m, target="predicted", labels=y, engine=engine, progress_bar=False,
-                                  **params.get(m, {}))
-    first = rels[IMAGE_METHODS[0]]
+        how, params = recipes.get(m, (m, {}))
+        rels[m] = attribx.explain(model, x, how, target="predicted", labels=y, engine=engine, progress_bar=False,
+                                  **params)
+    first = rels[methods[0]]
     ds = xr.Dataset({m: r.drop_attrs() for m, r in rels.items()})
     ds.attrs.update({k: v for k, v in first.attrs.items() if k not in ("method", "parameters")})
-    ds.attrs["methods"] = list(IMAGE_METHODS)
+    ds.attrs["methods"] = list(methods)
     ds.attrs["parameters"] = {m: r.attrs.get("parameters", {}) for m, r in rels.items()}
     rel_path = rep.file(os.path.join(out, "relevance_digits.h5"), "relevance of every image method (one variable each)")
     attribx.save(ds, rel_path)
     result["relevance"] = rel_path
     png = rep.file(heatmap_grid(x, ds, os.path.join(out, "heatmaps_digits.png")), "heatmap grid of the digits")
     result["heatmaps"] = png
-    _say(f"explained {len(x)} test digits with {len(IMAGE_METHODS)} methods: {rel_path}")
-    rep.add("Heatmaps", "<p>Each column is a held-out digit (first row: the input; y the true label, ŷ the "
-            "prediction, t the explained class); each further row is one method's relevance for the predicted class. Red pixels speak "
-            "for the class, blue against it; every heatmap is scaled symmetrically by its own largest "
-            "|relevance|, so white is zero. The LRP composites give sparse, stroke-shaped evidence; the "
-            "gradient shows sensitivity (what would change the output), not contribution; the random row is "
-            "a seeded Gaussian baseline.</p>" + _img(png, "heatmaps"), "heatmaps")
+    _say(f"explained {len(x)} test digits with {len(methods)} methods: {rel_path}")
+    rep.add("Heatmaps", _heatmaps_text(backend) + _img(png, "heatmaps"), "heatmaps")
 
     # pixel flipping
     pf = {}
-    for m in progress(IMAGE_METHODS, len(IMAGE_METHODS), "pixel flipping", progress_bar):
+    for m in progress(methods, len(methods), "pixel flipping", progress_bar):
         pf[m] = attribx.evaluate("pixel_flipping", model, x, rels[m], convention="samek2017", steps=PF_STEPS,
                                  patch_size=1, engine=engine, seed=SEED, progress_bar=False)
     pf_ds = _combine(pf)
     pf_path = rep.file(os.path.join(out, "eval_pixel_flipping.h5"), "pixel-flipping curves and AOPC per method")
     attribx.save(pf_ds, pf_path)
-    curves = rep.file(save_figure(plot_curves(pf, title=f"pixel flipping, {len(x)} digits (most relevant "
-                                                        f"first, uniform noise)", figsize=(7.4, 5.0)),
-                                  os.path.join(out, "pixel_flipping.png")), "pixel-flipping curves")
+    fig = plot_curves(pf, title=f"pixel flipping, {len(x)} digits (most relevant first, uniform noise)",
+                      figsize=(7.4, 5.0))
+    _distinguish(fig, under="gradient_x_input", over="lrp.epsilon")
+    curves = rep.file(save_figure(fig, os.path.join(out, "pixel_flipping.png")), "pixel-flipping curves")
     rows = [[m, float(pf[m].attrs["aopc"]), float(pf[m].attrs["aopc_random"]), float(pf[m].attrs["aopc_relative"])]
-            for m in sorted(IMAGE_METHODS, key=lambda m: -pf[m].attrs["aopc"])]
-    result["aopc"] = {m: float(pf[m].attrs["aopc"]) for m in IMAGE_METHODS}
+            for m in sorted(methods, key=lambda m: -pf[m].attrs["aopc"])]
+    result["aopc"] = {m: float(pf[m].attrs["aopc"]) for m in methods}
     best = rows[0][0]
+    eps, gxi = (rels[m].values.reshape(len(x), -1) for m in ("lrp.epsilon", "gradient_x_input"))
+    per_sample = np.abs(eps - gxi).max(1) / np.maximum(np.abs(gxi).max(1), 1e-30)
+    result["epsilon_vs_gradient_x_input"] = float(per_sample.max())
     _say(f"pixel flipping ({PF_STEPS} steps): AOPC " + ", ".join(f"{r[0]} {r[1]:.3f}" for r in rows))
     rep.add("Pixel flipping", f"<p>Samek et al. 2017: the pixels are replaced by uniform noise one at a time, "
             f"most relevant first, for {PF_STEPS} steps (half of the 64 pixels), and the logit of the explained "
             f"class is recorded. A good explanation makes it fall fast: the area over the perturbation curve "
             f"(AOPC, the mean drop f₀ − f_k over the steps) is large. Each method is also compared with a random "
             f"flipping order (AOPC random; relative = AOPC − AOPC random). Ranking by AOPC: <b>{html.escape(best)}"
-            f"</b> first.</p>" + (NUMPY_NOTE if backend == "numpy" else "") + _table(["method", "AOPC", "AOPC random order", "AOPC relative"], rows)
+            f"</b> first.</p>" + _EPSILON_NOTE.format(median=float(np.median(per_sample)), most=float(per_sample.max()))
+            + _table(["method", "AOPC", "AOPC random order", "AOPC relative"], rows)
             + _img(curves, "pixel-flipping curves"), "pixel-flipping")
 
-    # SpRAy on the first LRP composite's heatmaps
-    sp_method = IMAGE_METHODS[0]
+    # SpRAy on the heatmaps of one LRP method
+    sp_method = SPRAY_METHOD[backend]
     sp = attribx.evaluate("spray", relevance=rels[sp_method], seed=SEED, progress_bar=False)
     sp_path = rep.file(os.path.join(out, "eval_spray.h5"), f"SpRAy of the {sp_method} heatmaps")
     attribx.save(sp, sp_path)
     sp_png = rep.file(save_figure(plot_spray(sp), os.path.join(out, "spray.png")), "SpRAy spectrum and clusters")
     sizes = sp["cluster_size"].values
+    labels = sp["cluster"].values
+    common = {int(c): int(np.bincount(y[labels == c]).argmax()) for c, s in zip(sp["cluster_label"].values, sizes)
+              if s and c >= 0}
+    agree = float(np.mean([common.get(int(c), -1) == t for c, t in zip(labels, y)]))
+    result["spray_clusters"] = int(sp.attrs["n_clusters"])
     _say(f"SpRAy on {len(x)} {sp_method} heatmaps: eigengap suggests {sp.attrs['n_clusters']} clusters")
     table = _table(["cluster", "heatmaps", "most common true digit"],
-                   [[int(c), int(s), int(np.bincount(y[sp["cluster"].values == c]).argmax())
-                     if s and c >= 0 else "-"] for c, s in zip(sp["cluster_label"].values, sizes)])
+                   [[int(c), int(s), common.get(int(c), "-")] for c, s in zip(sp["cluster_label"].values, sizes)])
+    split = {d: sorted(c for c, dc in common.items() if dc == d) for d in sorted(set(common.values()))}
+    split = {d: cs for d, cs in split.items() if len(cs) > 1}
+    follow = "so the clusters follow the classes" if agree >= 0.8 else "so the clusters only partly follow the classes"
+    if split:
+        follow += ("; " + ", ".join(f"digit {d} in clusters {' and '.join(map(str, cs))}" for d, cs in split.items())
+                   + ": the model reads these digits in more than one way (compare their prototypes)")
     rep.add("SpRAy", f"<p>Spectral relevance analysis (Lapuschkin et al. 2019) of the {len(x)} "
             f"<code>{sp_method}</code> heatmaps: each heatmap is pooled and normalised, a k-nearest-neighbour "
             f"graph links similar heatmaps, and the eigenvalues of its Laplacian count groups of heatmaps "
             f"with a similar strategy: a large gap after the k-th smallest eigenvalue suggests k clusters "
             f"(here {sp.attrs['n_clusters']}). The right panel shows the clusters on a 2-D embedding and "
-            f"each cluster's mean heatmap (its prototype). On digits the clusters follow the classes; on a "
-            f"data set with a shortcut (a watermark, a border) a separate cluster reveals it.</p>"
-            + table + _img(sp_png, "SpRAy"), "spray")
+            f"each cluster's mean heatmap (its prototype). Here {agree:.0%} of the digits share their cluster's "
+            f"most common digit, {follow}; on a data set with a shortcut (a watermark, a border) a separate "
+            f"cluster would reveal it.</p>" + table + _img(sp_png, "SpRAy"), "spray")
     result["spray"] = sp_path
+
+
+_EPSILON_NOTE = ("<p class='note'>The curves of <code>lrp.epsilon</code> (dashed, with dots) and "
+                 "<code>gradient_x_input</code> (broad, pale) lie on each other, and that is expected: in a "
+                 "network of linear or convolutional layers, ReLUs and max pooling, the ratio R<sub>k</sub> / "
+                 "z<sub>k</sub> that LRP-ε passes back from each neuron is the gradient of the explained logit "
+                 "with respect to z<sub>k</sub>, so with a tiny ε (here 10⁻⁶) LRP-ε equals gradient × input "
+                 "(Kindermans et al. 2016, Ancona et al. 2018), biases or not: a bias only keeps its share "
+                 "of the relevance, in both. Here the two heatmaps of a digit differ by {median:.0e} of the "
+                 "heatmap's largest |R| (median over the digits; at most {most:.0e}, where a neuron's z lies "
+                 "within a few ε of zero: the difference vanishes as ε → 0). LRP differs from gradient × input "
+                 "through its other rules (z⁺, γ, α2β1, z-box on the first layer) and a larger ε.</p>")
+
+
+def _heatmaps_text(backend: str) -> str:
+    backprop = ("deconvnet and guided backprop pass only positive signals back through the ReLUs"
+                if backend == "torch" else
+                "integrated gradients averages the gradient on the way from a blank image to the digit and "
+                "multiplies it by the input")
+    head = ("<p>Each column is a held-out digit (first row: the input, ink dark; y the true label, ŷ the "
+            "prediction, t the explained class); each further row is one method's relevance for the predicted "
+            "class. Red pixels speak for the class, blue against it; every heatmap is scaled symmetrically by "
+            "its own largest |relevance|, so white is zero. The gradient shows sensitivity (what would change "
+            f"the logit), not contribution; {backprop}; the random row is a seeded Gaussian baseline.</p>")
+    if backend == "torch":
+        return head + ("<p class='note'>The CNN reads the digits on a [−1, 1] scale, so the blank background is "
+                       "−1, not 0: methods multiplied by the input (gradient × input, LRP-ε) and the z-box rule "
+                       "of <code>lrp.epsilon_gamma_box</code> can give background pixels relevance — the "
+                       "absence of ink is evidence too. <code>lrp.epsilon_plus_flat</code> spreads the first "
+                       "convolution's relevance evenly over each 3×3 window and so gives smoother heatmaps.</p>")
+    return head + ("<p class='note'>The MLP has no convolutions. The registered composites differ from LRP-ε "
+                   "only in their rules for convolutions, and <code>lrp.epsilon_plus_flat</code>'s flat first "
+                   "layer would split the relevance equally over all 64 pixels (one colour per heatmap), so the "
+                   "demo explains the MLP with <code>lrp.epsilon_gamma_box_mlp</code>, the same recipe for dense "
+                   "layers written as a user composite (<code>attribx.demo.mlp_composite</code>: z-box on the "
+                   "first layer for pixels in [0, 1], LRP-γ on the hidden layer, LRP-ε on the output layer), "
+                   "and with LRP-z⁺ and LRP-α2β1 on every layer. Deconvnet and guided backprop are left out: "
+                   "without max pooling their backward pass sees the input only through which ReLUs are on "
+                   "(guided backprop) or not at all (deconvnet), so the digits of a class would share a few "
+                   "heatmaps, or one. The pixels are in [0, 1] with a blank background of 0, so gradient × "
+                   "input, integrated gradients, LRP-ε, z⁺ and α2β1 give the background no relevance; the "
+                   "z-box rule, which also weighs the ink a pixel could hold (up to 1), gives it relevance "
+                   "too.</p>")
 
 
 def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) -> None:
@@ -360,6 +482,8 @@ def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) 
     result["text_accuracy"] = acc
     _say(f"trained the sentiment BiLSTM on 3000 generated sentences: held-out accuracy {acc:.3f} ({train_s:.1f} s)")
     ids, y, tokens = test.ids, test.labels, test.token_text
+    rep.model("sentiment BiLSTM (torch: embedding 16, LSTM 24 per direction, linear)",
+              f"{len(train)} generated sentences, {len(ids)} held out", acc, train_s)
     rels = {}
     head, vectors = embedded(model, ids)
     for m in progress(TEXT_METHODS, len(TEXT_METHODS), "explain sentences", progress_bar):
@@ -414,12 +538,6 @@ def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) 
             inline.append(text_heatmap_html(list(test.tokens[i]), r.values[i, :n],
                                             label=f"{m} · sentence {i} · label "
                                                   f"{['negative', 'positive'][int(y[i])]}"))
-    rep.sections[0] = (rep.sections[0][0], rep.sections[0][1].replace(
-        '<div id="text-model-row"></div>',
-        _table(["model", "data", "held-out accuracy", "training (s)"],
-               [["sentiment BiLSTM (torch: embedding 16, LSTM 24 per direction, linear)",
-                 f"{len(train)} generated sentences, {len(ids)} held out", acc, f"{train_s:.1f}"]])),
-        rep.sections[0][2])
     rep.add("Text: word deletion", "<p>Arras et al. 2017: in the held-out sentences the model classifies "
             f"correctly, words are deleted (their embedding set to zero) one at a time, most relevant first, and "
             f"the accuracy is recorded after each of {WD_STEPS} deletions. A good explanation finds the deciding "
@@ -428,9 +546,10 @@ def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) 
             + _table(["method"] + [f"after {k}" for k in range(1, WD_STEPS + 1)] + ["mean"], rows)
             + _img(acc_png, "word deletion"), "word-deletion")
     rep.add("Text heatmaps", "<p>Relevance of each word for the true class (LRP-ε on the token ids, "
-            "gradient×input on the embedded vectors); hover over a word for its value. More sentences are in "
-            "<code>text_heatmaps.html</code>.</p>" + _legend_html(None) + "\n".join(inline)
-            + _img(png, "text heatmaps"), "text-heatmaps")
+            "gradient×input on the embedded vectors); hover over a word for its value. LRP-ε of "
+            f"{min(40, len(ids))} sentences is in <a href=\"text_heatmaps.html\">text_heatmaps.html</a> "
+            f"(and of {len(show)} as a picture in <a href=\"text_heatmaps.png\">text_heatmaps.png</a>).</p>"
+            + _legend_html(None) + "\n".join(inline), "text-heatmaps")
 
 
 def run_demo(out: str = "attribx-demo", backend: str = "auto", n_images: int = 200, n_sentences: int = 400,
@@ -445,7 +564,7 @@ def run_demo(out: str = "attribx-demo", backend: str = "auto", n_images: int = 2
     if backend not in ("torch", "numpy"):
         raise AttribxError(f"backend must be 'auto', 'torch' or 'numpy', got {backend!r}")
     if backend == "torch" and not torch_available():
-        raise AttribxError("backend 'torch' needs PyTorch and the attribx-torch plugin: pip install 'attribx[torch]'")
+        raise AttribxError(f"backend 'torch' needs PyTorch and the attribx-torch plugin; {TORCH_HINT}")
     try:
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
@@ -467,7 +586,7 @@ def run_demo(out: str = "attribx-demo", backend: str = "auto", n_images: int = 2
         if backend == "torch":
             _text(rep, out, n_sentences, progress_bar, result)
         else:
-            line = "text part skipped: the sentiment BiLSTM needs PyTorch and attribx-torch (pip install 'attribx[torch]')"
+            line = f"text part skipped: the sentiment BiLSTM needs PyTorch and attribx-torch ({TORCH_HINT})"
             _say(line)
             rep.add("Text", f"<p>{html.escape(line)}.</p>", "text")
             result["text_skipped"] = line

@@ -69,15 +69,30 @@ def test_torch_demo_evaluations_lrp_beats_random(demo):
 
 
 def test_torch_demo_report_shows_every_part(demo):
-    out, _ = demo
+    out, result = demo
     page = (out / "report.html").read_text(encoding="utf-8")
     for part in ("Models", "Heatmaps", "Pixel flipping", "SpRAy", "Text: word deletion", "Text heatmaps", "Files"):
         assert f">{part}</h2>" in page, part
     assert "backend <b>torch</b>" in page and "stopped early" not in page
     assert "<th>AOPC</th>" in page and "sentiment BiLSTM" in page
+    # heatmap grid, pixel-flipping curves, SpRAy, word deletion: the text heatmaps are inline HTML, once
     srcs = re.findall(r'src="([^"]*)"', page)
-    assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert page.count('class="attribx-token"') > 20                          # inline text heatmaps
+    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert 'alt="text heatmaps"' not in page
+    labels = re.findall(r'class="attribx-caption"[^>]*>([^<]*)<', page)
+    assert len(labels) == 8 and len(set(labels)) == 8                        # 4 sentences × 2 methods, once each
+    assert page.count('class="attribx-token"') > 20
+    assert '<a href="text_heatmaps.html">' in page and '<a href="text_heatmaps.png">' in page
     pf = attribx.open_relevance(str(out / "eval_pixel_flipping.h5"))
     for m in IMAGE_METHODS:
-        assert f"<td>{m}</td><td>{float(pf['aopc'].sel({'method': m}).mean()):.4f}</td>" in page, m
+        value = float(pf['aopc'].sel({'method': m}).mean())
+        assert f'<td>{m}</td><td class="num">{value:.4f}</td>' in page, m
+    # two models trained, two listed, the text says two
+    models = page.split(">Models</h2>", 1)[1].split("<h2", 1)[0]
+    assert "Two small models are trained" in models and models.count("<tr>") == 3
+    assert "digits CNN" in models and "sentiment BiLSTM" in models
+    # why lrp.epsilon's curve lies on gradient × input: said, and measured
+    assert "LRP-ε equals gradient × input" in page and "stroke-shaped" not in page
+    assert result["epsilon_vs_gradient_x_input"] < 0.1
+    for name in FILES[:-1]:
+        assert f'<td><a href="{name}">{name}</a></td>' in page, name

@@ -705,7 +705,9 @@ def plot_clusters(result: xr.Dataset, fig=None, max_prototypes: int = 20):
     nrows = min(4, len(shown))
     if fig is None:
         fig = plt.figure(figsize=(5.0 + 1.6 * ncols, 4.4))
-    gs = fig.add_gridspec(max(nrows, 1), 1 + ncols, width_ratios=[3.2 * max(nrows, 1) / 2] + [1] * ncols)
+    # room between the prototypes for their titles (without it a title sits on the frame above)
+    gs = fig.add_gridspec(max(nrows, 1), 1 + ncols, width_ratios=[3.2 * max(nrows, 1) / 2] + [1] * ncols,
+                          hspace=0.5, wspace=0.3)
     ax = fig.add_subplot(gs[:, 0])
     if "embedding" in result:
         xy = np.asarray(result["embedding"].values)
@@ -732,7 +734,8 @@ def plot_clusters(result: xr.Dataset, fig=None, max_prototypes: int = 20):
         if img.ndim == 1:
             img = img[None, :]
         lim = float(np.abs(img).max()) or 1.0
-        pax.imshow(img, cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest", aspect="auto")
+        pax.imshow(img, cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest",
+                   aspect="auto" if img.shape[0] == 1 else "equal")      # a heatmap keeps its shape
         pax.set_xticks([])
         pax.set_yticks([])
         for spine in pax.spines.values():
