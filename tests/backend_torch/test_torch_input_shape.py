@@ -70,6 +70,27 @@ def test_other_models_say_what_to_pass(make, needle):
     assert "or call attribx.explain(model, x) or attribx.forward(model, x), which take the shape from x" in text
 
 
+def test_a_shape_read_from_the_first_layer_that_does_not_run_says_so():
+    class Sequence(nn.Module):          # nn.Linear on (N, T, F): the first layer fixes F only
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.conv = nn.Conv1d(4, 2, 1)
+
+        def forward(self, x):
+            return self.conv(self.fc(x).transpose(1, 2)).flatten(1)
+
+    model = Sequence().eval()
+    with pytest.raises(attribx.InputError) as err:
+        attribx.translate(model)
+    text = one_line(err)
+    assert text.startswith("Sequence does not run on one sample of shape (4,)")
+    assert text.endswith("No input_shape was given and (4,) was read from the first layer: pass "
+                         "attribx.translate(model, input_shape=...) with one sample's shape, or call "
+                         "attribx.explain(model, x) or attribx.forward(model, x), which take the shape from x")
+    assert attribx.translate(model, input_shape=(3, 4)).input.shape == (None, 3, 4)
+
+
 # ----------------------------------------------------------------------------------------------
 # wrong shapes through explain and forward: the expected shape and the fix
 

@@ -227,7 +227,7 @@ class _ProgramTranslation(tr._Translation):
 
         def first(v):
             if isinstance(v, (tuple, list)):
-                return type(v)(first(a) for a in v)
+                return tuple(first(a) for a in v)
             if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == self.batch:
                 return v[:1]
             return v

@@ -2239,7 +2239,8 @@ def _implied_input_shape(model: nn.Module) -> tuple:
 def translate_module(model: nn.Module, input_shape: tuple | None) -> Graph:
     """The attribx graph of ``model`` for inputs of one sample's shape ``input_shape`` (no batch axis; None:
     the shape the first layer fixes, see :func:`_implied_input_shape`)."""
-    if input_shape is None:
+    implied = input_shape is None
+    if implied:
         input_shape = _implied_input_shape(model)
     try:
         input_shape = tuple(int(d) for d in input_shape)
@@ -2258,6 +2259,13 @@ def translate_module(model: nn.Module, input_shape: tuple | None) -> Graph:
     model.eval()
     try:
         graph = _Translation(model, input_shape, dtype).run()
+    except InputShapeError as err:
+        if not implied:
+            raise
+        raise InputShapeError(
+            f"{err}. No input_shape was given and {input_shape} was read from the first layer: pass "
+            f"attribx.translate(model, input_shape=...) with one sample's shape, or call attribx.explain(model, x) "
+            f"or attribx.forward(model, x), which take the shape from x") from None
     finally:
         for m, flag in was_training:
             m.training = flag
