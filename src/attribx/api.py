@@ -37,7 +37,8 @@ def translate(model: Any, passes: bool | Sequence[str] = True, input_shape: Sequ
 
     ``passes=True`` runs every default pass, a list names the passes to run, ``False`` none.
     ``input_shape`` (one sample's shape, no batch axis) lets backends that trace with example data
-    (PyTorch) translate; :func:`explain` and :func:`forward` pass the data's shape.
+    (PyTorch) translate; :func:`explain` and :func:`forward` pass the data's shape. Without it a torch
+    model translates only when its first layer fixes the whole sample shape (``nn.Linear``).
     """
     model = load_model(model)
     if isinstance(model, Graph):
