@@ -350,3 +350,19 @@ def test_a_replaced_file_keeps_its_mode(tmp_path):
     path.chmod(0o640)
     render.render(image(np.ones((1, 4, 4))), path)
     assert path.read_bytes()[:4] == b"\x89PNG" and stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_captions_wider_than_a_heatmap_wrap_instead_of_overlapping():
+    pytest.importorskip("matplotlib")
+    rel = image(np.ones((3, 8, 8)), target=("sample", [2, 8, 2]), prediction=("sample", [2, 8, 2]),
+                label=("sample", [2, 8, 7]))
+    fig = render.heatmap_grid(rel, size=48, colorbar=False)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titles = [ax.title for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 3 and all("\n" in t.get_text() for t in titles)
+    boxes = [t.get_window_extent(renderer) for t in titles]
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))                 # side by side, apart
+    assert all(box.y0 >= ax.get_window_extent(renderer).y1 for box, ax in zip(boxes, fig.axes))   # above
+    wide = render.heatmap_grid(rel, colorbar=False)                              # 152 pixels: one line
+    assert [ax.get_title() for ax in wide.axes] == ["#0 y=2 ŷ=2 t=2", "#1 y=8 ŷ=8 t=8", "#2 y=7 ŷ=2 t=2"]

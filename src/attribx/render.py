@@ -462,12 +462,26 @@ def heatmap_grid(relevance, inputs: Any = None, *, variables: str | Sequence[str
     def text_px(text: str, points: float) -> float:
         return renderer.get_text_width_height_descent(text, FontProperties(size=points), ismath=False)[0]
 
+    def wrap(text: str, points: float, room: float) -> str:
+        """``text`` broken at spaces into lines of at most ``room`` pixels (a word longer stays whole)."""
+        lines: list[str] = []
+        for word in text.split(" "):
+            if lines and text_px(f"{lines[-1]} {word}", points) <= room:
+                lines[-1] = f"{lines[-1]} {word}"
+            else:
+                lines.append(word)
+        return "\n".join(lines)
+
     pt = dpi / 72.0                             # pixels per point
     # the layout in whole pixels: labels left of the rows (horizontal), captions above the columns
     gap_w, gap_h = max(2, round(0.06 * dpi)), max(2, round(0.06 * dpi))
+    # column captions wider than a picture are wrapped onto several lines, so neighbours never overlap
+    col_labels = [wrap(t, caption_size, pic_w + gap_w - 2) for t in col_labels]
+    caption_lines = max(t.count("\n") + 1 for t in col_labels)
     left = int(np.ceil(max(text_px(t, fontsize) for t in row_labels) + 10 * pt))
     right = max(4, round(0.1 * dpi))
-    top = int(np.ceil(2.0 * caption_size * pt + (2.2 * fontsize * pt if title else 0.0))) + gap_h
+    top = int(np.ceil((0.6 + 1.25 * caption_lines) * caption_size * pt
+                      + (2.2 * fontsize * pt if title else 0.0))) + gap_h
     bottom = int(np.ceil((0.75 if colorbar else 0.1) * dpi))
     width = left + n_cols * pic_w + (n_cols - 1) * gap_w + right
     if title:
