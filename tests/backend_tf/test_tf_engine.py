@@ -97,3 +97,24 @@ def test_device_placement():
     ours = attribx.explain(g, x, "lrp.epsilon", engine=eng)
     ref = attribx.explain(g, x, "lrp.epsilon", engine="numpy")
     assert relative_error(ours.values, ref.values) <= 1e-10
+
+
+@pytest.mark.parametrize("multiplier, stride, padding, dilation", [(1, 1, 1, 1), (2, 2, 1, 1), (1, 1, 2, 2),
+                                                                   (3, (2, 2), 0, 1)])
+def test_depthwise_conv_takes_tf_depthwise_kernels_with_the_same_numbers(multiplier, stride, padding, dilation):
+    """One input channel per group (MobileNet's depthwise convs) runs as one DepthwiseConv2dNative and its
+    input gradient, not one conv per group; forward and VJP equal numpy's (float64)."""
+    from attribx_tf.kernels import _ConvPlan
+    rng = np.random.default_rng(3)
+    c = 5
+    attrs = OPS["conv"].resolve_attrs("t", {"stride": stride, "padding": padding, "dilation": dilation,
+                                            "groups": c})
+    x, w = rng.normal(size=(2, c, 9, 8)), rng.normal(size=(c * multiplier, 1, 3, 3))
+    plan = _ConvPlan(attrs, tf.constant(x), tf.constant(w))
+    assert plan._depthwise_filter(4, c) is not None
+    ref = NUMPY_KERNELS["conv"].forward(attrs, [x], {"weight": w})
+    close(TF_KERNELS["conv"].forward(attrs, [tf.constant(x)], {"weight": tf.constant(w)}), ref, 1e-10, "forward")
+    g = rng.normal(size=ref.shape)
+    want = NUMPY_KERNELS["conv"].vjp(attrs, [x], {"weight": w}, ref, g)[0]
+    got = TF_KERNELS["conv"].vjp(attrs, [tf.constant(x)], {"weight": tf.constant(w)}, None, tf.constant(g))[0]
+    close(got, want, 1e-10, "vjp")

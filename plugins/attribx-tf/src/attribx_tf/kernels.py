@@ -189,7 +189,21 @@ class _ConvPlan:
             return [self.w]
         return tf.split(self.w, self.groups, axis=-1)
 
+    def _depthwise_filter(self, rank: int, channels: int):
+        """For a 2-D conv with one input channel per group (MobileNet's, EfficientNet's depthwise convs):
+        the filter as TF's depthwise kernels take it, (*k, C, multiplier), else None. One depthwise op
+        instead of a conv per group (a Python loop over up to 960 groups)."""
+        if (self.groups == 1 or rank != 4 or self.w.shape[-2] != 1 or channels != self.groups
+                or self.strides[1] != self.strides[2]):      # TF's depthwise kernels take equal strides only
+            return None
+        k = list(self.w.shape[:-2])
+        return tf.reshape(self.w, k + [self.groups, self.w.shape[-1] // self.groups])
+
     def conv(self, xl):
+        dw = self._depthwise_filter(len(xl.shape), xl.shape[-1])
+        if dw is not None:
+            return tf.raw_ops.DepthwiseConv2dNative(input=xl, filter=dw, strides=self.strides, padding="VALID",
+                                                    dilations=self.dilations)
         op = tf.raw_ops.Conv2D if len(xl.shape) == 4 else tf.raw_ops.Conv3D
         xs = [xl] if self.groups == 1 else tf.split(xl, self.groups, axis=-1)
         ys = [op(input=xi, filter=wi, strides=self.strides, padding="VALID", dilations=self.dilations)
@@ -198,6 +212,11 @@ class _ConvPlan:
 
     def conv_input_grad(self, gl, in_shape):
         """The transposed conv: the gradient of the padded, channel-last input."""
+        dw = self._depthwise_filter(len(gl.shape), in_shape[-1])
+        if dw is not None:
+            return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+                input_sizes=tf.constant(list(in_shape), dtype=tf.int32), filter=dw, out_backprop=gl,
+                strides=self.strides, padding="VALID", dilations=self.dilations)
         gs = [gl] if self.groups == 1 else tf.split(gl, self.groups, axis=-1)
         group_shape = list(in_shape[:-1]) + [in_shape[-1] // self.groups]
         sizes = tf.constant(group_shape, dtype=tf.int32)
