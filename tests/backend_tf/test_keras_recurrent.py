@@ -18,8 +18,7 @@ from attribx.testing import relative_error  # noqa: E402
 from arras_reference import arras_lrp, sst_net  # noqa: E402
 
 L = keras.layers
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning",
-                                        "ignore:.*does not support masking:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")
 ENGINES = ("numpy", "tensorflow")
 TOL64 = 1e-10
 TOL32 = 2e-6

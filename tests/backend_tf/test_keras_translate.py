@@ -21,7 +21,6 @@ from attribx import UnsupportedError  # noqa: E402
 from attribx.testing import relative_error  # noqa: E402
 
 L = keras.layers
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TOL64 = 1e-8
 TOL32 = 1e-5
 
@@ -209,6 +208,21 @@ def test_batch_norm_folds_into_conv_and_keeps_its_name(float64):
     assert unfolded["bn"].op == "batch_norm"
     ds = attribx.explain(model, x, "lrp.epsilon", engine="numpy", layers=["bn"])
     assert np.isfinite(ds["bn"].values).all() and ds["relevance"].dims[-1] == "channel"
+
+
+def test_translation_and_explanation_do_not_call_keras_array():
+    # Keras variables and TensorFlow tensors have an __array__ without a copy keyword, so NumPy 2 warns on
+    # each np.array / np.asarray / keras.ops.convert_to_numpy of one: attribx goes through .numpy() instead
+    import warnings
+    model = _bn_after_conv()
+    randomize(model)
+    x = sample((8, 8, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for engine in ("numpy", "tensorflow"):
+            rel = attribx.explain(model, x, "lrp.epsilon_gamma_box", engine=engine, low=-3.0, high=3.0)
+            assert np.isfinite(rel.values).all()
+    assert not [w for w in caught if "__array__" in str(w.message)], [str(w.message) for w in caught]
 
 
 # -- activations ----------------------------------------------------------------------------------------------

@@ -82,8 +82,13 @@ def _channels_first(n: int) -> tuple:
 
 
 def _np(v) -> np.ndarray:
-    import keras
-    return np.array(keras.ops.convert_to_numpy(v))
+    """A Keras variable or tensor (or an array, a number) as a numpy array of its own.
+
+    Through ``.numpy()``, not ``np.array(v)`` / ``keras.ops.convert_to_numpy(v)``: the ``__array__`` of Keras
+    variables and TensorFlow tensors takes no ``copy`` keyword, which NumPy 2 warns about on every call."""
+    if hasattr(v, "numpy") and not isinstance(v, np.ndarray):
+        v = v.numpy()
+    return np.array(v)
 
 
 def _class_path(layer) -> str:
