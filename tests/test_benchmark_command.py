@@ -173,10 +173,15 @@ def test_memory_is_that_of_the_activations():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
-def test_peak_rss_sees_allocations_and_falls_back_to_sampling(monkeypatch):
-    for how in ("VmHWM", "sampled"):
+def test_peak_rss_sees_allocations_and_falls_back_to_sampling(monkeypatch, tmp_path):
+    for how in ("VmHWM", "sampled", "not reset"):
         if how == "sampled":                          # where the kernel refuses the reset: sampled every ms
             monkeypatch.setattr(B, "_CLEAR_REFS", "/nonexistent/clear_refs")
+        elif how == "not reset":                      # the write is taken, the mark stays (here: a plain file)
+            monkeypatch.setattr(B, "_CLEAR_REFS", str(tmp_path / "clear_refs"))
+            a = np.ones(64 * 2 ** 20 // 8)           # a high-water mark well above what stays resident
+            del a
+            how = "sampled"
         with B.PeakRSS() as small:
             pass
         with B.PeakRSS() as big:

@@ -262,6 +262,8 @@ class PeakRSS:
         except OSError:
             self.how = "sampled"
         self._base = _proc_status("VmRSS")
+        if self.how == "VmHWM" and (_proc_status("VmHWM") or 2 ** 62) > (self._base or 0) + 2 ** 20:
+            self.how = "sampled"        # the write was taken but the mark not reset (some sandboxed kernels)
         if self._base is None:
             self.how = None
         elif self.how == "sampled":
