@@ -309,6 +309,14 @@ def test_cli_with_an_import_path(tmp_path, monkeypatch, capsys):
         assert (out / f"benchmark.{suffix}").stat().st_size > 0
     assert main(["benchmark", "--models", "no_such_module:make", "--out", str(out)]) == 2
     assert "cannot import" in capsys.readouterr().err
+    # --repeats: that many timed runs stored, their median reported
+    assert main(["benchmark", "--models", "bench_provider:make", "--methods", "gradient", "--evaluators", "runtime",
+                 "--repeats", "2", "--out", str(out)]) == 0
+    ds = attribx.open_relevance(str(out / "benchmark.h5"))
+    assert ds.attrs["repeats"] == 2 and ds.sizes["repeat"] == 2
+    assert float(ds["seconds_per_sample"][0, 0]) == np.median(ds["seconds_per_sample_runs"].values[0, 0])
+    assert main(["benchmark", "--models", "bench_provider:make", "--repeats", "0", "--out", str(out)]) == 2
+    assert "repeats must be a positive integer" in capsys.readouterr().err
 
 
 def test_model_file_needs_inputs(case, tmp_path, capsys):

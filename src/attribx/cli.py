@@ -232,7 +232,7 @@ def cmd_spray(args) -> int:
 def cmd_benchmark(args) -> int:
     from .benchmark import main as benchmark
     benchmark(args.out, methods=args.methods, models=args.models, evaluators=args.evaluators, n=args.samples,
-              engine=args.engine, batch_size=args.batch_size, seed=args.seed, inputs=args.inputs)
+              engine=args.engine, batch_size=args.batch_size, seed=args.seed, inputs=args.inputs, repeats=args.repeats)
     return 0
 
 
@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--engine", default=None, help=engine_help)
     sp.add_argument("--batch-size", type=int, default=None)
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--repeats", type=int, default=5,
+                    help="timed explain calls per cell; the runtime reported is their median (default 5)")
     sp.add_argument("--out", default="attribx-benchmark", help="output folder (benchmark.h5/.md/.html/.png)")
     sp.set_defaults(func=cmd_benchmark)
 
