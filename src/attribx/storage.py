@@ -493,7 +493,10 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _temp_path(path: str) -> str:
+def temp_file_beside(path: str) -> str:
+    """A new empty file beside ``path`` (hidden, random name) for an atomic write, created with mode 0o666
+    so that the umask decides its permissions as for any file a tool writes; where ``path`` exists, the
+    temporary file takes its mode (replacing a file keeps its permissions)."""
     directory, base = os.path.split(os.path.abspath(path))
     for _ in range(100):
         tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
@@ -501,20 +504,21 @@ def _temp_path(path: str) -> str:
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             continue
+        except OSError as err:
+            raise StorageError(f"{path}: cannot write there: {err.strerror or err}") from None
         os.close(fd)
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        except OSError:
+            pass                                # no earlier file (or not ours): the umask's mode stays
         return tmp
     raise StorageError(f"{path}: cannot create a temporary file in {directory}")
 
 
 def _atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None = None) -> None:
     """Run ``write(h5file)`` on a temporary file beside ``path`` and rename it over ``path``."""
-    tmp = _temp_path(path)
+    tmp = temp_file_beside(path)
     try:
-        if os.path.exists(path):
-            try:
-                os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-            except OSError:
-                pass
         if copy_from is not None:
             shutil.copyfile(copy_from, tmp)
             h5mode = "r+"
@@ -552,10 +556,7 @@ def check_writable(path) -> None:
         why = (f"the folder {folder} does not exist" if os.path.isdir(existing) else
                f"{existing} is a file, not a folder")
         raise StorageError(f"{path}: cannot write there: {why}")
-    try:
-        os.unlink(_temp_path(path))
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot write there: {exc.strerror or exc}") from None
+    os.unlink(temp_file_beside(path))
 
 
 def save(obj, path, mode: str = "w") -> None:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import html
 import os
-import secrets
-import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import xarray as xr
 
-from .errors import AttribxError, InputError, StorageError
+from .errors import AttribxError, InputError
+from .storage import temp_file_beside
 
 TOKEN_DIM = "token"
 SAMPLE_DIM = "sample"
@@ -223,34 +222,12 @@ def _progress(items: list, desc: str):
     return progress(items, len(items), desc, None if len(items) > 100 else False)
 
 
-def _temp_beside(path: str) -> str:
-    """A new empty file beside ``path`` (hidden, random name) created with mode 0o666, so the umask decides
-    its permissions as for any file a tool writes; where ``path`` exists, the temporary file takes its mode
-    (replacing a file keeps its permissions)."""
-    directory, base = os.path.split(os.path.abspath(path))
-    for _ in range(100):
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise StorageError(f"{path}: cannot write ({err.strerror or err})") from None
-        os.close(fd)
-        try:
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        except OSError:
-            pass                                # no earlier file (or not ours): the umask's mode stays
-        return tmp
-    raise StorageError(f"{path}: cannot create a temporary file in {directory}")
-
-
 def _write_atomically(path, write: Callable[[str], None]) -> str:
     """Write through a temporary file beside ``path`` and rename it over ``path``, so a failed write leaves
     no half-written file and the earlier one intact. The new file's mode is what the umask gives (0o644
     under umask 022), or the replaced file's mode. Returns ``path``."""
     path = os.fspath(path)
-    tmp = _temp_beside(path)
+    tmp = temp_file_beside(path)
     try:
         write(tmp)
         os.replace(tmp, path)
