@@ -1,6 +1,7 @@
-"""Shared fixtures: small hand-built graphs with fixed random weights."""
+"""Shared fixtures: small hand-built graphs with fixed random weights; the ``extended`` marker."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,19 @@ import pytest
 from attribx import GraphBuilder
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: ``@pytest.mark.extended``: a test that repeats what faster tests already cover (a bigger model, more
+#: combinations). scripts/test and CI skip it; ATTRIBX_EXTENDED=1 (or ``-m extended``) runs it.
+EXTENDED = os.environ.get("ATTRIBX_EXTENDED", "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    if EXTENDED or "extended" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="extended: repeats covered ground; ATTRIBX_EXTENDED=1 runs it")
+    for item in items:
+        if item.get_closest_marker("extended"):
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ pytest.importorskip("matplotlib")
 import attribx  # noqa: E402
 from attribx.demo import IMAGE_METHODS, PF_STEPS, TEXT_METHODS, WD_STEPS  # noqa: E402
 
+pytestmark = pytest.mark.slow     # trains both demo models
+
 FILES = ["relevance_digits.h5", "heatmaps_digits.png", "eval_pixel_flipping.h5", "pixel_flipping.png",
          "eval_spray.h5", "spray.png", "relevance_text.h5", "eval_word_deletion.h5", "word_deletion.png",
          "text_heatmaps.html", "text_heatmaps.png", "report.html"]

@@ -214,6 +214,7 @@ def test_same_seed_same_result_and_tsne(case):
     xr.testing.assert_equal(a, b)                       # values and coords (attrs hold timings)
 
 
+@pytest.mark.slow
 def test_umap_embedding_separates_the_planted_groups(case):
     """embedding='umap' where umap-learn is installed (CI's torch environment): a 2-D map in which every
     sample's nearest neighbour belongs to its own group; without umap-learn, a clear error."""
@@ -356,6 +357,7 @@ def test_bad_relevance(case):
             S.spray(relevance=rel, approximate=True)
 
 
+@pytest.mark.slow     # pynndescent compiles with numba on first use (~25 s)
 def test_approximate_neighbours(case, result):
     """approximate=True (pynndescent's nearest-neighbour descent, when installed) finds nearly every exact
     neighbour, and the planted groups all the same."""

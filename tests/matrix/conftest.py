@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 
 if "tensorflow" not in sys.modules and importlib.util.find_spec("triton") is not None:
     try:
@@ -27,15 +28,45 @@ if "tensorflow" not in sys.modules and importlib.util.find_spec("triton") is not
         pass
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker records its own cells: the controller gives them a folder to leave
+    them in (workers inherit the environment), and the summary reads them all."""
+    if not hasattr(config, "workerinput") and "ATTRIBX_MATRIX_RECORDS" not in os.environ:
+        config._matrix_records = tempfile.TemporaryDirectory(prefix="attribx-matrix-")
+        os.environ["ATTRIBX_MATRIX_RECORDS"] = config._matrix_records.name
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workerinput"):
+        from matrix.common import RECORD
+        folder = os.environ.get("ATTRIBX_MATRIX_RECORDS")
+        if folder and RECORD:
+            name = os.path.join(folder, f"{session.config.workerinput['workerid']}.json")
+            with open(name, "w") as f:
+                json.dump(RECORD, f)
+
+
+def _all_records():
+    from matrix.common import RECORD
+    records = list(RECORD)
+    folder = os.environ.get("ATTRIBX_MATRIX_RECORDS")
+    if folder and os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name)) as f:
+                records.extend(json.load(f))
+    return records
+
+
 def pytest_terminal_summary(terminalreporter):
-    from matrix.common import RECORD, TOL
-    if not RECORD:
+    from matrix.common import TOL
+    records = _all_records()
+    if not records:
         return
-    wide = [r for r in RECORD if r["float32"] > TOL]
+    wide = [r for r in records if r["float32"] > TOL]
     path = os.environ.get("ATTRIBX_MATRIX_REPORT")
     if path:
         with open(path, "w") as f:
-            json.dump(RECORD, f, indent=1)
+            json.dump(records, f, indent=1)
     if wide:
         terminalreporter.section("matrix: cells with a float32 error above 1e-4 (see tests/matrix/common.py)")
         for r in wide:

@@ -56,6 +56,7 @@ def test_lenet_relevance_equals_numpy(lenet, engine, method):
                 f"lenet5 {engine} {method}")
 
 
+@pytest.mark.extended     # ResNet18 exported by torch.onnx on every engine and method: test_matrix_torchvision.py
 @pytest.mark.parametrize("method", lrp_methods())
 @pytest.mark.parametrize("engine", OTHER_ENGINES)
 def test_resnet_relevance_equals_numpy(resnet, engine, method):

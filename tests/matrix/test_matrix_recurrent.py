@@ -29,6 +29,8 @@ from attribx.testing import relative_error  # noqa: E402
 from .common import FORWARD_TOL, has_module  # noqa: E402
 from .zoo import engines  # noqa: E402
 
+pytestmark = pytest.mark.slow     # torch.onnx exports in child processes
+
 TOL = 1e-4
 STEPS = 6
 HEADS = [f"{cell}-l{layers}-{d}-{head}" for cell in ("LSTM", "GRU") for layers, d in ((1, "uni"), (1, "bi"), (2, "bi"))

@@ -33,6 +33,8 @@ from .common import Lazy, assert_cell, assert_forward, cells, export_path, refer
 from .torch_export import export_all  # noqa: E402
 from .zoo import engines, methods  # noqa: E402
 
+pytestmark = pytest.mark.slow     # torchvision models on every engine and method
+
 ARCHS = {"resnet18": (1, 3, 64, 64), "mobilenet_v2": (1, 3, 64, 64)}
 SOURCES = {"torch": None, "onnx_torch": None, "onnx_torch_legacy": ["numpy"]}
 EXPORTER = {"onnx_torch": "dynamo", "onnx_torch_legacy": "legacy"}
