@@ -206,3 +206,48 @@ def test_training_mode_program_is_refused_before_it_runs():
                                                        r"mode\?\); attribx explains inference: export model\.eval\(\)"):
         attribx.translate(ep)
     assert_unchanged(ep, before)        # running it would have updated the running statistics
+
+
+class InPlace(nn.Module):
+    """In-place ReLUs (torchvision's VGG, ResNet) and a view taken before an in-place op: the training IR
+    keeps relu_ and its aliasing, which torch's functionalisation resolves."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        keep = h[:, :4]              # a view of h before relu_ changes h: it sees the change
+        h = self.act(h)
+        return self.fc2(torch.cat([keep, h], 1))
+
+
+def test_in_place_ops_in_the_program_translate_as_what_they_compute():
+    torch.manual_seed(0)
+    m = InPlace().eval().double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    ep = torch.export.export(m, (x,))
+    assert any("relu_" in str(n.target) for n in ep.graph.nodes)        # the case the test is about
+    before = [str(n.target) for n in ep.graph.nodes]
+    with torch.no_grad():
+        want = ep.module()(x).numpy()
+    g = attribx.translate(ep)
+    assert relative_error(attribx.forward(g, x.numpy(), engine="numpy"), want) <= 1e-12
+    assert [str(n.target) for n in ep.graph.nodes] == before               # the user's program is unchanged
+    # relevance: that of the same computation written without in-place ops (the view sees relu's result)
+
+    class OutOfPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = m.fc1, m.fc2
+
+        def forward(self, x):
+            h = torch.relu(self.fc1(x))
+            return self.fc2(torch.cat([h[:, :4], h], 1))
+
+    rel_program = attribx.explain(ep, x, "lrp.epsilon", target=1)
+    rel_module = attribx.explain(OutOfPlace().eval(), x, "lrp.epsilon", target=1)
+    np.testing.assert_allclose(rel_program.values, rel_module.values, rtol=1e-10, atol=1e-12)

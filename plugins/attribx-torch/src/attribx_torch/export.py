@@ -289,15 +289,23 @@ class _ProgramTranslation(tr._Translation):
 _TRAINING_BN = {torch.ops.aten.batch_norm.default, torch.ops.aten.native_batch_norm.default}
 
 
+def _computed(n: fx.Node, i: int, name: str) -> bool:
+    """Whether op argument i is a value the program computes (not an input, a parameter or a buffer)."""
+    v = n.args[i] if i < len(n.args) else n.kwargs.get(name)
+    return isinstance(v, fx.Node) and v.op == "call_function"
+
+
 def _arg_name(n: fx.Node, i: int, name: str) -> str:
     """The state an op argument holds (``bn.running_mean``), else the argument's name."""
     v = n.args[i] if i < len(n.args) else n.kwargs.get(name)
     return str(v.target) if isinstance(v, fx.Node) and v.op == "get_attr" else name
 
 
-def _program_module(ep) -> tuple[fx.GraphModule, fx.Node]:
+def _program_module(ep, intermediate_writes: bool = False) -> tuple[fx.GraphModule, fx.Node]:
     """A fresh module of the program (``ep.module()``), without its input guards (they check the example's
-    batch size), and its one input; programs that update state are refused before anything runs."""
+    batch size), and its one input; programs that update state are refused before anything runs (with
+    ``intermediate_writes``, in-place ops on values the program computes pass: a check before
+    :func:`_functional` removes them)."""
     sig = ep.graph_signature
     mutated = dict(getattr(sig, "buffers_to_mutate", {}) or {})
     mutated.update(getattr(sig, "user_inputs_to_mutate", {}) or {})
@@ -312,6 +320,9 @@ def _program_module(ep) -> tuple[fx.GraphModule, fx.Node]:
         elif isinstance(n.target, torch._ops.OpOverload):
             args = n.target._schema.arguments
             written = [i for i, a in enumerate(args) if a.alias_info is not None and a.alias_info.is_write]
+            # (none is left after _functional but on state, which the signature names first)
+            if intermediate_writes:
+                written = [i for i in written if not _computed(n, i, args[i].name)]
             if n.target in _TRAINING_BN and tr._arg(n.args, n.kwargs, 5, "training", False):
                 written = [3, 4]        # running_mean, running_var
             if written:
@@ -326,10 +337,26 @@ def _program_module(ep) -> tuple[fx.GraphModule, fx.Node]:
     return gm, inputs[0]
 
 
+def _writes(n: fx.Node) -> bool:
+    return isinstance(n.target, torch._ops.OpOverload) and any(
+        a.alias_info is not None and a.alias_info.is_write for a in n.target._schema.arguments)
+
+
+def _functional(ep):
+    """The program without in-place ops on intermediate values (``ReLU(inplace=True)`` stays ``relu_`` in
+    the training IR): torch's own functionalisation (``run_decompositions`` with no decompositions), which
+    also resolves what views of a modified value see. A new program; the user's is not changed. State the
+    program would update still shows in the new program's signature, and is refused there."""
+    if any(_writes(n) for n in ep.graph.nodes if n.op == "call_function"):
+        _program_module(ep, intermediate_writes=True)      # refuses state updates, naming them as they are
+        return ep.run_decompositions({})
+    return ep
+
+
 def translate_program(ep, input_shape: tuple | None) -> Graph:
     """The attribx graph of an ``ExportedProgram``; one sample's shape is the program's own, or
     ``input_shape`` where the program leaves sizes free (dynamic dims)."""
-    gm, first = _program_module(ep)
+    gm, first = _program_module(_functional(ep))
     val = first.meta.get("val")
     if val is None:
         raise UnsupportedError("the exported program does not record its input's shape (no 'val' metadata)")
