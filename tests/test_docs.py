@@ -1,4 +1,4 @@
-"""The built docs (tox -e docs): every gallery example drew its pictures, the CLI and API pages exist.
+"""The built docs (tox -e core builds them first): every gallery example drew its pictures, the CLI and API pages exist.
 
 Runs after ``sphinx-build`` in the tox ``docs`` environment, which points ``ATTRIBX_DOCS_HTML`` at the
 output; elsewhere it is skipped (building the site takes a minute).
@@ -12,7 +12,7 @@ import pytest
 
 HTML = os.environ.get("ATTRIBX_DOCS_HTML")
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-pytestmark = pytest.mark.skipif(not HTML, reason="set ATTRIBX_DOCS_HTML to a built site (tox -e docs)")
+pytestmark = pytest.mark.skipif(not HTML, reason="set ATTRIBX_DOCS_HTML to a built site (tox -e core)")
 
 EXAMPLES = sorted(p.stem for p in (DOCS / "gallery").glob("plot_*.py"))
 
