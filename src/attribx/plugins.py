@@ -6,6 +6,7 @@ others keep working. Name clashes keep the first registration (built-ins first) 
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -94,10 +95,14 @@ class Registry:
 
     def kernels(self, engine: str) -> dict:
         """Kernels for one engine, from every plugin's ``attribx_kernels`` hook."""
-        if engine not in self._kernels:
-            self._kernels[engine] = self._collect(f"kernels:{engine}s", self._pm.hook.attribx_kernels, None,
-                                                  engine=engine)
-        return self._kernels[engine]
+        table = self._kernels.get(engine)
+        if table is None:
+            with _LOCK:
+                table = self._kernels.get(engine)
+                if table is None:
+                    table = self._collect(f"kernels:{engine}s", self._pm.hook.attribx_kernels, None, engine=engine)
+                    self._kernels[engine] = table
+        return table
 
     # -- lookups with clear errors -------------------------------------------------------------
     def rule(self, name: str):
@@ -145,17 +150,28 @@ class _State:
     registry: Registry | None = None
 
 
+# One lock for building the manager, the registry and the per-engine kernel tables: the first calls may come
+# from several threads at once, and each must see the finished tables (never one half loaded). Reentrant,
+# because building the registry builds the manager, and a plugin's hook may look something up.
+_LOCK = threading.RLock()
+
+
 def manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, with the built-ins and installed entry points loaded."""
-    if _State.pm is None:
-        pm = pluggy.PluginManager("attribx")
-        pm.add_hookspecs(hookspecs)
-        _State.pm, _State.sources, _State.failures = pm, {}, []
-        from . import builtin
-        pm.register(builtin, name=BUILTIN_PLUGIN)
-        _State.sources[BUILTIN_PLUGIN] = "built-in"
-        _load_entry_points(pm)
-    return _State.pm
+    pm = _State.pm
+    if pm is not None:
+        return pm
+    with _LOCK:
+        if _State.pm is None:
+            pm = pluggy.PluginManager("attribx")
+            pm.add_hookspecs(hookspecs)
+            _State.sources, _State.failures = {}, []
+            from . import builtin
+            pm.register(builtin, name=BUILTIN_PLUGIN)
+            _State.sources[BUILTIN_PLUGIN] = "built-in"
+            _load_entry_points(pm)
+            _State.pm = pm             # published only when loaded: other threads never see half of it
+        return _State.pm
 
 
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
@@ -177,35 +193,43 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
 
 def register(plugin: Any, name: str | None = None) -> str:
     """Register a plugin object or module at run time (the same hooks as an entry point)."""
-    pm = manager()
-    try:
-        name = pm.register(plugin, name=name)
-    except ValueError as err:
-        raise PluginError(str(err)) from None
-    _State.sources[name] = "registered at run time"
-    _State.registry = None
-    return name
+    with _LOCK:
+        pm = manager()
+        try:
+            name = pm.register(plugin, name=name)
+        except ValueError as err:
+            raise PluginError(str(err)) from None
+        _State.sources[name] = "registered at run time"
+        _State.registry = None
+        return name
 
 
 def unregister(name: str) -> None:
-    pm = manager()
-    pm.unregister(name=name)
-    _State.sources.pop(name, None)
-    _State.registry = None
+    with _LOCK:
+        pm = manager()
+        pm.unregister(name=name)
+        _State.sources.pop(name, None)
+        _State.registry = None
 
 
 def reload() -> None:
     """Forget all plugins and load them again (after installing one in the same process)."""
-    _State.pm = None
-    _State.registry = None
-    metadata.distributions.cache_clear() if hasattr(metadata.distributions, "cache_clear") else None
+    with _LOCK:
+        _State.pm = None
+        _State.registry = None
+        metadata.distributions.cache_clear() if hasattr(metadata.distributions, "cache_clear") else None
 
 
 def registry() -> Registry:
-    if _State.registry is None:
-        pm = manager()
-        _State.registry = Registry(pm, _State.sources, list(_State.failures))
-    return _State.registry
+    """The process-wide registry, built once (under a lock: the first calls may come from several threads)."""
+    reg = _State.registry
+    if reg is not None:
+        return reg
+    with _LOCK:
+        if _State.registry is None:
+            pm = manager()
+            _State.registry = Registry(pm, _State.sources, list(_State.failures))
+        return _State.registry
 
 
 def failures() -> list[PluginFailure]:
