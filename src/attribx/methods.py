@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import composite as C
+from . import parameters as P
 from .errors import InputError, MethodError
 from .propagation import Propagation, ancestors, propagate, run_forward
 from .rules import (AlphaBeta, DeconvNet, Epsilon, Flat, Gamma, Gradient, GuidedBackprop, Norm, Rule, WSquare,
@@ -40,7 +41,10 @@ class Method:
 
     ``composite(**params)`` returns the :class:`~attribx.composite.Composite` for the given parameters;
     ``output_init`` is the default initialisation (``"score"`` for LRP, ``"onehot"`` for gradients);
-    ``input_modifier`` post-processes the input relevance.
+    ``input_modifier`` post-processes the input relevance. ``ranges`` maps parameter names to their valid
+    values (:mod:`attribx.parameters`: ``positive``, ``non_negative``, ``integer(1)``, ...) and
+    ``constraints`` lists conditions on several parameters (``ordered("low", "high")``); :meth:`resolve`
+    applies them, and refuses NaN in any parameter, before anything is computed.
     """
 
     name: str
@@ -52,18 +56,23 @@ class Method:
     description: str = ""
     #: the method perturbs the input or multiplies by it: meaningless for integer (token index) inputs
     needs_real_input: bool = False
+    ranges: Mapping[str, P.Range] = field(default_factory=dict)
+    constraints: Sequence[P.Constraint] = ()
 
     def __post_init__(self):
         """Subclasses fix properties of their kind here."""
 
     def resolve(self, params: Mapping[str, Any]) -> dict:
-        """Defaults overlaid with the user's parameters; unknown names are an error."""
+        """Defaults overlaid with the user's parameters; unknown names and values out of their declared
+        range are an error."""
         unknown = set(params) - set(self.defaults)
         if unknown:
             accepted = ", ".join(sorted(self.defaults)) or "no parameters"
             raise MethodError(f"method {self.name!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
                               f"it accepts {accepted}")
-        return {**self.defaults, **params}
+        resolved = {**self.defaults, **params}
+        P.check(f"method {self.name!r}", resolved, self.ranges, self.constraints)
+        return resolved
 
     def start_node(self, graph) -> str:
         """Where relevance starts: the output, or the scores before a final softmax."""
@@ -135,8 +144,6 @@ class SmoothGrad(AveragedMethod):
 
     def points(self, engine, x, params, rng):
         n = int(params["samples"])
-        if n < 1:
-            raise MethodError("smoothgrad: samples must be at least 1")
         xn = engine.to_numpy(x)
         axes = tuple(range(1, xn.ndim))
         std = params["noise"] * (xn.max(axis=axes, keepdims=True) - xn.min(axis=axes, keepdims=True))
@@ -151,8 +158,6 @@ class IntegratedGradients(AveragedMethod):
 
     def points(self, engine, x, params, rng):
         steps = int(params["steps"])
-        if steps < 1:
-            raise MethodError("integrated_gradients: steps must be at least 1")
         b = self.baseline(engine, x, params)
         for k in range(1, steps + 1):
             yield b + (x - b) * (k / steps), 1.0 / steps
@@ -189,12 +194,19 @@ def single_rule(rule_cls, name: str):
         stab = 0.0 if rule_cls is Zero else params.get("stabilizer", 1e-6)
         defaults = C.lrp_defaults(stab, params.get("epsilon"), params.get("bias_factor", 0.0))
         return C.Composite([(C.category("layer"), rule_cls(**params))], defaults=defaults, name=name)
+    ranges = {**rule_cls.ranges, **({"stabilizer": P.positive} if "stabilizer" in rule_cls.defaults else {})}
     return Method(name, make, defaults={k: v for k, v in rule_cls.defaults.items()},
-                  description=(rule_cls.__doc__ or "").strip().splitlines()[0])
+                  description=(rule_cls.__doc__ or "").strip().splitlines()[0],
+                  ranges=ranges, constraints=rule_cls.constraints)
 
 
 #: ops that take the rule a composite names for another (zennit treats transposed convs as convs)
 _SAME_RULE = {"conv": ("conv", "conv_transpose")}
+
+
+#: the ranges of the parameters the built-in composites take (each takes some of them)
+COMPOSITE_RANGES = {"epsilon": P.non_negative, "stabilizer": P.positive, "gamma": P.non_negative,
+                    "low": P.optional(P.finite_array), "high": P.optional(P.finite_array)}
 
 
 def named_composite(name, layer_map, first_map=None, defaults=None, description=""):
@@ -207,7 +219,10 @@ def named_composite(name, layer_map, first_map=None, defaults=None, description=
         for op, rule in layer_map.items():
             entries.append((C.op(*_SAME_RULE.get(op, (op,))), rule(p)))
         return C.Composite(entries, defaults=C.lrp_defaults(p["stabilizer"], p.get("epsilon")), name=name)
-    return Method(name, make, defaults=defaults or {}, description=description)
+    defaults = defaults or {}
+    return Method(name, make, defaults=defaults, description=description,
+                  ranges={k: r for k, r in COMPOSITE_RANGES.items() if k in defaults},
+                  constraints=(P.ordered("low", "high"),) if "low" in defaults else ())
 
 
 _EPS = {"epsilon": 1e-6, "stabilizer": 1e-6}
@@ -229,9 +244,11 @@ BUILTIN_METHODS = (
     Method("guided_backprop", relu_composite(GuidedBackprop(), "guided_backprop"), output_init="onehot",
            family="gradient", description="Guided backpropagation (Springenberg et al. 2015)."),
     SmoothGrad("smoothgrad", gradient_composite, defaults={"noise": 0.1, "samples": 20, "seed": 0},
+               ranges={"noise": P.non_negative, "samples": P.integer(1), "seed": P.integer(0)},
                output_init="onehot", family="gradient",
                description="Mean gradient over noisy copies of the input (Smilkov et al. 2017)."),
     IntegratedGradients("integrated_gradients", gradient_composite, defaults={"baseline": 0.0, "steps": 20},
+                        ranges={"baseline": P.finite_array, "steps": P.integer(1)},
                         output_init="onehot", family="gradient",
                         description="Path integral of the gradient from a baseline (Sundararajan et al. 2017)."),
     single_rule(Zero, "lrp.zero"),

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 from ..errors import MethodError
+from ..parameters import check as check_params
 
 
 @dataclass
@@ -41,14 +42,18 @@ class Rule:
     """Base class of all rules.
 
     Subclasses set ``name``, the ops or op categories they apply to (``ops``/``categories``, both
-    empty: every op), ``defaults`` (their parameters) and implement ``__call__(ctx, relevance)``
-    returning one relevance array (or None) per node input.
+    empty: every op), ``defaults`` (their parameters), ``ranges`` (parameter name -> its valid values, a
+    :class:`attribx.parameters.Range` such as ``non_negative``) and ``constraints`` (conditions on several
+    parameters), checked when the rule is made, and implement ``__call__(ctx, relevance)`` returning one
+    relevance array (or None) per node input.
     """
 
     name: ClassVar[str] = ""
     ops: ClassVar[frozenset] = frozenset()
     categories: ClassVar[frozenset] = frozenset()
     defaults: ClassVar[dict] = {}
+    ranges: ClassVar[dict] = {}
+    constraints: ClassVar[tuple] = ()
 
     def __init__(self, **params: Any):
         unknown = set(params) - set(self.defaults)
@@ -56,6 +61,7 @@ class Rule:
             raise MethodError(f"rule {self.name!r}: unknown parameter(s) {sorted(unknown)}; "
                               f"it takes {sorted(self.defaults) or 'none'}")
         self.params = {**self.defaults, **params}
+        check_params(f"rule {self.name!r}", self.params, self.ranges, self.constraints)
 
     def __getattr__(self, key):
         params = self.__dict__.get("params", {})

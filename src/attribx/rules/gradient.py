@@ -3,6 +3,7 @@ routing (shape ops, max pooling) and pass-through (activations)."""
 from __future__ import annotations
 
 from ..graph import Node
+from ..parameters import non_negative
 from .base import NodeContext, Rule
 
 
@@ -41,6 +42,7 @@ class Proportional(Rule):
     name = "proportional"
     categories = frozenset({"pool"})
     defaults = {"epsilon": 1e-6}
+    ranges = {"epsilon": non_negative}
 
     def __call__(self, ctx: NodeContext, relevance):
         eng, node = ctx.engine, ctx.node

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import MethodError, UnsupportedError
+from ..parameters import alpha_minus_beta_is_one, finite_array, flag, non_negative, optional, ordered, unit_interval
 from .base import NodeContext, Rule
 
 KEEP = "keep"   # bias modifier: leave the bias as it is
@@ -233,6 +234,7 @@ class Epsilon(ZRule):
 
     name = "epsilon"
     defaults = {"epsilon": 1e-6, "zero_bias": False, "bias_factor": 0.0}
+    ranges = {"epsilon": non_negative, "zero_bias": flag, "bias_factor": unit_interval}
 
     def divide(self, eng, R, z):
         return eng.divide_into(R, eng.stabilize(z, self.epsilon))
@@ -279,6 +281,7 @@ class Zero(ZRule):
 
     name = "zero"
     defaults = {"zero_bias": False}
+    ranges = {"zero_bias": flag}
 
     def divide(self, eng, R, z):
         return eng.safe_divide(R, z)
@@ -291,6 +294,7 @@ class Norm(ZRule):
     name = "norm"
     categories = frozenset({"sum", "product"})
     defaults = {"epsilon": 1e-6}
+    ranges = {"epsilon": non_negative}
 
     def relevance(self, op, eng, R):
         xs = op.signals()
@@ -309,13 +313,8 @@ class AlphaBeta(AffineRule):
 
     name = "alpha_beta"
     defaults = {"alpha": 2.0, "beta": 1.0, "stabilizer": 1e-6, "zero_bias": False}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        a, b = self.params["alpha"], self.params["beta"]
-        if a < 0 or b < 0 or abs((a - b) - 1.0) > 1e-12:
-            raise MethodError(f"rule {self.name!r}: need alpha >= 0, beta >= 0 and alpha - beta = 1, "
-                              f"got alpha={a}, beta={b}")
+    ranges = {"alpha": non_negative, "beta": non_negative, "stabilizer": non_negative, "zero_bias": flag}
+    constraints = (alpha_minus_beta_is_one,)
 
     def relevance(self, op, eng, R):
         pos, neg = positive(eng), negative(eng)
@@ -345,6 +344,8 @@ class ZPlus(AlphaBeta):
 
     name = "z_plus"
     defaults = {"stabilizer": 1e-6, "zero_bias": False}
+    ranges = {"stabilizer": non_negative, "zero_bias": flag}
+    constraints = ()
 
     def __init__(self, **params: Any):
         Rule.__init__(self, **params)
@@ -364,6 +365,7 @@ class Gamma(AffineRule):
 
     name = "gamma"
     defaults = {"gamma": 0.25, "stabilizer": 1e-6, "zero_bias": False}
+    ranges = {"gamma": non_negative, "stabilizer": non_negative, "zero_bias": flag}
 
     def relevance(self, op, eng, R):
         up, down = gamma_up(eng, self.gamma), gamma_down(eng, self.gamma)
@@ -423,6 +425,7 @@ class Flat(AffineRule):
 
     name = "flat"
     defaults = {"stabilizer": 1e-6}
+    ranges = {"stabilizer": non_negative}
 
     def relevance(self, op, eng, R):
         one = ones(eng)
@@ -438,6 +441,7 @@ class WSquare(AffineRule):
 
     name = "w_square"
     defaults = {"stabilizer": 1e-6, "zero_bias": False}
+    ranges = {"stabilizer": non_negative, "zero_bias": flag}
 
     def relevance(self, op, eng, R):
         sq = square(eng)
@@ -456,6 +460,8 @@ class ZBox(AffineRule):
     name = "z_box"
     categories = frozenset({"layer", "sum"})
     defaults = {"low": None, "high": None, "stabilizer": 1e-6}
+    ranges = {"low": optional(finite_array), "high": optional(finite_array), "stabilizer": non_negative}
+    constraints = (ordered("low", "high"),)
 
     def __init__(self, **params: Any):
         super().__init__(**params)

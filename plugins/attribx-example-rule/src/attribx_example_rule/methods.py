@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from attribx import composite as C
 from attribx.methods import Method
+from attribx.parameters import flag, non_negative
 
 
 def epsilon_rms(delta=0.25, stabilizer=1e-9, zero_bias=False):
@@ -30,8 +31,10 @@ def gamma_epsilon_rms(gamma=0.25, delta=0.25, stabilizer=1e-9):
 
 METHODS = [
     Method("example.epsilon_rms", epsilon_rms, defaults={"delta": 0.25, "stabilizer": 1e-9, "zero_bias": False},
+           ranges={"delta": non_negative, "stabilizer": non_negative, "zero_bias": flag},   # refused out of range
            description="LRP-ε with ε = δ·RMS(z) per layer and sample (Montavon et al. 2019)."),
     Method("example.gamma_epsilon_rms", gamma_epsilon_rms,
            defaults={"gamma": 0.25, "delta": 0.25, "stabilizer": 1e-9},
+           ranges={"gamma": non_negative, "delta": non_negative, "stabilizer": non_negative},
            description="LRP-0 on the output layer, ε-RMS on dense layers, γ on convs (Montavon et al. 2019)."),
 ]

@@ -16,6 +16,7 @@ time). With δ = 0 and stabilizer = 0 it is LRP-0, and it conserves relevance on
 """
 from __future__ import annotations
 
+from attribx.parameters import flag, non_negative
 from attribx.rules import ZRule
 
 
@@ -24,6 +25,7 @@ class EpsilonRMS(ZRule):
 
     name = "epsilon_rms"
     defaults = {"delta": 0.25, "stabilizer": 1e-9, "zero_bias": False}
+    ranges = {"delta": non_negative, "stabilizer": non_negative, "zero_bias": flag}   # checked when made
 
     def divide(self, eng, R, z):
         """R / (z + ε_n sign(z)), ε_n = δ·RMS of sample n's z (+ stabilizer); 0 where the denominator is 0.

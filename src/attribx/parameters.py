@@ -1,0 +1,162 @@
+"""Parameter ranges: what a method's or a rule's parameters may be, declared next to their defaults.
+
+A method (:class:`attribx.methods.Method`, ``ranges=`` and ``constraints=``) or a rule
+(:class:`attribx.rules.Rule`, class attributes ``ranges`` and ``constraints``) declares each parameter's
+range with one of the checks below; :func:`check` applies them, once, before anything is computed, and
+refuses a value out of range with one line that names the parameter and its valid range::
+
+    Method("my.method", make, defaults={"delta": 0.25, "steps": 10},
+           ranges={"delta": non_negative, "steps": integer(1)})
+
+Every method's parameters are also refused when they hold NaN, declared or not: a NaN parameter only
+ever gives all-NaN relevance. Plugins use the same checks (see docs/plugins.md and docs/refusals.md).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import MethodError
+
+__all__ = ["Range", "Constraint", "check", "finite", "non_negative", "positive", "unit_interval", "integer",
+           "flag", "finite_array", "optional", "ordered", "alpha_minus_beta_is_one"]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class Range:
+    """A parameter's valid values: ``test(value) -> bool`` and ``text``, the range in words
+    ("a finite number >= 0"), which the error message quotes."""
+
+    text: str
+    test: Callable[[Any], bool]
+
+    def __call__(self, value) -> bool:
+        try:
+            return bool(self.test(value))
+        except (TypeError, ValueError):
+            return False
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A condition on several parameters together: ``test(params) -> bool`` on the resolved parameters,
+    and ``text``, the condition in words, which the error message quotes."""
+
+    names: tuple
+    text: str
+    test: Callable[[Mapping[str, Any]], bool]
+
+
+def _number(low=None, high=None, low_open=False, high_open=False) -> Range:
+    def test(v):
+        if not _is_number(v) or not math.isfinite(float(v)):
+            return False
+        v = float(v)
+        if low is not None and (v <= low if low_open else v < low):
+            return False
+        return not (high is not None and (v >= high if high_open else v > high))
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    text = "a finite number" + (" " + " and ".join(parts) if parts else "")
+    if low is not None and high is not None and not low_open and not high_open:
+        text = f"a number in [{low:g}, {high:g}]"
+    return Range(text, test)
+
+
+#: any finite real number
+finite = _number()
+#: a finite number >= 0
+non_negative = _number(low=0.0)
+#: a finite number > 0
+positive = _number(low=0.0, low_open=True)
+#: a number in [0, 1]
+unit_interval = _number(low=0.0, high=1.0)
+#: true or false
+flag = Range("true or false", lambda v: isinstance(v, (bool, np.bool_)))
+
+
+def integer(minimum: int = 0) -> Range:
+    """A whole number >= ``minimum`` (an int, or a float with no fractional part such as 20.0)."""
+    def test(v):
+        return (_is_number(v) and math.isfinite(float(v)) and float(v) == int(v) and int(v) >= minimum)
+    return Range(f"an integer >= {minimum}", test)
+
+
+def _finite_array(v) -> bool:
+    a = np.asarray(v)
+    return a.dtype.kind in "iuf" and a.size > 0 and bool(np.all(np.isfinite(a)))
+
+
+#: a finite number or an array (list) of finite numbers
+finite_array = Range("a finite number or an array of finite numbers", _finite_array)
+
+
+def optional(r: Range) -> Range:
+    """``r``, or None (unset)."""
+    return Range(f"{r.text} (or null)", lambda v: v is None or r(v))
+
+
+def ordered(low: str, high: str) -> Constraint:
+    """``params[low] <= params[high]`` (elementwise for arrays); holds where either is unset."""
+    def test(p):
+        lo, hi = p.get(low), p.get(high)
+        if lo is None or hi is None:
+            return True
+        try:
+            return bool(np.all(np.asarray(lo, dtype=np.float64) <= np.asarray(hi, dtype=np.float64)))
+        except ValueError:      # shapes that do not broadcast: the rule says so against the input's shape
+            return True
+    return Constraint((low, high), f"{low} <= {high} (every element)", test)
+
+
+#: LRP-αβ: α − β = 1 (β ≥ 0 and so α ≥ 1 come from the ranges)
+alpha_minus_beta_is_one = Constraint(
+    ("alpha", "beta"), "alpha - beta = 1 (e.g. alpha=2, beta=1; alpha=1, beta=0)",
+    lambda p: abs((float(p["alpha"]) - float(p["beta"])) - 1.0) <= 1e-9 * max(1.0, abs(float(p["alpha"]))))
+
+
+def _show(v) -> str:
+    if isinstance(v, np.ndarray) and v.size > 8:
+        return f"an array of shape {v.shape}"
+    text = repr(v.tolist() if isinstance(v, np.ndarray) else v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _has_nan(v) -> bool:
+    if _is_number(v):
+        return math.isnan(float(v))
+    if isinstance(v, (list, tuple, np.ndarray)):
+        try:
+            a = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            return False
+        return bool(np.isnan(a).any())
+    return False
+
+
+def check(owner: str, params: Mapping[str, Any], ranges: Mapping[str, Range] | None = None,
+          constraints: Sequence[Constraint] = ()) -> None:
+    """Refuse (:class:`~attribx.errors.MethodError`, one line) a parameter out of its declared range, a
+    NaN in any parameter, and parameters that break a constraint. ``owner`` names who takes them
+    ("method 'lrp.epsilon'", "rule 'gamma'")."""
+    ranges = ranges or {}
+    for name, value in params.items():
+        r = ranges.get(name)
+        if r is not None and not r(value):
+            raise MethodError(f"{owner}: parameter {name} must be {r.text}, got {_show(value)}")
+        if r is None and _has_nan(value):
+            raise MethodError(f"{owner}: parameter {name} is NaN; give a number")
+    for c in constraints:
+        if all(n in params for n in c.names) and not c.test(params):
+            got = ", ".join(f"{n}={_show(params[n])}" for n in c.names)
+            raise MethodError(f"{owner}: parameters must satisfy {c.text}, got {got}")
