@@ -647,9 +647,11 @@ class _Translation:
                                    f"{HOOK_HINT}")
         value = self.env[n]
         if tainted_in:
+            # the index is a plain value (an int, a slice: unhashable before Python 3.12, so never looked up
+            # in a set) or made of fx nodes, none of them batch-dependent
             if n.op == "call_function" and n.target is operator.getitem and len(n.args) == 2 \
-                    and n.args[0] in self.tainted and n.args[1] not in self.tainted \
-                    and isinstance(args[0], (tuple, list)) and not isinstance(args[1], fx.Node):
+                    and n.args[0] in self.tainted and not _fx_nodes_in(n.args[1]) & self.tainted \
+                    and isinstance(args[0], (tuple, list)):
                 idx = args[1]
                 length = len(args[0])
                 if isinstance(idx, int):
@@ -975,6 +977,13 @@ def _adaptive_max(ctx, x: T, output_size, return_indices=False):
     k = tuple(i // o for i, o in zip(ins, outs))
     return ctx.emit("max_pool", [x], ctx.out_shape(), {"kernel_size": _compact(k), "stride": _compact(k),
                                                        "padding": 0, "dilation": 1})
+
+
+def _fx_nodes_in(arg) -> set:
+    """The fx nodes an argument holds (inside tuples, lists, dicts and slices)."""
+    found: set = set()
+    fx.node.map_arg(arg, lambda a: found.add(a) or a)
+    return found
 
 
 def _batch_norm(ctx, x: T, mean, var, weight, bias, eps, training=False):
