@@ -193,3 +193,58 @@ def test_unwritable_output_is_refused_before_computing(files, monkeypatch, capsy
     assert err == f"attribx: error: {out}: cannot write there: {why}\n"
     assert calls == []          # nothing was computed
     assert not (tmp / "no").exists() and (tmp / "somefile.txt").read_text() == "a file, not a folder"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "epsilon=abc"], "method 'lrp.epsilon': parameter epsilon must be a finite number >= 0, got 'abc'"),
+    (["-p", "epsilon=-1"], "parameter epsilon must be a finite number >= 0, got -1"),
+    (["-p", "epsilon=NaN"], "parameter epsilon must be a finite number >= 0, got nan"),
+    (["-m", "lrp.z_box", "-p", "low=[1,2"], "--param low=[1,2: not a valid JSON list or object"),
+    (["-m", "lrp.z_box", "-p", "low=1", "-p", "high=-1"], "parameters must satisfy low <= high"),
+    (["-m", "integrated_gradients", "-p", "steps=2.5"], "parameter steps must be an integer >= 1, got 2.5"),
+    (["-m", "smoothgrad", "-p", "noise=-0.1"], "parameter noise must be a finite number >= 0"),
+    (["--key", "images"], "--key 'images': "),
+    (["--key", "images", "--stream"], "--key 'images': streaming reads one array"),
+    (["--labels-key", "labels"], "--labels-key 'labels': "),
+])
+def test_bad_parameters_and_options_one_line(files, args, message):
+    tmp, model, _, _ = files
+    res = run_cli("explain", model, tmp / "x.npy", "-o", tmp / "o.h5", *args)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp / "o.h5").exists()
+
+
+def test_unusable_input_and_target_files_one_line(files):
+    tmp, model, x, _ = files
+    np.save(tmp / "scalar.npy", np.float64(1.0))
+    np.save(tmp / "empty.npy", np.zeros((0, 6)))
+    np.savez(tmp / "objects.npz", x=np.array([1, "a", None], dtype=object))
+    np.savez(tmp / "objlabels.npz", x=x, labels=np.array([1, "a", None, 2, 3], dtype=object))
+    np.save(tmp / "objtarget.npy", np.array([0, "a", 1, 0, 1], dtype=object), allow_pickle=True)
+    np.savez(tmp / "objtarget.npz", t=np.array([0, "a", 1, 0, 1], dtype=object))
+    np.savez(tmp / "twotargets.npz", a=np.zeros(5, int), b=np.ones(5, int))
+    for inputs, extra, message in (
+            ("scalar.npy", [], "scalar.npy: holds a single number (a 0-d array)"),
+            ("scalar.npy", ["--stream"], "scalar.npy: holds a single number (a 0-d array)"),
+            ("empty.npy", ["--stream"], "empty.npy: input has no samples"),
+            ("objects.npz", [], "objects.npz: array 'x' holds Python objects (dtype object)"),
+            ("objlabels.npz", [], "objlabels.npz: labels 'labels' holds Python objects"),
+            ("x.npy", ["-t", tmp / "objtarget.npy"], "objtarget.npy: holds Python objects (dtype object)"),
+            ("x.npy", ["-t", tmp / "objtarget.npz"], "objtarget.npz: array 't' holds Python objects"),
+            ("x.npy", ["-t", tmp / "twotargets.npz"], "holds ['a', 'b']; give a .npy file")):
+        res = run_cli("explain", model, tmp / inputs, "-o", tmp / "o.h5", *extra)
+        assert res.returncode == 2, (inputs, extra, res.stderr)
+        assert res.stderr.count("\n") == 1 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert not (tmp / "o.h5").exists()
+
+
+def test_target_npz_with_one_array(files):
+    tmp, model, x, _ = files
+    np.savez(tmp / "t.npz", t=np.array([0, 1, 2, 0, 1]))
+    np.save(tmp / "t.npy", np.array([0, 1, 2, 0, 1]))
+    assert main(["explain", str(model), str(tmp / "x.npy"), "-t", str(tmp / "t.npz"), "-o", str(tmp / "a.h5")]) == 0
+    assert main(["explain", str(model), str(tmp / "x.npy"), "-t", str(tmp / "t.npy"), "-o", str(tmp / "b.h5")]) == 0
+    import attribx
+    a, b = attribx.open_relevance(tmp / "a.h5"), attribx.open_relevance(tmp / "b.h5")
+    np.testing.assert_array_equal(a.values, b.values)

@@ -19,11 +19,15 @@ INPUT_KEYS = ("x", "inputs", "input", "images", "data")
 LABEL_KEYS = ("labels", "label", "y")
 
 
-def _parse_value(text: str):
-    """Parameter values as JSON (numbers, lists, true/false/null), else as plain strings."""
+def _parse_value(text: str, name: str = ""):
+    """Parameter values as JSON (numbers, lists, true/false/null), else as plain strings; a value that
+    starts as a JSON list or object but is not one is refused (it was not meant as a string)."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as err:
+        if text.startswith(("[", "{")):
+            raise InputError(f"--param {name}={text}: not a valid JSON list or object ({err.msg}); write e.g. "
+                             f"{name}=[0.1, 0.2]") from None
         return text
 
 
@@ -33,8 +37,19 @@ def parse_params(items: Sequence[str]) -> dict:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise InputError(f"--param {item!r}: write name=value, e.g. --param epsilon=0.25")
-        params[name.strip()] = _parse_value(value.strip())
+        params[name.strip()] = _parse_value(value.strip(), name.strip())
     return params
+
+
+def _array(path: str, data, key: str, what: str = "array") -> np.ndarray:
+    """``data[key]`` of an open .npz file; an object array (which needs pickle, never loaded) is refused."""
+    try:
+        return data[key]
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise InputError(f"{path}: {what} {key!r} holds Python objects (dtype object), which attribx does not "
+                             f"load (it would run pickled code); save a numeric array") from None
+        raise InputError(f"{path}: {what} {key!r} cannot be read ({err})") from None
 
 
 def parse_target(text: str):
@@ -45,20 +60,53 @@ def parse_target(text: str):
     except ValueError:
         pass
     if os.path.exists(text):
-        return np.load(text)
+        return read_target(text)
     raise InputError(f"--target {text!r}: give a class index, 'predicted', or a .npy file of indices")
+
+
+def _load(path: str):
+    """np.load without pickle; an object .npy (which needs pickle) and a file that is no array are refused."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise InputError(f"{path}: holds Python objects (dtype object), which attribx does not load (it would "
+                             f"run pickled code); save a numeric array") from None
+        raise InputError(f"{path}: not a .npy/.npz array file ({err})") from None
+    except Exception as err:
+        raise InputError(f"{path}: not a .npy/.npz array file ({err})") from None
+
+
+def read_target(path: str) -> np.ndarray:
+    """One class index per sample from a .npy file (or an .npz file holding one array)."""
+    data = _load(path)
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        if len(data.files) != 1:
+            raise InputError(f"--target {path}: holds {list(data.files)}; give a .npy file (or an .npz with one "
+                             f"array) of one class index per sample")
+        return _array(path, data, data.files[0])
+
+
+def _batch_axis(path: str, x: np.ndarray) -> np.ndarray:
+    if x.ndim == 0:
+        raise InputError(f"{path}: holds a single number (a 0-d array); inputs need a batch axis first, "
+                         f"e.g. shape (N, features)")
+    return x
 
 
 def read_inputs(path: str, key: str | None = None, labels_key: str | None = None):
     """Inputs (and labels, when the file has them) from a .npy or .npz file."""
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise InputError(f"{path}: not a .npy/.npz array file ({err})") from None
+    data = _load(path)
     if isinstance(data, np.ndarray):
-        return data, None
+        for flag, value in (("--key", key), ("--labels-key", labels_key)):
+            if value is not None:
+                raise InputError(f"{flag} {value!r}: {path} is a .npy file, which holds one array (no names); "
+                                 f"{flag} picks an array of an .npz file: leave it out")
+        return _batch_axis(path, data), None
     with data:
         keys = list(data.files)
         if key is None:
@@ -68,7 +116,10 @@ def read_inputs(path: str, key: str | None = None, labels_key: str | None = None
         if key not in keys:
             raise InputError(f"{path}: no array {key!r}; it holds {keys}")
         lk = labels_key or next((k for k in LABEL_KEYS if k in keys), None)
-        return data[key], (data[lk] if lk in keys else None)
+        if labels_key is not None and labels_key not in keys:
+            raise InputError(f"{path}: no array {labels_key!r} (--labels-key); it holds {keys}")
+        labels = _array(path, data, lk, "labels") if lk in keys else None
+        return _batch_axis(path, _array(path, data, key)), labels
 
 
 def existing_samples(path: str) -> int:
@@ -117,6 +168,23 @@ def _streaming(args) -> bool:
                 or not (os.path.isfile(inp) and inp.endswith((".npy", ".npz"))))
 
 
+def check_npy_samples(path: str) -> None:
+    """Refuse, from its header alone, a .npy file with no batch axis or no samples (nothing to stream)."""
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "object" in str(err):
+            raise InputError(f"{path}: holds Python objects (dtype object), which attribx does not load; save a "
+                             f"numeric array") from None
+        return      # streaming says what it cannot read
+    except OSError:
+        return
+    if x.ndim == 0:
+        _batch_axis(path, np.asarray(x))
+    if x.shape[0] == 0:
+        raise InputError(f"{path}: input has no samples (shape {x.shape})")
+
+
 def cmd_explain_streaming(args) -> int:
     from .streaming import explain_dataset
     if getattr(args, "scheduler", None):       # batches on a dask cluster, the same resumable file
@@ -130,6 +198,12 @@ def cmd_explain_streaming(args) -> int:
     if args.inputs.endswith(".npz"):
         raise InputError(f"{args.inputs}: streaming reads .npy, file.h5:dataset, .zarr or a directory of images, "
                          "not .npz (which cannot be read in parts); save the array with np.save")
+    for flag, value in (("--key", args.key), ("--labels-key", args.labels_key)):
+        if value is not None:
+            raise InputError(f"{flag} {value!r}: streaming reads one array (.npy, file.h5:dataset, .zarr or a "
+                             f"directory of images), which has no named arrays; leave {flag} out")
+    if os.path.isfile(args.inputs) and args.inputs.endswith(".npy"):
+        check_npy_samples(args.inputs)
     r = explain_dataset(args.model, args.inputs, args.output, args.method, parse_target(args.target),
                         engine=args.engine, layers=args.layers, batch_size=args.batch_size or 256,
                         resume=args.resume, progress_bar=None,
