@@ -236,3 +236,27 @@ def test_cli_streams_an_hdf5_dataset(digits, tmp_path):
     np.testing.assert_array_equal(got.values, ref.values)
     assert main(["explain", str(tmp_path / "m.npz"), f"{tmp_path / 'in.h5'}:x", "-o", str(tmp_path / "o.h5"),
                  "--batch-size", "16", "--resume", "-p", "epsilon=0.3"]) == 2     # another run: refused
+
+
+def test_a_failed_run_keeps_the_earlier_file(digits, tmp_path):
+    """resume=False replaces the file only when its first batch is committed: a NaN input, a bad target or
+    a bad parameter leaves the earlier result byte for byte (it was deleted before the first batch)."""
+    from attribx.cli import main
+    from attribx.errors import AttribxError
+    graph, x = digits
+    out = tmp_path / "out.h5"
+    explain_dataset(graph, x[:40], out, "lrp.epsilon", batch_size=20)
+    before = out.read_bytes()
+    bad = x[:40].copy()
+    bad[3, 0] = np.nan
+    for args, kw in [((bad,), {}), ((x[:40],), {"target": 10_000}), ((x[:40],), {"no_such_param": 1.0})]:
+        with pytest.raises(AttribxError):
+            explain_dataset(graph, *args, out, "lrp.epsilon", batch_size=20, resume=False, **kw)
+        assert out.read_bytes() == before
+    graph.save(tmp_path / "m.npz")
+    np.save(tmp_path / "bad.npy", bad)
+    assert main(["explain", str(tmp_path / "m.npz"), str(tmp_path / "bad.npy"), "-o", str(out),
+                 "--stream", "--batch-size", "20"]) == 2
+    assert out.read_bytes() == before
+    r = explain_dataset(graph, x[:10], out, "lrp.epsilon", batch_size=20, resume=False)   # a good run replaces it
+    assert r["samples"] == 10 and attribx.open_relevance(out, lazy=False).sizes["sample"] == 10

@@ -20,7 +20,8 @@ Public API (stable; :mod:`attribx.distributed` builds on it)
     (default: the first batch's size): append batches of exactly that size (the last may be smaller) so
     no committed chunk is ever rewritten; a resumed writer takes ``batch_size`` from the file. With ``resume=True`` an existing file is continued after a
     fingerprint check (:class:`~attribx.errors.StorageError` when it belongs to another run), any
-    uncommitted tail is cut off; with ``resume=False`` an existing file is replaced.
+    uncommitted tail is cut off; with ``resume=False`` an existing file is replaced when the first batch is
+    committed (atomically; until then, and on any failure before it, the earlier file is kept unchanged).
 ``run_fingerprint(graph, method, params, target, engine, source, **extra) -> str``
     The fingerprint :func:`explain_dataset` stores in the file.
 ``explain_dataset(model, source, out_path, method=..., target=..., batch_size=..., engine=...,
@@ -372,11 +373,10 @@ class StreamWriter:
         self._f = None
         if os.path.isdir(self.path):
             raise StorageError(f"{self.path}: is a directory")
-        if os.path.exists(self.path):
-            if not resume:
-                os.unlink(self.path)
-            else:
-                self._reopen()
+        if resume and os.path.exists(self.path):
+            self._reopen()
+        # resume=False: an existing file stays untouched until the first batch is committed, which
+        # replaces it atomically (a bad input, target or parameter leaves the earlier file as it was)
 
     def _reopen(self) -> None:
         import h5py
