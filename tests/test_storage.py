@@ -480,3 +480,101 @@ def test_lazy_without_dask(tmp_path, monkeypatch):
             open_relevance(path, lazy=True)
         assert str(path) in str(info.value)
     assert_same(open_relevance(path, lazy=False), make_relevance(3))
+
+
+# ------------------------------------------------------------------------------------------------
+# a relevance file never reads another file (external storage, virtual datasets, links)
+# ------------------------------------------------------------------------------------------------
+
+_SECRET = bytes(range(7, 7 + 120))   # 30 float32 values
+
+
+def _secret_file(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(_SECRET)
+    return secret
+
+
+def _relevance_pointing_at(tmp_path, how):
+    """A valid relevance file whose data variable (30 float32 = 120 bytes) is replaced by one that reads
+    the secret file (or another place) through ``how``."""
+    secret = _secret_file(tmp_path)
+    rel = xr.DataArray(np.zeros((3, 10), np.float32), dims=("sample", "feature"), name="relevance",
+                       coords={"sample": np.arange(3)})
+    path = tmp_path / "evil.h5"
+    save(rel, path)
+    other = tmp_path / "other.h5"
+    with h5py.File(path, "r+") as f:
+        dset = f["data"]["relevance"]
+        attrs = dict(dset.attrs)
+        del f["data"]["relevance"]
+        if how == "external":
+            new = f["data"].create_dataset("relevance", shape=(3, 10), dtype="<f4",
+                                           external=[(str(secret), 0, len(_SECRET))])
+        elif how == "virtual":
+            with h5py.File(other, "w") as g:
+                g["x"] = np.frombuffer(_SECRET, dtype="<f4").reshape(3, 10)
+            layout = h5py.VirtualLayout(shape=(3, 10), dtype="<f4")
+            layout[:] = h5py.VirtualSource(str(other), "x", shape=(3, 10))
+            new = f["data"].create_virtual_dataset("relevance", layout)
+        elif how in ("external_link", "external_link_elsewhere"):
+            with h5py.File(other, "w") as g:
+                g["x"] = np.frombuffer(_SECRET, dtype="<f4").reshape(3, 10)
+                for k, v in attrs.items():
+                    g["x"].attrs[k] = v
+            if how == "external_link":
+                f["data"]["relevance"] = h5py.ExternalLink(str(other), "/x")
+            else:
+                f["data"].create_dataset("relevance", data=np.zeros((3, 10), np.float32))
+                f["extra"] = h5py.ExternalLink(str(other), "/x")
+            new = None
+        elif how == "soft_link":
+            f["hidden"] = np.frombuffer(_SECRET, dtype="<f4").reshape(3, 10)
+            f["data"]["relevance"] = h5py.SoftLink("/hidden")
+            new = None
+        if new is not None:
+            for k, v in attrs.items():
+                new.attrs[k] = v
+        elif how == "external_link_elsewhere":
+            for k, v in attrs.items():
+                f["data"]["relevance"].attrs[k] = v
+    return path
+
+
+@pytest.mark.parametrize("how, match", [
+    ("external", "/data/relevance .*external files"),
+    ("virtual", "/data/relevance .*virtual dataset"),
+    ("external_link", "/data/relevance .*external link"),
+    ("external_link_elsewhere", "/extra .*external link"),
+    ("soft_link", "/data/relevance .*soft link"),
+])
+def test_a_relevance_file_never_reads_another_file(tmp_path, how, match, capsys):
+    """An untrusted .h5 whose data lies in another file (external storage, a virtual dataset, an external
+    link) or elsewhere (a soft link) is refused by name before any data is read: open_relevance (and so
+    render, spray, evaluate), sample_count, append and resume."""
+    from attribx.cli import main
+    from attribx.streaming import StreamWriter
+    path = _relevance_pointing_at(tmp_path, how)
+    before = path.read_bytes()
+    for lazy in (False, True):
+        with pytest.raises(StorageError, match=match) as info:
+            open_relevance(path, lazy=lazy)
+        assert "\n" not in str(info.value)
+    with pytest.raises(StorageError, match=match):
+        storage.sample_count(path)
+    with pytest.raises(StorageError, match=match):
+        save(xr.DataArray(np.zeros((1, 10), np.float32), dims=("sample", "feature"), name="relevance",
+                          coords={"sample": [3]}), path, mode="a")
+    with pytest.raises(StorageError, match=match):
+        StreamWriter(path, "fp", resume=True)
+    assert main(["render", str(path), "-o", str(tmp_path / "r.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "refused" in err
+    assert path.read_bytes() == before and not (tmp_path / "r.png").exists()
+
+
+def test_the_secret_file_is_what_an_unchecked_reader_would_return(tmp_path):
+    """The test files above do reach the secret when read without the check (the test is not vacuous)."""
+    path = _relevance_pointing_at(tmp_path, "external")
+    with h5py.File(path, "r") as f:
+        assert f["data"]["relevance"][()].tobytes() == _SECRET

@@ -622,7 +622,57 @@ def _attr_str(value: Any) -> str:
     return value
 
 
+def check_self_contained(f, path: str) -> None:
+    """Refuse (:class:`StorageError`, naming the object) an HDF5 file that would make a reader read another
+    file or another place: a dataset whose data lies in external files (HDF5 external storage), a virtual
+    dataset (mapped from other datasets or files), an external link or a soft link. Checked over the
+    whole file, before any data is read: a relevance file from elsewhere must not hand back the bytes of
+    a local file (``/etc/shadow``, an SSH key) as relevance."""
+    seen: set = set()
+
+    def walk(group, prefix: str) -> None:
+        for key in group.keys():
+            name = f"{prefix}/{key}" if prefix != "/" else f"/{key}"
+            link = group.get(key, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise StorageError(f"{path}: {name} is an external link (to {link.filename}:{link.path}); "
+                                   "refused: an attribx relevance file holds all its data itself")
+            if not isinstance(link, h5py.HardLink):
+                kind = "a soft link" if isinstance(link, h5py.SoftLink) else "a user-defined link"
+                raise StorageError(f"{path}: {name} is {kind}; refused: an attribx relevance file holds its "
+                                   "datasets directly, without links")
+            obj = group.get(key)
+            addr = h5py.h5o.get_info(obj.id).addr
+            if addr in seen:
+                continue
+            seen.add(addr)
+            if isinstance(obj, h5py.Group):
+                walk(obj, name)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    raise StorageError(f"{path}: dataset {name} is a virtual dataset (its data is mapped from "
+                                       "other datasets or files); refused: an attribx relevance file holds "
+                                       "all its data itself")
+                if obj.id.get_create_plist().get_external_count() > 0:
+                    raise StorageError(f"{path}: dataset {name} keeps its data in external files (HDF5 "
+                                       "external storage); refused: an attribx relevance file holds all "
+                                       "its data itself")
+
+    walk(f, "/")
+
+
 def _open_h5(path: str):
+    """The HDF5 file ``path`` opened for reading, checked by :func:`check_self_contained`."""
+    f = _open_h5_unchecked(path)
+    try:
+        check_self_contained(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _open_h5_unchecked(path: str):
     if not os.path.exists(path):
         raise StorageError(f"{path}: no such file")
     if os.path.isdir(path):

@@ -381,11 +381,12 @@ class StreamWriter:
     def _reopen(self) -> None:
         import h5py
         try:
-            f = h5py.File(self.path, "r+")
+            f = h5py.File(self.path, "r")   # checked read-only first: a refused file is left byte for byte
         except OSError as exc:
             raise StorageError(f"{self.path}: cannot resume, the HDF5 file cannot be opened ({exc}); "
                                "delete it to start again") from exc
         try:
+            _st.check_self_contained(f, self.path)   # never write into (or read) another file
             _st._check_format(f, self.path)
             info = _read_stream_attr(f)
             if not info:
@@ -398,6 +399,14 @@ class StreamWriter:
             self.committed = int(json.loads(_st._attr_str(f.attrs["dims"]))[_st.SAMPLE_DIM])
             if info.get("batch_size"):
                 self.batch_size = int(info["batch_size"])   # the file's chunks follow its batches
+        finally:
+            f.close()
+        try:
+            f = h5py.File(self.path, "r+")
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot resume, the HDF5 file cannot be opened for writing "
+                               f"({exc})") from exc
+        try:
             self._truncate(f, self.committed)
         except BaseException:
             f.close()
