@@ -26,7 +26,14 @@ def load_onnx(path):
     except (ImportError, AttributeError):
         raise ModelLoadError(f"{path}: reading ONNX files needs the 'onnx' package (pip install onnx)") from None
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, load_external_data=False)
+        external = _external_tensors(model)
+        if external:
+            check_external_data(path, external)
+            from onnx.external_data_helper import load_external_data_for_model
+            load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+    except ModelLoadError:
+        raise
     except Exception as err:   # DecodeError for truncated or foreign bytes, OSError for missing data files
         name = type(err).__name__
         if name == "DecodeError":
@@ -38,6 +45,37 @@ def load_onnx(path):
         raise ModelLoadError(f"{path}: not a usable ONNX model ({problem}; the file may be truncated or "
                              f"not ONNX)")
     return model
+
+
+def _external_tensors(model) -> list:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+    return [t for t in _get_all_tensors(model) if uses_external_data(t)]
+
+
+def check_external_data(path: str, tensors) -> None:
+    """Refuse external data that is not a regular file inside the model's folder: an absolute location, one
+    that climbs out (``../``), or a symbolic link (the file or a folder on the way) whose real path leaves
+    the folder. onnx >= 1.16 refuses these too (CVE-2024-27318: 1.15 followed a symlinked data file and
+    returned the bytes of any file as weights); this check does not depend on the onnx version."""
+    from onnx.external_data_helper import ExternalDataInfo
+    folder = os.path.dirname(os.path.abspath(path))
+    real_folder = os.path.realpath(folder)
+    for tensor in tensors:
+        location = ExternalDataInfo(tensor).location
+        full = os.path.join(folder, location)
+        real = os.path.realpath(full)
+        why = None
+        if not location or os.path.isabs(location):
+            why = "an absolute or empty location"
+        elif os.path.commonpath([real, real_folder]) != real_folder:
+            why = f"it resolves to {real}, outside the model's folder {real_folder}"
+        elif os.path.islink(full):
+            why = "it is a symbolic link"
+        elif os.path.exists(real) and not os.path.isfile(real):
+            why = "it is not a regular file"
+        if why:
+            raise ModelLoadError(f"{path}: tensor {tensor.name!r} reads its external data from {location!r}: "
+                                 f"{why}; refused: keep the data file itself (no link) in the model's folder")
 
 
 def model_problem(model) -> str | None:
