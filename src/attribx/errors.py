@@ -40,3 +40,11 @@ class PluginError(AttribxError, RuntimeError):
 
 class ModelLoadError(AttribxError, ValueError):
     """A path or object is not a model attribx can load."""
+
+
+class AttribxWarning(UserWarning):
+    """Base class of the warnings attribx gives: something was done that the user may not expect."""
+
+
+class ModelModeWarning(AttribxWarning):
+    """A model in training mode is explained as in eval mode (its own mode is left as it is)."""

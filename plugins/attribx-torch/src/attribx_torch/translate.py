@@ -26,12 +26,14 @@ when that one fills the padding or the model reads the outputs position-independ
 from __future__ import annotations
 
 import builtins
+import contextlib
 import copy
 import functools
 import inspect
 import math
 import operator
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,9 +44,11 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import rnn as rnn_utils
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from attribx.builder import unique_name
-from attribx.errors import AttribxError, GraphError, InputError, InputShapeError, UnsupportedError
+from attribx.errors import (AttribxError, GraphError, InputError, InputShapeError, ModelModeWarning,
+                            UnsupportedError)
 from attribx.graph import Graph, Node, Value, layout_dims
 
 __all__ = ["translate_module", "clear_cache", "HOOK_HINT"]
@@ -2247,43 +2251,142 @@ def _implied_input_shape(model: nn.Module) -> tuple:
 
 def translate_module(model: nn.Module, input_shape: tuple | None) -> Graph:
     """The attribx graph of ``model`` for inputs of one sample's shape ``input_shape`` (no batch axis; None:
-    the shape the first layer fixes, see :func:`_implied_input_shape`)."""
+    the shape the first layer fixes, see :func:`_implied_input_shape`).
+
+    The model is translated as in eval mode (a warning says so when it is in training mode) and left exactly
+    as it was: its parameters, buffers, attributes, modes and hooks, also when the translation fails."""
+    modules = dict(model.named_modules())
+    training = [name for name, m in modules.items() if m.training]
+    if training:
+        which = (f"{type(model).__name__} is in training mode" if len(training) == len(modules) else
+                 f"{type(model).__name__} has modules in training mode ({_few([a or '(the model)' for a in training])})")
+        warnings.warn(
+            f"{which}; attribx explains it as in eval "
+            f"mode: dropout off, batch norm with its running statistics; the model's own mode is left as it is "
+            f"(call model.eval() to silence this)", ModelModeWarning, stacklevel=2)
     implied = input_shape is None
-    if implied:
-        input_shape = _implied_input_shape(model)
-    try:
-        input_shape = tuple(int(d) for d in input_shape)
-    except (TypeError, ValueError):
-        raise InputError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
-    if any(d < 1 for d in input_shape):
-        raise InputError(f"input_shape {input_shape} has a non-positive size")
-    dtype = _model_dtype(model)
-    key = (input_shape, str(dtype))
-    state = _state(model)
-    with _lock:
-        entry = _cache.get(model, {}).get(key)
-    if entry is not None and _same_state(entry[0], state):
-        return _copy(entry[1])
-    was_training = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        graph = _Translation(model, input_shape, dtype).run()
-    except InputShapeError as err:
-        if not implied:
-            raise
-        raise InputShapeError(
-            f"{err}. No input_shape was given and {input_shape} was read from the first layer: pass "
-            f"attribx.translate(model, input_shape=...) with one sample's shape, or call attribx.explain(model, x) "
-            f"or attribx.forward(model, x), which take the shape from x") from None
-    finally:
-        for m, flag in was_training:
-            m.training = flag
+    if not implied:
+        try:
+            input_shape = tuple(int(d) for d in input_shape)
+        except (TypeError, ValueError):
+            raise InputError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
+        if any(d < 1 for d in input_shape):
+            raise InputError(f"input_shape {input_shape} has a non-positive size")
+        dtype = _model_dtype(model)
+        key = (input_shape, str(dtype))
+        with _lock:
+            entry = _cache.get(model, {}).get(key)
+        if entry is not None and _same_state(entry[0], _state(model)):
+            return _copy(entry[1])
+    with _untouched(model):
+        for m in model.modules():       # eval mode without calling the model's own train()/eval()
+            m.training = False
+        if implied:
+            input_shape = _implied_input_shape(model)
+        dtype = _model_dtype(model)
+        key = (input_shape, str(dtype))
+        try:
+            graph = _Translation(model, input_shape, dtype).run()
+        except InputShapeError as err:
+            if not implied:
+                raise
+            raise InputShapeError(
+                f"{err}. No input_shape was given and {input_shape} was read from the first layer: pass "
+                f"attribx.translate(model, input_shape=...) with one sample's shape, or call "
+                f"attribx.explain(model, x) or attribx.forward(model, x), which take the shape from x") from None
+    state = _state(model)       # after restoring: what the model is now, as the caller gave it
     with _lock:
         try:
             _cache.setdefault(model, {})[key] = (state, graph)
         except TypeError:   # pragma: no cover - a module that cannot be weakly referenced
             pass
     return _copy(graph)
+
+
+def _few(names, n: int = 3) -> str:
+    shown = ", ".join(repr(a) for a in names[:n])
+    return shown + (f" and {len(names) - n} more modules" if len(names) > n else "")
+
+
+class _CopyOnWrite(TorchDispatchMode):
+    """Keeps a copy of every parameter or buffer of the model before an op first writes to it (a batch norm
+    updating its statistics, ``self.count.add_(1)``, ``nn.Embedding(max_norm=...)`` renormalising rows), so that
+    the writes can be undone. Only what is written is copied."""
+
+    def __init__(self, tensors):
+        super().__init__()
+        self.owned: dict[int, list] = {}
+        for t in tensors:
+            key = _storage_key(t)
+            if key is not None:
+                group = self.owned.setdefault(key, [])
+                if not any(t is u for u in group):
+                    group.append(t)
+        self.saved: dict[int, list] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        schema = getattr(func, "_schema", None)
+        if schema is not None and self.owned:
+            for i, a in enumerate(schema.arguments):
+                if a.alias_info is None or not a.alias_info.is_write:
+                    continue
+                v = args[i] if i < len(args) and not a.kwarg_only else kwargs.get(a.name)
+                for t in (v if isinstance(v, (list, tuple)) else (v,)):
+                    if isinstance(t, torch.Tensor):
+                        self._save(t)
+        return func(*args, **kwargs)
+
+    def _save(self, t):
+        key = _storage_key(t)
+        if key is None or key in self.saved or key not in self.owned:
+            return
+        self.saved[key] = [(u, u.detach().clone()) for u in self.owned[key]]
+
+    def restore(self):
+        with torch.no_grad():
+            for pairs in self.saved.values():
+                for t, old in pairs:
+                    if t.is_inference():
+                        with torch.inference_mode():
+                            t.copy_(old)
+                    else:
+                        t.detach().copy_(old)
+        self.saved.clear()
+
+
+def _storage_key(t) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:       # pragma: no cover - tensors without storage (sparse, meta)
+        return None
+
+
+@contextlib.contextmanager
+def _untouched(model: nn.Module):
+    """Runs the translation (tracing and the example forward pass) and then leaves the model as it was: every
+    module's attributes (training flags and Python values a forward updates, e.g. ``self.calls += 1``), the
+    contents of its parameter, buffer, submodule and hook tables, and the values of its parameters and buffers
+    (written ones are copied first, see :class:`_CopyOnWrite`), also when the translation raises."""
+    modules = list(model.modules())
+    attrs = [(m, dict(vars(m)), {k: dict(v) for k, v in vars(m).items() if isinstance(v, dict)})
+             for m in modules]
+    guard = _CopyOnWrite([*model.parameters(), *model.buffers()])
+    try:
+        with guard:
+            yield
+    finally:
+        guard.restore()
+        for m, d, tables in attrs:
+            now = vars(m)
+            for k, table in tables.items():
+                t = d[k]
+                if t.keys() != table.keys() or any(t[a] is not table[a] for a in table):
+                    t.clear()
+                    t.update(table)
+            if now.keys() != d.keys() or any(now[a] is not d[a] for a in d):
+                now.clear()
+                now.update(d)
 
 
 def _same_state(a, b) -> bool:
