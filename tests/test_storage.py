@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import sys
 import tempfile
 
@@ -578,3 +579,90 @@ def test_the_secret_file_is_what_an_unchecked_reader_would_return(tmp_path):
     path = _relevance_pointing_at(tmp_path, "external")
     with h5py.File(path, "r") as f:
         assert f["data"]["relevance"][()].tobytes() == _SECRET
+
+
+# ------------------------------------------------------------------------------------------------
+# output paths that are symbolic links, FIFOs or devices
+# ------------------------------------------------------------------------------------------------
+
+def _writers(tmp_path):
+    """Every way attribx writes a file: relevance (save, streamed), a graph, a text heatmap page."""
+    from attribx.streaming import explain_dataset
+    from attribx.textviz import _write_atomically
+
+    def graph_save(path):
+        from attribx.demo import digits_graph
+        digits_graph()[0].save(path)
+
+    def streamed(path):
+        from attribx.demo import digits_graph
+        graph, x, _, _ = digits_graph()
+        explain_dataset(graph, x[:8], path, "lrp.epsilon", batch_size=4, resume=False)
+
+    return {"save": lambda p: save(make_relevance(), p), "check_writable": storage.check_writable,
+            "graph": graph_save, "stream": streamed,
+            "text": lambda p: _write_atomically(p, lambda tmp: open(tmp, "w").write("<html></html>"))}
+
+
+@pytest.mark.parametrize("writer", ["save", "check_writable", "graph", "stream", "text"])
+def test_writing_through_a_symlink_updates_its_target_and_keeps_the_link(tmp_path, writer):
+    write = _writers(tmp_path)[writer]
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    target = real_dir / "out.bin"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.bin"
+    link.symlink_to(target)
+    write(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    if writer != "check_writable":
+        assert target.read_bytes() != b"old"
+    else:
+        assert target.read_bytes() == b"old"
+    assert sorted(os.listdir(real_dir)) == ["out.bin"] and sorted(os.listdir(tmp_path)) == ["link.bin", "real"]
+
+
+def _special_nodes(tmp_path):
+    nodes = {}
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    nodes["FIFO"] = fifo
+    try:
+        dev = tmp_path / "null"
+        os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))   # as /dev/null
+        nodes["character device"] = dev
+    except (PermissionError, OSError):
+        pass
+    link = tmp_path / "link-to-fifo"
+    link.symlink_to(fifo)
+    nodes["link to a FIFO"] = link
+    return nodes
+
+
+@pytest.mark.parametrize("writer", ["save", "check_writable", "graph", "stream", "text"])
+def test_fifo_and_device_outputs_are_refused_and_left_alone(tmp_path, writer):
+    """`-o /dev/full` as root replaced the device node by a regular file: FIFOs, devices and sockets (or a
+    link to one) are refused with one line, the node unchanged."""
+    write = _writers(tmp_path)[writer]
+    for what, node in _special_nodes(tmp_path).items():
+        before = os.lstat(node)
+        with pytest.raises(StorageError, match="not a regular file") as info:
+            write(node)
+        assert "\n" not in str(info.value)
+        after = os.lstat(node)
+        assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino, before.st_rdev), what
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_cli_refuses_a_fifo_output_before_computing(tmp_path, capsys):
+    from attribx.cli import main
+    fifo = tmp_path / "out.h5"
+    os.mkfifo(fifo)
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
+    from attribx.demo import digits_graph
+    digits_graph()[0].save(tmp_path / "m.npz")
+    for extra in ([], ["--stream"]):
+        assert main(["explain", str(tmp_path / "m.npz"), str(tmp_path / "x.npy"), "-o", str(fifo)] + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "FIFO" in err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)

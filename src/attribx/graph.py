@@ -320,11 +320,13 @@ class Graph:
         """Write the graph to an ``.npz`` file that :func:`attribx.load_model` reads back."""
         arrays = {f"param/{n.name}/{k}": p for n in self.nodes for k, p in n.params.items()}
         arrays["__attribx_graph__"] = np.array(json.dumps(self._structure()))
-        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+        from .storage import temp_file_beside, write_target
+        target = write_target(path)   # a symbolic link: its target is replaced, the link stays; no FIFO/device
+        tmp = temp_file_beside(target)
         try:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, **arrays)
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)

@@ -493,6 +493,34 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def write_target(path) -> str:
+    """The file a write to ``path`` goes to: ``path`` itself, or, where ``path`` is a symbolic link, the
+    file it points to (resolved fully), so that the atomic replace updates the link's target and the link
+    stays. Raises :class:`StorageError` (one line) when that is a folder or exists as anything but a regular
+    file (a FIFO, a device such as ``/dev/full``, a socket): replacing it would remove the node (as root, a
+    device file) and writing into it is no file write."""
+    path = os.fspath(path)
+    target = os.path.realpath(path)
+    try:
+        st = os.stat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        return target            # a new file (a missing or non-folder parent is reported by the write)
+    except OSError as err:
+        raise StorageError(f"{path}: cannot write there: {err.strerror or err}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StorageError(f"{path}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
+        via = f" (through the link to {target})" if target != os.path.abspath(path) else ""
+        raise StorageError(f"{path}: is {kind}{via}, not a regular file; refused: attribx writes its results "
+                           "to regular files only, choose a file path")
+    return target
+
+
 def temp_file_beside(path: str) -> str:
     """A new empty file beside ``path`` (hidden, random name) for an atomic write, created with mode 0o666
     so that the umask decides its permissions as for any file a tool writes; where ``path`` exists, the
@@ -516,7 +544,9 @@ def temp_file_beside(path: str) -> str:
 
 
 def _atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None = None) -> None:
-    """Run ``write(h5file)`` on a temporary file beside ``path`` and rename it over ``path``."""
+    """Run ``write(h5file)`` on a temporary file beside ``path`` and rename it over ``path`` (over the file
+    it points to when ``path`` is a symbolic link, which stays; see :func:`write_target`)."""
+    path = write_target(path)
     tmp = temp_file_beside(path)
     try:
         if copy_from is not None:
@@ -546,9 +576,8 @@ def check_writable(path) -> None:
     file (every write goes through a temporary file beside it), and ``path`` is no folder. Commands call it
     before they compute, so that a typo in ``-o`` does not cost the computation."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise StorageError(f"{path}: is a directory")
-    folder = os.path.dirname(os.path.abspath(path))
+    target = write_target(path)     # a folder, FIFO, device or socket: refused; a link: its target
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         existing = folder
         while not os.path.exists(existing):
@@ -556,7 +585,7 @@ def check_writable(path) -> None:
         why = (f"the folder {folder} does not exist" if os.path.isdir(existing) else
                f"{existing} is a file, not a folder")
         raise StorageError(f"{path}: cannot write there: {why}")
-    os.unlink(temp_file_beside(path))
+    os.unlink(temp_file_beside(target))
 
 
 def save(obj, path, mode: str = "w") -> None:
@@ -581,8 +610,7 @@ def save(obj, path, mode: str = "w") -> None:
         spec = _Spec(obj)
     except StorageError as exc:
         raise StorageError(f"{path}: {exc}") from None
-    if os.path.isdir(path):
-        raise StorageError(f"{path}: is a directory")
+    write_target(path)   # refuses a folder, FIFO, device or socket before reading or writing
     try:
         if mode == "a" and os.path.exists(path):
             f = _open_h5(path)

@@ -371,8 +371,7 @@ class StreamWriter:
         self.batch_size = batch_size
         self.committed = 0
         self._f = None
-        if os.path.isdir(self.path):
-            raise StorageError(f"{self.path}: is a directory")
+        _st.write_target(self.path)   # a folder, FIFO, device or socket: refused (a link: its target is written)
         if resume and os.path.exists(self.path):
             self._reopen()
         # resume=False: an existing file stays untouched until the first batch is committed, which

@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import AttribxError, InputError
-from .storage import temp_file_beside
+from .storage import temp_file_beside, write_target
 
 TOKEN_DIM = "token"
 SAMPLE_DIM = "sample"
@@ -227,10 +227,11 @@ def _write_atomically(path, write: Callable[[str], None]) -> str:
     no half-written file and the earlier one intact. The new file's mode is what the umask gives (0o644
     under umask 022), or the replaced file's mode. Returns ``path``."""
     path = os.fspath(path)
-    tmp = temp_file_beside(path)
+    target = write_target(path)   # a symbolic link: its target is replaced, the link stays; no FIFO/device
+    tmp = temp_file_beside(target)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
