@@ -24,8 +24,8 @@ def digits():
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") \
-            as cluster, distributed.Client(cluster) as c:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0") as cluster, distributed.Client(cluster) as c:
         yield c
 
 
@@ -81,6 +81,18 @@ def test_scheduler_argument_checked():
     with pytest.raises(attribx.errors.InputError, match="scheduler"):
         with D.client_for(0):
             pass
+
+
+def test_local_cluster_listens_on_loopback_only():
+    """--scheduler N: the scheduler, the workers and the unauthenticated dashboard accept connections from
+    this machine only (the dashboard was bound to every interface, 0.0.0.0)."""
+    with D.client_for(1) as client:
+        scheduler = client.cluster.scheduler
+        assert scheduler.address.startswith("tcp://127.0.0.1:")
+        assert all(w.startswith("tcp://127.0.0.1:") for w in client.scheduler_info()["workers"])
+        bound = [sock.getsockname()[0] for sock in scheduler.http_server._sockets.values()]
+        assert bound and set(bound) == {"127.0.0.1"}, bound
+        assert "127.0.0.1" in client.dashboard_link
 
 
 def test_cli_scheduler_writes_the_streamed_file(digits, tmp_path):

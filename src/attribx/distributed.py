@@ -1,7 +1,8 @@
 """Explain and evaluate on a ``dask.distributed`` cluster (issue 10): when one machine is not enough.
 
 ``scheduler`` is a scheduler address (``"tcp://host:8786"``), an int N (a ``LocalCluster`` of N worker
-processes, one thread each, started and closed here) or a ``distributed.Client``.
+processes, one thread each, started and closed here, listening on 127.0.0.1 only, its dashboard too) or a
+``distributed.Client``.
 
 * :func:`explain_distributed` cuts the input into batches of ``batch_size`` samples, computes each
   batch on a worker (:func:`attribx.explain` there, the same call a single process makes per batch) and
@@ -73,8 +74,10 @@ def client_for(scheduler: Any):
     if isinstance(scheduler, int):
         if scheduler < 1:
             raise InputError(f"scheduler: a local cluster needs at least 1 worker, got {scheduler}")
-        with LocalCluster(n_workers=scheduler, threads_per_worker=1, processes=True, dashboard_address=":0") \
-                as cluster, Client(cluster) as client:
+        # loopback only: the scheduler, the workers and the (unauthenticated) dashboard accept no connection
+        # from another machine
+        with LocalCluster(n_workers=scheduler, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
             yield client
         return
     with Client(scheduler) as client:
