@@ -191,3 +191,34 @@ def test_batch_norm_in_training_mode_keeps_its_statistics():
         attribx.explain(model, images(4), method="lrp.epsilon_plus", target="predicted")
     assert_unchanged(model, before)
     assert int(model[1].num_batches_tracked) == 0
+
+
+def test_translations_from_several_threads_leave_the_training_flags():
+    """Translation sets eval flags on the model while it runs: two threads at once must not see (and keep)
+    each other's flags."""
+    import threading
+
+    model = bn_net().train()
+    before = snapshot(model)
+    n = 6
+    barrier = threading.Barrier(n)
+    errors = []
+
+    def work():
+        barrier.wait()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ModelModeWarning)
+                for _ in range(3):
+                    clear_cache()
+                    attribx.translate(model, input_shape=(2, 4, 5))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert_unchanged(model, before)

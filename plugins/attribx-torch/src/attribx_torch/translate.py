@@ -2142,6 +2142,7 @@ _Translation.functions = FUNCTIONS
 
 _cache: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+_translating = threading.RLock()
 
 
 def clear_cache() -> None:
@@ -2255,15 +2256,21 @@ def translate_module(model: nn.Module, input_shape: tuple | None) -> Graph:
 
     The model is translated as in eval mode (a warning says so when it is in training mode) and left exactly
     as it was: its parameters, buffers, attributes, modes and hooks, also when the translation fails."""
+    with _translating:      # one at a time: another thread must not see (or snapshot) the flags set meanwhile
+        return _translate_module(model, input_shape)
+
+
+def _translate_module(model: nn.Module, input_shape: tuple | None) -> Graph:
     modules = dict(model.named_modules())
     training = [name for name, m in modules.items() if m.training]
     if training:
-        which = (f"{type(model).__name__} is in training mode" if len(training) == len(modules) else
-                 f"{type(model).__name__} has modules in training mode ({_few([a or '(the model)' for a in training])})")
+        cls = type(model).__name__
+        which = (f"{cls} is in training mode" if len(training) == len(modules) else
+                 f"{cls} has modules in training mode ({_few([a or '(the model)' for a in training])})")
         warnings.warn(
-            f"{which}; attribx explains it as in eval "
-            f"mode: dropout off, batch norm with its running statistics; the model's own mode is left as it is "
-            f"(call model.eval() to silence this)", ModelModeWarning, stacklevel=2)
+            f"{which}; attribx explains it as in eval mode: dropout off, batch norm with its running statistics; "
+            f"the model's own mode is left as it is (call model.eval() to silence this)", ModelModeWarning,
+            stacklevel=3)
     implied = input_shape is None
     if not implied:
         try:
@@ -2312,6 +2319,12 @@ class _CopyOnWrite(TorchDispatchMode):
     """Keeps a copy of every parameter or buffer of the model before an op first writes to it (a batch norm
     updating its statistics, ``self.count.add_(1)``, ``nn.Embedding(max_norm=...)`` renormalising rows), so that
     the writes can be undone. Only what is written is copied."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # nothing here is compiled: without this, torch wraps __torch_dispatch__ in torch._dynamo.disable, which
+        # imports torch._dynamo (seconds, and it probes for onnx and other frameworks) at the first translation
+        return False
 
     def __init__(self, tensors):
         super().__init__()
