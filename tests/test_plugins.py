@@ -118,3 +118,23 @@ def test_builtins_come_through_the_hooks():
         names = [n for (k, n), p in reg.provider.items() if k == kind and p == "attribx.builtin"]
         assert names, kind
     assert {"gradient", "gradient_x_input", "lrp.zero", "lrp.epsilon"} <= set(reg.methods)
+
+
+@pytest.mark.parametrize("opt_in", [False, True])
+def test_no_plugins_from_the_working_directory(tmp_path, opt_in):
+    """A ``*.dist-info`` lying in the current directory (on sys.path under ``python -c``) is not imported
+    unless ATTRIBX_PLUGINS_FROM_CWD=1 (issue 17 point 14)."""
+    info = tmp_path / "foo-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: foo\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[attribx]\nevil = evilmod\n")
+    marker = tmp_path / "marker"
+    (tmp_path / "evilmod.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n")
+    env = {k: v for k, v in os.environ.items() if k != "ATTRIBX_PLUGINS_FROM_CWD"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.realpath(p) != str(tmp_path))
+    if opt_in:
+        env["ATTRIBX_PLUGINS_FROM_CWD"] = "1"
+    out = subprocess.run([sys.executable, "-c", "import attribx; attribx.plugins.registry()"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert marker.exists() == opt_in

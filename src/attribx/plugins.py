@@ -6,6 +6,9 @@ others keep working. Name clashes keep the first registration (built-ins first) 
 """
 from __future__ import annotations
 
+import os
+import re
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -174,8 +177,50 @@ def manager() -> pluggy.PluginManager:
         return _State.pm
 
 
+CWD_ENV = "ATTRIBX_PLUGINS_FROM_CWD"
+
+
+def _search_path() -> list[str]:
+    """Where entry points are looked for: ``sys.path`` without the current directory (``''``, ``.`` or the
+    directory itself, which ``python -c``, ``python -m`` and notebooks put on it), so that a ``*.dist-info``
+    lying in the directory one happens to work in is not imported, unless ``ATTRIBX_PLUGINS_FROM_CWD=1``."""
+    if os.environ.get(CWD_ENV, "").strip() == "1":
+        return list(sys.path)
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:
+        cwd = None
+    kept = []
+    for entry in sys.path:
+        if not isinstance(entry, str) or entry in ("", "."):
+            continue
+        try:
+            if cwd is not None and os.path.realpath(entry) == cwd:
+                continue
+        except (OSError, ValueError):
+            continue
+        kept.append(entry)
+    return kept
+
+
+def _entry_points(group: str) -> list:
+    """The entry points of ``group`` of the distributions installed on :func:`_search_path` (the first
+    distribution of a name wins, as in ``importlib.metadata.entry_points``)."""
+    seen, found = set(), []
+    for dist in metadata.distributions(path=_search_path()):
+        try:
+            name = re.sub(r"[-_.]+", "-", (dist.metadata["Name"] or "").lower())
+        except Exception:   # noqa: BLE001 - a broken METADATA is skipped like importlib does
+            continue
+        if name in seen:
+            continue
+        seen.add(name)
+        found.extend(ep for ep in dist.entry_points if ep.group == group)
+    return found
+
+
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _entry_points(ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         source = f"entry point of {dist.name} {dist.version}" if dist else f"entry point {ep.value}"
         if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
