@@ -666,3 +666,52 @@ def test_cli_refuses_a_fifo_output_before_computing(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "FIFO" in err
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+# ------------------------------------------------------------------------------------------------
+# appending another run is refused (issue 17 point 5)
+# ------------------------------------------------------------------------------------------------
+
+def _run(rng_seed=0, **changes):
+    rel = make_relevance(2, 3, seed=rng_seed)
+    rel.attrs.update(output_init="logit", explained_output="fc2", timing_s=0.5)
+    rel.attrs.update(changes)
+    return rel
+
+
+@pytest.mark.parametrize("changes, what", [
+    ({"model_fingerprint": "ffff0000"}, "model"),
+    ({"method": "lrp.z_plus"}, "method"),
+    ({"parameters": {"epsilon": 0.5, "low": [-1.0, 2.0]}}, "parameters"),
+    ({"output_init": "softmax"}, "target kind"),
+    ({"contrast": True}, "target kind"),
+])
+def test_append_of_another_run_is_refused_and_the_file_kept(tmp_path, changes, what):
+    path = tmp_path / "rel.h5"
+    save(_run(), path)
+    save(_run(1, timing_s=9.0, attribx_version="9.9"), path, mode="a")  # same run: OK
+    assert open_relevance(path).sizes["sample"] == 4
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match=f"another run: {what}") as info:
+        save(_run(2, **changes), path, mode="a")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == before
+    assert listing(tmp_path) == ["rel.h5"]
+
+
+def test_append_of_another_explain_run_is_refused(tmp_path, rng):
+    import attribx
+    from conftest import build_mlp, mlp_weights
+    graph = build_mlp(*mlp_weights(rng))
+    other_model = build_mlp(*mlp_weights(np.random.default_rng(1)))
+    x = rng.normal(size=(3, 6))
+    path = tmp_path / "rel.h5"
+    save(attribx.explain(graph, x, "lrp.epsilon", target=1, epsilon=0.25), path)
+    save(attribx.explain(graph, x, "lrp.epsilon", target=2, epsilon=0.25, sample=[3, 4, 5]), path, mode="a")
+    before = path.read_bytes()
+    for model, method, params, what in ((graph, "lrp.epsilon", {"epsilon": 0.5}, "parameters"),
+                                        (graph, "gradient", {}, "method"),
+                                        (other_model, "lrp.epsilon", {"epsilon": 0.25}, "model")):
+        with pytest.raises(StorageError, match=what):
+            save(attribx.explain(model, x, method, target=1, sample=[6, 7, 8], **params), path, mode="a")
+        assert path.read_bytes() == before

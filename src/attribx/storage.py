@@ -398,6 +398,39 @@ def _values_equal(a: np.ndarray, b: np.ndarray) -> bool:
         return bool(np.array_equal(a, b))
 
 
+# The provenance attrs that make relevance "the same run": what was explained, by which model, method and
+# parameters (not timings, sample ids, versions, engines or file names). Appending relevance that differs in
+# one of them would file it under the first run's provenance; :func:`_check_same_run` refuses it.
+RUN_ATTRS = (("model_fingerprint", "model"), ("method", "method"), ("parameters", "parameters"),
+             ("output_init", "target kind"), ("contrast", "target kind"), ("explained_output", "explained output"),
+             ("layers", "layers"))
+_MISSING = object()
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = "(none)" if value is _MISSING else json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_same_run(f, spec: _Spec, path: str) -> None:
+    """Refuse to append relevance of another run (model, method, parameters, target kind) to ``f``."""
+    try:
+        stored = json.loads(_attr_str(f.attrs["attrs"]))
+        new = json.loads(spec.attrs_json)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise StorageError(f"{path}: cannot append: the file's attrs are damaged ({exc})") from None
+    if not isinstance(stored, dict) or not isinstance(new, dict):
+        return
+    differ = []
+    for key, what in RUN_ATTRS:
+        a, b = stored.get(key, _MISSING), new.get(key, _MISSING)
+        if a != b:
+            differ.append(f"{what} ({key}: file {_short(a)} vs new {_short(b)})")
+    if differ:
+        raise StorageError(f"{path}: cannot append relevance of another run: {'; '.join(differ)}; the file keeps "
+                           "one run's provenance, write this run to another file")
+
+
 def _plan_append(f, spec: _Spec, path: str) -> dict:
     """Check ``spec`` can be appended to the open attribx file ``f``; the sample count to append after."""
     _check_format(f, path)
@@ -423,6 +456,7 @@ def _plan_append(f, spec: _Spec, path: str) -> dict:
             mismatch.append(f"{d!r}: file {stored_dims.get(d)} vs new {spec.dims.get(d)}")
     if mismatch:
         raise StorageError(f"{path}: cannot append: dims differ ({'; '.join(mismatch)})")
+    _check_same_run(f, spec, path)
     for group_name, new_vars in ((DATA_GROUP, spec.data), (COORDS_GROUP, spec.coords)):
         what = "data variables" if group_name == DATA_GROUP else "coordinates"
         stored_names = json.loads(_attr_str(f.attrs["data_vars" if group_name == DATA_GROUP else "coords"]))
