@@ -48,3 +48,8 @@ class AttribxWarning(UserWarning):
 
 class ModelModeWarning(AttribxWarning):
     """A model in training mode is explained as in eval mode (its own mode is left as it is)."""
+
+
+class ConservationWarning(AttribxWarning):
+    """An LRP explanation's input relevance sums to orders of magnitude more than the explained score
+    (relevance was created on the way back, typically by a batch norm that could not be folded)."""

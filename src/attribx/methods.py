@@ -6,6 +6,7 @@ average passes over noisy or interpolated inputs.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -13,8 +14,8 @@ import numpy as np
 
 from . import composite as C
 from . import parameters as P
-from .errors import InputError, MethodError
-from .propagation import Propagation, ancestors, propagate, run_forward
+from .errors import ConservationWarning, InputError, MethodError
+from .propagation import Propagation, ancestors, blow_up, propagate, run_forward, sample_sums
 from .rules import (AlphaBeta, DeconvNet, Epsilon, Flat, Gamma, Gradient, GuidedBackprop, Norm, Rule, WSquare,
                     ZBox, Zero, ZPlus)
 from .targets import initial_relevance
@@ -96,12 +97,43 @@ class Method:
         def start_relevance(scores):
             s = engine.to_numpy(scores)
             state["targets"], against = targets_fn(s) if s.ndim == 2 else (np.zeros(len(s), np.int64), None)
-            return engine.asarray(initial_relevance(s, state["targets"], mode, against), dtype=engine.dtype_of(scores))
+            r0 = initial_relevance(s, state["targets"], mode, against)
+            state["put"] = np.asarray(r0, dtype=np.float64).reshape(len(r0), -1).sum(axis=1)
+            return engine.asarray(r0, dtype=engine.dtype_of(scores))
 
         result = propagate(graph, engine, x, rules, start_relevance, start, keep, conservation)
         result.targets = state["targets"]
+        if self.family == "lrp":
+            self.check_conservation(graph, engine, x, rules, start_relevance, start, result, state["put"])
         self.finish(engine, graph, result, x)
         return result
+
+    #: the input relevance may sum to at most this many times the explained score (per sample) unwarned
+    conservation_factor = 100.0
+
+    def check_conservation(self, graph, engine, x, rules, start_relevance, start, result, put) -> None:
+        """Warn (:class:`~attribx.errors.ConservationWarning`) when the input relevance sums to orders of
+        magnitude more than the relevance put at the output, naming the node where it grows. Costs one sum
+        over the input relevance; the per-node sums are computed (a second pass) only when the check fails."""
+        r_in = result.relevance.get(graph.input.name)
+        if r_in is None or start not in graph:
+            return
+        got, put = np.abs(sample_sums(engine, r_in)), np.abs(np.asarray(put, dtype=np.float64))
+        tol = self.conservation_factor * put + 1e-3 * float(put.max(initial=0.0)) + 1e-6
+        bad = np.flatnonzero(~(got <= tol))        # NaN counts as departing too
+        if not len(bad):
+            return
+        k = int(bad[np.argmax(got[bad] / (put[bad] + 1e-30))])
+        traced = propagate(graph, engine, x, rules, start_relevance, start, trace=True)
+        node, ratio = blow_up(traced.flow, ancestors(graph, start))
+        where = (f"; it grows at node {node!r} ({graph[node].op}), whose rule passes back {ratio:.3g}x the "
+                 f"relevance it receives" if node is not None else "")
+        warnings.warn(ConservationWarning(
+            f"method {self.name!r}: the input relevance sums to {got[k]:.3g} for an explained score of "
+            f"{put[k]:.3g} (sample {k}; {len(bad)} of {len(got)} samples depart by more than "
+            f"{self.conservation_factor:g}x){where}; typical of batch norms that cannot be folded (DenseNet, "
+            f"ResNetV2): lrp.epsilon_plus_flat or lrp.epsilon_gamma_box stay near the score, see docs/rules.md, "
+            f"'Batch norms that cannot be folded'"), stacklevel=4)
 
     def finish(self, engine, graph, result: Propagation, x, params=None) -> None:
         inp = graph.input.name

@@ -47,13 +47,17 @@ class Propagation:
     targets: Any = None              # explained class per sample
     start: str = ""                  # the node whose values were explained
     dims: tuple = ()                 # dims of the input relevance (a method may reduce some)
+    #: with ``trace=True``: per node, (relevance sum at its output, sum of what its rule passed back), per sample
+    flow: dict[str, tuple] = field(default_factory=dict)
 
 
 def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], Any], start: str,
-              keep: Sequence[str] = (), conservation: bool = False) -> Propagation:
+              keep: Sequence[str] = (), conservation: bool = False, trace: bool = False) -> Propagation:
     """Forward to ``start``, initialise relevance there with ``init(scores)``, and pass it back.
 
-    ``rules`` maps node names to rules (every node between input and ``start`` needs one).
+    ``rules`` maps node names to rules (every node between input and ``start`` needs one). ``trace`` records,
+    per node, the relevance sum that reached it and the sum its rule passed back (``Propagation.flow``),
+    to find where relevance is created (:func:`blow_up`).
     """
     from .plugins import registry
     ops = registry().ops
@@ -63,6 +67,7 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
     rel: dict[str, Any] = {start: init(scores)}
     kept: dict[str, Any] = {}
     sums: dict[str, Any] = {}
+    flow: dict[str, tuple] = {}
     keep = set(keep)
     consts = {n.name for n in graph.nodes if ops[n.op].category == "source"}
     # rules treat constants as weights and biases; a per-sample source (``fill``: an initial state) is a signal
@@ -98,6 +103,9 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
         if len(back) != len(node.inputs):
             raise UnsupportedError(f"rule {rule.name!r} returned {len(back)} relevances for node {name!r} "
                                    f"with {len(node.inputs)} inputs")
+        if trace:
+            passed = [_sample_sum(engine, ri) for ri in back if ri is not None]
+            flow[name] = (_sample_sum(engine, r), sum(passed) if passed else np.zeros(len(engine.to_numpy(out))))
         for i, ri in zip(node.inputs, back):
             if ri is None:
                 continue
@@ -109,7 +117,33 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
     if conservation:
         sums[inp] = _sample_sum(engine, r_in)
     kept[inp] = r_in
-    return Propagation(scores, kept, sums, start=start)
+    return Propagation(scores, kept, sums, start=start, flow=flow)
+
+
+def sample_sums(engine, r) -> np.ndarray:
+    """The sum of ``r`` per sample (first axis), as float64 numpy, summed on the engine (cheap to transfer)."""
+    shape = tuple(r.shape)
+    if len(shape) > 1:
+        r = engine.sum(r, axis=tuple(range(1, len(shape))))
+    return np.asarray(engine.to_numpy(r), dtype=np.float64).reshape(shape[0])
+
+
+def blow_up(flow: Mapping[str, tuple], order: Sequence[str], factor: float = 10.0):
+    """The first node, in backward order, whose rule passes back more than ``factor`` times the relevance
+    that reached it (in absolute sum, in any sample), else the one with the largest such ratio; with that
+    ratio. ``flow`` as recorded by ``propagate(..., trace=True)``."""
+    best, best_ratio = None, 0.0
+    for name in reversed(order):
+        if name not in flow:
+            continue
+        got, passed = (np.abs(np.asarray(v, dtype=np.float64)) for v in flow[name])
+        tiny = 1e-12 + 1e-6 * float(got.max(initial=0.0))
+        ratio = float(np.max(passed / (got + tiny), initial=0.0))
+        if ratio > factor:
+            return name, ratio
+        if ratio > best_ratio:
+            best, best_ratio = name, ratio
+    return best, best_ratio
 
 
 def _sample_sum(engine, r):

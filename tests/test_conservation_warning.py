@@ -1,0 +1,56 @@
+"""LRP relevance that sums to orders of magnitude more than the explained score is said, with the node where
+it grows (issue 17 point 7)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import attribx
+from attribx import GraphBuilder
+from attribx.errors import AttribxWarning, ConservationWarning
+
+
+def bn_net(mean: float):
+    """conv -> batch norm (tiny running variance, mean ``mean``) -> relu -> conv -> linear. With the mean just
+    below the conv's outputs, the batch norm's shift is a large negative bias and LRP-epsilon explodes."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("bn")
+    x = b.input("x", (2, 8, 8))
+    h = b.conv(x, np.full((4, 2, 1, 1), 0.5, "f4"), None, name="conv1")
+    h = b.batch_norm(h, mean=np.full(4, mean, "f4"), var=np.full(4, 1e-4, "f4"), scale=np.ones(4, "f4"),
+                     bias=np.zeros(4, "f4"), name="bn")
+    h = b.relu(h)
+    h = b.conv(h, np.abs(rng.normal(size=(3, 4, 3, 3))).astype("f4"), None, padding=1, name="conv2")
+    h = b.flatten(h)
+    return b.build(b.linear(h, np.abs(rng.normal(size=(5, 192))).astype("f4"), name="fc"))
+
+
+def inputs():
+    return (1 + 0.01 * np.random.default_rng(1).random(size=(3, 2, 8, 8))).astype("f4")
+
+
+def test_exploding_relevance_warns_and_names_the_node():
+    x = inputs()
+    with pytest.warns(ConservationWarning, match=r"grows at node 'conv1'") as caught:
+        r = attribx.explain(bn_net(1.0), x, "lrp.epsilon")
+    assert issubclass(ConservationWarning, AttribxWarning)
+    msg = str(caught[0].message)
+    assert "lrp.epsilon" in msg and "\n" not in msg
+    score = attribx.forward(bn_net(1.0), x)[np.arange(3), r.target.values]
+    assert np.all(np.abs(r.sum(("channel", "height", "width")).values) > 100 * np.abs(score))   # it does explode
+
+
+@pytest.mark.parametrize("method", ["lrp.epsilon", "lrp.z_plus", "gradient", "gradient_x_input"])
+def test_conserving_network_does_not_warn(method):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConservationWarning)
+        r = attribx.explain(bn_net(0.0), inputs(), method)
+    assert np.isfinite(r.values).all()
+
+
+def test_gradient_methods_are_not_checked():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConservationWarning)
+        attribx.explain(bn_net(1.0), inputs(), "gradient_x_input")
