@@ -41,8 +41,33 @@ def attribx_model_types():
 def attribx_load_model(path):
     if not str(path).endswith((".keras", ".h5")):
         return None
+    import os
+    import zipfile
+
+    from attribx.errors import ModelLoadError
+    path = str(path)
+    if path.endswith(".keras"):
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size == 0:
+            raise ModelLoadError(f"{path}: the file is empty, not a Keras model (a .keras file is a zip archive)")
+        if size is not None and not zipfile.is_zipfile(path):
+            raise ModelLoadError(f"{path}: not a Keras model file: no zip archive (a .keras file is one), the file "
+                                 f"is damaged or truncated")
     import keras
-    return keras.saving.load_model(str(path), compile=False)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:   # noqa: BLE001 - Keras raises ValueError/TypeError/zip errors alike
+        msg = " ".join(str(err).split())
+        if "Lambda" in msg and "safe_mode" in msg:
+            raise ModelLoadError(
+                f"{path}: the model holds a Keras Lambda layer (a Python function stored in the file), which Keras "
+                f"loads only with safe_mode=False, that is by running code from the file; attribx has no "
+                f"translation for Lambda layers either: rebuild the model with built-in layers or a custom layer "
+                f"(docs/keras.md)") from None
+        if isinstance(err, (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError)):
+            raise ModelLoadError(f"{path}: cannot read the Keras model file ({type(err).__name__}: "
+                                 f"{msg[:200]}); the file is damaged or not a Keras model") from None
+        raise
 
 
 @hookimpl
