@@ -251,8 +251,9 @@ def forward(model: Any, x: Any, engine: Any = None, output: str | None = None,
     """
     from .propagation import run_forward
     graph, x = _graph_and_input(model, x, passes)
+    graph = _select_output(graph, output)
     eng = get_engine(engine, graph, device)
-    name = output or graph.output
+    name = graph.output
     acts = run_forward(graph, eng, eng.asarray(x), upto=name)
     return eng.to_numpy(acts[name])
 
@@ -312,8 +313,28 @@ def _resolve_alias(graph: Graph, name: str) -> str:
     return name
 
 
+def _select_output(graph: Graph, output: str | None) -> Graph:
+    """The graph with ``output`` (a node name, or a name a graph pass folded away) as its only output;
+    the graph itself when ``output`` is None."""
+    if output is None:
+        return graph
+    if not isinstance(output, str):
+        raise InputError(f"output must be a node name (str), got {type(output).__name__}")
+    aliases = graph.meta.get("aliases", {})
+    name, seen = output, set()
+    while name not in graph and name in aliases and name not in seen:
+        seen.add(name)
+        name = aliases[name]
+    if name not in graph:
+        raise InputError(f"output: no node named {output!r}; the graph's outputs are "
+                         f"{', '.join(map(repr, graph.outputs))} (every node: attribx.translate(model).summary())")
+    if graph.outputs == [name]:
+        return graph
+    return Graph(graph.inputs, graph.nodes, [name], graph.meta, validate=False)
+
+
 def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "predicted", *,
-            engine: Any = None, device: Any = None, output_init: Any = None, layers: Sequence[str] | None = None,
+            output: str | None = None, engine: Any = None, device: Any = None, output_init: Any = None, layers: Sequence[str] | None = None,
             conservation: bool = False, batch_size: int | None = None, sample: Any = None, labels: Any = None,
             progress_bar: bool | None = None, tokens: Any = None, pad_id: int | None = None, padding: Any = None,
             per_token: bool = False, **params: Any):
@@ -323,7 +344,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     ``target`` and ``prediction`` (and ``label`` when ``labels`` are given); with ``layers`` (node names)
     or ``conservation=True`` an ``xarray.Dataset`` holding also the relevance at those nodes and the
     per-node relevance sums. ``target``: an int, ints per sample, ``"predicted"`` or
-    ``("contrast", c, c2)``. ``output_init`` overrides the method's initialisation (``"score"``,
+    ``("contrast", c, c2)``. ``output`` names the node whose values are explained (a model with several
+    outputs needs it; default the graph's only output). ``output_init`` overrides the method's initialisation (``"score"``,
     ``"onehot"``, ``"softmax"``, ``"log_odds"``, ``"contrast"`` or an array of the output's shape).
     Method parameters (``epsilon=...``) are keyword arguments. ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``
     or a ``torch.device``) runs the torch engine there, as ``engine=TorchEngine(device=...)`` does.
@@ -338,6 +360,7 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     from .methods import as_method
     from .targets import INITS
     graph, x = _graph_and_input(model, x)
+    graph = _select_output(graph, output)
     m = as_method(method)
     resolved = m.resolve(params)
     if m.needs_real_input and _takes_indices(graph):

@@ -63,11 +63,33 @@ def attribx_load_model(path):
     if not str(path).endswith(".npz"):
         return None
     import numpy as np
+    from .errors import ModelLoadError
     from .graph import Graph
     try:
         with np.load(path, allow_pickle=False) as data:
             if "__attribx_graph__" not in data.files:
                 return None
     except Exception:
+        if _names_a_graph(path):
+            raise ModelLoadError(f"{path}: a damaged attribx graph (truncated or corrupted: not a readable .npz "
+                                 f"archive); write it again with Graph.save") from None
         return None
     return Graph.load(path)
+
+
+def _names_a_graph(path) -> bool:
+    """Whether a file that is no readable .npz still holds the zip entry of an attribx graph's structure
+    (``__attribx_graph__.npy``: the first entry Graph.save writes, so a truncated graph keeps it)."""
+    marker = b"__attribx_graph__.npy"
+    try:
+        with open(path, "rb") as f:
+            tail = b""
+            while True:
+                block = f.read(1 << 20)
+                if not block:
+                    return False
+                if marker in tail + block:
+                    return True
+                tail = block[-len(marker):]
+    except OSError:
+        return False

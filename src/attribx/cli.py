@@ -226,11 +226,14 @@ def cmd_explain(args) -> int:
     from .storage import save
     check_outputs(args.output)
     if _streaming(args):
+        if args.output_node is not None:
+            raise InputError("--output-node is not taken with streaming (--stream, --resume, --scheduler); "
+                             "explain the files without streaming, or translate and save a graph with that output")
         return cmd_explain_streaming(args)
     x, labels = read_inputs(args.inputs, args.key, args.labels_key)
     first = existing_samples(args.output) if args.append else 0
-    rel = explain(args.model, x, args.method, parse_target(args.target), engine=args.engine,
-                  layers=args.layers, batch_size=args.batch_size, labels=labels,
+    rel = explain(args.model, x, args.method, parse_target(args.target), output=args.output_node,
+                  engine=args.engine, layers=args.layers, batch_size=args.batch_size, labels=labels,
                   sample=np.arange(first, first + len(x)), progress_bar=None, **parse_params(args.param))
     rel.attrs["inputs_file"] = os.path.abspath(args.inputs)
     save(rel, args.output, mode="a" if args.append else "w")
@@ -361,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--engine", default=None, help=engine_help)
     sp.add_argument("--layers", nargs="*", default=None, help="also return relevance at these nodes")
     sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--output-node", default=None, metavar="NAME",
+                    help="the node whose values are explained (a model with several outputs needs it)")
     sp.add_argument("--key", default=None, help="array name in an .npz input file")
     sp.add_argument("--labels-key", default=None, help="array of labels in the .npz file")
     sp.add_argument("--append", action="store_true", help="append samples to an existing file")

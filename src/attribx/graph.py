@@ -156,7 +156,8 @@ class Graph:
     @property
     def output(self) -> str:
         if len(self.outputs) != 1:
-            raise GraphError(f"graph has {len(self.outputs)} outputs; name the one to explain")
+            raise GraphError(f"graph has {len(self.outputs)} outputs ({', '.join(map(repr, self.outputs))}); name "
+                             f"the one to use with output= (attribx explain --output-node NAME)")
         return self.outputs[0]
 
     def shape_of(self, name: str) -> tuple:
@@ -318,8 +319,9 @@ class Graph:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the graph to an ``.npz`` file that :func:`attribx.load_model` reads back."""
-        arrays = {f"param/{n.name}/{k}": p for n in self.nodes for k, p in n.params.items()}
-        arrays["__attribx_graph__"] = np.array(json.dumps(self._structure()))
+        # the structure first: a truncated file still shows that it was an attribx graph
+        arrays = {"__attribx_graph__": np.array(json.dumps(self._structure()))}
+        arrays.update({f"param/{n.name}/{k}": p for n in self.nodes for k, p in n.params.items()})
         from .storage import temp_file_beside, write_target
         target = write_target(path)   # a symbolic link: its target is replaced, the link stays; no FIFO/device
         tmp = temp_file_beside(target)
@@ -342,7 +344,8 @@ class Graph:
         except ModelLoadError:
             raise
         except Exception as err:
-            raise ModelLoadError(f"{os.fspath(path)}: cannot read as an attribx graph ({err})") from None
+            raise ModelLoadError(f"{os.fspath(path)}: a damaged attribx graph, cannot read it ({type(err).__name__}: "
+                                 f"{' '.join(str(err).split())}); write it again with Graph.save") from None
         if struct.get("format") != GRAPH_FORMAT or struct.get("version", 0) > GRAPH_FORMAT_VERSION:
             raise ModelLoadError(f"{os.fspath(path)}: unsupported graph format {struct.get('format')} "
                                  f"version {struct.get('version')}")
