@@ -1,6 +1,7 @@
 """The public functions: load, translate, forward, explain, evaluate."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Any, Iterable, Sequence
@@ -266,6 +267,39 @@ def _batches(n: int, batch_size: int | None) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
+def _memory_budget() -> int:
+    """Bytes one explain batch may hold in activations and relevance: a quarter of the physical memory
+    available now, at most 4 GiB (1 GiB where the system does not say)."""
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 30
+    return int(max(64 << 20, min(avail // 4, 4 << 30)))
+
+
+def _per_sample_bytes(graph: Graph, x: Any) -> int:
+    """What one sample costs a relevance pass, roughly: every node's activation (the forward pass keeps
+    them all) and the relevance beside it, in the input's precision (at least float32)."""
+    itemsize = max(4, int(getattr(getattr(x, "dtype", None), "itemsize", 4) or 4))
+    per_in = math.prod(int(d) for d in x.shape[1:]) if len(x.shape) > 1 else 1
+    total = per_in
+    for node in graph.nodes:
+        shape = node.shape or ()
+        dims = shape[1:]
+        total += math.prod(dims) if all(isinstance(d, int) for d in dims) else per_in
+    return 2 * itemsize * total
+
+
+def _auto_batch_size(graph: Graph, x: Any) -> int | None:
+    """A batch size for inputs whose relevance pass would not fit in memory at once (None: one batch). The
+    samples are independent, so batching changes no number beyond floating-point summation order."""
+    n = len(x)
+    per = _per_sample_bytes(graph, x)
+    if n <= 1 or per * n <= _memory_budget():
+        return None
+    return max(1, _memory_budget() // max(per, 1))
+
+
 def progress(iterable: Iterable, total: int, desc: str, enabled: bool | None = None):
     """A tqdm bar when tqdm is installed and stderr is a terminal (or ``enabled`` says so)."""
     if enabled is None:
@@ -347,7 +381,9 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     ``("contrast", c, c2)``. ``output`` names the node whose values are explained (a model with several
     outputs needs it; default the graph's only output). ``output_init`` overrides the method's initialisation (``"score"``,
     ``"onehot"``, ``"softmax"``, ``"log_odds"``, ``"contrast"`` or an array of the output's shape).
-    Method parameters (``epsilon=...``) are keyword arguments. ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``
+    ``batch_size`` splits the samples into batches; without it, inputs whose pass would not fit in memory (a
+    quarter of the free memory, at most 4 GiB, estimated from the graph's activations) are batched
+    automatically. Method parameters (``epsilon=...``) are keyword arguments. ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``
     or a ``torch.device``) runs the torch engine there, as ``engine=TorchEngine(device=...)`` does.
 
     Text (see ``docs/text.md``): ``tokens`` (the (N, T) token strings) become the coord ``token_text``
@@ -380,6 +416,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     elif output_init is not None and output_init not in INITS:
         raise InputError(f"unknown output_init {output_init!r}; use one of {', '.join(INITS)} or an array")
     pieces = []
+    if batch_size is None:
+        batch_size = _auto_batch_size(graph, x)
     chunks = _batches(n, batch_size)
     for sl in progress(chunks, len(chunks), f"explain {m.name}", progress_bar):
         xb = x[sl]
