@@ -54,3 +54,17 @@ def test_gradient_methods_are_not_checked():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConservationWarning)
         attribx.explain(bn_net(1.0), inputs(), "gradient_x_input")
+
+
+def test_engine_without_reductions():
+    """The check sums on the host when an engine has no ``sum`` (the base class raises NotImplementedError)."""
+    from attribx.engines.base import Engine
+    from attribx.engines.numpy_engine import NumpyEngine
+    from attribx.propagation import sample_sums
+
+    class NoSum(NumpyEngine):
+        def sum(self, x, axis=None, keepdims=False):
+            return Engine.sum(self, x, axis, keepdims)
+
+    r = np.arange(24, dtype="f4").reshape(2, 3, 4)
+    np.testing.assert_array_equal(sample_sums(NoSum(), r), r.reshape(2, -1).sum(1))

@@ -124,7 +124,10 @@ def sample_sums(engine, r) -> np.ndarray:
     """The sum of ``r`` per sample (first axis), as float64 numpy, summed on the engine (cheap to transfer)."""
     shape = tuple(r.shape)
     if len(shape) > 1:
-        r = engine.sum(r, axis=tuple(range(1, len(shape))))
+        try:
+            r = engine.sum(r, axis=tuple(range(1, len(shape))))
+        except NotImplementedError:     # an engine without reductions: sum on the host
+            return _sample_sum(engine, r)
     return np.asarray(engine.to_numpy(r), dtype=np.float64).reshape(shape[0])
 
 
