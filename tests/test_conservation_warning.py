@@ -68,3 +68,19 @@ def test_engine_without_reductions():
 
     r = np.arange(24, dtype="f4").reshape(2, 3, 4)
     np.testing.assert_array_equal(sample_sums(NoSum(), r), r.reshape(2, -1).sum(1))
+
+
+def test_cli_warns_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    path, xs = tmp_path / "bn.npz", tmp_path / "x.npy"
+    bn_net(1.0).save(path)
+    np.save(xs, inputs())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-m", "attribx.cli", "explain", str(path), str(xs), "-o",
+                          str(tmp_path / "r.h5")], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("attribx: warning: method 'lrp.epsilon'"), out.stderr
+    assert "grows at node 'conv1'" in lines[0]

@@ -476,9 +476,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings():
+    """attribx's own warnings (ConservationWarning, ModelModeWarning) as one line on stderr, as errors are."""
+    import warnings
+
+    from .errors import AttribxWarning
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if isinstance(category, type) and issubclass(category, AttribxWarning):
+            print(f"attribx: warning: {message}", file=sys.stderr if file is None else file)
+            return
+        shown(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warnings()
     try:
         return args.func(args)
     except AttribxError as err:
@@ -487,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attribx: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":
