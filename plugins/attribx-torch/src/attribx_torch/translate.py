@@ -179,8 +179,36 @@ def _leaf(fn):
     return traced
 
 
+class _InplaceProxy(fx.Proxy):
+    """A proxy that records ``x += y`` (``-=``, ``*=``, ``/=``) as the in-place op torch runs.
+
+    fx's own Proxy has no ``__iadd__``, so Python falls back to ``x = x + y``: the graph then holds an
+    out-of-place add while torch changed ``x``'s storage, and an alias of the old ``x`` read later (``a = x;
+    x += y; return a``) would silently miss the change. Recorded as ``operator.iadd``, the translator sees
+    the in-place op and checks its aliases (issue 17 point 1)."""
+
+    def _inplace(self, fn, other):
+        # named as fx names the out-of-place op (``add``, ``add_1``), so graph node names stay as they were
+        return self.tracer.create_proxy("call_function", fn, (self, other), {}, name=fn.__name__[1:])
+
+    def __iadd__(self, other):
+        return self._inplace(operator.iadd, other)
+
+    def __isub__(self, other):
+        return self._inplace(operator.isub, other)
+
+    def __imul__(self, other):
+        return self._inplace(operator.imul, other)
+
+    def __itruediv__(self, other):
+        return self._inplace(operator.itruediv, other)
+
+
 class _Tracer(fx.Tracer):
     """Keeps the modules we translate as leaves and records the module each node was made in."""
+
+    def proxy(self, node):
+        return _InplaceProxy(node, self)
 
     def __init__(self):
         # names bound by ``from torch.nn.utils.rnn import ...`` in the model's modules
@@ -670,42 +698,41 @@ class _Translation:
                 self.tainted.add(n)
         return value
 
-    def _check_inplace(self, n, args, kwargs, extra):
-        """An in-place op whose input is read again later would need aliasing the graph lacks."""
-        inplace = False
+    def _is_inplace(self, n: fx.Node) -> bool:
+        """Whether fx node ``n`` modifies its first argument in place."""
         if n.op == "call_module":
-            inplace = bool(getattr(extra[0], "inplace", False))
-        elif n.op == "call_method":
-            inplace = n.target.endswith("_") and not n.target.endswith("__")
-        else:
+            return bool(getattr(self.root.get_submodule(n.target), "inplace", False))
+        if n.op == "call_method":
+            return n.target.endswith("_") and not n.target.endswith("__")
+        if n.op == "call_function":
             fname = _fn_name(n.target)
-            inplace = n.target in INPLACE_FUNCTIONS or bool(n.kwargs.get("inplace", False)) \
+            return n.target in INPLACE_FUNCTIONS or bool(n.kwargs.get("inplace", False)) \
                 or (fname.endswith("_") and not fname.endswith("__"))
-        if not inplace or not n.args or not isinstance(n.args[0], fx.Node):
+        return False
+
+    def _check_inplace(self, n, args, kwargs, extra):
+        """An in-place op changes every value sharing its tensor's storage (the tensor, its views, its base,
+        views of its base); the graph maps each value to the node made when it was created, so a value made
+        before the in-place op and read after it would miss the change: refused (issue 17 point 1)."""
+        if not n.args or not isinstance(n.args[0], fx.Node) or not self._is_inplace(n):
             return
-        # the tensor modified, and the tensors it is a view or pass-through of
-        chain = [n.args[0]]
-        viewish = {"view", "reshape", "flatten", "transpose", "permute", "unsqueeze", "squeeze",
-                   "contiguous", "getitem", "expand"}
-        while chain[-1].op in ("call_method", "call_function", "call_module") and chain[-1].args \
-                and isinstance(chain[-1].args[0], fx.Node):
-            c = chain[-1]
-            name = c.target if c.op == "call_method" else (
-                _fn_name(c.target) if c.op == "call_function" else type(self.root.get_submodule(c.target)).__name__)
-            passthrough = name in viewish or name in ("Identity", "Dropout", "Dropout1d", "Dropout2d",
-                                                      "Dropout3d", "dropout")
-            if not passthrough:
-                break
-            chain.append(c.args[0])
-        here = self.order[n]
-        for m in chain:
-            for u in m.users:
-                if u is n or u in chain:
-                    continue
-                if self.order[u] > here:
-                    raise UnsupportedError(
-                        f"{self._where(n)} modifies {m.name!r} in place, and {u.name!r} reads it "
-                        f"afterwards; the graph has no aliasing (use the op's out-of-place form); {HOOK_HINT}")
+        if getattr(self, "_aliases", None) is None:
+            from .aliasing import Aliases
+            self._aliases = Aliases(list(self.order), self.root, self.env, self._is_inplace)
+        stale = self._aliases.stale_read(n)
+        if stale is None:
+            return
+        m, u = stale
+        target = n.args[0]
+        if m is target:
+            what = f"{m.name!r} is read by {u.name!r} afterwards"
+        else:
+            what = (f"the earlier value {m.name!r} shares its storage (a view of it, its base or a view of its "
+                    f"base) and is read by {u.name!r} afterwards")
+        raise UnsupportedError(
+            f"{self._where(n)} modifies {target.name!r} in place; {what}, which in torch sees the change and in "
+            f"the graph would not: the graph has no aliasing (use the op's out-of-place form, e.g. relu instead "
+            f"of relu_, inplace=False, x = x + y instead of x += y, or clone before the view); {HOOK_HINT}")
 
     def _outputs(self, n):
         val = fx.node.map_arg(n.args[0], lambda a: self.values[a])
