@@ -260,3 +260,116 @@ def test_a_failed_run_keeps_the_earlier_file(digits, tmp_path):
     assert out.read_bytes() == before
     r = explain_dataset(graph, x[:10], out, "lrp.epsilon", batch_size=20, resume=False)   # a good run replaces it
     assert r["samples"] == 10 and attribx.open_relevance(out, lazy=False).sizes["sample"] == 10
+
+
+# ------------------------------------------------------------------------------------------------
+# a full disk (issue 17 point 6): an error, nothing committed that was not written, no crash at exit
+# ------------------------------------------------------------------------------------------------
+
+_FULL_DISK_SCRIPT = textwrap.dedent("""
+    import errno, gc, sys
+    import h5py, numpy as np, xarray as xr
+    from attribx.errors import StorageError
+    from attribx.streaming import StreamWriter
+
+    path, how, fail_from = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+    def batch(i, n=4, width=3):
+        rng = np.random.default_rng(i)
+        return xr.DataArray(rng.normal(size=(n, width)).astype(np.float32) + i, dims=("sample", "f"),
+                            coords={"sample": np.arange(4 * i, 4 * i + n)}, name="relevance",
+                            attrs={"method": "m", "model_fingerprint": "x"})
+
+    if how != "tmpfs":
+        state = {"on": False}
+        def breaking(original):
+            def call(self, *a, **k):
+                if state["on"]:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return original(self, *a, **k)
+            return call
+        if how == "flush":
+            h5py.File.flush = breaking(h5py.File.flush)
+        else:
+            h5py.Dataset.__setitem__ = breaking(h5py.Dataset.__setitem__)
+    w = StreamWriter(path, "fp", batch_size=4, total=64)
+    try:
+        for i in range(16 if how == "tmpfs" else 4):
+            if i == fail_from and how != "tmpfs":
+                state["on"] = True
+            w.append(batch(i, width=20000 if how == "tmpfs" else 3))
+            print("APPENDED", i, w.committed, flush=True)
+    except StorageError as e:
+        print("ERROR", e, flush=True)
+    try:
+        w.close(complete=True)
+        print("COMPLETE", flush=True)
+    except StorageError as e:
+        print("NOT COMPLETE", e, flush=True)
+    if how != "tmpfs":
+        state["on"] = False
+    del w
+    gc.collect()
+    print("COMMITTED-END", flush=True)
+""")
+
+
+def _full_disk_run(path, how, fail_from):
+    res = subprocess.run([sys.executable, "-c", _FULL_DISK_SCRIPT, str(path), how, str(fail_from)], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr)   # < 0: crashed (a segfault at GC)
+    assert "COMMITTED-END" in res.stdout and "Traceback" not in res.stderr, (res.stdout, res.stderr)
+    return res.stdout
+
+
+@pytest.mark.parametrize("how", ["flush", "setitem"])
+def test_a_full_disk_in_a_streamed_run_commits_nothing_unwritten(tmp_path, how):
+    path = tmp_path / "rel.h5"
+    out = _full_disk_run(path, how, fail_from=2)
+    assert "ERROR" in out and "no space left" in out and "NOT COMPLETE" in out and "\nCOMPLETE" not in out, out
+    with h5py.File(path, "r") as f:
+        info = json.loads(f.attrs[STREAM_ATTR])
+        assert info["committed"] == 8 and not info["complete"]
+        assert json.loads(f.attrs["dims"])["sample"] == 8
+    rel = attribx.open_relevance(path, lazy=False)
+    assert list(rel.sample.values) == list(range(8))
+    assert np.all(rel.values[:4] != 0) and np.all(rel.values[4:] != 0)
+    w = StreamWriter(path, "fp", resume=True)          # the resume continues after the committed samples
+    assert w.committed == 8
+    w.close()
+    assert listing_h5(tmp_path) == ["rel.h5"]
+
+
+def test_a_full_disk_on_the_first_batch_keeps_the_earlier_file(tmp_path):
+    path = tmp_path / "rel.h5"
+    attribx.save(xr.DataArray(np.ones((2, 3), np.float32), dims=("sample", "f"), name="relevance"), path)
+    before = path.read_bytes()
+    out = _full_disk_run(path, "setitem", fail_from=0)
+    assert "ERROR" in out and "earlier file is unchanged" in out and "NOT COMPLETE" in out, out
+    assert path.read_bytes() == before
+    assert listing_h5(tmp_path) == ["rel.h5"]
+
+
+def listing_h5(directory):
+    return sorted(n for n in os.listdir(directory) if not n.endswith(".lock"))
+
+
+def test_a_really_full_disk_tmpfs(tmp_path):
+    """A 1 MiB tmpfs filled by a streamed run: a StorageError, the committed samples readable and intact."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs privileges): {res.stderr.strip()}")
+    try:
+        out = _full_disk_run(mnt / "rel.h5", "tmpfs", 0)
+        assert "ERROR" in out and "NOT COMPLETE" in out, out
+        if (mnt / "rel.h5").exists():
+            rel = attribx.open_relevance(mnt / "rel.h5", lazy=False)
+            n = rel.sizes["sample"]
+            assert n > 0 and n % 4 == 0
+            for i in range(n // 4):
+                expected = np.random.default_rng(i).normal(size=(4, 20000)).astype(np.float32) + i
+                np.testing.assert_array_equal(rel.values[4 * i:4 * i + 4], expected)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -330,7 +330,15 @@ def _write_slab(dset, index: tuple, values: np.ndarray) -> None:
 
 
 def _fill(dset, var: _Var, offset: int = 0) -> None:
-    """Copy ``var``'s values into ``dset``, starting at sample ``offset``, ~64 MiB at a time."""
+    """Copy ``var``'s values into ``dset``, starting at sample ``offset``, ~64 MiB at a time, then flush the
+    dataset: HDF5 keeps chunks in a cache that is written when the dataset is closed, and an h5py dataset
+    closed by the garbage collector only prints a write error (a full disk) and drops the data; flushed
+    here, the error is raised."""
+    _fill_values(dset, var, offset)
+    dset.flush()
+
+
+def _fill_values(dset, var: _Var, offset: int = 0) -> None:
     data = var.variable.data
     if var.sample_axis is None:
         values = np.asarray(var.variable.values)
@@ -588,8 +596,14 @@ def _atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None
             h5mode = "r+"
         else:
             h5mode = "w"
-        with h5py.File(tmp, h5mode) as f:
+        f = h5py.File(tmp, h5mode)
+        try:
             write(f)
+            f.flush()            # a write error (a full disk) surfaces here, not in a finaliser later
+        except BaseException as exc:
+            close_quietly(f, exc)
+            raise
+        f.close()
         fd = os.open(tmp, os.O_RDWR)
         try:
             os.fsync(fd)
@@ -603,6 +617,62 @@ def _atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None
             pass
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def check_space(path: str, nbytes: int) -> None:
+    """Refuse (:class:`StorageError`) a write of about ``nbytes`` that the file system of ``path`` has no room
+    for, before anything is written: HDF5 cannot close a file whose metadata it failed to write (a full disk)
+    and may crash the process when it tries again at exit."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except (OSError, AttributeError):
+        return
+    free = st.f_bavail * st.f_frsize
+    need = int(nbytes * 1.1) + 64 * 1024
+    if free < need:
+        raise StorageError(f"{path}: no space left on the device for the next write (needs about {need} bytes, "
+                           f"{free} free); nothing of it was written")
+
+
+def close_quietly(f, exc: BaseException | None = None) -> None:
+    """Close the h5py file ``f`` after an error (its own errors, such as a full disk, are not raised over the
+    first): the h5py objects the failed write still holds (in ``exc``'s traceback) are released first, while
+    the file is open, and every object of the file is closed now; none is left to fail (or crash HDF5) later
+    in a finaliser."""
+    import gc
+    import traceback
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda *_: None      # a dataset that cannot write its cache says so in __dealloc__
+    try:
+        if exc is not None and exc.__traceback__ is not None:
+            traceback.clear_frames(exc.__traceback__)
+        gc.collect()
+        for _ in range(3):
+            try:
+                ids = h5py.h5f.get_obj_ids(f.id, h5py.h5f.OBJ_LOCAL | h5py.h5f.OBJ_DATASET | h5py.h5f.OBJ_GROUP
+                                           | h5py.h5f.OBJ_DATATYPE | h5py.h5f.OBJ_ATTR) if f.id.valid else []
+            except Exception:
+                break
+            if not ids:
+                break
+            for oid in ids:
+                for _ in range(64):
+                    try:
+                        if not oid.valid:
+                            break
+                        h5py.h5i.dec_ref(oid)
+                    except Exception:
+                        pass
+        try:
+            f.close()
+        except Exception:
+            try:
+                f.id.close()
+            except Exception:
+                pass
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 def check_writable(path) -> None:
@@ -662,7 +732,22 @@ def save(obj, path, mode: str = "w") -> None:
     except StorageError:
         raise
     except (OSError, ValueError, TypeError) as exc:
-        raise StorageError(f"{path}: cannot write relevance: {exc}") from exc
+        raise StorageError(f"{path}: cannot write relevance: {_why(exc)}; the earlier file is unchanged"
+                           if os.path.exists(path) else f"{path}: cannot write relevance: {_why(exc)}") from exc
+
+
+def _why(exc: BaseException) -> str:
+    """One line for a write error: a full disk (ENOSPC) said plainly, HDF5's own message on one line."""
+    import errno as _errno
+    err = exc
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (_errno.ENOSPC, _errno.EDQUOT):
+            return "no space left on the device (or quota exceeded)"
+        err = err.__cause__ or err.__context__
+    text = " ".join(str(exc).split())
+    if "No space left" in text or "ENOSPC" in text:
+        return "no space left on the device"
+    return text or type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------

@@ -371,6 +371,7 @@ class StreamWriter:
         self.batch_size = batch_size
         self.committed = 0
         self._f = None
+        self._failed: str | None = None    # the write error that stopped this writer
         _st.write_target(self.path)   # a folder, FIFO, device or socket: refused (a link: its target is written)
         if resume and os.path.exists(self.path):
             self._reopen()
@@ -407,8 +408,12 @@ class StreamWriter:
                                f"({exc})") from exc
         try:
             self._truncate(f, self.committed)
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            _st.close_quietly(f)
+            raise StorageError(f"{self.path}: cannot resume: cutting the uncommitted tail failed: "
+                               f"{_st._why(exc)}") from exc
         except BaseException:
-            f.close()
+            _st.close_quietly(f)
             raise
         self._f = f
 
@@ -429,47 +434,115 @@ class StreamWriter:
         if cut:
             f.flush()
 
-    def _stream_info(self, complete: bool = False) -> str:
-        return json.dumps({"fingerprint": self.fingerprint, "committed": self.committed, "total": self.total,
+    def _stream_info(self, complete: bool = False, committed: int | None = None) -> str:
+        committed = self.committed if committed is None else committed
+        return json.dumps({"fingerprint": self.fingerprint, "committed": committed, "total": self.total,
                            "batch_size": self.batch_size, "complete": complete})
 
     def append(self, batch) -> None:
-        """Write ``batch``'s samples after those in the file, then commit them."""
+        """Write ``batch``'s samples after those in the file, then commit them. A write error (a full disk)
+        raises :class:`~attribx.errors.StorageError` with nothing of the batch committed; the writer is
+        then closed (what was committed before stays, ``--resume`` continues after it)."""
+        if self._failed is not None:
+            raise StorageError(f"{self.path}: the writer stopped after a write error ({self._failed}); "
+                               "continue with --resume (resume=True)")
         spec = _st._Spec(batch)
         if not spec.has_sample:
             raise StorageError(f"{self.path}: a streamed batch needs a {_st.SAMPLE_DIM!r} dim")
         n_new = spec.dims[_st.SAMPLE_DIM]
         if self.batch_size is None:   # the first batch's size sets the chunks; recorded for resumes
             self.batch_size = n_new
+        try:
+            _st.check_space(self.path, sum(v.variable.nbytes for v in spec.variables))
+        except StorageError:
+            self._failed = "no space left on the device"   # a batch is missing: the run cannot complete
+            raise
         if self._f is None:
-            self.committed = n_new
-
             def write(h5):
                 _st._write_new(h5, spec, lambda group, var: _create(group, var, self.batch_size))
-                h5.attrs[STREAM_ATTR] = self._stream_info()
-            _st._atomic_write(self.path, write)
+                h5.attrs[STREAM_ATTR] = self._stream_info(committed=n_new)
+            try:
+                _st._atomic_write(self.path, write)
+            except StorageError:
+                raise
+            except (OSError, RuntimeError, ValueError) as exc:
+                self._failed = _st._why(exc)
+                raise StorageError(f"{self.path}: cannot write the first batch: {self._failed}; nothing was "
+                                   "written" + ("" if not os.path.exists(self.path) else
+                                                ", the earlier file is unchanged")) from exc
+            self.committed = n_new
             import h5py
-            self._f = h5py.File(self.path, "r+")
+            try:
+                self._f = h5py.File(self.path, "r+")
+            except OSError as exc:
+                self._failed = _st._why(exc)
+                raise StorageError(f"{self.path}: cannot reopen the file after its first batch: "
+                                   f"{self._failed}") from exc
             return
         f = self._f
-        n = _st._append_data(f, spec, _st._plan_append(f, spec, self.path))
-        f.flush()                      # the data is in the file before the commit says so
-        _st._set_sample_count(f, n)
+        plan = _st._plan_append(f, spec, self.path)   # a refusal (another run's batch) changes nothing
+        old_dims, old_info = f.attrs["dims"], f.attrs[STREAM_ATTR]
+        try:
+            n = _st._append_data(f, spec, plan)
+            f.flush()                      # the data is in the file before the commit says so
+            _st._set_sample_count(f, n)
+            f.attrs[STREAM_ATTR] = self._stream_info(committed=n)
+            f.flush()
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            self._fail(exc, old_dims, old_info)
         self.committed = n
-        f.attrs[STREAM_ATTR] = self._stream_info()
-        f.flush()
+
+    def _fail(self, exc: BaseException, old_dims, old_info) -> None:
+        """After a write error: put the commit back as it was (best effort), close the file so that no h5py
+        object is left to fail in a finaliser, and raise a one-line :class:`StorageError`."""
+        self._failed = _st._why(exc)
+        f, self._f = self._f, None
+        try:
+            f.attrs["dims"] = old_dims
+            f.attrs[STREAM_ATTR] = old_info
+            self._truncate(f, self.committed)     # the uncommitted tail goes (a resume would cut it too)
+        except Exception:
+            pass
+        _st.close_quietly(f, exc)
+        raise StorageError(f"{self.path}: writing relevance failed: {self._failed}; the file holds the "
+                           f"{self.committed} samples committed before, continue with --resume "
+                           "(resume=True) once there is room") from exc
 
     def close(self, complete: bool = False) -> None:
-        if self._f is not None:
+        """Close the file; ``complete=True`` marks the run complete, after checking that everything written
+        reached the file (a write error raises :class:`StorageError` and marks nothing)."""
+        if complete and self._failed is not None:
+            raise StorageError(f"{self.path}: not complete: writing failed ({self._failed}); the file holds "
+                               f"{self.committed} committed samples, continue with --resume")
+        if self._f is None:
+            return
+        f = self._f
+        try:
             if complete:
-                self._f.attrs[STREAM_ATTR] = self._stream_info(complete=True)
-            self._f.close()
+                f.flush()
+                f.attrs[STREAM_ATTR] = self._stream_info(complete=True)
+            f.flush()
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            self._failed = _st._why(exc)
             self._f = None
+            try:
+                f.attrs[STREAM_ATTR] = self._stream_info()
+            except Exception:
+                pass
+            _st.close_quietly(f, exc)
+            raise StorageError(f"{self.path}: closing the file failed: {self._failed}; the file holds "
+                               f"{self.committed} committed samples, continue with --resume") from exc
+        self._f = None
+        try:
+            f.close()
             fd = os.open(self.path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        except (OSError, RuntimeError) as exc:
+            self._failed = _st._why(exc)
+            raise StorageError(f"{self.path}: closing the file failed: {self._failed}") from exc
 
     def __enter__(self):
         return self
