@@ -330,15 +330,10 @@ def _write_slab(dset, index: tuple, values: np.ndarray) -> None:
 
 
 def _fill(dset, var: _Var, offset: int = 0) -> None:
-    """Copy ``var``'s values into ``dset``, starting at sample ``offset``, ~64 MiB at a time, then flush the
-    dataset: HDF5 keeps chunks in a cache that is written when the dataset is closed, and an h5py dataset
-    closed by the garbage collector only prints a write error (a full disk) and drops the data; flushed
-    here, the error is raised."""
-    _fill_values(dset, var, offset)
-    dset.flush()
-
-
-def _fill_values(dset, var: _Var, offset: int = 0) -> None:
+    """Copy ``var``'s values into ``dset``, starting at sample ``offset``, ~64 MiB at a time. HDF5 keeps
+    chunks in a cache that is written when the dataset is closed, and an h5py dataset closed by the garbage
+    collector only prints a write error (a full disk) and drops the data: callers keep the datasets open
+    until the file is flushed (:func:`_write_new`, :func:`_append_data`), where an error is raised."""
     data = var.variable.data
     if var.sample_axis is None:
         values = np.asarray(var.variable.values)
@@ -392,9 +387,12 @@ def _write_new(f, spec: _Spec, create=None) -> None:
     f.attrs["sample_dim"] = SAMPLE_DIM
     f.attrs["attribx_version"] = _writer_version()
     groups = {DATA_GROUP: f.create_group(DATA_GROUP), COORDS_GROUP: f.create_group(COORDS_GROUP)}
+    keep = []          # open until the flush, which raises a write error their caches would hit on closing
     for var in spec.variables:
         dset = create(groups[var.group], var)
+        keep.append(dset)
         _fill(dset, var)
+    f.flush()
 
 
 def _values_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -502,10 +500,12 @@ def _append_data(f, spec: _Spec, plan: dict) -> int:
     file's ``dims`` say only after :func:`_set_sample_count` (streamed files flush in between)."""
     n_old = plan["n_old"]
     n_new = spec.dims[SAMPLE_DIM]
+    keep = []          # open until the flush, which raises a write error their caches would hit on closing
     for var in spec.variables:
         if var.sample_axis is None:
             continue
         dset = f[var.group][var.link]
+        keep.append(dset)
         dset.resize(n_old + n_new, axis=var.sample_axis)
         if "attribx_dtype" in dset.attrs:
             tag = _attr_str(dset.attrs["attribx_dtype"])
@@ -513,6 +513,7 @@ def _append_data(f, spec: _Spec, plan: dict) -> int:
             if merged != tag:
                 dset.attrs["attribx_dtype"] = merged
         _fill(dset, var, offset=n_old)
+    f.flush()          # the data is in the file before a commit (the sample count) says so
     return n_old + n_new
 
 
