@@ -248,3 +248,28 @@ def test_target_npz_with_one_array(files):
     import attribx
     a, b = attribx.open_relevance(tmp / "a.h5"), attribx.open_relevance(tmp / "b.h5")
     np.testing.assert_array_equal(a.values, b.values)
+
+
+@pytest.mark.parametrize("how", [["--append"], ["--resume"], ["--stream"], []])
+def test_a_second_writer_of_one_output_is_refused(files, how):
+    """Issue 17 point 10: while another attribx run writes the output, explain refuses with one line."""
+    tmp, model, x, graph = files
+    out = tmp / "rel.h5"
+    assert main(["explain", str(model), str(tmp / "x.npy"), "-t", "1", "-o", str(out)]) == 0
+    before = out.read_bytes()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom attribx.storage import acquire_lock\n"
+                               "acquire_lock(sys.argv[1]); print('READY', flush=True); sys.stdin.readline()", str(out)],
+                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "READY"
+        res = run_cli("explain", model, tmp / "x.npy", "-t", "1", "-o", out, *how)
+        assert res.returncode == 2, res.stderr
+        assert f"is being written by another attribx run (pid {holder.pid})" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "delete" not in res.stderr
+        assert out.read_bytes() == before
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert run_cli("explain", model, tmp / "x.npy", "-t", "1", "-o", out, "--append").returncode == 0
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".")) == []

@@ -373,3 +373,95 @@ def test_a_really_full_disk_tmpfs(tmp_path):
                 np.testing.assert_array_equal(rel.values[4 * i:4 * i + 4], expected)
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# two writers on one file (issue 17 point 10): the second is refused while the first runs
+# ------------------------------------------------------------------------------------------------
+
+_HOLDER_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np, xarray as xr
+    from attribx.streaming import StreamWriter
+
+    path = sys.argv[1]
+    def batch(i):
+        return xr.DataArray(np.full((4, 3), i + 1, np.float32), dims=("sample", "f"),
+                            coords={"sample": np.arange(4 * i, 4 * i + 4)}, name="relevance", attrs={"method": "m"})
+    w = StreamWriter(path, "fp", batch_size=4, resume=True)
+    w.append(batch(w.committed // 4))
+    print("READY", flush=True)
+    sys.stdin.readline()                 # the run goes on until the test says so (or kills it)
+    w.append(batch(w.committed // 4))
+    w.close(complete=True)
+    print("DONE", flush=True)
+""")
+
+
+def _batch(i):
+    return xr.DataArray(np.full((4, 3), i + 1, np.float32), dims=("sample", "f"),
+                        coords={"sample": np.arange(4 * i, 4 * i + 4)}, name="relevance", attrs={"method": "m"})
+
+
+def _holder(path, env):
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER_SCRIPT, str(path)], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.strip() == "READY", (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc
+
+
+@pytest.mark.parametrize("hdf5_locking", ["default", "FALSE"])
+def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, monkeypatch, hdf5_locking):
+    env = _env()
+    if hdf5_locking == "FALSE":
+        env["HDF5_USE_FILE_LOCKING"] = "FALSE"
+        monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "FALSE")
+    path = tmp_path / "rel.h5"
+    proc = _holder(path, env)
+    try:
+        pid = str(proc.pid)
+        for attempt in (lambda: attribx.save(_batch(5), path),
+                        lambda: attribx.save(_batch(5), path, mode="a"),
+                        lambda: StreamWriter(path, "fp", resume=True),
+                        lambda: StreamWriter(path, "fp", resume=False)):
+            with pytest.raises(StorageError, match=f"being written by another attribx run \\(pid {pid}\\)") as info:
+                attempt()
+            assert "delete" not in str(info.value) and "\n" not in str(info.value)
+        try:                       # a reader is told the file is being written, never that it is damaged
+            rel = attribx.open_relevance(path, lazy=False)
+            assert rel.sizes["sample"] in (4, 8)
+        except StorageError as err:
+            assert "being written" in str(err) and "damaged" not in str(err), err
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "DONE"
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rel = attribx.open_relevance(path, lazy=False)          # the first run's output is whole
+    assert list(rel.sample.values) == list(range(8)) and float(rel.values[-1, 0]) == 2.0
+    w = StreamWriter(path, "fp", resume=True)              # after it ended the next run works
+    w.append(_batch(2))
+    w.close(complete=True)
+    attribx.save(_batch(3), path, mode="a")
+    assert attribx.open_relevance(path, lazy=False).sizes["sample"] == 16
+    assert sorted(os.listdir(tmp_path)) == ["rel.h5"]      # no lock file left behind
+
+
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
+    path = tmp_path / "rel.h5"
+    proc = _holder(path, _env())
+    with pytest.raises(StorageError, match="being written"):
+        StreamWriter(path, "fp", resume=True)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    proc.stdout.close(), proc.stdin.close(), proc.stderr.close()
+    w = StreamWriter(path, "fp", resume=True)              # the OS released the lock with the process
+    assert w.committed == 4
+    w.append(_batch(1))
+    w.close(complete=True)
+    assert attribx.open_relevance(path, lazy=False).sizes["sample"] == 8
+    assert sorted(os.listdir(tmp_path)) == ["rel.h5"]

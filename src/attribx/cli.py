@@ -6,6 +6,7 @@ and exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -231,12 +232,15 @@ def cmd_explain(args) -> int:
                              "explain the files without streaming, or translate and save a graph with that output")
         return cmd_explain_streaming(args)
     x, labels = read_inputs(args.inputs, args.key, args.labels_key)
-    first = existing_samples(args.output) if args.append else 0
-    rel = explain(args.model, x, args.method, parse_target(args.target), output=args.output_node,
-                  engine=args.engine, layers=args.layers, batch_size=args.batch_size, labels=labels,
-                  sample=np.arange(first, first + len(x)), progress_bar=None, **parse_params(args.param))
-    rel.attrs["inputs_file"] = os.path.abspath(args.inputs)
-    save(rel, args.output, mode="a" if args.append else "w")
+    from .storage import writer_lock
+    # --append: one run at a time from counting the file's samples to the save (ids must not collide)
+    with writer_lock(args.output) if args.append else contextlib.nullcontext():
+        first = existing_samples(args.output) if args.append else 0
+        rel = explain(args.model, x, args.method, parse_target(args.target), output=args.output_node,
+                      engine=args.engine, layers=args.layers, batch_size=args.batch_size, labels=labels,
+                      sample=np.arange(first, first + len(x)), progress_bar=None, **parse_params(args.param))
+        rel.attrs["inputs_file"] = os.path.abspath(args.inputs)
+        save(rel, args.output, mode="a" if args.append else "w")
     print(f"wrote relevance of {rel.sizes['sample']} samples ({args.method}) to {args.output}")
     return 0
 

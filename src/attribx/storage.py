@@ -620,6 +620,133 @@ def _atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+# --------------------------------------------------------------------------------------------------
+# one writer per file: a lock of our own (HDF5's file locking is often off: NFS, HPC)
+# --------------------------------------------------------------------------------------------------
+
+_HELD: dict = {}            # lock file -> [fd, depth]: this process's locks (re-entered, not taken twice)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_HELD.clear)   # a forked child holds none of its parent's runs
+
+
+def lock_path(path) -> str:
+    """The lock file of an output: ``.<name>.lock`` beside the file written (a link's target)."""
+    target = os.path.realpath(os.fspath(path))
+    directory, base = os.path.split(target)
+    return os.path.join(directory, f".{base}.lock")
+
+
+def _lock_pid(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return text if text.isdigit() else "unknown"
+
+
+def _being_written(path, pid: str, advice: str = "wait for it or write elsewhere") -> str:
+    return f"{os.fspath(path)}: is being written by another attribx run (pid {pid}); {advice}"
+
+
+def acquire_lock(path) -> str | None:
+    """Take the exclusive writer lock of ``path`` (``fcntl.flock`` on :func:`lock_path`, held until
+    :func:`release_lock`; the OS releases it when the process dies, so a killed run leaves no stale lock).
+    Raises :class:`StorageError` when another process holds it. Re-entrant within a process. Returns the
+    lock file (None where locks are not available or the folder does not exist)."""
+    try:
+        import fcntl
+    except ImportError:   # pragma: no cover - Windows
+        return None
+    lp = lock_path(path)
+    if lp in _HELD:
+        _HELD[lp][1] += 1
+        return lp
+    for _ in range(20):
+        try:
+            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)
+        except (FileNotFoundError, NotADirectoryError):
+            return None          # no folder: the write itself says so
+        except OSError as err:
+            raise StorageError(f"{os.fspath(path)}: cannot write there: {err.strerror or err}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = _lock_pid(fd)
+            os.close(fd)
+            raise StorageError(_being_written(path, pid)) from None
+        try:
+            same = os.stat(lp).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            same = False
+        if not same:             # the lock file was removed by the run that released it: take the new one
+            os.close(fd)
+            continue
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        except OSError:
+            pass
+        _HELD[lp] = [fd, 1]
+        return lp
+    raise StorageError(f"{os.fspath(path)}: cannot take the writer lock {lp}")
+
+
+def release_lock(lp: str | None) -> None:
+    """Release a lock :func:`acquire_lock` returned (its lock file is removed while still held)."""
+    entry = _HELD.get(lp) if lp is not None else None
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] > 0:
+        return
+    del _HELD[lp]
+    try:
+        os.unlink(lp)
+    except OSError:
+        pass
+    os.close(entry[0])
+
+
+class writer_lock:
+    """``with writer_lock(path):`` holds the writer lock of ``path`` for the block (:func:`acquire_lock`)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lp = None
+
+    def __enter__(self):
+        self.lp = acquire_lock(self.path)
+        return self
+
+    def __exit__(self, *exc):
+        release_lock(self.lp)
+        self.lp = None
+
+
+def writer_pid(path) -> str | None:
+    """The pid of the attribx run writing ``path`` now (``"unknown"`` if it did not say), or None."""
+    try:
+        import fcntl
+    except ImportError:   # pragma: no cover
+        return None
+    lp = lock_path(path)
+    if lp in _HELD:
+        return None           # this process writes it: not another run
+    try:
+        fd = os.open(lp, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _lock_pid(fd)
+        return None
+    finally:
+        os.close(fd)
+
+
 def check_space(path: str, nbytes: int) -> None:
     """Refuse (:class:`StorageError`) a write of about ``nbytes`` that the file system of ``path`` has no room
     for, before anything is written: HDF5 cannot close a file whose metadata it failed to write (a full disk)
@@ -716,6 +843,11 @@ def save(obj, path, mode: str = "w") -> None:
     except StorageError as exc:
         raise StorageError(f"{path}: {exc}") from None
     write_target(path)   # refuses a folder, FIFO, device or socket before reading or writing
+    with writer_lock(path):   # another attribx run writing this file: refused (one of the two would be lost)
+        _save_locked(spec, path, mode)
+
+
+def _save_locked(spec: _Spec, path: str, mode: str) -> None:
     try:
         if mode == "a" and os.path.exists(path):
             f = _open_h5(path)
@@ -832,6 +964,9 @@ def _open_h5_unchecked(path: str):
             is_hdf5 = h5py.is_hdf5(path)
         except OSError:
             is_hdf5 = False
+        pid = writer_pid(path)
+        if pid is not None:
+            raise StorageError(_being_written(path, pid, "wait for it to finish and read it then")) from exc
         if not is_hdf5:
             raise StorageError(f"{path}: not an HDF5 file (so not an attribx relevance file)") from exc
         raise StorageError(f"{path}: the HDF5 file is damaged or truncated and cannot be opened "
@@ -977,6 +1112,9 @@ def open_relevance(path, lazy: bool | str = "auto"):
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
         f.close()
+        pid = writer_pid(path)
+        if pid is not None:
+            raise StorageError(_being_written(path, pid, "wait for it to finish and read it then")) from exc
         raise StorageError(f"{path}: damaged attribx relevance file, cannot be read ({exc})") from exc
     except BaseException:
         f.close()

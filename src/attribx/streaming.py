@@ -373,8 +373,14 @@ class StreamWriter:
         self._f = None
         self._failed: str | None = None    # the write error that stopped this writer
         _st.write_target(self.path)   # a folder, FIFO, device or socket: refused (a link: its target is written)
+        # one writer per file for the whole run: a second run (a --resume, a save) is refused, not mixed in
+        self._lock = _st.acquire_lock(self.path)
         if resume and os.path.exists(self.path):
-            self._reopen()
+            try:
+                self._reopen()
+            except BaseException:
+                self._release()
+                raise
         # resume=False: an existing file stays untouched until the first batch is committed, which
         # replaces it atomically (a bad input, target or parameter leaves the earlier file as it was)
 
@@ -508,9 +514,20 @@ class StreamWriter:
                            f"{self.committed} samples committed before, continue with --resume "
                            "(resume=True) once there is room") from exc
 
+    def _release(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        _st.release_lock(lock)
+
     def close(self, complete: bool = False) -> None:
-        """Close the file; ``complete=True`` marks the run complete, after checking that everything written
-        reached the file (a write error raises :class:`StorageError` and marks nothing)."""
+        """Close the file and release the writer lock; ``complete=True`` marks the run complete, after
+        checking that everything written reached the file (a write error raises :class:`StorageError` and
+        marks nothing)."""
+        try:
+            self._close(complete)
+        finally:
+            self._release()
+
+    def _close(self, complete: bool = False) -> None:
         if complete and self._failed is not None:
             raise StorageError(f"{self.path}: not complete: writing failed ({self._failed}); the file holds "
                                f"{self.committed} committed samples, continue with --resume")
