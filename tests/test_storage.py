@@ -715,3 +715,69 @@ def test_append_of_another_explain_run_is_refused(tmp_path, rng):
         with pytest.raises(StorageError, match=what):
             save(attribx.explain(model, x, method, target=1, sample=[6, 7, 8], **params), path, mode="a")
         assert path.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------
+# a full disk (issue 17 point 6): StorageError, the earlier file unchanged, no crash in a finaliser
+# ------------------------------------------------------------------------------------------------
+
+_SAVE_FULL_DISK = """
+import errno, gc, sys
+import h5py, numpy as np, xarray as xr
+from attribx.errors import StorageError
+from attribx.storage import save
+
+path, how, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+n = 64 if how == "tmpfs" else 4
+rel = xr.DataArray(np.random.default_rng(1).normal(size=(n, 5000)).astype(np.float32), dims=("sample", "f"),
+                   coords={"sample": np.arange(100, 100 + n)}, name="relevance", attrs={"method": "m"})
+if how == "setitem":
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    h5py.Dataset.__setitem__ = full
+elif how == "flush":
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    h5py.File.flush = full
+try:
+    save(rel, path, mode=mode)
+    print("SAVED", flush=True)
+except StorageError as e:
+    print("ERROR", e, flush=True)
+del rel
+gc.collect()
+print("END", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["setitem", "flush", "tmpfs"])
+@pytest.mark.parametrize("mode", ["w", "a"])
+def test_a_full_disk_in_save_keeps_the_earlier_file(tmp_path, how, mode):
+    import subprocess
+    folder = tmp_path
+    if how == "tmpfs":
+        folder = tmp_path / "small"
+        folder.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs privileges): {res.stderr.strip()}")
+    try:
+        path = folder / "rel.h5"
+        small = xr.DataArray(np.ones((2, 5000), np.float32), dims=("sample", "f"),
+                             coords={"sample": [0, 1]}, name="relevance", attrs={"method": "m"})
+        save(small, path)
+        before = path.read_bytes()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        res = subprocess.run([sys.executable, "-c", _SAVE_FULL_DISK, str(path), how, mode], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, (res.returncode, res.stdout, res.stderr)   # < 0: crashed
+        assert "ERROR" in res.stdout and "END" in res.stdout and "Traceback" not in res.stderr, (res.stdout,
+                                                                                                 res.stderr)
+        assert "no space left" in res.stdout, res.stdout
+        assert "earlier file is unchanged" in res.stdout or "nothing of it was written" in res.stdout, res.stdout
+        assert path.read_bytes() == before
+        assert listing(folder) == ["rel.h5"]
+    finally:
+        if how == "tmpfs":
+            subprocess.run(["umount", str(folder)], capture_output=True)

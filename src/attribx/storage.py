@@ -848,6 +848,11 @@ def save(obj, path, mode: str = "w") -> None:
 
 
 def _save_locked(spec: _Spec, path: str, mode: str) -> None:
+    # room for the new data (and, for an append, the copy of the file) before HDF5 writes anything: HDF5
+    # cannot close a file whose writes failed and can crash the process trying
+    appending = mode == "a" and os.path.exists(path)
+    check_space(write_target(path), sum(v.variable.nbytes for v in spec.variables)
+                + (os.path.getsize(path) if appending else 0))
     try:
         if mode == "a" and os.path.exists(path):
             f = _open_h5(path)
