@@ -755,6 +755,8 @@ def check_space(path: str, nbytes: int) -> None:
         st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
     except (OSError, AttributeError):
         return
+    if st.f_blocks == 0:
+        return          # a file system that reports no size (some FUSE and network mounts): nothing to check
     free = st.f_bavail * st.f_frsize
     need = int(nbytes * 1.1) + 64 * 1024
     if free < need:
