@@ -258,7 +258,7 @@ def test_a_second_writer_of_one_output_is_refused(files, how):
     assert main(["explain", str(model), str(tmp / "x.npy"), "-t", "1", "-o", str(out)]) == 0
     before = out.read_bytes()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom attribx.storage import acquire_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom attribx.safe_writes import acquire_lock\n"
                                "acquire_lock(sys.argv[1]); print('READY', flush=True); sys.stdin.readline()", str(out)],
                               env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from attribx import storage
+from attribx import safe_writes, storage
 from attribx.errors import StorageError
 from attribx.storage import open_relevance, save
 
@@ -599,7 +599,7 @@ def _writers(tmp_path):
         graph, x, _, _ = digits_graph()
         explain_dataset(graph, x[:8], path, "lrp.epsilon", batch_size=4, resume=False)
 
-    return {"save": lambda p: save(make_relevance(), p), "check_writable": storage.check_writable,
+    return {"save": lambda p: save(make_relevance(), p), "check_writable": safe_writes.check_writable,
             "graph": graph_save, "stream": streamed,
             "text": lambda p: _write_atomically(p, lambda tmp: open(tmp, "w").write("<html></html>"))}
 

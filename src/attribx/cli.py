@@ -216,7 +216,7 @@ def cmd_explain_streaming(args) -> int:
 
 def check_outputs(*paths) -> None:
     """Refuse now, before any computation, output paths that could not be written."""
-    from .storage import check_writable
+    from .safe_writes import check_writable
     for path in paths:
         if path is not None:
             check_writable(path)
@@ -232,7 +232,7 @@ def cmd_explain(args) -> int:
                              "explain the files without streaming, or translate and save a graph with that output")
         return cmd_explain_streaming(args)
     x, labels = read_inputs(args.inputs, args.key, args.labels_key)
-    from .storage import writer_lock
+    from .safe_writes import writer_lock
     # --append: one run at a time from counting the file's samples to the save (ids must not collide)
     with writer_lock(args.output) if args.append else contextlib.nullcontext():
         first = existing_samples(args.output) if args.append else 0

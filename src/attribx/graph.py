@@ -322,7 +322,7 @@ class Graph:
         # the structure first: a truncated file still shows that it was an attribx graph
         arrays = {"__attribx_graph__": np.array(json.dumps(self._structure()))}
         arrays.update({f"param/{n.name}/{k}": p for n in self.nodes for k, p in n.params.items()})
-        from .storage import temp_file_beside, write_target
+        from .safe_writes import temp_file_beside, write_target
         target = write_target(path)   # a symbolic link: its target is replaced, the link stays; no FIFO/device
         tmp = temp_file_beside(target)
         try:

@@ -23,9 +23,7 @@ import base64
 import json
 import math
 import os
-import secrets
 import shutil
-import stat
 import sys
 from typing import Any, Callable
 
@@ -33,6 +31,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import StorageError
+from .safe_writes import being_written, check_space, temp_file_beside, write_target, writer_lock, writer_pid
 
 try:  # h5py is a core dependency, but give a clear message when it is broken or missing
     import h5py
@@ -536,56 +535,6 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def write_target(path) -> str:
-    """The file a write to ``path`` goes to: ``path`` itself, or, where ``path`` is a symbolic link, the
-    file it points to (resolved fully), so that the atomic replace updates the link's target and the link
-    stays. Raises :class:`StorageError` (one line) when that is a folder or exists as anything but a regular
-    file (a FIFO, a device such as ``/dev/full``, a socket): replacing it would remove the node (as root, a
-    device file) and writing into it is no file write."""
-    path = os.fspath(path)
-    target = os.path.realpath(path)
-    try:
-        st = os.stat(target)
-    except (FileNotFoundError, NotADirectoryError):
-        return target            # a new file (a missing or non-folder parent is reported by the write)
-    except OSError as err:
-        raise StorageError(f"{path}: cannot write there: {err.strerror or err}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise StorageError(f"{path}: is a directory")
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
-        via = f" (through the link to {target})" if target != os.path.abspath(path) else ""
-        raise StorageError(f"{path}: is {kind}{via}, not a regular file; refused: attribx writes its results "
-                           "to regular files only, choose a file path")
-    return target
-
-
-def temp_file_beside(path: str) -> str:
-    """A new empty file beside ``path`` (hidden, random name) for an atomic write, created with mode 0o666
-    so that the umask decides its permissions as for any file a tool writes; where ``path`` exists, the
-    temporary file takes its mode (replacing a file keeps its permissions)."""
-    directory, base = os.path.split(os.path.abspath(path))
-    for _ in range(100):
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise StorageError(f"{path}: cannot write there: {err.strerror or err}") from None
-        os.close(fd)
-        try:
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        except OSError:
-            pass                                # no earlier file (or not ours): the umask's mode stays
-        return tmp
-    raise StorageError(f"{path}: cannot create a temporary file in {directory}")
-
-
 def _atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None = None) -> None:
     """Run ``write(h5file)`` on a temporary file beside ``path`` and rename it over ``path`` (over the file
     it points to when ``path`` is a symbolic link, which stays; see :func:`write_target`)."""
@@ -618,150 +567,6 @@ def _atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None
             pass
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-# --------------------------------------------------------------------------------------------------
-# one writer per file: a lock of our own (HDF5's file locking is often off: NFS, HPC)
-# --------------------------------------------------------------------------------------------------
-
-_HELD: dict = {}            # lock file -> [fd, depth]: this process's locks (re-entered, not taken twice)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_HELD.clear)   # a forked child holds none of its parent's runs
-
-
-def lock_path(path) -> str:
-    """The lock file of an output: ``.<name>.lock`` beside the file written (a link's target)."""
-    target = os.path.realpath(os.fspath(path))
-    directory, base = os.path.split(target)
-    return os.path.join(directory, f".{base}.lock")
-
-
-def _lock_pid(fd: int) -> str:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        text = os.read(fd, 32).decode("ascii", "replace").strip()
-    except OSError:
-        text = ""
-    return text if text.isdigit() else "unknown"
-
-
-def _being_written(path, pid: str, advice: str = "wait for it or write elsewhere") -> str:
-    return f"{os.fspath(path)}: is being written by another attribx run (pid {pid}); {advice}"
-
-
-def acquire_lock(path) -> str | None:
-    """Take the exclusive writer lock of ``path`` (``fcntl.flock`` on :func:`lock_path`, held until
-    :func:`release_lock`; the OS releases it when the process dies, so a killed run leaves no stale lock).
-    Raises :class:`StorageError` when another process holds it. Re-entrant within a process. Returns the
-    lock file (None where locks are not available or the folder does not exist)."""
-    try:
-        import fcntl
-    except ImportError:   # pragma: no cover - Windows
-        return None
-    lp = lock_path(path)
-    if lp in _HELD:
-        _HELD[lp][1] += 1
-        return lp
-    for _ in range(20):
-        try:
-            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)
-        except (FileNotFoundError, NotADirectoryError):
-            return None          # no folder: the write itself says so
-        except OSError as err:
-            raise StorageError(f"{os.fspath(path)}: cannot write there: {err.strerror or err}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pid = _lock_pid(fd)
-            os.close(fd)
-            raise StorageError(_being_written(path, pid)) from None
-        try:
-            same = os.stat(lp).st_ino == os.fstat(fd).st_ino
-        except OSError:
-            same = False
-        if not same:             # the lock file was removed by the run that released it: take the new one
-            os.close(fd)
-            continue
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        except OSError:
-            pass
-        _HELD[lp] = [fd, 1]
-        return lp
-    raise StorageError(f"{os.fspath(path)}: cannot take the writer lock {lp}")
-
-
-def release_lock(lp: str | None) -> None:
-    """Release a lock :func:`acquire_lock` returned (its lock file is removed while still held)."""
-    entry = _HELD.get(lp) if lp is not None else None
-    if entry is None:
-        return
-    entry[1] -= 1
-    if entry[1] > 0:
-        return
-    del _HELD[lp]
-    try:
-        os.unlink(lp)
-    except OSError:
-        pass
-    os.close(entry[0])
-
-
-class writer_lock:
-    """``with writer_lock(path):`` holds the writer lock of ``path`` for the block (:func:`acquire_lock`)."""
-
-    def __init__(self, path):
-        self.path = path
-        self.lp = None
-
-    def __enter__(self):
-        self.lp = acquire_lock(self.path)
-        return self
-
-    def __exit__(self, *exc):
-        release_lock(self.lp)
-        self.lp = None
-
-
-def writer_pid(path) -> str | None:
-    """The pid of the attribx run writing ``path`` now (``"unknown"`` if it did not say), or None."""
-    try:
-        import fcntl
-    except ImportError:   # pragma: no cover
-        return None
-    lp = lock_path(path)
-    if lp in _HELD:
-        return None           # this process writes it: not another run
-    try:
-        fd = os.open(lp, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return _lock_pid(fd)
-        return None
-    finally:
-        os.close(fd)
-
-
-def check_space(path: str, nbytes: int) -> None:
-    """Refuse (:class:`StorageError`) a write of about ``nbytes`` that the file system of ``path`` has no room
-    for, before anything is written: HDF5 cannot close a file whose metadata it failed to write (a full disk)
-    and may crash the process when it tries again at exit."""
-    try:
-        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
-    except (OSError, AttributeError):
-        return
-    if st.f_blocks == 0:
-        return          # a file system that reports no size (some FUSE and network mounts): nothing to check
-    free = st.f_bavail * st.f_frsize
-    need = int(nbytes * 1.1) + 64 * 1024
-    if free < need:
-        raise StorageError(f"{path}: no space left on the device for the next write (needs about {need} bytes, "
-                           f"{free} free); nothing of it was written")
 
 
 def close_quietly(f, exc: BaseException | None = None) -> None:
@@ -803,23 +608,6 @@ def close_quietly(f, exc: BaseException | None = None) -> None:
         gc.collect()
     finally:
         sys.unraisablehook = hook
-
-
-def check_writable(path) -> None:
-    """Raise :class:`StorageError` unless a file can be written at ``path``: its folder exists and takes a new
-    file (every write goes through a temporary file beside it), and ``path`` is no folder. Commands call it
-    before they compute, so that a typo in ``-o`` does not cost the computation."""
-    path = os.fspath(path)
-    target = write_target(path)     # a folder, FIFO, device or socket: refused; a link: its target
-    folder = os.path.dirname(target)
-    if not os.path.isdir(folder):
-        existing = folder
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        why = (f"the folder {folder} does not exist" if os.path.isdir(existing) else
-               f"{existing} is a file, not a folder")
-        raise StorageError(f"{path}: cannot write there: {why}")
-    os.unlink(temp_file_beside(target))
 
 
 def save(obj, path, mode: str = "w") -> None:
@@ -973,7 +761,7 @@ def _open_h5_unchecked(path: str):
             is_hdf5 = False
         pid = writer_pid(path)
         if pid is not None:
-            raise StorageError(_being_written(path, pid, "wait for it to finish and read it then")) from exc
+            raise StorageError(being_written(path, pid, "wait for it to finish and read it then")) from exc
         if not is_hdf5:
             raise StorageError(f"{path}: not an HDF5 file (so not an attribx relevance file)") from exc
         raise StorageError(f"{path}: the HDF5 file is damaged or truncated and cannot be opened "
@@ -1121,7 +909,7 @@ def open_relevance(path, lazy: bool | str = "auto"):
         f.close()
         pid = writer_pid(path)
         if pid is not None:
-            raise StorageError(_being_written(path, pid, "wait for it to finish and read it then")) from exc
+            raise StorageError(being_written(path, pid, "wait for it to finish and read it then")) from exc
         raise StorageError(f"{path}: damaged attribx relevance file, cannot be read ({exc})") from exc
     except BaseException:
         f.close()

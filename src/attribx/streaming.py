@@ -53,6 +53,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from . import safe_writes
 from . import storage as _st
 from .errors import InputError, StorageError
 
@@ -372,9 +373,9 @@ class StreamWriter:
         self.committed = 0
         self._f = None
         self._failed: str | None = None    # the write error that stopped this writer
-        _st.write_target(self.path)   # a folder, FIFO, device or socket: refused (a link: its target is written)
+        safe_writes.write_target(self.path)   # a folder, FIFO, device or socket: refused (a link: its target is written)
         # one writer per file for the whole run: a second run (a --resume, a save) is refused, not mixed in
-        self._lock = _st.acquire_lock(self.path)
+        self._lock = safe_writes.acquire_lock(self.path)
         if resume and os.path.exists(self.path):
             try:
                 self._reopen()
@@ -459,7 +460,7 @@ class StreamWriter:
         if self.batch_size is None:   # the first batch's size sets the chunks; recorded for resumes
             self.batch_size = n_new
         try:
-            _st.check_space(self.path, sum(v.variable.nbytes for v in spec.variables))
+            safe_writes.check_space(self.path, sum(v.variable.nbytes for v in spec.variables))
         except StorageError:
             self._failed = "no space left on the device"   # a batch is missing: the run cannot complete
             raise
@@ -516,7 +517,7 @@ class StreamWriter:
 
     def _release(self) -> None:
         lock, self._lock = getattr(self, "_lock", None), None
-        _st.release_lock(lock)
+        safe_writes.release_lock(lock)
 
     def close(self, complete: bool = False) -> None:
         """Close the file and release the writer lock; ``complete=True`` marks the run complete, after

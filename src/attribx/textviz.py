@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import AttribxError, InputError
-from .storage import temp_file_beside, write_target
+from .safe_writes import temp_file_beside, write_target
 
 TOKEN_DIM = "token"
 SAMPLE_DIM = "sample"
