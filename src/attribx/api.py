@@ -329,15 +329,23 @@ def _batch_target(target, sl: slice, n: int):
     return part(target)
 
 
-def _resolve_alias(graph: Graph, name: str) -> str:
-    """The node whose output is ``name``'s: itself, or where a graph pass folded or dropped it
-    (``graph.meta["aliases"]``: batch norms folded into convs, dropout and identities removed)."""
+def _follow_aliases(graph: Graph, name: str) -> str:
+    """``name``, or the node a graph pass folded or dropped it into (``graph.meta["aliases"]``, followed to
+    the end); unchanged when nothing is recorded for it."""
     aliases = graph.meta.get("aliases", {})
     inputs = {v.name for v in graph.inputs}
     seen = set()
     while name not in graph and name not in inputs and name in aliases and name not in seen:
         seen.add(name)
         name = aliases[name]
+    return name
+
+
+def _resolve_alias(graph: Graph, name: str) -> str:
+    """The node whose output is ``name``'s: itself, or where a graph pass folded or dropped it
+    (``graph.meta["aliases"]``: batch norms folded into convs, dropout and identities removed)."""
+    inputs = {v.name for v in graph.inputs}
+    name = _follow_aliases(graph, name)
     if name in graph.meta.get("folded_pads", ()):
         raise MethodError(f"layers: {name!r} was a zero padding that the graph pass 'fold_pad_into_conv' "
                           f"folded into the conv after it, so its output no longer exists; ask for the layer "
@@ -354,11 +362,7 @@ def _select_output(graph: Graph, output: str | None) -> Graph:
         return graph
     if not isinstance(output, str):
         raise InputError(f"output must be a node name (str), got {type(output).__name__}")
-    aliases = graph.meta.get("aliases", {})
-    name, seen = output, set()
-    while name not in graph and name in aliases and name not in seen:
-        seen.add(name)
-        name = aliases[name]
+    name = _follow_aliases(graph, output)
     if name not in graph:
         raise InputError(f"output: no node named {output!r}; the graph's outputs are "
                          f"{', '.join(map(repr, graph.outputs))} (every node: attribx.translate(model).summary())")
@@ -368,10 +372,10 @@ def _select_output(graph: Graph, output: str | None) -> Graph:
 
 
 def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "predicted", *,
-            output: str | None = None, engine: Any = None, device: Any = None, output_init: Any = None, layers: Sequence[str] | None = None,
-            conservation: bool = False, batch_size: int | None = None, sample: Any = None, labels: Any = None,
-            progress_bar: bool | None = None, tokens: Any = None, pad_id: int | None = None, padding: Any = None,
-            per_token: bool = False, **params: Any):
+            output: str | None = None, engine: Any = None, device: Any = None, output_init: Any = None,
+            layers: Sequence[str] | None = None, conservation: bool = False, batch_size: int | None = None,
+            sample: Any = None, labels: Any = None, progress_bar: bool | None = None, tokens: Any = None,
+            pad_id: int | None = None, padding: Any = None, per_token: bool = False, **params: Any):
     """Explain ``model``'s prediction for inputs ``x`` with a method (a name, a Method or a Composite).
 
     Returns an ``xarray.DataArray`` named ``relevance`` in the input's layout, with coords ``sample``,
@@ -379,12 +383,13 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     or ``conservation=True`` an ``xarray.Dataset`` holding also the relevance at those nodes and the
     per-node relevance sums. ``target``: an int, ints per sample, ``"predicted"`` or
     ``("contrast", c, c2)``. ``output`` names the node whose values are explained (a model with several
-    outputs needs it; default the graph's only output). ``output_init`` overrides the method's initialisation (``"score"``,
-    ``"onehot"``, ``"softmax"``, ``"log_odds"``, ``"contrast"`` or an array of the output's shape).
-    ``batch_size`` splits the samples into batches; without it, inputs whose pass would not fit in memory (a
-    quarter of the free memory, at most 4 GiB, estimated from the graph's activations) are batched
-    automatically. Method parameters (``epsilon=...``) are keyword arguments. ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``
-    or a ``torch.device``) runs the torch engine there, as ``engine=TorchEngine(device=...)`` does.
+    outputs needs it; default the graph's only output). ``output_init`` overrides the method's
+    initialisation (``"score"``, ``"onehot"``, ``"softmax"``, ``"log_odds"``, ``"contrast"`` or an array of
+    the output's shape). ``batch_size`` splits the samples into batches; without it, inputs whose pass would
+    not fit in memory (a quarter of the free memory, at most 4 GiB, estimated from the graph's activations)
+    are batched automatically. Method parameters (``epsilon=...``) are keyword arguments. ``device``
+    (``"cuda"``, ``"cuda:1"``, ``"cpu"`` or a ``torch.device``) runs the torch engine there, as
+    ``engine=TorchEngine(device=...)`` does.
 
     Text (see ``docs/text.md``): ``tokens`` (the (N, T) token strings) become the coord ``token_text``
     on dims ``("sample", "token")``; ``pad_id`` (token-id inputs) or ``padding`` (a boolean (N, T) mask)
