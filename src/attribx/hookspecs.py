@@ -49,12 +49,21 @@ def attribx_graph_passes():
 
 
 @hookspec(firstresult=True)
-def attribx_translate(model, input_shape):
+def attribx_translate(model, input_shape, converters):
     """Return a :class:`attribx.graph.Graph` for ``model`` if this backend understands it, else None.
 
     ``input_shape`` is one sample's input shape (no batch axis) when the caller knows it (explain and
     forward pass the data's), else None; backends that need shapes to trace raise a clear error then.
+    ``converters``: the :class:`attribx.translation.Converter` records the installed plugins add (every
+    framework's; a backend layers its own framework's over its built-in table).
     """
+
+
+@hookspec
+def attribx_converters():
+    """Return converters for single layers, functions or ONNX op types: functions decorated with
+    :func:`attribx.translation.converter` (or :class:`attribx.translation.Converter` records). A backend
+    uses them in place of (or in addition to) its built-in ones; see docs/plugins.md."""
 
 
 @hookspec
