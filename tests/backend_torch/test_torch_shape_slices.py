@@ -1,7 +1,7 @@
-"""Models that read ``x.shape[-2:]`` translate on every Python the project supports (3.10+).
+"""Models that read ``x.shape[-2:]`` translate on every Python the project supports (3.11+; CI runs the oldest, 3.11).
 
 Slices became hashable only in Python 3.12; the translator looked the index of ``x.shape[-2:]`` up in a set,
-so on 3.10 and 3.11 every such model (torchvision's FCN and DeepLabV3 among them) stopped with
+so on 3.11 every such model (torchvision's FCN and DeepLabV3 among them) stopped with
 ``TypeError: unhashable type: 'slice'`` instead of translating or naming the op it lacks.
 """
 from __future__ import annotations
