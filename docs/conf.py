@@ -60,7 +60,7 @@ napoleon_numpy_docstring = True
 
 html_theme = "furo"
 html_title = f"attribx {release}"
-html_static_path: list[str] = []
+html_static_path: list[str] = ["_static"]
 
 sphinx_gallery_conf = {
     "examples_dirs": "gallery",

@@ -30,6 +30,19 @@ def test_table_looks_up_classes_along_their_mro():
     assert Child in table and "method:x" not in table
 
 
+def test_classes_and_functions_are_found_by_dotted_path():
+    """A plugin names its layer by path, so registering does not import the framework it is written in."""
+    table = ConverterTable("torch")
+    table.register(f"{__name__}.Base", f"{__name__}.helper")(lambda ctx, x: x)
+    assert table.lookup(Child) is table.lookup(Base) is not None
+    assert table.lookup(helper) is not None
+    assert table.lookup(Converter) is None
+
+
+def helper(x):
+    return x
+
+
 def test_plugin_converters_replace_builtins_in_a_copy_only():
     table = ConverterTable("keras")
 

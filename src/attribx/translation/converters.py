@@ -117,14 +117,16 @@ class ConverterTable:
         return table
 
     def lookup(self, target: Any) -> Converter | None:
-        """The converter of ``target``: itself, else (for a class) its nearest base class's."""
-        conv = self._get(target)
-        if conv is None and inspect.isclass(target):
-            for base in target.__mro__[1:]:
-                conv = self._get(base)
-                if conv is not None:
-                    break
-        return conv
+        """The converter of ``target``: itself, else (for a class) its nearest base class's. A class or
+        function is also found by its dotted path (``"mypkg.layers.ScaledTanh"``), so a plugin can register
+        a converter without importing the framework its layer is written in."""
+        for key in (target.__mro__ if inspect.isclass(target) else (target,)):
+            conv = self._get(key)
+            if conv is None and (inspect.isclass(key) or callable(key)):
+                conv = self._get(_name(key))
+            if conv is not None:
+                return conv
+        return None
 
     def _get(self, target: Any) -> Converter | None:
         try:
