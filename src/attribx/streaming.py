@@ -19,8 +19,8 @@ Public API (stable; :mod:`attribx.distributed` builds on it)
     the writer's ``.committed`` says.
 ``run_fingerprint(graph, method, params, target, engine, source, **extra) -> str``
     The fingerprint :func:`explain_dataset` stores in the file.
-``explain_dataset(model, source, out_path, method=..., target=..., batch_size=..., engine=...,
-resume=True, **params)``
+``explain_dataset(model, source, out_path, method=..., target=..., *, batch_size=256, resume=True, **params)``
+    Explains every sample of a source into one relevance file; resumes an interrupted run.
 """
 from __future__ import annotations
 
