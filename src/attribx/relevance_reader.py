@@ -188,4 +188,3 @@ def read_object(f, path: str, lazy_ctx):
     if kind == "Dataset":
         return xr.Dataset(data, coords=coords, attrs=attrs)
     raise ValueError(f"unknown kind {kind!r}")
-

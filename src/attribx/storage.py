@@ -481,4 +481,3 @@ def open_relevance(path, lazy: bool | str = "auto"):
     else:
         f.close()
     return obj
-

@@ -286,4 +286,3 @@ class StreamWriter:
 
     def __exit__(self, *exc):
         self.close()
-
