@@ -19,7 +19,9 @@ import xarray as xr
 
 from .errors import StorageError
 
-try:  # h5py is a core dependency, but give a clear message when it is broken or missing
+# h5py is a core dependency, but give a clear message (require_h5py) when it is broken or missing; the
+# reader and the writers take h5py from here, so that the check is made once
+try:
     import h5py
 except ImportError as _exc:  # pragma: no cover - depends on the environment
     h5py = None

@@ -39,11 +39,11 @@ import os
 
 import numpy as np
 
-from .safe_writes import acquire_lock, check_space, release_lock, write_target
 from .errors import StorageError
 from .relevance_format import (CHUNK_MAX, COORDS_GROUP, DATA_GROUP, SAMPLE_DIM, ObjectSpec, attr_str, chunk_shape,
                                h5py, require_h5py, stored_itemsize)
 from .relevance_reader import check_format, check_self_contained
+from .safe_writes import acquire_lock, check_space, release_lock, write_target
 from .storage import (append_samples, atomic_write, close_quietly, create_dataset, plan_append, set_sample_count,
                       write_error_text, write_new)
 

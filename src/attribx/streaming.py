@@ -34,7 +34,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from .api import explain, get_engine, load_model, translate
 from .errors import InputError
+from .methods import as_method
 from .stream_writer import STREAM_ATTR, StreamWriter
 
 __all__ = ["open_source", "Source", "ArraySource", "NpyFileSource", "ImageDirSource", "IterableSource",
@@ -385,8 +387,6 @@ class StreamRun:
 
     def __init__(self, model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
                  conservation, progress_bar, fingerprint, params):
-        from .api import get_engine, load_model, translate
-        from .methods import as_method
         if fingerprint is not None and isinstance(src, IterableSource):
             src._fp = fingerprint
         self.method = as_method(method)
@@ -434,7 +434,6 @@ class StreamRun:
 
 def _explain_dataset(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
                      conservation, progress_bar, fingerprint, attrs, params) -> dict:
-    from .api import explain
     run = StreamRun(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
                     conservation, progress_bar, fingerprint, params)
 
