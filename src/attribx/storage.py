@@ -16,10 +16,21 @@ time with ``open_relevance(path, lazy=True)``.
 Writes are atomic: the new content is written (for an append: a copy of the old file is extended)
 in a temporary file beside the target, flushed to disk, and renamed over the target. An error, a
 crash or a ``KeyboardInterrupt`` in the middle leaves the earlier file as it was.
+
+Where the format lives
+----------------------
+This module writes whole files (:func:`save`) and is the entry point for reading them
+(:func:`open_relevance`, :func:`sample_count`). :mod:`attribx.relevance_format` holds the encoding both
+sides share, :mod:`attribx.relevance_reader` the checks and the (lazy) reading, and
+:mod:`attribx.stream_writer` the resumable writer that appends one batch at a time. That writer builds on
+the steps here, which are public for it: :func:`write_new` (a new file's content), :func:`plan_append`
+(the checks of an append, :data:`RUN_ATTRS` among them), :func:`append_samples` and
+:func:`set_sample_count` (the data, then the commit), :func:`atomic_write`, :func:`close_quietly` and
+:func:`write_error_text`.
 """
 from __future__ import annotations
 
-import base64
+import errno
 import json
 import math
 import os
@@ -28,295 +39,18 @@ import sys
 from typing import Any, Callable
 
 import numpy as np
-import xarray as xr
 
 from .errors import StorageError
+from .relevance_format import (COORDS_GROUP, DATA_GROUP, FORMAT_NAME, FORMAT_VERSION, SAMPLE_DIM, ObjectSpec,
+                               VariableSpec, attr_str, chunk_shape, from_stored, h5py, logical_dtype,
+                               merged_string_tag, require_h5py, same_kind_for_append, slab_samples,
+                               stored_itemsize, to_storable, writer_version)
+from .relevance_reader import check_format, lazy_context, open_h5, read_dataset, read_object
 from .safe_writes import being_written, check_space, temp_file_beside, write_target, writer_lock, writer_pid
-
-try:  # h5py is a core dependency, but give a clear message when it is broken or missing
-    import h5py
-except ImportError as _exc:  # pragma: no cover - depends on the environment
-    h5py = None
-    _H5PY_IMPORT_ERROR: ImportError | None = _exc
-else:
-    _H5PY_IMPORT_ERROR = None
 
 __all__ = ["save", "open_relevance", "FORMAT_NAME", "FORMAT_VERSION", "SAMPLE_DIM"]
 
-FORMAT_NAME = "attribx-relevance"
-FORMAT_VERSION = 1
-SAMPLE_DIM = "sample"
-
-DATA_GROUP = "data"
-COORDS_GROUP = "coords"
-UNNAMED = "__xarray_dataarray_variable__"   # HDF5 name of a DataArray whose name is None
-TAG = "__attribx__"                          # marker key of the tagged JSON values (see _to_json)
-
-_CHUNK_TARGET = 1 << 20        # aim for ~1 MiB (uncompressed) HDF5 chunks
-_CHUNK_MAX = 4 << 20           # and never more than ~4 MiB for a single sample
-_SLAB_BYTES = 64 << 20         # write (and lazily read) ~64 MiB of samples at a time
 _LAZY_AUTO_BYTES = 1 << 30     # lazy="auto": files larger than this are opened lazily
-_MIN_SAMPLE_CHUNK = 64         # chunks along sample hold at least this many samples (if small enough)
-
-
-# --------------------------------------------------------------------------------------------------
-# JSON encoding of attrs
-# --------------------------------------------------------------------------------------------------
-
-def _to_json(value: Any, where: str) -> Any:
-    """A JSON-ready form of an attr value that :func:`_from_json` turns back into an equal value.
-
-    Plain JSON (dict with str keys, list, str, int, float, bool, None) is written as is; tuples,
-    numpy arrays and scalars, bytes, non-finite floats and dicts with non-str keys become tagged
-    objects ``{"__attribx__": kind, ...}`` so that they round-trip exactly.
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, np.generic):
-        return {TAG: "scalar", "dtype": value.dtype.str, "value": _to_json(value.item(), where)}
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return float(value)
-        return {TAG: "float", "value": repr(float(value))}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value) and TAG not in value:
-            return {k: _to_json(v, f"{where}.{k}") for k, v in value.items()}
-        return {TAG: "dict", "items": [[_to_json(k, where), _to_json(v, f"{where}[{k!r}]")]
-                                       for k, v in value.items()]}
-    if isinstance(value, list):
-        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, tuple):
-        return {TAG: "tuple", "items": [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]}
-    if isinstance(value, (bytes, bytearray)):
-        return {TAG: "bytes", "base64": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biufU":
-            raise StorageError(f"attr {where}: numpy arrays of dtype {value.dtype} cannot be stored")
-        return {TAG: "ndarray", "dtype": value.dtype.str, "shape": list(value.shape),
-                "data": [_to_json(v, where) for v in value.ravel().tolist()]}
-    raise StorageError(f"attr {where}: values of type {type(value).__name__} cannot be stored "
-                       "(use str, int, float, bool, None, list, tuple, dict, bytes or numpy values)")
-
-
-def _from_json(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    kind = value.get(TAG)
-    if kind is None:
-        return {k: _from_json(v) for k, v in value.items()}
-    if kind == "float":
-        return float(value["value"])
-    if kind == "scalar":
-        return np.dtype(value["dtype"]).type(_from_json(value["value"]))
-    if kind == "tuple":
-        return tuple(_from_json(v) for v in value["items"])
-    if kind == "dict":
-        return {_from_json(k): _from_json(v) for k, v in value["items"]}
-    if kind == "bytes":
-        return base64.b64decode(value["base64"])
-    if kind == "ndarray":
-        data = [_from_json(v) for v in value["data"]]
-        return np.array(data, dtype=np.dtype(value["dtype"])).reshape(value["shape"])
-    raise ValueError(f"unknown tagged JSON value {kind!r}")
-
-
-def _dumps(value: Any, where: str) -> str:
-    return json.dumps(_to_json(value, where), ensure_ascii=False, allow_nan=False)
-
-
-def _loads(text: Any) -> Any:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    return _from_json(json.loads(text))
-
-
-# --------------------------------------------------------------------------------------------------
-# dtypes
-# --------------------------------------------------------------------------------------------------
-
-def _storage_dtype(dtype: np.dtype, values_for_check=None, where: str = "") -> tuple[Any, str | None]:
-    """(dtype stored in HDF5, logical dtype tag or None when the stored dtype is the logical one)."""
-    kind = dtype.kind
-    if kind in "biufc" or kind == "S":
-        return dtype, None
-    if kind == "U":
-        return h5py.string_dtype("utf-8"), dtype.str
-    if kind == "T":
-        return h5py.string_dtype("utf-8"), "StringDType"
-    if kind == "O":
-        if values_for_check is not None:
-            flat = np.asarray(values_for_check, dtype=object).ravel()
-            if not all(isinstance(v, str) for v in flat):
-                raise StorageError(f"{where}: object arrays can be stored only when every element is a str")
-        return h5py.string_dtype("utf-8"), "object"
-    if kind in "mM":
-        return np.dtype("<i8"), dtype.str
-    raise StorageError(f"{where}: dtype {dtype} cannot be stored")
-
-
-def _logical_dtype(tag: str | None, stored: np.dtype) -> np.dtype:
-    if tag is None:
-        return stored
-    if tag == "StringDType":
-        return np.dtypes.StringDType()
-    return np.dtype(tag)
-
-
-def _to_storable(values: np.ndarray) -> np.ndarray:
-    kind = values.dtype.kind
-    if kind in "UTO":
-        return values.astype(object)
-    if kind in "mM":
-        return values.view("<i8") if values.dtype.itemsize == 8 else values.astype("<i8")
-    return values
-
-
-def _from_stored(values: np.ndarray, tag: str | None) -> np.ndarray:
-    if tag is None:
-        return values
-    dtype = _logical_dtype(tag, values.dtype)
-    if dtype.kind in "mM":
-        return np.asarray(values).astype("<i8").view(dtype)
-    if dtype.kind == "O":
-        return np.asarray(values, dtype=object)
-    return np.asarray(values).astype(dtype)
-
-
-def _same_kind_for_append(stored_tag: str | None, stored_dtype: np.dtype, new: np.dtype) -> bool:
-    logical = _logical_dtype(stored_tag, stored_dtype)
-    if logical.kind in "UTO":
-        return new.kind in "UT" or (new.kind == "O" and logical.kind == "O")
-    return logical == new
-
-
-def _merged_string_tag(stored_tag: str | None, new: np.dtype) -> str | None:
-    """Widen a fixed-width unicode tag so values appended later keep their full length."""
-    if stored_tag is None or not stored_tag.startswith(("<U", ">U", "|U", "=U")) or new.kind != "U":
-        return stored_tag
-    return np.result_type(np.dtype(stored_tag), new).str
-
-
-# --------------------------------------------------------------------------------------------------
-# names and layout helpers
-# --------------------------------------------------------------------------------------------------
-
-def _link_name(name: str) -> str:
-    """A valid, unique HDF5 link name for a variable name ('%' and '/' percent-escaped)."""
-    escaped = name.replace("%", "%25").replace("/", "%2F")
-    if escaped == "":
-        return "%"
-    if escaped == ".":
-        return "%2E"
-    return escaped
-
-
-def _check_name(name: Any, what: str) -> str:
-    if not isinstance(name, str):
-        raise StorageError(f"{what} names must be str to be stored, got {name!r}")
-    return name
-
-
-def _chunks(shape: tuple[int, ...], itemsize: int, sample_axis: int | None) -> tuple[int, ...]:
-    """Chunk shape: whole samples (other axes halved only if one sample exceeds ~4 MiB), ~1 MiB each."""
-    chunk = [max(1, n) for n in shape]
-    if sample_axis is not None:
-        chunk[sample_axis] = 1
-    limit = _CHUNK_MAX if sample_axis is not None else _CHUNK_TARGET
-    while math.prod(chunk) * itemsize > limit:
-        axes = [i for i in range(len(chunk)) if i != sample_axis and chunk[i] > 1]
-        if not axes:
-            break
-        big = max(axes, key=lambda i: chunk[i])
-        chunk[big] = (chunk[big] + 1) // 2
-    if sample_axis is not None:
-        per_sample = math.prod(chunk) * itemsize
-        n = shape[sample_axis]
-        chunk[sample_axis] = max(1, min(_CHUNK_TARGET // max(per_sample, 1), max(n, _MIN_SAMPLE_CHUNK)))
-    return tuple(chunk)
-
-
-def _itemsize(stored_dtype) -> int:
-    dt = np.dtype(stored_dtype)
-    return 16 if dt.kind == "O" else max(dt.itemsize, 1)
-
-
-def _slab(n_per_sample_bytes: int) -> int:
-    return max(1, _SLAB_BYTES // max(n_per_sample_bytes, 1))
-
-
-def _writer_version() -> str:
-    pkg = sys.modules.get(__name__.rpartition(".")[0])
-    return str(getattr(pkg, "__version__", "unknown"))
-
-
-# --------------------------------------------------------------------------------------------------
-# describing the object to write
-# --------------------------------------------------------------------------------------------------
-
-class _Var:
-    """One variable to write: where it goes and what it is."""
-
-    def __init__(self, group: str, name: str, variable: xr.Variable):
-        self.group = group
-        self.name = name
-        self.link = _link_name(name)
-        self.variable = variable
-        self.dims = tuple(_check_name(d, "dimension") for d in variable.dims)
-        self.shape = tuple(int(n) for n in variable.shape)
-        self.sample_axis = self.dims.index(SAMPLE_DIM) if SAMPLE_DIM in self.dims else None
-        where = f"{'coordinate' if group == COORDS_GROUP else 'variable'} {name!r}"
-        check = variable.values if variable.dtype.kind == "O" else None
-        self.stored_dtype, self.tag = _storage_dtype(variable.dtype, check, where)
-        self.attrs_json = _dumps(dict(variable.attrs), f"{where}.attrs")
-        self.where = where
-
-    def per_sample_bytes(self) -> int:
-        rest = [n for i, n in enumerate(self.shape) if i != self.sample_axis]
-        return math.prod(rest) * _itemsize(self.stored_dtype)
-
-
-class _Spec:
-    def __init__(self, obj):
-        if isinstance(obj, xr.DataArray):
-            self.kind = "DataArray"
-            if obj.name is not None:
-                _check_name(obj.name, "DataArray")
-            self.name = obj.name
-            data_items = [(obj.name, obj.variable)]
-            coords = obj.coords
-        elif isinstance(obj, xr.Dataset):
-            self.kind = "Dataset"
-            self.name = None
-            data_items = [(_check_name(k, "variable"), v.variable) for k, v in obj.data_vars.items()]
-            coords = obj.coords
-        else:
-            raise StorageError(f"save() writes an xarray.DataArray or xarray.Dataset, not "
-                               f"{type(obj).__module__}.{type(obj).__qualname__}")
-        for index_name, index in obj.indexes.items():
-            if getattr(index, "nlevels", 1) > 1:
-                raise StorageError(f"coordinate {index_name!r} is a pandas MultiIndex, which cannot be "
-                                   "stored; call .reset_index() first")
-        self.data = []
-        for name, variable in data_items:
-            link_name = UNNAMED if name is None else name
-            var = _Var(DATA_GROUP, link_name, variable)
-            var.name = name  # may be None for an unnamed DataArray
-            self.data.append(var)
-        self.coords = [_Var(COORDS_GROUP, _check_name(k, "coordinate"), v.variable) for k, v in coords.items()]
-        self.attrs_json = _dumps(dict(obj.attrs), "attrs")
-        self.dims = {str(_check_name(d, "dimension")): int(n) for d, n in obj.sizes.items()}
-
-    @property
-    def variables(self):
-        return self.data + self.coords
-
-    @property
-    def has_sample(self) -> bool:
-        return SAMPLE_DIM in self.dims
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,14 +59,14 @@ class _Spec:
 
 def _write_slab(dset, index: tuple, values: np.ndarray) -> None:
     """Write one block of values into an HDF5 dataset (a function of its own so tests can break it)."""
-    dset[index] = _to_storable(np.asarray(values))
+    dset[index] = to_storable(np.asarray(values))
 
 
-def _fill(dset, var: _Var, offset: int = 0) -> None:
+def _fill(dset, var: VariableSpec, offset: int = 0) -> None:
     """Copy ``var``'s values into ``dset``, starting at sample ``offset``, ~64 MiB at a time. HDF5 keeps
     chunks in a cache that is written when the dataset is closed, and an h5py dataset closed by the garbage
     collector only prints a write error (a full disk) and drops the data: callers keep the datasets open
-    until the file is flushed (:func:`_write_new`, :func:`_append_data`), where an error is raised."""
+    until the file is flushed (:func:`write_new`, :func:`append_samples`), where an error is raised."""
     data = var.variable.data
     if var.sample_axis is None:
         values = np.asarray(var.variable.values)
@@ -341,7 +75,7 @@ def _fill(dset, var: _Var, offset: int = 0) -> None:
         return
     ax = var.sample_axis
     n = var.shape[ax]
-    step = _slab(var.per_sample_bytes())
+    step = slab_samples(var.per_sample_bytes())
     for start in range(0, n, step):
         stop = min(n, start + step)
         src = [slice(None)] * len(var.shape)
@@ -354,13 +88,17 @@ def _fill(dset, var: _Var, offset: int = 0) -> None:
         _write_slab(dset, tuple(dst), np.asarray(block))
 
 
-def _create(group, var: _Var):
+def create_dataset(group, var: VariableSpec, chunks: tuple | None = None):
+    """The empty dataset of ``var`` in ``group``, with its attributes: chunked, gzip-compressed and resizable
+    along ``sample`` (docs/hdf5-format.md). ``chunks``: the chunk shape where the caller knows a better one
+    (the stream writer aligns chunks with its batches); default :func:`chunk_shape`'s."""
     shape = var.shape
     kwargs: dict[str, Any] = {}
     if len(shape) > 0 and (var.sample_axis is not None or math.prod(shape) > 0):
         maxshape = tuple(None if (i == var.sample_axis or n == 0) else n for i, n in enumerate(shape))
-        kwargs = dict(chunks=_chunks(shape, _itemsize(var.stored_dtype), var.sample_axis),
-                      maxshape=maxshape, compression="gzip", compression_opts=4, shuffle=True)
+        if chunks is None:
+            chunks = chunk_shape(shape, stored_itemsize(var.stored_dtype), var.sample_axis)
+        kwargs = dict(chunks=chunks, maxshape=maxshape, compression="gzip", compression_opts=4, shuffle=True)
     dset = group.create_dataset(var.link, shape=shape, dtype=var.stored_dtype, **kwargs)
     dset.attrs["name"] = var.link if var.name is None and var.group == DATA_GROUP else var.name
     dset.attrs["dims"] = json.dumps(list(var.dims), ensure_ascii=False)
@@ -370,10 +108,10 @@ def _create(group, var: _Var):
     return dset
 
 
-def _write_new(f, spec: _Spec, create=None) -> None:
+def write_new(f, spec: ObjectSpec, create=None) -> None:
     """Write ``spec`` into the empty open file ``f``; ``create(group, var)`` makes each dataset (default
-    :func:`_create`; streamed files pass one with batch-aligned chunks)."""
-    create = _create if create is None else create
+    :func:`create_dataset`; streamed files pass one with batch-aligned chunks)."""
+    create = create_dataset if create is None else create
     f.attrs["format"] = FORMAT_NAME
     f.attrs["format_version"] = np.int64(FORMAT_VERSION)
     f.attrs["kind"] = spec.kind
@@ -384,7 +122,7 @@ def _write_new(f, spec: _Spec, create=None) -> None:
     f.attrs["coords"] = json.dumps([v.name for v in spec.coords], ensure_ascii=False)
     f.attrs["dims"] = json.dumps(spec.dims, ensure_ascii=False)
     f.attrs["sample_dim"] = SAMPLE_DIM
-    f.attrs["attribx_version"] = _writer_version()
+    f.attrs["attribx_version"] = writer_version()
     groups = {DATA_GROUP: f.create_group(DATA_GROUP), COORDS_GROUP: f.create_group(COORDS_GROUP)}
     keep = []          # open until the flush, which raises a write error their caches would hit on closing
     for var in spec.variables:
@@ -417,10 +155,10 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _check_same_run(f, spec: _Spec, path: str) -> None:
+def _check_same_run(f, spec: ObjectSpec, path: str) -> None:
     """Refuse to append relevance of another run (model, method, parameters, target kind) to ``f``."""
     try:
-        stored = json.loads(_attr_str(f.attrs["attrs"]))
+        stored = json.loads(attr_str(f.attrs["attrs"]))
         new = json.loads(spec.attrs_json)
     except (KeyError, ValueError, TypeError) as exc:
         raise StorageError(f"{path}: cannot append: the file's attrs are damaged ({exc})") from None
@@ -436,18 +174,18 @@ def _check_same_run(f, spec: _Spec, path: str) -> None:
                            "one run's provenance, write this run to another file")
 
 
-def _plan_append(f, spec: _Spec, path: str) -> dict:
+def plan_append(f, spec: ObjectSpec, path: str) -> dict:
     """Check ``spec`` can be appended to the open attribx file ``f``; the sample count to append after."""
-    _check_format(f, path)
-    kind = _attr_str(f.attrs["kind"])
+    check_format(f, path)
+    kind = attr_str(f.attrs["kind"])
     if kind != spec.kind:
         raise StorageError(f"{path}: cannot append a {spec.kind} to a file holding a {kind}")
     if kind == "DataArray":
-        stored_name = json.loads(_attr_str(f.attrs["name"]))
+        stored_name = json.loads(attr_str(f.attrs["name"]))
         if stored_name != spec.name:
             raise StorageError(f"{path}: cannot append DataArray {spec.name!r} to a file holding "
                                f"DataArray {stored_name!r}")
-    stored_dims = json.loads(_attr_str(f.attrs["dims"]))
+    stored_dims = json.loads(attr_str(f.attrs["dims"]))
     if SAMPLE_DIM not in stored_dims:
         raise StorageError(f"{path}: cannot append: the stored object has no {SAMPLE_DIM!r} dim")
     if not spec.has_sample:
@@ -464,7 +202,7 @@ def _plan_append(f, spec: _Spec, path: str) -> dict:
     _check_same_run(f, spec, path)
     for group_name, new_vars in ((DATA_GROUP, spec.data), (COORDS_GROUP, spec.coords)):
         what = "data variables" if group_name == DATA_GROUP else "coordinates"
-        stored_names = json.loads(_attr_str(f.attrs["data_vars" if group_name == DATA_GROUP else "coords"]))
+        stored_names = json.loads(attr_str(f.attrs["data_vars" if group_name == DATA_GROUP else "coords"]))
         new_names = [v.link if v.name is None else v.name for v in new_vars]
         if sorted(stored_names) != sorted(new_names):
             raise StorageError(f"{path}: cannot append: {what} differ (file {sorted(stored_names)} vs "
@@ -472,16 +210,16 @@ def _plan_append(f, spec: _Spec, path: str) -> dict:
         group = f[group_name]
         for var in new_vars:
             dset = group[var.link]
-            stored_var_dims = tuple(json.loads(_attr_str(dset.attrs["dims"])))
+            stored_var_dims = tuple(json.loads(attr_str(dset.attrs["dims"])))
             if stored_var_dims != var.dims:
                 raise StorageError(f"{path}: cannot append: {var.where} has dims {var.dims}, "
                                    f"the file has {stored_var_dims}")
-            tag = _attr_str(dset.attrs["attribx_dtype"]) if "attribx_dtype" in dset.attrs else None
-            if not _same_kind_for_append(tag, dset.dtype, var.variable.dtype):
+            tag = attr_str(dset.attrs["attribx_dtype"]) if "attribx_dtype" in dset.attrs else None
+            if not same_kind_for_append(tag, dset.dtype, var.variable.dtype):
                 raise StorageError(f"{path}: cannot append: {var.where} has dtype {var.variable.dtype}, "
-                                   f"the file has {_logical_dtype(tag, dset.dtype)}")
+                                   f"the file has {logical_dtype(tag, dset.dtype)}")
             if var.sample_axis is None:
-                stored = _from_stored(_read_h5(dset, tag), tag)
+                stored = from_stored(read_dataset(dset, tag), tag)
                 if not _values_equal(stored, np.asarray(var.variable.values)):
                     raise StorageError(f"{path}: cannot append: {var.where} has no {SAMPLE_DIM!r} dim "
                                        "and its values differ from those in the file")
@@ -490,13 +228,13 @@ def _plan_append(f, spec: _Spec, path: str) -> dict:
     return {"n_old": int(stored_dims[SAMPLE_DIM])}
 
 
-def _append(f, spec: _Spec, plan: dict) -> None:
-    _set_sample_count(f, _append_data(f, spec, plan))
+def _append(f, spec: ObjectSpec, plan: dict) -> None:
+    set_sample_count(f, append_samples(f, spec, plan))
 
 
-def _append_data(f, spec: _Spec, plan: dict) -> int:
+def append_samples(f, spec: ObjectSpec, plan: dict) -> int:
     """Extend every sample-wise dataset by ``spec``'s samples; returns the new sample count, which the
-    file's ``dims`` say only after :func:`_set_sample_count` (streamed files flush in between)."""
+    file's ``dims`` say only after :func:`set_sample_count` (streamed files flush in between)."""
     n_old = plan["n_old"]
     n_new = spec.dims[SAMPLE_DIM]
     keep = []          # open until the flush, which raises a write error their caches would hit on closing
@@ -507,8 +245,8 @@ def _append_data(f, spec: _Spec, plan: dict) -> int:
         keep.append(dset)
         dset.resize(n_old + n_new, axis=var.sample_axis)
         if "attribx_dtype" in dset.attrs:
-            tag = _attr_str(dset.attrs["attribx_dtype"])
-            merged = _merged_string_tag(tag, var.variable.dtype)
+            tag = attr_str(dset.attrs["attribx_dtype"])
+            merged = merged_string_tag(tag, var.variable.dtype)
             if merged != tag:
                 dset.attrs["attribx_dtype"] = merged
         _fill(dset, var, offset=n_old)
@@ -516,8 +254,9 @@ def _append_data(f, spec: _Spec, plan: dict) -> int:
     return n_old + n_new
 
 
-def _set_sample_count(f, n: int) -> None:
-    dims = json.loads(_attr_str(f.attrs["dims"]))
+def set_sample_count(f, n: int) -> None:
+    """Commit an append: the root ``dims`` say the file holds ``n`` samples (readers read no further)."""
+    dims = json.loads(attr_str(f.attrs["dims"]))
     dims[SAMPLE_DIM] = n
     f.attrs["dims"] = json.dumps(dims, ensure_ascii=False)
 
@@ -535,7 +274,7 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None = None) -> None:
+def atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None = None) -> None:
     """Run ``write(h5file)`` on a temporary file beside ``path`` and rename it over ``path`` (over the file
     it points to when ``path`` is a symbolic link, which stays; see :func:`write_target`)."""
     path = write_target(path)
@@ -621,7 +360,7 @@ def save(obj, path, mode: str = "w") -> None:
 
     Raises :class:`~attribx.errors.StorageError` when the object or the file cannot be written.
     """
-    _require_h5py()
+    require_h5py()
     try:
         path = os.fspath(path)
     except TypeError:
@@ -629,7 +368,7 @@ def save(obj, path, mode: str = "w") -> None:
     if mode not in ("w", "a"):
         raise StorageError(f"{path}: mode must be 'w' (write) or 'a' (append), got {mode!r}")
     try:
-        spec = _Spec(obj)
+        spec = ObjectSpec(obj)
     except StorageError as exc:
         raise StorageError(f"{path}: {exc}") from None
     write_target(path)   # refuses a folder, FIFO, device or socket before reading or writing
@@ -637,7 +376,7 @@ def save(obj, path, mode: str = "w") -> None:
         _save_locked(spec, path, mode)
 
 
-def _save_locked(spec: _Spec, path: str, mode: str) -> None:
+def _save_locked(spec: ObjectSpec, path: str, mode: str) -> None:
     # room for the new data (and, for an append, the copy of the file) before HDF5 writes anything: HDF5
     # cannot close a file whose writes failed and can crash the process trying
     appending = mode == "a" and os.path.exists(path)
@@ -645,31 +384,31 @@ def _save_locked(spec: _Spec, path: str, mode: str) -> None:
                 + (os.path.getsize(path) if appending else 0))
     try:
         if mode == "a" and os.path.exists(path):
-            f = _open_h5(path)
+            f = open_h5(path)
             try:
-                plan = _plan_append(f, spec, path)
+                plan = plan_append(f, spec, path)
             except StorageError:
                 raise
             except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
                 raise StorageError(f"{path}: cannot append: the file is damaged ({exc})") from exc
             finally:
                 f.close()
-            _atomic_write(path, lambda h5: _append(h5, spec, plan), copy_from=path)
+            atomic_write(path, lambda h5: _append(h5, spec, plan), copy_from=path)
         else:
-            _atomic_write(path, lambda h5: _write_new(h5, spec))
+            atomic_write(path, lambda h5: write_new(h5, spec))
     except StorageError:
         raise
     except (OSError, ValueError, TypeError) as exc:
-        raise StorageError(f"{path}: cannot write relevance: {_why(exc)}; the earlier file is unchanged"
-                           if os.path.exists(path) else f"{path}: cannot write relevance: {_why(exc)}") from exc
+        why = write_error_text(exc)
+        raise StorageError(f"{path}: cannot write relevance: {why}; the earlier file is unchanged"
+                           if os.path.exists(path) else f"{path}: cannot write relevance: {why}") from exc
 
 
-def _why(exc: BaseException) -> str:
+def write_error_text(exc: BaseException) -> str:
     """One line for a write error: a full disk (ENOSPC) said plainly, HDF5's own message on one line."""
-    import errno as _errno
     err = exc
     while err is not None:
-        if isinstance(err, OSError) and err.errno in (_errno.ENOSPC, _errno.EDQUOT):
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             return "no space left on the device (or quota exceeded)"
         err = err.__cause__ or err.__context__
     text = " ".join(str(exc).split())
@@ -682,186 +421,17 @@ def _why(exc: BaseException) -> str:
 # reading
 # --------------------------------------------------------------------------------------------------
 
-def _require_h5py() -> None:
-    if h5py is None:  # pragma: no cover
-        raise StorageError(f"h5py cannot be imported ({_H5PY_IMPORT_ERROR}); pip install h5py")
-
-
-def _attr_str(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.ndarray) and value.shape == ():
-        return _attr_str(value[()])
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string attribute, got {value!r}")
-    return value
-
-
-def check_self_contained(f, path: str) -> None:
-    """Refuse (:class:`StorageError`, naming the object) an HDF5 file that would make a reader read another
-    file or another place: a dataset whose data lies in external files (HDF5 external storage), a virtual
-    dataset (mapped from other datasets or files), an external link or a soft link. Checked over the
-    whole file, before any data is read: a relevance file from elsewhere must not hand back the bytes of
-    a local file (``/etc/shadow``, an SSH key) as relevance."""
-    seen: set = set()
-
-    def walk(group, prefix: str) -> None:
-        for key in group.keys():
-            name = f"{prefix}/{key}" if prefix != "/" else f"/{key}"
-            link = group.get(key, getlink=True)
-            if isinstance(link, h5py.ExternalLink):
-                raise StorageError(f"{path}: {name} is an external link (to {link.filename}:{link.path}); "
-                                   "refused: an attribx relevance file holds all its data itself")
-            if not isinstance(link, h5py.HardLink):
-                kind = "a soft link" if isinstance(link, h5py.SoftLink) else "a user-defined link"
-                raise StorageError(f"{path}: {name} is {kind}; refused: an attribx relevance file holds its "
-                                   "datasets directly, without links")
-            obj = group.get(key)
-            addr = h5py.h5o.get_info(obj.id).addr
-            if addr in seen:
-                continue
-            seen.add(addr)
-            if isinstance(obj, h5py.Group):
-                walk(obj, name)
-            elif isinstance(obj, h5py.Dataset):
-                if obj.is_virtual:
-                    raise StorageError(f"{path}: dataset {name} is a virtual dataset (its data is mapped from "
-                                       "other datasets or files); refused: an attribx relevance file holds "
-                                       "all its data itself")
-                if obj.id.get_create_plist().get_external_count() > 0:
-                    raise StorageError(f"{path}: dataset {name} keeps its data in external files (HDF5 "
-                                       "external storage); refused: an attribx relevance file holds all "
-                                       "its data itself")
-
-    walk(f, "/")
-
-
-def _open_h5(path: str):
-    """The HDF5 file ``path`` opened for reading, checked by :func:`check_self_contained`."""
-    f = _open_h5_unchecked(path)
-    try:
-        check_self_contained(f, path)
-    except BaseException:
-        f.close()
-        raise
-    return f
-
-
-def _open_h5_unchecked(path: str):
-    if not os.path.exists(path):
-        raise StorageError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise StorageError(f"{path}: is a directory, not a relevance file")
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        try:
-            is_hdf5 = h5py.is_hdf5(path)
-        except OSError:
-            is_hdf5 = False
-        pid = writer_pid(path)
-        if pid is not None:
-            raise StorageError(being_written(path, pid, "wait for it to finish and read it then")) from exc
-        if not is_hdf5:
-            raise StorageError(f"{path}: not an HDF5 file (so not an attribx relevance file)") from exc
-        raise StorageError(f"{path}: the HDF5 file is damaged or truncated and cannot be opened "
-                           f"({exc})") from exc
-
-
-def _check_format(f, path: str) -> int:
-    fmt = f.attrs.get("format")
-    try:
-        fmt = _attr_str(fmt) if fmt is not None else None
-    except ValueError:
-        fmt = None
-    if fmt != FORMAT_NAME:
-        raise StorageError(f"{path}: not an attribx relevance file (an HDF5 file without the root "
-                           f"attribute format={FORMAT_NAME!r})")
-    version = f.attrs.get("format_version")
-    try:
-        version = int(version)
-    except (TypeError, ValueError):
-        raise StorageError(f"{path}: damaged attribx relevance file: bad format_version {version!r}") from None
-    if version > FORMAT_VERSION:
-        raise StorageError(f"{path}: written in attribx relevance format version {version}, newer than "
-                           f"the version {FORMAT_VERSION} this attribx reads; upgrade attribx")
-    if version < 1:
-        raise StorageError(f"{path}: damaged attribx relevance file: bad format_version {version}")
-    return version
-
-
-def _read_h5(dset, tag: str | None) -> np.ndarray:
-    if h5py.check_string_dtype(dset.dtype) is not None:
-        values = dset.asstr()[()]
-        return np.asarray(values, dtype=object)
-    return np.asarray(dset[()])
-
-
-def _lazy_chunks(dset, sample_axis: int | None):
-    shape = dset.shape
-    if sample_axis is None or not shape:
-        return "auto" if shape else ()
-    per_sample = math.prod(n for i, n in enumerate(shape) if i != sample_axis) * dset.dtype.itemsize
-    h5chunk = dset.chunks[sample_axis] if dset.chunks else 1
-    step = max(h5chunk, (_slab(per_sample) // h5chunk) * h5chunk)
-    return tuple(min(max(n, 1), step) if i == sample_axis else max(n, 1) for i, n in enumerate(shape))
-
-
-def _read_variable(dset, path: str, lazy_ctx) -> tuple[str, xr.Variable]:
-    name = _attr_str(dset.attrs["name"])
-    dims = tuple(json.loads(_attr_str(dset.attrs["dims"])))
-    attrs = _loads(dset.attrs["attrs"])
-    tag = _attr_str(dset.attrs["attribx_dtype"]) if "attribx_dtype" in dset.attrs else None
-    if len(dims) != dset.ndim:
-        raise ValueError(f"dataset {dset.name} has {dset.ndim} axes but dims {dims}")
-    is_string = h5py.check_string_dtype(dset.dtype) is not None
-    if lazy_ctx is not None and not is_string:
-        da, token = lazy_ctx
-        sample_axis = dims.index(SAMPLE_DIM) if SAMPLE_DIM in dims else None
-        data = da.from_array(dset, chunks=_lazy_chunks(dset, sample_axis),
-                             name=f"open_relevance-{token}-{dset.name}")
-        if tag is not None:
-            data = data.astype(_logical_dtype(tag, dset.dtype))
-    else:
-        data = _from_stored(_read_h5(dset, tag), tag)
-    return name, xr.Variable(dims, data, attrs=attrs)
-
-
-def _build(f, path: str, lazy_ctx):
-    kind = _attr_str(f.attrs["kind"])
-    attrs = _loads(f.attrs["attrs"])
-    data_names = json.loads(_attr_str(f.attrs["data_vars"]))
-    coord_names = json.loads(_attr_str(f.attrs["coords"]))
-    coords = {}
-    for cname in coord_names:  # coordinates are small and needed for indexes: always read eagerly
-        _, var = _read_variable(f[COORDS_GROUP][_link_name(cname)], path, None)
-        coords[cname] = var
-    data = {}
-    for dname in data_names:
-        _, var = _read_variable(f[DATA_GROUP][_link_name(dname)], path, lazy_ctx)
-        data[dname] = var
-    if kind == "DataArray":
-        if len(data) != 1:
-            raise ValueError(f"a DataArray file must hold one data variable, found {len(data)}")
-        name = json.loads(_attr_str(f.attrs["name"]))
-        (var,) = data.values()
-        return xr.DataArray(var, coords=coords, name=name, attrs=attrs)
-    if kind == "Dataset":
-        return xr.Dataset(data, coords=coords, attrs=attrs)
-    raise ValueError(f"unknown kind {kind!r}")
-
-
 def sample_count(path) -> int:
     """How many samples a relevance file holds (0 when there is no file): read from its header alone, so
     appending to a large file needs neither dask nor the data in memory."""
-    _require_h5py()
+    require_h5py()
     path = os.fspath(path)
     if not os.path.exists(path):
         return 0
-    with _open_h5(path) as f:
-        _check_format(f, path)
+    with open_h5(path) as f:
+        check_format(f, path)
         try:
-            return int(json.loads(_attr_str(f.attrs["dims"])).get(SAMPLE_DIM, 0))
+            return int(json.loads(attr_str(f.attrs["dims"])).get(SAMPLE_DIM, 0))
         except (KeyError, ValueError, TypeError) as exc:
             raise StorageError(f"{path}: damaged attribx relevance file: bad dims attribute ({exc})") from None
 
@@ -879,29 +449,19 @@ def open_relevance(path, lazy: bool | str = "auto"):
     Raises :class:`~attribx.errors.StorageError` when the file is missing, not HDF5, not written by
     attribx, written by a newer attribx, or damaged.
     """
-    _require_h5py()
+    require_h5py()
     try:
         path = os.fspath(path)
     except TypeError:
         raise StorageError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
     if lazy not in (True, False, "auto"):
         raise StorageError(f"{path}: lazy must be True, False or 'auto', got {lazy!r}")
-    f = _open_h5(path)
+    f = open_h5(path)
     try:
-        _check_format(f, path)
+        check_format(f, path)
         if lazy == "auto":
             lazy = os.path.getsize(path) > _LAZY_AUTO_BYTES
-        lazy_ctx = None
-        if lazy:
-            try:
-                import dask.array as da
-                from dask.base import tokenize
-            except ImportError as exc:
-                raise StorageError(f"{path}: reading lazily needs dask: pip install dask "
-                                   "(or pass lazy=False to read the file into memory)") from exc
-            st = os.stat(path)
-            lazy_ctx = (da, tokenize(os.path.abspath(path), st.st_mtime_ns, st.st_size, st.st_ino))
-        obj = _build(f, path, lazy_ctx)
+        obj = read_object(f, path, lazy_context(path) if lazy else None)
     except StorageError:
         f.close()
         raise
