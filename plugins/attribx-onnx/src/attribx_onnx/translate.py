@@ -47,7 +47,9 @@ from attribx.plugins import registry
 from attribx.translation import NO_TRANSLATION_DOCS, Converter, ConverterTable, Tensor, Translator
 
 from .converters import TABLE, Unsupported
-from .converters import elementwise, layers, masks, pooling, recurrent, shape  # noqa: F401 (they fill TABLE)
+# the converter families register in TABLE when imported
+from .converters import elementwise, layers, masks, pooling, recurrent  # noqa: F401
+from .converters import shape as shape_converters  # noqa: F401
 from .converters.common import batch_axis
 from .fold import Const, Folder
 from .load import model_problem
@@ -61,7 +63,7 @@ HOOK_HINT = ("a plugin can add graph ops through the 'attribx_ops' hook and an O
 NO_TRANSLATION_HINT = ("new graph ops come through the 'attribx_ops' hook, a whole backend through "
                        "'attribx_translate'")
 
-#: Oldest default-domain opset the handlers are written for; older models are converted first.
+#: Oldest default-domain opset the converters are written for; older models are converted first.
 MIN_OPSET = 13
 
 #: Nodes never evaluated at translation time, although their inputs are known: their outputs vary.
@@ -88,7 +90,7 @@ def default_opset(model) -> int:
 
 def node_attrs(node) -> dict[str, Any]:
     """The node's attributes as python values (strings decoded)."""
-    from onnx import helper
+    from onnx import helper                       # lazy: onnx loads only when a model is translated
     out = {}
     for a in node.attribute:
         v = helper.get_attribute_value(a)
@@ -109,7 +111,7 @@ def _tensor_shape(type_proto):
 
 def inferred_shapes(model, input_name: str, shape: tuple) -> dict[str, tuple]:
     """ONNX's shape inference with the input's per-sample shape filled in; {} where it cannot run."""
-    import onnx
+    import onnx                              # lazy: as above
     try:
         m = onnx.ModelProto()
         m.CopyFrom(model)
@@ -133,7 +135,7 @@ def inferred_shapes(model, input_name: str, shape: tuple) -> dict[str, tuple]:
 
 def outer_names(node) -> list[str]:
     """The outer-scope tensors that a node's subgraphs (Loop, Scan, If bodies) read."""
-    from onnx import AttributeProto
+    from onnx import AttributeProto          # lazy: as above
     found: list[str] = []
     for a in node.attribute:
         graphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs) if a.type == AttributeProto.GRAPHS else []
@@ -377,7 +379,7 @@ class OnnxTranslator(Translator):
             return conv
         self.main, self.origin = "", node.op_type    # the error names the node through where()
         key = node.op_type if default else f"{node.domain}:{node.op_type}"
-        hint = f"its converter would register {key!r}; {NO_TRANSLATION_HINT}"
+        hint = f"converter('onnx', {key!r}) would convert it; {NO_TRANSLATION_HINT}"
         if not default:
             raise self.no_translation(f"{self.where()}: operator domain {node.domain!r}", hint)
         raise self.no_translation(self.where(), hint)

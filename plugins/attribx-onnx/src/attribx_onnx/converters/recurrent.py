@@ -9,10 +9,10 @@ h). Gate blocks are in ONNX's order (LSTM i, o, f, c; GRU z, r, h); the unroller
 :func:`attribx.recurrent.reorder_gates` (``order="onnx"``).
 
 The graph's batch axis is axis 0, so the sequence-first tensors of ``layout=0`` are stored batch-first:
-X (T, N, E) arrives as a value (N, T, E) (a :class:`~attribx.translation.Tensor` with its batch on ONNX axis 1, as after torch's
-``Transpose(perm 1, 0, 2)``), Y is the value (N, T, dirs, H) with its ONNX batch axis 2, Y_h and Y_c the
-values (N, dirs, H) with ONNX batch axis 1; the ops after them (Transpose, Reshape, Squeeze, Gather, Slice,
-Concat) translate through ``Tensor.order`` (:mod:`attribx_onnx.converters.shape`).
+X (T, N, E) arrives as a value (N, T, E) (a :class:`~attribx.translation.Tensor` with its batch on ONNX
+axis 1, as after torch's ``Transpose(perm 1, 0, 2)``), Y is the value (N, T, dirs, H) with its ONNX batch
+axis 2, Y_h and Y_c the values (N, dirs, H) with ONNX batch axis 1; the ops after them (Transpose, Reshape,
+Squeeze, Gather, Slice, Concat) translate through ``Tensor.order`` (:mod:`attribx_onnx.converters.shape`).
 
 ``sequence_lens`` becomes the unroller's ``mask`` through the graph op ``length_mask``: computed from the
 input (e.g. ``ReduceSum(Cast(Not(Equal(ids, pad))))``), or a constant that is the same for every sample
