@@ -5,7 +5,9 @@ an :class:`attribx.translation.Translator`), ``node`` the ``onnx.NodeProto``, ``
 values. It returns what each ONNX output became: a :class:`attribx.translation.Tensor` (``ctx.emit``'s result;
 its ``order`` says where the ONNX tensor's axes sit when its batch axis is not first), a
 :class:`~attribx_onnx.fold.Const`, or None for an output with no translation (an error only if something reads
-it). It raises :class:`Unsupported` with the reason; the walk adds the node, op type and opset.
+it). It raises :class:`Unsupported` with the reason; the walk adds the node, op type and opset. Only
+converters registered with ``any_batch_axis=True`` read tensors whose batch axis is not first (the walk
+refuses the others, naming the tensor), so a converter that knows nothing of axis order stays correct.
 
 Keys are op types of the default domain (``"Conv"``) or ``"domain:OpType"`` for other domains. Only this
 package's modules register here; plugins register through :func:`attribx.translation.converter` and the
