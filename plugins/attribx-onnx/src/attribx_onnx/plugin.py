@@ -10,11 +10,13 @@ def is_onnx_model(model) -> bool:
 
 
 @hookimpl
-def attribx_translate(model, input_shape):
+def attribx_translate(model, input_shape, converters):
+    """``converters``: every plugin's :class:`attribx.translation.Converter` records; the ONNX ones are
+    layered over the built-in table for this translation."""
     if not is_onnx_model(model):
         return None
     from .translate import translate_onnx
-    return translate_onnx(model, input_shape)
+    return translate_onnx(model, input_shape, converters)
 
 
 @hookimpl

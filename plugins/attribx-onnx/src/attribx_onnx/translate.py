@@ -5,51 +5,65 @@
 * a node whose inputs are all constants (initializers, ``Constant`` outputs, folded values, the
   ``Shape`` of a tensor whose per-sample shape is known) is evaluated right away with onnx's reference
   evaluator (:mod:`attribx_onnx.fold`): exporters' shape arithmetic, weight casts and transposes vanish;
-* every other node goes to its handler in :data:`attribx_onnx.handlers.HANDLERS` (one per ONNX op
-  type), which emits attribx nodes. The main node carries the ONNX node's name (its first output's name
-  when it has none; repeats numbered by :func:`attribx.builder.unique_name`); extra nodes a handler
-  needs are named ``<node>:<suffix>``, as in the torch and Keras backends. ONNX tensor names, and the
-  names of nodes that translate to nothing (Identity, Dropout), resolve through ``graph.meta["aliases"]``.
+* every other node goes to its converter (one per ONNX op type, :mod:`attribx_onnx.converters`, with the
+  plugins' converters layered on top), which emits attribx nodes through this translation, an
+  :class:`attribx.translation.Translator`. The main node carries the ONNX node's name (its first output's
+  name when it has none; repeats numbered by :func:`attribx.builder.unique_name`); extra nodes a
+  converter needs are named ``<node>:<suffix>``, as in the torch and Keras backends. ONNX tensor names,
+  and the names of nodes that translate to nothing (Identity, Dropout), resolve through
+  ``graph.meta["aliases"]``.
 
-Models older than opset 13 are first converted with ``onnx.version_converter`` so that handlers know
+Models older than opset 13 are first converted with ``onnx.version_converter`` so that converters know
 one set of semantics (opset 13 to the newest). The batch axis is free: the graph works for any batch
 size, whatever batch size the model was exported with. Every translated tensor's shape is checked
 against ONNX's own shape inference where ONNX knows it.
 
 Graph values are batch-first; an ONNX tensor may have its batch on another axis (the sequence-first
-tensors around an LSTM/GRU with ``layout=0``: X (T, N, E), Y (T, dirs, N, H), Y_h (dirs, N, H)). The
-translation records that axis per ONNX tensor (``batch_axis``) and stores the tensor with it moved to the
-front; handlers marked ``batch_aware`` (Transpose, Reshape, Squeeze, Unsqueeze, Gather, Slice, Split,
-Concat, Shape, the recurrent nodes, elementwise activations, ...) map ONNX axes to the stored ones, and
-any other handler reading such a tensor is refused, naming it.
+tensors around an LSTM/GRU with ``layout=0``: X (T, N, E), Y (T, dirs, N, H), Y_h (dirs, N, H)). Each
+ONNX tensor's value is an :class:`attribx.translation.Tensor` whose ``order`` records where its axes sit
+(the batch axis moved to the front); converters registered with ``any_batch_axis=True`` (Transpose,
+Reshape, Squeeze, Unsqueeze, Gather, Slice, Split, Concat, Shape, the recurrent nodes, elementwise
+activations, ...) map ONNX axes to the stored ones, and any other converter reading such a tensor is
+refused, naming it.
 
 The input's dimension names follow its layout: a channels-last input (a Keras export, which transposes
 the input before its convs) is found by tracing where its axes go (:func:`attribx.axes.input_channel_axis`)
 and labelled ``("sample", "height", "width", "channel")``, so relevance comes back as the user fed it.
 
 Anything without a translation raises :class:`attribx.UnsupportedError` naming the op type, the node,
-the opset and the hooks that add more.
+the opset and the hooks that add more (:meth:`attribx.translation.Translator.no_translation`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from attribx.axes import input_channel_axis
-from attribx.builder import unique_name
 from attribx.errors import AttribxError, GraphError, InputError, UnsupportedError
-from attribx.graph import Graph, Node, Value, layout_dims
+from attribx.graph import Graph, Value, layout_dims
+from attribx.plugins import registry
+from attribx.translation import NO_TRANSLATION_DOCS, Converter, ConverterTable, Tensor, Translator
 
+from .converters import TABLE, Unsupported
+# the converter families register in TABLE when imported
+from .converters import elementwise, layers, masks, pooling, recurrent  # noqa: F401
+from .converters import shape as shape_converters  # noqa: F401
+from .converters.common import batch_axis
 from .fold import Const, Folder
+from .load import model_problem
 
-__all__ = ["translate_onnx", "HOOK_HINT", "MIN_OPSET", "BatchAt"]
+__all__ = ["translate_onnx", "OnnxTranslator", "HOOK_HINT", "MIN_OPSET"]
 
-HOOK_HINT = ("a plugin can add ops through the 'attribx_ops' hook and translations through "
-             "'attribx_translate'")
+HOOK_HINT = ("a plugin can add graph ops through the 'attribx_ops' hook and an ONNX op's converter through "
+             f"'attribx_converters' ({NO_TRANSLATION_DOCS})")
 
-#: Oldest default-domain opset the handlers are written for; older models are converted first.
+#: Added to "has no translation": the hooks besides a converter.
+NO_TRANSLATION_HINT = ("new graph ops come through the 'attribx_ops' hook, a whole backend through "
+                       "'attribx_translate'")
+
+#: Oldest default-domain opset the converters are written for; older models are converted first.
 MIN_OPSET = 13
 
 #: Nodes never evaluated at translation time, although their inputs are known: their outputs vary.
@@ -66,41 +80,6 @@ CONTROL_FLOW = frozenset({"Loop", "Scan", "If"})
 INPUT_DTYPES = {1: "float32", 11: "float64", 7: "int64", 6: "int32"}
 
 
-class Unsupported(Exception):
-    """Raised inside a handler; the walk turns it into an UnsupportedError naming node, op and opset."""
-
-
-@dataclass(frozen=True)
-class BatchAt:
-    """A handler's output whose ONNX tensor has its batch axis at ``axis`` (the graph value ``value`` is
-    stored batch-first, as every graph value is): the sequence-first tensors of ONNX LSTM/GRU nodes."""
-
-    value: str
-    axis: int
-
-
-def at_batch(value, batch: int):
-    """A handler's output whose ONNX tensor has its batch on axis ``batch``."""
-    return value if batch == 0 or not isinstance(value, str) else BatchAt(value, batch)
-
-
-def batch_aware(handler):
-    """Mark a handler that reads tensors with the batch on any axis (see :mod:`attribx_onnx.handlers`)."""
-    handler.batch_axes = True
-    return handler
-
-
-def stored_axis(axis: int, batch: int) -> int:
-    """The graph value's axis that holds ONNX axis ``axis`` (non-negative) of a tensor whose batch axis is
-    ``batch``: the batch axis moves to the front, the others keep their order."""
-    return 0 if axis == batch else axis + 1 if axis < batch else axis
-
-
-def onnx_order(shape, batch: int) -> tuple:
-    """A graph value's (batch-first) ``shape`` in its ONNX tensor's axis order."""
-    shape = tuple(shape)
-    return shape[1:batch + 1] + shape[:1] + shape[batch + 1:]
-
 
 def default_opset(model) -> int:
     for imp in model.opset_import:
@@ -111,7 +90,7 @@ def default_opset(model) -> int:
 
 def node_attrs(node) -> dict[str, Any]:
     """The node's attributes as python values (strings decoded)."""
-    from onnx import helper
+    from onnx import helper                       # lazy: onnx loads only when a model is translated
     out = {}
     for a in node.attribute:
         v = helper.get_attribute_value(a)
@@ -132,7 +111,7 @@ def _tensor_shape(type_proto):
 
 def inferred_shapes(model, input_name: str, shape: tuple) -> dict[str, tuple]:
     """ONNX's shape inference with the input's per-sample shape filled in; {} where it cannot run."""
-    import onnx
+    import onnx                              # lazy: as above
     try:
         m = onnx.ModelProto()
         m.CopyFrom(model)
@@ -156,7 +135,7 @@ def inferred_shapes(model, input_name: str, shape: tuple) -> dict[str, tuple]:
 
 def outer_names(node) -> list[str]:
     """The outer-scope tensors that a node's subgraphs (Loop, Scan, If bodies) read."""
-    from onnx import AttributeProto
+    from onnx import AttributeProto          # lazy: as above
     found: list[str] = []
     for a in node.attribute:
         graphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs) if a.type == AttributeProto.GRAPHS else []
@@ -168,27 +147,27 @@ def outer_names(node) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-class Translation:
-    """The state of one translation: constants, translated tensors, emitted nodes, names."""
+class OnnxTranslator(Translator):
+    """One translation: the walk over the ONNX nodes, and what converters read and write through ``ctx``
+    (constants, the values of ONNX tensors as :class:`~attribx.translation.Tensor`, emitted nodes, names)."""
 
-    def __init__(self, model, input_shape):
-        from attribx.plugins import registry
+    framework = "onnx"
+
+    def __init__(self, model, input_shape, table: ConverterTable, ops: dict):
+        super().__init__(model.graph.name or "model", reserved=())
         self.model = model
         self.graph = model.graph
         self.opset = default_opset(model)
-        self.ops = registry().ops
+        self.table = table
+        self.ops = ops
         self.inits = {t.name: t for t in self.graph.initializer}
         self.consts: dict[str, Const] = {}
-        self.values: dict[str, str] = {}         # ONNX tensor -> graph value (node or input name)
+        self.values: dict[str, Tensor] = {}      # ONNX tensor -> its graph value (node or input name), axis order
         self.shapes: dict[str, tuple] = {}       # graph value -> shape, batch axis None
         self.int_values: set[str] = set()        # graph values holding integers (token ids)
         self.counts: set[str] = set()            # float graph values holding whole numbers from masks
         self.complement: set[str] = set()        # ONNX booleans whose graph value holds their negation
-        self.batch_axes: dict[str, int] = {}     # ONNX tensor -> its batch axis, where that is not axis 0
         self.sequence_input = False              # an LSTM/GRU reads the input: dims (sample, token, embedding)
-        self.nodes: list[Node] = []
-        self.used: set[str] = set()
-        self.aliases: dict[str, str] = {}
         self.skip: set[int] = set()              # ONNX nodes already translated by a fused pattern
         self.consumers: dict[str, list] = {}
         self.producers: dict[str, Any] = {}
@@ -201,21 +180,15 @@ class Translation:
         self.folder = Folder({d.domain or "": d.version for d in model.opset_import}, model.functions)
         self.input_shape = input_shape
         self.declared_batch: int | None = None   # the input's fixed batch size, if the model declares one
-        self.dtype = np.float32
         self.node = None
-        self.main = ""
         self.inferred: dict[str, tuple] = {}
 
-    # -- where and names ------------------------------------------------------------------------
-    def where(self, node=None) -> str:
-        node = node if node is not None else self.node
+    # -- where ----------------------------------------------------------------------------------
+    def where(self) -> str:
+        node = self.node
+        if node is None:
+            return ""
         return f"ONNX node {node.name or node.output[0]!r} ({node.op_type}, opset {self.opset})"
-
-    def unique(self, base: str) -> str:
-        return unique_name(base, self.used)
-
-    def sub(self, suffix: str) -> str:
-        return self.unique(f"{self.main}:{suffix}")
 
     # -- constants ------------------------------------------------------------------------------
     def is_const(self, tensor: str) -> bool:
@@ -223,7 +196,7 @@ class Translation:
 
     def const_pair(self, tensor: str) -> Const:
         if tensor not in self.consts:
-            from onnx import numpy_helper
+            from onnx import numpy_helper            # lazy: onnx loads only when a model is translated
             t = self.inits[tensor]
             try:
                 self.consts[tensor] = Const.of(numpy_helper.to_array(t))
@@ -261,8 +234,12 @@ class Translation:
             return None
         return self.const(node.input[index], what)
 
+    def float_param(self, value) -> np.ndarray:
+        """A weight in the graph's float dtype, C-contiguous (transposed weights included)."""
+        return np.ascontiguousarray(np.asarray(value).astype(self.np_dtype))
+
     # -- graph values ---------------------------------------------------------------------------
-    def value(self, tensor: str, allow_int: bool = False) -> str:
+    def value(self, tensor: str, allow_int: bool = False) -> Tensor:
         """The graph value of an ONNX tensor computed from the input."""
         if tensor not in self.values:
             if self.is_const(tensor):
@@ -272,63 +249,43 @@ class Translation:
         v = self.values[tensor]
         if tensor in self.complement:
             raise Unsupported(f"input {tensor!r} is a boolean that only Not and Cast translate")
-        if v in self.int_values and not allow_int:
+        if v.name in self.int_values and not allow_int:
             raise Unsupported(f"input {tensor!r} holds integers (token ids); only a Gather from a constant "
                               f"table (an embedding lookup) reads them")
         return v
 
-    def shape(self, value: str) -> tuple:
-        return self.shapes[value]
-
-    def batch_axis(self, tensor: str) -> int:
-        """The axis of ONNX tensor ``tensor`` that is the batch (its graph value has it first)."""
-        return self.batch_axes.get(tensor, 0)
-
-    def onnx_shape(self, tensor: str) -> tuple:
-        """The ONNX tensor's shape (None at its batch axis), from its batch-first graph value."""
-        return onnx_order(self.shapes[self.values[tensor]], self.batch_axis(tensor))
-
-    def axis_of(self, tensor: str, axis: int, what: str = "axis") -> int:
-        """The graph value's axis for ONNX axis ``axis`` of ``tensor`` (negative counts from the end)."""
-        rank = len(self.shapes[self.values[tensor]])
-        if not -rank <= axis < rank:
-            raise Unsupported(f"{what} {axis} is out of range for a tensor of rank {rank}")
-        return stored_axis(axis % rank, self.batch_axis(tensor))
-
-    def operand(self, tensor: str, suffix: str = "const") -> str:
+    def operand(self, tensor: str, suffix: str = "const") -> Tensor:
         """A graph value, or a ``constant`` node holding the constant tensor."""
         if self.is_const(tensor):
-            return self.const_node(self.const(tensor), suffix)
+            return self.constant(self.const(tensor), suffix)
         return self.value(tensor)
 
-    def emit(self, op: str, inputs, attrs=None, params=None, name=None) -> str:
-        """Add a node (named after the ONNX node unless ``name``); its shape from the op's inference."""
-        if op not in self.ops:
-            raise Unsupported(f"needs the graph op {op!r}, which the installed attribx's op set lacks")
+    # -- nodes ----------------------------------------------------------------------------------
+    def emit(self, op: str, inputs, shape=None, attrs=None, params=None, name=None, order=None) -> Tensor:
+        """Add a node (named after the ONNX node unless ``name``); its shape is the op set's inference
+        (a ``shape`` given must equal it), ``order`` where its ONNX tensor's axes sit."""
         if name is None:
             name = self.main if self.main not in self.shapes else self.unique(self.main)
-        inputs = tuple(inputs)
+        ins = [i if isinstance(i, str) else i.name for i in inputs]
+        self._append(name, op, ins, params, "", dict(attrs or {}))
+        if shape is not None and tuple(shape) != self.shapes[name]:
+            raise Unsupported(f"the graph's {op!r} infers shape {self.shapes[name]}, not {tuple(shape)}")
+        return Tensor(name, self.shapes[name], None if order is None else tuple(order))
+
+    def _append(self, name, op, inputs, params, source, attrs) -> str:
+        """Every node (``emit``, ``constant``, the unrollers' ``add_node``): checked against the op set, its
+        shape inferred and recorded; its source is the ONNX op type it translates."""
+        if op not in self.ops:
+            raise Unsupported(f"needs the graph op {op!r}, which the installed attribx's op set lacks")
+        ins = (inputs,) if isinstance(inputs, str) else tuple(inputs)
         params = {k: np.asarray(v) for k, v in (params or {}).items() if v is not None}
-        attrs = dict(attrs or {})
         opdef = self.ops[op]
         try:
-            shape = tuple(opdef.infer(opdef.resolve_attrs(name, attrs), [self.shapes[i] for i in inputs],
-                                      params, name))
+            shape = tuple(opdef.infer(opdef.resolve_attrs(name, attrs), [self.shapes[i] for i in ins], params, name))
         except GraphError as err:
             raise Unsupported(f"cannot be expressed in the attribx graph ({err})") from None
-        source = self.node.op_type if self.node is not None else ""
-        node = Node(name, op, inputs, attrs, params, None, source)
-        self.nodes.append(node)
         self.shapes[name] = shape
-        return name
-
-    def const_node(self, value, suffix: str = "const") -> str:
-        arr = np.asarray(value, dtype=np.float64).astype(self.dtype)
-        return self.emit("constant", (), params={"value": arr}, name=self.sub(suffix))
-
-    def float_param(self, value) -> np.ndarray:
-        """A weight in the graph's float dtype, C-contiguous (transposed weights included)."""
-        return np.ascontiguousarray(np.asarray(value).astype(self.dtype))
+        return super()._append(name, op, ins, params, "", attrs)
 
     # -- the walk -------------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -339,6 +296,7 @@ class Translation:
             if id(node) not in self.skip:
                 self._node(node)
         self.node = None
+        self.main = self.origin = ""
         return self._finish(value)
 
     def _refuse_control_flow(self, start: str) -> None:
@@ -375,14 +333,14 @@ class Translation:
         elem = v.type.tensor_type.elem_type
         dtype = INPUT_DTYPES.get(elem)
         if dtype is None:
-            from onnx import helper
+            from onnx import helper                  # lazy: onnx loads only when a model is translated
             raise UnsupportedError(f"ONNX model input {v.name!r} has element type "
                                    f"{helper.tensor_dtype_to_np_dtype(elem) if elem else 'undefined'}; attribx "
                                    f"translates float32, float64 and integer (token id) inputs")
         shape = self._input_shape(_tensor_shape(v.type))
         full = (None, *shape)
         self.used.add(v.name)
-        self.values[v.name] = v.name
+        self.values[v.name] = Tensor(v.name, full)
         self.shapes[v.name] = full
         layout = None
         if dtype.startswith("int"):
@@ -390,7 +348,7 @@ class Translation:
             dtype = "int64"
             layout = "NT" if len(full) == 2 else None
         else:
-            self.dtype = np.dtype(dtype).type
+            self.np_dtype = np.dtype(dtype)
         return Value(v.name, full, dtype, layout_dims(layout, len(full)))
 
     def _input_shape(self, declared) -> tuple:
@@ -412,32 +370,42 @@ class Translation:
                              f"attribx.translate(model, input_shape=...) (explain and forward pass the data's)")
         return tuple(int(d) for d in per_sample)
 
+
+    def _converter(self, node) -> Converter:
+        """The converter of ``node``'s op type (``domain:OpType`` outside the default domain)."""
+        default = node.domain in ("", "ai.onnx")
+        conv = self.table.lookup(node.op_type if default else f"{node.domain}:{node.op_type}")
+        if conv is not None:
+            return conv
+        self.main, self.origin = "", node.op_type    # the error names the node through where()
+        key = node.op_type if default else f"{node.domain}:{node.op_type}"
+        hint = f"converter('onnx', {key!r}) would convert it; {NO_TRANSLATION_HINT}"
+        if not default:
+            raise self.no_translation(f"{self.where()}: operator domain {node.domain!r}", hint)
+        raise self.no_translation(self.where(), hint)
+
     def _node(self, node) -> None:
         self.node = node
-        if node.domain not in ("", "ai.onnx"):
-            raise UnsupportedError(f"{self.where()}: operator domain {node.domain!r} has no translation; "
-                                   f"{HOOK_HINT}")
         present = list(dict.fromkeys([i for i in node.input if i] + outer_names(node)))
-        if all(o in self.consts for o in node.output if o):
-            return                               # folded ahead of time (peek_const)
-        if all(self.is_const(i) for i in present) and node.op_type not in NEVER_FOLD:
-            self._fold(node, present)
-            return
-        from .handlers import HANDLERS
-        handler = HANDLERS.get(node.op_type)
-        if handler is None:
-            raise UnsupportedError(f"{self.where()} has no translation to the attribx graph; {HOOK_HINT}")
-        moved = [i for i in present if i in self.values and self.batch_axis(i)]
-        if moved and not getattr(handler, "batch_axes", False):
+        if node.domain in ("", "ai.onnx"):
+            if all(o in self.consts for o in node.output if o):
+                return                               # folded ahead of time (peek_const)
+            if all(self.is_const(i) for i in present) and node.op_type not in NEVER_FOLD:
+                self._fold(node, present)
+                return
+        conv = self._converter(node)
+        moved = [i for i in present if i in self.values and not self.values[i].in_graph_order]
+        if moved and not conv.options.get("any_batch_axis"):
+            readers = sorted(str(c.target) for c in self.table if c.options.get("any_batch_axis"))
             raise UnsupportedError(
-                f"{self.where()} reads {moved[0]!r}, whose batch is on its axis {self.batch_axis(moved[0])} "
+                f"{self.where()} reads {moved[0]!r}, whose batch is on its axis {batch_axis(self.values[moved[0]])} "
                 f"(a sequence-first tensor, as around an LSTM/GRU with layout=0); such tensors translate through "
-                f"{', '.join(sorted(op for op, h in HANDLERS.items() if getattr(h, 'batch_axes', False)))}; "
-                f"{HOOK_HINT}")
-        self.main = self.unique(node.name or node.output[0])
+                f"{', '.join(readers)}; {HOOK_HINT}")
+        self.main, self.origin = self.unique(node.name or node.output[0]), node.op_type
         n_before = len(self.nodes)
         try:
-            outs = handler(self, node, node_attrs(node))
+            outs = conv.convert(self, node, node_attrs(node))
+            outs = [self._as_output(o) for o in (list(outs) if isinstance(outs, (list, tuple)) else [outs])]
         except Unsupported as err:
             raise UnsupportedError(f"{self.where()}: {err}; {HOOK_HINT}") from None
         except AttribxError:
@@ -445,12 +413,23 @@ class Translation:
         except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError) as err:
             raise UnsupportedError(f"{self.where()} cannot be translated: {type(err).__name__}: {err}; "
                                    f"{HOOK_HINT}") from None
-        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         self._bind(node, outs)
-        first = outs[0].value if outs and isinstance(outs[0], BatchAt) else outs[0] if outs else None
+        first = outs[0] if outs else None
         if self.main not in {n.name for n in self.nodes[n_before:]} and len(node.output) == 1 \
-                and isinstance(first, str):
-            self.aliases[self.main] = first       # translated to nothing: the name addresses its input
+                and isinstance(first, Tensor):
+            self.alias(self.main, first.name)     # translated to nothing: the name addresses its input
+
+    def _as_output(self, out):
+        """A converter's output: a Tensor, a Const or None (a graph value's name is taken as a Tensor)."""
+        if isinstance(out, str):
+            if out not in self.shapes:
+                raise Unsupported(f"returned {out!r}, which is not a graph value")
+            return Tensor(out, self.shapes[out])
+        if out is not None and not isinstance(out, (Tensor, Const)):
+            raise UnsupportedError(f"{self.where()}: its converter returned {type(out).__name__}; converters "
+                                   f"return an attribx.translation.Tensor (ctx.emit's result), a Const or None per "
+                                   f"ONNX output")
+        return out
 
     def _fold(self, node, present) -> None:
         self.node = node
@@ -479,27 +458,21 @@ class Translation:
             if isinstance(out, Const):
                 self.consts[tensor] = out
                 continue
-            if isinstance(out, BatchAt):
-                self.bind_tensor(tensor, out.value, out.axis)
-                continue
             self.bind_tensor(tensor, out)
 
-    def bind_tensor(self, tensor: str, value: str, batch_axis: int = 0) -> None:
-        """ONNX tensor ``tensor`` is the graph value ``value`` (its name an alias of it), the value holding
-        the tensor's axis ``batch_axis`` first."""
+    def bind_tensor(self, tensor: str, value: Tensor) -> None:
+        """ONNX tensor ``tensor`` is the graph value ``value`` (its name an alias of it)."""
         self.values[tensor] = value
-        if batch_axis:
-            self.batch_axes[tensor] = batch_axis
-        if tensor != value:
-            self.aliases.setdefault(tensor, value)
+        if tensor not in self.aliases:
+            self.alias(tensor, value.name)
         self._check_shape(tensor, value)
 
-    def _check_shape(self, tensor: str, value: str) -> None:
+    def _check_shape(self, tensor: str, value: Tensor) -> None:
         want = self.inferred.get(tensor)
         if want is None:
             return
-        batch = self.batch_axis(tensor)
-        got = onnx_order(self.shapes[value], batch)
+        batch = batch_axis(value)
+        got = value.framework_shape
         if len(want) != len(got) or any(w is not None and g is not None and w != g
                                         for i, (w, g) in enumerate(zip(want, got)) if i != batch):
             if self.node.op_type in ("MaxPool", "AveragePool") and node_attrs(self.node).get("ceil_mode"):
@@ -517,46 +490,45 @@ class Translation:
                 raise UnsupportedError(f"ONNX model output {o.name!r} is a constant: it does not depend on the "
                                        f"model's input")
             v = self.values[o.name]
-            if self.batch_axis(o.name):
+            if batch_axis(v):
                 raise UnsupportedError(f"ONNX model output {o.name!r} has the batch on its axis "
-                                       f"{self.batch_axis(o.name)}; attribx graphs return outputs with the batch "
+                                       f"{batch_axis(v)}; attribx graphs return outputs with the batch "
                                        f"axis first (transpose it in the model, as a batch_first export does)")
-            if v in self.int_values:
+            if v.name in self.int_values:
                 raise UnsupportedError(f"ONNX model output {o.name!r} holds integers; attribx explains float "
                                        f"outputs")
-            if v == value.name:     # a model that returns its input still gets a node to explain
+            name = v.name
+            if name == value.name:     # a model that returns its input still gets a node to explain
                 self.main = o.name
-                v = self.emit("identity", [v], name=self.unique(o.name))
-            outputs.append(v)
+                name = self.emit("identity", [name], name=self.unique(o.name)).name
+            outputs.append(name)
         needed = set(outputs)
         for node in reversed(self.nodes):
             if node.name in needed:
                 needed.update(node.inputs)
-        nodes = [n for n in self.nodes if n.name in needed]
-        kept = {n.name for n in nodes} | {value.name}
-        aliases = {k: v for k, v in self.aliases.items() if v in kept and k not in kept}
-        meta = {"name": self.graph.name or "model", "backend": "onnx", "framework": "onnx",
-                "engines": ["torch", "numpy"], "opset": self.opset, "input_shape": list(value.shape[1:])}
+        self.nodes = [n for n in self.nodes if n.name in needed]
+        kept = {n.name for n in self.nodes} | {value.name}
+        self.aliases = {k: v for k, v in self.aliases.items() if v in kept and k not in kept}
+        meta = {"backend": "onnx", "framework": "onnx", "engines": ["torch", "numpy"], "opset": self.opset,
+                "input_shape": list(value.shape[1:])}
         producer = f"{self.model.producer_name} {self.model.producer_version}".strip()
         if producer:
             meta["producer"] = producer
-        if aliases:
-            meta["aliases"] = aliases
         if self.sequence_input and len(value.shape) == 3:
             value = replace(value, dims=layout_dims("NTE", 3))
-        graph = Graph([value], nodes, outputs, meta)
+        graph = self.finish([value], outputs, **meta)
         channel = input_channel_axis(graph)
         if channel is not None and channel == len(value.shape) - 1 and channel != 1 \
                 and len(value.shape) in CHANNELS_LAST:
             # channels-last input (a Keras export transposes it for its convs): relevance keeps that layout
             graph = Graph([replace(value, dims=layout_dims(CHANNELS_LAST[len(value.shape)], len(value.shape)))],
-                          nodes, outputs, meta)
+                          graph.nodes, graph.outputs, graph.meta)
         return graph
 
 
 def _upgrade(model):
     """A model older than :data:`MIN_OPSET`, converted with onnx's version converter."""
-    from onnx import version_converter
+    from onnx import version_converter            # lazy: onnx loads only when a model is translated
     opset = default_opset(model)
     try:
         return version_converter.convert_version(model, MIN_OPSET)
@@ -566,18 +538,18 @@ def _upgrade(model):
                                f"({' '.join(str(err).split())[:200]})") from None
 
 
-def translate_onnx(model, input_shape=None) -> Graph:
+def translate_onnx(model, input_shape=None, converters=()) -> Graph:
     """The attribx graph of an ``onnx.ModelProto``; ``input_shape`` (one sample, no batch axis) fills
-    sizes the model leaves free and must match the ones it declares."""
+    sizes the model leaves free and must match the ones it declares; ``converters``: the plugins'
+    :class:`~attribx.translation.Converter` records, layered over the built-in ones for this translation."""
     if input_shape is not None:
         try:
             input_shape = tuple(int(d) for d in input_shape)
         except (TypeError, ValueError):
             raise InputError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
-    from .load import model_problem
     problem = model_problem(model)
     if problem:
         raise UnsupportedError(f"not a usable ONNX model: {problem}")
     if default_opset(model) < MIN_OPSET:
         model = _upgrade(model)
-    return Translation(model, input_shape).run()
+    return OnnxTranslator(model, input_shape, TABLE.with_plugins(converters), registry().ops).run()

@@ -9,10 +9,10 @@ h). Gate blocks are in ONNX's order (LSTM i, o, f, c; GRU z, r, h); the unroller
 :func:`attribx.recurrent.reorder_gates` (``order="onnx"``).
 
 The graph's batch axis is axis 0, so the sequence-first tensors of ``layout=0`` are stored batch-first:
-X (T, N, E) arrives as a value (N, T, E) (``ctx.batch_axis(X) == 1``, as after torch's
-``Transpose(perm 1, 0, 2)``), Y is the value (N, T, dirs, H) with its ONNX batch axis 2, Y_h and Y_c the
-values (N, dirs, H) with ONNX batch axis 1; the ops after them (Transpose, Reshape, Squeeze, Gather, Slice,
-Concat) translate through that bookkeeping (:mod:`attribx_onnx.handlers`).
+X (T, N, E) arrives as a value (N, T, E) (a :class:`~attribx.translation.Tensor` with its batch on ONNX
+axis 1, as after torch's ``Transpose(perm 1, 0, 2)``), Y is the value (N, T, dirs, H) with its ONNX batch
+axis 2, Y_h and Y_c the values (N, dirs, H) with ONNX batch axis 1; the ops after them (Transpose, Reshape,
+Squeeze, Gather, Slice, Concat) translate through ``Tensor.order`` (:mod:`attribx_onnx.converters.shape`).
 
 ``sequence_lens`` becomes the unroller's ``mask`` through the graph op ``length_mask``: computed from the
 input (e.g. ``ReduceSum(Cast(Not(Equal(ids, pad))))``), or a constant that is the same for every sample
@@ -24,7 +24,7 @@ Refused, naming the node: peepholes (input P), ``clip``, ``input_forget=1``, act
 defaults (Sigmoid, Tanh, Tanh for LSTM; Sigmoid, Tanh for GRU), initial states computed from the input
 or different per sample, per-sample constant lengths. ``Loop`` and ``Scan`` on the input's values (how
 tf2onnx writes Keras GRU layers and masked LSTMs) are refused before the walk, with a message that says so
-(:meth:`attribx_onnx.translate.Translation._refuse_control_flow`).
+(:meth:`attribx_onnx.translate.OnnxTranslator._refuse_control_flow`).
 """
 from __future__ import annotations
 
@@ -32,24 +32,13 @@ import numpy as np
 
 from attribx.recurrent import unroll_gru, unroll_lstm
 
-from .translate import Unsupported, at_batch, batch_aware
+from . import TABLE, Unsupported
+from .common import at_batch, batch_axis
 
 #: Default activations per direction (LSTM: f, g, h; GRU: f, g); ONNX names are case-sensitive.
 DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh")}
 GATES = {"LSTM": 4, "GRU": 3}
 DIRECTIONS = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}
-
-
-class _Emitter:
-    """Lets the unrollers of :mod:`attribx.recurrent` add nodes to the translation (names kept unique)."""
-
-    def __init__(self, ctx):
-        self.ctx = ctx
-
-    def add_node(self, op, inputs, name=None, params=None, source="", **attrs):
-        ctx = self.ctx
-        ins = [inputs] if isinstance(inputs, str) else list(inputs)
-        return ctx.emit(op, ins, attrs, params, name=ctx.unique(name or ctx.main))
 
 
 def _check_attrs(node, attrs, dirs: int) -> None:
@@ -115,7 +104,7 @@ def _initial(ctx, node, index: int, what: str, dirs: int, hidden: int, layout: i
     return [ctx.float_param(v) for v in found[0]]
 
 
-def _mask(ctx, node, x: str, steps: int) -> str | None:
+def _mask(ctx, node, x, steps: int) -> str | None:
     """The (N, steps) mask of ``sequence_lens`` (None when every sequence has all steps)."""
     if len(node.input) <= 4 or not node.input[4]:
         return None
@@ -132,16 +121,17 @@ def _mask(ctx, node, x: str, steps: int) -> str | None:
             raise Unsupported(f"sequence_lens {length} is outside 1..{steps}")
         if length == steps:
             return None
-        lens = ctx.emit("fill", [x], params={"value": np.asarray(length, ctx.dtype)}, name=ctx.sub("sequence_lens"))
+        lens = ctx.emit("fill", [x], params={"value": np.asarray(length, ctx.np_dtype)},
+                        name=ctx.sub("sequence_lens"))
     else:
         lens = ctx.value(tensor)
-        if ctx.batch_axis(tensor) or len(ctx.shape(lens)) != 1:
+        if batch_axis(lens) or lens.rank != 1:
             raise Unsupported(f"sequence_lens {tensor!r} is not one length per sample")
-    return ctx.emit("length_mask", [lens], {"steps": steps}, name=ctx.sub("mask"))
+    return ctx.emit("length_mask", [lens], attrs={"steps": steps}, name=ctx.sub("mask")).name
 
 
-@batch_aware
-def _recurrent(ctx, node, attrs):
+@TABLE.register("LSTM", "GRU", any_batch_axis=True)
+def recurrent(ctx, node, attrs):
     """An ONNX LSTM or GRU node: each direction unrolled; returns Y, Y_h (and Y_c) in the layout's axes."""
     op = node.op_type
     direction = attrs.get("direction", "forward")
@@ -158,13 +148,13 @@ def _recurrent(ctx, node, attrs):
     tensor = node.input[0]
     x = ctx.value(tensor)
     want = 1 if layout == 0 else 0
-    if ctx.batch_axis(tensor) != want or len(ctx.shape(x)) != 3:
+    if batch_axis(x) != want or x.rank != 3:
         where = "(T, N, E)" if layout == 0 else "(N, T, E)"
         raise Unsupported(f"X {tensor!r} must be a sequence {where} for layout={layout} with the batch on axis "
-                          f"{want}, but its batch axis is {ctx.batch_axis(tensor)} (the graph's input is batch "
+                          f"{want}, but its batch axis is {batch_axis(x)} (the graph's input is batch "
                           f"first: a sequence-first model needs a Transpose before the {op}, as torch.onnx writes)")
-    steps = ctx.shape(x)[1]
-    if x in {v.name for v in ctx.graph.input}:
+    steps = x.shape[1]
+    if x.name in {v.name for v in ctx.graph.input}:
         ctx.sequence_input = True          # the input is a sequence of vectors: dims (sample, token, embedding)
     gates = GATES[op]
     hidden, weights = _weights(ctx, node, dirs, gates)
@@ -173,17 +163,16 @@ def _recurrent(ctx, node, attrs):
     h0 = _initial(ctx, node, 5, "initial_h", dirs, hidden, layout)
     c0 = _initial(ctx, node, 6, "initial_c", dirs, hidden, layout) if op == "LSTM" else None
     mask = _mask(ctx, node, x, steps)
-    emit = _Emitter(ctx)
     outs, hs, cs = [], [], []
     for d, reverse in enumerate(reverses):
         w_ih, w_hh, b_ih, b_hh = weights[d]
         common = dict(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, order="onnx", reverse=reverse,
                       name=f"{ctx.main}/{'reverse' if reverse else 'forward'}", h0=h0[d], mask=mask)
         if op == "LSTM":
-            out, h, c = unroll_lstm(emit, x, steps, c0=c0[d], **common)
+            out, h, c = unroll_lstm(ctx, x.name, steps, c0=c0[d], **common)
             cs.append(c)
         else:
-            out, h = unroll_gru(emit, x, steps, reset_after=bool(int(attrs.get("linear_before_reset", 0))),
+            out, h = unroll_gru(ctx, x.name, steps, reset_after=bool(int(attrs.get("linear_before_reset", 0))),
                                 **common)
         outs.append(out)
         hs.append(h)
@@ -191,9 +180,9 @@ def _recurrent(ctx, node, attrs):
     def stack(values, shape, axis, name):
         """One direction's (N, ...) values as (N, ..., 1, H) parts concatenated on the directions axis."""
         last = ctx.main if name == "Y" else ctx.sub(name)
-        parts = [ctx.emit("reshape", [v], {"shape": shape}, name=last if dirs == 1 else ctx.sub(f"{name}{k}"))
+        parts = [ctx.emit("reshape", [v], attrs={"shape": shape}, name=last if dirs == 1 else ctx.sub(f"{name}{k}"))
                  for k, v in enumerate(values)]
-        return parts[0] if dirs == 1 else ctx.emit("concat", parts, {"axis": axis}, name=last)
+        return parts[0] if dirs == 1 else ctx.emit("concat", parts, attrs={"axis": axis}, name=last)
 
     # stored batch-first: Y (N, T, dirs, H) named after the node, Y_h and Y_c (N, dirs, H); ONNX's batch axis
     # by layout
@@ -204,5 +193,3 @@ def _recurrent(ctx, node, attrs):
         results.append(at_batch(stack(cs, (1, hidden), 1, "Y_c"), state_batch))
     return results[:len(node.output)] + [None] * (len(node.output) - len(results))
 
-
-HANDLERS = {"LSTM": _recurrent, "GRU": _recurrent}

@@ -1,0 +1,353 @@
+"""Shapes and routing: Identity, Dropout, Shape, Size, Concat, Split, Slice, Flatten, Reshape, Transpose,
+Squeeze, Unsqueeze, Pad, Gather.
+
+Most of these read tensors whose batch axis is not first (the sequence-first tensors around an LSTM/GRU):
+they map ONNX axes onto the graph value's through :class:`~attribx.translation.Tensor` and return their
+output with its own batch axis (:func:`~attribx_onnx.converters.common.at_batch`). ``Shape`` of a tensor
+with a known per-sample shape is a constant pair (batch sizes ``BATCH_A``, ``BATCH_B``), so that the
+exporters' shape arithmetic folds and a Reshape knows which target entry is the batch size.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from attribx.translation import Tensor
+
+from ..fold import BATCH_A, BATCH_B, Const
+from . import TABLE, Unsupported
+from .common import at_batch, axes_input_or_attr, batch_axis, ints, scalar, x_of
+
+
+def axis_of(t: Tensor, axis: int, what: str = "axis") -> int:
+    """The graph value's axis for ONNX axis ``axis`` of ``t`` (negative counts from the end)."""
+    if not -t.rank <= axis < t.rank:
+        raise Unsupported(f"{what} {axis} is out of range for a tensor of rank {t.rank}")
+    return t.graph_axis(axis)
+
+
+@TABLE.register("Identity", any_batch_axis=True)
+def passthrough(ctx, node, attrs):
+    """Identity: the output is the input; the node's name resolves through the aliases."""
+    return ctx.value(node.input[0], allow_int=True)
+
+
+@TABLE.register("Dropout", any_batch_axis=True)
+def dropout(ctx, node, attrs):
+    mode = ctx.optional_const(node, 2, "training_mode")
+    if mode is not None and bool(np.asarray(mode).reshape(-1)[0]):
+        raise Unsupported("training_mode=True: dropout is random")
+    return [ctx.value(node.input[0])] + [None] * (len(node.output) - 1)   # the mask: an error if read
+
+
+@TABLE.register("Shape", any_batch_axis=True)
+def shape(ctx, node, attrs):
+    """The shape of a tensor with a known per-sample shape: a constant pair (batch size A, B)."""
+    t = ctx.value(node.input[0], allow_int=True)
+    dims = t.framework_shape
+    batch = batch_axis(t)
+    sl = slice(int(attrs.get("start", 0)), attrs.get("end"))
+    full = [np.array([size if i == batch else d for i, d in enumerate(dims)], np.int64)[sl]
+            for size in (BATCH_A, BATCH_B)]
+    return Const.pair(*full)
+
+
+@TABLE.register("Size", any_batch_axis=True)
+def size(ctx, node, attrs):
+    n = math.prod(ctx.value(node.input[0], allow_int=True).shape[1:])
+    return Const.pair(np.array(BATCH_A * n, np.int64), np.array(BATCH_B * n, np.int64))
+
+
+@TABLE.register("Concat", any_batch_axis=True)
+def concat(ctx, node, attrs):
+    ins = [i for i in node.input if i]
+    if any(ctx.is_const(i) for i in ins):
+        raise Unsupported("concatenates constants with tensors computed from the input (a constant has no "
+                          "batch axis)")
+    values = [ctx.value(i) for i in ins]
+    batch = {batch_axis(v) for v in values}
+    if len(batch) > 1:
+        raise Unsupported(f"concatenates tensors whose batch axes differ ({sorted(batch)})")
+    out = ctx.emit("concat", values, attrs={"axis": axis_of(values[0], int(attrs["axis"]))})
+    return at_batch(out, batch.pop())
+
+
+def _split_sizes(ctx, node, attrs, dim: int) -> list[int]:
+    sizes = ctx.optional_const(node, 1, "split")
+    if sizes is None:
+        sizes = attrs.get("split")
+    n = len(node.output)
+    if sizes is not None:
+        return ints(sizes)
+    if "num_outputs" in attrs:
+        n = int(attrs["num_outputs"])
+        chunk = -(-dim // n)
+        return [chunk] * (n - 1) + [dim - chunk * (n - 1)]
+    if dim % n:
+        raise Unsupported(f"an axis of size {dim} does not split evenly into {n} outputs")
+    return [dim // n] * n
+
+
+@TABLE.register("Split", any_batch_axis=True)
+def split(ctx, node, attrs):
+    """Each output is a ``slice`` node named ``<node>:<output index>``."""
+    x = x_of(ctx, node)
+    axis = axis_of(x, int(attrs.get("axis", 0)))
+    if axis == 0:
+        raise Unsupported("splits the batch axis")
+    sizes = _split_sizes(ctx, node, attrs, x.shape[axis])
+    if sum(sizes) != x.shape[axis] or len(sizes) != len(node.output):
+        raise Unsupported(f"split sizes {sizes} do not cover an axis of size {x.shape[axis]} with "
+                          f"{len(node.output)} outputs")
+    outs, start = [], 0
+    for i, n in enumerate(sizes):
+        out = ctx.emit("slice", [x], attrs={"axis": axis, "start": start, "stop": start + n, "step": None},
+                       name=ctx.sub(str(i)), order=x.order)
+        outs.append(out)
+        start += n
+    return outs
+
+
+def _clamp(index: int, dim: int) -> int:
+    """ONNX Slice bounds for positive steps: negative counts from the end, then clamp to [0, dim]."""
+    if index < 0:
+        index += dim
+    return min(max(index, 0), dim)
+
+
+#: An end at or beyond this selects up to the end of the batch axis (exporters write INT64_MAX).
+_TO_END = 2 ** 31 - 1
+
+
+@TABLE.register("Slice", any_batch_axis=True)
+def slice_(ctx, node, attrs):
+    """One ``slice`` node per sliced axis (the last one carries the ONNX node's name)."""
+    x = x_of(ctx, node)
+    starts = ints(ctx.const(node.input[1], "starts"))
+    ends = ints(ctx.const(node.input[2], "ends"))
+    axes = ctx.optional_const(node, 3, "axes")
+    steps = ctx.optional_const(node, 4, "steps")
+    axes = list(range(len(starts))) if axes is None else ints(axes)
+    axes = [axis_of(x, a) for a in axes]          # the graph value's axes
+    steps = [1] * len(starts) if steps is None else ints(steps)
+    plan = []
+    for axis, s, e, st in zip(axes, starts, ends, steps):
+        if st <= 0:
+            raise Unsupported(f"step {st} on axis {axis}: only positive steps translate")
+        if axis == 0:
+            if s in (0,) or s <= -_TO_END:
+                if e >= _TO_END and st == 1:
+                    continue
+            raise Unsupported("slices the batch axis")
+        dim = x.shape[axis]
+        start, stop = _clamp(s, dim), _clamp(e, dim)
+        if (start, stop, st) != (0, dim, 1):
+            plan.append((axis, start, stop, st))
+    for j, (axis, start, stop, st) in enumerate(plan):
+        name = None if j == len(plan) - 1 else ctx.sub(f"axis{axis}")
+        x = ctx.emit("slice", [x], attrs={"axis": axis, "start": start, "stop": stop,
+                                          "step": None if st == 1 else st}, name=name, order=x.order)
+    return x
+
+
+@TABLE.register("Flatten")
+def flatten(ctx, node, attrs):
+    x = x_of(ctx, node)
+    axis = int(attrs.get("axis", 1))
+    if (axis + x.rank if axis < 0 else axis) != 1:
+        raise Unsupported(f"axis={axis} mixes the batch axis with others (axis=1 keeps samples apart)")
+    if x.rank == 2:
+        return x
+    return ctx.emit("flatten", [x], attrs={"start_dim": 1, "end_dim": -1})
+
+
+def _reshape_target(ctx, pair: Const, in_shape: tuple, in_batch: int, allowzero: bool) -> tuple[int, tuple]:
+    """A Reshape target as (the output's batch axis, one sample's shape: the target without that axis).
+
+    ``in_shape`` is the input's ONNX shape (None at its batch axis ``in_batch``). The batch entry of the
+    target is the one that depends on the batch size (``Shape(x)[k]``), a 0 that copies the input's batch
+    axis, a -1 when the other entries hold exactly one sample, or the model's declared fixed batch size.
+    The data before the batch axis must stay before it, so that no data moves between samples."""
+    a, b = ints(pair.a), ints(pair.b)
+    if len(a) != len(b):
+        raise Unsupported("the target shape's length depends on the batch size")
+    if not a:
+        raise Unsupported("reshapes to a scalar")
+    size = math.prod(d for i, d in enumerate(in_shape) if i != in_batch)
+    dims = []                     # the target's entries with copies resolved; None: the batch size
+    for i, (u, v) in enumerate(zip(a, b)):
+        if u != v:
+            if (u, v) != (BATCH_A, BATCH_B):
+                raise Unsupported(f"entry {i} of the target shape depends on the batch size but is not the batch "
+                                  f"size (it would move data between samples)")
+            dims.append(None)
+        elif u == 0:
+            if allowzero:
+                raise Unsupported("allowzero=1 with a zero in the target shape")
+            if i >= len(in_shape):
+                raise Unsupported(f"target entry {i} is 0 (copy), but the input has rank {len(in_shape)}")
+            dims.append(in_shape[i])
+        else:
+            dims.append(u)
+    shown = a if a == b else (a, b)
+    batch = [i for i, d in enumerate(dims) if d is None]
+    if len(batch) > 1:
+        raise Unsupported(f"target shape {shown} holds the batch size twice")
+    if not batch:
+        known = math.prod(d for d in dims if d != -1)
+        if dims.count(-1) == 1 and known == size:                  # -1 stands for the batch size
+            batch = [dims.index(-1)]
+        elif ctx.declared_batch and ctx.declared_batch in dims:   # exported with a fixed batch size
+            batch = [in_batch if dims[in_batch:in_batch + 1] == [ctx.declared_batch] else
+                     dims.index(ctx.declared_batch)]
+    if not batch:
+        raise Unsupported(f"target shape {shown} does not keep the batch axis (it would move data between samples)")
+    j = batch[0]
+    rest = [d for i, d in enumerate(dims) if i != j]
+    if rest.count(-1) > 1:
+        raise Unsupported(f"target shape {shown} has more than one -1")
+    if -1 in rest:
+        known = math.prod(d for d in rest if d != -1)
+        if not known or size % known:
+            raise Unsupported(f"target shape {shown} does not fit one sample of size {size}")
+        rest[rest.index(-1)] = size // known
+    if math.prod(rest) != size or math.prod(in_shape[:in_batch]) != math.prod(rest[:j]):
+        raise Unsupported(f"target shape {shown} does not keep the batch axis (it would move data between samples)")
+    return j, tuple(rest)
+
+
+@TABLE.register("Reshape", any_batch_axis=True)
+def reshape(ctx, node, attrs):
+    x = x_of(ctx, node)
+    if not ctx.is_const(node.input[1]):
+        raise Unsupported("the target shape is computed from the input's values")
+    batch, target = _reshape_target(ctx, ctx.const_pair(node.input[1]), x.framework_shape, batch_axis(x),
+                                    bool(attrs.get("allowzero", 0)))
+    if tuple(target) == tuple(x.shape[1:]):
+        return at_batch(x, batch)
+    return at_batch(ctx.emit("reshape", [x], attrs={"shape": target}), batch)
+
+
+@TABLE.register("Transpose", any_batch_axis=True)
+def transpose(ctx, node, attrs):
+    """Any perm: the batch axis goes where perm sends it; the graph value transposes its other axes."""
+    x = x_of(ctx, node)
+    rank = x.rank
+    perm = [p % rank for p in attrs.get("perm", list(range(rank))[::-1])]
+    if sorted(perm) != list(range(rank)):
+        raise Unsupported(f"perm {perm} is not a permutation of {rank} axes")
+    out_batch = perm.index(batch_axis(x))
+    order = [out_batch] + [o for o in range(rank) if o != out_batch]
+    stored = tuple(x.graph_axis(perm[o]) for o in order)
+    if stored == tuple(range(rank)):
+        return at_batch(x, out_batch)
+    return at_batch(ctx.emit("transpose", [x], attrs={"perm": stored}), out_batch)
+
+
+def _batch_first(shape: list, batch: int) -> tuple:
+    """One sample's shape of a graph value holding an ONNX tensor of ``shape`` (batch axis ``batch``)."""
+    return tuple(d for i, d in enumerate(shape) if i != batch)
+
+
+@TABLE.register("Squeeze", any_batch_axis=True)
+def squeeze(ctx, node, attrs):
+    x = x_of(ctx, node)
+    shape = x.framework_shape
+    batch = batch_axis(x)
+    axes = axes_input_or_attr(ctx, node, attrs, 13)
+    if axes is None:
+        axes = [i for i, d in enumerate(shape) if d == 1]
+    axes = sorted({a % len(shape) for a in axes})
+    if batch in axes:
+        raise Unsupported("squeezes the batch axis")
+    if any(shape[a] != 1 for a in axes):
+        raise Unsupported(f"axes {axes} of shape {shape} are not all of size 1")
+    new = [d for i, d in enumerate(shape) if i not in axes]
+    out_batch = batch - sum(a < batch for a in axes)
+    if len(new) == len(shape):
+        return x
+    return at_batch(ctx.emit("reshape", [x], attrs={"shape": _batch_first(new, out_batch)}), out_batch)
+
+
+@TABLE.register("Unsqueeze", any_batch_axis=True)
+def unsqueeze(ctx, node, attrs):
+    """Size-1 axes anywhere, before the batch axis too (the batch axis then moves)."""
+    x = x_of(ctx, node)
+    shape = list(x.framework_shape)
+    axes = axes_input_or_attr(ctx, node, attrs, 13)
+    if not axes:
+        raise Unsupported("no axes given")
+    out_rank = len(shape) + len(axes)
+    for a in sorted(a % out_rank for a in axes):
+        shape.insert(a, 1)
+    out_batch = shape.index(None)
+    return at_batch(ctx.emit("reshape", [x], attrs={"shape": _batch_first(shape, out_batch)}), out_batch)
+
+
+@TABLE.register("Pad")
+def pad(ctx, node, attrs):
+    """Constant padding only; pads (and axes, opset 18) are constant inputs."""
+    mode = attrs.get("mode", "constant")
+    if mode != "constant":
+        raise Unsupported(f"mode={mode!r}: only constant padding translates")
+    x = x_of(ctx, node)
+    rank = x.rank
+    pads = ints(ctx.const(node.input[1], "pads"))
+    value = ctx.optional_const(node, 2, "constant_value")
+    axes = ctx.optional_const(node, 3, "axes")
+    axes = list(range(rank)) if axes is None else [a % rank for a in ints(axes)]
+    n = len(axes)
+    if len(pads) != 2 * n:
+        raise Unsupported(f"pads {pads} need {2 * n} entries")
+    widths = [(0, 0)] * rank
+    for i, axis in enumerate(axes):
+        widths[axis] = (pads[i], pads[i + n])
+    if widths[0] != (0, 0):
+        raise Unsupported("pads the batch axis")
+    if any(lo < 0 or hi < 0 for lo, hi in widths):
+        raise Unsupported(f"negative pads {pads} (cropping) do not translate")
+    if all(w == (0, 0) for w in widths):
+        return x
+    return ctx.emit("pad", [x], attrs={"pads": widths[1:], "value": 0.0 if value is None else scalar(value, "value")})
+
+
+@TABLE.register("Gather", any_batch_axis=True)
+def gather(ctx, node, attrs):
+    """A constant (V, D) table read at token ids: ``embedding``. A constant index into a tensor: slice."""
+    data, idx = node.input[:2]
+    axis = int(attrs.get("axis", 0))
+    if ctx.is_const(data):
+        table = ctx.const(data, "table")
+        if axis != 0 or table.ndim != 2:
+            raise Unsupported(f"only rows of a (vocabulary, dim) table translate (an embedding), got a table "
+                              f"of shape {table.shape} on axis {axis}")
+        ids = ctx.value(idx, allow_int=True)
+        if ids.name not in ctx.int_values:
+            raise Unsupported("the indices are not integers from the model's input")
+        out = ctx.emit("embedding", [ids], params={"weight": ctx.float_param(table)})
+        return at_batch(out, batch_axis(ids))
+    x = ctx.value(data)
+    shape = x.shape
+    batch = batch_axis(x)
+    onnx_axis = axis % len(shape)
+    axis = axis_of(x, axis)
+    if axis == 0:
+        raise Unsupported("selects along the batch axis")
+    dim = shape[axis]
+    ix = np.asarray(ctx.const(idx, "indices")).astype(np.int64)
+    ix = np.where(ix < 0, ix + dim, ix)
+    if ix.size == 0 or (ix < 0).any() or (ix >= dim).any():
+        raise Unsupported(f"indices {ix.tolist()} out of range for an axis of size {dim}")
+    if ix.ndim == 0:
+        i = int(ix)
+        s = ctx.emit("slice", [x], attrs={"axis": axis, "start": i, "stop": i + 1, "step": None},
+                     name=ctx.sub("slice"))
+        out = ctx.emit("reshape", [s], attrs={"shape": tuple(shape[1:axis]) + tuple(shape[axis + 1:])})
+        return at_batch(out, batch - (onnx_axis < batch))
+    step = int(ix[1] - ix[0]) if ix.size > 1 else 1
+    if ix.ndim == 1 and step > 0 and np.array_equal(ix, ix[0] + step * np.arange(ix.size)):
+        out = ctx.emit("slice", [x], attrs={"axis": axis, "start": int(ix[0]), "stop": int(ix[-1]) + 1,
+                                            "step": None if step == 1 else step})
+        return at_batch(out, batch)
+    raise Unsupported(f"indices {ix.tolist()} are not one index or an evenly spaced increasing run")
