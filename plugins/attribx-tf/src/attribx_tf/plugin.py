@@ -25,11 +25,11 @@ def attribx_kernels(engine):
 
 
 @hookimpl
-def attribx_translate(model, input_shape):
+def attribx_translate(model, input_shape, converters):
     if not is_keras_model(model):
         return None
-    from .translate import translate_keras
-    return translate_keras(model, input_shape)
+    from .translate import translate_keras   # imports keras: only once a Keras model is translated
+    return translate_keras(model, input_shape, converters)
 
 
 @hookimpl

@@ -1,0 +1,138 @@
+"""Keras converters of elementwise layers: activations (as layers and fused into Dense/Conv), Rescaling and
+Normalization, and the layers that pass their input on at inference (dropout, noise, Identity).
+
+Elementwise layers keep their input's axis order: a value stored channel-first stays so.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from .common import TABLE, Unsupported, as_numpy, one
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+
+def activation(ctx, x, fn, name=None):
+    """The node(s) of a Keras activation function; ``linear`` adds nothing."""
+    fname = getattr(fn, "__name__", str(fn))
+    if fname == "linear" or fn is None:
+        return x
+    emit = lambda op, **attrs: ctx.emit(op, [x], attrs=attrs, name=name, order=x.order)  # noqa: E731
+    if fname == "relu":
+        return emit("relu")
+    if fname == "relu6":
+        return emit("clip", min=0.0, max=6.0)
+    if fname == "sigmoid":
+        return emit("sigmoid")
+    if fname == "tanh":
+        return emit("tanh")
+    if fname in ("silu", "swish"):
+        return emit("silu")
+    if fname == "elu":
+        return emit("elu", alpha=1.0)
+    if fname == "gelu":
+        return emit("gelu", approximate="none")
+    if fname == "leaky_relu":
+        return emit("leaky_relu", negative_slope=0.2)
+    if fname == "softmax":
+        return emit("softmax", axis=x.graph_axis(-1))
+    if fname == "selu":
+        h = ctx.emit("elu", [x], attrs={"alpha": _SELU_ALPHA}, name=ctx.sub("elu"), order=x.order)
+        return ctx.emit("mul", [h, ctx.constant(_SELU_SCALE, "scale")], name=name, order=x.order)
+    raise Unsupported(f"activation {fname!r} has no op in the graph")
+
+
+def fused_activation(ctx, layer, y):
+    """The ``activation=`` of a Dense or Conv layer, as a node named ``layer:activation``."""
+    act = getattr(layer, "activation", None)
+    if act is None or getattr(act, "__name__", "") == "linear":
+        return y
+    return activation(ctx, y, act, name=ctx.sub("activation"))
+
+
+@TABLE.register(keras.layers.Activation)
+def activation_layer(ctx, layer, xs):
+    return activation(ctx, one(xs), layer.activation, name=ctx.main)
+
+
+@TABLE.register(keras.layers.ReLU)
+def relu_layer(ctx, layer, xs):
+    x = one(xs)
+    mx = None if layer.max_value is None else float(layer.max_value)
+    slope = float(layer.negative_slope)
+    if float(layer.threshold) != 0.0:
+        raise Unsupported(f"threshold={layer.threshold} (a shifted ReLU) has no op in the graph")
+    if slope == 0.0:
+        if mx is None:
+            return ctx.emit("relu", [x], order=x.order)
+        return ctx.emit("clip", [x], attrs={"min": 0.0, "max": mx}, order=x.order)
+    if mx is None:
+        return ctx.emit("leaky_relu", [x], attrs={"negative_slope": slope}, order=x.order)
+    h = ctx.emit("leaky_relu", [x], attrs={"negative_slope": slope}, name=ctx.sub("leaky"), order=x.order)
+    return ctx.emit("clip", [h], attrs={"min": None, "max": mx}, order=x.order)
+
+
+@TABLE.register(keras.layers.LeakyReLU)
+def leaky_relu(ctx, layer, xs):
+    x = one(xs)
+    slope = getattr(layer, "negative_slope", None)
+    if slope is None:
+        slope = layer.alpha
+    return ctx.emit("leaky_relu", [x], attrs={"negative_slope": float(slope)}, order=x.order)
+
+
+@TABLE.register(keras.layers.ELU)
+def elu(ctx, layer, xs):
+    x = one(xs)
+    return ctx.emit("elu", [x], attrs={"alpha": float(getattr(layer, "alpha", 1.0))}, order=x.order)
+
+
+@TABLE.register(keras.layers.Softmax)
+def softmax(ctx, layer, xs):
+    x = one(xs)
+    axis = layer.axis
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            raise Unsupported(f"softmax over several axes {list(axis)}")
+        axis = axis[0]
+    return ctx.emit("softmax", [x], attrs={"axis": x.graph_axis(axis % x.rank)}, order=x.order)
+
+
+@TABLE.register(keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
+                keras.layers.SpatialDropout3D, keras.layers.GaussianNoise, keras.layers.GaussianDropout,
+                keras.layers.AlphaDropout, keras.layers.ActivityRegularization, keras.layers.Identity)
+def passthrough(ctx, layer, xs):
+    """Layers that change nothing at inference: no node; the layer's name becomes an alias of its input."""
+    return one(xs)
+
+
+def _scalar_or_array(v) -> np.ndarray:
+    return np.asarray(as_numpy(v) if not np.isscalar(v) else v, dtype=np.float64)
+
+
+@TABLE.register(keras.layers.Rescaling)
+def rescaling(ctx, layer, xs):
+    x = one(xs)
+    scale, offset = _scalar_or_array(layer.scale), _scalar_or_array(layer.offset)
+    if scale.ndim or offset.ndim:
+        x = ctx.keras_order(x)
+    if not offset.any():
+        return ctx.emit("mul", [x, ctx.constant(scale, "scale")], order=x.order)
+    h = ctx.emit("mul", [x, ctx.constant(scale, "scale")], name=ctx.sub("scaled"), order=x.order)
+    return ctx.emit("add", [h, ctx.constant(offset, "offset")], order=x.order)
+
+
+@TABLE.register(keras.layers.Normalization)
+def normalization(ctx, layer, xs):
+    x = ctx.keras_order(one(xs))
+    mean = as_numpy(layer.mean).astype(np.float64)
+    var = as_numpy(layer.variance).astype(np.float64)
+    while mean.ndim >= x.rank and mean.shape[0] == 1:   # constants carry no batch axis
+        mean, var = mean[0], var[0]
+    std = np.maximum(np.sqrt(var), keras.backend.epsilon())
+    if getattr(layer, "invert", False):
+        h = ctx.emit("mul", [x, ctx.constant(std, "std")], name=ctx.sub("scaled"), order=x.order)
+        return ctx.emit("add", [h, ctx.constant(mean, "mean")], order=x.order)
+    h = ctx.emit("add", [x, ctx.constant(-mean, "minus_mean")], name=ctx.sub("centered"), order=x.order)
+    return ctx.emit("mul", [h, ctx.constant(1.0 / std, "inv_std")], order=x.order)
