@@ -1,18 +1,22 @@
 """Parameter ranges: what a method's or a rule's parameters may be, declared next to their defaults.
 
-A method (:class:`attribx.methods.Method`, ``ranges=`` and ``constraints=``) or a rule
-(:class:`attribx.rules.Rule`, class attributes ``ranges`` and ``constraints``) declares each parameter's
-range with one of the checks below; :func:`check` applies them, once, before anything is computed, and
-refuses a value out of range with one line that names the parameter and its valid range::
+A parameter's default lives in a signature, where ``help()`` and the docs show it: a rule's ``__init__``
+and a method's composite factory take keyword arguments (:func:`signature_defaults` reads them). A method
+(:class:`attribx.methods.Method`, ``ranges=`` and ``constraints=``) or a rule (:class:`attribx.rules.Rule`,
+class attributes ``ranges`` and ``constraints``) declares each parameter's range with one of the checks
+below; :func:`check` applies them, once, before anything is computed, and refuses a value out of range
+with one line that names the parameter and its valid range::
 
-    Method("my.method", make, defaults={"delta": 0.25, "steps": 10},
-           ranges={"delta": non_negative, "steps": integer(1)})
+    def my_method(delta=0.25, steps=10):
+        ...                                    # returns a Composite
+    Method("my.method", my_method, ranges={"delta": non_negative, "steps": integer(1)})
 
 Every method's parameters are also refused when they hold NaN, declared or not: a NaN parameter only
 ever gives all-NaN relevance. Plugins use the same checks (see docs/plugins.md and docs/refusals.md).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -22,7 +26,7 @@ import numpy as np
 from .errors import MethodError
 
 __all__ = ["Range", "Constraint", "check", "finite", "non_negative", "positive", "unit_interval", "integer",
-           "flag", "finite_array", "optional", "ordered", "alpha_minus_beta_is_one"]
+           "flag", "finite_array", "optional", "ordered", "alpha_minus_beta_is_one", "signature_defaults"]
 
 
 def _is_number(v) -> bool:
@@ -123,6 +127,21 @@ def ordered(low: str, high: str) -> Constraint:
 alpha_minus_beta_is_one = Constraint(
     ("alpha", "beta"), "alpha - beta = 1 (e.g. alpha=2, beta=1; alpha=1, beta=0)",
     lambda p: abs((float(p["alpha"]) - float(p["beta"])) - 1.0) <= 1e-9 * max(1.0, abs(float(p["alpha"]))))
+
+
+def signature_defaults(fn: Callable, owner: str = "") -> dict:
+    """The parameters ``fn`` takes by keyword, with their defaults, in signature order (``self`` and
+    ``**kwargs`` left out). Every one needs a default: a parameter the user may omit must say what it is
+    then. ``owner`` names ``fn`` in the error."""
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) or name == "self":
+            continue
+        if p.default is p.empty:
+            raise MethodError(f"{owner or getattr(fn, '__qualname__', fn)}: parameter {name} needs a default "
+                              f"(parameters are keyword arguments with defaults)")
+        out[name] = p.default
+    return out
 
 
 def _show(v) -> str:

@@ -656,9 +656,10 @@ class StreamRun:
                  conservation, progress_bar, fingerprint, params):
         from .api import get_engine, load_model, translate
         from .methods import as_method
+        from .plugins import registry
         if fingerprint is not None and isinstance(src, IterableSource):
             src._fp = fingerprint
-        self.method = as_method(method)
+        self.method = as_method(method, registry().methods)
         resolved = self.method.resolve(params)
         self.path = os.fspath(out_path)
         self.graph = translate(load_model(model), input_shape=src.sample_shape())   # tracing backends need it

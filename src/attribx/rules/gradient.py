@@ -41,8 +41,10 @@ class Proportional(Rule):
 
     name = "proportional"
     categories = frozenset({"pool"})
-    defaults = {"epsilon": 1e-6}
     ranges = {"epsilon": non_negative}
+
+    def __init__(self, epsilon: float = 1e-6):
+        super().__init__(epsilon=epsilon)
 
     def __call__(self, ctx: NodeContext, relevance):
         eng, node = ctx.engine, ctx.node

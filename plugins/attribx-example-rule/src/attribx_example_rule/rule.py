@@ -24,8 +24,11 @@ class EpsilonRMS(ZRule):
     """LRP-ε with ε = δ·RMS(z) of the layer per sample (Montavon et al. 2019): scale-free stabilising."""
 
     name = "epsilon_rms"
-    defaults = {"delta": 0.25, "stabilizer": 1e-9, "zero_bias": False}
     ranges = {"delta": non_negative, "stabilizer": non_negative, "zero_bias": flag}   # checked when made
+
+    def __init__(self, delta: float = 0.25, stabilizer: float = 1e-9, zero_bias: bool = False):
+        """``delta``: ε relative to the layer's RMS; ``stabilizer``: added to ε; ``zero_bias``: drop the bias."""
+        super().__init__(delta=delta, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def divide(self, eng, R, z):
         """R / (z + ε_n sign(z)), ε_n = δ·RMS of sample n's z (+ stabilizer); 0 where the denominator is 0.
