@@ -185,9 +185,11 @@ class Composite:
                rules: Mapping[str, type] | None = None) -> dict[str, Rule]:
         """The rule of every node (of ``nodes``, default all non-constant nodes); errors name the node.
 
-        ``ops`` (op definitions by name) and ``rules`` (rule classes by name, for rules the entries name)
-        are the registry's, passed down by :func:`attribx.explain`; default: the built-in ones."""
-        ops = _BUILTIN_OPS if ops is None else ops
+        ``ops`` (op definitions by name; default: the graph's own, else the built-in op set) and ``rules``
+        (rule classes by name, for the rules the entries name; default: the built-in rules) are the
+        registry's, passed down by :func:`attribx.explain`."""
+        if ops is None:     # the graph's own op table where it keeps one, else the built-in op set
+            ops = getattr(graph, "ops", None) or _BUILTIN_OPS
         unknown = sorted({n.op for n in graph.nodes} - set(ops))
         if unknown:
             raise UnsupportedError(f"composite {self.name!r}: op(s) {', '.join(unknown)} are not in the op table "
