@@ -14,7 +14,7 @@ import pytest
 import attribx
 from attribx import composite as C
 from attribx.methods import BUILTIN_METHODS, Method, gradient_composite
-from attribx.parameters import non_negative, signature_defaults
+from attribx.parameters import NonNegative, PositiveInt, non_negative, positive, signature_defaults, signature_ranges
 from attribx.pytest_plugin import small_graphs
 from attribx.rules import BUILTIN_RULES, Epsilon, ZRule
 
@@ -39,8 +39,8 @@ def test_each_builtin_rule_shows_its_parameters_with_defaults(rule):
 
 
 def test_help_shows_the_defaults():
-    assert str(inspect.signature(Epsilon)) == ("(epsilon: 'float' = 1e-06, zero_bias: 'bool' = False, "
-                                               "bias_factor: 'float' = 0.0)")
+    assert str(inspect.signature(Epsilon)) == ("(epsilon: 'NonNegative' = 1e-06, zero_bias: 'Flag' = False, "
+                                               "bias_factor: 'UnitInterval' = 0.0)")
     assert Epsilon(0.5).epsilon == 0.5      # positional, as zennit's rules
 
 
@@ -49,6 +49,24 @@ def test_each_builtin_method_reads_its_defaults_from_its_factory(method):
     assert signature_defaults(method.composite) == dict(method.defaults)
     shown = signature_table(method.composite)
     assert {k: v for k, v in shown.items() if v is not inspect.Parameter.empty} == dict(method.defaults)
+
+
+def test_ranges_are_read_from_the_annotations():
+    assert Epsilon.ranges == signature_ranges(Epsilon.__init__) and set(Epsilon.ranges) == set(Epsilon.defaults)
+    assert signature_ranges(BUILTIN_METHODS[0].composite) == {}
+    for m in BUILTIN_METHODS:
+        if m.name.startswith("lrp.") and "stabilizer" in m.defaults:
+            assert m.ranges["stabilizer"] is positive, m.name   # methods need > 0, single rules' own take 0
+
+    def steps(width: NonNegative = 1.0, count: PositiveInt = 3, other: float = 0.0):
+        return gradient_composite()
+
+    m = Method("test.steps", steps)
+    assert m.ranges == {"width": non_negative, "count": m.ranges["count"]} and m.ranges["count"].text == \
+        "an integer >= 1"
+    with pytest.raises(attribx.MethodError, match="method 'test.steps': parameter count must be an integer >= 1"):
+        m.resolve({"count": 0})
+    assert Method("test.explicit", steps, ranges={"other": positive}).ranges == {"other": positive}
 
 
 def test_an_unknown_rule_parameter_is_a_method_error_not_a_type_error():
@@ -89,8 +107,10 @@ def test_method_reads_defaults_from_the_signature_and_an_explicit_mapping_overri
 def test_the_example_plugin_declares_parameters_in_signatures():
     example = pytest.importorskip("attribx_example_rule")
     assert signature_table(example.EpsilonRMS) == {"delta": 0.25, "stabilizer": 1e-9, "zero_bias": False}
+    assert set(example.EpsilonRMS.ranges) == {"delta", "stabilizer", "zero_bias"}
     for m in example.METHODS:
         assert signature_defaults(m.composite) == m.defaults and m.defaults
+        assert set(m.ranges) == set(m.defaults)
 
 
 # -- the docs list the same parameters and defaults ---------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from . import composite as C
 from . import parameters as P
 from .errors import ConservationWarning, InputError, MethodError
+from .parameters import FiniteArray, NonNegative, NonNegativeInt, OptionalArray, Positive, PositiveInt
 from .propagation import Propagation, ancestors, blow_up, propagate, run_forward, sample_sums
 from .rules import (AlphaBeta, DeconvNet, Epsilon, Flat, Gamma, Gradient, GuidedBackprop, Rule, WSquare, ZBox, Zero,
                     ZPlus)
@@ -42,11 +43,12 @@ class Method:
     """A named attribution method.
 
     ``composite(**params)`` returns the :class:`~attribx.composite.Composite` for the given parameters.
-    Its keyword arguments are the method's parameters, and their defaults the method's ``defaults``
-    (read from its signature, so ``help()`` shows them; an explicit ``defaults=`` mapping overrides it).
-    ``output_init`` is the default initialisation (``"score"`` for LRP, ``"onehot"`` for gradients);
-    ``input_modifier`` post-processes the input relevance. ``ranges`` maps parameter names to their valid
-    values (:mod:`attribx.parameters`: ``positive``, ``non_negative``, ``integer(1)``, ...) and
+    Its keyword arguments are the method's parameters: their defaults are the method's ``defaults`` and
+    their annotations its ``ranges`` (``gamma: NonNegative = 0.25``), read from the signature, which
+    ``help()`` shows; explicit ``defaults=`` and ``ranges=`` mappings override it. ``output_init`` is the
+    default initialisation (``"score"`` for LRP, ``"onehot"`` for gradients); ``input_modifier``
+    post-processes the input relevance. ``ranges`` maps parameter names to their valid values
+    (:mod:`attribx.parameters`: ``positive``, ``non_negative``, ``integer(1)``, ...) and
     ``constraints`` lists conditions on several parameters (``ordered("low", "high")``); :meth:`resolve`
     applies them, and refuses NaN in any parameter, before anything is computed.
     """
@@ -60,7 +62,7 @@ class Method:
     description: str = ""
     #: the method perturbs the input or multiplies by it: meaningless for integer (token index) inputs
     needs_real_input: bool = False
-    ranges: Mapping[str, P.Range] = field(default_factory=dict)
+    ranges: Mapping[str, P.Range] | None = None   # None: the factory's annotations (``gamma: NonNegative``)
     constraints: Sequence[P.Constraint] = ()
 
     def __post_init__(self):
@@ -68,6 +70,8 @@ class Method:
         kind here too (calling ``super().__post_init__()``)."""
         if self.defaults is None:
             self.defaults = P.signature_defaults(self.composite, f"method {self.name!r}")
+        if self.ranges is None:
+            self.ranges = P.signature_ranges(self.composite)
 
     def resolve(self, params: Mapping[str, Any]) -> dict:
         """Defaults overlaid with the user's parameters; unknown names and values out of their declared
@@ -234,12 +238,12 @@ def relu_composite(rule: Rule, name: str):
     return make
 
 
-def smoothgrad(noise: float = 0.1, samples: int = 20, seed: int = 0) -> C.Composite:
+def smoothgrad(noise: NonNegative = 0.1, samples: PositiveInt = 20, seed: NonNegativeInt = 0) -> C.Composite:
     """SmoothGrad's parameters (used by :meth:`SmoothGrad.points`); each of its passes is a gradient pass."""
     return gradient_composite()
 
 
-def integrated_gradients(baseline: float | np.ndarray = 0.0, steps: int = 20) -> C.Composite:
+def integrated_gradients(baseline: FiniteArray = 0.0, steps: PositiveInt = 20) -> C.Composite:
     """Integrated gradients' parameters (used by :class:`IntegratedGradients`); each pass is a gradient pass."""
     return gradient_composite()
 
@@ -252,17 +256,14 @@ def single_rule(rule_cls, name: str):
         stab = 0.0 if rule_cls is Zero else params.get("stabilizer", 1e-6)
         defaults = C.lrp_defaults(stab, params.get("epsilon"), params.get("bias_factor", 0.0))
         return C.Composite([(C.category("layer"), rule_cls(**params))], defaults=defaults, name=name)
-    make.__signature__ = inspect.signature(rule_cls)
+    sig = inspect.signature(rule_cls)       # a method's stabiliser must be > 0 (the rule's may be 0)
+    make.__signature__ = sig.replace(parameters=[p.replace(annotation="Positive") if p.name == "stabilizer" else p
+                                                 for p in sig.parameters.values()])
     make.__name__ = make.__qualname__ = name.replace(".", "_")
     make.__doc__ = rule_cls.__doc__
     ranges = {**rule_cls.ranges, **({"stabilizer": P.positive} if "stabilizer" in rule_cls.defaults else {})}
     return Method(name, make, description=(rule_cls.__doc__ or "").strip().splitlines()[0],
                   ranges=ranges, constraints=rule_cls.constraints)
-
-
-#: the ranges of the parameters the built-in composites take (each takes some of them)
-COMPOSITE_RANGES = {"epsilon": P.non_negative, "stabilizer": P.positive, "gamma": P.non_negative,
-                    "low": P.optional(P.finite_array), "high": P.optional(P.finite_array)}
 
 
 def zennit_style(name: str, stabilizer: float, epsilon: float, conv: Rule, linear: Rule,
@@ -275,8 +276,8 @@ def zennit_style(name: str, stabilizer: float, epsilon: float, conv: Rule, linea
     return C.Composite(entries, defaults=C.lrp_defaults(stabilizer, epsilon), name=name)
 
 
-def epsilon_gamma_box(low: float | np.ndarray | None = None, high: float | np.ndarray | None = None,
-                      gamma: float = 0.25, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> C.Composite:
+def epsilon_gamma_box(low: OptionalArray = None, high: OptionalArray = None, gamma: NonNegative = 0.25,
+                      epsilon: NonNegative = 1e-6, stabilizer: Positive = 1e-6) -> C.Composite:
     """z-box on the first conv (``low``/``high``: the input's bounds, required), γ on the other convs, ε on
     dense layers (zennit's EpsilonGammaBox)."""
     box = ZBox(low=low, high=high, stabilizer=stabilizer)
@@ -284,25 +285,25 @@ def epsilon_gamma_box(low: float | np.ndarray | None = None, high: float | np.nd
                         Epsilon(epsilon=epsilon), first={"conv": box})
 
 
-def epsilon_plus(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> C.Composite:
+def epsilon_plus(epsilon: NonNegative = 1e-6, stabilizer: Positive = 1e-6) -> C.Composite:
     """z+ on convs, ε on dense layers (zennit's EpsilonPlus)."""
     return zennit_style("lrp.epsilon_plus", stabilizer, epsilon, ZPlus(stabilizer=stabilizer), Epsilon(epsilon=epsilon))
 
 
-def epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> C.Composite:
+def epsilon_plus_flat(epsilon: NonNegative = 1e-6, stabilizer: Positive = 1e-6) -> C.Composite:
     """flat on the first layer, z+ on convs, ε on dense layers (zennit's EpsilonPlusFlat)."""
     flat = Flat(stabilizer=stabilizer)
     return zennit_style("lrp.epsilon_plus_flat", stabilizer, epsilon, ZPlus(stabilizer=stabilizer),
                         Epsilon(epsilon=epsilon), first={"layer": flat})
 
 
-def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> C.Composite:
+def epsilon_alpha2_beta1(epsilon: NonNegative = 1e-6, stabilizer: Positive = 1e-6) -> C.Composite:
     """α2β1 on convs, ε on dense layers (zennit's EpsilonAlpha2Beta1)."""
     return zennit_style("lrp.epsilon_alpha2_beta1", stabilizer, epsilon,
                         AlphaBeta(alpha=2.0, beta=1.0, stabilizer=stabilizer), Epsilon(epsilon=epsilon))
 
 
-def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> C.Composite:
+def epsilon_alpha2_beta1_flat(epsilon: NonNegative = 1e-6, stabilizer: Positive = 1e-6) -> C.Composite:
     """flat on the first layer, α2β1 on convs, ε on dense layers (zennit's EpsilonAlpha2Beta1Flat)."""
     flat = Flat(stabilizer=stabilizer)
     return zennit_style("lrp.epsilon_alpha2_beta1_flat", stabilizer, epsilon,
@@ -311,11 +312,9 @@ def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -
 
 
 def composite_method(name: str, factory: Callable[..., C.Composite], description: str) -> Method:
-    """A method built on a named composite: its parameters and their ranges (:data:`COMPOSITE_RANGES`)."""
-    params = P.signature_defaults(factory)
-    return Method(name, factory, description=description,
-                  ranges={k: r for k, r in COMPOSITE_RANGES.items() if k in params},
-                  constraints=(P.ordered("low", "high"),) if "low" in params else ())
+    """A method built on a named composite (its parameters and ranges are the factory's); box bounds ordered."""
+    boxed = "low" in P.signature_defaults(factory)
+    return Method(name, factory, description=description, constraints=(P.ordered("low", "high"),) if boxed else ())
 
 
 BUILTIN_METHODS = (
@@ -329,13 +328,9 @@ BUILTIN_METHODS = (
            description="DeconvNet: ReLUs pass back the positive part of the signal (Zeiler & Fergus 2014)."),
     Method("guided_backprop", relu_composite(GuidedBackprop(), "guided_backprop"), output_init="onehot",
            family="gradient", description="Guided backpropagation (Springenberg et al. 2015)."),
-    SmoothGrad("smoothgrad", smoothgrad, ranges={"noise": P.non_negative, "samples": P.integer(1),
-                                                 "seed": P.integer(0)},
-               output_init="onehot", family="gradient",
+    SmoothGrad("smoothgrad", smoothgrad, output_init="onehot", family="gradient",
                description="Mean gradient over noisy copies of the input (Smilkov et al. 2017)."),
-    IntegratedGradients("integrated_gradients", integrated_gradients,
-                        ranges={"baseline": P.finite_array, "steps": P.integer(1)},
-                        output_init="onehot", family="gradient",
+    IntegratedGradients("integrated_gradients", integrated_gradients, output_init="onehot", family="gradient",
                         description="Path integral of the gradient from a baseline (Sundararajan et al. 2017)."),
     single_rule(Zero, "lrp.zero"),
     single_rule(Epsilon, "lrp.epsilon"),

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Sequence
 
 from ..errors import MethodError
 from ..parameters import check as check_params
-from ..parameters import signature_defaults
+from ..parameters import signature_defaults, signature_ranges
 
 
 @dataclass
@@ -44,11 +44,11 @@ class Rule:
     """Base of all rules.
 
     Subclasses set ``name``, the ops or op categories they apply to (``ops``/``categories``, both
-    empty: every op), take their parameters as keyword arguments of ``__init__`` with defaults (what
-    ``help()`` and the docs show; ``defaults`` is read from that signature) and pass them on to
-    ``Rule.__init__``; ``ranges`` (parameter name -> its valid values, a :class:`attribx.parameters.Range`
-    such as ``non_negative``) and ``constraints`` (conditions on several parameters) are checked when the
-    rule is made. ``__call__(ctx, relevance)`` returns one relevance array (or None) per node input.
+    empty: every op), take their parameters as keyword arguments of ``__init__`` with defaults and their
+    ranges as annotations (``epsilon: NonNegative = 1e-6``: what ``help()`` and the docs show; ``defaults``
+    and ``ranges`` are read from that signature) and pass them on to ``Rule.__init__``. The ranges
+    (parameter name -> a :class:`attribx.parameters.Range`; a class attribute ``ranges`` overrides the
+    annotations) and ``constraints`` (conditions on several parameters) are checked when the rule is made. ``__call__(ctx, relevance)`` returns one relevance array (or None) per node input.
 
     A rule may instead declare ``defaults = {...}`` and no ``__init__`` (the older form plugins use):
     its signature is then made from that dict, so ``help()`` shows the same.
@@ -65,6 +65,9 @@ class Rule:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:          # parameters declared in the signature
             cls.defaults = signature_defaults(cls.__init__, f"rule {cls.name!r}")
+            declared = signature_ranges(cls.__init__)
+            if declared and "ranges" not in cls.__dict__:
+                cls.ranges = declared
             cls.__signature__ = None            # inspect reads __init__ itself
         elif cls.__init__ is Rule.__init__:     # parameters declared as a dict: show them as a signature
             cls.__signature__ = inspect.Signature(

@@ -3,7 +3,7 @@ routing (shape ops, max pooling) and pass-through (activations)."""
 from __future__ import annotations
 
 from ..errors import UnsupportedError
-from ..parameters import non_negative
+from ..parameters import NonNegative
 from .base import NodeContext, Rule
 
 
@@ -41,9 +41,7 @@ class Proportional(Rule):
 
     name = "proportional"
     categories = frozenset({"pool"})
-    ranges = {"epsilon": non_negative}
-
-    def __init__(self, epsilon: float = 1e-6):
+    def __init__(self, epsilon: NonNegative = 1e-6):
         super().__init__(epsilon=epsilon)
 
     def __call__(self, ctx: NodeContext, relevance):

@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import MethodError, UnsupportedError
-from ..parameters import alpha_minus_beta_is_one, finite_array, flag, non_negative, optional, ordered, unit_interval
+from ..parameters import Flag, NonNegative, OptionalArray, UnitInterval, alpha_minus_beta_is_one, ordered
 from .base import NodeContext, Rule
 
 KEEP = "keep"   # bias modifier: leave the bias as it is
@@ -236,9 +236,8 @@ class Epsilon(ZRule):
     """
 
     name = "epsilon"
-    ranges = {"epsilon": non_negative, "zero_bias": flag, "bias_factor": unit_interval}
 
-    def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False, bias_factor: float = 0.0):
+    def __init__(self, epsilon: NonNegative = 1e-6, zero_bias: Flag = False, bias_factor: UnitInterval = 0.0):
         super().__init__(epsilon=epsilon, zero_bias=zero_bias, bias_factor=bias_factor)
 
     def divide(self, eng, R, z):
@@ -285,9 +284,8 @@ class Zero(ZRule):
     """LRP-0: R_i = x_i w_ij / z_j R_j exactly; a unit with z = 0 passes no relevance."""
 
     name = "zero"
-    ranges = {"zero_bias": flag}
 
-    def __init__(self, zero_bias: bool = False):
+    def __init__(self, zero_bias: Flag = False):
         super().__init__(zero_bias=zero_bias)
 
     def divide(self, eng, R, z):
@@ -300,9 +298,8 @@ class Norm(ZRule):
 
     name = "norm"
     categories = frozenset({"sum", "product"})
-    ranges = {"epsilon": non_negative}
 
-    def __init__(self, epsilon: float = 1e-6):
+    def __init__(self, epsilon: NonNegative = 1e-6):
         super().__init__(epsilon=epsilon)
 
     def relevance(self, op, eng, R):
@@ -321,10 +318,10 @@ class AlphaBeta(AffineRule):
     """
 
     name = "alpha_beta"
-    ranges = {"alpha": non_negative, "beta": non_negative, "stabilizer": non_negative, "zero_bias": flag}
     constraints = (alpha_minus_beta_is_one,)
 
-    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, zero_bias: bool = False):
+    def __init__(self, alpha: NonNegative = 2.0, beta: NonNegative = 1.0, stabilizer: NonNegative = 1e-6,
+                 zero_bias: Flag = False):
         super().__init__(alpha=alpha, beta=beta, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
@@ -354,10 +351,9 @@ class ZPlus(AlphaBeta):
     """LRP-z+ (deep Taylor for ReLU layers): αβ with α = 1, β = 0."""
 
     name = "z_plus"
-    ranges = {"stabilizer": non_negative, "zero_bias": flag}
     constraints = ()
 
-    def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False):
+    def __init__(self, stabilizer: NonNegative = 1e-6, zero_bias: Flag = False):
         Rule.__init__(self, stabilizer=stabilizer, zero_bias=zero_bias)
         self.params.update(alpha=1.0, beta=0.0)
 
@@ -374,9 +370,8 @@ class Gamma(AffineRule):
     """
 
     name = "gamma"
-    ranges = {"gamma": non_negative, "stabilizer": non_negative, "zero_bias": flag}
 
-    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, zero_bias: bool = False):
+    def __init__(self, gamma: NonNegative = 0.25, stabilizer: NonNegative = 1e-6, zero_bias: Flag = False):
         super().__init__(gamma=gamma, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
@@ -441,9 +436,8 @@ class Flat(AffineRule):
     """LRP-flat: each output's relevance is spread evenly over its receptive field (Lapuschkin et al. 2019)."""
 
     name = "flat"
-    ranges = {"stabilizer": non_negative}
 
-    def __init__(self, stabilizer: float = 1e-6):
+    def __init__(self, stabilizer: NonNegative = 1e-6):
         super().__init__(stabilizer=stabilizer)
 
     def relevance(self, op, eng, R):
@@ -459,9 +453,8 @@ class WSquare(AffineRule):
     (Montavon et al. 2017); the squared bias joins the denominator unless ``zero_bias``."""
 
     name = "w_square"
-    ranges = {"stabilizer": non_negative, "zero_bias": flag}
 
-    def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False):
+    def __init__(self, stabilizer: NonNegative = 1e-6, zero_bias: Flag = False):
         super().__init__(stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
@@ -480,11 +473,9 @@ class ZBox(AffineRule):
 
     name = "z_box"
     categories = frozenset({"layer", "sum"})
-    ranges = {"low": optional(finite_array), "high": optional(finite_array), "stabilizer": non_negative}
     constraints = (ordered("low", "high"),)
 
-    def __init__(self, low: float | np.ndarray | None = None, high: float | np.ndarray | None = None,
-                 stabilizer: float = 1e-6):
+    def __init__(self, low: OptionalArray = None, high: OptionalArray = None, stabilizer: NonNegative = 1e-6):
         super().__init__(low=low, high=high, stabilizer=stabilizer)
         if low is None or high is None:
             raise MethodError("rule 'z_box' needs the input bounds: low=..., high=... (scalars or arrays)")
