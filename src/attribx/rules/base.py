@@ -48,10 +48,11 @@ class Rule:
     ranges as annotations (``epsilon: NonNegative = 1e-6``: what ``help()`` and the docs show; ``defaults``
     and ``ranges`` are read from that signature) and pass them on to ``Rule.__init__``. The ranges
     (parameter name -> a :class:`attribx.parameters.Range`; a class attribute ``ranges`` overrides the
-    annotations) and ``constraints`` (conditions on several parameters) are checked when the rule is made. ``__call__(ctx, relevance)`` returns one relevance array (or None) per node input.
+    annotations) and ``constraints`` (conditions on several parameters) are checked when the rule is made.
+    ``__call__(ctx, relevance)`` returns one relevance array (or None) per node input.
 
-    A rule may instead declare ``defaults = {...}`` and no ``__init__`` (the older form plugins use):
-    its signature is then made from that dict, so ``help()`` shows the same.
+    A rule may instead declare ``defaults = {...}`` (and ``ranges = {...}``) and no ``__init__`` (the
+    older form): its signature is then made from that dict, so ``help()`` shows the same.
     """
 
     name: ClassVar[str] = ""
