@@ -405,7 +405,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     from .targets import INITS
     graph, x = _graph_and_input(model, x)
     graph = _select_output(graph, output)
-    m = as_method(method)
+    reg = registry()
+    m = as_method(method, reg.methods)
     resolved = m.resolve(params)
     if m.needs_real_input and _takes_indices(graph):
         raise MethodError(f"method {m.name!r} perturbs the input or multiplies by it, but this model's input "
@@ -432,7 +433,7 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
         tb = _batch_target(target, sl, n)
         init = init_array[sl] if init_array is not None else output_init
         result = m.run(graph, eng, eng.asarray(xb), lambda s, tb=tb: resolve_targets(tb, s), resolved, init,
-                       keep=list(where.values()), conservation=conservation)
+                       keep=list(where.values()), conservation=conservation, ops=reg.ops, rules=reg.rules)
         scores = eng.to_numpy(result.output)
         piece = {"input": eng.to_numpy(result.relevance[graph.input.name]),
                  "targets": np.asarray(result.targets),

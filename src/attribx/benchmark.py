@@ -204,7 +204,8 @@ def _method_params(name: str, params: dict, x: np.ndarray) -> dict:
     if name == RANDOM:
         return params
     from .methods import as_method
-    defaults = as_method(name).defaults
+    from .plugins import registry
+    defaults = as_method(name, registry().methods).defaults
     out = dict(params)
     if "low" in defaults and "low" not in out:
         out["low"] = float(np.min(x))
@@ -344,7 +345,8 @@ def _family(name: str) -> str:
     if name == RANDOM:
         return RANDOM
     from .methods import as_method
-    return as_method(name).family
+    from .plugins import registry
+    return as_method(name, registry().methods).family
 
 
 def _cell(case: Case, graph, is_text: bool, label: str, name: str, params: dict, evaluators: Sequence[str],

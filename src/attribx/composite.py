@@ -2,7 +2,9 @@
 
 Matchers select nodes by op type, op category, name pattern or position (first/last weighted layer
 along the data flow). Rules are given as instances, as names of registered rules (so a rule from a
-third-party plugin can be used), or as ``(name, {params})``. After the user's entries come the
+third-party plugin can be used), or as ``(name, {params})``: a built-in name is made at once, another
+when the composite is assigned to a graph, from the rule table its caller passes (the registry's, from
+:func:`attribx.explain`); composites never read the registry themselves. After the user's entries come the
 defaults every LRP method shares (zennit's base layer map): activations and batch norm pass, sums,
 average pools and scalings norm, max pools winner-takes-all, shape ops route; and products of a gate
 and a signal give the signal all (Arras et al. 2017).
@@ -12,11 +14,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Callable, Mapping, Sequence, Union
 
-from .errors import MethodError, UnsupportedError
 from .bounds import gated_products
-from .rules import Epsilon, Norm, Pass, Route, Rule, SignalTakesAll, WinnerTakesAll
+from .errors import MethodError, UnsupportedError
+from .ops import BUILTIN_OPS, op_table
+from .rules import BUILTIN_RULES, Epsilon, Norm, Pass, Route, Rule, SignalTakesAll, WinnerTakesAll
 
 
 @dataclass(frozen=True)
@@ -118,16 +121,33 @@ def _named(fn, label):
 RuleSpec = Union[Rule, str, tuple]
 
 
-def make_rule(spec: RuleSpec) -> Rule:
-    """A rule from an instance, a registered rule name, or ``(name, {params})``."""
+#: the built-in rules by name: what a rule name means when no rule table is given
+BUILTIN_RULE_TABLE = {r.name: r for r in BUILTIN_RULES}
+_BUILTIN_OPS = op_table(BUILTIN_OPS)
+
+
+def _spec_name(spec: RuleSpec) -> str | None:
+    """The rule name a spec gives (None for an instance); a malformed spec is an error."""
     if isinstance(spec, Rule):
-        return spec
-    from .plugins import registry
+        return None
     if isinstance(spec, str):
-        return registry().rule(spec)()
+        return spec
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-        return registry().rule(spec[0])(**dict(spec[1]))
+        return spec[0]
     raise MethodError(f"cannot make a rule from {spec!r}: give a Rule, a rule name or (name, params)")
+
+
+def make_rule(spec: RuleSpec, rules: Mapping[str, type] | None = None) -> Rule:
+    """A rule from an instance, a rule name, or ``(name, {params})``; names are looked up in ``rules``
+    (rule classes by name: the registry's, passed down from the top; default: the built-in rules)."""
+    name = _spec_name(spec)
+    if name is None:
+        return spec
+    table = BUILTIN_RULE_TABLE if rules is None else rules
+    if name not in table:
+        raise MethodError(f"unknown rule {name!r}; known rules: {', '.join(sorted(table))} "
+                          f"(plugins add rules through the 'attribx_rules' hook)")
+    return table[name](**(dict(spec[1]) if isinstance(spec, tuple) else {}))
 
 
 def lrp_defaults(stabilizer: float = 1e-6, epsilon: float | None = None,
@@ -154,16 +174,27 @@ class Composite:
                  defaults: Sequence[tuple[Matcher, RuleSpec]] | None = None, name: str = "composite"):
         self.name = name
         entries = list(entries) + list(lrp_defaults() if defaults is None else defaults)
-        self.entries = [(m, make_rule(r)) for m, r in entries]
+        # built-in names are made now, so that their parameters are checked at once; others in assign()
+        self.entries = [(m, make_rule(r) if _spec_name(r) in BUILTIN_RULE_TABLE else r) for m, r in entries]
 
     def __repr__(self):
         body = ", ".join(f"{getattr(m, 'label', m)}: {r!r}" for m, r in self.entries)
         return f"Composite({self.name!r}: {body})"
 
-    def assign(self, graph, nodes: Sequence[str] | None = None) -> dict[str, Rule]:
-        """The rule of every node (of ``nodes``, default all non-constant nodes); errors name the node."""
-        from .plugins import registry
-        ops = registry().ops
+    def assign(self, graph, nodes: Sequence[str] | None = None, ops: Mapping | None = None,
+               rules: Mapping[str, type] | None = None) -> dict[str, Rule]:
+        """The rule of every node (of ``nodes``, default all non-constant nodes); errors name the node.
+
+        ``ops`` (op definitions by name; default: the graph's own, else the built-in op set) and ``rules``
+        (rule classes by name, for the rules the entries name; default: the built-in rules) are the
+        registry's, passed down by :func:`attribx.explain`."""
+        if ops is None:     # the graph's own op table where it keeps one, else the built-in op set
+            ops = getattr(graph, "ops", None) or _BUILTIN_OPS
+        unknown = sorted({n.op for n in graph.nodes} - set(ops))
+        if unknown:
+            raise UnsupportedError(f"composite {self.name!r}: op(s) {', '.join(unknown)} are not in the op table "
+                                   f"given (pass the registry's: ops=attribx.plugins.registry().ops)")
+        entries = [(m, make_rule(r, rules)) for m, r in self.entries]
         pos = GraphPositions.of(graph, ops)
         wanted = set(nodes) if nodes is not None else None
         out = {}
@@ -171,7 +202,7 @@ class Composite:
             cat = ops[node.op].category
             if cat == "source" or (wanted is not None and node.name not in wanted):
                 continue
-            for matcher, rule in self.entries:
+            for matcher, rule in entries:
                 if matcher(node, cat, pos):
                     if not rule.applies_to(node.op, cat):
                         raise UnsupportedError(

@@ -6,8 +6,9 @@ average passes over noisy or interpolated inputs.
 """
 from __future__ import annotations
 
+import inspect
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -15,9 +16,10 @@ import numpy as np
 from . import composite as C
 from . import parameters as P
 from .errors import ConservationWarning, InputError, MethodError
+from .parameters import FiniteArray, NonNegative, NonNegativeInt, OptionalArray, Positive, PositiveInt
 from .propagation import Propagation, ancestors, blow_up, propagate, run_forward, sample_sums
-from .rules import (AlphaBeta, DeconvNet, Epsilon, Flat, Gamma, Gradient, GuidedBackprop, Norm, Rule, WSquare,
-                    ZBox, Zero, ZPlus)
+from .rules import (AlphaBeta, DeconvNet, Epsilon, Flat, Gamma, Gradient, GuidedBackprop, Rule, WSquare, ZBox, Zero,
+                    ZPlus)
 from .targets import initial_relevance
 
 
@@ -40,28 +42,36 @@ def squared_channel_sum(eng, rel, x, dims):
 class Method:
     """A named attribution method.
 
-    ``composite(**params)`` returns the :class:`~attribx.composite.Composite` for the given parameters;
-    ``output_init`` is the default initialisation (``"score"`` for LRP, ``"onehot"`` for gradients);
-    ``input_modifier`` post-processes the input relevance. ``ranges`` maps parameter names to their valid
-    values (:mod:`attribx.parameters`: ``positive``, ``non_negative``, ``integer(1)``, ...) and
+    ``composite(**params)`` returns the :class:`~attribx.composite.Composite` for the given parameters.
+    Its keyword arguments are the method's parameters: their defaults are the method's ``defaults`` and
+    their annotations its ``ranges`` (``gamma: NonNegative = 0.25``), read from the signature, which
+    ``help()`` shows; explicit ``defaults=`` and ``ranges=`` mappings override it. ``output_init`` is the
+    default initialisation (``"score"`` for LRP, ``"onehot"`` for gradients); ``input_modifier``
+    post-processes the input relevance. ``ranges`` maps parameter names to their valid values
+    (:mod:`attribx.parameters`: ``positive``, ``non_negative``, ``integer(1)``, ...) and
     ``constraints`` lists conditions on several parameters (``ordered("low", "high")``); :meth:`resolve`
     applies them, and refuses NaN in any parameter, before anything is computed.
     """
 
     name: str
     composite: Callable[..., C.Composite]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] | None = None     # None: the composite factory's keyword arguments
     output_init: str = "score"
     input_modifier: Callable | None = None
     family: str = "lrp"
     description: str = ""
     #: the method perturbs the input or multiplies by it: meaningless for integer (token index) inputs
     needs_real_input: bool = False
-    ranges: Mapping[str, P.Range] = field(default_factory=dict)
+    ranges: Mapping[str, P.Range] | None = None   # None: the factory's annotations (``gamma: NonNegative``)
     constraints: Sequence[P.Constraint] = ()
 
     def __post_init__(self):
-        """Subclasses fix properties of their kind here."""
+        """Read the defaults from the composite factory's signature. Subclasses fix properties of their
+        kind here too (calling ``super().__post_init__()``)."""
+        if self.defaults is None:
+            self.defaults = P.signature_defaults(self.composite, f"method {self.name!r}")
+        if self.ranges is None:
+            self.ranges = P.signature_ranges(self.composite)
 
     def resolve(self, params: Mapping[str, Any]) -> dict:
         """Defaults overlaid with the user's parameters; unknown names and values out of their declared
@@ -83,15 +93,20 @@ class Method:
             return node.inputs[0]
         return out
 
-    def rules(self, graph, params: Mapping[str, Any]) -> dict[str, Rule]:
-        return self.composite(**params).assign(graph, ancestors(graph, self.start_node(graph)))
+    def rules(self, graph, params: Mapping[str, Any], ops: Mapping | None = None,
+              rules: Mapping | None = None) -> dict[str, Rule]:
+        """The rule of every node the pass visits; ``ops``/``rules``: the op and rule tables by name (the
+        registry's, which :func:`attribx.explain` passes; default: the built-in ones)."""
+        return self.composite(**params).assign(graph, ancestors(graph, self.start_node(graph)), ops=ops, rules=rules)
 
     def run(self, graph, engine, x, targets_fn, params: Mapping[str, Any], init=None,
-            keep: Sequence[str] = (), conservation: bool = False) -> Propagation:
-        """One relevance pass; ``targets_fn(scores) -> (targets, against)`` picks the explained classes."""
+            keep: Sequence[str] = (), conservation: bool = False, ops: Mapping | None = None,
+            rules: Mapping | None = None) -> Propagation:
+        """One relevance pass; ``targets_fn(scores) -> (targets, against)`` picks the explained classes;
+        ``ops``/``rules`` as for :meth:`rules`."""
         mode = self.output_init if init is None else init
         start = self.start_node(graph)
-        rules = self.rules(graph, params)
+        rules = self.rules(graph, params, ops, rules)
         state = {}
 
         def start_relevance(scores):
@@ -146,24 +161,27 @@ class AveragedMethod(Method):
     """Base of methods that average gradient passes over perturbed inputs, with targets fixed on x."""
 
     def __post_init__(self):
+        super().__post_init__()
         self.needs_real_input = True
 
     def points(self, engine, x, params, rng):
         """Yield (input, weight) pairs; the result is Σ weight · relevance(input)."""
         raise NotImplementedError
 
-    def run(self, graph, engine, x, targets_fn, params, init=None, keep=(), conservation=False):
+    def run(self, graph, engine, x, targets_fn, params, init=None, keep=(), conservation=False, ops=None,
+            rules=None):
         if keep or conservation:
             raise MethodError(f"method {self.name!r} averages several passes: layers= and conservation= are "
                               f"not available for it")
         start = self.start_node(graph)
         scores = run_forward(graph, engine, x, upto=start)[start]
         fixed = targets_fn(engine.to_numpy(scores))
-        base = Method(self.name, self.composite, output_init=self.output_init)   # one plain pass
+        base = Method(self.name, self.composite, defaults={}, output_init=self.output_init)   # one plain pass
         total = None
         rng = np.random.default_rng(params.get("seed", 0))
         for xi, w in self.points(engine, x, params, rng):
-            r = Method.run(base, graph, engine, xi, lambda s: fixed, {}, init).relevance[graph.input.name]
+            r = Method.run(base, graph, engine, xi, lambda s: fixed, {}, init, ops=ops,
+                           rules=rules).relevance[graph.input.name]
             total = r * w if total is None else total + r * w
         result = Propagation(scores, {graph.input.name: total}, targets=fixed[0], start=start)
         self.finish(engine, graph, result, x, params)
@@ -208,8 +226,9 @@ class IntegratedGradients(AveragedMethod):
         super().finish(engine, graph, result, x, params)
 
 
-# -- composites ----------------------------------------------------------------------------------------
+# -- composites: each method's parameters are its factory's keyword arguments -------------------------
 def gradient_composite(**_):
+    """Every node passes the gradient back (parameters, if any, belong to the method, not the passes)."""
     return C.Composite([(C.every(), Gradient())], defaults=[], name="gradient")
 
 
@@ -219,49 +238,83 @@ def relu_composite(rule: Rule, name: str):
     return make
 
 
+def smoothgrad(noise: NonNegative = 0.1, samples: PositiveInt = 20, seed: NonNegativeInt = 0) -> C.Composite:
+    """SmoothGrad's parameters (used by :meth:`SmoothGrad.points`); each of its passes is a gradient pass."""
+    return gradient_composite()
+
+
+def integrated_gradients(baseline: FiniteArray = 0.0, steps: PositiveInt = 20) -> C.Composite:
+    """Integrated gradients' parameters (used by :class:`IntegratedGradients`); each pass is a gradient pass."""
+    return gradient_composite()
+
+
 def single_rule(rule_cls, name: str):
     """A single-rule LRP method: its rule on every linear and conv node, the base map elsewhere, whose
-    sums take the rule's stabiliser (as zennit's composites do); LRP-0 divides exactly there too."""
+    sums take the rule's stabiliser (as zennit's composites do); LRP-0 divides exactly there too. The
+    method takes the rule's parameters: its factory shows the rule's signature."""
     def make(**params):
         stab = 0.0 if rule_cls is Zero else params.get("stabilizer", 1e-6)
         defaults = C.lrp_defaults(stab, params.get("epsilon"), params.get("bias_factor", 0.0))
         return C.Composite([(C.category("layer"), rule_cls(**params))], defaults=defaults, name=name)
+    sig = inspect.signature(rule_cls)       # a method's stabiliser must be > 0 (the rule's may be 0)
+    make.__signature__ = sig.replace(parameters=[p.replace(annotation="Positive") if p.name == "stabilizer" else p
+                                                 for p in sig.parameters.values()])
+    make.__name__ = make.__qualname__ = name.replace(".", "_")
+    make.__doc__ = rule_cls.__doc__
     ranges = {**rule_cls.ranges, **({"stabilizer": P.positive} if "stabilizer" in rule_cls.defaults else {})}
-    return Method(name, make, defaults={k: v for k, v in rule_cls.defaults.items()},
-                  description=(rule_cls.__doc__ or "").strip().splitlines()[0],
+    return Method(name, make, description=(rule_cls.__doc__ or "").strip().splitlines()[0],
                   ranges=ranges, constraints=rule_cls.constraints)
 
 
-#: ops that take the rule a composite names for another (zennit treats transposed convs as convs)
-_SAME_RULE = {"conv": ("conv", "conv_transpose")}
+def zennit_style(name: str, stabilizer: float, epsilon: float, conv: Rule, linear: Rule,
+                 first: Mapping[str, Rule] | None = None) -> C.Composite:
+    """A zennit-style composite: ``first`` (matcher kind -> rule) for the first layer of that kind, then
+    ``conv`` on convolutions (transposed ones too, as zennit), ``linear`` on dense layers, then the base
+    map with the composite's stabiliser for sums."""
+    entries = [(C.first(kind), rule) for kind, rule in (first or {}).items()]
+    entries += [(C.op("conv", "conv_transpose"), conv), (C.op("linear"), linear)]
+    return C.Composite(entries, defaults=C.lrp_defaults(stabilizer, epsilon), name=name)
 
 
-#: the ranges of the parameters the built-in composites take (each takes some of them)
-COMPOSITE_RANGES = {"epsilon": P.non_negative, "stabilizer": P.positive, "gamma": P.non_negative,
-                    "low": P.optional(P.finite_array), "high": P.optional(P.finite_array)}
+def epsilon_gamma_box(low: OptionalArray = None, high: OptionalArray = None, gamma: NonNegative = 0.25,
+                      epsilon: NonNegative = 1e-6, stabilizer: Positive = 1e-6) -> C.Composite:
+    """z-box on the first conv (``low``/``high``: the input's bounds, required), γ on the other convs, ε on
+    dense layers (zennit's EpsilonGammaBox)."""
+    box = ZBox(low=low, high=high, stabilizer=stabilizer)
+    return zennit_style("lrp.epsilon_gamma_box", stabilizer, epsilon, Gamma(gamma=gamma, stabilizer=stabilizer),
+                        Epsilon(epsilon=epsilon), first={"conv": box})
 
 
-def named_composite(name, layer_map, first_map=None, defaults=None, description=""):
-    """A zennit-style composite: ``first_map`` (matcher kind -> rule) for the first layer of that kind,
-    then ``layer_map`` by op, then the base map with the composite's stabiliser for sums."""
-    def make(**p):
-        entries = []
-        for kind, rule in (first_map or {}).items():
-            entries.append((C.first(kind), rule(p)))
-        for op, rule in layer_map.items():
-            entries.append((C.op(*_SAME_RULE.get(op, (op,))), rule(p)))
-        return C.Composite(entries, defaults=C.lrp_defaults(p["stabilizer"], p.get("epsilon")), name=name)
-    defaults = defaults or {}
-    return Method(name, make, defaults=defaults, description=description,
-                  ranges={k: r for k, r in COMPOSITE_RANGES.items() if k in defaults},
-                  constraints=(P.ordered("low", "high"),) if "low" in defaults else ())
+def epsilon_plus(epsilon: NonNegative = 1e-6, stabilizer: Positive = 1e-6) -> C.Composite:
+    """z+ on convs, ε on dense layers (zennit's EpsilonPlus)."""
+    return zennit_style("lrp.epsilon_plus", stabilizer, epsilon, ZPlus(stabilizer=stabilizer), Epsilon(epsilon=epsilon))
 
 
-_EPS = {"epsilon": 1e-6, "stabilizer": 1e-6}
+def epsilon_plus_flat(epsilon: NonNegative = 1e-6, stabilizer: Positive = 1e-6) -> C.Composite:
+    """flat on the first layer, z+ on convs, ε on dense layers (zennit's EpsilonPlusFlat)."""
+    flat = Flat(stabilizer=stabilizer)
+    return zennit_style("lrp.epsilon_plus_flat", stabilizer, epsilon, ZPlus(stabilizer=stabilizer),
+                        Epsilon(epsilon=epsilon), first={"layer": flat})
 
 
-def _eps(p):
-    return Epsilon(epsilon=p["epsilon"])
+def epsilon_alpha2_beta1(epsilon: NonNegative = 1e-6, stabilizer: Positive = 1e-6) -> C.Composite:
+    """α2β1 on convs, ε on dense layers (zennit's EpsilonAlpha2Beta1)."""
+    return zennit_style("lrp.epsilon_alpha2_beta1", stabilizer, epsilon,
+                        AlphaBeta(alpha=2.0, beta=1.0, stabilizer=stabilizer), Epsilon(epsilon=epsilon))
+
+
+def epsilon_alpha2_beta1_flat(epsilon: NonNegative = 1e-6, stabilizer: Positive = 1e-6) -> C.Composite:
+    """flat on the first layer, α2β1 on convs, ε on dense layers (zennit's EpsilonAlpha2Beta1Flat)."""
+    flat = Flat(stabilizer=stabilizer)
+    return zennit_style("lrp.epsilon_alpha2_beta1_flat", stabilizer, epsilon,
+                        AlphaBeta(alpha=2.0, beta=1.0, stabilizer=stabilizer), Epsilon(epsilon=epsilon),
+                        first={"layer": flat})
+
+
+def composite_method(name: str, factory: Callable[..., C.Composite], description: str) -> Method:
+    """A method built on a named composite (its parameters and ranges are the factory's); box bounds ordered."""
+    boxed = "low" in P.signature_defaults(factory)
+    return Method(name, factory, description=description, constraints=(P.ordered("low", "high"),) if boxed else ())
 
 
 BUILTIN_METHODS = (
@@ -275,13 +328,9 @@ BUILTIN_METHODS = (
            description="DeconvNet: ReLUs pass back the positive part of the signal (Zeiler & Fergus 2014)."),
     Method("guided_backprop", relu_composite(GuidedBackprop(), "guided_backprop"), output_init="onehot",
            family="gradient", description="Guided backpropagation (Springenberg et al. 2015)."),
-    SmoothGrad("smoothgrad", gradient_composite, defaults={"noise": 0.1, "samples": 20, "seed": 0},
-               ranges={"noise": P.non_negative, "samples": P.integer(1), "seed": P.integer(0)},
-               output_init="onehot", family="gradient",
+    SmoothGrad("smoothgrad", smoothgrad, output_init="onehot", family="gradient",
                description="Mean gradient over noisy copies of the input (Smilkov et al. 2017)."),
-    IntegratedGradients("integrated_gradients", gradient_composite, defaults={"baseline": 0.0, "steps": 20},
-                        ranges={"baseline": P.finite_array, "steps": P.integer(1)},
-                        output_init="onehot", family="gradient",
+    IntegratedGradients("integrated_gradients", integrated_gradients, output_init="onehot", family="gradient",
                         description="Path integral of the gradient from a baseline (Sundararajan et al. 2017)."),
     single_rule(Zero, "lrp.zero"),
     single_rule(Epsilon, "lrp.epsilon"),
@@ -291,38 +340,31 @@ BUILTIN_METHODS = (
     single_rule(Flat, "lrp.flat"),
     single_rule(WSquare, "lrp.w_square"),
     single_rule(ZBox, "lrp.z_box"),
-    named_composite(
-        "lrp.epsilon_gamma_box",
-        {"conv": lambda p: Gamma(gamma=p["gamma"], stabilizer=p["stabilizer"]), "linear": _eps},
-        first_map={"conv": lambda p: ZBox(low=p["low"], high=p["high"], stabilizer=p["stabilizer"])},
-        defaults={"low": None, "high": None, "gamma": 0.25, **_EPS},
-        description="z-box on the first conv, γ on the other convs, ε on dense layers (zennit EpsilonGammaBox)."),
-    named_composite(
-        "lrp.epsilon_plus", {"conv": lambda p: ZPlus(stabilizer=p["stabilizer"]), "linear": _eps},
-        defaults=dict(_EPS), description="z+ on convs, ε on dense layers (zennit EpsilonPlus)."),
-    named_composite(
-        "lrp.epsilon_plus_flat", {"conv": lambda p: ZPlus(stabilizer=p["stabilizer"]), "linear": _eps},
-        first_map={"layer": lambda p: Flat(stabilizer=p["stabilizer"])}, defaults=dict(_EPS),
-        description="flat on the first layer, z+ on convs, ε on dense layers (zennit EpsilonPlusFlat)."),
-    named_composite(
-        "lrp.epsilon_alpha2_beta1",
-        {"conv": lambda p: AlphaBeta(alpha=2.0, beta=1.0, stabilizer=p["stabilizer"]), "linear": _eps},
-        defaults=dict(_EPS), description="α2β1 on convs, ε on dense layers (zennit EpsilonAlpha2Beta1)."),
-    named_composite(
-        "lrp.epsilon_alpha2_beta1_flat",
-        {"conv": lambda p: AlphaBeta(alpha=2.0, beta=1.0, stabilizer=p["stabilizer"]), "linear": _eps},
-        first_map={"layer": lambda p: Flat(stabilizer=p["stabilizer"])}, defaults=dict(_EPS),
-        description="flat on the first layer, α2β1 on convs, ε on dense layers (zennit EpsilonAlpha2Beta1Flat)."),
+    composite_method("lrp.epsilon_gamma_box", epsilon_gamma_box,
+                     "z-box on the first conv, γ on the other convs, ε on dense layers (zennit EpsilonGammaBox)."),
+    composite_method("lrp.epsilon_plus", epsilon_plus, "z+ on convs, ε on dense layers (zennit EpsilonPlus)."),
+    composite_method("lrp.epsilon_plus_flat", epsilon_plus_flat,
+                     "flat on the first layer, z+ on convs, ε on dense layers (zennit EpsilonPlusFlat)."),
+    composite_method("lrp.epsilon_alpha2_beta1", epsilon_alpha2_beta1,
+                     "α2β1 on convs, ε on dense layers (zennit EpsilonAlpha2Beta1)."),
+    composite_method("lrp.epsilon_alpha2_beta1_flat", epsilon_alpha2_beta1_flat,
+                     "flat on the first layer, α2β1 on convs, ε on dense layers (zennit EpsilonAlpha2Beta1Flat)."),
 )
 
+_BUILTIN_BY_NAME = {m.name: m for m in BUILTIN_METHODS}
 
-def as_method(method) -> Method:
-    """A Method from a registered name, a Method, or a Composite (a user composite as a method)."""
+
+def as_method(method, methods: Mapping[str, Method] | None = None) -> Method:
+    """A Method from a name, a Method, or a Composite (a user composite as a method). Names are looked up
+    in ``methods`` (the registry's, which the top-level callers pass; default: the built-in methods)."""
     if isinstance(method, Method):
         return method
     if isinstance(method, C.Composite):
         return Method(method.name, lambda: method, description="user composite")
     if isinstance(method, str):
-        from .plugins import registry
-        return registry().method(method)
+        table = _BUILTIN_BY_NAME if methods is None else methods
+        if method not in table:
+            raise MethodError(f"unknown method {method!r}; known methods: {', '.join(sorted(table))} "
+                              f"(plugins add methods through the 'attribx_methods' hook)")
+        return table[method]
     raise MethodError(f"method must be a name, a Method or a Composite, got {type(method).__name__}")

@@ -1,28 +1,38 @@
-"""Parameter ranges: what a method's or a rule's parameters may be, declared next to their defaults.
+"""Parameter ranges: what a method's or a rule's parameters may be, declared where their defaults are.
 
-A method (:class:`attribx.methods.Method`, ``ranges=`` and ``constraints=``) or a rule
-(:class:`attribx.rules.Rule`, class attributes ``ranges`` and ``constraints``) declares each parameter's
-range with one of the checks below; :func:`check` applies them, once, before anything is computed, and
+A parameter lives in a signature, where ``help()`` and the docs show it: a rule's ``__init__`` and a
+method's composite factory take keyword arguments with defaults (:func:`signature_defaults` reads them),
+annotated with their range (:func:`signature_ranges` reads it): ``epsilon: NonNegative = 1e-6``, where
+``NonNegative`` is ``Annotated[float, non_negative]``, one of the annotations below, or any
+``Annotated[type, a Range]``. :func:`check` applies the ranges, once, before anything is computed, and
 refuses a value out of range with one line that names the parameter and its valid range::
 
-    Method("my.method", make, defaults={"delta": 0.25, "steps": 10},
-           ranges={"delta": non_negative, "steps": integer(1)})
+    def my_method(delta: NonNegative = 0.25, steps: PositiveInt = 10):
+        ...                                    # returns a Composite
+    Method("my.method", my_method)             # defaults and ranges read from the signature
+
+A range can also be given as a mapping (a method's ``ranges=``, a rule's class attribute ``ranges``),
+which overrides the annotations; conditions on several parameters are ``constraints``.
 
 Every method's parameters are also refused when they hold NaN, declared or not: a NaN parameter only
 ever gives all-NaN relevance. Plugins use the same checks (see docs/plugins.md and docs/refusals.md).
 """
 from __future__ import annotations
 
+import inspect
 import math
+import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Annotated, Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from .errors import MethodError
 
 __all__ = ["Range", "Constraint", "check", "finite", "non_negative", "positive", "unit_interval", "integer",
-           "flag", "finite_array", "optional", "ordered", "alpha_minus_beta_is_one"]
+           "flag", "finite_array", "optional", "ordered", "alpha_minus_beta_is_one", "signature_defaults",
+           "signature_ranges", "Finite", "NonNegative", "Positive", "UnitInterval", "Flag", "FiniteArray",
+           "OptionalArray", "PositiveInt", "NonNegativeInt"]
 
 
 def _is_number(v) -> bool:
@@ -106,6 +116,19 @@ def optional(r: Range) -> Range:
     return Range(f"{r.text} (or null)", lambda v: v is None or r(v))
 
 
+# -- the same ranges as annotations: ``epsilon: NonNegative = 1e-6`` --------------------------------------
+Finite = Annotated[float, finite]
+NonNegative = Annotated[float, non_negative]
+Positive = Annotated[float, positive]
+UnitInterval = Annotated[float, unit_interval]
+Flag = Annotated[bool, flag]
+FiniteArray = Annotated[Union[float, np.ndarray], finite_array]
+#: a finite number or array, or None (unset: bounds the user must give)
+OptionalArray = Annotated[Optional[Union[float, np.ndarray]], optional(finite_array)]
+PositiveInt = Annotated[int, integer(1)]
+NonNegativeInt = Annotated[int, integer(0)]
+
+
 def ordered(low: str, high: str) -> Constraint:
     """``params[low] <= params[high]`` (elementwise for arrays); holds where either is unset."""
     def test(p):
@@ -123,6 +146,36 @@ def ordered(low: str, high: str) -> Constraint:
 alpha_minus_beta_is_one = Constraint(
     ("alpha", "beta"), "alpha - beta = 1 (e.g. alpha=2, beta=1; alpha=1, beta=0)",
     lambda p: abs((float(p["alpha"]) - float(p["beta"])) - 1.0) <= 1e-9 * max(1.0, abs(float(p["alpha"]))))
+
+
+def signature_defaults(fn: Callable, owner: str = "") -> dict:
+    """The parameters ``fn`` takes by keyword, with their defaults, in signature order (``self`` and
+    ``**kwargs`` left out). Every one needs a default: a parameter the user may omit must say what it is
+    then. ``owner`` names ``fn`` in the error."""
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) or name == "self":
+            continue
+        if p.default is p.empty:
+            raise MethodError(f"{owner or getattr(fn, '__qualname__', fn)}: parameter {name} needs a default "
+                              f"(parameters are keyword arguments with defaults)")
+        out[name] = p.default
+    return out
+
+
+def signature_ranges(fn: Callable) -> dict:
+    """The ranges ``fn``'s parameters declare in their annotations (``Annotated[type, a Range]``), by name.
+    Annotations that do not evaluate in ``fn``'s module (names defined inside a function) declare none."""
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:   # noqa: BLE001 - any failure to evaluate an annotation means: no range declared there
+        return {}
+    out = {}
+    for name, hint in hints.items():
+        found = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)]
+        if found and name != "return":
+            out[name] = found[0]
+    return out
 
 
 def _show(v) -> str:

@@ -37,6 +37,7 @@ import numpy as np
 from .api import explain, get_engine, load_model, translate
 from .errors import InputError
 from .methods import as_method
+from .plugins import registry
 from .stream_writer import STREAM_ATTR, StreamWriter
 
 __all__ = ["open_source", "Source", "ArraySource", "NpyFileSource", "ImageDirSource", "IterableSource",
@@ -389,7 +390,7 @@ class StreamRun:
                  conservation, progress_bar, fingerprint, params):
         if fingerprint is not None and isinstance(src, IterableSource):
             src._fp = fingerprint
-        self.method = as_method(method)
+        self.method = as_method(method, registry().methods)
         resolved = self.method.resolve(params)
         self.path = os.fspath(out_path)
         self.graph = translate(load_model(model), input_shape=src.sample_shape())   # tracing backends need it

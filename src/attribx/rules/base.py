@@ -1,11 +1,13 @@
 """The rule interface: relevance at a node's output -> relevance at its inputs, on any engine."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 from ..errors import MethodError
 from ..parameters import check as check_params
+from ..parameters import signature_defaults, signature_ranges
 
 
 @dataclass
@@ -39,13 +41,18 @@ class NodeContext:
 
 
 class Rule:
-    """Base class of all rules.
+    """Base of all rules.
 
     Subclasses set ``name``, the ops or op categories they apply to (``ops``/``categories``, both
-    empty: every op), ``defaults`` (their parameters), ``ranges`` (parameter name -> its valid values, a
-    :class:`attribx.parameters.Range` such as ``non_negative``) and ``constraints`` (conditions on several
-    parameters), checked when the rule is made, and implement ``__call__(ctx, relevance)`` returning one
-    relevance array (or None) per node input.
+    empty: every op), take their parameters as keyword arguments of ``__init__`` with defaults and their
+    ranges as annotations (``epsilon: NonNegative = 1e-6``: what ``help()`` and the docs show; ``defaults``
+    and ``ranges`` are read from that signature) and pass them on to ``Rule.__init__``. The ranges
+    (parameter name -> a :class:`attribx.parameters.Range`; a class attribute ``ranges`` overrides the
+    annotations) and ``constraints`` (conditions on several parameters) are checked when the rule is made.
+    ``__call__(ctx, relevance)`` returns one relevance array (or None) per node input.
+
+    A rule may instead declare ``defaults = {...}`` (and ``ranges = {...}``) and no ``__init__`` (the
+    older form): its signature is then made from that dict, so ``help()`` shows the same.
     """
 
     name: ClassVar[str] = ""
@@ -55,11 +62,28 @@ class Rule:
     ranges: ClassVar[dict] = {}
     constraints: ClassVar[tuple] = ()
 
-    def __init__(self, **params: Any):
-        unknown = set(params) - set(self.defaults)
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:          # parameters declared in the signature
+            cls.defaults = signature_defaults(cls.__init__, f"rule {cls.name!r}")
+            declared = signature_ranges(cls.__init__)
+            if declared and "ranges" not in cls.__dict__:
+                cls.ranges = declared
+            cls.__signature__ = None            # inspect reads __init__ itself
+        elif cls.__init__ is Rule.__init__:     # parameters declared as a dict: show them as a signature
+            cls.__signature__ = inspect.Signature(
+                [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in cls.defaults.items()])
+
+    def __new__(cls, *args: Any, **params: Any):
+        """Refuse unknown parameter names with the rule's name and what it takes (rather than Python's
+        TypeError), whichever ``__init__`` the rule has."""
+        unknown = set(params) - set(cls.defaults)
         if unknown:
-            raise MethodError(f"rule {self.name!r}: unknown parameter(s) {sorted(unknown)}; "
-                              f"it takes {sorted(self.defaults) or 'none'}")
+            raise MethodError(f"rule {cls.name!r}: unknown parameter(s) {sorted(unknown)}; "
+                              f"it takes {sorted(cls.defaults) or 'none'}")
+        return super().__new__(cls)
+
+    def __init__(self, **params: Any):
         self.params = {**self.defaults, **params}
         check_params(f"rule {self.name!r}", self.params, self.ranges, self.constraints)
 

@@ -2,8 +2,8 @@
 routing (shape ops, max pooling) and pass-through (activations)."""
 from __future__ import annotations
 
-from ..graph import Node
-from ..parameters import non_negative
+from ..errors import UnsupportedError
+from ..parameters import NonNegative
 from .base import NodeContext, Rule
 
 
@@ -41,17 +41,17 @@ class Proportional(Rule):
 
     name = "proportional"
     categories = frozenset({"pool"})
-    defaults = {"epsilon": 1e-6}
-    ranges = {"epsilon": non_negative}
+    def __init__(self, epsilon: NonNegative = 1e-6):
+        super().__init__(epsilon=epsilon)
 
     def __call__(self, ctx: NodeContext, relevance):
         eng, node = ctx.engine, ctx.node
         if any(d != 1 for d in _tuple(node.attrs.get("dilation", 1))):
-            from ..errors import UnsupportedError
             raise UnsupportedError(f"node {node.name!r}: the proportional rule needs a max pool without dilation")
-        window = Node(node.name, "avg_pool", node.inputs,
-                      {"kernel_size": node.attrs["kernel_size"], "stride": node.attrs["stride"],
-                       "padding": node.attrs["padding"], "count_include_pad": True})
+        # the pool's windows averaged: a node of the same class (rules need not import the graph)
+        window = type(node)(node.name, "avg_pool", node.inputs,
+                            {"kernel_size": node.attrs["kernel_size"], "stride": node.attrs["stride"],
+                             "padding": node.attrs["padding"], "count_include_pad": True})
         (x,) = ctx.inputs
         z = eng.forward(window, [x], {})
         s = relevance / eng.stabilize(z, self.epsilon)
@@ -85,7 +85,6 @@ class SignalTakesAll(Rule):
     def __call__(self, ctx: NodeContext, relevance):
         gate = list(ctx.gate)
         if sum(gate) != 1 or len(ctx.inputs) != 2:
-            from ..errors import UnsupportedError
             raise UnsupportedError(f"node {ctx.node.name!r}: signal_takes_all needs a product of one gate (a "
                                    f"sigmoid-like value in [0, 1]) and one other signal")
         return [None if g else relevance for g in gate]

@@ -18,12 +18,12 @@ the positive part of the bias joins the positive term, the negative part the neg
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import ClassVar
 
 import numpy as np
 
 from ..errors import MethodError, UnsupportedError
-from ..parameters import alpha_minus_beta_is_one, finite_array, flag, non_negative, optional, ordered, unit_interval
+from ..parameters import Flag, NonNegative, OptionalArray, UnitInterval, alpha_minus_beta_is_one, ordered
 from .base import NodeContext, Rule
 
 KEEP = "keep"   # bias modifier: leave the bias as it is
@@ -201,6 +201,9 @@ class AffineRule(Rule):
     """Base of the rules below: they see the node as an :class:`Affine`."""
 
     categories = frozenset({"layer", "sum", "product"})
+    #: take a rule's optimisations (``fast_*`` methods: the general formula's numbers with less work) where
+    #: they apply; False computes the general formula everywhere (the tests compare the two)
+    optimise: ClassVar[bool] = True
 
     def __call__(self, ctx: NodeContext, relevance):
         op = Affine(ctx)
@@ -233,8 +236,9 @@ class Epsilon(ZRule):
     """
 
     name = "epsilon"
-    defaults = {"epsilon": 1e-6, "zero_bias": False, "bias_factor": 0.0}
-    ranges = {"epsilon": non_negative, "zero_bias": flag, "bias_factor": unit_interval}
+
+    def __init__(self, epsilon: NonNegative = 1e-6, zero_bias: Flag = False, bias_factor: UnitInterval = 0.0):
+        super().__init__(epsilon=epsilon, zero_bias=zero_bias, bias_factor=bias_factor)
 
     def divide(self, eng, R, z):
         return eng.divide_into(R, eng.stabilize(z, self.epsilon))
@@ -280,8 +284,9 @@ class Zero(ZRule):
     """LRP-0: R_i = x_i w_ij / z_j R_j exactly; a unit with z = 0 passes no relevance."""
 
     name = "zero"
-    defaults = {"zero_bias": False}
-    ranges = {"zero_bias": flag}
+
+    def __init__(self, zero_bias: Flag = False):
+        super().__init__(zero_bias=zero_bias)
 
     def divide(self, eng, R, z):
         return eng.safe_divide(R, z)
@@ -293,8 +298,9 @@ class Norm(ZRule):
 
     name = "norm"
     categories = frozenset({"sum", "product"})
-    defaults = {"epsilon": 1e-6}
-    ranges = {"epsilon": non_negative}
+
+    def __init__(self, epsilon: NonNegative = 1e-6):
+        super().__init__(epsilon=epsilon)
 
     def relevance(self, op, eng, R):
         xs = op.signals()
@@ -312,9 +318,11 @@ class AlphaBeta(AffineRule):
     """
 
     name = "alpha_beta"
-    defaults = {"alpha": 2.0, "beta": 1.0, "stabilizer": 1e-6, "zero_bias": False}
-    ranges = {"alpha": non_negative, "beta": non_negative, "stabilizer": non_negative, "zero_bias": flag}
     constraints = (alpha_minus_beta_is_one,)
+
+    def __init__(self, alpha: NonNegative = 2.0, beta: NonNegative = 1.0, stabilizer: NonNegative = 1e-6,
+                 zero_bias: Flag = False):
+        super().__init__(alpha=alpha, beta=beta, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
         pos, neg = positive(eng), negative(eng)
@@ -343,12 +351,10 @@ class ZPlus(AlphaBeta):
     """LRP-z+ (deep Taylor for ReLU layers): αβ with α = 1, β = 0."""
 
     name = "z_plus"
-    defaults = {"stabilizer": 1e-6, "zero_bias": False}
-    ranges = {"stabilizer": non_negative, "zero_bias": flag}
     constraints = ()
 
-    def __init__(self, **params: Any):
-        Rule.__init__(self, **params)
+    def __init__(self, stabilizer: NonNegative = 1e-6, zero_bias: Flag = False):
+        Rule.__init__(self, stabilizer=stabilizer, zero_bias=zero_bias)
         self.params.update(alpha=1.0, beta=0.0)
 
     def __repr__(self):
@@ -364,14 +370,19 @@ class Gamma(AffineRule):
     """
 
     name = "gamma"
-    defaults = {"gamma": 0.25, "stabilizer": 1e-6, "zero_bias": False}
-    ranges = {"gamma": non_negative, "stabilizer": non_negative, "zero_bias": flag}
+
+    def __init__(self, gamma: NonNegative = 0.25, stabilizer: NonNegative = 1e-6, zero_bias: Flag = False):
+        super().__init__(gamma=gamma, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
-        up, down = gamma_up(eng, self.gamma), gamma_down(eng, self.gamma)
         xp, xn = op.split()
-        if op.kind == "layer" and all(v is None for v in xn):
-            return self.nonnegative(op, eng, R, xp[0])
+        if self.optimise and op.kind == "layer" and all(v is None for v in xn):
+            return self.fast_nonnegative(op, eng, R, xp[0])
+        return self.general(op, eng, R, xp, xn)
+
+    def general(self, op, eng, R, xp, xn):
+        """The formula (docs/rules.md): both branches, each with its own denominator, on every kind of op."""
+        up, down = gamma_up(eng, self.gamma), gamma_down(eng, self.gamma)
         z = op.ctx.output
         zb = self.params["zero_bias"]
         out = [None] * len(xp)
@@ -387,10 +398,11 @@ class Gamma(AffineRule):
                 out[k] = _add(out[k], _add(_mul(xp[k], gp), _mul(xn[k], gn)))
         return out
 
+    def fast_nonnegative(self, op, eng, R, x):
+        """Optimisation of :meth:`general` for a weighted layer whose input is x ≥ 0 (after a ReLU).
 
-    def nonnegative(self, op, eng, R, x):
-        """x ≥ 0 (after a ReLU). With p = F(x; W⁺) and q = p + b⁺ the branches are zp = z + γq and
-        zn = (1+γ)z − γq (without biases: z' = z − b and q = p), and their supports are disjoint.
+        With p = F(x; W⁺) and q = p + b⁺ the branches are zp = z + γq and zn = (1+γ)z − γq (without
+        biases: z' = z − b and q = p), and their supports are disjoint.
 
         When no relevance arrives where z ≤ 0 (a layer followed by a ReLU under input-proportional
         rules: the usual case) only the positive branch is left, R = x ⊙ (W + γW⁺)ᵀ(R / zp): one extra
@@ -424,8 +436,9 @@ class Flat(AffineRule):
     """LRP-flat: each output's relevance is spread evenly over its receptive field (Lapuschkin et al. 2019)."""
 
     name = "flat"
-    defaults = {"stabilizer": 1e-6}
-    ranges = {"stabilizer": non_negative}
+
+    def __init__(self, stabilizer: NonNegative = 1e-6):
+        super().__init__(stabilizer=stabilizer)
 
     def relevance(self, op, eng, R):
         one = ones(eng)
@@ -440,8 +453,9 @@ class WSquare(AffineRule):
     (Montavon et al. 2017); the squared bias joins the denominator unless ``zero_bias``."""
 
     name = "w_square"
-    defaults = {"stabilizer": 1e-6, "zero_bias": False}
-    ranges = {"stabilizer": non_negative, "zero_bias": flag}
+
+    def __init__(self, stabilizer: NonNegative = 1e-6, zero_bias: Flag = False):
+        super().__init__(stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
         sq = square(eng)
@@ -459,13 +473,11 @@ class ZBox(AffineRule):
 
     name = "z_box"
     categories = frozenset({"layer", "sum"})
-    defaults = {"low": None, "high": None, "stabilizer": 1e-6}
-    ranges = {"low": optional(finite_array), "high": optional(finite_array), "stabilizer": non_negative}
     constraints = (ordered("low", "high"),)
 
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        if self.params["low"] is None or self.params["high"] is None:
+    def __init__(self, low: OptionalArray = None, high: OptionalArray = None, stabilizer: NonNegative = 1e-6):
+        super().__init__(low=low, high=high, stabilizer=stabilizer)
+        if low is None or high is None:
             raise MethodError("rule 'z_box' needs the input bounds: low=..., high=... (scalars or arrays)")
 
     def bound(self, eng, value, x):
@@ -505,9 +517,13 @@ class ZBox(AffineRule):
 
     def relevance(self, op, eng, R):
         xs = op.signals()
-        bounds = self.per_channel(op, xs[0]) if xs else None
+        bounds = self.per_channel(op, xs[0]) if self.optimise and xs else None
         if bounds is not None:
-            return self.folded(op, eng, R, xs[0], *bounds)
+            return self.fast_folded(op, eng, R, xs[0], *bounds)
+        return self.general(op, eng, R, xs)
+
+    def general(self, op, eng, R, xs):
+        """The formula (docs/rules.md) with the bounds as arrays of the input's shape: three transposed ops."""
         pos, neg = positive(eng), negative(eng)
         ls = [self.bound(eng, self.low, x) for x in xs]
         hs = [self.bound(eng, self.high, x) for x in xs]
@@ -524,9 +540,10 @@ class ZBox(AffineRule):
             out.append(r)
         return out
 
-    def folded(self, op, eng, R, x, low, high):
-        """z-box with per-channel bounds: z − F(1; M) with M = lW⁺ + hW⁻ on one sample (the bias cancels),
-        and R = x ⊙ Wᵀs − Mᵀs: two transposed ops instead of three."""
+    def fast_folded(self, op, eng, R, x, low, high):
+        """Optimisation of :meth:`general` for bounds constant over each input channel (:meth:`per_channel`):
+        z − F(1; M) with M = lW⁺ + hW⁻ on one sample (the bias cancels), and R = x ⊙ Wᵀs − Mᵀs: two
+        transposed ops instead of three."""
         dtype = eng.dtype_of(x)
         shape = (1, -1) + (1,) * (len(op.ctx.params["weight"].shape) - 2)
         lo = eng.asarray(low.reshape(shape), dtype=dtype)

@@ -1,18 +1,20 @@
 """The module the 'attribx' entry point names: one function per hook this plugin implements.
 
-attribx imports it when the registry is first built; anything slow or framework-specific belongs
-inside the hook functions, so that ``import attribx`` stays light.
+attribx imports it when the registry is first built. The rule and methods import only attribx, so they
+are imported here at the top; a plugin whose hooks need a framework (torch, TensorFlow) imports it inside
+the hook functions instead, so that ``import attribx`` stays light.
 """
 import attribx
+
+from .methods import METHODS
+from .rule import EpsilonRMS
 
 
 @attribx.hookimpl
 def attribx_rules():
-    from .rule import EpsilonRMS
     return [EpsilonRMS]
 
 
 @attribx.hookimpl
 def attribx_methods():
-    from .methods import METHODS
     return list(METHODS)

@@ -16,7 +16,7 @@ time). With δ = 0 and stabilizer = 0 it is LRP-0, and it conserves relevance on
 """
 from __future__ import annotations
 
-from attribx.parameters import flag, non_negative
+from attribx.parameters import Flag, NonNegative
 from attribx.rules import ZRule
 
 
@@ -24,8 +24,11 @@ class EpsilonRMS(ZRule):
     """LRP-ε with ε = δ·RMS(z) of the layer per sample (Montavon et al. 2019): scale-free stabilising."""
 
     name = "epsilon_rms"
-    defaults = {"delta": 0.25, "stabilizer": 1e-9, "zero_bias": False}
-    ranges = {"delta": non_negative, "stabilizer": non_negative, "zero_bias": flag}   # checked when made
+
+    def __init__(self, delta: NonNegative = 0.25, stabilizer: NonNegative = 1e-9, zero_bias: Flag = False):
+        """``delta``: ε relative to the layer's RMS; ``stabilizer``: added to ε; ``zero_bias``: drop the bias.
+        The annotations are the ranges, checked when the rule is made."""
+        super().__init__(delta=delta, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def divide(self, eng, R, z):
         """R / (z + ε_n sign(z)), ε_n = δ·RMS of sample n's z (+ stabilizer); 0 where the denominator is 0.

@@ -1,0 +1,107 @@
+"""Each rule's optimisations (``fast_*``) give the general formula's numbers: γ's forms for non-negative
+inputs (one branch when nothing arrives where z ≤ 0; both branches merged otherwise) and z-box with bounds
+folded into the weights, each against the same rule with ``optimise = False`` on random layers and inputs."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import attribx
+from attribx import GraphBuilder
+from attribx import composite as C
+from attribx.rules import Gamma, ZBox
+
+ENGINES = ["numpy"] + [e for e in ("torch",) if importlib.util.find_spec(e)]
+
+
+def spied(cls, fast: str, calls: list, optimise: bool = True, **params):
+    """An instance of ``cls`` that records calls of its fast path ``fast`` (or never takes one)."""
+    rule = type(f"Spied{cls.__name__}", (cls,), {
+        fast: lambda self, *a: calls.append(fast) or getattr(cls, fast)(self, *a),
+        "optimise": optimise})(**params)
+    return rule
+
+
+def explain(graph, x, rule, R, engine):
+    comp = C.Composite([(C.category("layer"), rule)], name="fast-path")
+    return np.asarray(attribx.explain(graph, x, comp, output_init=R, engine=engine).values)
+
+
+def relu_layer(rng, kind: str, bias: bool):
+    """x -> relu -> layer: the layer's input is known to be non-negative (γ's fast path applies)."""
+    b = GraphBuilder("relu_" + kind)
+    if kind == "linear":
+        h = b.relu(b.input("x", (7,), dtype="float64"))
+        b.linear(h, rng.normal(size=(5, 7)), rng.normal(size=5) if bias else None, name="layer")
+        return b.build(), rng.normal(size=(4, 7))
+    h = b.relu(b.input("x", (3, 6, 6), dtype="float64"))
+    b.conv(h, rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4) if bias else None, padding=1, name="layer")
+    return b.build(), rng.normal(size=(2, 3, 6, 6))
+
+
+def layer_output(graph, x):
+    return np.asarray(attribx.forward(graph, x, engine="numpy"))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("bias,zero_bias", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("arrives", ["where z > 0", "everywhere"])
+def test_gamma_nonnegative_forms_equal_the_general_formula(engine, kind, bias, zero_bias, arrives):
+    rng = np.random.default_rng(7)
+    graph, x = relu_layer(rng, kind, bias)
+    z = layer_output(graph, x)
+    R = rng.normal(size=z.shape)
+    if arrives == "where z > 0":        # a ReLU after the layer: the one-branch form
+        R = np.where(z > 0, np.abs(R), 0.0)
+    params = {"gamma": 0.37, "stabilizer": 1e-6, "zero_bias": zero_bias}
+    calls: list = []
+    fast = explain(graph, x, spied(Gamma, "fast_nonnegative", calls, **params), R, engine)
+    assert calls, "the fast path did not run"
+    general = explain(graph, x, spied(Gamma, "fast_nonnegative", calls := [], optimise=False, **params), R, engine)
+    assert not calls
+    np.testing.assert_allclose(fast, general, rtol=1e-9, atol=1e-12 * np.abs(general).max())
+
+
+def box_layer(rng, kind: str):
+    """The input layer (a box rule's place): inputs anywhere in [low, high]."""
+    b = GraphBuilder("box_" + kind)
+    if kind == "linear":
+        b.linear(b.input("x", (6,), dtype="float64"), rng.normal(size=(4, 6)), rng.normal(size=4), name="layer")
+        return b.build(), rng.uniform(-2, 2, size=(3, 6)), (6,)
+    b.conv(b.input("x", (3, 7, 7), dtype="float64"), rng.normal(size=(5, 3, 3, 3)), rng.normal(size=5),
+           stride=2, padding=1, name="layer")
+    return b.build(), rng.uniform(-2, 2, size=(2, 3, 7, 7)), (3, 1, 1)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("bounds", ["scalar", "per channel"])
+def test_z_box_folded_equals_unfolded(engine, kind, bounds):
+    rng = np.random.default_rng(11)
+    graph, x, channel_shape = box_layer(rng, kind)
+    if bounds == "scalar":
+        low, high = -2.0, 2.0
+    else:
+        low = -2.0 - rng.uniform(size=channel_shape)
+        high = 2.0 + rng.uniform(size=channel_shape)
+    R = rng.normal(size=layer_output(graph, x).shape)
+    calls: list = []
+    fast = explain(graph, x, spied(ZBox, "fast_folded", calls, low=low, high=high), R, engine)
+    assert calls, "the fast path did not run"
+    general = explain(graph, x, spied(ZBox, "fast_folded", calls := [], optimise=False, low=low, high=high), R,
+                      engine)
+    assert not calls
+    np.testing.assert_allclose(fast, general, rtol=1e-9, atol=1e-12 * np.abs(general).max())
+
+
+def test_z_box_bounds_that_vary_over_positions_take_the_general_formula():
+    rng = np.random.default_rng(3)
+    graph, x, _ = box_layer(rng, "conv")
+    calls: list = []
+    low = -2.0 - rng.uniform(size=(3, 7, 7))
+    explain(graph, x, spied(ZBox, "fast_folded", calls, low=low, high=2.0), rng.normal(size=(2, 5, 4, 4)),
+            "numpy")
+    assert not calls
