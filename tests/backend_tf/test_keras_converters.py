@@ -123,7 +123,7 @@ def test_a_converter_that_returns_no_value_names_the_plugin():
 
     name = register(_Plugin(broken), "test-keras-broken")
     try:
-        with pytest.raises(UnsupportedError, match="test_converters.*broken.*returned None"):
+        with pytest.raises(UnsupportedError, match="test_keras_converters.*broken.*returned None"):
             attribx.translate(_model())
     finally:
         unregister(name)
