@@ -5,7 +5,7 @@ neural network has learned" (IEEE TNNLS 2017): LRP against sensitivity (squared 
 and a random heatmap, scored by pixel flipping (AOPC, the paper's convention ``samek2017``: most relevant
 pixels first, replaced by uniform noise, 1 × 1 regions), on the digits CNN of
 :mod:`attribx.datasets.digits` (trained here in seconds); without PyTorch on the scikit-learn digits MLP
-of :func:`attribx.demo.digits_graph`.
+of :func:`attribx.datasets.digits.digits_graph`.
 
 Every (model, method) cell measures:
 
@@ -41,6 +41,8 @@ run keeps what it finished.
 """
 from __future__ import annotations
 
+import base64
+import ctypes
 import dataclasses
 import html
 import importlib
@@ -54,7 +56,19 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from .api import evaluate, explain, get_engine, load_model, translate
+from .arguments import parse_value
+from .datasets.digits import digits_graph, load_digits_images, train_digits_cnn
+from .datasets.sentiment import make_sentiment
+from .datasets.text_model import train_sentiment_lstm
 from .errors import AttribxError, InputError
+from .evaluators.base import Progress
+from .evaluators.plots import _figure
+from .input_files import read_inputs
+from .inputs import takes_indices
+from .methods import as_method
+from .storage import save
+from .version import __version__
 
 #: Samek et al. 2017's comparison: LRP (two composites) vs sensitivity vs deconvnet vs a random heatmap.
 DEFAULT_METHODS = ("lrp.epsilon", "lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "sensitivity", "deconvnet",
@@ -83,11 +97,10 @@ class Case:
 
 def digits_cnn_case(n: int = 128, steps: int = 80) -> Case:
     """The digits CNN trained on the first 1200 digits ([-1, 1] grey levels); ``n`` held-out test digits."""
-    from .datasets.digits import load_digits_images, train_digits_cnn
     x, y = load_digits_images("signed")
     t0 = time.perf_counter()
     model = train_digits_cnn(x[:1200], y[:1200], steps=steps)
-    import torch
+    import torch        # optional: this case needs it
     with torch.no_grad():
         acc = float((model(torch.from_numpy(x[1200:])).argmax(1).numpy() == y[1200:]).mean())
     return Case("digits-cnn", model, x[1200:1200 + n], y[1200:1200 + n],
@@ -97,16 +110,14 @@ def digits_cnn_case(n: int = 128, steps: int = 80) -> Case:
 
 def digits_mlp_case(n: int = 128) -> Case:
     """The demo's scikit-learn MLP on the digits as an attribx graph (numpy only); ``n`` test digits."""
-    from .demo import digits_graph
     graph, x, y, acc = digits_graph()
     return Case("digits-mlp", graph, x[:n], y[:n],
-                description=f"attribx.demo.digits_graph (scikit-learn MLP, numpy graph), test accuracy {acc:.3f}")
+                description=f"attribx.datasets.digits.digits_graph (scikit-learn MLP, numpy graph), test accuracy "
+                            f"{acc:.3f}")
 
 
 def sentiment_lstm_case(n: int = 200) -> Case:
     """The bidirectional LSTM of :mod:`attribx.datasets.text_model` on generated sentences (token ids)."""
-    from .datasets.sentiment import make_sentiment
-    from .datasets.text_model import train_sentiment_lstm
     data = make_sentiment(2000, seed=0)
     model, hist = train_sentiment_lstm(data, progress_bar=False)
     test = make_sentiment(n, seed=1)
@@ -162,8 +173,6 @@ def resolve_model(spec: Any, n: int | None = None, inputs: str | None = None) ->
             data = data or inputs
             if not data:
                 raise InputError(f"{spec}: a model file needs inputs: write {path}@inputs.npz or give --inputs")
-            from .api import load_model
-            from .cli import read_inputs
             x, y = read_inputs(data)
             case = Case(os.path.basename(path), load_model(path), x, y, description=f"{path} on {data}")
         elif ":" in spec:
@@ -188,14 +197,13 @@ def resolve_model(spec: Any, n: int | None = None, inputs: str | None = None) ->
 
 def parse_method(spec: str) -> tuple[str, str, dict]:
     """``"name"`` or ``"name:key=value,key=value"`` (values as JSON) → (label, name, params)."""
-    from .cli import _parse_value
     name, _, rest = spec.partition(":")
     params = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         k, sep, v = item.partition("=")
         if not sep:
             raise InputError(f"method {spec!r}: write name:key=value,key=value")
-        params[k.strip()] = _parse_value(v.strip())
+        params[k.strip()] = parse_value(v.strip())
     return spec, name.strip(), params
 
 
@@ -203,7 +211,6 @@ def _method_params(name: str, params: dict, x: np.ndarray) -> dict:
     """Box rules get the inputs' range as their bounds unless given."""
     if name == RANDOM:
         return params
-    from .methods import as_method
     defaults = as_method(name).defaults
     out = dict(params)
     if "low" in defaults and "low" not in out:
@@ -232,7 +239,6 @@ def _proc_status(key: str) -> int | None:
 def _trim_heap() -> None:
     """Hand glibc's free heap memory back to the kernel, so that reusing it shows up as resident again."""
     try:
-        import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -320,7 +326,7 @@ def measure_memory(eng, run: Callable[[], Any]) -> dict:
     out = {"peak_allocated": float("nan")}
     cuda = _cuda_device(eng)
     if cuda is not None:
-        import torch
+        import torch    # optional: only with a CUDA engine
         torch.cuda.synchronize(cuda)
         torch.cuda.reset_peak_memory_stats(cuda)
         base = torch.cuda.memory_allocated(cuda)
@@ -343,14 +349,12 @@ def measure_memory(eng, run: Callable[[], Any]) -> dict:
 def _family(name: str) -> str:
     if name == RANDOM:
         return RANDOM
-    from .methods import as_method
     return as_method(name).family
 
 
 def _cell(case: Case, graph, is_text: bool, label: str, name: str, params: dict, evaluators: Sequence[str],
           engine: Any, batch_size: int | None, seed: int, repeats: int = 5) -> dict:
     """Every measurement of one (model, method) cell, as plain numbers and arrays."""
-    from .api import evaluate, explain, get_engine
     x, y = case.inputs, case.labels
     target = y if (is_text and y is not None) else "predicted"
     kw = dict(batch_size=batch_size, labels=y, progress_bar=False, **case.explain)
@@ -484,10 +488,6 @@ def run_benchmark(methods: Sequence[str] = DEFAULT_METHODS, models: Sequence[Any
     every cell) the tidy Dataset with dims ``(model, method)`` (and ``step`` / ``deletion`` for curves,
     ``repeat`` for the ``repeats`` timed explain calls of each cell, whose median is ``seconds_per_sample``);
     the coord ``family`` names each method's family (``lrp``, ``gradient``, ``random``)."""
-    from . import __version__
-    from .api import _takes_indices, translate
-    from .evaluators.base import Progress
-    from .storage import save
     unknown = set(evaluators) - set(EVALUATORS)
     if unknown:
         raise InputError(f"unknown evaluator(s) {', '.join(sorted(unknown))}; choose from {', '.join(EVALUATORS)}")
@@ -507,7 +507,7 @@ def run_benchmark(methods: Sequence[str] = DEFAULT_METHODS, models: Sequence[Any
     for spec in (models if models is not None else default_models()):
         case = resolve_model(spec, n, inputs)
         graph = translate(case.model, input_shape=np.asarray(case.inputs).shape[1:])
-        kind = "text" if _takes_indices(graph) else "image"
+        kind = "text" if takes_indices(graph) else "image"
         if case.name in info:
             raise InputError(f"two models are named {case.name!r}")
         info[case.name] = {"kind": kind, "description": case.description or case.name}
@@ -639,7 +639,6 @@ def html_report(ds: xr.Dataset, plot: str | None = None) -> str:
         if notes:
             parts.append("<p><small>" + html.escape(" ".join(notes)) + "</small></p>")
     if plot:
-        import base64
         with open(plot, "rb") as f:
             parts.append(f"<p><img alt='benchmark plot' src='data:image/png;base64,"
                          f"{base64.b64encode(f.read()).decode()}'></p>")
@@ -649,7 +648,6 @@ def html_report(ds: xr.Dataset, plot: str | None = None) -> str:
 
 def plot_benchmark(ds: xr.Dataset):
     """Per model: a bar chart of the ranking score (AOPC or deletion accuracy, ±SEM) and the mean curves."""
-    from .evaluators.plots import _figure
     nm = ds.sizes["model"]
     fig = _figure((11, 3.8 * nm))
     axes = fig.subplots(nm, 2, squeeze=False)
