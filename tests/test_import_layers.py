@@ -146,7 +146,8 @@ EDGES = {name: sorted({t for _, _, targets, _ in _imports(m) for t in targets if
 
 def _needs_optional() -> set[str]:
     """Our modules whose import imports an optional library (at their top, or through one of ours that does)."""
-    direct = {name: any(not in_fn and top in OPTIONAL for _, in_fn, _, top in _imports(m)) for name, m in MODULES.items()}
+    direct = {name: any(not in_fn and top in OPTIONAL for _, in_fn, _, top in _imports(m))
+              for name, m in MODULES.items()}
     top_edges = {name: {t for _, in_fn, targets, _ in _imports(m) if not in_fn for t in targets}
                  for name, m in MODULES.items()}
     heavy = {name for name, yes in direct.items() if yes}

@@ -56,7 +56,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from .api import evaluate, explain, get_engine, load_model, translate
+from . import api      # called as api.explain etc., so that tests can time or stub the calls
 from .arguments import parse_value
 from .datasets.digits import digits_graph, load_digits_images, train_digits_cnn
 from .datasets.sentiment import make_sentiment
@@ -174,7 +174,7 @@ def resolve_model(spec: Any, n: int | None = None, inputs: str | None = None) ->
             if not data:
                 raise InputError(f"{spec}: a model file needs inputs: write {path}@inputs.npz or give --inputs")
             x, y = read_inputs(data)
-            case = Case(os.path.basename(path), load_model(path), x, y, description=f"{path} on {data}")
+            case = Case(os.path.basename(path), api.load_model(path), x, y, description=f"{path} on {data}")
         elif ":" in spec:
             mod, _, fn = spec.partition(":")
             try:
@@ -361,15 +361,15 @@ def _cell(case: Case, graph, is_text: bool, label: str, name: str, params: dict,
     out: dict = {}
     if name == RANDOM:
         rng = np.random.default_rng(seed)
-        ref = explain(graph, x, "gradient", target, engine=engine, **kw)
+        ref = api.explain(graph, x, "gradient", target, engine=engine, **kw)
         rel = ref.copy(data=rng.uniform(-1.0, 1.0, ref.shape).astype(ref.dtype))
         if "padding" in rel.coords:
             rel = rel.where(~rel.coords["padding"], 0.0)
         rel.attrs.update(method=RANDOM, parameters={"seed": seed, "distribution": "uniform(-1, 1)"})
     else:
         params = _method_params(name, params, x)
-        eng = get_engine(engine, graph)     # one instance for every call: measured on the device it uses
-        run = lambda **extra: explain(graph, x, name, target, engine=eng, **kw, **extra, **params)  # noqa: E731
+        eng = api.get_engine(engine, graph)     # one instance for every call: measured on the device it uses
+        run = lambda **extra: api.explain(graph, x, name, target, engine=eng, **kw, **extra, **params)  # noqa: E731
         rel = run()                                   # warm-up: kernels, caches, allocator
         if "runtime" in evaluators:
             times = []
@@ -390,13 +390,13 @@ def _cell(case: Case, graph, is_text: bool, label: str, name: str, params: dict,
     if batch_size:
         ev["batch_size"] = batch_size
     if "pixel_flipping" in evaluators and not is_text:
-        res = evaluate("pixel_flipping", graph, x, rel, convention="samek2017", relative_to_random=False, **ev)
+        res = api.evaluate("pixel_flipping", graph, x, rel, convention="samek2017", relative_to_random=False, **ev)
         a = res["aopc"].values
         out["aopc"] = float(a.mean())
         out["aopc_sem"] = float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
         out["curve"] = res["curve"].mean("sample").values
     if "word_deletion" in evaluators and is_text:
-        res = evaluate("word_deletion", graph, x, rel, labels=y, random_baseline=False, **ev)
+        res = api.evaluate("word_deletion", graph, x, rel, labels=y, random_baseline=False, **ev)
         acc = res["accuracy"].values
         out["deletion_accuracy"] = float(acc[1:].mean())
         out["deletion_curve"] = acc
@@ -506,7 +506,7 @@ def run_benchmark(methods: Sequence[str] = DEFAULT_METHODS, models: Sequence[Any
     cases, graphs, info = [], [], {}
     for spec in (models if models is not None else default_models()):
         case = resolve_model(spec, n, inputs)
-        graph = translate(case.model, input_shape=np.asarray(case.inputs).shape[1:])
+        graph = api.translate(case.model, input_shape=np.asarray(case.inputs).shape[1:])
         kind = "text" if takes_indices(graph) else "image"
         if case.name in info:
             raise InputError(f"two models are named {case.name!r}")
