@@ -124,7 +124,8 @@ class Graph:
     ``ops`` is the op table the nodes are checked against (name -> :class:`~attribx.ops.OpDef`); the graph
     keeps it (:attr:`ops`: rewrites and the relevance pass read op categories from it). Default: the
     built-in op set; a graph with ops of plugins takes the registry's table
-    (``attribx.plugins.registry().ops``), which :func:`attribx.translate` and :func:`attribx.load_model` pass.
+    (``attribx.plugins.registry().ops``), as :func:`attribx.load_model` passes it. This module never reads
+    the registry itself.
     """
 
     def __init__(self, inputs: Sequence[Value], nodes: Sequence[Node], outputs: Sequence[str],
