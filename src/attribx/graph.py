@@ -236,9 +236,11 @@ class Graph:
                 raise GraphError(f"node name {node.name!r} is used twice (names must be unique)")
             opdef = ops.get(node.op)
             if opdef is None:
+                hint = ("; a graph with ops of plugins is checked against theirs: ops=attribx.plugins.registry().ops"
+                        if ops is BUILTIN_OP_TABLE else "")
                 raise GraphError(
                     f"node {node.name!r}: unknown op {node.op!r}; a plugin adds ops through the "
-                    f"'attribx_ops' hook (known: {', '.join(sorted(ops))})"
+                    f"'attribx_ops' hook (known: {', '.join(sorted(ops))}){hint}"
                 )
             for i in node.inputs:
                 if i not in shapes:
