@@ -85,23 +85,23 @@ def test_two_outputs_name_the_one_to_explain(tmp_path):
 def test_large_input_is_batched_automatically(monkeypatch):
     """Without batch_size, an input whose pass would not fit in memory is explained batch by batch, with the
     same numbers (issue 17 point 17)."""
-    import attribx.api as api
+    import attribx.batching as batching
     rng = np.random.default_rng(0)
     g = cnn(rng)
     x = rng.normal(size=(10, 3, 8, 8)).astype("f4")
     whole = attribx.explain(g, x, "lrp.epsilon")
-    per = api._per_sample_bytes(g, x)
+    per = batching.per_sample_bytes(g, x)
     assert per >= 2 * 4 * (3 * 64 + 4 * 64 * 2 + 256 + 5)
     seen = []
-    real = api._batches
-    monkeypatch.setattr(api, "_batches", lambda n, b: seen.append(b) or real(n, b))
-    monkeypatch.setattr(api, "_memory_budget", lambda: 3 * per)
+    real = batching.batches
+    monkeypatch.setattr(batching, "batches", lambda n, b: seen.append(b) or real(n, b))
+    monkeypatch.setattr(batching, "memory_budget", lambda: 3 * per)
     batched = attribx.explain(g, x, "lrp.epsilon")
     assert seen == [3]
     np.testing.assert_allclose(batched.values, whole.values, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(batched.values, attribx.explain(g, x, "lrp.epsilon", batch_size=3).values)
     assert (batched.target.values == whole.target.values).all()
-    monkeypatch.setattr(api, "_memory_budget", lambda: 100 * per)
+    monkeypatch.setattr(batching, "memory_budget", lambda: 100 * per)
     seen.clear()
     attribx.explain(g, x, "lrp.epsilon")
     assert seen == [None]

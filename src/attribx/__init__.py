@@ -7,8 +7,6 @@
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .api import evaluate, explain, forward, get_engine, load_model, translate
 from .builder import GraphBuilder
 from .errors import (AttribxError, GraphError, InputError, MethodError, ModelLoadError, PluginError,
@@ -17,6 +15,7 @@ from .graph import Graph, Node, Value
 from .hookspecs import hookimpl
 from .storage import open_relevance, save
 from .streaming import explain_dataset
+from .version import __version__
 
 __all__ = [
     "__version__", "explain", "explain_dataset", "evaluate", "forward", "translate", "load_model", "get_engine", "save",

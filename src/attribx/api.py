@@ -1,18 +1,26 @@
-"""The public functions: load, translate, forward, explain, evaluate."""
+"""The public functions: load, translate, forward, explain, evaluate.
+
+This is the top floor: it reads the plugin registry and hands what it holds (op tables, engines with their
+kernels, passes, evaluators) down to the modules below, which never look it up themselves.
+"""
 from __future__ import annotations
 
-import math
 import os
-import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from . import batching
+from .engines.base import Engine
 from .errors import InputError, InputShapeError, MethodError, ModelLoadError, UnsupportedError
 from .graph import Graph
-from .plugins import registry, manager
+from .inputs import as_input, as_tensor_input, is_torch_tensor, shape_error, takes_indices, to_numpy
+from .methods import as_method
+from .plugins import manager, registry
+from .progress import progress
+from .propagation import run_forward
 from .relevance import concat_batches, labeled, provenance, sample_coords
-from .targets import resolve_targets
+from .targets import INITS, resolve_targets
 from .tokens import token_view
 from .translation import converters_of
 
@@ -31,6 +39,8 @@ def load_model(model: Any) -> Any:
         known = "; ".join(f"{k} ({v})" for k, v in formats.items()) or "none"
         raise ModelLoadError(f"{path}: not a model file attribx can read; formats of the installed plugins: "
                              f"{known}")
+    if isinstance(loaded, Graph):      # checked against every plugin's ops (the loader leaves it unchecked)
+        loaded.validate(registry().ops)
     return loaded
 
 
@@ -78,30 +88,35 @@ def get_engine(engine: Any = None, graph: Graph | None = None, device: Any = Non
     ONNX graphs ask for torch, then numpy), else the engine of the graph's framework, else numpy.
     ``device`` (``"cuda"``, ``"cpu"``, a ``torch.device``) asks for the torch engine on that device.
     """
-    from .engines.base import Engine
     if device is not None:
-        return _engine_on(engine, device)
+        return _with_kernels(_engine_on(engine, device))
     if isinstance(engine, Engine):
-        return engine
+        return _with_kernels(engine)
     engines = registry().engines
     if engine is None:
         for name in (graph.meta.get("engines") or ()) if graph is not None else ():
             if name in engines:
-                return engines[name]()
+                return _with_kernels(engines[name]())
         framework = (graph.meta.get("framework") if graph is not None else None) or "numpy"
         for cls in engines.values():
             if cls.framework == framework:
-                return cls()
-        return registry().engine("numpy")()
+                return _with_kernels(cls())
+        return _with_kernels(registry().engine("numpy")())
     if not isinstance(engine, str):
         raise MethodError(f"engine must be a name ({', '.join(engines)}) or an Engine, got {type(engine).__name__}")
-    return registry().engine(engine)()
+    return _with_kernels(registry().engine(engine)())
+
+
+def _with_kernels(engine: Engine) -> Engine:
+    """``engine`` with the kernels every plugin registers for it, unless it was given its own."""
+    if not engine.has_kernels:
+        engine.use_kernels(registry().kernels(engine.name))
+    return engine
 
 
 def _engine_on(engine: Any, device: Any):
     """A torch engine (``engine`` names one, or the torch engine) on ``device``, which the engine checks exists:
     devices are torch's, so an engine of another framework is an error rather than a silent CPU run."""
-    from .engines.base import Engine
     if isinstance(engine, Engine):
         raise MethodError(f"device={device!r} and an engine object: give the device to one of them "
                           f"({type(engine).__name__}(device=...) or engine='torch')")
@@ -119,131 +134,23 @@ def _engine_on(engine: Any, device: Any):
     return cls(device=device)
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):      # a torch tensor
-        x = x.detach().cpu().numpy()
-    elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):   # a TensorFlow tensor
-        x = x.numpy()
-    try:
-        return np.asarray(x)
-    except Exception as err:
-        raise InputError(f"input cannot be read as an array: {err}") from None
-
-
-def _is_torch_tensor(x: Any) -> bool:
-    return hasattr(x, "detach") and hasattr(x, "is_floating_point") and hasattr(x, "isfinite")
-
-
 def _graph_and_input(model: Any, x: Any, passes=True) -> tuple[Graph, Any]:
     """Translate (with the data's shape, for tracing backends) and check the input against the graph.
 
     A torch tensor stays a tensor on its device (a GPU batch is not copied to the host to be checked);
     anything else becomes a numpy array.
     """
-    tensor = _is_torch_tensor(x)
+    tensor = is_torch_tensor(x)
     if not tensor:
-        x = _to_numpy(x)
+        x = to_numpy(x)
     shape = tuple(int(d) for d in x.shape)
     try:
         graph = translate(model, passes, input_shape=shape[1:] if shape else None)
     except InputShapeError as err:     # a tracing backend could not run the model on data of this shape
         if err.expected is None:
             raise
-        raise _shape_error(shape, err.expected, tensor) from None
-    return graph, (_as_tensor_input(graph, x) if tensor else _as_input(graph, x))
-
-
-def _fits(shape: tuple, want: tuple) -> bool:
-    return len(shape) == len(want) and all(w is None or isinstance(w, str) or w == s for s, w in zip(shape, want))
-
-
-def _shape_hint(shape: Sequence[int], want: Sequence, tensor: bool = False) -> str:
-    """How to fix the two usual slips, when one of them explains the mismatch: one sample without its batch
-    axis, and channels-last images for a channels-first model (or the reverse). ``want`` has the batch axis
-    first (None, or a name, where any size fits); "" when neither explains it."""
-    shape, want = tuple(shape), tuple(want)
-    if _fits(shape, want[1:]):
-        return "add a batch axis: x[None]"
-    n = len(want)
-    if n < 4 or len(shape) != n:       # images and volumes: (N, C, H, W), (N, C, D, H, W) and channels-last
-        return ""
-    to_first = (0, n - 1, *range(1, n - 1))      # NHWC -> NCHW
-    to_last = (0, *range(2, n), 1)               # NCHW -> NHWC
-    for perm, src, dst, where in ((to_first, -1, 1, "first"), (to_last, 1, -1, "last")):
-        if _fits(tuple(shape[i] for i in perm), want):
-            move = f"x.permute{perm}" if tensor else f"np.moveaxis(x, {src}, {dst})"
-            return f"the model takes channels {where}: {move}"
-    return ""
-
-
-def _shape_error(shape: tuple, want: tuple, tensor: bool = False) -> InputShapeError:
-    pretty = "(N, " + ", ".join("?" if d is None else str(d) for d in want[1:]) + ")"
-    hint = _shape_hint(shape, want, tensor)
-    return InputShapeError(f"input has shape {shape}, the model expects {pretty}" + (f" ({hint})" if hint else ""),
-                           want)
-
-
-def _check_shape(graph: Graph, shape: tuple, tensor: bool = False) -> None:
-    if not shape or not _fits(shape[1:], graph.input.shape[1:]):
-        raise _shape_error(shape, graph.input.shape, tensor)
-    if shape[0] == 0:
-        raise InputError("input has no samples")
-
-
-def _as_tensor_input(graph: Graph, x: Any):
-    """The torch-tensor counterpart of :func:`_as_input`, checked where the tensor lives."""
-    x = x.detach()
-    _check_shape(graph, tuple(x.shape), tensor=True)
-    if _takes_indices(graph):
-        _check_indices(graph, x.cpu().numpy())
-        return x.long()
-    if not x.is_floating_point():
-        x = x.float()
-    finite = x.isfinite()
-    if not bool(finite.all()):
-        bad = int((~finite).reshape(len(x), -1).any(1).sum())
-        raise InputError(f"input contains NaN or infinite values (in {bad} of {len(x)} samples)")
-    return x
-
-
-def _takes_indices(graph: Graph) -> bool:
-    """Whether the graph's input holds integer indices (it feeds an embedding lookup)."""
-    return np.dtype(graph.input.dtype).kind in "iu"
-
-
-def _check_indices(graph: Graph, x: np.ndarray) -> np.ndarray:
-    """Integer indices within every vocabulary they look up, as int64."""
-    if x.dtype.kind == "f":
-        if not (np.isfinite(x).all() and np.all(x == np.round(x))):
-            raise InputError("this model's input holds indices (an embedding lookup): got non-integer values")
-    elif x.dtype.kind not in "iub":
-        raise InputError(f"this model's input holds indices (an embedding lookup): got dtype {x.dtype}")
-    x = x.astype(np.int64)
-    for node in graph.nodes:
-        if node.op == "embedding" and graph.input.name in node.inputs:
-            size = node.params["weight"].shape[0]
-            if x.size and (x.min() < 0 or x.max() >= size):
-                raise InputError(f"node {node.name!r}: indices must lie in [0, {size}), got values from "
-                                 f"{x.min()} to {x.max()}")
-    return x
-
-
-def _as_input(graph: Graph, x: Any) -> np.ndarray:
-    """Check and convert user input: shape against the graph's, finite, floating."""
-    x = _to_numpy(x)
-    if x.dtype.kind not in "fiub":
-        raise InputError(f"input must be numeric, got dtype {x.dtype}")
-    _check_shape(graph, x.shape)
-    if _takes_indices(graph):
-        return _check_indices(graph, x)
-    if x.dtype.kind != "f":
-        x = x.astype(graph.input.dtype if np.dtype(graph.input.dtype).kind == "f" else np.float32)
-    elif x.dtype not in (np.float32, np.float64):
-        x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
-        raise InputError(f"input contains NaN or infinite values (in {bad} of {len(x)} samples)")
-    return x
+        raise shape_error(shape, err.expected, tensor) from None
+    return graph, (as_tensor_input(graph, x) if tensor else as_input(graph, x))
 
 
 def forward(model: Any, x: Any, engine: Any = None, output: str | None = None,
@@ -253,83 +160,12 @@ def forward(model: Any, x: Any, engine: Any = None, output: str | None = None,
     ``passes`` as in :func:`translate` (``False`` runs the graph exactly as given); ``device`` as in
     :func:`explain`.
     """
-    from .propagation import run_forward
     graph, x = _graph_and_input(model, x, passes)
     graph = _select_output(graph, output)
     eng = get_engine(engine, graph, device)
     name = graph.output
     acts = run_forward(graph, eng, eng.asarray(x), upto=name)
     return eng.to_numpy(acts[name])
-
-
-def _batches(n: int, batch_size: int | None) -> list[slice]:
-    if batch_size is None or batch_size >= n:
-        return [slice(0, n)]
-    if batch_size < 1:
-        raise InputError(f"batch_size must be positive, got {batch_size}")
-    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
-def _memory_budget() -> int:
-    """Bytes one explain batch may hold in activations and relevance: a quarter of the physical memory
-    available now, at most 4 GiB (1 GiB where the system does not say)."""
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return 1 << 30
-    return int(max(64 << 20, min(avail // 4, 4 << 30)))
-
-
-def _per_sample_bytes(graph: Graph, x: Any) -> int:
-    """What one sample costs a relevance pass, roughly: every node's activation (the forward pass keeps
-    them all) and the relevance beside it, in the input's precision (at least float32)."""
-    itemsize = max(4, int(getattr(getattr(x, "dtype", None), "itemsize", 4) or 4))
-    per_in = math.prod(int(d) for d in x.shape[1:]) if len(x.shape) > 1 else 1
-    total = per_in
-    for node in graph.nodes:
-        shape = node.shape or ()
-        dims = shape[1:]
-        total += math.prod(dims) if all(isinstance(d, int) for d in dims) else per_in
-    return 2 * itemsize * total
-
-
-def _auto_batch_size(graph: Graph, x: Any) -> int | None:
-    """A batch size for inputs whose relevance pass would not fit in memory at once (None: one batch). The
-    samples are independent, so batching changes no number beyond floating-point summation order."""
-    n = len(x)
-    per = _per_sample_bytes(graph, x)
-    if n <= 1 or per * n <= _memory_budget():
-        return None
-    return max(1, _memory_budget() // max(per, 1))
-
-
-def progress(iterable: Iterable, total: int, desc: str, enabled: bool | None = None):
-    """A tqdm bar when tqdm is installed and stderr is a terminal (or ``enabled`` says so)."""
-    if enabled is None:
-        enabled = total > 1 and sys.stderr.isatty()
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc)
-
-
-def _batch_target(target, sl: slice, n: int):
-    """The part of ``target`` that belongs to the samples in ``sl``."""
-    def part(t):
-        if isinstance(t, str):
-            return t
-        a = np.asarray(t)
-        if a.ndim == 1:
-            if len(a) != n:
-                raise InputError(f"target has {len(a)} entries for {n} samples")
-            return a[sl]
-        return a
-    if isinstance(target, tuple) and len(target) == 3 and target[0] == "contrast":
-        return ("contrast", part(target[1]), part(target[2]))
-    return part(target)
 
 
 def _follow_aliases(graph: Graph, name: str) -> str:
@@ -371,7 +207,7 @@ def _select_output(graph: Graph, output: str | None) -> Graph:
                          f"{', '.join(map(repr, graph.outputs))} (every node: attribx.translate(model).summary())")
     if graph.outputs == [name]:
         return graph
-    return Graph(graph.inputs, graph.nodes, [name], graph.meta, validate=False)
+    return Graph(graph.inputs, graph.nodes, [name], graph.meta, validate=False, ops=graph.ops)
 
 
 def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "predicted", *,
@@ -401,18 +237,16 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     (N, T, E) get one score per token as token-id inputs do. The token axis is the input's ``token``
     dim, else its second axis.
     """
-    from .methods import as_method
-    from .targets import INITS
     graph, x = _graph_and_input(model, x)
     graph = _select_output(graph, output)
     reg = registry()
     m = as_method(method, reg.methods)
     resolved = m.resolve(params)
-    if m.needs_real_input and _takes_indices(graph):
+    if m.needs_real_input and takes_indices(graph):
         raise MethodError(f"method {m.name!r} perturbs the input or multiplies by it, but this model's input "
                           f"holds integer indices (an embedding lookup); use a gradient or LRP method")
-    view = token_view(tuple(x.shape), graph.input.dims, _takes_indices(graph), tokens, pad_id, padding, per_token,
-                      ids=_to_numpy(x) if pad_id is not None else None)
+    view = token_view(tuple(x.shape), graph.input.dims, takes_indices(graph), tokens, pad_id, padding, per_token,
+                      ids=to_numpy(x) if pad_id is not None else None)
     eng = get_engine(engine, graph, device)
     n = len(x)
     layers = list(layers or [])
@@ -426,11 +260,11 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
         raise InputError(f"unknown output_init {output_init!r}; use one of {', '.join(INITS)} or an array")
     pieces = []
     if batch_size is None:
-        batch_size = _auto_batch_size(graph, x)
-    chunks = _batches(n, batch_size)
+        batch_size = batching.auto_batch_size(graph, x)
+    chunks = batching.batches(n, batch_size)
     for sl in progress(chunks, len(chunks), f"explain {m.name}", progress_bar):
         xb = x[sl]
-        tb = _batch_target(target, sl, n)
+        tb = batching.batch_target(target, sl, n)
         init = init_array[sl] if init_array is not None else output_init
         result = m.run(graph, eng, eng.asarray(xb), lambda s, tb=tb: resolve_targets(tb, s), resolved, init,
                        keep=list(where.values()), conservation=conservation, ops=reg.ops, rules=reg.rules)

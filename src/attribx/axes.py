@@ -11,14 +11,16 @@ from typing import Sequence
 
 import numpy as np
 
+from .engines.numpy_engine import NumpyEngine
+from .engines.numpy_kernels import KERNELS
+
 #: Ops that only move elements: a one-to-one map from input positions to output positions.
 REARRANGING = frozenset({"reshape", "flatten", "transpose", "identity"})
 
 
 def rearrange(nodes: Sequence, array: np.ndarray) -> np.ndarray:
     """``array`` (with a batch axis) pushed through rearranging nodes in order."""
-    from .engines.numpy_engine import NumpyEngine
-    engine = NumpyEngine()
+    engine = NumpyEngine().use_kernels(KERNELS)     # built-in ops only: the built-in kernels
     for node in nodes:
         if node.op not in REARRANGING:
             raise ValueError(f"node {node.name!r} ({node.op}) does not only rearrange elements")

@@ -5,7 +5,7 @@ neural network has learned" (IEEE TNNLS 2017): LRP against sensitivity (squared 
 and a random heatmap, scored by pixel flipping (AOPC, the paper's convention ``samek2017``: most relevant
 pixels first, replaced by uniform noise, 1 × 1 regions), on the digits CNN of
 :mod:`attribx.datasets.digits` (trained here in seconds); without PyTorch on the scikit-learn digits MLP
-of :func:`attribx.demo.digits_graph`.
+of :func:`attribx.datasets.digits.digits_graph`.
 
 Every (model, method) cell measures:
 
@@ -41,6 +41,8 @@ run keeps what it finished.
 """
 from __future__ import annotations
 
+import base64
+import ctypes
 import dataclasses
 import html
 import importlib
@@ -54,7 +56,20 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from . import api      # called as api.explain etc., so that tests can time or stub the calls
+from .arguments import parse_value
+from .datasets.digits import digits_graph, load_digits_images, train_digits_cnn
+from .datasets.sentiment import make_sentiment
+from .datasets.text_model import train_sentiment_lstm
 from .errors import AttribxError, InputError
+from .evaluators.base import Progress
+from .evaluators.plots import _figure
+from .input_files import read_inputs
+from .inputs import takes_indices
+from .methods import as_method
+from .plugins import registry
+from .storage import save
+from .version import __version__
 
 #: Samek et al. 2017's comparison: LRP (two composites) vs sensitivity vs deconvnet vs a random heatmap.
 DEFAULT_METHODS = ("lrp.epsilon", "lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "sensitivity", "deconvnet",
@@ -83,11 +98,10 @@ class Case:
 
 def digits_cnn_case(n: int = 128, steps: int = 80) -> Case:
     """The digits CNN trained on the first 1200 digits ([-1, 1] grey levels); ``n`` held-out test digits."""
-    from .datasets.digits import load_digits_images, train_digits_cnn
     x, y = load_digits_images("signed")
     t0 = time.perf_counter()
     model = train_digits_cnn(x[:1200], y[:1200], steps=steps)
-    import torch
+    import torch        # optional: this case needs it
     with torch.no_grad():
         acc = float((model(torch.from_numpy(x[1200:])).argmax(1).numpy() == y[1200:]).mean())
     return Case("digits-cnn", model, x[1200:1200 + n], y[1200:1200 + n],
@@ -97,16 +111,14 @@ def digits_cnn_case(n: int = 128, steps: int = 80) -> Case:
 
 def digits_mlp_case(n: int = 128) -> Case:
     """The demo's scikit-learn MLP on the digits as an attribx graph (numpy only); ``n`` test digits."""
-    from .demo import digits_graph
     graph, x, y, acc = digits_graph()
     return Case("digits-mlp", graph, x[:n], y[:n],
-                description=f"attribx.demo.digits_graph (scikit-learn MLP, numpy graph), test accuracy {acc:.3f}")
+                description=f"attribx.datasets.digits.digits_graph (scikit-learn MLP, numpy graph), test accuracy "
+                            f"{acc:.3f}")
 
 
 def sentiment_lstm_case(n: int = 200) -> Case:
     """The bidirectional LSTM of :mod:`attribx.datasets.text_model` on generated sentences (token ids)."""
-    from .datasets.sentiment import make_sentiment
-    from .datasets.text_model import train_sentiment_lstm
     data = make_sentiment(2000, seed=0)
     model, hist = train_sentiment_lstm(data, progress_bar=False)
     test = make_sentiment(n, seed=1)
@@ -162,10 +174,8 @@ def resolve_model(spec: Any, n: int | None = None, inputs: str | None = None) ->
             data = data or inputs
             if not data:
                 raise InputError(f"{spec}: a model file needs inputs: write {path}@inputs.npz or give --inputs")
-            from .api import load_model
-            from .cli import read_inputs
             x, y = read_inputs(data)
-            case = Case(os.path.basename(path), load_model(path), x, y, description=f"{path} on {data}")
+            case = Case(os.path.basename(path), api.load_model(path), x, y, description=f"{path} on {data}")
         elif ":" in spec:
             mod, _, fn = spec.partition(":")
             try:
@@ -188,14 +198,13 @@ def resolve_model(spec: Any, n: int | None = None, inputs: str | None = None) ->
 
 def parse_method(spec: str) -> tuple[str, str, dict]:
     """``"name"`` or ``"name:key=value,key=value"`` (values as JSON) → (label, name, params)."""
-    from .cli import _parse_value
     name, _, rest = spec.partition(":")
     params = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         k, sep, v = item.partition("=")
         if not sep:
             raise InputError(f"method {spec!r}: write name:key=value,key=value")
-        params[k.strip()] = _parse_value(v.strip())
+        params[k.strip()] = parse_value(v.strip())
     return spec, name.strip(), params
 
 
@@ -203,8 +212,6 @@ def _method_params(name: str, params: dict, x: np.ndarray) -> dict:
     """Box rules get the inputs' range as their bounds unless given."""
     if name == RANDOM:
         return params
-    from .methods import as_method
-    from .plugins import registry
     defaults = as_method(name, registry().methods).defaults
     out = dict(params)
     if "low" in defaults and "low" not in out:
@@ -233,7 +240,6 @@ def _proc_status(key: str) -> int | None:
 def _trim_heap() -> None:
     """Hand glibc's free heap memory back to the kernel, so that reusing it shows up as resident again."""
     try:
-        import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -321,7 +327,7 @@ def measure_memory(eng, run: Callable[[], Any]) -> dict:
     out = {"peak_allocated": float("nan")}
     cuda = _cuda_device(eng)
     if cuda is not None:
-        import torch
+        import torch    # optional: only with a CUDA engine
         torch.cuda.synchronize(cuda)
         torch.cuda.reset_peak_memory_stats(cuda)
         base = torch.cuda.memory_allocated(cuda)
@@ -344,30 +350,27 @@ def measure_memory(eng, run: Callable[[], Any]) -> dict:
 def _family(name: str) -> str:
     if name == RANDOM:
         return RANDOM
-    from .methods import as_method
-    from .plugins import registry
     return as_method(name, registry().methods).family
 
 
 def _cell(case: Case, graph, is_text: bool, label: str, name: str, params: dict, evaluators: Sequence[str],
           engine: Any, batch_size: int | None, seed: int, repeats: int = 5) -> dict:
     """Every measurement of one (model, method) cell, as plain numbers and arrays."""
-    from .api import evaluate, explain, get_engine
     x, y = case.inputs, case.labels
     target = y if (is_text and y is not None) else "predicted"
     kw = dict(batch_size=batch_size, labels=y, progress_bar=False, **case.explain)
     out: dict = {}
     if name == RANDOM:
         rng = np.random.default_rng(seed)
-        ref = explain(graph, x, "gradient", target, engine=engine, **kw)
+        ref = api.explain(graph, x, "gradient", target, engine=engine, **kw)
         rel = ref.copy(data=rng.uniform(-1.0, 1.0, ref.shape).astype(ref.dtype))
         if "padding" in rel.coords:
             rel = rel.where(~rel.coords["padding"], 0.0)
         rel.attrs.update(method=RANDOM, parameters={"seed": seed, "distribution": "uniform(-1, 1)"})
     else:
         params = _method_params(name, params, x)
-        eng = get_engine(engine, graph)     # one instance for every call: measured on the device it uses
-        run = lambda **extra: explain(graph, x, name, target, engine=eng, **kw, **extra, **params)  # noqa: E731
+        eng = api.get_engine(engine, graph)     # one instance for every call: measured on the device it uses
+        run = lambda **extra: api.explain(graph, x, name, target, engine=eng, **kw, **extra, **params)  # noqa: E731
         rel = run()                                   # warm-up: kernels, caches, allocator
         if "runtime" in evaluators:
             times = []
@@ -388,13 +391,13 @@ def _cell(case: Case, graph, is_text: bool, label: str, name: str, params: dict,
     if batch_size:
         ev["batch_size"] = batch_size
     if "pixel_flipping" in evaluators and not is_text:
-        res = evaluate("pixel_flipping", graph, x, rel, convention="samek2017", relative_to_random=False, **ev)
+        res = api.evaluate("pixel_flipping", graph, x, rel, convention="samek2017", relative_to_random=False, **ev)
         a = res["aopc"].values
         out["aopc"] = float(a.mean())
         out["aopc_sem"] = float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
         out["curve"] = res["curve"].mean("sample").values
     if "word_deletion" in evaluators and is_text:
-        res = evaluate("word_deletion", graph, x, rel, labels=y, random_baseline=False, **ev)
+        res = api.evaluate("word_deletion", graph, x, rel, labels=y, random_baseline=False, **ev)
         acc = res["accuracy"].values
         out["deletion_accuracy"] = float(acc[1:].mean())
         out["deletion_curve"] = acc
@@ -486,10 +489,6 @@ def run_benchmark(methods: Sequence[str] = DEFAULT_METHODS, models: Sequence[Any
     every cell) the tidy Dataset with dims ``(model, method)`` (and ``step`` / ``deletion`` for curves,
     ``repeat`` for the ``repeats`` timed explain calls of each cell, whose median is ``seconds_per_sample``);
     the coord ``family`` names each method's family (``lrp``, ``gradient``, ``random``)."""
-    from . import __version__
-    from .api import _takes_indices, translate
-    from .evaluators.base import Progress
-    from .storage import save
     unknown = set(evaluators) - set(EVALUATORS)
     if unknown:
         raise InputError(f"unknown evaluator(s) {', '.join(sorted(unknown))}; choose from {', '.join(EVALUATORS)}")
@@ -508,8 +507,8 @@ def run_benchmark(methods: Sequence[str] = DEFAULT_METHODS, models: Sequence[Any
     cases, graphs, info = [], [], {}
     for spec in (models if models is not None else default_models()):
         case = resolve_model(spec, n, inputs)
-        graph = translate(case.model, input_shape=np.asarray(case.inputs).shape[1:])
-        kind = "text" if _takes_indices(graph) else "image"
+        graph = api.translate(case.model, input_shape=np.asarray(case.inputs).shape[1:])
+        kind = "text" if takes_indices(graph) else "image"
         if case.name in info:
             raise InputError(f"two models are named {case.name!r}")
         info[case.name] = {"kind": kind, "description": case.description or case.name}
@@ -641,7 +640,6 @@ def html_report(ds: xr.Dataset, plot: str | None = None) -> str:
         if notes:
             parts.append("<p><small>" + html.escape(" ".join(notes)) + "</small></p>")
     if plot:
-        import base64
         with open(plot, "rb") as f:
             parts.append(f"<p><img alt='benchmark plot' src='data:image/png;base64,"
                          f"{base64.b64encode(f.read()).decode()}'></p>")
@@ -651,7 +649,6 @@ def html_report(ds: xr.Dataset, plot: str | None = None) -> str:
 
 def plot_benchmark(ds: xr.Dataset):
     """Per model: a bar chart of the ranking score (AOPC or deletion accuracy, ±SEM) and the mean curves."""
-    from .evaluators.plots import _figure
     nm = ds.sizes["model"]
     fig = _figure((11, 3.8 * nm))
     axes = fig.subplots(nm, 2, squeeze=False)

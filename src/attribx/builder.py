@@ -6,15 +6,17 @@
 >>> g = b.build(b.linear(h, w2, name="fc2"))
 
 Every method adds one node and returns its name, which is what the next call takes as input.
-``b.add_node(op, inputs, ...)`` adds ops that have no shortcut (ops from plugins, too).
+``b.add_node(op, inputs, ...)`` adds ops that have no shortcut (ops from plugins, too: then
+``b.build(..., ops=attribx.plugins.registry().ops)``).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .graph import Graph, Node, Value, layout_dims
+from .ops import OpDef
 
 
 def unique_name(base: str, used: set[str]) -> str:
@@ -144,7 +146,8 @@ class GraphBuilder:
     def constant(self, value, name=None):
         return self.add_node("constant", (), name, {"value": np.asarray(value)})
 
-    def build(self, *outputs: str) -> Graph:
-        """Validate and return the graph; the outputs default to the last node."""
+    def build(self, *outputs: str, ops: Mapping[str, OpDef] | None = None) -> Graph:
+        """Validate and return the graph; the outputs default to the last node. ``ops``: the op table, as in
+        :class:`~attribx.graph.Graph` (a graph with ops of plugins: ``attribx.plugins.registry().ops``)."""
         outs = list(outputs) or [self.nodes[-1].name]
-        return Graph(self.inputs, self.nodes, outs, self.meta)
+        return Graph(self.inputs, self.nodes, outs, self.meta, ops=ops)

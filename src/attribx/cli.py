@@ -7,155 +7,41 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
+import warnings
+from functools import partial
 from typing import Sequence
 
 import numpy as np
 
-from .errors import AttribxError, InputError
-
-INPUT_KEYS = ("x", "inputs", "input", "images", "data")
-LABEL_KEYS = ("labels", "label", "y")
-
-
-def _parse_value(text: str, name: str = ""):
-    """Parameter values as JSON (numbers, lists, true/false/null), else as plain strings; a value that
-    starts as a JSON list or object but is not one is refused (it was not meant as a string)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        if text.startswith(("[", "{")):
-            raise InputError(f"--param {name}={text}: not a valid JSON list or object ({err.msg}); write e.g. "
-                             f"{name}=[0.1, 0.2]") from None
-        return text
-
-
-def parse_params(items: Sequence[str]) -> dict:
-    params = {}
-    for item in items or ():
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise InputError(f"--param {item!r}: write name=value, e.g. --param epsilon=0.25")
-        params[name.strip()] = _parse_value(value.strip(), name.strip())
-    return params
-
-
-def _array(path: str, data, key: str, what: str = "array") -> np.ndarray:
-    """``data[key]`` of an open .npz file; an object array (which needs pickle, never loaded) is refused."""
-    try:
-        return data[key]
-    except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise InputError(f"{path}: {what} {key!r} holds Python objects (dtype object), which attribx does not "
-                             f"load (it would run pickled code); save a numeric array") from None
-        raise InputError(f"{path}: {what} {key!r} cannot be read ({err})") from None
-
-
-def parse_target(text: str):
-    if text == "predicted":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    if os.path.exists(text):
-        return read_target(text)
-    raise InputError(f"--target {text!r}: give a class index, 'predicted', or a .npy file of indices")
-
-
-def _load(path: str):
-    """np.load without pickle; an object .npy (which needs pickle) and a file that is no array are refused."""
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise InputError(f"{path}: holds Python objects (dtype object), which attribx does not load (it would "
-                             f"run pickled code); save a numeric array") from None
-        raise InputError(f"{path}: not a .npy/.npz array file ({err})") from None
-    except Exception as err:
-        raise InputError(f"{path}: not a .npy/.npz array file ({err})") from None
-
-
-def read_target(path: str) -> np.ndarray:
-    """One class index per sample from a .npy file (or an .npz file holding one array)."""
-    data = _load(path)
-    if isinstance(data, np.ndarray):
-        return data
-    with data:
-        if len(data.files) != 1:
-            raise InputError(f"--target {path}: holds {list(data.files)}; give a .npy file (or an .npz with one "
-                             f"array) of one class index per sample")
-        return _array(path, data, data.files[0])
-
-
-def _batch_axis(path: str, x: np.ndarray) -> np.ndarray:
-    if x.ndim == 0:
-        raise InputError(f"{path}: holds a single number (a 0-d array); inputs need a batch axis first, "
-                         f"e.g. shape (N, features)")
-    return x
-
-
-def read_inputs(path: str, key: str | None = None, labels_key: str | None = None):
-    """Inputs (and labels, when the file has them) from a .npy or .npz file."""
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
-    data = _load(path)
-    if isinstance(data, np.ndarray):
-        for flag, value in (("--key", key), ("--labels-key", labels_key)):
-            if value is not None:
-                raise InputError(f"{flag} {value!r}: {path} is a .npy file, which holds one array (no names); "
-                                 f"{flag} picks an array of an .npz file: leave it out")
-        return _batch_axis(path, data), None
-    with data:
-        keys = list(data.files)
-        if key is None:
-            key = next((k for k in INPUT_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise InputError(f"{path}: holds {keys}; choose the inputs with --key")
-        if key not in keys:
-            raise InputError(f"{path}: no array {key!r}; it holds {keys}")
-        lk = labels_key or next((k for k in LABEL_KEYS if k in keys), None)
-        if labels_key is not None and labels_key not in keys:
-            raise InputError(f"{path}: no array {labels_key!r} (--labels-key); it holds {keys}")
-        labels = _array(path, data, lk, "labels") if lk in keys else None
-        return _batch_axis(path, _array(path, data, key)), labels
-
+from .api import evaluate, explain, translate
+from .arguments import parse_params, parse_target
+from .benchmark import main as benchmark
+from .demo import run_demo
+from .distributed import explain_dataset_distributed
+from .errors import AttribxError, AttribxWarning, InputError
+from .evaluators.plots import plot_result
+from .evaluators.spray import export_virelay, plot_spray, spray
+from .input_files import read_inputs, require_batch_axis
+from .plugins import registry
+from .render import check_cmap, render
+from .safe_writes import check_writable, writer_lock
+from .storage import open_relevance, sample_count, save
+from .streaming import explain_dataset
+from .version import __version__
 
 def existing_samples(path: str) -> int:
     """How many samples an existing relevance file holds (0 if there is none), so appended ids continue."""
-    from .storage import sample_count
     return sample_count(path)
 
 
 def cmd_plugins(args) -> int:
-    from .ops import describe_ops
-    from .plugins import registry
-    reg = registry()
-    for info in reg.plugins():
-        print(f"{info.name}  ({info.source})")
-        for kind in reg.KINDS:
-            names = info.contributes.get(kind)
-            if names and kind in ("translators", "formats"):    # what a user can hand to attribx: say what each is
-                table = getattr(reg, kind)
-                print(f"    {kind:11} " + "; ".join(f"{n}: {table[n]}" for n in names))
-            elif names:
-                print(f"    {kind:11} {', '.join(names)}")
-        kernels = [k for k in info.contributes if k.startswith("kernels")]
-        for k in kernels:
-            print(f"    {k:11} {len(info.contributes[k])} ops")
-    if args.ops:
-        print("\nops:\n" + describe_ops(reg.ops))
-    for f in reg.failures:
-        print(f"FAILED: {f}")
-    for c in reg.conflicts:
-        print(f"conflict: {c}")
+    print(registry().report(ops=args.ops))
     return 0
 
 
 def cmd_inspect(args) -> int:
-    from .api import translate
     graph = translate(args.model, passes=not args.no_passes)
     print(graph.summary())
     return 0
@@ -181,18 +67,15 @@ def check_npy_samples(path: str) -> None:
     except OSError:
         return
     if x.ndim == 0:
-        _batch_axis(path, np.asarray(x))
+        require_batch_axis(path, np.asarray(x))
     if x.shape[0] == 0:
         raise InputError(f"{path}: input has no samples (shape {x.shape})")
 
 
 def cmd_explain_streaming(args) -> int:
-    from .streaming import explain_dataset
+    run = explain_dataset
     if getattr(args, "scheduler", None):       # batches on a dask cluster, the same resumable file
-        from functools import partial
-
-        from .distributed import explain_dataset_distributed
-        explain_dataset = partial(explain_dataset_distributed, scheduler=args.scheduler)
+        run = partial(explain_dataset_distributed, scheduler=args.scheduler)
     if args.append:
         raise InputError("--append and streaming (--stream/--resume) do not mix: a streamed file is continued "
                          "with --resume")
@@ -205,10 +88,10 @@ def cmd_explain_streaming(args) -> int:
                              f"directory of images), which has no named arrays; leave {flag} out")
     if os.path.isfile(args.inputs) and args.inputs.endswith(".npy"):
         check_npy_samples(args.inputs)
-    r = explain_dataset(args.model, args.inputs, args.output, args.method, parse_target(args.target),
-                        engine=args.engine, layers=args.layers, batch_size=args.batch_size or 256,
-                        resume=args.resume, progress_bar=None,
-                        attrs={"inputs_file": os.path.abspath(args.inputs)}, **parse_params(args.param))
+    r = run(args.model, args.inputs, args.output, args.method, parse_target(args.target),
+            engine=args.engine, layers=args.layers, batch_size=args.batch_size or 256,
+            resume=args.resume, progress_bar=None,
+            attrs={"inputs_file": os.path.abspath(args.inputs)}, **parse_params(args.param))
     done = f" (resumed at sample {r['resumed_at']})" if r["resumed_at"] else ""
     print(f"wrote relevance of {r['samples']} samples ({args.method}) to {args.output}{done}")
     return 0
@@ -216,15 +99,12 @@ def cmd_explain_streaming(args) -> int:
 
 def check_outputs(*paths) -> None:
     """Refuse now, before any computation, output paths that could not be written."""
-    from .safe_writes import check_writable
     for path in paths:
         if path is not None:
             check_writable(path)
 
 
 def cmd_explain(args) -> int:
-    from .api import explain
-    from .storage import save
     check_outputs(args.output)
     if _streaming(args):
         if args.output_node is not None:
@@ -232,7 +112,6 @@ def cmd_explain(args) -> int:
                              "explain the files without streaming, or translate and save a graph with that output")
         return cmd_explain_streaming(args)
     x, labels = read_inputs(args.inputs, args.key, args.labels_key)
-    from .safe_writes import writer_lock
     # --append: one run at a time from counting the file's samples to the save (ids must not collide)
     with writer_lock(args.output) if args.append else contextlib.nullcontext():
         first = existing_samples(args.output) if args.append else 0
@@ -246,8 +125,6 @@ def cmd_explain(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from .render import check_cmap, render
-    from .storage import open_relevance
     check_outputs(args.output)
     if args.cmap is not None:
         check_cmap(args.cmap)
@@ -262,8 +139,6 @@ def cmd_render(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .api import evaluate
-    from .storage import save
     check_outputs(args.output, args.plot)
     params = parse_params(args.param)
     for key, value in (("engine", args.engine), ("batch_size", args.batch_size), ("variable", args.variable)):
@@ -281,15 +156,12 @@ def cmd_evaluate(args) -> int:
     print(f"wrote {args.name} of {result.sizes.get('sample', 0)} samples to {args.output}"
           + (f" ({summary})" if summary else ""))
     if args.plot:
-        from .evaluators.plots import plot_result
         plot_result(result).savefig(args.plot, dpi=110)
         print(f"wrote the plot to {args.plot}")
     return 0
 
 
 def cmd_spray(args) -> int:
-    from .evaluators.spray import export_virelay, plot_spray, spray
-    from .storage import save
     check_outputs(args.output, args.plot)
     if not os.path.exists(args.relevance):
         raise InputError(f"{args.relevance}: no such file")
@@ -311,14 +183,12 @@ def cmd_spray(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import main as benchmark
     benchmark(args.out, methods=args.methods, models=args.models, evaluators=args.evaluators, n=args.samples,
               engine=args.engine, batch_size=args.batch_size, seed=args.seed, inputs=args.inputs, repeats=args.repeats)
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
     run_demo(args.out, backend=args.backend, n_images=args.images,
              progress_bar=False if args.no_progress else None)
     return 0
@@ -326,7 +196,6 @@ def cmd_demo(args) -> int:
 
 def _installed() -> dict[str, str]:
     """The names --help lists, from the installed plugins: methods, engines, evaluators, model file formats."""
-    from .plugins import registry
     reg = registry()
     names = {kind: ", ".join(sorted(getattr(reg, kind))) or "none" for kind in ("methods", "engines", "evaluators")}
     names["formats"] = ", ".join(reg.formats) or "none"
@@ -338,7 +207,6 @@ TARGET_HELP = ("the class explained: a class index (e.g. 3), 'predicted' (defaul
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
     installed = _installed()
     engine_help = (f"engine that runs the graph (default: the model's framework's, else numpy); installed: "
                    f"{installed['engines']}")
@@ -482,9 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line_warnings():
     """attribx's own warnings (ConservationWarning, ModelModeWarning) as one line on stderr, as errors are."""
-    import warnings
-
-    from .errors import AttribxWarning
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
@@ -496,7 +361,6 @@ def _one_line_warnings():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import warnings
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = warnings.showwarning

@@ -30,7 +30,19 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from . import composite as C
+from .api import evaluate, explain
+from .datasets.digits import digits_graph, load_digits_images, train_digits_cnn
+from .datasets.sentiment import make_sentiment
+from .datasets.text_model import embedded, predict, train_sentiment_lstm
 from .errors import AttribxError
+from .evaluators import plot_accuracy, plot_curves
+from .evaluators import spray as spray_module
+from .progress import progress
+from .render import heatmap_grid as render_grid
+from .storage import save
+from .textviz import _legend_html, _write_atomically, render_html, render_png, text_heatmap_html
+from .version import __version__
 
 #: The image methods of the digits CNN (torch), in the order of the heatmap grid's rows; "random" is a
 #: seeded N(0, 1) baseline.
@@ -70,7 +82,6 @@ def image_methods(backend: str) -> tuple[str, ...]:
 def mlp_composite(low: float = 0.0, high: float = 1.0):
     """lrp.epsilon_gamma_box for dense layers: z-box on the first layer (pixels in [low, high]), LRP-γ
     (γ = 0.25) on the hidden layers, LRP-ε on the output layer; a user composite, as any user writes one."""
-    from . import composite as C
     return C.Composite([(C.first("layer"), ("z_box", {"low": low, "high": high})),
                         (C.last("layer"), ("epsilon", {"epsilon": 1e-6})),
                         (C.category("layer"), ("gamma", {"gamma": 0.25}))], name="lrp.epsilon_gamma_box_mlp")
@@ -90,42 +101,11 @@ def torch_available() -> bool:
     return True
 
 
-def digits_graph(hidden=(64, 32), seed=0):
-    """Train an MLP on 8x8 digits (a few seconds) and return (graph, test images, test labels, accuracy).
-
-    The images are in [0, 1], shape (n, 1, 8, 8); a quarter of the digits are held out.
-    """
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-        from sklearn.neural_network import MLPClassifier
-    except ImportError:
-        raise AttribxError("the demo needs scikit-learn: pip install 'attribx[demo]'") from None
-    from .builder import GraphBuilder
-
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)   # (n, 8, 8) in [0, 1]
-    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=seed)
-    clf = MLPClassifier(hidden_layer_sizes=hidden, max_iter=300, random_state=seed)
-    clf.fit(x_train.reshape(len(x_train), -1), y_train)
-    b = GraphBuilder("digits-mlp", trained_by="scikit-learn MLPClassifier")
-    h = b.flatten(b.input("image", (1, 8, 8), layout="NCHW"))
-    n_layers = len(clf.coefs_)
-    for k, (w, bias) in enumerate(zip(clf.coefs_, clf.intercepts_)):
-        h = b.linear(h, w.T.astype(np.float32), bias.astype(np.float32), name=f"fc{k + 1}")
-        if k < n_layers - 1:
-            h = b.relu(h, name=f"relu{k + 1}")
-    graph = b.build()
-    acc = float(clf.score(x_test.reshape(len(x_test), -1), y_test))
-    return graph, x_test[:, None], y_test.astype(np.int64), acc
-
-
 def digits_cnn(seed=0):
     """The shared digits CNN trained on three quarters of the digits ([-1, 1] scale); returns
     (model, test images, test labels, accuracy)."""
-    import torch
+    import torch        # optional: the torch backend only
 
-    from .datasets.digits import load_digits_images, train_digits_cnn
     x, y = load_digits_images("signed")
     order = np.random.default_rng(seed).permutation(len(x))
     n_train = int(0.75 * len(x))
@@ -153,7 +133,6 @@ def random_relevance(like: xr.DataArray, seed: int = SEED) -> xr.DataArray:
 
 def _atomic(path: str, write: Callable[[str], None]) -> str:
     """``write(tmp)`` to a temporary file beside ``path``, then renamed over it (the mode the umask gives)."""
-    from .textviz import _write_atomically
     return _write_atomically(path, write)
 
 
@@ -161,7 +140,7 @@ def save_figure(fig, path: str, dpi: Any = 110) -> str:
     """Save a matplotlib figure to PNG atomically and close it (pyplot figures too); ``dpi="figure"``
     keeps the figure's own."""
     _atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", facecolor="white"))
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt     # optional: the demo's extra
     plt.close(fig)      # a no-op for a Figure made without pyplot
     return path
 
@@ -171,8 +150,6 @@ def heatmap_grid(images: np.ndarray, relevance: xr.Dataset, path: str, n: int = 
     """Input in the first row, one row per method, ``n`` samples, drawn by :func:`attribx.render.heatmap_grid`:
     diverging colours centred at zero (``bwr``: red positive, blue negative), each heatmap scaled by its
     own largest |relevance|; 13 screen pixels per input pixel."""
-    from .render import heatmap_grid as render_grid
-
     methods = list(methods or relevance.data_vars)
     samples = list(relevance["sample"].values[:min(n, len(images))])
     fig = render_grid(relevance, np.asarray(images), variables=methods, samples=samples, input_cmap="gray_r",
@@ -275,7 +252,6 @@ class _Report:
         return intro + "</p>" + _table(["model", "data", "held-out accuracy", "training (s)"], self.models)
 
     def write(self) -> str:
-        from . import __version__
         seconds = time.perf_counter() - self.started
         toc = "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for t, _, a in self.sections)
         parts = [f"<h2 id='{a}'>{html.escape(t)}</h2>\n{self.models_html() if body is None else body}"
@@ -315,12 +291,6 @@ def _say(msg: str) -> None:
 
 
 def _images(rep: _Report, out: str, backend: str, n_images: int, progress_bar, result: dict) -> None:
-    import attribx
-
-    from .api import progress
-    from .evaluators import plot_curves
-    from .evaluators.spray import plot_spray
-
     methods = image_methods(backend)
     t0 = time.perf_counter()
     if backend == "torch":
@@ -345,7 +315,7 @@ def _images(rep: _Report, out: str, backend: str, n_images: int, progress_bar, r
             rels[m] = random_relevance(rels["gradient"], SEED)
             continue
         how, params = recipes.get(m, (m, {}))
-        rels[m] = attribx.explain(model, x, how, target="predicted", labels=y, engine=engine, progress_bar=False,
+        rels[m] = explain(model, x, how, target="predicted", labels=y, engine=engine, progress_bar=False,
                                   **params)
     first = rels[methods[0]]
     ds = xr.Dataset({m: r.drop_attrs() for m, r in rels.items()})
@@ -353,7 +323,7 @@ def _images(rep: _Report, out: str, backend: str, n_images: int, progress_bar, r
     ds.attrs["methods"] = list(methods)
     ds.attrs["parameters"] = {m: r.attrs.get("parameters", {}) for m, r in rels.items()}
     rel_path = rep.file(os.path.join(out, "relevance_digits.h5"), "relevance of every image method (one variable each)")
-    attribx.save(ds, rel_path)
+    save(ds, rel_path)
     result["relevance"] = rel_path
     png = rep.file(heatmap_grid(x, ds, os.path.join(out, "heatmaps_digits.png")), "heatmap grid of the digits")
     result["heatmaps"] = png
@@ -363,11 +333,11 @@ def _images(rep: _Report, out: str, backend: str, n_images: int, progress_bar, r
     # pixel flipping
     pf = {}
     for m in progress(methods, len(methods), "pixel flipping", progress_bar):
-        pf[m] = attribx.evaluate("pixel_flipping", model, x, rels[m], convention="samek2017", steps=PF_STEPS,
+        pf[m] = evaluate("pixel_flipping", model, x, rels[m], convention="samek2017", steps=PF_STEPS,
                                  patch_size=1, engine=engine, seed=SEED, progress_bar=False)
     pf_ds = _combine(pf)
     pf_path = rep.file(os.path.join(out, "eval_pixel_flipping.h5"), "pixel-flipping curves and AOPC per method")
-    attribx.save(pf_ds, pf_path)
+    save(pf_ds, pf_path)
     fig = plot_curves(pf, title=f"pixel flipping, {len(x)} digits (most relevant first, uniform noise)",
                       figsize=(7.4, 5.0))
     _distinguish(fig, under="gradient_x_input", over="lrp.epsilon")
@@ -391,10 +361,11 @@ def _images(rep: _Report, out: str, backend: str, n_images: int, progress_bar, r
 
     # SpRAy on the heatmaps of one LRP method
     sp_method = SPRAY_METHOD[backend]
-    sp = attribx.evaluate("spray", relevance=rels[sp_method], seed=SEED, progress_bar=False)
+    sp = evaluate("spray", relevance=rels[sp_method], seed=SEED, progress_bar=False)
     sp_path = rep.file(os.path.join(out, "eval_spray.h5"), f"SpRAy of the {sp_method} heatmaps")
-    attribx.save(sp, sp_path)
-    sp_png = rep.file(save_figure(plot_spray(sp), os.path.join(out, "spray.png")), "SpRAy spectrum and clusters")
+    save(sp, sp_path)
+    sp_png = rep.file(save_figure(spray_module.plot_spray(sp), os.path.join(out, "spray.png")),
+                      "SpRAy spectrum and clusters")
     sizes = sp["cluster_size"].values
     labels = sp["cluster"].values
     common = {int(c): int(np.bincount(y[labels == c]).argmax()) for c, s in zip(sp["cluster_label"].values, sizes)
@@ -465,14 +436,6 @@ def _heatmaps_text(backend: str) -> str:
 
 
 def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) -> None:
-    import attribx
-
-    from .api import progress
-    from .datasets import make_sentiment
-    from .datasets.text_model import embedded, predict, train_sentiment_lstm
-    from .evaluators import plot_accuracy
-    from .textviz import _legend_html, render_html, render_png, text_heatmap_html
-
     t0 = time.perf_counter()
     train = make_sentiment(3000, seed=1)
     model, _ = train_sentiment_lstm(train, epochs=6, seed=SEED, progress_bar=progress_bar)
@@ -490,29 +453,29 @@ def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) 
         if m == "random":
             rels[m] = random_relevance(rels["lrp.epsilon"], SEED)
         elif m == "gradient_x_input":
-            r = attribx.explain(head, vectors, m, target=y, labels=y, tokens=tokens, padding=ids == test.pad_id,
+            r = explain(head, vectors, m, target=y, labels=y, tokens=tokens, padding=ids == test.pad_id,
                                 per_token=True, progress_bar=False)
             rels[m] = r
         else:
-            rels[m] = attribx.explain(model, ids, m, target=y, labels=y, tokens=tokens, pad_id=test.pad_id,
+            rels[m] = explain(model, ids, m, target=y, labels=y, tokens=tokens, pad_id=test.pad_id,
                                       progress_bar=False)
     ds = xr.Dataset({m: r.drop_attrs() for m, r in rels.items()})
     ds.attrs.update({k: v for k, v in rels["lrp.epsilon"].attrs.items() if k not in ("method", "parameters")})
     ds.attrs["methods"] = list(TEXT_METHODS)
     ds.attrs["parameters"] = {m: r.attrs.get("parameters", {}) for m, r in rels.items()}
     rel_path = rep.file(os.path.join(out, "relevance_text.h5"), "relevance of every text method (per token)")
-    attribx.save(ds, rel_path)
+    save(ds, rel_path)
     result["text_relevance"] = rel_path
     wd = {}
     for m in progress(TEXT_METHODS, len(TEXT_METHODS), "word deletion", progress_bar):
         # gradient×input explains the model from its embedding on: evaluated on that model and the vectors
         # (deleting a word = zeroing its vector, the same as on the ids)
         on, inputs = (head, vectors) if m == "gradient_x_input" else (model, ids)
-        wd[m] = attribx.evaluate("word_deletion", on, inputs, rels[m], steps=WD_STEPS, repeats=3, seed=SEED,
+        wd[m] = evaluate("word_deletion", on, inputs, rels[m], steps=WD_STEPS, repeats=3, seed=SEED,
                                  random_baseline=(m == TEXT_METHODS[0]), progress_bar=False)
     wd_ds = _combine(wd)
     wd_path = rep.file(os.path.join(out, "eval_word_deletion.h5"), "word-deletion accuracy per method")
-    attribx.save(wd_ds, wd_path)
+    save(wd_ds, wd_path)
     acc_png = rep.file(save_figure(plot_accuracy(wd), os.path.join(out, "word_deletion.png")),
                        "word-deletion accuracy curves")
     rows = [[m, *[float(a) for a in wd[m]["accuracy"].values[1:]], float(wd[m]["accuracy"].values[1:].mean())]

@@ -18,6 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import GraphError, ModelLoadError
+from .ops import BUILTIN_OP_TABLE, OpDef
+from .safe_writes import temp_file_beside, write_target
 
 #: Letters of a layout string and the dimension names they stand for.
 LAYOUT_LETTERS = {
@@ -117,18 +119,44 @@ class Node:
 
 
 class Graph:
-    """A validated graph. Construct it from inputs, nodes (topologically ordered) and output names."""
+    """A validated graph. Construct it from inputs, nodes (topologically ordered) and output names.
+
+    ``ops`` is the op table the nodes are checked against (name -> :class:`~attribx.ops.OpDef`); the graph
+    keeps it (:attr:`ops`: rewrites and the relevance pass read op categories from it). Default: the
+    built-in op set; a graph with ops of plugins takes the registry's table
+    (``attribx.plugins.registry().ops``), as :func:`attribx.load_model` passes it. This module never reads
+    the registry itself.
+    """
 
     def __init__(self, inputs: Sequence[Value], nodes: Sequence[Node], outputs: Sequence[str],
-                 meta: Mapping[str, Any] | None = None, validate: bool = True):
+                 meta: Mapping[str, Any] | None = None, validate: bool = True, ops: Mapping[str, OpDef] | None = None):
         self.inputs = list(inputs)
         self.nodes = list(nodes)
         self.outputs = list(outputs)
         self.meta = dict(meta or {})
         self._by_name = {n.name: n for n in self.nodes}
         self._fingerprint: str | None = None
+        self._ops = ops
         if validate:
             self.validate()
+
+    @property
+    def ops(self) -> Mapping[str, OpDef]:
+        """The op table this graph's nodes are defined by (the built-in op set unless another was given)."""
+        return BUILTIN_OP_TABLE if self._ops is None else self._ops
+
+    def __getstate__(self):
+        """A graph sent to another process (dask, multiprocessing) carries its op table only when plugins
+        added ops to it: the built-in definitions are found there by name."""
+        state = dict(self.__dict__)
+        ops = state.get("_ops")
+        if ops is not None and all(BUILTIN_OP_TABLE.get(k) is v for k, v in ops.items()):
+            state["_ops"] = None
+        return state
+
+    def __setstate__(self, state):
+        state.setdefault("_ops", None)
+        self.__dict__.update(state)
 
     # -- access -------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Node:
@@ -183,11 +211,13 @@ class Graph:
     def validate(self, ops: Mapping[str, Any] | None = None) -> "Graph":
         """Check names, order, arity, attributes, parameters and shapes; fill each node's output shape.
 
-        Errors name the node. ``ops`` defaults to the op set of all registered plugins.
+        Errors name the node. ``ops`` (an op table) defaults to the graph's own (:attr:`ops`); one given
+        here becomes the graph's.
         """
         if ops is None:
-            from .plugins import registry
-            ops = registry().ops
+            ops = self.ops
+        else:
+            self._ops = ops
         if not self.inputs:
             raise GraphError("graph has no inputs")
         shapes: dict[str, tuple] = {}
@@ -206,9 +236,11 @@ class Graph:
                 raise GraphError(f"node name {node.name!r} is used twice (names must be unique)")
             opdef = ops.get(node.op)
             if opdef is None:
+                hint = ("; a graph with ops of plugins is checked against theirs: ops=attribx.plugins.registry().ops"
+                        if ops is BUILTIN_OP_TABLE else "")
                 raise GraphError(
                     f"node {node.name!r}: unknown op {node.op!r}; a plugin adds ops through the "
-                    f"'attribx_ops' hook (known: {', '.join(sorted(ops))})"
+                    f"'attribx_ops' hook (known: {', '.join(sorted(ops))}){hint}"
                 )
             for i in node.inputs:
                 if i not in shapes:
@@ -322,7 +354,6 @@ class Graph:
         # the structure first: a truncated file still shows that it was an attribx graph
         arrays = {"__attribx_graph__": np.array(json.dumps(self._structure()))}
         arrays.update({f"param/{n.name}/{k}": p for n in self.nodes for k, p in n.params.items()})
-        from .safe_writes import temp_file_beside, write_target
         target = write_target(path)   # a symbolic link: its target is replaced, the link stays; no FIFO/device
         tmp = temp_file_beside(target)
         try:
@@ -334,7 +365,9 @@ class Graph:
                 os.remove(tmp)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Graph":
+    def load(cls, path: str | os.PathLike, ops: Mapping[str, OpDef] | None = None, validate: bool = True) -> "Graph":
+        """The graph :meth:`save` wrote, checked against ``ops`` (as in :class:`Graph`; ``validate=False``
+        leaves the check to the caller, who may know the plugins' op table)."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 if "__attribx_graph__" not in data.files:
@@ -353,12 +386,12 @@ class Graph:
         nodes = [Node(n["name"], n["op"], tuple(n["inputs"]), n["attrs"],
                       {k: params[f"param/{n['name']}/{k}"] for k in n["params"]}, source=n.get("source", ""))
                  for n in struct["nodes"]]
-        return cls(inputs, nodes, struct["outputs"], struct.get("meta", {}))
+        return cls(inputs, nodes, struct["outputs"], struct.get("meta", {}), validate=validate, ops=ops)
 
     def with_nodes(self, nodes: Iterable[Node], outputs: Sequence[str] | None = None) -> "Graph":
         """A new graph with other nodes (graph passes use this); shapes are re-validated."""
         nodes = [n.replace(shape=None) for n in nodes]
-        return Graph(self.inputs, nodes, outputs or self.outputs, copy.deepcopy(self.meta))
+        return Graph(self.inputs, nodes, outputs or self.outputs, copy.deepcopy(self.meta), ops=self._ops)
 
 
 def _jsonable(obj):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import GraphError
@@ -565,6 +566,11 @@ def op_table(defs: Sequence[OpDef]) -> dict[str, OpDef]:
             raise GraphError(f"op {d.name!r} is defined twice")
         table[d.name] = d
     return table
+
+
+#: The built-in op set by name: what a graph is checked against when no other op table is given (the plugin
+#: registry's table adds the ops of plugins; :func:`attribx.translate` and :func:`attribx.load_model` pass it).
+BUILTIN_OP_TABLE: Mapping[str, OpDef] = MappingProxyType(op_table(BUILTIN_OPS))
 
 
 def describe_ops(defs: Mapping[str, OpDef]) -> str:

@@ -6,6 +6,9 @@ from typing import Callable
 
 import numpy as np
 
+from .axes import axis_index, chain_above, rearrange
+from .ops import conv_geometry, pad_widths
+
 
 @dataclass(frozen=True)
 class GraphPass:
@@ -74,7 +77,6 @@ def fold_pad_into_conv(graph):
     same function, but input-independent rules (flat, w², z-box) see the padded positions of an explicit
     pad as inputs. Folding gives both the semantics of conv padding, so the frameworks agree.
     """
-    from .ops import conv_geometry, pad_widths
     consumers = graph.consumers()
     nodes = {n.name: n for n in graph.nodes}
     folded: set[str] = set()
@@ -112,7 +114,6 @@ def fold_bias_add(graph):
     layer. The constant must hold one value per output channel wherever that channel lands after the
     rearranging nodes in between (traced with :mod:`attribx.axes`); the addition's name becomes an alias.
     """
-    from .axes import axis_index, chain_above, rearrange
     consumers = graph.consumers()
     nodes = {n.name: n for n in graph.nodes}
     replaced: dict[str, str] = {}       # removed addition -> the value that now stands for it

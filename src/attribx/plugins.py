@@ -1,11 +1,14 @@
 """The plugin manager: pluggy, the ``attribx`` entry-point group, and the registry built from the hooks.
 
-The built-in plugin (:mod:`attribx.builtin`) registers through the same hooks as any third party.
+The built-in plugin (:mod:`attribx.builtin`) registers through the same hooks as any third party, and
+is loaded the way they are, by its module name: no module below this one imports the registry, they are
+handed what it holds by the entry points (:mod:`attribx.api`, :mod:`attribx.cli`, the pytest plugin).
 A plugin that fails to import, or whose hook raises, is recorded with its error and skipped; the
 others keep working. Name clashes keep the first registration (built-ins first) and are reported.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -18,7 +21,9 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .engines import base as engine_base
 from .errors import MethodError, PluginError
+from .ops import describe_ops
 
 ENTRY_POINT_GROUP = "attribx"
 BUILTIN_PLUGIN = "attribx.builtin"
@@ -145,6 +150,27 @@ class Registry:
             info.contributes.setdefault(kind.split(":")[0], []).append(name)
         return list(infos.values())
 
+    def report(self, ops: bool = False) -> str:
+        """What ``attribx plugins`` prints: each plugin, where it comes from and what it adds (``ops``: and
+        the op set), then failures and name clashes."""
+        lines = []
+        for info in self.plugins():
+            lines.append(f"{info.name}  ({info.source})")
+            for kind in self.KINDS:
+                names = info.contributes.get(kind)
+                if names and kind in ("translators", "formats"):    # what a user can hand to attribx: say what each is
+                    table = getattr(self, kind)
+                    lines.append(f"    {kind:11} " + "; ".join(f"{n}: {table[n]}" for n in names))
+                elif names:
+                    lines.append(f"    {kind:11} {', '.join(names)}")
+            for k in (k for k in info.contributes if k.startswith("kernels")):
+                lines.append(f"    {k:11} {len(info.contributes[k])} ops")
+        if ops:
+            lines.append("\nops:\n" + describe_ops(self.ops))
+        lines += [f"FAILED: {f}" for f in self.failures]
+        lines += [f"conflict: {c}" for c in self.conflicts]
+        return "\n".join(lines)
+
 
 class _State:
     pm: pluggy.PluginManager | None = None
@@ -169,8 +195,7 @@ def manager() -> pluggy.PluginManager:
             pm = pluggy.PluginManager("attribx")
             pm.add_hookspecs(hookspecs)
             _State.sources, _State.failures = {}, []
-            from . import builtin
-            pm.register(builtin, name=BUILTIN_PLUGIN)
+            pm.register(importlib.import_module(BUILTIN_PLUGIN), name=BUILTIN_PLUGIN)
             _State.sources[BUILTIN_PLUGIN] = "built-in"
             _load_entry_points(pm)
             _State.pm = pm             # published only when loaded: other threads never see half of it
@@ -279,3 +304,7 @@ def registry() -> Registry:
 
 def failures() -> list[PluginFailure]:
     return registry().failures
+
+
+# engines built by hand (``TorchEngine()``) find their kernels in the registry; get_engine hands them over
+engine_base.set_kernel_source(lambda engine: registry().kernels(engine))

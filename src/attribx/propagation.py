@@ -52,15 +52,16 @@ class Propagation:
 
 
 def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], Any], start: str,
-              keep: Sequence[str] = (), conservation: bool = False, trace: bool = False) -> Propagation:
+              keep: Sequence[str] = (), conservation: bool = False, trace: bool = False,
+              ops: Mapping[str, Any] | None = None) -> Propagation:
     """Forward to ``start``, initialise relevance there with ``init(scores)``, and pass it back.
 
     ``rules`` maps node names to rules (every node between input and ``start`` needs one). ``trace`` records,
     per node, the relevance sum that reached it and the sum its rule passed back (``Propagation.flow``),
-    to find where relevance is created (:func:`blow_up`).
+    to find where relevance is created (:func:`blow_up`). ``ops`` (the op table, for each node's category)
+    defaults to the graph's own (``graph.ops``).
     """
-    from .plugins import registry
-    ops = registry().ops
+    ops = graph.ops if ops is None else ops
     order = ancestors(graph, start)
     acts = run_forward(graph, engine, x, upto=start)
     scores = acts[start]

@@ -20,12 +20,18 @@ Nothing here imports a framework: engines are looked up in the registry by name.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pytest
+
+from . import composite as C
+from .api import explain
+from .builder import GraphBuilder
+from .composite import Composite
+from .plugins import registry
+from .rules import Rule
+from .testing import relative_error
 
 
 class SmallGraph(NamedTuple):
@@ -38,7 +44,6 @@ class SmallGraph(NamedTuple):
 
 
 def _mlp(rng, bias):
-    from attribx import GraphBuilder
     b = GraphBuilder("mlp")
     h = b.input("x", (6,))
     for k, (i, o) in enumerate([(6, 8), (8, 7), (7, 4)]):
@@ -49,7 +54,6 @@ def _mlp(rng, bias):
 
 
 def _cnn(rng, bias):
-    from attribx import GraphBuilder
     b = GraphBuilder("cnn")
     x = b.input("x", (2, 8, 8))
     h = b.relu(b.conv(x, rng.normal(size=(4, 2, 3, 3)) * 0.5, rng.normal(size=4) * 0.2 if bias else None,
@@ -63,7 +67,6 @@ def _cnn(rng, bias):
 
 
 def _residual(rng, bias):
-    from attribx import GraphBuilder
     b = GraphBuilder("residual")
     x = b.input("x", (3, 6, 6))
     h = b.relu(b.conv(x, rng.normal(size=(4, 3, 3, 3)) * 0.5, rng.normal(size=4) * 0.2 if bias else None,
@@ -88,7 +91,6 @@ def small_graphs(bias: bool = True, seed: int = 0) -> dict[str, SmallGraph]:
 def rule_method(rule: str, **params: Any):
     """A composite (usable wherever a method is) with rule ``rule`` (a registered name) on every linear
     and conv layer and the LRP defaults elsewhere; sums divide exactly (no stabiliser)."""
-    from . import composite as C
     return C.Composite([(C.category("layer"), (rule, params))], defaults=C.lrp_defaults(0.0),
                        name=f"rule:{rule}")
 
@@ -107,9 +109,8 @@ def check_conservation(method, graph, x=None, *, rtol: float = 1e-6, target="pre
     to the relevance the pass starts from, and (``every_node``) so does the relevance at every node on the
     way. Use it where the rule should conserve: bias-free layers, and parameters that absorb nothing
     (ε = 0). Returns the explanation (an ``xarray.Dataset`` with ``conservation``)."""
-    import attribx
     graph, x = _unpack(graph, x)
-    ds = attribx.explain(graph, np.asarray(x, dtype=np.float64), method, target=target, conservation=True,
+    ds = explain(graph, np.asarray(x, dtype=np.float64), method, target=target, conservation=True,
                          **params)
     cons, score = ds["conservation"], ds["score"].values
     atol = rtol * max(float(np.abs(score).max()), 1e-300)
@@ -171,7 +172,6 @@ def _upstream(graph, name: str, source: str) -> bool:
 
 def installed_engines() -> list[str]:
     """Names of the installed engines other than numpy (the reference)."""
-    from .plugins import registry
     return [name for name in registry().engines if name != "numpy"]
 
 
@@ -181,8 +181,6 @@ def check_engines_agree(method, graph, engine: Any = None, x=None, *, rtol: floa
     an engine instance such as ``TorchEngine(device="cuda")``, a list of them, or None: every installed
     engine), in float64, relative to ``rtol`` of the largest value.
     Returns the engines checked; skips the test when there is none besides numpy."""
-    import attribx
-    from .testing import relative_error
     graph, x = _unpack(graph, x)
     x = np.asarray(x, dtype=np.float64)
     engines = (installed_engines() if engine is None else list(engine) if isinstance(engine, (list, tuple))
@@ -190,10 +188,10 @@ def check_engines_agree(method, graph, engine: Any = None, x=None, *, rtol: floa
     if not engines:
         pytest.skip("no engine besides numpy is installed (install attribx-torch or attribx-tf to compare)")
     name = getattr(method, "name", method)
-    ref = attribx.explain(graph, x, method, target=target, engine="numpy", conservation=True, **params)
+    ref = explain(graph, x, method, target=target, engine="numpy", conservation=True, **params)
     assert np.isfinite(ref["relevance"].values).all(), f"{name!r} gives non-finite relevance on numpy"
     for eng in engines:
-        ours = attribx.explain(graph, x, method, target=target, engine=eng, conservation=True, **params)
+        ours = explain(graph, x, method, target=target, engine=eng, conservation=True, **params)
         assert ours["relevance"].dims == ref["relevance"].dims, f"{name!r}: dims differ on {eng}"
         np.testing.assert_array_equal(ours["target"].values, ref["target"].values,
                                       err_msg=f"{name!r}: {eng} explains other targets than numpy")
@@ -210,10 +208,6 @@ def check_registered(plugin: str | None = None, rules: Sequence[str] = (), metho
     name) when given, that the plugin loaded without failures or name clashes, that each rule builds with
     its defaults and each method's composite with its defaults, and (``cli``) that ``attribx plugins``
     lists the plugin and every name."""
-    from . import cli as attribx_cli
-    from .composite import Composite
-    from .plugins import registry
-    from .rules import Rule
     reg = registry()
     failed = [str(f) for f in reg.failures if plugin is None or f.plugin == plugin]
     assert not failed, f"plugin failures: {failed}"
@@ -235,10 +229,7 @@ def check_registered(plugin: str | None = None, rules: Sequence[str] = (), metho
         comp = m.composite(**m.resolve({}))
         assert isinstance(comp, Composite), f"method {name!r}: composite() returned {type(comp).__name__}"
     if cli:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            assert attribx_cli.main(["plugins"]) == 0
-        text = out.getvalue()
+        text = reg.report()         # what ``attribx plugins`` prints
         if plugin is not None:
             assert any(line.startswith(f"{plugin}  (") for line in text.splitlines()), \
                 f"'attribx plugins' does not list {plugin!r}:\n{text}"

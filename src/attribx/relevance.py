@@ -6,10 +6,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from .version import __version__
+
 
 def provenance(graph, method, params: Mapping[str, Any], engine, **extra) -> dict:
     """The attrs every relevance object carries: what made it, from which model."""
-    from . import __version__
     attrs = {
         "method": method.name,
         "parameters": dict(params),

@@ -25,7 +25,9 @@ import numpy as np
 import xarray as xr
 
 from .errors import AttribxError, InputError
-from .textviz import MAX_PNG_PIXELS, SAMPLE_DIM, TOKEN_DIM, _select, _write_atomically, relevance_colors
+from .input_files import read_inputs
+from .textviz import (MAX_PNG_PIXELS, SAMPLE_DIM, TOKEN_DIM, _select, _write_atomically, relevance_colors, render_html,
+                      render_png, sentences)
 
 NORMS = ("symmetric", "global", "none")
 REDUCTIONS = ("sum", "mean", "abs", "norm")
@@ -43,7 +45,7 @@ OVERLAY_ALPHA = 0.9
 
 def _mpl_cmap(name: str):
     try:
-        import matplotlib
+        import matplotlib       # optional dependency (the demo's extra)
     except ImportError:
         raise AttribxError(f"colour map {name!r} needs matplotlib: pip install 'attribx[demo]' "
                            f"(or use cmap='bwr' or 'coldnhot')") from None
@@ -190,7 +192,6 @@ def reduce_channels(da: xr.DataArray, channel: str | Sequence[str] | None = "cha
 # --------------------------------------------------------------------------------------------------
 
 def _load_array(path) -> np.ndarray:
-    from .cli import read_inputs
     return np.asarray(read_inputs(os.fspath(path))[0])
 
 
@@ -570,7 +571,6 @@ def render(relevance, path, *, samples: Sequence | None = None, variable: str | 
     single = variable if isinstance(variable, str) or variable is None else (
         variable[0] if len(variable) == 1 else None)
     if isinstance(relevance, (xr.DataArray, xr.Dataset)) and is_token_relevance(relevance, single):
-        from .textviz import render_html, render_png, sentences
         bad = [opt for opt, value in (("inputs", inputs), ("overlay", overlay), ("rows", rows),
                                       ("channel", channel), ("reduce", reduce)) if value]
         if size is not None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .api import explain
+
 
 def relative_error(ours, reference) -> float:
     """``max |ours − reference| / max |reference|`` (the anchors' comparison measure)."""
@@ -17,8 +19,7 @@ def assert_conserves(model, x, method, rtol: float = 1e-6, target="predicted", *
     Holds for LRP-0, z+ and α-β without bias, flat and w² without bias (float64 inputs recommended).
     Returns the conservation Dataset for further checks.
     """
-    import attribx
-    ds = attribx.explain(model, x, method, target=target, conservation=True, **params)
+    ds = explain(model, x, method, target=target, conservation=True, **params)
     total = ds["conservation"].sel(node=ds["conservation"].node.values[0]).values
     score = ds["score"].values
     np.testing.assert_allclose(total, score, rtol=rtol, atol=rtol * float(np.abs(score).max()),

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import AttribxError, InputError
+from .progress import progress
 from .safe_writes import temp_file_beside, write_target
 
 TOKEN_DIM = "token"
@@ -218,7 +219,6 @@ def _as_sentences(relevance, samples, variable, class_names) -> tuple[list[Sente
 
 def _progress(items: list, desc: str):
     """A progress bar only for long runs (over 100 sentences); a short one is quick anyway."""
-    from .api import progress
     return progress(items, len(items), desc, None if len(items) > 100 else False)
 
 

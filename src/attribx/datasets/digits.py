@@ -1,5 +1,6 @@
 """scikit-learn's 8×8 digits and a small CNN trained on them in seconds: the image model that the tests,
-the evaluator anchors (Quantus, CoRelAy) and the benchmarks share.
+the evaluator anchors (Quantus, CoRelAy) and the benchmarks share; and the numpy-only MLP graph that the
+demo and the benchmark share (:func:`digits_graph`).
 
 Why: image explanations and their evaluation need a model that has learned something, and nothing may
 be downloaded at run time; the digits ship with scikit-learn. One definition keeps the tests and
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..builder import GraphBuilder
 from ..errors import AttribxError
 
 
@@ -34,6 +36,35 @@ def load_digits_images(scale: str = "signed") -> tuple[np.ndarray, np.ndarray]:
     else:
         raise AttribxError(f"scale must be 'signed' or 'unit', got {scale!r}")
     return x[:, None].astype(np.float32), d.target.astype(np.int64)
+
+
+def digits_graph(hidden=(64, 32), seed=0):
+    """Train an MLP on 8x8 digits (a few seconds) and return (graph, test images, test labels, accuracy).
+
+    The images are in [0, 1], shape (n, 1, 8, 8); a quarter of the digits are held out.
+    """
+    try:        # optional dependency
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+        from sklearn.neural_network import MLPClassifier
+    except ImportError:
+        raise AttribxError("the demo needs scikit-learn: pip install 'attribx[demo]'") from None
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)   # (n, 8, 8) in [0, 1]
+    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=seed)
+    clf = MLPClassifier(hidden_layer_sizes=hidden, max_iter=300, random_state=seed)
+    clf.fit(x_train.reshape(len(x_train), -1), y_train)
+    b = GraphBuilder("digits-mlp", trained_by="scikit-learn MLPClassifier")
+    h = b.flatten(b.input("image", (1, 8, 8), layout="NCHW"))
+    n_layers = len(clf.coefs_)
+    for k, (w, bias) in enumerate(zip(clf.coefs_, clf.intercepts_)):
+        h = b.linear(h, w.T.astype(np.float32), bias.astype(np.float32), name=f"fc{k + 1}")
+        if k < n_layers - 1:
+            h = b.relu(h, name=f"relu{k + 1}")
+    graph = b.build()
+    acc = float(clf.score(x_test.reshape(len(x_test), -1), y_test))
+    return graph, x_test[:, None], y_test.astype(np.int64), acc
 
 
 def _torch():

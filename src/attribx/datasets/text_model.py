@@ -14,6 +14,7 @@ torch is imported inside the functions: ``attribx`` and ``attribx.datasets`` imp
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AttribxError
+from ..progress import progress
 from .sentiment import SentimentData
 
 
@@ -96,12 +98,7 @@ def train_sentiment_lstm(data: SentimentData, epochs: int = 6, seed: int = 0, *,
     The model is returned in eval mode. ``progress_bar``: a tqdm bar over the epochs (default: when
     stderr is a terminal and tqdm is installed).
     """
-    import time
-
     torch = _torch()
-
-    from ..api import progress
-
     start = time.perf_counter()
     model = build_sentiment_lstm(len(data.vocab), data.pad_id, embed, hidden, int(data.labels.max()) + 1, seed)
     ids = torch.from_numpy(np.ascontiguousarray(data.ids, dtype=np.int64))

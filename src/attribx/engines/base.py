@@ -3,16 +3,18 @@
 An engine supplies, per op, a :class:`Kernel` (forward and vector-Jacobian product) plus the few
 elementwise array functions that rules use (``where``, ``sign``, ``clip``, ...). Rules are written
 once against this interface, so every rule works on every engine. Kernels come from the
-``attribx_kernels(engine)`` hook, so a plugin can add an op to an existing engine.
+``attribx_kernels(engine)`` hook, so a plugin can add an op to an existing engine: :func:`attribx.get_engine`
+hands each engine the registry's table (this module never reads the registry).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import UnsupportedError
+from ..ops import conv_transpose_geometry
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,6 @@ def transposed_conv_kernel(conv: Kernel, placeholder: Callable, add_channel_bias
     ``placeholder(shape, like)`` gives an array of that shape and ``like``'s dtype whose values are never
     read (conv's VJP needs only the input's shape); ``add_channel_bias(y, b)`` adds b along axis 1.
     """
-    from ..ops import conv_transpose_geometry
-
     def conv_attrs(attrs):
         return {"stride": attrs["stride"], "padding": attrs["padding"], "dilation": attrs["dilation"],
                 "groups": attrs["groups"]}
@@ -90,10 +90,23 @@ def quotient_kernel(unbroadcast: Callable, shape_of: Callable) -> Kernel:
     return Kernel(forward, vjp)
 
 
+#: Where an engine that was given no kernels (one built by hand: ``TorchEngine()``) finds them: a function of
+#: the engine's name, installed by :mod:`attribx.plugins` (the registry's kernel tables) when it loads.
+_kernel_source: Callable[[str], Mapping[str, Kernel]] | None = None
+
+
+def set_kernel_source(source: Callable[[str], Mapping[str, Kernel]] | None) -> None:
+    """Install the kernel tables engines built by hand fall back to (the plugin registry does, at import)."""
+    global _kernel_source
+    _kernel_source = source
+
+
 class Engine:
     """Base class: array conversion, parameter caching, kernel dispatch and rule helpers.
 
-    Subclasses set ``name`` and implement the array functions for their library.
+    Subclasses set ``name`` and implement the array functions for their library. The kernels (op name ->
+    :class:`Kernel`) are given (``use_kernels``; :func:`attribx.get_engine` gives the registry's), else looked
+    up on first use where :func:`set_kernel_source` says.
     """
 
     name: ClassVar[str] = ""
@@ -111,11 +124,23 @@ class Engine:
 
     # -- kernels ---------------------------------------------------------------------------------
     @property
-    def kernels(self) -> dict[str, Kernel]:
+    def kernels(self) -> Mapping[str, Kernel]:
         if self._kernels is None:
-            from ..plugins import registry
-            self._kernels = registry().kernels(self.name)
+            if _kernel_source is None:
+                raise UnsupportedError(f"the {self.name} engine has no kernels: get it from attribx.get_engine, or "
+                                       f"give it a table with use_kernels()")
+            self._kernels = _kernel_source(self.name)
         return self._kernels
+
+    @property
+    def has_kernels(self) -> bool:
+        """Whether this engine was given its kernels (or has looked them up already)."""
+        return self._kernels is not None
+
+    def use_kernels(self, kernels: Mapping[str, Kernel]) -> "Engine":
+        """Run ops with ``kernels`` (op name -> :class:`Kernel`); returns the engine."""
+        self._kernels = kernels
+        return self
 
     def kernel(self, op: str, node_name: str = "?") -> Kernel:
         k = self.kernels.get(op)

@@ -370,10 +370,9 @@ _TANH_C = np.sqrt(2.0 / np.pi)
 def _erf(x):
     """erf without scipy in core (scipy's when installed)."""
     try:
-        from scipy.special import erf
+        from scipy.special import erf      # optional dependency
         return erf(x).astype(x.dtype)
     except ImportError:   # pragma: no cover - exercised only without scipy
-        import math
         return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
 
 

@@ -152,7 +152,7 @@ def result_attrs(evaluator: str, params: Mapping[str, Any], *, relevance: xr.Dat
                  relevance_file: str | None = None, runner: "ModelRunner | None" = None,
                  seed: int | None = None, **extra: Any) -> dict:
     """The attrs of an evaluator's result: what was evaluated, how, and on which model."""
-    from .. import __version__
+    from ..version import __version__
     ra = dict(relevance.attrs) if relevance is not None else {}
     attrs: dict[str, Any] = {
         "evaluator": evaluator,
@@ -224,7 +224,9 @@ class ModelRunner:
 
     def scores(self, x: np.ndarray, desc: str | None = None) -> np.ndarray:
         """The chosen output for every sample of ``x`` (numpy), run in batches."""
-        from ..api import _batches, forward, progress
+        from ..api import forward
+        from ..batching import batches as _batches
+        from ..progress import progress
         n = len(x)
         chunks = _batches(n, self.batch_size)
         pieces = []

@@ -188,7 +188,7 @@ def reduced_heatmaps(da: xr.DataArray, layout: _Layout, channels: str, batch_siz
                      progress_bar: bool | None = None, desc: str = "spray: pooling"
                      ) -> Iterator[tuple[slice, np.ndarray]]:
     """Blocks of ``(samples, channel-reduced float64 heatmaps)``, read one block at a time."""
-    from ..api import progress
+    from ..progress import progress
     da = da.transpose(*layout.order)
     per_sample = 8 * int(np.prod([da.sizes[d] for d in layout.order[1:]], dtype=np.int64))
     blocks = _sample_blocks(da, batch_size, per_sample)
