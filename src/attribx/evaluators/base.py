@@ -266,6 +266,11 @@ class ModelRunner:
         return t.astype(np.int64)
 
 
+def is_dask(a: Any) -> bool:
+    """Whether ``a`` is a dask collection (kept lazy, read chunk by chunk), without importing dask."""
+    return type(a).__module__.split(".")[0] == "dask"
+
+
 def host_array(inputs: Any, who: str = "this evaluator") -> np.ndarray:
     """Inputs as a numpy array of any dtype: torch and TensorFlow tensors copied to the host, DataArrays
     unwrapped; ``who`` names the caller in errors."""
