@@ -343,7 +343,8 @@ def _samek_spec(evaluator: str, p: dict, layout: _Layout, xc: Any) -> tuple[Chun
                               f"({fis} per step) are gone after {possible} steps")
     replace, random_baseline, info = _replacement_fn(evaluator, p, xc, layout)
     _, _, _, runs, random_runs = random_plan(p, random_baseline)
-    spec = ChunkSpec(evaluator, _runner_args(p), patch, rid, regions, p["order"], fis, n_steps, replace, random_baseline, runs, random_runs)
+    spec = ChunkSpec(evaluator, _runner_args(p), patch, rid, regions, p["order"], fis, n_steps, replace,
+                     random_baseline, runs, random_runs)
     return spec, info
 
 
