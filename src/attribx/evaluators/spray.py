@@ -96,7 +96,7 @@ TSNE_MAX = 5000             # embedding="auto": t-SNE up to this many samples, t
 DENSE_MAX = 1000            # up to this many samples the eigenproblem is solved densely (exact, all at once)
 NEIGHBOR_ROWS = 2048        # query rows per chunk of the exact neighbour search: a multiple of scikit-learn's
                             # 256-row chunks, so each row's distances are computed as in one search of all rows
-_Layout = HeatmapLayout     # its earlier name (tests and benchmarks/spray.py use it)
+_Layout = HeatmapLayout     # its earlier name (benchmarks/spray.py uses it)
 
 
 # --------------------------------------------------------------------------------------------------
