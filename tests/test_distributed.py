@@ -150,3 +150,86 @@ def test_spray_on_cluster_equals_single_process(client, tmp_path):
     got = D.spray(relevance=lazy, scheduler=client, **params)
     xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
     assert got.attrs["n_edges"] == ref.attrs["n_edges"] and got.attrs["n_clusters"] == ref.attrs["n_clusters"]
+
+
+# --------------------------------------------------------------------------------------------------
+# one evaluator, two schedulers: the cluster plans with the evaluator's own checks (issue 18)
+# --------------------------------------------------------------------------------------------------
+
+def _refusal(call):
+    with pytest.raises(attribx.AttribxError) as info:
+        call()
+    return type(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["relevance_axes", "relevance_size", "relevance_nan", "inputs_axes", "inputs_nan",
+                                 "inputs_nan_dask", "patch_size"])
+def test_cluster_refuses_what_one_process_refuses(digits, client, bad):
+    """The same bad input gets the same error on a cluster as in one process (the cluster's copy of the
+    set-up had drifted: it lacked the check of the relevance's axes)."""
+    import dask.array as da
+    graph, x, _ = digits
+    x = x[:20]
+    rel = attribx.explain(graph, x, "lrp.epsilon").values
+    inputs, relevance, params = x, rel, {"steps": 2}
+    if bad == "relevance_axes":
+        relevance = rel[:, 0, 0]                       # (sample, width): an axis too few after the channel
+    elif bad == "relevance_size":
+        relevance = rel[:, :, :7]
+    elif bad == "relevance_nan":
+        relevance = rel.copy()
+        relevance[3, 0, 2, 2] = np.nan
+    elif bad == "inputs_axes":
+        inputs = x[None]
+    elif bad.startswith("inputs_nan"):
+        inputs = x.copy()
+        inputs[5, 0, 1, 1] = np.inf
+        if bad == "inputs_nan_dask":
+            inputs = da.from_array(inputs, chunks=8)
+    else:
+        params = {"patch_size": 9}
+    local = _refusal(lambda: pixel_flipping(graph, inputs, relevance, **params))
+    assert _refusal(lambda: D.pixel_flipping(graph, inputs, relevance, scheduler=client, **params)) == local
+
+
+@pytest.mark.parametrize("bad", ["axes", "nan", "n_neighbors"])
+def test_cluster_spray_refuses_what_one_process_refuses(client, bad):
+    from attribx.evaluators.spray import spray
+    rel = np.random.default_rng(0).standard_normal((30, 1, 8, 8)).astype(np.float32)
+    params = {"embedding": None}
+    if bad == "axes":
+        rel = rel[:, None]
+    elif bad == "nan":
+        rel[7, 0, 3, 3] = np.nan
+    else:
+        params["n_neighbors"] = 30
+    local = _refusal(lambda: spray(relevance=rel, **params))
+    assert _refusal(lambda: D.spray(relevance=rel, scheduler=client, **params)) == local
+
+
+def test_cluster_reads_a_relevance_file_given_as_path_like(digits, client, tmp_path):
+    """An os.PathLike relevance file is read on a cluster as in one process, with the same numbers."""
+    from attribx.evaluators.spray import spray
+    graph, x, _ = digits
+    x = x[:40]
+    path = tmp_path / "rel.h5"                        # a pathlib.Path, not a str
+    attribx.save(attribx.explain(graph, x, "lrp.epsilon"), path)
+    ref = region_perturbation(graph, x, path, patch_size=2, steps=4, batch_size=16)
+    got = D.region_perturbation(graph, x, path, scheduler=client, patch_size=2, steps=4, batch_size=16)
+    xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
+    assert got.attrs["relevance_file"] == ref.attrs["relevance_file"] == str(path)
+    params = dict(size=(4, 4), embedding=None, n_eigenvalues=8, batch_size=16)
+    ref = spray(relevance=path, **params)
+    got = D.spray(relevance=path, scheduler=client, **params)
+    xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
+    assert got.attrs["relevance_file"] == ref.attrs["relevance_file"] == str(path)
+
+
+def test_cluster_uses_the_evaluators_contract_only():
+    """attribx.distributed schedules the evaluators through their public contract (plan, run a chunk,
+    combine), not through their private names."""
+    import inspect
+    import re
+    source = inspect.getsource(D)
+    assert not re.findall(r"\b[PS]\._\w+", source)
+    assert not re.findall(r"from \.evaluators[\w.]* import [^\n]*\b_\w+", source)

@@ -13,16 +13,19 @@ processes, one thread each, started and closed here, listening on 127.0.0.1 only
   the graph's fingerprint), so workers need no deep-learning framework
   unless the engine is one. At most ``2 × workers + 2`` batches are in flight, so the client's memory
   stays bounded by batches, not by the data set.
-* :func:`pixel_flipping` / :func:`region_perturbation` run the evaluators of
-  :mod:`attribx.evaluators.perturbation` (``convention="samek2017"``) with one task per chunk of
-  ``batch_size`` samples; the relevance may be dask-backed (``attribx.open_relevance(path, lazy=True)``):
-  each task reads only its chunk. Random orders and uniform noise use the random stream the single
-  process uses: the client replays the draws chunk by chunk (cheap next to the model calls) and hands
-  each task the generator's state at its chunk's start, so the numbers equal the single-process run's.
+* :func:`pixel_flipping` / :func:`region_perturbation` schedule the evaluators of
+  :mod:`attribx.evaluators.perturbation` (``convention="samek2017"``) on the cluster through their
+  contract: the evaluator's ``plan`` (the checks a single process makes, on the client), one task per
+  chunk of ``batch_size`` samples (``run_chunk``), ``combine`` on the client. The inputs and the
+  relevance may be dask-backed (``attribx.open_relevance(path, lazy=True)``): each task reads only its
+  chunk. Random orders and uniform noise use the random stream the single process uses: the plan
+  replays the draws chunk by chunk (``Plan.rng_states``) and each task starts from its chunk's state,
+  so the numbers equal the single-process run's.
 
-* :func:`spray` runs SpRAy's pooling (tasks reading blocks of the relevance) and its exact neighbour
-  search (tasks of query rows against all features) on the cluster; the eigen-decomposition, the
-  clustering and the prototypes stay on the client.
+* :func:`spray` schedules SpRAy the same way (:func:`attribx.evaluators.spray.plan`): the pooling
+  (``features_chunk``, tasks reading blocks of the relevance) and the exact neighbour search
+  (``neighbors_chunk``, tasks of query rows against all features) run on the cluster; the
+  eigen-decomposition, the clustering and the prototypes (``analyse``) stay on the client.
 
 Arrays arrive on a worker as views into dask's message frames, at any byte address; numpy takes other
 kernels on unaligned float32 data and rounds differently (1 ulp). The graph's parameters
@@ -34,13 +37,17 @@ Needs ``pip install 'attribx[distributed]'`` (dask and distributed).
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
+import time
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from .errors import InputError, MethodError
+from .evaluators import perturbation as P
+from .evaluators import spray as S
+from .evaluators.base import is_dask
 from .graph import aligned_array
 
 #: Per worker process: fingerprint -> prepared graph; and how many times a model was prepared here.
@@ -130,13 +137,6 @@ def _worker_engine(graph, fingerprint: str, engine: Any):
     if eng is None:
         eng = _RUNNERS[key] = get_engine(engine, g)
     return g, eng
-
-
-def _ship_model(client, model: Any, sample_shape: tuple):
-    """Translate on the client and send the graph to every worker once: (future, fingerprint, graph)."""
-    from .api import translate
-    graph = translate(model, input_shape=tuple(int(d) for d in sample_shape))
-    return _send_graph(client, graph), graph.fingerprint(), graph
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,20 +263,12 @@ def explain_distributed(model: Any, x: Any, method: Any = "lrp.epsilon", target:
 # pixel flipping / region perturbation
 # --------------------------------------------------------------------------------------------------
 
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-
-def _worker_runner(graph, fp, sample_shape, engine, output, batch_size, evaluator):
-    from .evaluators.base import ModelRunner
-    g = _worker_graph(graph, fp)
-    key = (fp, engine, output, batch_size)
+def _worker_runner(graph, fp, sample_shape, spec):
+    """The evaluator's model runner on this worker: once per (model, runner arguments) per process."""
+    key = (fp, "runner", tuple(sorted(spec.runner_args.items())))
     runner = _RUNNERS.get(key)
     if runner is None:
-        runner = ModelRunner(g, sample_shape, engine=engine, output=output, batch_size=batch_size,
-                             progress_bar=False, evaluator=evaluator)
-        _RUNNERS[key] = runner
+        runner = _RUNNERS[key] = spec.runner(_worker_graph(graph, fp), sample_shape)
     return runner
 
 
@@ -287,129 +279,39 @@ def _rng_from(state):
 
 
 def _pf_chunk(graph, fp, spec, xb, rb, tb, states):
-    """One chunk: targets (when predicted), region scores, the curves of the main and the random runs."""
-    from .evaluators.perturbation import _Layout, _region_scores, _samek_chunk
-    runner = _worker_runner(graph, fp, xb.shape[1:], spec["engine"], spec["output"], spec["batch_size"],
-                            spec["evaluator"])
-    layout = _Layout(spec["evaluator"], runner.dims)
-    xb, rb = aligned_array(xb), aligned_array(rb)
-    spec = {k: aligned_array(v) if isinstance(v, np.ndarray) else v for k, v in spec.items()}
-    if tb is None:
-        tb = runner.targets(xb, "predicted")
-    xc = layout.to_canon(xb)
-    rb = np.asarray(rb)
-    if rb.dtype.kind != "f":
-        rb = rb.astype(np.float64)
-    scores = _region_scores(rb, spec["patch"])
-    out = {"targets": tb}
-    for key, order, runs, state in (("main", spec["order"], spec["runs"], states[0]),
-                                    ("random", "random", spec["random_runs"], states[1])):
-        if runs:
-            out[key] = _samek_chunk(runner, layout, xc, tb, scores, spec["rid"], order, spec["fis"],
-                                    spec["n_steps"], spec["replace"], _rng_from(state), runs, _NoBar())
-    return out
-
-
-def _replay_states(rng, chunks, runs, order, random_baseline, replace, regions, shape_c, dtype):
-    """The generator's state at each chunk's start, replaying the single process's draws chunk by chunk."""
-    from .evaluators.perturbation import _orders
-    states = []
-    for sl in chunks:
-        states.append(copy.deepcopy(rng.bit_generator.state))
-        b = sl.stop - sl.start
-        for _ in range(runs):
-            _orders(np.zeros((b, regions)), order, rng)
-            if random_baseline:
-                replace(np.broadcast_to(np.zeros((), dtype), (b,) + tuple(shape_c[1:])), rng)
-    return states
+    """One chunk of a perturbation run: :func:`attribx.evaluators.perturbation.run_chunk` on this worker."""
+    spec = dataclasses.replace(spec, rid=aligned_array(spec.rid))
+    runner = _worker_runner(graph, fp, xb.shape[1:], spec)
+    return P.run_chunk(spec, runner, aligned_array(xb), aligned_array(rb), tb, tuple(_rng_from(s) for s in states))
 
 
 def _evaluate(evaluator: str, model, inputs, relevance, scheduler, params: dict) -> xr.Dataset:
-    from .evaluators import perturbation as P
-    from .evaluators.base import ModelRunner, as_numpy_inputs, read_relevance
-    p = P._resolve(evaluator, params)
-    if p["convention"] != "samek2017":
+    """The evaluator's plan (the checks a single process makes, inputs and relevance kept lazy), one task per
+    chunk, the chunks combined on the client."""
+    plan = P.plan(evaluator, model, inputs, relevance, params, lazy=True)
+    p = plan.p
+    if plan.spec is None:
         raise MethodError(f"evaluator {evaluator!r} on a cluster: convention='samek2017' only (Quantus's draws "
                           f"follow the perturbed images); run convention='quantus' in one process")
     if callable(p["baseline"]):
         raise MethodError(f"evaluator {evaluator!r} on a cluster: a function baseline runs in one process only")
     if p["engine"] is not None and not isinstance(p["engine"], str):
         raise MethodError("on a cluster, engine must be a name (engines are created on the workers)")
-    lazy_x = P._is_dask(inputs)
-    x = inputs if lazy_x else as_numpy_inputs(inputs)
-    if lazy_x and x.dtype.kind != "f":
-        x = x.astype(np.float32)
-    runner = ModelRunner(model, x.shape[1:], engine=p["engine"], output=p["output"], batch_size=p["batch_size"],
-                         progress_bar=False, evaluator=evaluator)
-    layout = P._Layout(evaluator, runner.dims)
-    if x.ndim != len(layout.dims):
-        raise InputError(f"evaluator {evaluator!r}: inputs have shape {x.shape}, the model expects dims {layout.dims}")
-    rel_dims = None
-    if not isinstance(relevance, (xr.DataArray, xr.Dataset, str)) and relevance is not None:
-        ndim = np.ndim(relevance)
-        rel_dims = layout.dims if ndim == len(layout.dims) else \
-            tuple(d for d in layout.dims if d != "channel")
-    rel, path = read_relevance(relevance, p["variable"], rel_dims)
-    xc = layout.to_canon(x)
-    n, c, h, w = xc.shape
-    rc = P._canonical_relevance(evaluator, rel, layout, xc.shape)
-    # targets: given, else the relevance's coord, else predicted (on the workers)
-    targets = None
-    if p["target"] is not None or ("target" in rel.coords and rel.coords["target"].shape == (n,)
-                                   and rel.coords["target"].dtype.kind in "iu"):
-        if not (isinstance(p["target"], str) and p["target"] == "predicted"):
-            targets = runner.targets(np.zeros((n, 0)), p["target"], rel)
-    patch = p["patch_size"]
-    if patch > h or patch > w:
-        raise MethodError(f"evaluator {evaluator!r}: patch_size {patch} is larger than the image ({h} × {w})")
-    rid, regions = P._grid(h, w, patch)
-    fis = p["features_in_step"]
-    possible = -(-regions // fis)
-    n_steps = min(100, possible) if p["steps"] is None else p["steps"]
-    if n_steps > possible:
-        raise MethodError(f"evaluator {evaluator!r}: steps={n_steps}, but {regions} regions of {patch} × {patch} "
-                          f"({fis} per step) are gone after {possible} steps")
-    replace, random_baseline, info = P._replacement_fn(evaluator, p, xc, layout)
-    relative, main_rng, random_rng, runs, random_runs = P.random_plan(p, random_baseline)
-    chunks = P._chunks(n, p["batch_size"])
-    s_main = _replay_states(main_rng, chunks, runs, p["order"], random_baseline, replace, regions, xc.shape, xc.dtype)
-    s_rand = _replay_states(random_rng, chunks, random_runs, "random", random_baseline, replace, regions, xc.shape,
-                            xc.dtype)
-    spec = {"evaluator": evaluator, "engine": p["engine"], "output": p["output"], "batch_size": p["batch_size"],
-            "patch": patch, "rid": rid, "order": p["order"], "fis": fis, "n_steps": n_steps, "replace": replace,
-            "runs": runs, "random_runs": random_runs}
+    states = plan.rng_states()
+    graph = plan.runner.graph
     with client_for(scheduler) as client:
-        graph_f, fp, _ = _ship_model(client, model, x.shape[1:])
-        spec_f = client.scatter(spec, broadcast=True, hash=False)
+        graph_f = _send_graph(client, graph)
+        spec_f = client.scatter(plan.spec, broadcast=True, hash=False)
         futures = []
-        for i, sl in enumerate(chunks):
-            xb = x[sl]
-            rb = rc[sl]
-            xb = client.compute(xb) if lazy_x else np.asarray(xb)
-            rb = client.compute(rb) if P._is_dask(rb) else rb
-            tb = None if targets is None else targets[sl]
-            futures.append(client.submit(_pf_chunk, graph_f, fp, spec_f, xb, rb, tb, (s_main[i], s_rand[i]),
+        for sl, state in zip(plan.chunks, states):
+            xb, rb = plan.x[sl], plan.rc[sl]
+            xb = client.compute(xb) if is_dask(xb) else np.asarray(xb)
+            rb = client.compute(rb) if is_dask(rb) else rb
+            tb = None if plan.targets is None else plan.targets[sl]
+            futures.append(client.submit(_pf_chunk, graph_f, graph.fingerprint(), spec_f, xb, rb, tb, state,
                                          pure=False))
         parts = client.gather(futures)
-    targets = np.concatenate([np.asarray(q["targets"]) for q in parts]).astype(np.int64)
-    curve = np.concatenate([q["main"][0] for q in parts])
-    fraction = np.zeros(n_steps + 1, np.float64)
-    for q in parts:
-        fraction += q["main"][1]
-    fraction = fraction / n
-    f0 = curve[:, 0]
-    aopc = (f0[:, None] - curve).mean(axis=1)
-    data = {"curve": (("sample", "step"), curve), "aopc": (("sample",), aopc), "f0": (("sample",), f0.copy())}
-    if relative:
-        curve_random = np.concatenate([q["random"][0] for q in parts])
-        aopc_random = (curve_random[:, :1] - curve_random).mean(axis=1)
-        data.update({"curve_random": (("sample", "step"), curve_random),
-                     "aopc_random": (("sample",), aopc_random),
-                     "aopc_relative": (("sample",), aopc - aopc_random)})
-    extra = {"regions": regions, "steps_run": n_steps, "runs": runs, "curve_quantity": "output",
-             "aopc_definition": "1/(L+1) sum_{k=0..L} (f_0 - f_k)", **info}
-    return P.result_dataset(evaluator, p, rel, path, runner, targets, data, np.arange(n_steps + 1), fraction,
-                            extra)
+    return P.combine(plan, parts)
 
 
 def pixel_flipping(model: Any = None, inputs: Any = None, relevance: Any = None, *, scheduler: Any = 2,
@@ -429,61 +331,12 @@ def region_perturbation(model: Any = None, inputs: Any = None, relevance: Any = 
 # SpRAy: pooling and the exact neighbour search on the cluster
 # --------------------------------------------------------------------------------------------------
 
-_KNN_ROWS = 2048     # query rows per task: a multiple of scikit-learn's 256-row chunks, so each row's
-                     # distances are computed as in the single-process search
+def _features_block(block, start, layout, channels, normalize):
+    return S.features_chunk(aligned_array(block), start, layout, channels, normalize)
 
 
-def _pool_block(block, start, caxes, channels, shape, normalize):
-    from .evaluators.spray import _reduce_block, normalization_factors, sum_pool
-    pooled = sum_pool(_reduce_block(aligned_array(block), start, caxes, channels), shape)
-    f = normalization_factors(pooled, normalize)
-    safe = np.where(f == 0, 1.0, f)
-    return pooled.reshape(len(pooled), -1) / safe[:, None], f
-
-
-def _knn_block(features, a, b, k):
-    """Rows a..b-1's k nearest other rows, as ``NearestNeighbors.kneighbors()`` on the fitted data gives them."""
-    from sklearn.neighbors import NearestNeighbors
-    features = aligned_array(features)
-    idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(features).kneighbors(
-        features[a:b], n_neighbors=k + 1, return_distance=False)
-    mask = idx != np.arange(a, b)[:, None]          # drop the row itself, as scikit-learn does
-    mask[:, 0][np.all(mask, axis=1)] = False
-    return idx[mask].reshape(b - a, k)
-
-
-def _spray_fns(client):
-    from .evaluators import spray as S
-
-    def features_fn(da, layout, channels, normalize, batch_size, progress_bar):
-        da = da.transpose(*layout.order)
-        per_sample = 8 * int(np.prod([da.sizes[d] for d in layout.order[1:]], dtype=np.int64))
-        caxes = tuple(range(1, 1 + len(layout.channel_dims)))
-        futures = []
-        for sl in S._sample_blocks(da, batch_size, per_sample):
-            data = da.isel(sample=sl).data
-            block = client.compute(data) if hasattr(data, "dask") else np.asarray(data)
-            futures.append(client.submit(_pool_block, block, sl.start, caxes, channels, tuple(layout.shape),
-                                         normalize, pure=False))
-        parts = client.gather(futures)
-        features = np.concatenate([q[0] for q in parts])
-        factors = np.concatenate([q[1] for q in parts])
-        return features, S.unit_zero_factors(factors, normalize)
-
-    def knn_fn(features, n_neighbors, approximate=False, seed=0):
-        if approximate:                              # pynndescent: one process
-            return S.knn_affinity(features, n_neighbors, approximate=True, seed=seed)
-        import scipy.sparse as sp
-        n = len(features)
-        f = client.scatter(features, broadcast=True, hash=False)
-        futures = [client.submit(_knn_block, f, a, min(n, a + _KNN_ROWS), n_neighbors, pure=False)
-                   for a in range(0, n, _KNN_ROWS)]
-        idx = np.concatenate(client.gather(futures))
-        rows = np.repeat(np.arange(n), n_neighbors)
-        a = sp.csr_matrix((np.ones(n * n_neighbors, dtype=np.float64), (rows, idx.ravel())), shape=(n, n))
-        return (a + a.T) / 2.0
-
-    return features_fn, knn_fn
+def _neighbors_block(features, a, b, k):
+    return S.neighbors_chunk(aligned_array(features), a, b, k)
 
 
 def spray(model: Any = None, inputs: Any = None, relevance: Any = None, *, scheduler: Any = 2,
@@ -491,8 +344,28 @@ def spray(model: Any = None, inputs: Any = None, relevance: Any = None, *, sched
     """:func:`attribx.evaluators.spray.spray` with the pooling (one task per block of samples, each reading
     its block of a lazily opened relevance file) and the exact neighbour search (one task per 2048 query
     rows against all features) on a dask cluster; the eigen-decomposition and the clustering run on the
-    client. The same result as the single-process run."""
-    from .evaluators.spray import _spray
+    client. The same checks and the same result as the single-process run."""
+    sp = S.plan(relevance, params)
+    p = sp.p
+    timings: dict[str, float] = {}
     with client_for(scheduler) as client:
-        features_fn, knn_fn = _spray_fns(client)
-        return _spray(relevance, params, features_fn, knn_fn)
+        t = time.perf_counter()
+        heatmaps, blocks = sp.heatmaps(), sp.blocks()
+        futures = []
+        for sl in blocks:
+            data = heatmaps.isel(sample=sl).data
+            block = client.compute(data) if is_dask(data) else np.asarray(data)
+            futures.append(client.submit(_features_block, block, sl.start, sp.layout, p["channels"], p["normalize"],
+                                         pure=False))
+        features, factors = S.combine_features(sp.n, sp.layout, zip(blocks, client.gather(futures)), p["normalize"])
+        timings["features"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if p["approximate"]:                         # pynndescent: one process
+            affinity = S.knn_affinity(features, p["n_neighbors"], approximate=True, seed=p["seed"])
+        else:
+            f = client.scatter(features, broadcast=True, hash=False)
+            futures = [client.submit(_neighbors_block, f, a, b, p["n_neighbors"], pure=False)
+                       for a, b in sp.neighbor_rows()]
+            affinity = S.affinity_from_neighbors(np.concatenate(client.gather(futures)))
+        timings["knn"] = time.perf_counter() - t
+    return S.analyse(sp, features, factors, affinity, timings)

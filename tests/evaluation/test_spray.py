@@ -69,7 +69,7 @@ def test_sum_pool_against_loops(rng):
 def test_features_by_hand(rng, channels, normalize):
     x = rng.normal(size=(7, 3, 8, 6)) + 0.2
     da = xr.DataArray(x, dims=("sample", "channel", "height", "width"))
-    layout = S._Layout(da, (4, 3))
+    layout = S.HeatmapLayout(da, (4, 3))
     feats, factors = S.heatmap_features(da, layout, channels, normalize, batch_size=3)
     h = (np.abs(x) if channels == "abs" else x).sum(axis=1)
     pooled = h.reshape(7, 4, 2, 3, 2).sum(axis=(2, 4)).reshape(7, -1)
@@ -81,10 +81,10 @@ def test_features_by_hand(rng, channels, normalize):
 
 def test_size_never_upsamples_and_layouts(rng):
     da = xr.DataArray(rng.normal(size=(5, 8, 8)), dims=("sample", "height", "width"))
-    assert S._Layout(da, 20).shape == (8, 8)
-    assert S._Layout(da, (4, 20)).shape == (4, 8)
+    assert S.HeatmapLayout(da, 20).shape == (8, 8)
+    assert S.HeatmapLayout(da, (4, 20)).shape == (4, 8)
     nhwc = xr.DataArray(rng.normal(size=(5, 6, 4, 3)), dims=("sample", "height", "width", "channel"))
-    lay = S._Layout(nhwc, 2)
+    lay = S.HeatmapLayout(nhwc, 2)
     assert lay.spatial_dims == ["height", "width"] and lay.channel_dims == ["channel"]
 
 
@@ -133,7 +133,7 @@ def test_sparse_solver_finds_every_component(monkeypatch, case):
     component (the planted groups are three components of the kNN graph at this noise)."""
     from scipy.sparse.csgraph import connected_components
     rel, _ = case
-    layout = S._Layout(rel, 20)
+    layout = S.HeatmapLayout(rel, 20)
     f, _ = S.heatmap_features(rel, layout)
     a = S.knn_affinity(f, 10)
     n_comp = connected_components(a, directed=False)[0]

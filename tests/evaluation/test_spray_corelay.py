@@ -88,7 +88,7 @@ def assert_same_clusters(a, b):
 def check_against_corelay(rel, size, stride, n_neighbors, k, channels="sum"):
     x = np.asarray(rel.values, dtype=np.float64)
     f_c, a_c, s_c = corelay_steps(x, channels, stride, n_neighbors)
-    layout = S._Layout(rel, size)
+    layout = S.HeatmapLayout(rel, size)
     f_o, _ = S.heatmap_features(rel, layout, channels, "sum")
     np.testing.assert_allclose(f_o, f_c, rtol=1e-12, atol=1e-15)
     a_o = S.knn_affinity(f_o, n_neighbors)

@@ -26,6 +26,13 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError, MethodError
+from ..api import get_engine, translate, forward
+from ..batching import batches as _batches
+from ..graph import layout_dims
+from ..progress import progress
+from ..storage import open_relevance
+from ..targets import resolve_targets
+from ..version import __version__
 
 OUTPUTS = ("logit", "probability")
 
@@ -42,10 +49,8 @@ def read_relevance(relevance: Any, variable: str | None = None, dims: Sequence[s
     named ``variable``, or its only variable); a path to a file written by :func:`attribx.save`; or an
     array, labeled with ``dims`` (default: the layout's names by number of axes, as for a graph input).
     """
-    from ..graph import layout_dims
     path = None
     if isinstance(relevance, (str, os.PathLike)):
-        from ..storage import open_relevance
         path = os.path.abspath(os.fspath(relevance))
         relevance = open_relevance(path, lazy=False)
     if relevance is None:
@@ -152,7 +157,6 @@ def result_attrs(evaluator: str, params: Mapping[str, Any], *, relevance: xr.Dat
                  relevance_file: str | None = None, runner: "ModelRunner | None" = None,
                  seed: int | None = None, **extra: Any) -> dict:
     """The attrs of an evaluator's result: what was evaluated, how, and on which model."""
-    from ..version import __version__
     ra = dict(relevance.attrs) if relevance is not None else {}
     attrs: dict[str, Any] = {
         "evaluator": evaluator,
@@ -204,7 +208,6 @@ class ModelRunner:
 
     def __init__(self, model: Any, sample_shape: Sequence[int], engine: Any = None, output: str = "logit",
                  batch_size: int | None = None, progress_bar: bool | None = None, evaluator: str = "evaluator"):
-        from ..api import get_engine, translate
         if model is None:
             raise InputError(f"evaluator {evaluator!r} needs a model")
         self.output = choice(evaluator, "output", output, OUTPUTS)
@@ -224,9 +227,6 @@ class ModelRunner:
 
     def scores(self, x: np.ndarray, desc: str | None = None) -> np.ndarray:
         """The chosen output for every sample of ``x`` (numpy), run in batches."""
-        from ..api import forward
-        from ..batching import batches as _batches
-        from ..progress import progress
         n = len(x)
         chunks = _batches(n, self.batch_size)
         pieces = []
@@ -248,7 +248,6 @@ class ModelRunner:
     def targets(self, x: np.ndarray, target: Any, relevance: xr.DataArray | None = None) -> np.ndarray:
         """The class each sample is evaluated for: ``target`` if given (an int, ints per sample or
         ``"predicted"``), else the relevance's ``target`` coord, else the predicted class."""
-        from ..targets import resolve_targets
         if target is None and relevance is not None and "target" in relevance.coords:
             t = np.asarray(relevance.coords["target"].values)
             if t.shape == (len(x),) and t.dtype.kind in "iu":
@@ -266,6 +265,11 @@ class ModelRunner:
         if t.shape != (len(x),):
             raise InputError(f"target has shape {t.shape}; give one class per sample ({len(x)})")
         return t.astype(np.int64)
+
+
+def is_dask(a: Any) -> bool:
+    """Whether ``a`` is a dask collection (kept lazy, read chunk by chunk), without importing dask."""
+    return type(a).__module__.split(".")[0] == "dask"
 
 
 def host_array(inputs: Any, who: str = "this evaluator") -> np.ndarray:

@@ -30,18 +30,27 @@ numbers in the same order, so ``np.random.seed(seed)`` before a Quantus call giv
 The curve is what Quantus returns: the output f_k (pixel flipping) or the drop f_0 − f_k (region
 perturbation), k = 1..L; ``auc`` is Quantus's area (the trapezoid rule over the curve) and ``aopc``
 the mean drop 1/L Σ_{k=1..L} (f_0 − f_k).
+
+Scheduling (the evaluator contract): :func:`plan` checks every input once and decides the chunks of
+``batch_size`` samples, :func:`run_chunk` runs one chunk (samek2017), :func:`combine` joins the chunks'
+results. One process runs the chunks in turn; :mod:`attribx.distributed` runs them as tasks on a dask
+cluster, with the same checks and the same numbers. ``convention="quantus"`` draws one random stream
+through all samples in order, so it runs in one process.
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, Callable
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import xarray as xr
 
 from ..errors import InputError, MethodError
-from .base import (ModelRunner, Progress, as_numpy_inputs, check_params, choice, positive_int, read_relevance,
-                   result_attrs, seed_of)
+from .base import (ModelRunner, Progress, as_numpy_inputs, check_params, choice, is_dask, positive_int,
+                   read_relevance, result_attrs, seed_of)
 
 CONVENTIONS = ("samek2017", "quantus")
 ORDERS = ("morf", "lerf", "random")
@@ -112,7 +121,7 @@ def _canonical_relevance(evaluator: str, rel: xr.DataArray, layout: _Layout, sha
             raise InputError(f"evaluator {evaluator!r}: the relevance has dims {rel.dims}; it needs {d!r}")
     present = [d for d in CANONICAL if d in rel.dims]
     values = rel.transpose(*present).data
-    if not _is_dask(values):                 # dask-backed relevance stays lazy (attribx.distributed)
+    if not is_dask(values):                 # dask-backed relevance stays lazy (plan(lazy=True))
         values = np.asarray(values)
     if "channel" not in rel.dims:
         values = values[:, None]
@@ -124,10 +133,6 @@ def _canonical_relevance(evaluator: str, rel: xr.DataArray, layout: _Layout, sha
     if values.dtype.kind != "f":
         values = values.astype(np.float64)
     return values
-
-
-def _is_dask(a: Any) -> bool:
-    return type(a).__module__.split(".")[0] == "dask"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,21 +243,67 @@ def _orders(scores: np.ndarray, order: str, rng: np.random.Generator) -> np.ndar
     return np.stack([rng.permutation(scores.shape[1]) for _ in range(len(scores))])
 
 
-def _samek_run(runner, layout, xc, targets, scores, rid, order, fis, n_steps, replace, rng, runs, chunks, bar):
-    """Curves (N, n_steps + 1) averaged over ``runs`` runs, and the fraction of pixels perturbed per step."""
-    n = len(xc)
-    curves = np.zeros((n, n_steps + 1), np.float64)
-    fraction = np.zeros(n_steps + 1, np.float64)
-    for sl in chunks:
-        curves[sl], part = _samek_chunk(runner, layout, xc[sl], targets[sl], scores[sl], rid, order, fis, n_steps,
-                                        replace, rng, runs, bar)
-        fraction += part
-    return curves, fraction / n
+@dataclass(frozen=True, eq=False)
+class ChunkSpec:
+    """What running one chunk of samek2017 needs besides its samples: decided once by :func:`plan`, the
+    same for every chunk (``attribx.distributed`` sends it to every worker once)."""
+    evaluator: str
+    runner_args: dict            # the ModelRunner's engine, output and batch size (a worker builds its own)
+    patch: int
+    rid: np.ndarray              # region id of every pixel
+    regions: int
+    order: str
+    fis: int                     # regions perturbed per step
+    n_steps: int
+    replace: Callable            # f(canonical chunk, rng) -> replacement values
+    random_baseline: bool
+    runs: int                    # runs in the chosen order (repeated when anything is random)
+    random_runs: int             # runs of the random-order reference (0: none)
+
+    def runner(self, model: Any, sample_shape: Sequence[int]) -> ModelRunner:
+        """The model runner a chunk calls (a worker builds one from the graph it was sent)."""
+        return _model_runner(self.evaluator, self.runner_args, model, sample_shape)
+
+
+def _runner_args(p: dict) -> dict:
+    return {k: p[k] for k in ("engine", "output", "batch_size")}
+
+
+def _model_runner(evaluator: str, runner_args: dict, model: Any, sample_shape: Sequence[int]) -> ModelRunner:
+    return ModelRunner(model, sample_shape, progress_bar=False, evaluator=evaluator, **runner_args)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def run_chunk(spec: ChunkSpec, runner: ModelRunner, xb: np.ndarray, rb: np.ndarray, tb: np.ndarray | None,
+              rngs: tuple, bar: Any = None) -> dict:
+    """Run one chunk of samples: ``xb`` in the model's layout, ``rb`` its canonical relevance (:attr:`Plan.rc`),
+    ``tb`` its targets (None: predicted here), ``rngs`` the main and the reference run's generators where
+    this chunk starts. Returns ``{"targets", "main": (curves, summed fraction perturbed per step)}`` and
+    ``"random"`` alike when the reference runs; :func:`combine` joins the chunks."""
+    layout = _Layout(spec.evaluator, runner.dims)
+    if tb is None:
+        tb = runner.targets(xb, "predicted")
+    xc = layout.to_canon(xb)
+    rb = np.asarray(rb)
+    if rb.dtype.kind != "f":
+        rb = rb.astype(np.float64)
+    scores = _region_scores(rb, spec.patch)
+    out = {"targets": tb}
+    for key, order, runs, rng in (("main", spec.order, spec.runs, rngs[0]),
+                                  ("random", "random", spec.random_runs, rngs[1])):
+        if runs:
+            out[key] = _samek_chunk(runner, layout, xc, tb, scores, spec.rid, order, spec.fis, spec.n_steps,
+                                    spec.replace, rng, runs, bar or _NoBar())
+    return out
 
 
 def _samek_chunk(runner, layout, xb, tb, scores_b, rid, order, fis, n_steps, replace, rng, runs, bar):
-    """One chunk of samples (``attribx.distributed`` runs chunks on dask workers): its curves and its
-    summed fraction of pixels perturbed per step."""
+    """``runs`` runs over one canonical chunk: its curves (averaged over the runs) and its summed fraction of
+    pixels perturbed per step."""
     b, c, h, w = xb.shape
     regions = scores_b.shape[1]
     curves = np.zeros((b, n_steps + 1), np.float64)
@@ -273,7 +324,9 @@ def _samek_chunk(runner, layout, xb, tb, scores_b, rid, order, fis, n_steps, rep
     return curves, fraction
 
 
-def _samek(evaluator, p, runner, layout, xc, rc, targets, bar_desc):
+def _samek_spec(evaluator: str, p: dict, layout: _Layout, xc: Any) -> tuple[ChunkSpec, dict]:
+    """samek2017's grid, steps and replacement checked against the image size: (the chunk spec, attrs
+    describing the replacement)."""
     n, c, h, w = xc.shape
     patch = p["patch_size"]
     if patch > h or patch > w:
@@ -289,29 +342,10 @@ def _samek(evaluator, p, runner, layout, xc, rc, targets, bar_desc):
             raise MethodError(f"evaluator {evaluator!r}: steps={n_steps}, but {regions} regions of {patch} × {patch} "
                               f"({fis} per step) are gone after {possible} steps")
     replace, random_baseline, info = _replacement_fn(evaluator, p, xc, layout)
-    scores = _region_scores(rc, patch)
-    relative, main_rng, random_rng, runs, random_runs = random_plan(p, random_baseline)
-    chunks = _chunks(n, p["batch_size"])
-    total = len(chunks) * (runs + random_runs) * (n_steps + 1)
-    with Progress(total, bar_desc, p["progress_bar"]) as bar:
-        curve, fraction = _samek_run(runner, layout, xc, targets, scores, rid, p["order"], fis, n_steps, replace,
-                                     main_rng, runs, chunks, bar)
-        curve_random = None
-        if relative:
-            curve_random, _ = _samek_run(runner, layout, xc, targets, scores, rid, "random", fis, n_steps, replace,
-                                         random_rng, random_runs, chunks, bar)
-    f0 = curve[:, 0]
-    aopc = (f0[:, None] - curve).mean(axis=1)
-    data = {"curve": (("sample", "step"), curve), "aopc": (("sample",), aopc), "f0": (("sample",), f0.copy())}
-    if relative:
-        aopc_random = (curve_random[:, :1] - curve_random).mean(axis=1)
-        data.update({"curve_random": (("sample", "step"), curve_random),
-                     "aopc_random": (("sample",), aopc_random),
-                     "aopc_relative": (("sample",), aopc - aopc_random)})
-    steps = np.arange(n_steps + 1)
-    extra = {"regions": regions, "steps_run": n_steps, "runs": runs, "curve_quantity": "output",
-             "aopc_definition": "1/(L+1) sum_{k=0..L} (f_0 - f_k)", **info}
-    return data, steps, fraction, extra
+    _, _, _, runs, random_runs = random_plan(p, random_baseline)
+    spec = ChunkSpec(evaluator, _runner_args(p), patch, rid, regions, p["order"], fis, n_steps, replace,
+                     random_baseline, runs, random_runs)
+    return spec, info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -528,35 +562,151 @@ def _resolve(evaluator: str, params: dict) -> dict:
     return p
 
 
-def _evaluate(evaluator: str, model, inputs, relevance, params: dict) -> xr.Dataset:
+@dataclass
+class Plan:
+    """A perturbation run with its inputs checked and its chunks decided, before any perturbed input is
+    run: the contract between the evaluator and whatever schedules it. One process (:func:`pixel_flipping`)
+    runs :func:`run_chunk` on each chunk in turn; ``attribx.distributed`` runs one task per chunk on a dask
+    cluster; both end in :func:`combine`, so a bad input is refused, and a number computed, the same way."""
+    evaluator: str
+    p: dict                      # the checked parameters
+    runner: ModelRunner          # the model translated once (on a cluster's client: the graph sent to the workers)
+    layout: _Layout
+    x: Any                       # inputs in the model's layout (numpy; dask when planned lazily)
+    xc: Any                      # the same as (sample, channel, height, width)
+    rel: xr.DataArray
+    path: str | None             # the relevance file, when the relevance was given as one
+    rc: Any                      # the relevance as (sample, channel or 1, height, width), float
+    targets: np.ndarray | None   # the classes given (or the relevance's); None: each chunk predicts its own
+    chunks: list[slice]
+    spec: ChunkSpec | None       # samek2017; None for convention="quantus" (one sequential random stream)
+    info: dict                   # attrs describing the replacement values (samek2017)
+
+    @property
+    def relative(self) -> bool:
+        return bool(self.spec.random_runs)
+
+    def generators(self) -> tuple[np.random.Generator, np.random.Generator]:
+        """The main and the reference run's generators, fresh; drawn from chunk after chunk."""
+        return random_plan(self.p, self.spec.random_baseline)[1:3]
+
+    def rng_states(self) -> list[tuple[dict, dict]]:
+        """Each chunk's generator states where it starts, so that chunks run anywhere, in any order, draw what
+        one process drawing chunk after chunk draws: the draws are replayed (cheap next to the model calls)."""
+        spec = self.spec
+        gens = self.generators()
+        zeros = np.zeros((), self.xc.dtype)
+        states = []
+        for sl in self.chunks:
+            states.append(tuple(copy.deepcopy(g.bit_generator.state) for g in gens))
+            b = sl.stop - sl.start
+            for rng, order, runs in ((gens[0], spec.order, spec.runs), (gens[1], "random", spec.random_runs)):
+                for _ in range(runs):
+                    _orders(np.zeros((b, spec.regions)), order, rng)
+                    if spec.random_baseline:
+                        spec.replace(np.broadcast_to(zeros, (b,) + tuple(self.xc.shape[1:])), rng)
+        return states
+
+
+def _inputs(inputs: Any, lazy: bool) -> Any:
+    """Inputs as a finite float array: numpy, or dask left lazy when ``lazy`` (checked here all the same)."""
+    if not (lazy and is_dask(inputs)):
+        return as_numpy_inputs(inputs)
+    if inputs.dtype.kind not in "fiub":
+        raise InputError(f"inputs must be numeric, got dtype {inputs.dtype}")
+    x = inputs if inputs.dtype.kind == "f" else inputs.astype(np.float32)
+    if not bool(np.isfinite(x).all().compute()):
+        raise InputError("inputs contain NaN or infinite values")
+    return x
+
+
+def _relevance_dims(evaluator: str, relevance: Any, layout: _Layout, x: Any) -> tuple | None:
+    """The dims of a plain array of relevance (with or without the channel axis); None for anything labeled."""
+    if isinstance(relevance, (xr.DataArray, xr.Dataset, str, os.PathLike)) or relevance is None:
+        return None
+    ndim = np.ndim(relevance)
+    if ndim == len(layout.dims):
+        return layout.dims
+    if ndim == len(layout.dims) - 1:
+        return tuple(d for d in layout.dims if d != "channel")
+    raise InputError(f"evaluator {evaluator!r}: relevance has {ndim} axes, the inputs {x.ndim} (dims {layout.dims})")
+
+
+def _given_targets(runner: ModelRunner, n: int, target: Any, rel: xr.DataArray) -> np.ndarray | None:
+    """The classes given (``target``, else the relevance's ``target`` coord), checked; None when they are
+    predicted (each chunk predicts its own: the same batches, so the same classes as all at once)."""
+    if isinstance(target, str) and target == "predicted":
+        return None
+    if target is None:
+        t = rel.coords["target"] if "target" in rel.coords else None
+        if t is None or t.shape != (n,) or t.dtype.kind not in "iu":
+            return None
+    return runner.targets(np.zeros((n, 0)), target, rel)
+
+
+def plan(evaluator: str, model: Any, inputs: Any, relevance: Any, params: dict, lazy: bool = False) -> Plan:
+    """Check everything once (parameters, inputs against the model, relevance against the inputs: arrays,
+    DataArrays, Datasets and files by ``str`` or ``os.PathLike`` path) and decide the chunks of
+    ``batch_size`` samples. ``lazy``: dask inputs and relevance stay dask (each chunk is read where it runs)."""
     p = _resolve(evaluator, params)
-    x = as_numpy_inputs(inputs)
-    runner = ModelRunner(model, x.shape[1:], engine=p["engine"], output=p["output"], batch_size=p["batch_size"],
-                         progress_bar=False, evaluator=evaluator)
+    x = _inputs(inputs, lazy)
+    runner = _model_runner(evaluator, _runner_args(p), model, x.shape[1:])
     layout = _Layout(evaluator, runner.dims)
     if x.ndim != len(layout.dims):
         raise InputError(f"evaluator {evaluator!r}: inputs have shape {x.shape}, the model expects dims {layout.dims}")
-    rel_dims = None
-    if not isinstance(relevance, (xr.DataArray, xr.Dataset, str)) and relevance is not None \
-            and not hasattr(relevance, "__fspath__"):
-        ndim = np.ndim(relevance)
-        rel_dims = layout.dims if ndim == len(layout.dims) else \
-            tuple(d for d in layout.dims if d != "channel") if ndim == len(layout.dims) - 1 else None
-        if rel_dims is None:
-            raise InputError(f"evaluator {evaluator!r}: relevance has {ndim} axes, the inputs {x.ndim} "
-                             f"(dims {layout.dims})")
-    rel, path = read_relevance(relevance, p["variable"], rel_dims)
+    rel, path = read_relevance(relevance, p["variable"], _relevance_dims(evaluator, relevance, layout, x))
     xc = layout.to_canon(x)
     rc = _canonical_relevance(evaluator, rel, layout, xc.shape)
-    targets = runner.targets(x, p["target"], rel)
+    targets = _given_targets(runner, len(x), p["target"], rel)
+    spec, info = (None, {}) if p["convention"] == "quantus" else _samek_spec(evaluator, p, layout, xc)
+    return Plan(evaluator, p, runner, layout, x, xc, rel, path, rc, targets, _chunks(len(x), p["batch_size"]), spec,
+                info)
+
+
+def combine(plan: Plan, parts: Sequence[dict]) -> xr.Dataset:
+    """The result Dataset from every chunk's :func:`run_chunk` output, in chunk order."""
+    spec, n = plan.spec, len(plan.x)
+    targets = np.concatenate([np.asarray(q["targets"]) for q in parts]).astype(np.int64)
+    curve = np.concatenate([q["main"][0] for q in parts])
+    fraction = np.zeros(spec.n_steps + 1, np.float64)
+    for q in parts:
+        fraction += q["main"][1]
+    fraction = fraction / n
+    f0 = curve[:, 0]
+    aopc = (f0[:, None] - curve).mean(axis=1)
+    data = {"curve": (("sample", "step"), curve), "aopc": (("sample",), aopc), "f0": (("sample",), f0.copy())}
+    if plan.relative:
+        curve_random = np.concatenate([q["random"][0] for q in parts])
+        aopc_random = (curve_random[:, :1] - curve_random).mean(axis=1)
+        data.update({"curve_random": (("sample", "step"), curve_random),
+                     "aopc_random": (("sample",), aopc_random),
+                     "aopc_relative": (("sample",), aopc - aopc_random)})
+    extra = {"regions": spec.regions, "steps_run": spec.n_steps, "runs": spec.runs, "curve_quantity": "output",
+             "aopc_definition": "1/(L+1) sum_{k=0..L} (f_0 - f_k)", **plan.info}
+    return result_dataset(plan.evaluator, plan.p, plan.rel, plan.path, plan.runner, targets, data,
+                          np.arange(spec.n_steps + 1), fraction, extra)
+
+
+def _evaluate(evaluator: str, model, inputs, relevance, params: dict) -> xr.Dataset:
+    """One process: plan, the chunks in turn, combine (quantus: its own sequential run)."""
+    pl = plan(evaluator, model, inputs, relevance, params)
+    p = pl.p
     desc = f"{evaluator} ({p['convention']}, {p['order']})"
-    run = _quantus if p["convention"] == "quantus" else _samek
-    data, steps, fraction, extra = run(evaluator, p, runner, layout, xc, rc, targets, desc)
-    return result_dataset(evaluator, p, rel, path, runner, targets, data, steps, fraction, extra)
+    if pl.spec is None:
+        targets = pl.targets if pl.targets is not None else pl.runner.targets(pl.x, "predicted")
+        data, steps, fraction, extra = _quantus(evaluator, p, pl.runner, pl.layout, pl.xc, pl.rc, targets, desc)
+        return result_dataset(evaluator, p, pl.rel, pl.path, pl.runner, targets, data, steps, fraction, extra)
+    spec = pl.spec
+    rngs = pl.generators()
+    with Progress(len(pl.chunks) * (spec.runs + spec.random_runs) * (spec.n_steps + 1), desc,
+                  p["progress_bar"]) as bar:
+        parts = [run_chunk(spec, pl.runner, pl.x[sl], pl.rc[sl], None if pl.targets is None else pl.targets[sl],
+                           rngs, bar) for sl in pl.chunks]
+    return combine(pl, parts)
 
 
 def random_plan(p: dict, random_baseline: bool) -> tuple:
-    """samek2017's random streams and run counts (also replayed by :mod:`attribx.distributed`): whether a
+    """samek2017's random streams and run counts (:meth:`Plan.rng_states` replays them): whether a
     random-order reference runs, the generators of the main and the reference runs (one seed, two
     independent streams), and how many runs each makes (repeated when anything is random)."""
     relative = p["relative_to_random"]
@@ -569,7 +719,7 @@ def random_plan(p: dict, random_baseline: bool) -> tuple:
 
 
 def result_dataset(evaluator, p, rel, path, runner, targets, data, steps, fraction, extra) -> xr.Dataset:
-    """The result Dataset of a perturbation run (also assembled by :mod:`attribx.distributed`): curves and
+    """The result Dataset of a perturbation run (both conventions): curves and
     AOPC per sample with their means in the attrs, coords from the relevance, provenance attrs."""
     n = len(targets)
     coords = {"sample": rel.coords["sample"].values if "sample" in rel.coords else np.arange(n),

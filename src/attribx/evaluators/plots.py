@@ -7,6 +7,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import AttribxError, InputError
+from .spray_plots import plot_spray
 
 
 def _figure(figsize):
@@ -126,14 +127,9 @@ def plot_accuracy(results: Any, title: str | None = None, random: bool = True, f
 PLOTTERS = {
     "pixel_flipping": lambda ds: plot_curves(ds),
     "region_perturbation": lambda ds: plot_curves(ds),
-    "spray": lambda ds: _plot_spray(ds),
+    "spray": lambda ds: plot_spray(ds),
     "word_deletion": lambda ds: plot_accuracy(ds),
 }
-
-
-def _plot_spray(ds: xr.Dataset):
-    from .spray import plot_spray
-    return plot_spray(ds)
 
 
 def plot_result(ds: xr.Dataset):

@@ -37,23 +37,33 @@ against CoRelAy's processor of the same name):
    divided by the factor it was normalised with in step 1, averaged over each cluster's members.
 
 The result is an ``xarray.Dataset`` (:func:`spray`), plotted by :func:`plot_spectrum`,
-:func:`plot_clusters` and :func:`plot_spray`, exported for CoRelAy's viewer ViRelAy by
-:func:`export_virelay`.
+:func:`plot_clusters` and :func:`plot_spray` (:mod:`attribx.evaluators.spray_plots`), exported for
+CoRelAy's viewer ViRelAy by :func:`export_virelay` (:mod:`attribx.evaluators.virelay`); all four are
+importable from here. The relevance is read through :mod:`attribx.evaluators.heatmaps`.
+
+Scheduling (the evaluator contract): :func:`plan` checks the parameters and the relevance once;
+steps 1 and 2 run in chunks (:func:`features_chunk` per block of samples, :func:`neighbors_chunk` per
+block of query rows), one after another in one process or as tasks on a dask cluster
+(:mod:`attribx.distributed`); :func:`analyse` does the rest on their joined results.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 import warnings
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import xarray as xr
 
 from ..errors import InputError, MethodError
-from .base import check_params, choice, positive_int, read_relevance, result_attrs, seed_of
+from .base import check_params, choice, positive_int, result_attrs, seed_of
+from .heatmaps import CHANNEL_DIMS  # noqa: F401  (its earlier home was here)
+from .heatmaps import HeatmapLayout, open_heatmaps, reduce_block, reduced_heatmaps, sample_blocks
+# the plots and the ViRelAy export live in modules of their own; users import them from here
+from .spray_plots import plot_clusters, plot_spectrum, plot_spray  # noqa: F401
+from .virelay import export_virelay  # noqa: F401
+
 
 EVALUATOR = "spray"
 
@@ -82,10 +92,11 @@ EIGENSOLVERS = ("smallest", "corelay")
 CLUSTERINGS = ("kmeans", "dbscan", "agglomerative")
 EMBEDDINGS = ("auto", "tsne", "umap", "spectral", None)
 TSNE_MAX = 5000             # embedding="auto": t-SNE up to this many samples, the spectral coordinates beyond
-CHANNEL_DIMS = ("channel", "embedding")   # dims summed away by the channel reduction
 
 DENSE_MAX = 1000            # up to this many samples the eigenproblem is solved densely (exact, all at once)
-_BLOCK_BYTES = 32 << 20     # relevance read ~32 MiB (as float64 heatmaps) at a time when not chunked by dask
+NEIGHBOR_ROWS = 2048        # query rows per chunk of the exact neighbour search: a multiple of scikit-learn's
+                            # 256-row chunks, so each row's distances are computed as in one search of all rows
+_Layout = HeatmapLayout     # its earlier name (benchmarks/spray.py uses it)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,92 +154,44 @@ def normalization_factors(pooled: np.ndarray, normalize: str | None) -> np.ndarr
                       f"{', '.join(repr(a) for a in NORMALIZE)}")
 
 
-class _Layout:
-    """Which dims of the relevance are channels and which are spatial, and the pooled shape."""
-
-    def __init__(self, da: xr.DataArray, size: Any):
-        other = [d for d in da.dims if d != "sample"]
-        self.channel_dims = [d for d in other if d in CHANNEL_DIMS]
-        self.spatial_dims = [d for d in other if d not in CHANNEL_DIMS]
-        if len(self.spatial_dims) not in (1, 2):
-            raise InputError(f"SpRAy analyses 2-D heatmaps (or 1-D sequences): the relevance has dims {da.dims}; "
-                             f"name the channel dim 'channel' (relevance.rename(...)) so that two spatial dims remain")
-        self.spatial_shape = tuple(int(da.sizes[d]) for d in self.spatial_dims)
-        self.shape = self._pooled_shape(size)
-        self.order = ["sample"] + self.channel_dims + self.spatial_dims
-
-    def _pooled_shape(self, size: Any) -> tuple[int, ...]:
-        nd = len(self.spatial_dims)
-        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-            want = (int(size),) * nd
-        elif isinstance(size, (list, tuple)) and len(size) == nd and all(
-                isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size):
-            want = tuple(int(s) for s in size)
-        else:
-            raise MethodError(f"evaluator {EVALUATOR!r}: size must be a positive integer or {nd} of them "
-                              f"(one per spatial dim {tuple(self.spatial_dims)}), got {size!r}")
-        if min(want) < 1:
-            raise MethodError(f"evaluator {EVALUATOR!r}: size must be positive, got {size!r}")
-        # never up-sample: a heatmap smaller than ``size`` keeps its own resolution along that axis
-        return tuple(min(w, n) for w, n in zip(want, self.spatial_shape))
-
-
-def _sample_blocks(da: xr.DataArray, batch_size: int | None, per_sample_bytes: int) -> list[slice]:
-    """Blocks of samples to read: ``batch_size`` each, else ~32 MiB (as float64) each, never across a
-    dask chunk boundary (a lazily opened file is read chunk by chunk, a large chunk in parts)."""
-    n = int(da.sizes["sample"])
-    step = batch_size or max(1, _BLOCK_BYTES // max(per_sample_bytes, 1))
-    bounds = [0, n]
-    if getattr(da, "chunks", None) is not None and hasattr(da, "chunksizes") and da.chunksizes.get("sample"):
-        bounds = [0] + [int(b) for b in np.cumsum(da.chunksizes["sample"])]
-    return [slice(i, min(b, i + step)) for a, b in zip(bounds[:-1], bounds[1:]) for i in range(a, b, step)]
-
-
-def reduced_heatmaps(da: xr.DataArray, layout: _Layout, channels: str, batch_size: int | None = None,
-                     progress_bar: bool | None = None, desc: str = "spray: pooling"
-                     ) -> Iterator[tuple[slice, np.ndarray]]:
-    """Blocks of ``(samples, channel-reduced float64 heatmaps)``, read one block at a time."""
-    from ..progress import progress
-    da = da.transpose(*layout.order)
-    per_sample = 8 * int(np.prod([da.sizes[d] for d in layout.order[1:]], dtype=np.int64))
-    blocks = _sample_blocks(da, batch_size, per_sample)
-    caxes = tuple(range(1, 1 + len(layout.channel_dims)))
-    for sl in progress(blocks, len(blocks), desc, progress_bar if len(blocks) > 1 else False):
-        block = np.asarray(da.isel(sample=sl).values)          # the stored dtype: no float64 copy of it all
-        yield sl, _reduce_block(block, sl.start, caxes, channels)
-
-
-def _reduce_block(block: np.ndarray, start: int, caxes: tuple, channels: str) -> np.ndarray:
-    """One block of read relevance checked and reduced over its channels, as float64."""
-    if block.dtype.kind != "f" or not np.isfinite(block).all():
-        block = block.astype(np.float64)
-        if not np.isfinite(block).all():
-            bad = int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0]) + start
-            raise InputError(f"relevance of sample {bad} (position {bad} along 'sample') contains NaN or "
-                             "infinite values")
-    if channels == "abs":
-        block = np.abs(block)
-    # channel sums accumulate in float64 (numpy casts in small buffers, not the whole block)
-    return block.sum(axis=caxes, dtype=np.float64) if caxes else block.astype(np.float64, copy=False)
-
-
-def heatmap_features(da: xr.DataArray, layout: _Layout, channels: str = "sum", normalize: str | None = "sum",
+def heatmap_features(da: xr.DataArray, layout: HeatmapLayout, channels: str = "sum", normalize: str | None = "sum",
                      batch_size: int | None = None, progress_bar: bool | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(pooled, normalised, flattened heatmaps ``(N, prod(shape))`` float64, normalisation factors ``(N,)``).
 
     A heatmap whose factor is 0 (all zero, or summing to exactly 0 under ``normalize="sum"``) is left
-    unnormalised; a warning says how many there were.
+    unnormalised; a warning says how many there were. One process: :func:`features_chunk` on each block.
     """
-    n = int(da.sizes["sample"])
+    parts = ((sl, pooled_features(block, layout, normalize))
+             for sl, block in reduced_heatmaps(da, layout, channels, batch_size, progress_bar))
+    return combine_features(int(da.sizes["sample"]), layout, parts, normalize)
+
+
+def features_chunk(block: np.ndarray, start: int, layout: HeatmapLayout, channels: str = "sum",
+                   normalize: str | None = "sum") -> tuple[np.ndarray, np.ndarray]:
+    """Step 1 for one block of relevance as read (sample first, in ``layout.order``; its first sample is
+    sample ``start``): its features and normalisation factors (a factor 0 is kept)."""
+    return pooled_features(reduce_block(block, start, layout.channel_axes, channels), layout, normalize)
+
+
+def pooled_features(heatmaps: np.ndarray, layout: HeatmapLayout, normalize: str | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Channel-reduced heatmaps pooled, normalised and flattened, and their normalisation factors."""
+    pooled = sum_pool(heatmaps, layout.shape)
+    f = normalization_factors(pooled, normalize)
+    safe = np.where(f == 0, 1.0, f)
+    return pooled.reshape(len(pooled), -1) / safe[:, None], f
+
+
+def combine_features(n: int, layout: HeatmapLayout, parts: Any, normalize: str | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1's blocks ``(samples, (features, factors))`` joined into ``(N, prod(shape))`` features and
+    ``(N,)`` factors, the zero factors set to 1 (:func:`unit_zero_factors`)."""
     features = np.empty((n, int(np.prod(layout.shape))), dtype=np.float64)
     factors = np.empty(n, dtype=np.float64)
-    for sl, block in reduced_heatmaps(da, layout, channels, batch_size, progress_bar):
-        pooled = sum_pool(block, layout.shape)
-        f = normalization_factors(pooled, normalize)
-        factors[sl] = f
-        safe = np.where(f == 0, 1.0, f)
-        features[sl] = pooled.reshape(len(pooled), -1) / safe[:, None]
+    for sl, (f, fac) in parts:
+        features[sl] = f
+        factors[sl] = fac
     return features, unit_zero_factors(factors, normalize)
 
 
@@ -255,9 +218,7 @@ def nearest_neighbors(features: np.ndarray, n_neighbors: int, approximate: bool 
     """
     n = len(features)
     if not approximate:
-        from sklearn.neighbors import NearestNeighbors
-        nn = NearestNeighbors(n_neighbors=n_neighbors, algorithm="brute").fit(features)
-        return nn.kneighbors(return_distance=False)
+        return neighbors_chunk(features, 0, n, n_neighbors)
     try:
         from pynndescent import NNDescent
     except ImportError:
@@ -273,17 +234,33 @@ def nearest_neighbors(features: np.ndarray, n_neighbors: int, approximate: bool 
     return out
 
 
+def neighbors_chunk(features: np.ndarray, a: int, b: int, n_neighbors: int) -> np.ndarray:
+    """Rows ``a..b-1``'s exact nearest other rows, as scikit-learn's ``kneighbors()`` of the fitted data
+    gives them (one process searches all rows at once, a cluster :data:`NEIGHBOR_ROWS` per task)."""
+    from sklearn.neighbors import NearestNeighbors   # optional (SpRAy's extra), as scipy below
+    idx = NearestNeighbors(n_neighbors=n_neighbors, algorithm="brute").fit(features).kneighbors(
+        features[a:b], n_neighbors=n_neighbors + 1, return_distance=False)
+    mask = idx != np.arange(a, b)[:, None]          # drop the row itself, as scikit-learn does
+    mask[:, 0][np.all(mask, axis=1)] = False        # (absent among equal rows: drop the farthest)
+    return idx[mask].reshape(b - a, n_neighbors)
+
+
+def affinity_from_neighbors(idx: np.ndarray):
+    """The symmetrised 0/1 affinity ``(A + Aᵀ)/2`` (scipy CSR) of ``(N, k)`` neighbour indices."""
+    import scipy.sparse as sp
+    n, k = idx.shape
+    rows = np.repeat(np.arange(n), k)
+    a = sp.csr_matrix((np.ones(n * k, dtype=np.float64), (rows, idx.ravel())), shape=(n, n))
+    return (a + a.T) / 2.0
+
+
 def knn_affinity(features: np.ndarray, n_neighbors: int = 10, approximate: bool = False, seed: int = 0):
     """The symmetrised k-nearest-neighbour affinity ``(A + Aᵀ)/2`` (scipy CSR), ``A[i, j] = 1`` when
     ``j`` is one of the ``n_neighbors`` nearest other heatmaps of ``i``."""
-    import scipy.sparse as sp
     n = len(features)
     if n_neighbors >= n:
         raise InputError(f"SpRAy needs more samples than n_neighbors: {n} sample(s), n_neighbors={n_neighbors}")
-    idx = nearest_neighbors(features, n_neighbors, approximate=approximate, seed=seed)
-    rows = np.repeat(np.arange(n), n_neighbors)
-    a = sp.csr_matrix((np.ones(n * n_neighbors, dtype=np.float64), (rows, idx.ravel())), shape=(n, n))
-    return (a + a.T) / 2.0
+    return affinity_from_neighbors(nearest_neighbors(features, n_neighbors, approximate=approximate, seed=seed))
 
 
 def normalized_affinity(affinity):
@@ -451,7 +428,7 @@ def embed_2d(embedding: np.ndarray, method: str = "tsne", seed: int = 0) -> np.n
                       f"{', '.join(repr(e) for e in EMBEDDINGS)}")
 
 
-def prototypes(da: xr.DataArray, layout: _Layout, labels: np.ndarray, factors: np.ndarray, channels: str = "sum",
+def prototypes(da: xr.DataArray, layout: HeatmapLayout, labels: np.ndarray, factors: np.ndarray, channels: str = "sum",
                batch_size: int | None = None, progress_bar: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(cluster ids, ``(clusters, *spatial)`` mean of each cluster's normalised full-resolution heatmaps)."""
     ids, inverse = np.unique(labels, return_inverse=True)
@@ -467,48 +444,6 @@ def prototypes(da: xr.DataArray, layout: _Layout, labels: np.ndarray, factors: n
 # --------------------------------------------------------------------------------------------------
 # the evaluator
 # --------------------------------------------------------------------------------------------------
-
-def _open(relevance: Any, variable: str | None) -> tuple[xr.DataArray, str | None]:
-    """The relevance as a DataArray without reading it into memory when it is lazy (dask) or a file."""
-    path = None
-    if isinstance(relevance, (str, os.PathLike)):
-        from ..storage import open_relevance
-        path = os.path.abspath(os.fspath(relevance))
-        try:
-            import dask.array  # noqa: F401
-            lazy: Any = True
-        except ImportError:
-            lazy = "auto"
-        relevance = open_relevance(path, lazy=lazy)
-    if isinstance(relevance, xr.Dataset) and not relevance.chunks:
-        return read_relevance(relevance, variable)[0], path
-    if isinstance(relevance, xr.DataArray) and relevance.chunks is None:
-        return read_relevance(relevance, variable)[0], path
-    if isinstance(relevance, xr.Dataset):            # lazy: pick the variable as read_relevance does
-        names = list(relevance.data_vars)
-        if variable is None:
-            variable = "relevance" if "relevance" in names else (names[0] if len(names) == 1 else None)
-            if variable is None:
-                raise InputError(f"the relevance holds several variables {names}; choose one with variable=")
-        if variable not in names:
-            raise InputError(f"the relevance has no variable {variable!r}; it holds {names}")
-        da = relevance[variable]
-        da.attrs = {**relevance.attrs, **da.attrs}
-        relevance = da
-    if isinstance(relevance, xr.DataArray):
-        if "sample" not in relevance.dims:
-            raise InputError(f"relevance has dims {relevance.dims}; it needs a 'sample' dim")
-        if relevance.dtype.kind not in "fiub":
-            raise InputError(f"relevance must be numeric, got dtype {relevance.dtype}")
-        return relevance, path                       # finiteness is checked block by block
-    arr = relevance.detach().cpu().numpy() if hasattr(relevance, "detach") else relevance
-    ndim = np.ndim(arr)
-    dims = {2: ("sample", "length"), 3: ("sample", "height", "width"),
-            4: ("sample", "channel", "height", "width")}.get(ndim)
-    if relevance is not None and dims is None:
-        raise InputError(f"SpRAy takes relevance arrays of 2, 3 or 4 axes (sample first), got shape {np.shape(arr)}")
-    return read_relevance(arr, variable, dims=dims)[0], path
-
 
 def _check(params: dict) -> dict:
     p = check_params(EVALUATOR, params, DEFAULTS)
@@ -543,6 +478,52 @@ def _check(params: dict) -> dict:
     return p
 
 
+@dataclass
+class SprayPlan:
+    """SpRAy's inputs checked once, before a heatmap is read: the contract between the analysis and its
+    schedulers. One process (:func:`spray`) runs steps 1 and 2 with :func:`heatmap_features` and
+    :func:`knn_affinity`; ``attribx.distributed`` runs their chunks as tasks (:func:`features_chunk` per
+    block of :meth:`blocks`, :func:`neighbors_chunk` per rows of :meth:`neighbor_rows`); both hand the
+    features and the affinity to :func:`analyse`, so the checks and the numbers are the same."""
+    p: dict                      # the checked parameters
+    da: xr.DataArray             # the relevance: lazy when it is a file or dask-backed
+    path: str | None             # the relevance file, when the relevance was given as one
+    layout: HeatmapLayout
+
+    @property
+    def n(self) -> int:
+        return int(self.da.sizes["sample"])
+
+    def heatmaps(self) -> xr.DataArray:
+        """The relevance in the layout's order (sample, channels, spatial), as step 1 reads it."""
+        return self.da.transpose(*self.layout.order)
+
+    def blocks(self) -> list[slice]:
+        """Step 1's blocks of samples, as :func:`heatmap_features` reads them."""
+        return sample_blocks(self.heatmaps(), self.p["batch_size"], self.layout.sample_bytes(self.da))
+
+    def neighbor_rows(self) -> list[tuple[int, int]]:
+        """Step 2's chunks of query rows ``(a, b)``, :data:`NEIGHBOR_ROWS` each."""
+        return [(a, min(self.n, a + NEIGHBOR_ROWS)) for a in range(0, self.n, NEIGHBOR_ROWS)]
+
+
+def plan(relevance: Any, params: dict) -> SprayPlan:
+    """Check the parameters and the relevance (an array, a DataArray, a Dataset, a dask-backed one or a
+    file by ``str`` or ``os.PathLike`` path, opened lazily) once, before any heatmap is read."""
+    p = _check(params)
+    da, path = open_heatmaps(relevance, p["variable"])
+    layout = HeatmapLayout(da, p["size"])
+    n = int(da.sizes["sample"])
+    if n <= p["n_neighbors"]:
+        raise InputError(f"SpRAy needs more samples than n_neighbors: {n} sample(s), n_neighbors={p['n_neighbors']}")
+    if p["n_eigenvalues"] > n:
+        raise MethodError(f"evaluator {EVALUATOR!r}: n_eigenvalues={p['n_eigenvalues']} exceeds the number of "
+                          f"samples ({n})")
+    if p["n_clusters"] is not None and p["n_clusters"] > n:
+        raise MethodError(f"evaluator {EVALUATOR!r}: n_clusters={p['n_clusters']} exceeds the number of samples ({n})")
+    return SprayPlan(p, da, path, layout)
+
+
 def spray(model: Any = None, inputs: Any = None, relevance: Any = None, **params: Any) -> xr.Dataset:
     """Spectral relevance analysis of many heatmaps; no model is needed (``model`` and ``inputs`` are
     ignored). See the module docstring for the steps and ``docs/evaluators.md`` for the parameters.
@@ -555,30 +536,25 @@ def spray(model: Any = None, inputs: Any = None, relevance: Any = None, **params
     each is) and ``cluster_size`` (``cluster``); ``attrs["n_clusters"]`` is the eigengap's suggestion and
     ``attrs["n_clusters_used"]`` the number of clusters found (DBSCAN's noise not counted).
     """
-    return _spray(relevance, params, heatmap_features, knn_affinity)
-
-
-def _spray(relevance: Any, params: dict, features_fn: Any, knn_fn: Any) -> xr.Dataset:
-    """:func:`spray` with the pooling and the neighbour search given (``attribx.distributed`` runs them on
-    a dask cluster; same arguments and results as :func:`heatmap_features` and :func:`knn_affinity`)."""
-    p = _check(params)
-    da, path = _open(relevance, p["variable"])
-    layout = _Layout(da, p["size"])
-    n = int(da.sizes["sample"])
-    if n <= p["n_neighbors"]:
-        raise InputError(f"SpRAy needs more samples than n_neighbors: {n} sample(s), n_neighbors={p['n_neighbors']}")
-    if p["n_eigenvalues"] > n:
-        raise MethodError(f"evaluator {EVALUATOR!r}: n_eigenvalues={p['n_eigenvalues']} exceeds the number of "
-                          f"samples ({n})")
-    if p["n_clusters"] is not None and p["n_clusters"] > n:
-        raise MethodError(f"evaluator {EVALUATOR!r}: n_clusters={p['n_clusters']} exceeds the number of samples ({n})")
+    sp = plan(relevance, params)
+    p = sp.p
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    features, factors = features_fn(da, layout, p["channels"], p["normalize"], p["batch_size"], p["progress_bar"])
+    features, factors = heatmap_features(sp.da, sp.layout, p["channels"], p["normalize"], p["batch_size"],
+                                         p["progress_bar"])
     timings["features"] = time.perf_counter() - t
     t = time.perf_counter()
-    affinity = knn_fn(features, p["n_neighbors"], approximate=p["approximate"], seed=p["seed"])
+    affinity = knn_affinity(features, p["n_neighbors"], approximate=p["approximate"], seed=p["seed"])
     timings["knn"] = time.perf_counter() - t
+    return analyse(sp, features, factors, affinity, timings)
+
+
+def analyse(plan: SprayPlan, features: np.ndarray, factors: np.ndarray, affinity: Any,
+            timings: dict | None = None) -> xr.Dataset:
+    """Steps 3-8 and the result Dataset, from step 1's features and factors and step 2's affinity
+    (``timings``: seconds the caller spent on steps 1 and 2, kept in the attrs)."""
+    p, da, path, layout, n = plan.p, plan.da, plan.path, plan.layout, plan.n
+    timings = dict(timings or {})
     t = time.perf_counter()
     lam, vectors = spectrum(affinity, p["n_eigenvalues"], p["eigensolver"], p["seed"])
     timings["eigen"] = time.perf_counter() - t
@@ -643,250 +619,3 @@ def _spray(relevance: Any, params: dict, features_fn: Any, knn_fn: Any) -> xr.Da
     if xy is not None:
         coords["axis"] = np.arange(2)
     return xr.Dataset(data, coords=coords, attrs=attrs)
-
-
-# --------------------------------------------------------------------------------------------------
-# plots
-# --------------------------------------------------------------------------------------------------
-
-def _pyplot():
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo") and not os.environ.get("DISPLAY"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _colors(n: int):
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def plot_spectrum(result: xr.Dataset, ax=None):
-    """The eigenvalue spectrum with its gaps; the largest gap (the eigengap's suggestion) is marked.
-
-    Returns the ``matplotlib.figure.Figure`` (the one of ``ax`` when given).
-    """
-    plt = _pyplot()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    else:
-        fig = ax.figure
-    lam = np.asarray(result["eigenvalues"].values)
-    gaps = np.diff(lam)
-    idx = np.arange(1, len(lam) + 1)
-    ax.plot(idx, lam, "o", color="C0", ms=4, label="eigenvalue")
-    k = int(result.attrs.get("n_clusters", 1))
-    ax2 = ax.twinx()
-    bar_colors = ["C3" if i + 1 == k else "0.7" for i in range(len(gaps))]
-    ax2.bar(idx[:-1] + 0.5, gaps, width=0.6, color=bar_colors, alpha=0.6, label="gap")
-    ax2.set_ylabel("gap to the next eigenvalue")
-    if 1 <= k < len(lam):
-        ax.axvline(k + 0.5, color="C3", ls="--", lw=1)
-        ax.annotate(f"largest gap: {k} cluster{'s' if k != 1 else ''}", xy=(k + 0.5, lam[k]),
-                    xytext=(6, -14), textcoords="offset points", color="C3", fontsize=8)
-    ax.set_xlabel("index (ascending)")
-    ax.set_ylabel("eigenvalue of L")
-    ax.set_title(f"SpRAy spectrum ({result.attrs.get('eigensolver', 'smallest')})", fontsize=10)
-    ax.set_zorder(ax2.get_zorder() + 1)
-    ax.patch.set_visible(False)
-    return fig
-
-
-def plot_clusters(result: xr.Dataset, fig=None, max_prototypes: int = 20):
-    """The 2-D embedding coloured by cluster, and each cluster's prototype heatmap beside it (its
-    frame in the cluster's colour). Without an ``embedding`` variable the first two non-trivial
-    spectral coordinates are drawn. Returns the ``matplotlib.figure.Figure``."""
-    plt = _pyplot()
-    ids = np.asarray(result["cluster_label"].values)
-    shown = ids[:max_prototypes]
-    ncols = int(math.ceil(len(shown) / 4)) if len(shown) > 4 else 1
-    nrows = min(4, len(shown))
-    if fig is None:
-        fig = plt.figure(figsize=(5.0 + 1.6 * ncols, 4.4))
-    # room between the prototypes for their titles (without it a title sits on the frame above)
-    gs = fig.add_gridspec(max(nrows, 1), 1 + ncols, width_ratios=[3.2 * max(nrows, 1) / 2] + [1] * ncols,
-                          hspace=0.5, wspace=0.3)
-    ax = fig.add_subplot(gs[:, 0])
-    if "embedding" in result:
-        xy = np.asarray(result["embedding"].values)
-        name = str(result["embedding"].attrs.get("method", "embedding"))
-    else:
-        emb = np.asarray(result["spectral_embedding"].values)
-        xy = emb[:, [1, 2]] if emb.shape[1] >= 3 else emb[:, :2]
-        name = "spectral"
-    labels = np.asarray(result["cluster"].values)
-    colors = _colors(len(ids))
-    for c, col in zip(ids, colors):
-        sel = labels == c
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color="0.6" if c < 0 else col,
-                   label=f"{'noise' if c < 0 else c} ({int(sel.sum())})")
-    ax.set_title(f"{name} embedding, {len(ids)} cluster(s)", fontsize=10)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if len(ids) <= 12:
-        ax.legend(fontsize=7, markerscale=2, loc="best")
-    proto = result["prototype"]
-    for i, c in enumerate(shown):
-        pax = fig.add_subplot(gs[i % nrows, 1 + i // nrows])
-        img = np.asarray(proto.isel(cluster=i).values)
-        if img.ndim == 1:
-            img = img[None, :]
-        lim = float(np.abs(img).max()) or 1.0
-        pax.imshow(img, cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest",
-                   aspect="auto" if img.shape[0] == 1 else "equal")      # a heatmap keeps its shape
-        pax.set_xticks([])
-        pax.set_yticks([])
-        for spine in pax.spines.values():
-            spine.set_edgecolor("0.6" if c < 0 else colors[i])
-            spine.set_linewidth(2.5)
-        pax.set_title(f"{'noise' if c < 0 else f'cluster {c}'}", fontsize=8)
-    return fig
-
-
-def plot_spray(result: xr.Dataset):
-    """One figure: the spectrum (left) and the clusters with their prototypes (right)."""
-    plt = _pyplot()
-    fig = plt.figure(figsize=(13.0, 4.6))
-    left, right = fig.subfigures(1, 2, width_ratios=[1, 1.7])
-    plot_spectrum(result, ax=left.subplots())
-    plot_clusters(result, fig=right)
-    return fig
-
-
-# --------------------------------------------------------------------------------------------------
-# ViRelAy export
-# --------------------------------------------------------------------------------------------------
-
-def _yaml_str(s: str) -> str:
-    return json.dumps(str(s), ensure_ascii=False)      # a JSON string is a valid YAML scalar
-
-
-def export_virelay(result: xr.Dataset, relevance: Any, directory: str | os.PathLike, inputs: Any = None,
-                   project_name: str = "attribx SpRAy", class_names: Sequence[str] | None = None,
-                   variable: str | None = None) -> str:
-    """Write a ViRelAy project: ``attribution.h5``, ``analysis.h5``, ``dataset.h5``, ``label-map.json``
-    and ``project.yaml`` in ``directory``; returns the project file's path.
-
-    The layout is the one ViRelAy reads (``virelay.model``): the attribution database holds
-    ``attribution`` (samples × channel × height × width, float32), ``label``, ``prediction`` (samples
-    × classes; one-hot of the predicted class, attribx keeps the class, not the scores) and ``index``;
-    the analysis database one group per category (here one, named after the explained class when all
-    samples share it, else ``"all"``) with ``index``, ``embedding/spectral`` (the spectral embedding,
-    ``eigenvalue`` attribute), ``embedding/<tsne|umap|spectral-2d>`` and ``cluster/<name>`` (the
-    cluster labels). ``dataset.h5`` holds the inputs when given; without them it holds the
-    channel-summed heatmaps scaled to [0, 1] so that the project opens (ViRelAy requires a data set).
-    """
-    import h5py
-    da, _ = _open(relevance, variable)
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    n = int(da.sizes["sample"])
-    if int(result.sizes["sample"]) != n:
-        raise InputError(f"the SpRAy result has {int(result.sizes['sample'])} samples, the relevance {n}")
-    layout = _Layout(da, 1)
-    if len(layout.spatial_dims) != 2:
-        raise InputError("ViRelAy shows images: export_virelay needs relevance with two spatial dims")
-    da = da.transpose("sample", *layout.channel_dims, *layout.spatial_dims)
-
-    def coord(name):
-        return np.asarray(da.coords[name].values).astype(np.int64) if name in da.coords else None
-
-    target, label, prediction = coord("target"), coord("label"), coord("prediction")
-    label_values = label if label is not None else (target if target is not None else np.zeros(n, np.int64))
-    known = [a for a in (target, label, prediction) if a is not None]
-    n_classes = int(max([int(a.max()) for a in known] + [0])) + 1
-    if class_names is not None:
-        n_classes = max(n_classes, len(class_names))
-    names = list(class_names) if class_names is not None else [str(i) for i in range(n_classes)]
-    names += [str(i) for i in range(len(names), n_classes)]
-    with open(os.path.join(directory, "label-map.json"), "w", encoding="utf-8") as f:
-        json.dump([{"index": i, "word_net_id": f"{i:08d}", "name": names[i]} for i in range(n_classes)], f, indent=1)
-
-    shape = (n,) + tuple(int(da.sizes[d]) for d in layout.spatial_dims)
-    with h5py.File(os.path.join(directory, "attribution.h5"), "w") as f:
-        c = int(np.prod([da.sizes[d] for d in layout.channel_dims])) if layout.channel_dims else 1
-        att = f.create_dataset("attribution", (n, c) + shape[1:], dtype=np.float32)
-        step = max(1, _BLOCK_BYTES // max(4 * c * int(np.prod(shape[1:])), 1))
-        for start in range(0, n, step):
-            block = np.asarray(da.isel(sample=slice(start, start + step)).values, dtype=np.float32)
-            att[start:start + len(block)] = block.reshape((len(block), c) + shape[1:])
-        f["label"] = label_values.astype(np.uint16)
-        pred = np.zeros((n, n_classes), np.float32)
-        if prediction is not None:
-            pred[np.arange(n), prediction] = 1.0
-        f["prediction"] = pred
-        f["index"] = np.arange(n, dtype=np.uint32)
-
-    with h5py.File(os.path.join(directory, "dataset.h5"), "w") as f:
-        if inputs is not None:
-            x = np.asarray(inputs.values if isinstance(inputs, xr.DataArray) else inputs, dtype=np.float32)
-            if len(x) != n:
-                raise InputError(f"inputs hold {len(x)} samples, the relevance {n}")
-            if x.ndim == 3:
-                x = x[:, None]
-            f["data"] = x
-        else:
-            data = f.create_dataset("data", (n, 1) + shape[1:], dtype=np.float32)
-            for sl, block in reduced_heatmaps(da, layout, "sum", None, False):
-                lim = np.abs(block).reshape(len(block), -1).max(axis=1)
-                lim = np.where(lim == 0, 1.0, lim).reshape(-1, 1, 1)
-                data[sl] = ((block / lim + 1.0) / 2.0)[:, None].astype(np.float32)
-        f["label"] = label_values.astype(np.uint16)
-
-    if target is not None and len(np.unique(target)) == 1:
-        category = f"{int(target[0]):08d}"
-    else:
-        category = "all"
-    clustering = str(result["cluster"].attrs.get("clustering", "cluster"))
-    k = int(result.attrs.get("n_clusters_used", len(np.unique(result["cluster"].values))))
-    with h5py.File(os.path.join(directory, "analysis.h5"), "w") as f:
-        g = f.require_group(category)
-        g["name"] = category
-        g["index"] = np.arange(n, dtype=np.uint32)
-        e = g.require_group("embedding")
-        spectral = np.asarray(result["spectral_embedding"].values, dtype=np.float32)
-        e["spectral"] = spectral
-        e["spectral"].attrs["eigenvalue"] = np.asarray(result["eigenvalues"].values, dtype=np.float32)
-        if "embedding" in result:
-            name = str(result["embedding"].attrs.get("method", "embedding"))
-            name = "spectral-2d" if name == "spectral" else name
-            e[name] = np.asarray(result["embedding"].values, dtype=np.float32)
-            e[name].attrs["embedding"] = "spectral"
-            e[name].attrs["index"] = np.array([0, 1])
-        cl = g.require_group("cluster")
-        cname = f"{clustering}-{k:02d}"
-        cl[cname] = np.asarray(result["cluster"].values, dtype=np.int64)
-        cl[cname].attrs["embedding"] = "spectral"
-        cl[cname].attrs["k"] = k
-        cl[cname].attrs["index"] = np.arange(spectral.shape[1], dtype=np.uint32)
-
-    method = str(da.attrs.get("method", "relevance"))
-    project = os.path.join(directory, "project.yaml")
-    lines = [
-        "project:",
-        f"  name: {_yaml_str(project_name)}",
-        f"  model: {_yaml_str(da.attrs.get('model_name', 'model'))}",
-        f"  label_map: {_yaml_str('label-map.json')}",
-        "  dataset:",
-        f"    name: {_yaml_str('inputs' if inputs is not None else 'heatmaps (no inputs given)')}",
-        "    type: hdf5",
-        f"    path: {_yaml_str('dataset.h5')}",
-        f"    input_width: {shape[2]}",
-        f"    input_height: {shape[1]}",
-        "    down_sampling_method: none",
-        "    up_sampling_method: none",
-        "  attributions:",
-        f"    attribution_method: {_yaml_str(method)}",
-        "    attribution_strategy: true_label",
-        "    sources:",
-        f"      - {_yaml_str('attribution.h5')}",
-        "  analyses:",
-        f"    - analysis_method: {_yaml_str('spray-' + str(result.attrs.get('eigensolver', 'smallest')))}",
-        "      sources:",
-        f"        - {_yaml_str('analysis.h5')}",
-    ]
-    with open(project, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    return project
