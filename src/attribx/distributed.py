@@ -44,11 +44,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .api import explain, get_engine, load_model, translate
 from .errors import InputError, MethodError
 from .evaluators import perturbation as P
 from .evaluators import spray as S
 from .evaluators.base import is_dask
 from .graph import aligned_array
+from .streaming import StreamRun, open_source, opened_source, per_sample_slice, positive_batch_size
 
 #: Per worker process: fingerprint -> prepared graph; and how many times a model was prepared here.
 _MODELS: dict[str, Any] = {}
@@ -120,7 +122,6 @@ def _worker_graph(graph, fingerprint: str):
     if g is None:
         if graph is None:
             raise RuntimeError(f"this worker joined after the model {fingerprint[:12]} was sent; run the call again")
-        from .api import translate
         g = translate(graph, passes=False)      # already passed on the client: nothing to redo
         g.fingerprint()
         _MODELS[fingerprint] = g
@@ -130,7 +131,6 @@ def _worker_graph(graph, fingerprint: str):
 
 def _worker_engine(graph, fingerprint: str, engine: Any):
     """(graph, engine instance) on this worker; the engine made once per (model, engine name)."""
-    from .api import get_engine
     g = _worker_graph(graph, fingerprint)
     key = (fingerprint, "engine", engine)
     eng = _RUNNERS.get(key)
@@ -144,7 +144,6 @@ def _worker_engine(graph, fingerprint: str, engine: Any):
 # --------------------------------------------------------------------------------------------------
 
 def _explain_batch(graph, fp, xb, ids, method, target, labels, engine, params):
-    from .api import explain
     g, eng = _worker_engine(graph, fp, engine)
     return explain(g, aligned_array(xb), method, target, engine=eng, progress_bar=False, sample=ids, labels=labels,
                    **params)
@@ -152,7 +151,6 @@ def _explain_batch(graph, fp, xb, ids, method, target, labels, engine, params):
 
 def _in_order(client, graph_f, fp, batches, method, target, labels, engine, params, limit):
     """Submit ``(pos, ids, xb)`` batches (at most ``limit`` in flight) and yield the results in order."""
-    from .streaming import per_sample_slice
     pending = iter(batches)
     order: list = []                     # futures in submission (= sample) order
 
@@ -193,7 +191,6 @@ def explain_dataset_distributed(model: Any, source: Any, out_path: Any, method: 
     sources, the same resumable file (a run on the cluster continues a single-process file and back),
     the same result sample for sample. The client reads the batches and writes the file in sample order;
     the workers translate nothing (they get the graph) and run the engine (a name)."""
-    from .streaming import opened_source, positive_batch_size
     if layers or conservation:
         raise MethodError("explain on a cluster writes the input relevance only; layers and conservation: "
                           "run attribx.explain_dataset in one process")
@@ -207,7 +204,6 @@ def explain_dataset_distributed(model: Any, source: Any, out_path: Any, method: 
 
 def _explain_dataset(model, src, out_path, method, target, scheduler, batch_size, engine, resume, labels,
                      progress_bar, fingerprint, attrs, max_in_flight, layers, conservation, params) -> dict:
-    from .streaming import StreamRun
     run = StreamRun(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
                     conservation, progress_bar, fingerprint, params)
 
@@ -233,8 +229,6 @@ def explain_distributed(model: Any, x: Any, method: Any = "lrp.epsilon", target:
     """Explain ``x`` (anything :func:`attribx.streaming.open_source` takes) on a dask cluster and return
     the relevance in sample order, in memory; equals ``attribx.explain(model, x, ..., batch_size=...)``.
     For data sets larger than memory use :func:`explain_dataset_distributed` (into a file)."""
-    from .api import get_engine, load_model, translate
-    from .streaming import open_source
     if params.get("layers") or params.get("conservation"):
         raise MethodError("explain on a cluster returns the input relevance only; layers and conservation: "
                           "use attribx.explain")

@@ -19,6 +19,7 @@ same way:
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
@@ -305,7 +306,6 @@ class Progress:
     """A progress bar over ``total`` units of work: tqdm on a terminal (or when ``enabled``), else silent."""
 
     def __init__(self, total: int, desc: str, enabled: bool | None = None):
-        import sys
         if enabled is None:
             enabled = total > 1 and sys.stderr.isatty()
         self._bar = None

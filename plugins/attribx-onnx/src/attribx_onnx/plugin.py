@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from attribx import hookimpl
 
+from .load import load_onnx              # neither imports onnx at import time: onnx loads when a model is read
+from .translate import translate_onnx
+
 
 def is_onnx_model(model) -> bool:
     """True for ``onnx.ModelProto``, checked by class path so that onnx is not imported for other objects."""
@@ -15,7 +18,6 @@ def attribx_translate(model, input_shape, converters):
     layered over the built-in table for this translation."""
     if not is_onnx_model(model):
         return None
-    from .translate import translate_onnx
     return translate_onnx(model, input_shape, converters)
 
 
@@ -28,7 +30,6 @@ def attribx_model_types():
 def attribx_load_model(path):
     if not str(path).lower().endswith(".onnx"):
         return None
-    from .load import load_onnx
     return load_onnx(path)
 
 

@@ -1,7 +1,13 @@
 """Hook implementations: the only place attribx and this backend meet."""
 from __future__ import annotations
 
+import os
+import zipfile
+
 from attribx import hookimpl
+from attribx.errors import ModelLoadError
+
+from .engine import TensorFlowEngine     # imports tensorflow only when the engine is built
 
 
 def is_keras_model(model) -> bool:
@@ -12,7 +18,6 @@ def is_keras_model(model) -> bool:
 
 @hookimpl
 def attribx_engines():
-    from .engine import TensorFlowEngine
     return [TensorFlowEngine]
 
 
@@ -41,10 +46,6 @@ def attribx_model_types():
 def attribx_load_model(path):
     if not str(path).endswith((".keras", ".h5")):
         return None
-    import os
-    import zipfile
-
-    from attribx.errors import ModelLoadError
     path = str(path)
     if path.endswith(".keras"):
         size = os.path.getsize(path) if os.path.isfile(path) else None
