@@ -22,7 +22,6 @@ from .propagation import run_forward
 from .relevance import concat_batches, labeled, provenance, sample_coords
 from .targets import INITS, resolve_targets
 from .tokens import token_view
-from .translation import converters_of
 
 
 def load_model(model: Any) -> Any:
@@ -57,9 +56,8 @@ def translate(model: Any, passes: bool | Sequence[str] = True, input_shape: Sequ
         graph = model
     else:
         shape = None if input_shape is None else tuple(int(d) for d in input_shape)
-        hook = manager().hook
-        converters = converters_of(hook.attribx_converters())
-        graph = hook.attribx_translate(model=model, input_shape=shape, converters=converters)
+        converters = list(registry().converters.values())
+        graph = manager().hook.attribx_translate(model=model, input_shape=shape, converters=converters)
         if graph is None:
             known = ", ".join(registry().translators) or "none"
             raise UnsupportedError(

@@ -24,6 +24,7 @@ from . import hookspecs
 from .engines import base as engine_base
 from .errors import MethodError, PluginError
 from .ops import describe_ops
+from .translation import converter_key, converters_of
 
 ENTRY_POINT_GROUP = "attribx"
 BUILTIN_PLUGIN = "attribx.builtin"
@@ -49,7 +50,7 @@ class PluginInfo:
 class Registry:
     """Everything the plugins contribute, by kind and name, with where each came from."""
 
-    KINDS = ("ops", "engines", "rules", "methods", "evaluators", "passes", "translators", "formats")
+    KINDS = ("ops", "engines", "rules", "methods", "evaluators", "passes", "translators", "converters", "formats")
 
     def __init__(self, pm: pluggy.PluginManager, sources: dict[str, str], failures: list[PluginFailure]):
         self._pm = pm
@@ -65,6 +66,7 @@ class Registry:
         self.passes = self._collect("passes", pm.hook.attribx_graph_passes, lambda x: x.name)
         self.translators = self._collect("translators", pm.hook.attribx_model_types, None)
         self.formats = self._collect("formats", pm.hook.attribx_model_formats, None)
+        self.converters = self._collect("converters", pm.hook.attribx_converters, None)
         self._kernels: dict[str, dict] = {}
 
     def _impls(self, hook):
@@ -90,7 +92,10 @@ class Registry:
             result = self._call(impl, **kwargs)
             if not result:
                 continue
-            items = result.items() if isinstance(result, dict) else [(key(x), x) for x in result]
+            if kind == "converters":        # records keyed "framework:target", one per decorated target
+                items = self._converter_items(impl, result)
+            else:
+                items = result.items() if isinstance(result, dict) else [(key(x), x) for x in result]
             for name, item in items:
                 if name in table:
                     self.conflicts.append(
@@ -100,6 +105,15 @@ class Registry:
                 table[name] = item
                 self.provider[(kind, name)] = impl.plugin_name
         return table
+
+    def _converter_items(self, impl, result) -> list:
+        try:
+            return [(converter_key(c), c) for c in converters_of(result)]
+        except PluginError as err:
+            failure = PluginFailure(impl.plugin_name, self._sources.get(impl.plugin_name, "registered"), str(err))
+            self.failures.append(failure)
+            warnings.warn(str(failure), RuntimeWarning, stacklevel=3)
+            return []
 
     def kernels(self, engine: str) -> dict:
         """Kernels for one engine, from every plugin's ``attribx_kernels`` hook."""

@@ -203,15 +203,17 @@ def check_engines_agree(method, graph, engine: Any = None, x=None, *, rtol: floa
 
 
 def check_registered(plugin: str | None = None, rules: Sequence[str] = (), methods: Sequence[str] = (),
-                     cli: bool = True):
-    """Assert that the rules and methods are in attribx's registry, provided by ``plugin`` (its entry-point
-    name) when given, that the plugin loaded without failures or name clashes, that each rule builds with
-    its defaults and each method's composite with its defaults, and (``cli``) that ``attribx plugins``
-    lists the plugin and every name."""
+                     cli: bool = True, converters: Sequence[str] = ()):
+    """Assert that the rules, methods and converters (``"framework:target"``, e.g.
+    ``"torch:mypkg.layers.ScaledTanh"`` or ``"onnx:com.example:ScaledTanh"``) are in attribx's registry,
+    provided by ``plugin`` (its entry-point name) when given, that the plugin loaded without failures or name
+    clashes, that each rule builds with its defaults and each method's composite with its defaults, and
+    (``cli``) that ``attribx plugins`` lists the plugin and every name."""
     reg = registry()
     failed = [str(f) for f in reg.failures if plugin is None or f.plugin == plugin]
     assert not failed, f"plugin failures: {failed}"
-    for kind, names, table in (("rules", rules, reg.rules), ("methods", methods, reg.methods)):
+    for kind, names, table in (("rules", rules, reg.rules), ("methods", methods, reg.methods),
+                               ("converters", converters, reg.converters)):
         for name in names:
             assert name in table, f"{kind[:-1]} {name!r} is not registered; known: {sorted(table)}"
             who = reg.provider[(kind, name)]
@@ -233,7 +235,7 @@ def check_registered(plugin: str | None = None, rules: Sequence[str] = (), metho
         if plugin is not None:
             assert any(line.startswith(f"{plugin}  (") for line in text.splitlines()), \
                 f"'attribx plugins' does not list {plugin!r}:\n{text}"
-        for name in [*rules, *methods]:
+        for name in [*rules, *methods, *converters]:
             assert name in text, f"'attribx plugins' does not list {name!r}:\n{text}"
     return reg
 

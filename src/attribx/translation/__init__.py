@@ -7,8 +7,8 @@ locations and axis order (:class:`~attribx.translation.kit.Tensor` knows how the
 onto the graph's). Plugins add converters for their own layers through the ``attribx_converters``
 hook, without replacing the backend (docs/plugins.md).
 """
-from .converters import Converter, ConverterTable, converter, converters_of
+from .converters import Converter, ConverterTable, converter, converter_key, converters_of
 from .kit import Tensor, TranslationError, Translator, NO_TRANSLATION_DOCS
 
-__all__ = ["Converter", "ConverterTable", "converter", "converters_of", "Tensor", "TranslationError",
+__all__ = ["Converter", "ConverterTable", "converter", "converter_key", "converters_of", "Tensor", "TranslationError",
            "Translator", "NO_TRANSLATION_DOCS"]

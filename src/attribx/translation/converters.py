@@ -77,6 +77,11 @@ def converters_of(items: Iterable[Any]) -> list[Converter]:
     return out
 
 
+def converter_key(conv: Converter) -> str:
+    """``"torch:mypkg.layers.ScaledTanh"``: how the registry and ``attribx plugins`` name a converter."""
+    return f"{conv.framework}:{_name(conv.target)}"
+
+
 class ConverterTable:
     """One framework's converters by target. Classes are looked up along their MRO (a subclass of
     ``nn.Conv2d`` uses ``nn.Conv2d``'s converter unless it has its own)."""
