@@ -31,11 +31,13 @@ the steps here, which are public for it: :func:`write_new` (a new file's content
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import math
 import os
 import shutil
 import sys
+import traceback
 from typing import Any, Callable
 
 import numpy as np
@@ -276,7 +278,9 @@ def _fsync_dir(directory: str) -> None:
 
 def atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None = None) -> None:
     """Run ``write(h5file)`` on a temporary file beside ``path`` and rename it over ``path`` (over the file
-    it points to when ``path`` is a symbolic link, which stays; see :func:`write_target`)."""
+    it points to when ``path`` is a symbolic link, which stays; see :func:`write_target`). The file is
+    flushed before it is closed: a write error (a full disk) surfaces there, where the file can still be
+    let go (:func:`close_quietly`), and never in HDF5's close, which cannot recover from one."""
     path = write_target(path)
     tmp = temp_file_beside(path)
     try:
@@ -289,10 +293,10 @@ def atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None 
         try:
             write(f)
             f.flush()            # a write error (a full disk) surfaces here, not in a finaliser later
+            f.close()
         except BaseException as exc:
             close_quietly(f, exc)
             raise
-        f.close()
         fd = os.open(tmp, os.O_RDWR)
         try:
             os.fsync(fd)
@@ -308,16 +312,44 @@ def atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None 
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def detach_file(f) -> None:
+    """Point the file descriptor HDF5 writes the open file ``f`` through at a scratch file in memory (or
+    ``/dev/null``), so that HDF5 can close a file whose writes fail: what it still holds goes nowhere
+    instead of failing again. HDF5 cannot close a file whose flush fails (a full disk), and a second try, a
+    dataset's finaliser or the interpreter's exit then crashes the process; what reached the disk before
+    stays as it was (a temporary file is deleted anyway, a streamed file keeps its committed samples)."""
+    try:
+        fd = f.id.get_vfd_handle() if f.id.valid and f.driver == "sec2" else None
+    except Exception:
+        return
+    if not isinstance(fd, int) or fd < 0:
+        return
+    try:
+        scratch = os.memfd_create("attribx-discard")   # Linux: HDF5 may read back what it wrote
+    except (AttributeError, OSError):
+        try:
+            scratch = os.open(os.devnull, os.O_RDWR)
+        except OSError:
+            return
+    try:
+        os.dup2(scratch, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(scratch)
+
+
 def close_quietly(f, exc: BaseException | None = None) -> None:
-    """Close the h5py file ``f`` after an error (its own errors, such as a full disk, are not raised over the
-    first): the h5py objects the failed write still holds (in ``exc``'s traceback) are released first, while
-    the file is open, and every object of the file is closed now; none is left to fail (or crash HDF5) later
-    in a finaliser."""
-    import gc
-    import traceback
+    """Close the h5py file ``f`` after an error without writing to it again. The file is detached first
+    (:func:`detach_file`): what the failed write left in HDF5's caches is dropped, and the file keeps what
+    reached it before (HDF5 fails for good after a second failed flush of a file, "slist already enabled",
+    and crashes later). Then the h5py objects the failed write still holds (in ``exc``'s traceback) are
+    released while the file is open, and every object of the file is closed now: none is left to fail (or
+    crash HDF5) later in a finaliser. Errors of its own are not raised over the first."""
     hook = sys.unraisablehook
     sys.unraisablehook = lambda *_: None      # a dataset that cannot write its cache says so in __dealloc__
     try:
+        detach_file(f)                        # before any dataset is let go: closing one writes its cache
         if exc is not None and exc.__traceback__ is not None:
             traceback.clear_frames(exc.__traceback__)
         gc.collect()
@@ -398,7 +430,7 @@ def _save_locked(spec: ObjectSpec, path: str, mode: str) -> None:
             atomic_write(path, lambda h5: write_new(h5, spec))
     except StorageError:
         raise
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:   # what h5py raises for HDF5's errors
         why = write_error_text(exc)
         raise StorageError(f"{path}: cannot write relevance: {why}; the earlier file is unchanged"
                            if os.path.exists(path) else f"{path}: cannot write relevance: {why}") from exc
