@@ -402,7 +402,7 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     dim, else its second axis.
     """
     from .methods import as_method
-    from .targets import INITS
+    from .targets import INITS, target_kind
     graph, x = _graph_and_input(model, x)
     graph = _select_output(graph, output)
     m = as_method(method)
@@ -449,7 +449,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     coords = sample_coords(n, sample, joined["targets"], joined["prediction"], labels)
     extra = {"explained_output": result.start,
              "output_init": m.output_init if output_init is None else
-             (output_init if isinstance(output_init, str) else "array")}
+             (output_init if isinstance(output_init, str) else "array"),
+             "target_kind": target_kind(target)}
     if isinstance(target, tuple):
         extra["contrast"] = True
     attrs = provenance(graph, m, resolved, eng, **extra)

@@ -44,7 +44,7 @@ import numpy as np
 
 from .errors import StorageError
 from .relevance_format import (COORDS_GROUP, DATA_GROUP, FORMAT_NAME, FORMAT_VERSION, SAMPLE_DIM, ObjectSpec,
-                               VariableSpec, attr_str, chunk_shape, from_stored, h5py, logical_dtype,
+                               VariableSpec, attr_str, chunk_shape, from_stored, h5py, link_name, logical_dtype,
                                merged_string_tag, require_h5py, same_kind_for_append, slab_samples,
                                stored_itemsize, to_storable, writer_version)
 from .relevance_reader import check_format, lazy_context, open_h5, read_dataset, read_object
@@ -146,9 +146,11 @@ def _values_equal(a: np.ndarray, b: np.ndarray) -> bool:
 # The provenance attrs that make relevance "the same run": what was explained, by which model, method and
 # parameters (not timings, sample ids, versions, engines or file names). Appending relevance that differs in
 # one of them would file it under the first run's provenance; :func:`_check_same_run` refuses it.
+# ``target_kind`` ("predicted", "class" for given class ids, "contrast"; attribx.targets.target_kind) tells
+# a run that explained each sample's predicted class from one given class ids (both fill the ``target`` coord).
 RUN_ATTRS = (("model_fingerprint", "model"), ("method", "method"), ("parameters", "parameters"),
-             ("output_init", "target kind"), ("contrast", "target kind"), ("explained_output", "explained output"),
-             ("layers", "layers"))
+             ("output_init", "target kind"), ("contrast", "target kind"), ("target_kind", "target kind"),
+             ("explained_output", "explained output"), ("layers", "layers"))
 _MISSING = object()
 
 
@@ -157,8 +159,40 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _kind_from_coords(attrs: dict, target, prediction) -> Any:
+    """The target kind of relevance that does not record it (written before attribx stored ``target_kind``),
+    where its coords tell: a contrast says so, a target other than the prediction for some sample means
+    given class ids. Otherwise undecidable (given ids may equal the predictions): :data:`_MISSING`."""
+    if attrs.get("contrast"):
+        return "contrast"
+    if target is not None and prediction is not None:
+        t, p = np.asarray(target), np.asarray(prediction)
+        if t.shape == p.shape and t.dtype.kind in "iu" and p.dtype.kind in "iu" and bool((t != p).any()):
+            return "class"
+    return _MISSING
+
+
+def _stored_coord(f, name: str, n: int):
+    """The first ``n`` values of the file's coordinate ``name`` (None where it has none)."""
+    if name not in json.loads(attr_str(f.attrs["coords"])):
+        return None
+    dset = f[COORDS_GROUP][link_name(name)]
+    return np.asarray(dset[:n]) if dset.ndim == 1 else None
+
+
+def _new_coord(spec: ObjectSpec, name: str):
+    var = next((v for v in spec.coords if v.name == name), None)
+    return None if var is None or var.sample_axis is None else np.asarray(var.variable.values)
+
+
 def _check_same_run(f, spec: ObjectSpec, path: str) -> None:
-    """Refuse to append relevance of another run (model, method, parameters, target kind) to ``f``."""
+    """Refuse to append relevance of another run (model, method, parameters, target kind) to ``f``.
+
+    Relevance without a ``target_kind`` attr (a file or object from before attribx recorded it, or made by
+    hand) has its kind read from its ``target`` and ``prediction`` coords where they tell
+    (:func:`_kind_from_coords`); where they do not (every target equals the prediction), the kind is
+    undecidable and the append is accepted, as it was before the attr existed: refusing would make every
+    older file impossible to extend, also with the right run."""
     try:
         stored = json.loads(attr_str(f.attrs["attrs"]))
         new = json.loads(spec.attrs_json)
@@ -166,9 +200,20 @@ def _check_same_run(f, spec: ObjectSpec, path: str) -> None:
         raise StorageError(f"{path}: cannot append: the file's attrs are damaged ({exc})") from None
     if not isinstance(stored, dict) or not isinstance(new, dict):
         return
+    a_kind, b_kind = stored.get("target_kind", _MISSING), new.get("target_kind", _MISSING)
+    if (a_kind is _MISSING) != (b_kind is _MISSING):
+        if a_kind is _MISSING:
+            n = int(json.loads(attr_str(f.attrs["dims"])).get(SAMPLE_DIM, 0))
+            a_kind = _kind_from_coords(stored, _stored_coord(f, "target", n), _stored_coord(f, "prediction", n))
+        else:
+            b_kind = _kind_from_coords(new, _new_coord(spec, "target"), _new_coord(spec, "prediction"))
     differ = []
     for key, what in RUN_ATTRS:
         a, b = stored.get(key, _MISSING), new.get(key, _MISSING)
+        if key == "target_kind":
+            if a_kind is _MISSING or b_kind is _MISSING:
+                continue          # undecidable on one side: accepted (docstring)
+            a, b = a_kind, b_kind
         if a != b:
             differ.append(f"{what} ({key}: file {_short(a)} vs new {_short(b)})")
     if differ:
