@@ -121,8 +121,8 @@ class StreamWriter:
                                    "(no attribx_streaming attr); delete it or choose another output")
             if info.get("fingerprint") != self.fingerprint:
                 raise StorageError(f"{self.path}: cannot resume: the file was written for another model, "
-                                   "method, parameters or input (fingerprint differs); delete it or choose "
-                                   "another output")
+                                   "method, parameters, target, output node or input (fingerprint differs); "
+                                   "delete it or choose another output")
             self.committed = int(json.loads(attr_str(f.attrs["dims"]))[SAMPLE_DIM])
             if info.get("batch_size"):
                 self.batch_size = int(info["batch_size"])   # the file's chunks follow its batches
