@@ -321,8 +321,13 @@ def test_crash_during_write_keeps_old_file(tmp_path, monkeypatch, mode, exc):
     save(make_relevance(3), path)
     before = path.read_bytes()
     calls = _crash_on_second_write(monkeypatch, exc)
-    with pytest.raises(type(exc)):
+    # an error inside a write (h5py raises RuntimeError for many HDF5 errors) is a StorageError caused by it
+    # (issue 17 point 6); a KeyboardInterrupt stays one
+    expected = StorageError if isinstance(exc, Exception) else type(exc)
+    with pytest.raises(expected) as info:
         save(make_relevance(2, start=3, seed=5), path, mode=mode)
+    if expected is StorageError:
+        assert info.value.__cause__ is exc and "simulated crash" in str(info.value)
     assert len(calls) == 2
     assert path.read_bytes() == before
     assert listing(tmp_path) == ["rel.h5"]
@@ -332,8 +337,9 @@ def test_crash_during_write_keeps_old_file(tmp_path, monkeypatch, mode, exc):
 
 def test_crash_during_first_write_leaves_nothing(tmp_path, monkeypatch):
     _crash_on_second_write(monkeypatch, RuntimeError("simulated crash"))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StorageError) as info:      # a RuntimeError inside a write is a StorageError caused by it
         save(make_dataset(2), tmp_path / "new.h5")
+    assert isinstance(info.value.__cause__, RuntimeError)
     assert listing(tmp_path) == []
 
 
@@ -715,6 +721,91 @@ def test_append_of_another_explain_run_is_refused(tmp_path, rng):
         with pytest.raises(StorageError, match=what):
             save(attribx.explain(model, x, method, target=1, sample=[6, 7, 8], **params), path, mode="a")
         assert path.read_bytes() == before
+
+
+def _explained(graph, x, target, start, drop_kind=False):
+    import attribx
+    rel = attribx.explain(graph, x, "lrp.epsilon", target=target, epsilon=0.25,
+                          sample=np.arange(start, start + len(x)))
+    if drop_kind:      # as relevance written before attribx recorded the target kind
+        del rel.attrs["target_kind"]
+    return rel
+
+
+def test_append_refuses_another_target_kind(tmp_path, rng):
+    """"predicted" and given class ids fill the target coord alike: the target kind tells them apart."""
+    import attribx
+    from conftest import build_mlp, mlp_weights
+    graph = build_mlp(*mlp_weights(rng))
+    x = rng.normal(size=(3, 6))
+    predicted = np.argmax(np.asarray(attribx.forward(graph, x)), axis=1)
+    kinds = {"predicted": "predicted", "class": 1, "class ids": predicted, "contrast": ("contrast", 0, 1)}
+    for first, first_target in kinds.items():
+        path = tmp_path / f"{first.replace(' ', '_')}.h5"
+        save(_explained(graph, x, first_target, 0), path)
+        before = path.read_bytes()
+        for second, second_target in kinds.items():
+            rel = _explained(graph, x, second_target, 3)
+            if (first == "predicted") == (second == "predicted") and (first == "contrast") == (second == "contrast"):
+                continue   # the same kind (one class or one per sample): appended below
+            with pytest.raises(StorageError, match="another run: target kind .*target_kind") as info:
+                save(rel, path, mode="a")
+            assert "\n" not in str(info.value)
+            assert path.read_bytes() == before
+    path = tmp_path / "class.h5"
+    save(_explained(graph, x, predicted, 3), path, mode="a")     # class ids: one class or one per sample
+    save(_explained(graph, x, "predicted", 0), tmp_path / "p.h5")
+    save(_explained(graph, x, "predicted", 3), tmp_path / "p.h5", mode="a")
+    assert open_relevance(tmp_path / "p.h5").attrs["target_kind"] == "predicted"
+    assert open_relevance(path).sizes["sample"] == 6
+
+
+def test_append_to_a_file_without_target_kind(tmp_path, rng):
+    """Files from before the attr: the kind is read from the target and prediction coords where they tell
+    (a target other than the prediction: given class ids), else the append is accepted (undecidable)."""
+    import attribx
+    from conftest import build_mlp, mlp_weights
+    graph = build_mlp(*mlp_weights(rng))
+    x = rng.normal(size=(3, 6))
+    predicted = np.argmax(np.asarray(attribx.forward(graph, x)), axis=1)
+    other = (predicted + 1) % 3
+    old_class = tmp_path / "old_class.h5"
+    save(_explained(graph, x, other, 0, drop_kind=True), old_class)
+    before = old_class.read_bytes()
+    with pytest.raises(StorageError, match='target_kind: file "class" vs new "predicted"'):
+        save(_explained(graph, x, "predicted", 3), old_class, mode="a")
+    assert old_class.read_bytes() == before
+    save(_explained(graph, x, 1, 3), old_class, mode="a")                   # the same kind: accepted
+    old_predicted = tmp_path / "old_predicted.h5"
+    save(_explained(graph, x, "predicted", 0, drop_kind=True), old_predicted)
+    save(_explained(graph, x, "predicted", 3), old_predicted, mode="a")     # undecidable: accepted
+    assert open_relevance(old_predicted).sizes["sample"] == 6
+    # an object without the attr appended to a file with it: read from the object's coords the same way
+    new_file = tmp_path / "new.h5"
+    save(_explained(graph, x, "predicted", 0), new_file)
+    with pytest.raises(StorageError, match='target_kind: file "predicted" vs new "class"'):
+        save(_explained(graph, x, other, 3, drop_kind=True), new_file, mode="a")
+    save(_explained(graph, x, "predicted", 3, drop_kind=True), new_file, mode="a")
+    assert open_relevance(new_file).sizes["sample"] == 6
+
+
+def test_cli_append_refuses_another_target_kind(tmp_path, capsys):
+    from attribx.cli import main
+    from attribx.demo import digits_graph
+    graph, x, _, _ = digits_graph()
+    graph.save(tmp_path / "m.npz")
+    np.save(tmp_path / "x.npy", x[:4])
+    out = tmp_path / "rel.h5"
+    args = ["explain", str(tmp_path / "m.npz"), str(tmp_path / "x.npy"), "-o", str(out)]
+    assert main(args + ["--target", "predicted"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(args + ["--append", "--target", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "target kind" in err and '"predicted" vs new "class"' in err, err
+    assert out.read_bytes() == before
+    assert main(args + ["--append"]) == 0            # the same kind again: appended
+    assert open_relevance(out).sizes["sample"] == 8
 
 
 # ------------------------------------------------------------------------------------------------

@@ -465,3 +465,103 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     w.close(complete=True)
     assert attribx.open_relevance(path, lazy=False).sizes["sample"] == 8
     assert sorted(os.listdir(tmp_path)) == ["rel.h5"]
+
+
+# ------------------------------------------------------------------------------------------------
+# output= (--output-node) with streaming: the node explained is part of the run
+# ------------------------------------------------------------------------------------------------
+
+def _two_heads():
+    from attribx.builder import GraphBuilder
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("two")
+    x = b.input("x", (6,))
+    h = b.relu(b.linear(x, rng.normal(size=(8, 6)).astype("f4"), rng.normal(size=8).astype("f4"), name="body"))
+    a = b.linear(h, rng.normal(size=(3, 8)).astype("f4"), name="head_a")
+    c = b.linear(h, rng.normal(size=(4, 8)).astype("f4"), name="head_b")
+    return b.build(a, c), rng.normal(size=(10, 6)).astype("f4")
+
+
+def test_streamed_explain_of_a_named_output_equals_explain(tmp_path):
+    from attribx.errors import GraphError
+    graph, x = _two_heads()
+    for name in ("head_a", "head_b"):
+        out = tmp_path / f"{name}.h5"
+        r = explain_dataset(graph, x, out, "lrp.epsilon", output=name, batch_size=4)
+        assert r["samples"] == 10
+        got = attribx.open_relevance(out, lazy=False)
+        ref = _reference(graph, x, tmp_path / f"ref_{name}.h5", 4, output=name)
+        _identical(got, ref)
+        assert got.attrs["explained_output"] == name
+    with pytest.raises(GraphError, match="2 outputs.*output="):
+        explain_dataset(graph, x, tmp_path / "none.h5", "lrp.epsilon", batch_size=4)
+    assert not (tmp_path / "none.h5").exists()
+
+
+def _stopping(x, n=None):
+    """Batches of 4 of ``x``; with ``n``, the source fails after n batches (an interrupted run)."""
+    for i in range(0, len(x), 4):
+        if n is not None and i >= 4 * n:
+            raise KeyboardInterrupt
+        yield x[i:i + 4]
+
+
+def test_resume_with_another_output_node_is_refused(tmp_path):
+    graph, x = _two_heads()
+    out = tmp_path / "rel.h5"
+    with pytest.raises(KeyboardInterrupt):
+        explain_dataset(graph, _stopping(x, 1), out, "lrp.epsilon", output="head_b", batch_size=4, fingerprint="x")
+    before = out.read_bytes()
+    with pytest.raises(StorageError, match="output node"):
+        explain_dataset(graph, _stopping(x), out, "lrp.epsilon", output="head_a", batch_size=4, fingerprint="x")
+    assert out.read_bytes() == before
+    r = explain_dataset(graph, _stopping(x), out, "lrp.epsilon", output="head_b", batch_size=4, fingerprint="x")
+    assert r["resumed_at"] == 4 and r["samples"] == 10
+    ref = _reference(graph, x, tmp_path / "ref.h5", 4, output="head_b")
+    np.testing.assert_array_equal(attribx.open_relevance(out, lazy=False).values, ref.values)
+
+
+def test_a_named_output_that_is_the_only_one_resumes_a_file_without_it(digits, tmp_path):
+    """Naming the graph's only output is the same run as naming none (files of older versions resume)."""
+    graph, x = digits
+    out = tmp_path / "rel.h5"
+    with pytest.raises(KeyboardInterrupt):
+        explain_dataset(graph, _stopping(x[:12], 2), out, "lrp.epsilon", batch_size=4, fingerprint="x")
+    r = explain_dataset(graph, _stopping(x[:12]), out, "lrp.epsilon", batch_size=4, fingerprint="x",
+                        output=graph.outputs[0])
+    assert r["resumed_at"] == 8 and r["samples"] == 12
+
+
+def test_cli_output_node_with_stream_and_resume(tmp_path, capsys):
+    from attribx.cli import main
+    graph, x = _two_heads()
+    graph.save(tmp_path / "two.npz")
+    np.save(tmp_path / "x.npy", x)
+    args = ["explain", str(tmp_path / "two.npz"), str(tmp_path / "x.npy"), "--batch-size", "4"]
+    assert main(args + ["--stream", "--output-node", "head_b", "-o", str(tmp_path / "s.h5")]) == 0
+    assert main(args + ["--output-node", "head_b", "-o", str(tmp_path / "p.h5")]) == 0
+    _identical(attribx.open_relevance(tmp_path / "s.h5", lazy=False).drop_attrs(),
+               attribx.open_relevance(tmp_path / "p.h5", lazy=False).drop_attrs())
+    assert attribx.open_relevance(tmp_path / "s.h5", lazy=False).attrs["explained_output"] == "head_b"
+    before = (tmp_path / "s.h5").read_bytes()
+    capsys.readouterr()
+    assert main(args + ["--resume", "--output-node", "head_a", "-o", str(tmp_path / "s.h5")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "output node" in err, err
+    assert (tmp_path / "s.h5").read_bytes() == before
+    assert main(args + ["--resume", "--output-node", "head_b", "-o", str(tmp_path / "s.h5")]) == 0
+
+
+def test_output_node_on_a_cluster(tmp_path):
+    pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    from attribx.distributed import explain_dataset_distributed
+    graph, x = _two_heads()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        r = explain_dataset_distributed(graph, x, tmp_path / "d.h5", "lrp.epsilon", output="head_b",
+                                        scheduler=client, batch_size=4)
+    assert r["samples"] == 10
+    explain_dataset(graph, x, tmp_path / "s.h5", "lrp.epsilon", output="head_b", batch_size=4)
+    _identical(attribx.open_relevance(tmp_path / "d.h5", lazy=False),
+               attribx.open_relevance(tmp_path / "s.h5", lazy=False))

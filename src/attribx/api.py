@@ -20,7 +20,7 @@ from .plugins import manager, registry
 from .progress import progress
 from .propagation import run_forward
 from .relevance import concat_batches, labeled, provenance, sample_coords
-from .targets import INITS, resolve_targets
+from .targets import INITS, resolve_targets, target_kind
 from .tokens import token_view
 
 
@@ -282,7 +282,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     coords = sample_coords(n, sample, joined["targets"], joined["prediction"], labels)
     extra = {"explained_output": result.start,
              "output_init": m.output_init if output_init is None else
-             (output_init if isinstance(output_init, str) else "array")}
+             (output_init if isinstance(output_init, str) else "array"),
+             "target_kind": target_kind(target)}
     if isinstance(target, tuple):
         extra["contrast"] = True
     attrs = provenance(graph, m, resolved, eng, **extra)

@@ -89,7 +89,7 @@ def cmd_explain_streaming(args) -> int:
     if os.path.isfile(args.inputs) and args.inputs.endswith(".npy"):
         check_npy_samples(args.inputs)
     r = run(args.model, args.inputs, args.output, args.method, parse_target(args.target),
-            engine=args.engine, layers=args.layers, batch_size=args.batch_size or 256,
+            output=args.output_node, engine=args.engine, layers=args.layers, batch_size=args.batch_size or 256,
             resume=args.resume, progress_bar=None,
             attrs={"inputs_file": os.path.abspath(args.inputs)}, **parse_params(args.param))
     done = f" (resumed at sample {r['resumed_at']})" if r["resumed_at"] else ""
@@ -107,9 +107,6 @@ def check_outputs(*paths) -> None:
 def cmd_explain(args) -> int:
     check_outputs(args.output)
     if _streaming(args):
-        if args.output_node is not None:
-            raise InputError("--output-node is not taken with streaming (--stream, --resume, --scheduler); "
-                             "explain the files without streaming, or translate and save a graph with that output")
         return cmd_explain_streaming(args)
     x, labels = read_inputs(args.inputs, args.key, args.labels_key)
     # --append: one run at a time from counting the file's samples to the save (ids must not collide)

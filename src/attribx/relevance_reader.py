@@ -131,23 +131,35 @@ def _lazy_chunks(dset, sample_axis: int | None):
     return tuple(min(max(n, 1), step) if i == sample_axis else max(n, 1) for i, n in enumerate(shape))
 
 
-def _read_variable(dset, path: str, lazy_ctx) -> tuple[str, xr.Variable]:
+def _read_variable(dset, path: str, lazy_ctx, n_samples: int | None = None) -> tuple[str, xr.Variable]:
+    """One stored variable; along ``sample`` only the first ``n_samples`` (the committed ones: a streamed
+    write stopped by a full disk or a kill can leave an uncommitted tail beyond them)."""
     name = attr_str(dset.attrs["name"])
     dims = tuple(json.loads(attr_str(dset.attrs["dims"])))
     attrs = loads_attrs(dset.attrs["attrs"])
     tag = attr_str(dset.attrs["attribx_dtype"]) if "attribx_dtype" in dset.attrs else None
     if len(dims) != dset.ndim:
         raise ValueError(f"dataset {dset.name} has {dset.ndim} axes but dims {dims}")
+    sample_axis = dims.index(SAMPLE_DIM) if SAMPLE_DIM in dims else None
+    cut = None
+    if sample_axis is not None and n_samples is not None and dset.shape[sample_axis] != n_samples:
+        if dset.shape[sample_axis] < n_samples:
+            raise ValueError(f"dataset {dset.name} holds {dset.shape[sample_axis]} samples, the file says "
+                             f"{n_samples}")
+        cut = tuple(slice(0, n_samples) if i == sample_axis else slice(None) for i in range(dset.ndim))
     is_string = h5py.check_string_dtype(dset.dtype) is not None
     if lazy_ctx is not None and not is_string:
         da, token = lazy_ctx
-        sample_axis = dims.index(SAMPLE_DIM) if SAMPLE_DIM in dims else None
         data = da.from_array(dset, chunks=_lazy_chunks(dset, sample_axis),
                              name=f"open_relevance-{token}-{dset.name}")
+        if cut is not None:
+            data = data[cut]
         if tag is not None:
             data = data.astype(logical_dtype(tag, dset.dtype))
     else:
         data = from_stored(read_dataset(dset, tag), tag)
+        if cut is not None:
+            data = data[cut]
     return name, xr.Variable(dims, data, attrs=attrs)
 
 
@@ -171,13 +183,14 @@ def read_object(f, path: str, lazy_ctx):
     attrs = loads_attrs(f.attrs["attrs"])
     data_names = json.loads(attr_str(f.attrs["data_vars"]))
     coord_names = json.loads(attr_str(f.attrs["coords"]))
+    n_samples = json.loads(attr_str(f.attrs["dims"])).get(SAMPLE_DIM)   # the committed samples
     coords = {}
     for cname in coord_names:  # coordinates are small and needed for indexes: always read eagerly
-        _, var = _read_variable(f[COORDS_GROUP][link_name(cname)], path, None)
+        _, var = _read_variable(f[COORDS_GROUP][link_name(cname)], path, None, n_samples)
         coords[cname] = var
     data = {}
     for dname in data_names:
-        _, var = _read_variable(f[DATA_GROUP][link_name(dname)], path, lazy_ctx)
+        _, var = _read_variable(f[DATA_GROUP][link_name(dname)], path, lazy_ctx, n_samples)
         data[dname] = var
     if kind == "DataArray":
         if len(data) != 1:

@@ -31,18 +31,20 @@ the steps here, which are public for it: :func:`write_new` (a new file's content
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import math
 import os
 import shutil
 import sys
+import traceback
 from typing import Any, Callable
 
 import numpy as np
 
 from .errors import StorageError
 from .relevance_format import (COORDS_GROUP, DATA_GROUP, FORMAT_NAME, FORMAT_VERSION, SAMPLE_DIM, ObjectSpec,
-                               VariableSpec, attr_str, chunk_shape, from_stored, h5py, logical_dtype,
+                               VariableSpec, attr_str, chunk_shape, from_stored, h5py, link_name, logical_dtype,
                                merged_string_tag, require_h5py, same_kind_for_append, slab_samples,
                                stored_itemsize, to_storable, writer_version)
 from .relevance_reader import check_format, lazy_context, open_h5, read_dataset, read_object
@@ -144,9 +146,11 @@ def _values_equal(a: np.ndarray, b: np.ndarray) -> bool:
 # The provenance attrs that make relevance "the same run": what was explained, by which model, method and
 # parameters (not timings, sample ids, versions, engines or file names). Appending relevance that differs in
 # one of them would file it under the first run's provenance; :func:`_check_same_run` refuses it.
+# ``target_kind`` ("predicted", "class" for given class ids, "contrast"; attribx.targets.target_kind) tells
+# a run that explained each sample's predicted class from one given class ids (both fill the ``target`` coord).
 RUN_ATTRS = (("model_fingerprint", "model"), ("method", "method"), ("parameters", "parameters"),
-             ("output_init", "target kind"), ("contrast", "target kind"), ("explained_output", "explained output"),
-             ("layers", "layers"))
+             ("output_init", "target kind"), ("contrast", "target kind"), ("target_kind", "target kind"),
+             ("explained_output", "explained output"), ("layers", "layers"))
 _MISSING = object()
 
 
@@ -155,8 +159,40 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _kind_from_coords(attrs: dict, target, prediction) -> Any:
+    """The target kind of relevance that does not record it (written before attribx stored ``target_kind``),
+    where its coords tell: a contrast says so, a target other than the prediction for some sample means
+    given class ids. Otherwise undecidable (given ids may equal the predictions): :data:`_MISSING`."""
+    if attrs.get("contrast"):
+        return "contrast"
+    if target is not None and prediction is not None:
+        t, p = np.asarray(target), np.asarray(prediction)
+        if t.shape == p.shape and t.dtype.kind in "iu" and p.dtype.kind in "iu" and bool((t != p).any()):
+            return "class"
+    return _MISSING
+
+
+def _stored_coord(f, name: str, n: int):
+    """The first ``n`` values of the file's coordinate ``name`` (None where it has none)."""
+    if name not in json.loads(attr_str(f.attrs["coords"])):
+        return None
+    dset = f[COORDS_GROUP][link_name(name)]
+    return np.asarray(dset[:n]) if dset.ndim == 1 else None
+
+
+def _new_coord(spec: ObjectSpec, name: str):
+    var = next((v for v in spec.coords if v.name == name), None)
+    return None if var is None or var.sample_axis is None else np.asarray(var.variable.values)
+
+
 def _check_same_run(f, spec: ObjectSpec, path: str) -> None:
-    """Refuse to append relevance of another run (model, method, parameters, target kind) to ``f``."""
+    """Refuse to append relevance of another run (model, method, parameters, target kind) to ``f``.
+
+    Relevance without a ``target_kind`` attr (a file or object from before attribx recorded it, or made by
+    hand) has its kind read from its ``target`` and ``prediction`` coords where they tell
+    (:func:`_kind_from_coords`); where they do not (every target equals the prediction), the kind is
+    undecidable and the append is accepted, as it was before the attr existed: refusing would make every
+    older file impossible to extend, also with the right run."""
     try:
         stored = json.loads(attr_str(f.attrs["attrs"]))
         new = json.loads(spec.attrs_json)
@@ -164,9 +200,20 @@ def _check_same_run(f, spec: ObjectSpec, path: str) -> None:
         raise StorageError(f"{path}: cannot append: the file's attrs are damaged ({exc})") from None
     if not isinstance(stored, dict) or not isinstance(new, dict):
         return
+    a_kind, b_kind = stored.get("target_kind", _MISSING), new.get("target_kind", _MISSING)
+    if (a_kind is _MISSING) != (b_kind is _MISSING):
+        if a_kind is _MISSING:
+            n = int(json.loads(attr_str(f.attrs["dims"])).get(SAMPLE_DIM, 0))
+            a_kind = _kind_from_coords(stored, _stored_coord(f, "target", n), _stored_coord(f, "prediction", n))
+        else:
+            b_kind = _kind_from_coords(new, _new_coord(spec, "target"), _new_coord(spec, "prediction"))
     differ = []
     for key, what in RUN_ATTRS:
         a, b = stored.get(key, _MISSING), new.get(key, _MISSING)
+        if key == "target_kind":
+            if a_kind is _MISSING or b_kind is _MISSING:
+                continue          # undecidable on one side: accepted (docstring)
+            a, b = a_kind, b_kind
         if a != b:
             differ.append(f"{what} ({key}: file {_short(a)} vs new {_short(b)})")
     if differ:
@@ -276,7 +323,9 @@ def _fsync_dir(directory: str) -> None:
 
 def atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None = None) -> None:
     """Run ``write(h5file)`` on a temporary file beside ``path`` and rename it over ``path`` (over the file
-    it points to when ``path`` is a symbolic link, which stays; see :func:`write_target`)."""
+    it points to when ``path`` is a symbolic link, which stays; see :func:`write_target`). The file is
+    flushed before it is closed: a write error (a full disk) surfaces there, where the file can still be
+    let go (:func:`close_quietly`), and never in HDF5's close, which cannot recover from one."""
     path = write_target(path)
     tmp = temp_file_beside(path)
     try:
@@ -289,10 +338,10 @@ def atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None 
         try:
             write(f)
             f.flush()            # a write error (a full disk) surfaces here, not in a finaliser later
+            f.close()
         except BaseException as exc:
             close_quietly(f, exc)
             raise
-        f.close()
         fd = os.open(tmp, os.O_RDWR)
         try:
             os.fsync(fd)
@@ -308,16 +357,44 @@ def atomic_write(path: str, write: Callable[[Any], None], copy_from: str | None 
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def detach_file(f) -> None:
+    """Point the file descriptor HDF5 writes the open file ``f`` through at a scratch file in memory (or
+    ``/dev/null``), so that HDF5 can close a file whose writes fail: what it still holds goes nowhere
+    instead of failing again. HDF5 cannot close a file whose flush fails (a full disk), and a second try, a
+    dataset's finaliser or the interpreter's exit then crashes the process; what reached the disk before
+    stays as it was (a temporary file is deleted anyway, a streamed file keeps its committed samples)."""
+    try:
+        fd = f.id.get_vfd_handle() if f.id.valid and f.driver == "sec2" else None
+    except Exception:
+        return
+    if not isinstance(fd, int) or fd < 0:
+        return
+    try:
+        scratch = os.memfd_create("attribx-discard")   # Linux: HDF5 may read back what it wrote
+    except (AttributeError, OSError):
+        try:
+            scratch = os.open(os.devnull, os.O_RDWR)
+        except OSError:
+            return
+    try:
+        os.dup2(scratch, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(scratch)
+
+
 def close_quietly(f, exc: BaseException | None = None) -> None:
-    """Close the h5py file ``f`` after an error (its own errors, such as a full disk, are not raised over the
-    first): the h5py objects the failed write still holds (in ``exc``'s traceback) are released first, while
-    the file is open, and every object of the file is closed now; none is left to fail (or crash HDF5) later
-    in a finaliser."""
-    import gc
-    import traceback
+    """Close the h5py file ``f`` after an error without writing to it again. The file is detached first
+    (:func:`detach_file`): what the failed write left in HDF5's caches is dropped, and the file keeps what
+    reached it before (HDF5 fails for good after a second failed flush of a file, "slist already enabled",
+    and crashes later). Then the h5py objects the failed write still holds (in ``exc``'s traceback) are
+    released while the file is open, and every object of the file is closed now: none is left to fail (or
+    crash HDF5) later in a finaliser. Errors of its own are not raised over the first."""
     hook = sys.unraisablehook
     sys.unraisablehook = lambda *_: None      # a dataset that cannot write its cache says so in __dealloc__
     try:
+        detach_file(f)                        # before any dataset is let go: closing one writes its cache
         if exc is not None and exc.__traceback__ is not None:
             traceback.clear_frames(exc.__traceback__)
         gc.collect()
@@ -398,7 +475,7 @@ def _save_locked(spec: ObjectSpec, path: str, mode: str) -> None:
             atomic_write(path, lambda h5: write_new(h5, spec))
     except StorageError:
         raise
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:   # what h5py raises for HDF5's errors
         why = write_error_text(exc)
         raise StorageError(f"{path}: cannot write relevance: {why}; the earlier file is unchanged"
                            if os.path.exists(path) else f"{path}: cannot write relevance: {why}") from exc

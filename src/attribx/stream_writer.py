@@ -121,8 +121,8 @@ class StreamWriter:
                                    "(no attribx_streaming attr); delete it or choose another output")
             if info.get("fingerprint") != self.fingerprint:
                 raise StorageError(f"{self.path}: cannot resume: the file was written for another model, "
-                                   "method, parameters or input (fingerprint differs); delete it or choose "
-                                   "another output")
+                                   "method, parameters, target, output node or input (fingerprint differs); "
+                                   "delete it or choose another output")
             self.committed = int(json.loads(attr_str(f.attrs["dims"]))[SAMPLE_DIM])
             if info.get("batch_size"):
                 self.batch_size = int(info["batch_size"])   # the file's chunks follow its batches
@@ -214,19 +214,22 @@ class StreamWriter:
             set_sample_count(f, n)
             f.attrs[STREAM_ATTR] = self._stream_info(committed=n)
             f.flush()
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:   # h5py's forms of HDF5 errors
             self._fail(exc, old_dims, old_info)
         self.committed = n
 
     def _fail(self, exc: BaseException, old_dims, old_info) -> None:
-        """After a write error: put the commit back as it was (best effort), close the file so that no h5py
-        object is left to fail in a finaliser, and raise a one-line :class:`StorageError`."""
+        """After a write error: put the commit back as it was and cut the uncommitted tail (in HDF5's caches;
+        they reach the file only if it has room again), close the file so that no h5py object is left to fail
+        in a finaliser (:func:`~attribx.storage.close_quietly`), and raise a one-line :class:`StorageError`."""
         self._failed = write_error_text(exc)
         f, self._f = self._f, None
         try:
             f.attrs["dims"] = old_dims
             f.attrs[STREAM_ATTR] = old_info
-            self._truncate(f, self.committed)     # the uncommitted tail goes (a resume would cut it too)
+            for dset, ax in self._sample_dsets(f):    # the tail goes (a resume would cut it too)
+                if dset.shape[ax] != self.committed:
+                    dset.resize(self.committed, axis=ax)
         except Exception:
             pass
         close_quietly(f, exc)
@@ -272,12 +275,17 @@ class StreamWriter:
         self._f = None
         try:
             f.close()
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._failed = write_error_text(exc)
+            close_quietly(f, exc)
+            raise StorageError(f"{self.path}: closing the file failed: {self._failed}") from exc
+        try:
             fd = os.open(self.path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except (OSError, RuntimeError) as exc:
+        except OSError as exc:
             self._failed = write_error_text(exc)
             raise StorageError(f"{self.path}: closing the file failed: {self._failed}") from exc
 

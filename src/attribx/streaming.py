@@ -19,7 +19,7 @@ Public API (stable; :mod:`attribx.distributed` builds on it)
     the writer's ``.committed`` says.
 ``run_fingerprint(graph, method, params, target, engine, source, **extra) -> str``
     The fingerprint :func:`explain_dataset` stores in the file.
-``explain_dataset(model, source, out_path, method=..., target=..., *, batch_size=256, resume=True, **params)``
+``explain_dataset(model, source, out_path, method=..., target=..., *, output=None, batch_size=256, ...)``
     Explains every sample of a source into one relevance file; resumes an interrupted run.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .api import explain, get_engine, load_model, translate
+from .api import _select_output, explain, get_engine, load_model, translate
 from .errors import InputError
 from .methods import as_method
 from .plugins import registry
@@ -345,7 +345,7 @@ def per_sample_slice(target: Any, start: int, stop: int):
 
 
 def explain_dataset(model: Any, source: Any, out_path: str | os.PathLike, method: Any = "lrp.epsilon",
-                    target: Any = "predicted", *, batch_size: int = 256, engine: Any = None,
+                    target: Any = "predicted", *, output: str | None = None, batch_size: int = 256, engine: Any = None,
                     resume: bool = True, labels: Any = None, layers: Any = None, conservation: bool = False,
                     progress_bar: bool | None = None, fingerprint: str | None = None, attrs: dict | None = None,
                     **params: Any) -> dict:
@@ -355,14 +355,16 @@ def explain_dataset(model: Any, source: Any, out_path: str | os.PathLike, method
     all_inputs, ...), out_path)`` when read with :func:`attribx.open_relevance`. ``resume=True`` (default)
     continues a file an interrupted run left (checking it was written for the same model, method,
     parameters, target, engine and data), ``False`` starts again. ``target`` / ``labels``: as in
-    :func:`attribx.explain`; per-sample arrays are sliced with the batches. ``fingerprint``: override
+    :func:`attribx.explain`; per-sample arrays are sliced with the batches. ``output``: the node whose values
+    are explained, as in :func:`attribx.explain` (a model with several outputs needs it); a resume with
+    another output is refused (it is part of the run's fingerprint). ``fingerprint``: override
     the data's fingerprint (iterables have none). ``attrs``: added to the file's attrs.
     Returns ``{"path", "samples", "new", "resumed_at"}``.
     """
     batch_size = positive_batch_size(batch_size)
     with opened_source(source) as src:
         return _explain_dataset(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
-                                conservation, progress_bar, fingerprint, attrs, params)
+                                conservation, progress_bar, fingerprint, attrs, params, output)
 
 
 def positive_batch_size(batch_size: Any) -> int:
@@ -384,19 +386,28 @@ def opened_source(source: Any) -> Iterator[Source]:
 
 class StreamRun:
     """What one streaming run (here or on a dask cluster) sets up before its first batch: the method, the
-    translated graph, the engine, the writer (resumed where the file stopped) and the progress bar."""
+    translated graph (with ``output`` as its only output, as :func:`attribx.explain` selects it), the engine,
+    the writer (resumed where the file stopped) and the progress bar. ``output`` may also come in ``params``
+    (:func:`attribx.distributed.explain_dataset_distributed` passes its keywords on so); the graph the batches
+    are explained with already has it as its output, so passing it on to ``explain`` changes nothing."""
 
     def __init__(self, model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
-                 conservation, progress_bar, fingerprint, params):
+                 conservation, progress_bar, fingerprint, params, output=None):
         if fingerprint is not None and isinstance(src, IterableSource):
             src._fp = fingerprint
+        params = dict(params)
+        output = params.pop("output", output)
         self.method = as_method(method, registry().methods)
         resolved = self.method.resolve(params)
         self.path = os.fspath(out_path)
-        self.graph = translate(load_model(model), input_shape=src.sample_shape())   # tracing backends need it
+        graph = translate(load_model(model), input_shape=src.sample_shape())   # tracing backends need it
+        self.graph = _select_output(graph, output)
         self.engine = get_engine(engine, self.graph)
+        # the explained node, where it is not the graph's own output (the graph's fingerprint has it too); left
+        # out otherwise, so that files written without it (and by older versions) resume
+        chosen = {} if self.graph is graph else {"output": self.graph.outputs[0]}
         fp = run_fingerprint(self.graph, self.method.name, resolved, target, self.engine.name, src, layers=layers,
-                             conservation=conservation, labels=labels, source_override=fingerprint)
+                             conservation=conservation, labels=labels, source_override=fingerprint, **chosen)
         self.writer = StreamWriter(self.path, fp, resume=resume, total=src.n, batch_size=batch_size)
         self.batch_size = self.writer.batch_size   # a resumed file keeps its own (its chunks follow its batches)
         self.start = self.writer.committed
@@ -434,9 +445,9 @@ class StreamRun:
 
 
 def _explain_dataset(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
-                     conservation, progress_bar, fingerprint, attrs, params) -> dict:
+                     conservation, progress_bar, fingerprint, attrs, params, output=None) -> dict:
     run = StreamRun(model, src, out_path, method, target, batch_size, engine, resume, labels, layers,
-                    conservation, progress_bar, fingerprint, params)
+                    conservation, progress_bar, fingerprint, params, output)
 
     def explained():
         for ids, xb in src.batches(run.batch_size, run.start):

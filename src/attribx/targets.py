@@ -22,6 +22,17 @@ from .errors import InputError
 INITS = ("score", "onehot", "softmax", "log_odds", "contrast")
 
 
+def target_kind(target) -> str:
+    """How the explained class was chosen, as relevance provenance records it (``target_kind``): ``"predicted"``,
+    ``"class"`` (given class ids, one or one per sample) or ``"contrast"``. Runs of different kinds fill the
+    ``target`` coord alike, so appending one to the other's file is refused by this (attribx.storage)."""
+    if isinstance(target, tuple) and len(target) == 3 and target[0] == "contrast":
+        return "contrast"
+    if isinstance(target, str):
+        return target
+    return "class"
+
+
 def resolve_targets(target, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(target class per sample, contrast class per sample or None) from the user's ``target``."""
     if scores.ndim != 2:
