@@ -49,8 +49,6 @@ PENDING_LENGTH = {
     "plugins/attribx-onnx/src/attribx_onnx/handlers.py": f"{_OTHERS} (attribx_onnx/handlers.py: translation kit)",
 }
 PENDING_LAZY = {
-    "src/attribx/storage.py": f"{_OTHERS} (storage.py)",
-    "src/attribx/streaming.py": f"{_OTHERS} (streaming.py)",
     "plugins/attribx-torch/src/attribx_torch/plugin.py": f"{_OTHERS} (attribx_torch/plugin.py)",
     "plugins/attribx-torch/src/attribx_torch/translate.py": f"{_OTHERS} (attribx_torch/translate.py)",
 }

@@ -37,6 +37,7 @@ import numpy as np
 from .api import _select_output, explain, get_engine, load_model, translate
 from .errors import InputError
 from .methods import as_method
+from .relevance_format import h5py, require_h5py
 from .plugins import registry
 from .stream_writer import STREAM_ATTR, StreamWriter
 
@@ -285,7 +286,7 @@ def open_source(obj: Any, ids: Any = None, **kwargs: Any) -> Source:
             return ArraySource(zarr.open(path, mode="r"), ids)
         file, sep, name = path.rpartition(":")
         if sep and file and os.path.exists(file):
-            import h5py
+            require_h5py()
             try:
                 f = h5py.File(file, "r")
                 src = ArraySource(f[name], ids)
