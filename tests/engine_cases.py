@@ -279,8 +279,42 @@ def gen_length_mask(draw, rng):
     return {"steps": steps}, [rng.integers(0, steps + 2, size=draw(st.integers(1, 4))).astype(np.float64)], {}
 
 
+def gen_norm(draw, rng, name):
+    shape = draw_shape(draw)
+    ndim = len(shape)
+    chosen = draw(st.lists(st.integers(1, ndim - 1), min_size=1, max_size=ndim - 1, unique=True))
+    params = {}
+    for key in ("scale",) + (("bias",) if name == "layer_norm" else ()):
+        if draw(st.booleans()):
+            params[key] = rng.normal(size=tuple(shape[a] for a in sorted(chosen)))
+    attrs = {"axes": tuple(a - ndim if draw(st.booleans()) else a for a in chosen),
+             "eps": draw(st.sampled_from([1e-5, 0.1]))}
+    return attrs, [rng.normal(size=shape) * 2 + 0.5], params
+
+
+def gen_matmul(draw, rng):
+    n, k, m = (draw(st.integers(1, 3)) for _ in range(3))
+    lead = tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 2))))
+    batch = draw(st.integers(1, 2))
+    kind = draw(st.sampled_from(["signals", "const_right", "const_left", "rows"]))
+    if kind == "rows":
+        shapes, batched = [(batch, k), (k, m)], [True, False]
+    elif kind == "signals":
+        other = tuple(d if draw(st.booleans()) else 1 for d in lead)
+        shapes, batched = [(batch,) + lead + (n, k), (draw(st.sampled_from([1, batch])),) + other + (k, m)], [True, True]
+    elif kind == "const_right":
+        shapes, batched = [(batch,) + lead + (n, k), lead[len(lead) - draw(st.integers(0, len(lead))):] + (k, m)], \
+            [True, False]
+    else:
+        shapes, batched = [(n, k), (batch,) + lead + (k, m)], [False, True]
+    return {}, [rng.normal(size=s) for s in shapes], {}, batched
+
+
 GENERATORS = {
     "linear": gen_linear,
+    "layer_norm": lambda d, r: gen_norm(d, r, "layer_norm"),
+    "rms_norm": lambda d, r: gen_norm(d, r, "rms_norm"),
+    "matmul": gen_matmul,
     "conv": gen_conv,
     "conv_transpose": gen_conv_transpose,
     "embedding": gen_embedding,
@@ -315,7 +349,7 @@ GENERATORS = {
     "length_mask": gen_length_mask,
     "where": gen_where,
 }
-EXAMPLES = {"conv": 120, "conv_transpose": 80, "max_pool": 120, "avg_pool": 120, "add": 60, "mul": 60, "slice": 40, "pad": 40,
+EXAMPLES = {"matmul": 40, "layer_norm": 40, "conv": 120, "conv_transpose": 80, "max_pool": 120, "avg_pool": 120, "add": 60, "mul": 60, "slice": 40, "pad": 40,
             "batch_norm": 40}
 
 
