@@ -441,7 +441,46 @@ def zoo_graph(seed=2):
     return b.build(b.softmax(out, name="sm")), rng.normal(size=(2, 4, 9))
 
 
-GRAPHS = {"cnn": cnn_graph, "mlp": mlp_graph, "zoo": zoo_graph}
+def attention_graph(seed=3, bias=True, gated=False, tokens=5, width=6, hidden=8, classes=4):
+    """A one-head self-attention block: layer_norm -> linear q, k, v -> q @ k^T -> scale -> softmax -> @ v
+    -> linear -> residual add -> layer_norm (RMS norm when ``gated``) -> MLP (linear-gelu-linear, or Llama's
+    silu(gate) * up -> down when ``gated``) -> residual add -> first token -> linear head. ``weights`` (in
+    ``graph.meta``) lets a test rebuild it in another framework."""
+    rng = np.random.default_rng(seed)
+    w = {k: rng.normal(size=shape) / np.sqrt(shape[-1])
+         for k, shape in [("q", (width, width)), ("k", (width, width)), ("v", (width, width)), ("o", (width, width)),
+                          ("up", (hidden, width)), ("gate", (hidden, width)), ("down", (width, hidden)),
+                          ("head", (classes, width))]}
+    bias_of = {k: (rng.normal(size=v.shape[0]) * 0.1 if bias else None) for k, v in w.items()}
+    w["ln1_scale"], w["ln2_scale"] = rng.uniform(0.5, 1.5, width), rng.uniform(0.5, 1.5, width)
+    w["ln1_bias"] = rng.normal(size=width) * 0.1 if bias else None
+    w["ln2_bias"] = rng.normal(size=width) * 0.1 if bias and not gated else None
+    b = GraphBuilder("attention")
+    x = b.input("x", (tokens, width), layout=("sample", "token", "feature"))
+
+    def lin(h, key):
+        return b.linear(h, w[key], bias_of[key], name=key)
+
+    a = b.add_node("layer_norm", x, "ln1", {"scale": w["ln1_scale"], "bias": w["ln1_bias"]}, axes=(-1,), eps=1e-5)
+    q, k, v = lin(a, "q"), lin(a, "k"), lin(a, "v")
+    scores = b.add_node("matmul", (q, b.transpose(k, (0, 2, 1), name="kt")), "scores")
+    att = b.softmax(b.mul(scores, b.constant(np.array(1 / np.sqrt(width)), name="c"), name="scaled"), name="att")
+    h = b.add(x, lin(b.add_node("matmul", (att, v), "context"), "o"), name="res1")
+    if gated:
+        m = b.add_node("rms_norm", h, "ln2", {"scale": w["ln2_scale"]}, axes=(2,), eps=1e-6)
+        f = lin(b.mul(b.silu(lin(m, "gate"), name="act"), lin(m, "up"), name="glu"), "down")
+    else:
+        m = b.add_node("layer_norm", h, "ln2", {"scale": w["ln2_scale"], "bias": w["ln2_bias"]}, axes=(-1,),
+                       eps=1e-5)
+        f = lin(b.gelu(lin(m, "up"), name="act"), "down")
+    cls = b.flatten(b.slice(b.add(h, f, name="res2"), axis=1, start=0, stop=1, name="cls"), name="flat")
+    graph = b.build(lin(cls, "head"))
+    graph.meta["weights"] = {**w, **{f"{k}_bias": v for k, v in bias_of.items() if k not in ("ln1", "ln2")}}
+    return graph, rng.normal(size=(3, tokens, width))
+
+
+GRAPHS = {"cnn": cnn_graph, "mlp": mlp_graph, "zoo": zoo_graph, "attention": attention_graph,
+          "attention_gated": lambda: attention_graph(4, gated=True)}
 
 
 def method_params(method):
