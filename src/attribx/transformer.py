@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from . import composite as C
+from .composite import Composite, category, lrp_defaults, op
 from .ops import BUILTIN_OPS, op_table
 from .rules import Epsilon
 from .rules.transformer import Block, ConstantFactor, ConstantStd, SoftmaxTaylor, Uniform
@@ -55,7 +55,7 @@ def constant_factors(graph, ops: Mapping | None = None) -> dict[str, int]:
     return out
 
 
-class TransformerComposite(C.Composite):
+class TransformerComposite(Composite):
     """A composite that, when assigned to a graph, gives each ``constant_factor`` rule left without a factor
     the one :func:`constant_factors` finds for its node."""
 
@@ -77,15 +77,15 @@ def transformer_entries(variant: str, epsilon: float) -> list:
         softmax, product = Block(), ConstantFactor(epsilon=epsilon)
     else:
         raise ValueError(f"variant must be 'attn' or 'cp', got {variant!r}")
-    return [(C.op("layer_norm", "rms_norm"), ConstantStd(epsilon=epsilon)),
-            (C.op("softmax"), softmax),
-            (C.op("mul", "matmul"), product)]
+    return [(op("layer_norm", "rms_norm"), ConstantStd(epsilon=epsilon)),
+            (op("softmax"), softmax),
+            (op("mul", "matmul"), product)]
 
 
 def _composite(variant: str, name: str, epsilon: float, entries) -> TransformerComposite:
     return TransformerComposite(
-        list(entries) + transformer_entries(variant, epsilon) + [(C.category("layer"), Epsilon(epsilon=epsilon))],
-        defaults=C.lrp_defaults(epsilon, epsilon), name=name)
+        list(entries) + transformer_entries(variant, epsilon) + [(category("layer"), Epsilon(epsilon=epsilon))],
+        defaults=lrp_defaults(epsilon, epsilon), name=name)
 
 
 def attn_lrp_composite(epsilon: float = 1e-6, entries: Sequence = ()) -> TransformerComposite:
