@@ -8,6 +8,11 @@ Its gradient × input is LRP-0 of those rules, which ``epsilon=0`` must give. Co
 """
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -107,6 +112,93 @@ def test_epsilon_zero_equals_the_torch_reference(method, gated, target):
     ref, logit = reference_relevance(graph, x, target, method.split(".")[1], gated)
     np.testing.assert_allclose(attribx.forward(graph, x)[:, target], logit, rtol=1e-12)
     assert relative_error(ours.values, ref) <= 1e-8
+
+
+# ----------------------------------------------------------------------------------------------
+# LXT 2.1 itself (a numerical reference only: its licence allows personal and scientific use), when its venv is
+# there: the same block built from LXT's own rule functions, in a subprocess (LXT patches torch code globally)
+
+LXT_PYTHON = pathlib.Path.home() / ".cache/attribx/lxt-venv/bin/python"
+LXT_SCRIPT = textwrap.dedent("""
+    import sys
+    from types import SimpleNamespace
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from lxt.efficient.patches import layer_norm_forward, rms_norm_forward
+    from lxt.efficient.rules import divide_gradient, identity_rule_implicit, stop_gradient
+
+    cases = np.load(sys.argv[1], allow_pickle=False)
+    out = {}
+    for key in sorted({k.split("/")[0] for k in cases.files}):
+        d = {k.split("/", 1)[1]: cases[k] for k in cases.files if k.startswith(key + "/")}
+        w = {k[2:]: torch.as_tensor(v) for k, v in d.items() if k.startswith("w_")}
+        attn, gated, target = str(d["variant"]) == "attn", bool(d["gated"]), int(d["target"])
+        x = torch.as_tensor(d["x"]).requires_grad_(True)
+
+        def lin(h, k):
+            y = h @ w[k].T
+            return y + w[k + "_bias"] if k + "_bias" in w else y
+
+        def norm(h, name):
+            return layer_norm_forward(SimpleNamespace(eps=1e-5, weight=w[name + "_scale"],
+                                                      bias=w.get(name + "_bias")), h)
+
+        a = norm(x, "ln1")
+        q, k, v = lin(a, "q"), lin(a, "k"), lin(a, "v")
+        if not attn:
+            q, k = stop_gradient(q), stop_gradient(k)
+        scores = q @ k.transpose(1, 2)
+        p = torch.softmax((divide_gradient(scores, 2) if attn else scores) / x.shape[-1] ** 0.5, dim=-1)
+        context = p @ v
+        h = x + lin(divide_gradient(context, 2) if attn else context, "o")
+        if gated:
+            m = rms_norm_forward(SimpleNamespace(variance_epsilon=1e-6, weight=w["ln2_scale"]), h)
+            g = identity_rule_implicit(F.silu, lin(m, "gate"))
+            u = (g if attn else stop_gradient(g)) * lin(m, "up")
+            f = lin(divide_gradient(u, 2) if attn else u, "down")
+        else:
+            f = lin(identity_rule_implicit(F.gelu, lin(norm(h, "ln2"), "up")), "down")
+        logits = lin((h + f)[:, 0], "head")
+        (grad,) = torch.autograd.grad(logits[:, target].sum(), x)
+        out[key] = (x * grad).detach().numpy()
+    np.savez(sys.argv[2], **out)
+""")
+LXT_CASES = [(m, gated, t) for m in ("lrp.attn", "lrp.cp") for gated in (False, True) for t in (0, 2)]
+
+
+@pytest.fixture(scope="module")
+def lxt_relevance(tmp_path_factory):
+    """Input relevance from LXT's rule functions for every case of LXT_CASES, in one subprocess."""
+    if not LXT_PYTHON.exists():
+        pytest.skip(f"no LXT venv at {LXT_PYTHON} (see the LXT notes of issue 19)")
+    tmp = tmp_path_factory.mktemp("lxt")
+    cases = {}
+    for method, gated, target in LXT_CASES:
+        graph, x = attention_graph(4 if gated else 3, gated=gated)
+        key = f"{method}-{gated}-{target}"
+        cases.update({f"{key}/w_{k}": v for k, v in graph.meta["weights"].items() if v is not None})
+        cases.update({f"{key}/x": x, f"{key}/target": target, f"{key}/gated": gated,
+                      f"{key}/variant": method.split(".")[1]})
+    np.savez(tmp / "cases.npz", **cases)
+    (tmp / "lxt_block.py").write_text(LXT_SCRIPT)
+    env = {**os.environ, "USE_TF": "0", "TRANSFORMERS_NO_TF": "1", "USE_TORCH": "1"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([str(LXT_PYTHON), str(tmp / "lxt_block.py"), str(tmp / "cases.npz"), str(tmp / "out.npz")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode and "No module named 'lxt'" in done.stderr:
+        pytest.skip("lxt is not importable in its venv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(tmp / "out.npz"))
+
+
+@pytest.mark.parametrize("method,gated,target", LXT_CASES)
+def test_epsilon_zero_equals_lxt(lxt_relevance, method, gated, target):
+    """LXT's numbers: to 1e-8 with layer norms; LXT computes RMS norm in float32 (``rms_norm_forward`` casts),
+    so the gated block agrees to float32's precision only."""
+    graph, x = attention_graph(4 if gated else 3, gated=gated)
+    ours = attribx.explain(graph, x, method, target=target, epsilon=0.0)
+    assert relative_error(ours.values, lxt_relevance[f"{method}-{gated}-{target}"]) <= (1e-5 if gated else 1e-8)
 
 
 # ----------------------------------------------------------------------------------------------
