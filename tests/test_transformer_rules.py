@@ -293,6 +293,18 @@ def test_softmax_rule_is_proposition_3_1():
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("engine", ["numpy", "torch", "tensorflow"])
+def test_softmax_rule_gives_nothing_to_inputs_masked_with_minus_infinity(engine):
+    rng = np.random.default_rng(2)
+    b = attribx.GraphBuilder("causal")
+    mask = np.triu(np.full((4, 4), -np.inf), k=1)
+    s = b.softmax(b.add(b.input("x", (4, 4)), b.constant(mask), name="masked"), axis=-1, name="s")
+    graph = b.build(b.linear(b.flatten(s), rng.normal(size=(2, 16)), name="fc"))
+    res = attribx.explain(graph, rng.normal(size=(2, 4, 4)), "lrp.attn", target=0, epsilon=0.0, engine=engine)
+    assert np.isfinite(res.values).all()
+    assert (res.values[:, mask == -np.inf] == 0).all() and np.abs(res.values).sum() > 0
+
+
 def test_uniform_rule_gives_each_factor_half():
     rng = np.random.default_rng(1)
     b = attribx.GraphBuilder("prod")

@@ -77,7 +77,8 @@ def _reshaped(eng, p, x, axes):
 
 class SoftmaxTaylor(Rule):
     """AttnLRP's softmax rule (Achtibat et al. 2024, Proposition 3.1): R_in = x ⊙ (R_out − s ⊙ Σ_axis R_out),
-    with s the softmax output. It is the softmax's gradient × input and does not conserve relevance."""
+    with s the softmax output. It is the softmax's gradient × input and does not conserve relevance. Inputs
+    masked with −∞ (causal attention) get none (not −∞ · 0)."""
 
     name = "softmax_taylor"
     ops = frozenset({"softmax"})
@@ -87,6 +88,7 @@ class SoftmaxTaylor(Rule):
         (x,) = ctx.inputs
         s = ctx.output
         axis = int(ctx.node.attrs["axis"]) % len(x.shape)
+        x = eng.where(x > -math.inf, x, eng.zeros_like(x))
         return [x * (relevance - s * eng.sum(relevance, axis=axis, keepdims=True))]
 
 
