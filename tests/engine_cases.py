@@ -328,6 +328,7 @@ GENERATORS = {
     "elu": unary("elu", alpha=st.sampled_from([1.0, 0.3])),
     "gelu": unary("gelu", approximate=st.sampled_from(["none", "tanh"])),
     "silu": unary("silu"),
+    "erf": unary("erf"),
     "tanh": unary("tanh"),
     "sigmoid": unary("sigmoid"),
     "softmax": gen_softmax,

@@ -46,6 +46,8 @@ def op_graph(op):
     elif op == "batch_norm":
         h, shape = b.batch_norm(x, R.normal(size=3), R.uniform(0.5, 2, 3), R.normal(size=3), R.normal(size=3),
                                 eps=1e-3), (3, 6, 6)
+    elif op == "erf":
+        h, shape = b.add_node("erf", x), (3, 6, 6)
     elif op in ("relu", "tanh", "sigmoid", "identity"):
         h, shape = getattr(b, op)(x), (3, 6, 6)
     elif op == "clip":

@@ -504,6 +504,7 @@ CASES = {
     "elu": unary_cases("elu", values="distinct", alpha=st.sampled_from([1.0, 0.3])),
     "gelu": unary_cases("gelu", approximate=st.sampled_from(["none", "tanh"])),
     "silu": unary_cases("silu"),
+    "erf": unary_cases("erf"),
     "sigmoid": unary_cases("sigmoid"),
     "softmax": axis_cases("softmax"),
     "add": broadcast_cases("add"),
@@ -877,6 +878,7 @@ def test_elementwise_activations():
     np.testing.assert_allclose(run("gelu", approximate="tanh"),
                                0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))), rtol=1e-12)
     np.testing.assert_allclose(run("silu"), x / (1 + np.exp(-x)), rtol=1e-14)
+    np.testing.assert_allclose(run("erf"), [[math.erf(v) for v in x[0]]], rtol=1e-14)
     big = np.array([[-1000.0, 1000.0]])
     s = KERNELS["sigmoid"].forward({}, [big], {})
     np.testing.assert_array_equal(s, [[0.0, 1.0]])

@@ -549,6 +549,8 @@ BUILTIN_OPS: tuple[OpDef, ...] = (
     OpDef("gelu", "x * Phi(x) (approximate='none'), or the tanh approximation (approximate='tanh').",
           _same, attrs={"approximate": "none"}, category="activation"),
     OpDef("silu", "x * sigmoid(x) (swish).", _same, category="activation"),
+    OpDef("erf", "The error function (ONNX Erf; GELU's exact form is x * (1 + erf(x / sqrt 2)) / 2).", _same,
+          category="activation"),
     OpDef("softmax", "exp(x) / sum(exp(x)) along axis.", _softmax, attrs={"axis": -1}, category="softmax"),
     OpDef("layer_norm", "Layer norm: (x - mean) / sqrt(var + eps) * scale + bias, mean and (population) "
           "variance over axes (non-batch, negative allowed); scale and bias (optional) are shaped like the "

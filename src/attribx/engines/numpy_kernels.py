@@ -442,6 +442,15 @@ def _gelu_vjp(attrs, inputs, params, output, grad):
     return [(grad * d).astype(x.dtype)]
 
 
+def _erf_forward(attrs, inputs, params):
+    return _erf(inputs[0])
+
+
+def _erf_vjp(attrs, inputs, params, output, grad):
+    (x,) = inputs
+    return [(grad * (2 / np.sqrt(np.pi)) * np.exp(-x * x)).astype(x.dtype)]
+
+
 def _silu_forward(attrs, inputs, params):
     (x,) = inputs
     return x * _sigmoid(x)
@@ -672,6 +681,7 @@ KERNELS: dict[str, Kernel] = {
     "elu": Kernel(_elu_forward, _elu_vjp),
     "gelu": Kernel(_gelu_forward, _gelu_vjp),
     "silu": Kernel(_silu_forward, _silu_vjp),
+    "erf": Kernel(_erf_forward, _erf_vjp),
     "leaky_relu": Kernel(_leaky_forward, _leaky_vjp),
     "tanh": Kernel(_tanh_forward, _tanh_vjp),
     "sigmoid": Kernel(_sigmoid_forward, _sigmoid_vjp),

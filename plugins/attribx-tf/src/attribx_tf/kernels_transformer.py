@@ -1,9 +1,11 @@
-"""TensorFlow kernels for the transformer ops: ``layer_norm``, ``rms_norm`` and ``matmul``.
+"""TensorFlow kernels for the transformer ops: ``layer_norm``, ``rms_norm``, ``matmul`` and ``erf``.
 
 Same numbers as the numpy reference (:mod:`attribx.engines.numpy_kernels`) up to rounding, with explicit
 VJPs (no ``GradientTape``), in the input's dtype. Importing this module imports TensorFlow.
 """
 from __future__ import annotations
+
+import math
 
 import tensorflow as tf
 
@@ -71,7 +73,17 @@ def _matmul_vjp(attrs, inputs, params, output, grad):
             unbroadcast(tf.linalg.matmul(a, grad, transpose_a=True), _shape(b))]
 
 
+def _erf_forward(attrs, inputs, params):
+    return tf.math.erf(inputs[0])
+
+
+def _erf_vjp(attrs, inputs, params, output, grad):
+    (x,) = inputs
+    return [grad * (2 / math.sqrt(math.pi)) * tf.exp(-x * x)]
+
+
 KERNELS = {
+    "erf": Kernel(_erf_forward, _erf_vjp),
     "layer_norm": Kernel(_layer_norm_forward, _layer_norm_vjp),
     "rms_norm": Kernel(_rms_norm_forward, _rms_norm_vjp),
     "matmul": Kernel(_matmul_forward, _matmul_vjp),

@@ -1,10 +1,12 @@
-"""torch kernels for the transformer ops: ``layer_norm``, ``rms_norm`` and ``matmul``.
+"""torch kernels for the transformer ops: ``layer_norm``, ``rms_norm``, ``matmul`` and ``erf``.
 
 Same numbers as the numpy reference (:mod:`attribx.engines.numpy_kernels`) up to rounding, under
 ``torch.no_grad()`` with explicit VJPs, in the input's dtype. A layer norm over the trailing axes runs
 torch's fused ``F.layer_norm``; other axes use the formula. Importing this module imports torch.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +84,19 @@ def _matmul_vjp(attrs, inputs, params, output, grad):
             unbroadcast(torch.matmul(a.transpose(-1, -2), grad), b.shape)]
 
 
+@_nograd
+def _erf_forward(attrs, inputs, params):
+    return torch.erf(inputs[0])
+
+
+@_nograd
+def _erf_vjp(attrs, inputs, params, output, grad):
+    (x,) = inputs
+    return [grad * (2 / math.sqrt(math.pi)) * torch.exp(-x * x)]
+
+
 KERNELS = {
+    "erf": Kernel(_erf_forward, _erf_vjp),
     "layer_norm": Kernel(_layer_norm_forward, _layer_norm_vjp),
     "rms_norm": Kernel(_rms_norm_forward, _rms_norm_vjp),
     "matmul": Kernel(_matmul_forward, _matmul_vjp),
