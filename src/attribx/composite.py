@@ -20,6 +20,7 @@ from .bounds import gated_products
 from .errors import MethodError, UnsupportedError
 from .ops import BUILTIN_OPS, op_table
 from .rules import BUILTIN_RULES, Epsilon, Norm, Pass, Route, Rule, SignalTakesAll, WinnerTakesAll
+from .rules.transformer import SoftmaxTaylor, Uniform
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class GraphPositions:
     last: dict   # category or op -> names of its nodes with none of that kind downstream
     gated: frozenset = frozenset()   # products of a gate and a signal
     gated_sums: frozenset = frozenset()   # sums of such products (the cell update of an LSTM or GRU)
+    signal_products: frozenset = frozenset()   # products (mul, matmul) of two or more computed values
 
     @classmethod
     def of(cls, graph, ops) -> "GraphPositions":
@@ -43,8 +45,10 @@ class GraphPositions:
         gated = frozenset(gated_products(graph))
         sums = frozenset(n.name for n in graph.nodes
                          if n.op == "add" and len(n.inputs) > 1 and all(i in gated for i in n.inputs))
+        products = frozenset(n.name for n in graph.nodes if n.op in ("mul", "matmul") and sum(
+            1 for i in n.inputs if not (i in graph and graph[i].op == "constant")) > 1)
         return cls(_without_kind_along(graph.nodes, kinds, lambda n: n.inputs),
-                   _without_kind_along(reversed(graph.nodes), kinds, _readers(graph)), gated, sums)
+                   _without_kind_along(reversed(graph.nodes), kinds, _readers(graph)), gated, sums, products)
 
 
 def _readers(graph):
@@ -109,6 +113,12 @@ def gated_sum() -> Matcher:
     return _named(lambda node, cat, pos: node.name in pos.gated_sums, "gated_sum()")
 
 
+def signal_product() -> Matcher:
+    """Products (``mul``, ``matmul``) of two or more computed values: attention's matrix products, gated
+    units whose gate is not bounded (SwiGLU); a product with a constant is a scaling, not one of these."""
+    return _named(lambda node, cat, pos: node.name in pos.signal_products, "signal_product()")
+
+
 def every() -> Matcher:
     return _named(lambda node, cat, pos: True, "every()")
 
@@ -155,12 +165,17 @@ def lrp_defaults(stabilizer: float = 1e-6, epsilon: float | None = None,
     """The assignments every LRP composite ends with; ``stabilizer`` is the sums' (0: exact division).
 
     A method with an ``epsilon`` gives gated sums (the cell update of a recurrent layer) the ε rule with
-    its ε and ``bias_factor``, as Arras et al. (2017) do; other sums normalise with the stabiliser."""
+    its ε and ``bias_factor``, as Arras et al. (2017) do; other sums normalise with the stabiliser. Inside
+    a network (attention), a softmax takes the rule gradient × input implies (Achtibat et al. 2024, Prop.
+    3.1) and a matrix product of two signals the uniform rule (half to each factor), so that every LRP
+    method runs on transformers; ``lrp.attn`` and ``lrp.cp`` are the methods made for them."""
     cell = [] if epsilon is None else [(gated_sum(), Epsilon(epsilon=epsilon, bias_factor=bias_factor))]
     return [
         (category("activation", "norm", "scale"), Pass()),
         (gated_product(), SignalTakesAll()),
         *cell,
+        (category("softmax"), SoftmaxTaylor()),
+        (signal_product(), Uniform(epsilon=stabilizer)),
         (category("sum", "product"), Norm(epsilon=stabilizer)),
         (category("pool"), WinnerTakesAll()),
         (category("shape", "lookup", "select", "mask"), Route()),
