@@ -36,14 +36,15 @@ def attribx_model_types():
 
 
 @hookimpl
-def attribx_translate(model, input_shape):
+def attribx_translate(model, input_shape, converters):
+    # torch is imported only for torch models
     if _is_exported_program(model):
         from .export import translate_program
-        return translate_program(model, input_shape)
+        return translate_program(model, input_shape, converters)
     if not _is_torch_module(model):
         return None
     from .translate import translate_module
-    return translate_module(model, input_shape)
+    return translate_module(model, input_shape, converters)
 
 
 @hookimpl
