@@ -179,28 +179,35 @@ def _alpha(alpha):
     return alpha
 
 
-@TABLE.register(operator.add, operator.iadd, torch.add, *_methods("add", "add_"), **ELEMENTWISE)
-def add(ctx, input, other, alpha=1):
-    """input + alpha * other; constants become constant nodes (the rules treat them as biases)."""
-    a, b = input, other
-    _result_check(ctx)
-    alpha = _alpha(alpha)
+def _weighted_sum(ctx, a, b, factor, fold, always: bool, factor_name: str, product_name: str):
+    """a + factor * b; constants become constant nodes (the rules treat them as biases), a constant b
+    folded with the factor (``fold``). The product node is there when the factor is not 1, or ``always``."""
+
+    def scaled(t):
+        if factor == 1 and not always:
+            return t
+        return ctx.emit("mul", [t, ctx.const(float(factor), factor_name)], t.shape, name=ctx.sub(product_name))
     if is_t(a) and is_t(b):
         a, b = ctx.materialize(a), ctx.materialize(b)
         _check_pair(a, b)
-        if alpha != 1:
-            b = ctx.emit("mul", [b, ctx.const(float(alpha), "alpha")], b.shape, name=ctx.sub("scaled"))
-        return ctx.emit("add", [a, b], ctx.out_shape())
+        return ctx.emit("add", [a, scaled(b)], ctx.out_shape())
     if is_t(a):
         t = ctx.materialize(a)
         _check_operand(t, b)
-        c = b * alpha if alpha != 1 else b
-        return ctx.emit("add", [t, ctx.const(c)], ctx.out_shape())
+        return ctx.emit("add", [t, ctx.const(fold(b))], ctx.out_shape())
     t = ctx.materialize(b)
     _check_operand(t, a)
-    if alpha != 1:
-        t = ctx.emit("mul", [t, ctx.const(float(alpha), "alpha")], t.shape, name=ctx.sub("scaled"))
+    t = scaled(t)
     return ctx.emit("add", [ctx.const(a), t], ctx.out_shape())
+
+
+@TABLE.register(operator.add, operator.iadd, torch.add, *_methods("add", "add_"), **ELEMENTWISE)
+def add(ctx, input, other, alpha=1):
+    """input + alpha * other."""
+    _result_check(ctx)
+    alpha = _alpha(alpha)
+    return _weighted_sum(ctx, input, other, alpha, lambda c: c * alpha if alpha != 1 else c, False, "alpha",
+                         "scaled")
 
 
 def _negated(c, alpha):
@@ -213,22 +220,9 @@ def _negated(c, alpha):
                 **ELEMENTWISE)
 def sub(ctx, input, other, alpha=1):
     """input - alpha * other == input + (-alpha) * other."""
-    a, b = input, other
     _result_check(ctx)
     alpha = _alpha(alpha)
-    if is_t(a) and is_t(b):
-        a, b = ctx.materialize(a), ctx.materialize(b)
-        _check_pair(a, b)
-        nb = ctx.emit("mul", [b, ctx.const(-float(alpha), "minus")], b.shape, name=ctx.sub("neg"))
-        return ctx.emit("add", [a, nb], ctx.out_shape())
-    if is_t(a):
-        t = ctx.materialize(a)
-        _check_operand(t, b)
-        return ctx.emit("add", [t, ctx.const(_negated(b, alpha))], ctx.out_shape())
-    t = ctx.materialize(b)
-    _check_operand(t, a)
-    nt = ctx.emit("mul", [t, ctx.const(-float(alpha), "minus")], t.shape, name=ctx.sub("neg"))
-    return ctx.emit("add", [ctx.const(a), nt], ctx.out_shape())
+    return _weighted_sum(ctx, input, other, -float(alpha), lambda c: _negated(c, alpha), True, "minus", "neg")
 
 
 @TABLE.register(operator.mul, operator.imul, torch.mul, torch.multiply, *_methods("mul", "mul_", "multiply"),
