@@ -15,10 +15,11 @@ import torch
 import torch.fx as fx
 from torch.fx.node import _get_qualified_name
 
-from attribx.translation import Tensor
+from attribx.translation import NO_TRANSLATION_DOCS, Tensor
 
-HOOK_HINT = ("a plugin can add ops through the 'attribx_ops' hook and translations through "
-             "'attribx_translate'")
+#: how a plugin goes further where the graph cannot express an argument (a converter replaces the built-in one)
+HOOK_HINT = ("a plugin can add ops through the 'attribx_ops' hook and converters through 'attribx_converters' "
+             f"({NO_TRANSLATION_DOCS})")
 
 TIME_MAJOR_HINT = (
     "it reads a time-major tensor (torch's axis 0 is time, axis 1 the batch: from x.transpose(0, 1), an RNN "
