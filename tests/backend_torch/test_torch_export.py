@@ -193,8 +193,8 @@ def test_untranslated_aten_op_names_op_and_node():
         attribx.translate(export(Odd().eval(), torch.randn(2, 3)))
     text = str(err.value)
     assert "\n" not in text
-    assert text.startswith("function torch.ops.aten.sin.default (fx node 'sin') has no translation to the attribx "
-                           "graph; a plugin can add ops through the 'attribx_ops' hook")
+    assert text.startswith("function torch.ops.aten.sin.default at fx node 'sin' has no torch translation; a plugin "
+                           "can add one with attribx.translation.converter and the 'attribx_converters' hook")
 
 
 def test_training_mode_program_is_refused_before_it_runs():

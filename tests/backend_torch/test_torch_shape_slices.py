@@ -56,6 +56,6 @@ def test_torchvision_fcn_gets_past_the_shape_slice():
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, aux_loss=False).eval()
     # FCN upsamples with F.interpolate, which has no translation: the error must name it, in one line
-    with pytest.raises(UnsupportedError, match=r"interpolate.*no translation") as info:
+    with pytest.raises(UnsupportedError, match=r"interpolate.*has no torch translation") as info:
         attribx.translate(model, input_shape=(3, 32, 32))
     assert "\n" not in str(info.value)

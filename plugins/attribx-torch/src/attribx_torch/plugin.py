@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from attribx import hookimpl
 
+from .engine import TorchEngine     # imports torch only when the engine first touches an array
+
 
 def _is_torch_module(model) -> bool:
     """True for nn.Module instances, checked by class path so that torch is not imported for others."""
@@ -17,7 +19,6 @@ def _is_exported_program(model) -> bool:
 
 @hookimpl
 def attribx_engines():
-    from .engine import TorchEngine
     return [TorchEngine]
 
 
@@ -37,14 +38,15 @@ def attribx_model_types():
 
 
 @hookimpl
-def attribx_translate(model, input_shape):
+def attribx_translate(model, input_shape, converters):
+    # torch is imported only for torch models
     if _is_exported_program(model):
         from .export import translate_program
-        return translate_program(model, input_shape)
+        return translate_program(model, input_shape, converters)
     if not _is_torch_module(model):
         return None
     from .translate import translate_module
-    return translate_module(model, input_shape)
+    return translate_module(model, input_shape, converters)
 
 
 @hookimpl
