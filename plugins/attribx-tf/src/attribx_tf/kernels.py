@@ -103,8 +103,15 @@ def _sigmoid_vjp(attrs, inputs, params, output, grad):
     return [tf.raw_ops.SigmoidGrad(y=y, dy=grad)]
 
 
+def _relu6(attrs, x) -> bool:
+    """Whether the clip is ReLU6 on floats (MobileNet's): TF's own kernels, one pass each way."""
+    return attrs["min"] == 0 and attrs["max"] == 6 and x.dtype.is_floating
+
+
 def _clip_forward(attrs, inputs, params):
     (x,) = inputs
+    if _relu6(attrs, x):
+        return tf.nn.relu6(x)
     if attrs["min"] is not None:
         x = tf.maximum(x, tf.cast(attrs["min"], x.dtype))
     if attrs["max"] is not None:
@@ -115,6 +122,8 @@ def _clip_forward(attrs, inputs, params):
 def _clip_vjp(attrs, inputs, params, output, grad):
     """Gradient 1 strictly inside the bounds (0 at them, as torch's hardtanh)."""
     (x,) = inputs
+    if _relu6(attrs, x) and grad.dtype == x.dtype:
+        return [tf.raw_ops.Relu6Grad(gradients=grad, features=x)]     # grad where 0 < x < 6
     inside = None
     if attrs["min"] is not None:
         inside = x > attrs["min"]
