@@ -4,13 +4,16 @@ Each model is built with random weights (``weights=None``, seeded), translated o
 timed in the same process as the baseline: one ``tf.GradientTape`` gradient of the target logits with
 respect to the input, compiled once with ``tf.function`` (the fastest way TensorFlow offers; the eager pass,
 with Keras's per-layer Python overhead, is slower and listed with ``--eager-baseline``). Both sides end with
-their result as a numpy array. Times are medians of
-``--repeat`` runs after a warm-up (``torch_speed.py``'s ``time_it`` conventions); the ratios, measured side
-by side, are what counts on a shared machine. ``--profile`` adds, per method, the time spent per op family
-(graph op) in the forward pass and in the rules of the relevance pass (one extra, instrumented run).
+their result as a numpy array. Times are medians of ``--repeat`` rounds after a warm-up (``torch_speed.py``'s
+conventions), each method interleaved with the baseline round by round (and with ``--other``'s engine, e.g.
+an earlier commit's), so that drifting load on a shared machine hits both sides of a ratio alike: the ratios
+are what counts. ``--profile`` adds, per method, the time spent per op family (graph op) in the forward pass
+and in the rules of the relevance pass (one extra, instrumented run).
 
     python benchmarks/tf_speed.py --models MobileNetV2 EfficientNetB0 ResNet50 Xception DenseNet121
     python benchmarks/tf_speed.py --quick --profile --models MobileNetV2
+    git archive <commit> plugins/attribx-tf/src | tar -x -C /tmp/old
+    python benchmarks/tf_speed.py --other /tmp/old/plugins/attribx-tf/src
 """
 from __future__ import annotations
 
@@ -68,13 +71,38 @@ def attribx_runner(graph, engine, x, target, method):
 
 def time_it(run, repeat):
     """Median wall time of ``run`` over ``repeat`` calls after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+    return time_interleaved([run], repeat)[0]
+
+
+def time_interleaved(runs, repeat):
+    """Median wall time of each of ``runs`` over ``repeat`` rounds (one call of each per round, after one
+    warm-up call each): on a shared machine whose load drifts, every run sees the same drift."""
+    for run in runs:
         run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = [[] for _ in runs]
+    for _ in range(repeat):
+        for run, ts in zip(runs, times):
+            t0 = time.perf_counter()
+            run()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
+def engine_from(src_dir):
+    """The TensorFlow engine of another attribx_tf source tree (e.g. an earlier commit's, unpacked with
+    ``git archive <commit> plugins/attribx-tf/src | tar -x -C DIR``), imported as ``attribx_tf_other`` with
+    its own kernels, to time before and after side by side in one process."""
+    import importlib
+    import importlib.util
+    pkg = os.path.join(src_dir, "attribx_tf")
+    spec = importlib.util.spec_from_file_location("attribx_tf_other", os.path.join(pkg, "__init__.py"),
+                                                  submodule_search_locations=[pkg])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["attribx_tf_other"] = module
+    spec.loader.exec_module(module)
+    engine = importlib.import_module("attribx_tf_other.engine").TensorFlowEngine()
+    engine._kernels = dict(importlib.import_module("attribx_tf_other.kernels").KERNELS)
+    return engine
 
 
 class _TimedRule:
@@ -149,6 +177,8 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=list(OURS) + GRADIENT_METHODS)
     p.add_argument("--eager-baseline", action="store_true", help="also time the eager GradientTape pass")
     p.add_argument("--profile", action="store_true", help="time per op family (forward and rules), per method")
+    p.add_argument("--other", default=None, metavar="SRC",
+                   help="also time the engine of another attribx_tf source tree (a folder holding attribx_tf/)")
     p.add_argument("--note", default="", help="a note for the table's heading (e.g. the machine's load)")
     p.add_argument("--out", default=None, help="append a Markdown table to this file")
     args = p.parse_args(argv)
@@ -160,40 +190,48 @@ def main(argv=None):
     import attribx
     rng = np.random.default_rng(0)
     rows, profiles = [], []
+    other = engine_from(args.other) if args.other else None
     for model_name in args.models:
         model = build(model_name, size)
         x_np = rng.standard_normal((args.batch, size, size, 3)).astype(np.float32)
         x = tf.constant(x_np)
         target = np.arange(args.batch) % 1000
-        base_t = time_it(gradient_runner(model, x, target), repeat)
-        rows.append((model_name, "TF gradient (GradientTape in tf.function)", base_t, 1.0))
+        base = gradient_runner(model, x, target)
+        base_t = time_it(base, repeat)
+        rows.append((model_name, "TF gradient (GradientTape in tf.function)", base_t, 1.0, None))
         print(rows[-1], flush=True)
         if args.eager_baseline:
-            t = time_it(gradient_runner(model, x, target, compiled=False), repeat)
-            rows.append((model_name, "TF gradient (GradientTape, eager)", t, t / base_t))
+            t_base, t = time_interleaved([base, gradient_runner(model, x, target, compiled=False)], repeat)
+            rows.append((model_name, "TF gradient (GradientTape, eager)", t, t / t_base, None))
             print(rows[-1], flush=True)
         graph = attribx.translate(model)
         engine = attribx.plugins.registry().engine("tensorflow")()
         for method in args.methods:
-            run = attribx_runner(graph, engine, x, target, method)
+            runs = [base, attribx_runner(graph, engine, x, target, method)]
+            if other is not None:
+                runs.append(attribx_runner(graph, other, x, target, method))
             try:
-                t = time_it(run, repeat)
+                times = time_interleaved(runs, repeat)
             except Exception as err:   # a method that cannot run this model is reported, not fatal
                 print(f"{method} {model_name}: {type(err).__name__}: {err}", file=sys.stderr)
                 continue
-            rows.append((model_name, method, t, t / base_t))
+            t_base, t = times[:2]
+            before = None if other is None else times[2] / t_base
+            rows.append((model_name, method, t, t / t_base, before))
             print(rows[-1], flush=True)
             if args.profile:
-                profiles.append(format_profile(f"{model_name} {method}", *profile(graph, engine, run)))
+                profiles.append(format_profile(f"{model_name} {method}", *profile(graph, engine, runs[1])))
                 print(profiles[-1], flush=True)
         del model, graph, engine
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     note = f"; {args.note}" if args.note else ""
     table = [f"\n### {time.strftime('%Y-%m-%d %H:%M')}: {machine}, CPU, batch {args.batch}, {size}×{size}, "
              f"TensorFlow {tf.__version__}, median of {repeat} after a warm-up{note}\n",
-             "| model | method | median time (s) | × TF gradient |", "|---|---|---|---|"]
-    for model_name, method, t, r in rows:
-        table.append(f"| {model_name} | {method} | {t:.3f} | {r:.2f} |")
+             "| model | method | median time (s) | × TF gradient |" + (" × TF gradient, --other |" if other else ""),
+             "|---|---|---|---|" + ("---|" if other else "")]
+    for model_name, method, t, r, before in rows:
+        extra = "" if other is None else (" |" if before is None else f" {before:.2f} |")
+        table.append(f"| {model_name} | {method} | {t:.3f} | {r:.2f} |" + extra)
     text = "\n".join(table)
     print(text)
     if profiles:

@@ -110,6 +110,7 @@ def test_compiled_kernels_trace_once_and_equal_eager(dtype, monkeypatch):
             eager = attribx.explain(g, x, method, engine=TensorFlowEngine(), **kw).values
         close(first, eager, 1e-5 if dtype == "float32" else 1e-12, method)
     assert any(op == "max_pool" for op, _ in tf_engine.TRACES)
+    assert all(fn.experimental_get_tracing_count() == 1 for fn in tf_engine._COMPILED.values())
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])

@@ -42,8 +42,9 @@ def grouped_grad_native(dtype) -> bool:
     with tf.init_scope():
         try:
             tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.constant([1, 1, 1, 2], tf.int32),
-                                           filter=tf.ones((1, 1, 1, 2), dtype), out_backprop=tf.ones((1, 1, 1, 2), dtype),
-                                           strides=[1, 1, 1, 1], padding="VALID")
+                                           filter=tf.ones((1, 1, 1, 2), dtype),
+                                           out_backprop=tf.ones((1, 1, 1, 2), dtype), strides=[1, 1, 1, 1],
+                                           padding="VALID")
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError):
             return False
     return True

@@ -44,19 +44,21 @@ COMPILED_OPS = frozenset({"conv", "conv_transpose", "max_pool", "avg_pool"})
 #: traces per (op, "forward" | "vjp"): a new entry or a growing count on repeated calls means retracing
 TRACES: collections.Counter = collections.Counter()
 
-# (op, which, attrs, kernel) -> tf.function, shared by every engine so that a new engine (one per explain
-# call) reuses the traces; each traces once per input signature (shapes, dtypes, device, which params)
+# (op, which, attrs, kernel, shapes and dtypes) -> tf.function, shared by every engine so that a new engine
+# (one per explain call) reuses the traces; one function per signature, so each traces once (per device)
+# and TensorFlow never sees one function retraced for many shapes
 _COMPILED: dict[tuple, Any] = {}
 
 
-def _attrs_key(attrs) -> str:
-    return repr(sorted(attrs.items()))
+def _signature(tensors) -> tuple:
+    return tuple((tuple(t.shape), t.dtype) for t in tensors)
 
 
-def compiled_kernel(op: str, which: str, attrs: dict, kernel) -> Any:
+def compiled_kernel(op: str, which: str, attrs: dict, kernel, inputs, params, grad=None) -> Any:
     """The kernel's ``forward`` (``fn(inputs, params)``) or ``vjp`` (``fn(inputs, params, grad)``) for these
-    attrs as one ``tf.function`` (cached; traced once per signature, counted in :data:`TRACES`)."""
-    key = (op, which, _attrs_key(attrs), kernel)
+    attrs and this signature as one ``tf.function`` (cached; its traces counted in :data:`TRACES`)."""
+    key = (op, which, repr(sorted(attrs.items())), kernel, _signature(inputs), tuple(sorted(params)),
+           _signature(params[k] for k in sorted(params)), None if grad is None else _signature([grad]))
     fn = _COMPILED.get(key)
     if fn is None:
         label = (op, which)
@@ -120,7 +122,7 @@ class TensorFlowEngine(Engine):
         with self.placement():
             params = self.node_params(node, inputs) if params is None else params
             if self._compilable(node, inputs, params):
-                fn = compiled_kernel(node.op, "forward", node.attrs, self.kernel(node.op, node.name))
+                fn = compiled_kernel(node.op, "forward", node.attrs, self.kernel(node.op, node.name), inputs, params)
                 return fn(list(inputs), params)
             return super().forward(node, inputs, params)
 
@@ -128,7 +130,8 @@ class TensorFlowEngine(Engine):
         with self.placement():
             params = self.node_params(node, inputs) if params is None else params
             if self._compilable(node, inputs, params) and self._is_tensor(grad):
-                fn = compiled_kernel(node.op, "vjp", node.attrs, self.kernel(node.op, node.name))
+                fn = compiled_kernel(node.op, "vjp", node.attrs, self.kernel(node.op, node.name), inputs, params,
+                                     grad)
                 return list(fn(list(inputs), params, grad))     # the compiled ops read no output
             return super().vjp(node, inputs, grad, params, output)
 
@@ -269,7 +272,10 @@ class TensorFlowEngine(Engine):
         if z.shape.num_elements() is not None and z.shape.num_elements() >= FUSE_MIN and tf.executing_eagerly():
             fused = _fused_stabilize()
             if fused is not None:
-                return fused(z, eps)
+                try:
+                    return fused(z, eps)
+                except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):    # a dtype XLA lacks
+                    pass
         return _stabilize(z, eps)
 
     def where_positive(self, ref, x):
