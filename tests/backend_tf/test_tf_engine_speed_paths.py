@@ -117,7 +117,7 @@ def test_compiled_kernels_trace_once_and_equal_eager(dtype, monkeypatch):
 def test_fused_stabilizer_is_bit_for_bit_the_select(dtype):
     """Large tensors take the XLA-fused stabiliser: the same bits as the select, -0.0 and 0 included."""
     rng = np.random.default_rng(0)
-    z = rng.normal(size=(4, 16, 32, 32))
+    z = rng.normal(size=(4, 64, 64, 64))
     z[0, 0, 0, :4] = [0.0, -0.0, 1e-30, -1e-30]
     z = tf.constant(z, dtype)
     assert z.shape.num_elements() >= tf_engine.FUSE_MIN
