@@ -58,8 +58,8 @@ def test_channel_first_conv_equals_the_channel_last_path_and_numpy(case, monkeyp
     want = NUMPY_KERNELS["conv"].vjp(attrs, [x.astype(np.float64)], {"weight": w.astype(np.float64)}, ref,
                                      g.astype(np.float64))[0]
     fast = _tf_conv(attrs, x, w, g)
-    monkeypatch.setattr(conv_kernels, "channel_first_native", lambda dtype: False)
-    monkeypatch.setattr(conv_kernels, "grouped_grad_native", lambda dtype: False)
+    monkeypatch.setattr(conv_kernels, "channel_first_native", lambda dtype, kind="CPU": False)
+    monkeypatch.setattr(conv_kernels, "grouped_grad_native", lambda dtype, kind="CPU": False)
     general = _tf_conv(attrs, x, w, g)
     for got, other, exact, what in ((fast[0], general[0], ref, "forward"), (fast[1], general[1], want, "vjp")):
         close(got, other, 1e-5, what + " vs the channel-last path")
@@ -77,7 +77,7 @@ def test_channel_first_is_probed_per_dtype():
 def test_grouped_conv_as_one_op_equals_one_conv_per_group(dtype, monkeypatch):
     """A grouped (not depthwise) conv runs as one TF Conv2D (and one input gradient where TF takes a grouped
     filter): the numbers of a conv per group, concatenated."""
-    monkeypatch.setattr(conv_kernels, "channel_first_native", lambda dtype: False)
+    monkeypatch.setattr(conv_kernels, "channel_first_native", lambda dtype, kind="CPU": False)
     attrs, x, w, rng = _conv_case(((2, 8, 7, 7), (12, 2, 3, 3), {"stride": 2, "padding": 1, "groups": 4}), dtype)
     g = rng.normal(size=(2, 12, 4, 4)).astype(dtype)
     y, gx = _tf_conv(attrs, x, w, g)

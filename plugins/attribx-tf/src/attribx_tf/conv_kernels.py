@@ -34,12 +34,17 @@ def _linear_vjp(attrs, inputs, params, output, grad):
     return [tf.reshape(tf.matmul(tf.reshape(g, (-1, int(g.shape[-1]))), w), _shape(x))]
 
 
+def device_kind(t) -> str:
+    """"GPU" for a tensor on a GPU, else "CPU" (also for a graph tensor, whose device is not known yet)."""
+    return "GPU" if ":GPU:" in (getattr(t, "device", "") or "").upper() else "CPU"
+
+
 @functools.lru_cache(maxsize=None)
-def grouped_grad_native(dtype) -> bool:
+def grouped_grad_native(dtype, kind: str = "CPU") -> bool:
     """Whether TF's Conv2DBackpropInput takes a grouped filter in ``dtype`` here (oneDNN's float32 kernel
     does; the Eigen kernels, float64 among them, refuse): one op instead of a transposed conv per group.
-    Probed once per dtype, eagerly (also when first asked while tracing)."""
-    with tf.init_scope():
+    Probed once per dtype and device kind, eagerly (also when first asked while tracing)."""
+    with tf.init_scope(), tf.device(f"/{kind}:0"):
         try:
             tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.constant([1, 1, 1, 2], tf.int32),
                                            filter=tf.ones((1, 1, 1, 2), dtype),
@@ -59,14 +64,15 @@ def _first_pads(pads):
 
 
 @functools.lru_cache(maxsize=None)
-def channel_first_native(dtype) -> bool:
+def channel_first_native(dtype, kind: str = "CPU") -> bool:
     """Whether TF runs a 2-D conv (grouped too), its input gradient and the depthwise conv channel-first
     with the padding inside the kernel, in ``dtype``, here, with the channel-last numbers (oneDNN's float32
     kernels do; Eigen's, float64 among them, take channel-last only). Then a conv needs no layout
-    transposes and no padded copy. Probed once per dtype on a small grouped, strided, padded problem."""
+    transposes and no padded copy. Probed once per dtype and device kind (``"CPU"``, ``"GPU"``) on a small
+    grouped, strided, padded problem."""
     if dtype != tf.float32:
         return False
-    with tf.init_scope():
+    with tf.init_scope(), tf.device(f"/{kind}:0"):
         rng = np.random.default_rng(0)
         x = tf.constant(rng.standard_normal((2, 4, 7, 6)), dtype)
         w = tf.constant(rng.standard_normal((3, 3, 2, 4)), dtype)      # 2 groups
@@ -126,7 +132,7 @@ class _ConvPlan:
         # (O, C/g, *k) -> (*k, C/g, O), TF's filter layout
         r = len(w.shape)
         self.w = tf.transpose(w, list(range(2, r)) + [1, 0])
-        self.first = r == 4 and channel_first_native(w.dtype)
+        self.first = r == 4 and channel_first_native(w.dtype, device_kind(x))
 
     def cut_input(self, x):
         """``x`` without the trailing positions no window reads (channel-first, lifted)."""
@@ -211,7 +217,7 @@ class _ConvPlan:
             return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
                 input_sizes=tf.constant(list(in_shape), dtype=tf.int32), filter=dw, out_backprop=gl,
                 strides=self.strides, padding="VALID", dilations=self.dilations)
-        if len(gl.shape) == 4 and (self.groups == 1 or grouped_grad_native(gl.dtype)):
+        if len(gl.shape) == 4 and (self.groups == 1 or grouped_grad_native(gl.dtype, device_kind(gl))):
             return tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.constant(list(in_shape), dtype=tf.int32),
                                                   filter=self.w, out_backprop=gl, strides=self.strides,
                                                   padding="VALID", dilations=self.dilations)

@@ -142,13 +142,13 @@ class TensorFlowEngine(Engine):
         array or a python number would be traced in as a constant: a new trace per value)."""
         if node.op not in COMPILED_OPS or not _tf().executing_eagerly():
             return False
-        from .conv_kernels import channel_first_native    # imports TensorFlow: only once the engine runs
+        from .conv_kernels import channel_first_native, device_kind    # imports TensorFlow: once the engine runs
         if not (all(self._is_tensor(x) for x in inputs) and all(self._is_tensor(p) for p in params.values())):
             return False
         # a 2-D conv that TF runs channel-first (oneDNN float32) is one or two eager ops: nothing to compile,
         # and grappler's memory optimizer aborts the process on some channel-first convs in a traced graph
         return not (node.op in ("conv", "conv_transpose") and inputs and len(inputs[0].shape) <= 4
-                    and channel_first_native(inputs[0].dtype))
+                    and channel_first_native(inputs[0].dtype, device_kind(inputs[0])))
 
     def node_params(self, node, inputs: Sequence[Any] = ()) -> dict:
         """The node's parameters as tensors of the computation's dtype (cached per node and dtype)."""
