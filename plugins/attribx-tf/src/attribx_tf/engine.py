@@ -6,6 +6,7 @@ TensorFlow tensors are immutable, so the ``*_into`` helpers return new tensors.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from typing import Any, Sequence
@@ -35,6 +36,68 @@ def tf_dtype(dtype):
     return tf.as_dtype(np.dtype(dtype))
 
 
+#: ops whose kernels run as one compiled ``tf.function`` each: several TF ops per call (layout transposes,
+#: padding, the window kernel, a bias), where one call of a traced graph costs less than their eager
+#: dispatch and grappler fuses what it can. Elementwise ops stay eager (one op: nothing to gain).
+COMPILED_OPS = frozenset({"conv", "conv_transpose", "max_pool", "avg_pool"})
+
+#: traces per (op, "forward" | "vjp"): a new entry or a growing count on repeated calls means retracing
+TRACES: collections.Counter = collections.Counter()
+
+# (op, which, attrs, kernel, shapes and dtypes) -> tf.function, shared by every engine so that a new engine
+# (one per explain call) reuses the traces; one function per signature, so each traces once (per device)
+# and TensorFlow never sees one function retraced for many shapes
+_COMPILED: dict[tuple, Any] = {}
+
+
+def _signature(tensors) -> tuple:
+    return tuple((tuple(t.shape), t.dtype) for t in tensors)
+
+
+def compiled_kernel(op: str, which: str, attrs: dict, kernel, inputs, params, grad=None) -> Any:
+    """The kernel's ``forward`` (``fn(inputs, params)``) or ``vjp`` (``fn(inputs, params, grad)``) for these
+    attrs and this signature as one ``tf.function`` (cached; its traces counted in :data:`TRACES`)."""
+    key = (op, which, repr(sorted(attrs.items())), kernel, _signature(inputs), tuple(sorted(params)),
+           _signature(params[k] for k in sorted(params)), None if grad is None else _signature([grad]))
+    fn = _COMPILED.get(key)
+    if fn is None:
+        label = (op, which)
+        if which == "forward":
+            def run(inputs, params):
+                TRACES[label] += 1          # runs only while tracing
+                return kernel.forward(attrs, inputs, params)
+        else:
+            def run(inputs, params, grad):
+                TRACES[label] += 1
+                return kernel.vjp(attrs, inputs, params, None, grad)
+        fn = _COMPILED[key] = _tf().function(run, autograph=False)
+    return fn
+
+
+#: elements from which an elementwise helper runs as one XLA-compiled pass: XLA compiles once per shape
+#: (~0.1 s), which pays within a few calls only on large tensors (4 eager passes over 4×64×112×112 floats
+#: take ~40 ms on a 2-core CPU, the fused pass ~2 ms); smaller ones stay eager
+FUSE_MIN = 1 << 20
+
+
+def _stabilize(z, eps):
+    return _tf().where(z >= 0, z + eps, z - eps)
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_stabilize():
+    """:func:`_stabilize` compiled by XLA (one pass, traced per shape and dtype), or None where this
+    TensorFlow has no XLA for the CPU (probed once)."""
+    tf = _tf()
+    fn = tf.function(_stabilize, jit_compile=True, autograph=False)
+    try:
+        with tf.init_scope():
+            fn(tf.zeros((2,), tf.float32), tf.constant(1.0, tf.float32))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError):
+        return None
+    return fn
+
+
 class TensorFlowEngine(Engine):
     """Runs graphs with TensorFlow, in the input's dtype.
 
@@ -58,11 +121,34 @@ class TensorFlowEngine(Engine):
 
     def forward(self, node, inputs: Sequence[Any], params: dict | None = None):
         with self.placement():
+            params = self.node_params(node, inputs) if params is None else params
+            if self._compilable(node, inputs, params):
+                fn = compiled_kernel(node.op, "forward", node.attrs, self.kernel(node.op, node.name), inputs, params)
+                return fn(list(inputs), params)
             return super().forward(node, inputs, params)
 
     def vjp(self, node, inputs: Sequence[Any], grad, params: dict | None = None, output=None) -> list:
         with self.placement():
+            params = self.node_params(node, inputs) if params is None else params
+            if self._compilable(node, inputs, params) and self._is_tensor(grad):
+                fn = compiled_kernel(node.op, "vjp", node.attrs, self.kernel(node.op, node.name), inputs, params,
+                                     grad)
+                return list(fn(list(inputs), params, grad))     # the compiled ops read no output
             return super().vjp(node, inputs, grad, params, output)
+
+    def _compilable(self, node, inputs, params) -> bool:
+        """Whether the node runs as a compiled kernel: an op of :data:`COMPILED_OPS`, eager execution (inside
+        a caller's ``tf.function`` the kernel is traced into its graph anyway), and tensors only (a numpy
+        array or a python number would be traced in as a constant: a new trace per value)."""
+        if node.op not in COMPILED_OPS or not _tf().executing_eagerly():
+            return False
+        from .conv_kernels import channel_first_native, device_kind    # imports TensorFlow: once the engine runs
+        if not (all(self._is_tensor(x) for x in inputs) and all(self._is_tensor(p) for p in params.values())):
+            return False
+        # a 2-D conv that TF runs channel-first (oneDNN float32) is one or two eager ops: nothing to compile,
+        # and grappler's memory optimizer aborts the process on some channel-first convs in a traced graph
+        return not (node.op in ("conv", "conv_transpose") and inputs and len(inputs[0].shape) <= 4
+                    and channel_first_native(inputs[0].dtype, device_kind(inputs[0])))
 
     def node_params(self, node, inputs: Sequence[Any] = ()) -> dict:
         """The node's parameters as tensors of the computation's dtype (cached per node and dtype)."""
@@ -178,12 +264,20 @@ class TensorFlowEngine(Engine):
 
     # -- rule helpers ----------------------------------------------------------------------------------
     def stabilize(self, z, epsilon: float):
-        """z + epsilon * sign(z) with sign(0) = +1, -0.0 included (``-0.0 >= 0`` holds): one select."""
+        """z + epsilon * sign(z) with sign(0) = +1, -0.0 included (``-0.0 >= 0`` holds): one select; on large
+        tensors one XLA-fused pass (four eager passes take several times as long), bit for bit the same."""
         tf = _tf()
         if not self._is_tensor(z) or not z.dtype.is_floating:
             return super().stabilize(z, epsilon)
         eps = tf.constant(epsilon, dtype=z.dtype)
-        return tf.where(z >= 0, z + eps, z - eps)
+        if z.shape.num_elements() is not None and z.shape.num_elements() >= FUSE_MIN and tf.executing_eagerly():
+            fused = _fused_stabilize()
+            if fused is not None:
+                try:
+                    return fused(z, eps)
+                except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):    # a dtype XLA lacks
+                    pass
+        return _stabilize(z, eps)
 
     def where_positive(self, ref, x):
         """x where ref > 0, else 0, through ReLU's gradient kernel (one pass, no mask tensor)."""
