@@ -84,3 +84,13 @@ def test_cli_warns_in_one_line(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("attribx: warning: method 'lrp.epsilon'"), out.stderr
     assert "grows at node 'conv1'" in lines[0]
+
+
+def test_growth_at_a_softmax_points_to_the_attention_methods():
+    """alpha-beta grows at the attention softmax of the shared attention block (a node of op softmax): the
+    warning names it and points to lrp.attn / lrp.cp, not to batch norms."""
+    from engine_cases import attention_graph
+    graph, x = attention_graph()
+    with pytest.warns(ConservationWarning, match=r"node 'att' \(softmax\).*lrp\.attn or lrp\.cp") as caught:
+        attribx.explain(graph, x, "lrp.alpha_beta", engine="numpy")
+    assert all("batch norm" not in str(w.message) for w in caught)

@@ -147,15 +147,25 @@ class Method:
         warnings.warn(ConservationWarning(
             f"method {self.name!r}: the input relevance sums to {got[k]:.3g} for an explained score of "
             f"{put[k]:.3g} (sample {k}; {len(bad)} of {len(got)} samples depart by more than "
-            f"{self.conservation_factor:g}x){where}; typical of batch norms that cannot be folded (DenseNet, "
-            f"ResNetV2): lrp.epsilon_plus_flat or lrp.epsilon_gamma_box stay near the score, see docs/rules.md, "
-            f"'Batch norms that cannot be folded'"), stacklevel=4)
+            f"{self.conservation_factor:g}x){where}; {_growth_hint(graph[node].op if node else None)}"),
+            stacklevel=4)
 
     def finish(self, engine, graph, result: Propagation, x, params=None) -> None:
         inp = graph.input.name
         result.dims = graph.input.dims
         if self.input_modifier is not None:
             result.relevance[inp], result.dims = self.input_modifier(engine, result.relevance[inp], x, graph.input.dims)
+
+
+def _growth_hint(op: str | None) -> str:
+    """What usually makes relevance grow at a node of this op, and what to use instead."""
+    if op == "softmax":
+        return ("a softmax inside the network (attention) passes back more than it receives under the Taylor "
+                "rule: lrp.attn or lrp.cp are made for attention, see docs/rules.md, 'Transformers: AttnLRP "
+                "and CP-LRP'")
+    return ("biases larger than the contributions, typical of batch norms that cannot be folded (DenseNet, "
+            "ResNetV2): lrp.epsilon_plus_flat or lrp.epsilon_gamma_box stay near the score, see docs/rules.md, "
+            "'Batch norms that cannot be folded'")
 
 
 class AveragedMethod(Method):
