@@ -19,6 +19,7 @@ from .hookspecs import hookimpl
 from .methods import BUILTIN_METHODS
 from .ops import BUILTIN_OPS
 from .passes import BUILTIN_PASSES
+from .rollout import ATTENTION_ROLLOUT
 from .rules import BUILTIN_RULES
 
 
@@ -46,7 +47,7 @@ def attribx_rules():
 
 @hookimpl
 def attribx_methods():
-    return list(BUILTIN_METHODS)
+    return [*BUILTIN_METHODS, ATTENTION_ROLLOUT]
 
 
 @hookimpl

@@ -111,6 +111,11 @@ def _finite_array(v) -> bool:
 finite_array = Range("a finite number or an array of finite numbers", _finite_array)
 
 
+def one_of(*choices: str) -> Range:
+    """One of the named ``choices`` (a string parameter such as a fusion mode)."""
+    return Range("one of " + ", ".join(repr(c) for c in choices), lambda v: isinstance(v, str) and v in choices)
+
+
 def optional(r: Range) -> Range:
     """``r``, or None (unset)."""
     return Range(f"{r.text} (or null)", lambda v: v is None or r(v))
