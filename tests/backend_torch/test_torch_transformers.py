@@ -60,6 +60,14 @@ def check(model, shape, n=2, seed=0, x=None, tol=TOL, target=None):
     return graph
 
 
+def finite_lrp(graph, shape, x=None, seed=0):
+    """AttnLRP and CP-LRP give finite relevance (masked scores are finite, so no -inf · 0)."""
+    x = np.random.default_rng(seed).normal(size=(2,) + tuple(shape)) if x is None else x
+    for method in ("lrp.attn", "lrp.cp"):
+        r = attribx.explain(graph, x, method, target=0)
+        assert np.isfinite(r.values).all(), method
+
+
 def refused(model, shape, *needles):
     with pytest.raises(UnsupportedError) as info:
         attribx.translate(model.double().eval(), input_shape=shape)
@@ -195,6 +203,7 @@ def test_scaled_dot_product_attention(kwargs):
     m = randomized(Wrap(fn, lin=nn.Linear(6, 6)))
     g = check(m, (5, 6))
     assert "softmax" in ops(g) and ops(g).count("matmul") == 2
+    finite_lrp(g, (5, 6))
 
 
 def test_attention_dropout_and_gqa_are_refused():
@@ -241,6 +250,7 @@ def test_multihead_attention(kw):
         x[:, ::2, 0] = 0.0        # these tokens are attended, the others masked
     g = check(m, (5, 6), x=x)
     assert ops(g).count("matmul") == 2 and "softmax" in ops(g)
+    finite_lrp(g, (5, 6), x=x)
 
 
 def test_multihead_attention_extra_key_value_rows_are_refused():
