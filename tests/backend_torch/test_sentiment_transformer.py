@@ -45,14 +45,13 @@ def held_out(trained):
 
 def test_the_transformer_learns_the_rule_and_translates_exactly(trained, held_out):
     test, ok = held_out
-    assert ok.mean() >= 0.8
+    assert ok.mean() >= 0.85                                        # measured 0.915
     model = copy.deepcopy(trained).double()
     graph = attribx.translate(model, input_shape=test.ids.shape[1:])
     ops = {n.op for n in graph.nodes}
     assert {"layer_norm", "matmul", "softmax", "gelu", "embedding", "concat"} <= ops, ops
     want = model(torch.from_numpy(test.ids[:50])).detach().numpy()
-    got = attribx.explain(graph, test.ids[:50], "gradient", conservation=True)["score"].values
-    np.testing.assert_allclose(got, want[np.arange(50), want.argmax(1)], rtol=1e-9)
+    np.testing.assert_allclose(attribx.forward(graph, test.ids[:50]), want, rtol=1e-9, atol=1e-12)
 
 
 def test_attn_lrp_finds_the_deciding_words_and_wins_word_deletion(trained, held_out):
@@ -69,8 +68,9 @@ def test_attn_lrp_finds_the_deciding_words_and_wins_word_deletion(trained, held_
     rates = {m: top_is_deciding(r.values, deciding, padding) for m, r in rel.items()}
     rates["random"] = top_is_deciding(noise, deciding, padding)
     print("most relevant token is a deciding word: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
-    assert rates["lrp.attn"] >= 0.8
-    assert rates["lrp.attn"] >= rates["random"] + 0.3
+    assert rates["lrp.attn"] >= 0.9                                 # measured 0.992
+    assert rates["lrp.attn"] >= rates["random"] + 0.4               # random 0.347
+    assert rates["lrp.attn"] >= rates["gradient_x_input"] + 0.15    # gradient x input 0.678
 
     steps = 3
     mean_acc = {}
@@ -82,5 +82,6 @@ def test_attn_lrp_finds_the_deciding_words_and_wins_word_deletion(trained, held_
             mean_acc["random"] = float(res["accuracy_random"].values[1:].mean())
     print(f"mean accuracy after 1..{steps} deletions (lower is better): "
           + ", ".join(f"{k} {v:.3f}" for k, v in mean_acc.items()))
+    # measured: lrp.attn 0.365, lrp.cp 0.347, attention rollout 0.512, gradient x input 0.585, random 0.854
     for other in ("gradient_x_input", "attention_rollout", "random"):
-        assert mean_acc["lrp.attn"] < mean_acc[other], other
+        assert mean_acc["lrp.attn"] < mean_acc[other] - 0.05, other

@@ -6,8 +6,8 @@ Why this architecture: it is a ViT/BERT block in miniature, written with the pla
 the transformers users explain are made of: a class token (a parameter concatenated before the words),
 learned position embeddings, pre-norm blocks of multi-head self-attention and a GELU MLP with residual
 adds, a final layer norm and a linear head on the class token. Padding keys are masked out of the attention
-(``scaled_dot_product_attention`` with a boolean mask computed from ``ids != pad``), so padding never
-changes a prediction. Trains in seconds on a CPU, deterministically (fixed seeds, one thread).
+(``scaled_dot_product_attention`` with a boolean mask: the keys whose vector is not zero; padding embeds to
+the zero vector), so padding never changes a prediction, and a word deleted by zeroing its vector is gone. Trains in seconds on a CPU, deterministically (fixed seeds, one thread).
 
 torch is imported inside the functions: ``attribx.datasets`` imports without it.
 """
@@ -38,7 +38,7 @@ def _model_class():
         def forward(self, h, keep):
             n, t, e = h.shape
             split = [f(h).reshape(n, t, self.heads, e // self.heads).transpose(1, 2) for f in (self.q, self.k, self.v)]
-            ctx = F.scaled_dot_product_attention(*split, attn_mask=keep[:, None, None, :])
+            ctx = F.scaled_dot_product_attention(*split, attn_mask=keep.unsqueeze(1).unsqueeze(1))
             return self.out(ctx.transpose(1, 2).reshape(n, t, e))
 
     class Block(nn.Module):
@@ -69,27 +69,27 @@ def _model_class():
             self.head = nn.Linear(width, classes)
 
         def forward(self, ids):
-            return self.encode(self.embedding(ids), ids != self.pad_id)
+            return self.encode(self.embedding(ids))
 
-        def encode(self, vectors, words):
-            """The class scores from the embedded words (N, T, E) and which positions are words (N, T)."""
-            n, t = words.shape
-            keep = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=words.device), words], dim=1)
-            h = torch.cat([self.cls.expand(n, -1, -1), vectors], dim=1) + self.positions[:, :t + 1]
+        def encode(self, vectors):
+            """The class scores from the embedded words (N, T, E); padding is the zero vector (the embedding's
+            ``padding_idx`` row), so the keys that are words are the non-zero vectors, the class token's too."""
+            h = torch.cat([self.cls.expand(vectors.shape[0], -1, -1), vectors], dim=1)
+            keep = (h != 0).any(dim=-1)
+            h = h + self.positions[:, :h.shape[1]]
             for block in self.blocks:
                 h = block(h, keep)
             return self.head(self.norm(h)[:, 0])
 
     class EmbeddedSentimentTransformer(nn.Module):
-        """The same model from the embedded vectors (N, T, E) on (shares its weights); padding is the zero
-        vector (the embedding's ``padding_idx`` row), so the words are the non-zero vectors."""
+        """The same model from the embedded vectors (N, T, E) on (shares its weights)."""
 
         def __init__(self, model):
             super().__init__()
             self.model = model
 
         def forward(self, vectors):
-            return self.model.encode(vectors, (vectors != 0).any(dim=-1))
+            return self.model.encode(vectors)
 
     for cls in (SelfAttention, Block, SentimentTransformer, EmbeddedSentimentTransformer):
         cls.__module__, cls.__qualname__ = __name__, cls.__name__
