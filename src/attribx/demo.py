@@ -442,6 +442,27 @@ def _heatmaps_text(backend: str) -> str:
                    "too.</p>")
 
 
+def _explain_sentences(model, head, vectors, test, methods, what: str, progress_bar) -> tuple[dict, xr.Dataset]:
+    """Each method's relevance for the true class, per token, and all of them as one Dataset: gradient × input
+    on the embedded vectors (``head``), "random" a seeded baseline, the others on the token ids."""
+    y, tokens = test.labels, test.token_text
+    rels = {}
+    for m in progress(methods, len(methods), what, progress_bar):
+        if m == "random":
+            rels[m] = random_relevance(rels[methods[0]], SEED)
+        elif m == "gradient_x_input":
+            rels[m] = explain(head, vectors, m, target=y, labels=y, tokens=tokens, padding=test.ids == test.pad_id,
+                              per_token=True, progress_bar=False)
+        else:
+            rels[m] = explain(model, test.ids, m, target=y, labels=y, tokens=tokens, pad_id=test.pad_id,
+                              progress_bar=False)
+    ds = xr.Dataset({m: r.drop_attrs() for m, r in rels.items()})
+    ds.attrs.update({k: v for k, v in rels[methods[0]].attrs.items() if k not in ("method", "parameters")})
+    ds.attrs["methods"] = list(methods)
+    ds.attrs["parameters"] = {m: r.attrs.get("parameters", {}) for m, r in rels.items()}
+    return rels, ds
+
+
 def _word_deletion_results(rep: _Report, out: str, wd: dict, suffix: str = "", model: str = "") -> tuple[list, str]:
     """Store one model's word-deletion results (``eval_word_deletion<suffix>.h5``, an accuracy plot); return the
     report table's rows (accuracy after each deletion and its mean, per method, then the random order of the
@@ -469,25 +490,11 @@ def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) 
     train_s = time.perf_counter() - t0
     result["text_accuracy"] = acc
     _say(f"trained the sentiment BiLSTM on 3000 generated sentences: held-out accuracy {acc:.3f} ({train_s:.1f} s)")
-    ids, y, tokens = test.ids, test.labels, test.token_text
+    ids, y = test.ids, test.labels
     rep.model("sentiment BiLSTM (torch: embedding 16, LSTM 24 per direction, linear)",
               f"{len(train)} generated sentences, {len(ids)} held out", acc, train_s)
-    rels = {}
     head, vectors = embedded(model, ids)
-    for m in progress(TEXT_METHODS, len(TEXT_METHODS), "explain sentences", progress_bar):
-        if m == "random":
-            rels[m] = random_relevance(rels["lrp.epsilon"], SEED)
-        elif m == "gradient_x_input":
-            r = explain(head, vectors, m, target=y, labels=y, tokens=tokens, padding=ids == test.pad_id,
-                                per_token=True, progress_bar=False)
-            rels[m] = r
-        else:
-            rels[m] = explain(model, ids, m, target=y, labels=y, tokens=tokens, pad_id=test.pad_id,
-                                      progress_bar=False)
-    ds = xr.Dataset({m: r.drop_attrs() for m, r in rels.items()})
-    ds.attrs.update({k: v for k, v in rels["lrp.epsilon"].attrs.items() if k not in ("method", "parameters")})
-    ds.attrs["methods"] = list(TEXT_METHODS)
-    ds.attrs["parameters"] = {m: r.attrs.get("parameters", {}) for m, r in rels.items()}
+    rels, ds = _explain_sentences(model, head, vectors, test, TEXT_METHODS, "explain sentences", progress_bar)
     rel_path = rep.file(os.path.join(out, "relevance_text.h5"), "relevance of every text method (per token)")
     save(ds, rel_path)
     result["text_relevance"] = rel_path
@@ -545,23 +552,10 @@ def _transformer(rep: _Report, out: str, n_sentences: int, progress_bar, result:
          f"({train_s:.1f} s)")
     rep.model("sentiment transformer (torch: embedding 32, class token, 2 blocks of 4-head attention and a GELU "
               "MLP, linear head)", f"{len(train)} generated sentences, {len(test)} held out", acc, train_s)
-    ids, y, tokens, padding = test.ids, test.labels, test.token_text, test.ids == test.pad_id
+    ids, y = test.ids, test.labels
     head, vectors = embedded_transformer(model, ids)
-    rels = {}
-    for m in progress(TRANSFORMER_METHODS, len(TRANSFORMER_METHODS), "explain sentences (transformer)",
-                      progress_bar):
-        if m == "random":
-            rels[m] = random_relevance(rels["lrp.attn"], SEED)
-        elif m == "gradient_x_input":
-            rels[m] = explain(head, vectors, m, target=y, labels=y, tokens=tokens, padding=padding, per_token=True,
-                              progress_bar=False)
-        else:
-            rels[m] = explain(model, ids, m, target=y, labels=y, tokens=tokens, pad_id=test.pad_id,
-                              progress_bar=False)
-    ds = xr.Dataset({m: r.drop_attrs() for m, r in rels.items()})
-    ds.attrs.update({k: v for k, v in rels["lrp.attn"].attrs.items() if k not in ("method", "parameters")})
-    ds.attrs["methods"] = list(TRANSFORMER_METHODS)
-    ds.attrs["parameters"] = {m: r.attrs.get("parameters", {}) for m, r in rels.items()}
+    rels, ds = _explain_sentences(model, head, vectors, test, TRANSFORMER_METHODS, "explain sentences (transformer)",
+                                  progress_bar)
     save(ds, rep.file(os.path.join(out, "relevance_transformer.h5"),
                       "relevance of every method on the sentiment transformer (per token)"))
     # gradient×input explains the model from its embedding on: evaluated there (a deleted word's vector is zero
