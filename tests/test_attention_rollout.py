@@ -19,11 +19,16 @@ def weights(seed=0):
         "head": rng.normal(size=(3, E))}
 
 
-def attention_net(w, pool="cls", layout="NTE", image=None):
+def attention_net(w, pool="cls", layout="NTE", image=None, class_token=None):
     """Two layers of h + softmax(q k^T / sqrt(d)) v over H heads, then a pooled token and a linear head.
-    ``image`` = (C, side, patch): the input is an image cut into patches by a reshape (no class token)."""
+    ``image`` = (C, side, patch): the input is an image cut into patches by a reshape (no class token).
+    ``class_token`` (a vector of E): prepended to the T input tokens (a fill per sample, as translators write)."""
     b = GraphBuilder("att")
-    if image is None:
+    if class_token is not None:
+        x = b.input("x", (T - 1, E), layout=layout)
+        cls = b.add_node("fill", x, "cls", {"value": class_token[None]})
+        h = b.concat(cls, x, axis=1)
+    elif image is None:
         h = b.input("x", (T, E), layout=layout)
     else:
         c, side, patch = image
@@ -104,6 +109,17 @@ def test_rollout_ignores_the_target_and_runs_on_every_engine(data):
     np.testing.assert_allclose(attribx.explain(g, x, "attention_rollout", target=2).values, a)
     pytest.importorskip("torch")
     np.testing.assert_allclose(attribx.explain(g, x, "attention_rollout", engine="torch").values, a, rtol=1e-9)
+
+
+def test_a_class_token_the_model_adds_is_left_out(data):
+    """The class token (column 0 of every map) is the model's, not the input's: relevance comes back for the
+    T - 1 input tokens, the rollout's row without its first column."""
+    w, x = data
+    cls = np.random.default_rng(5).normal(size=E)
+    r = attribx.explain(attention_net(w, class_token=cls), x[:, 1:], "attention_rollout")
+    full = np.concatenate([np.broadcast_to(cls, (len(x), 1, E)), x[:, 1:]], axis=1)
+    assert r.shape == (len(x), T - 1)
+    np.testing.assert_allclose(r.values, paper_rollout(numpy_maps(w, full), [0])[:, 1:], rtol=1e-10, atol=1e-12)
 
 
 def test_image_patches_share_their_token_relevance_over_their_pixels():

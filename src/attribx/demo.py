@@ -2,8 +2,9 @@
 
 Nothing is downloaded: the digits ship with scikit-learn, the sentences are generated
 (:func:`attribx.datasets.make_sentiment`). With PyTorch and the attribx-torch plugin installed (the
-default backend) the demo trains the digits CNN (:mod:`attribx.datasets.digits`) and the sentiment
-BiLSTM (:mod:`attribx.datasets.text_model`); without them it trains a scikit-learn MLP on the digits,
+default backend) the demo trains the digits CNN (:mod:`attribx.datasets.digits`), the sentiment
+BiLSTM (:mod:`attribx.datasets.text_model`) and a sentiment transformer
+(:mod:`attribx.datasets.text_transformer`); without them it trains a scikit-learn MLP on the digits,
 writes it into an attribx graph with the public builder (how any framework's model reaches attribx)
 and runs it on the numpy engine with methods that suit a network without convolutions
 (:data:`NUMPY_IMAGE_METHODS`), and skips the text part.
@@ -35,6 +36,7 @@ from .api import evaluate, explain
 from .datasets.digits import digits_graph, load_digits_images, train_digits_cnn
 from .datasets.sentiment import make_sentiment
 from .datasets.text_model import embedded, predict, train_sentiment_lstm
+from .datasets.text_transformer import embedded_transformer, train_sentiment_transformer
 from .errors import AttribxError
 from .evaluators import plot_accuracy, plot_curves
 from .evaluators import spray as spray_module
@@ -62,6 +64,9 @@ NUMPY_IMAGE_METHODS = ("lrp.epsilon_gamma_box_mlp", "lrp.z_plus", "lrp.alpha_bet
 SPRAY_METHOD = {"torch": "lrp.epsilon_plus_flat", "numpy": "lrp.z_plus"}
 #: The text methods (torch only): gradient×input runs on the embedded vectors, one score per token.
 TEXT_METHODS = ("lrp.epsilon", "gradient", "gradient_x_input", "random")
+#: The methods compared on the sentiment transformer (torch only): AttnLRP, CP-LRP, gradient × input (on the
+#: embedded vectors), attention rollout and a seeded random baseline.
+TRANSFORMER_METHODS = ("lrp.attn", "lrp.cp", "gradient_x_input", "attention_rollout", "random")
 #: Kept for old callers: the methods of the first demo.
 DEMO_METHODS = IMAGE_METHODS
 #: Pixel flipping on 8×8 digits: one pixel per step, the first half of the pixels (32 steps).
@@ -242,12 +247,14 @@ class _Report:
 
     def models_html(self) -> str:
         n = len(self.models)
-        count = {1: "One small model is", 2: "Two small models are"}.get(n, f"{n} small models are")
+        count = {1: "One small model is", 2: "Two small models are", 3: "Three small models are"}.get(
+            n, f"{n} small models are")
         seeds = "a fixed seed" if n == 1 else "fixed seeds"
         intro = (f"<p>{count} trained here from {seeds}, in seconds, on the digits that ship with scikit-learn"
                  f"{' and sentences attribx generates' if n > 1 else ''} (nothing is downloaded).")
         if self.backend == "numpy":
-            intro += (f" The demo's digits CNN and the sentiment BiLSTM of the text part need PyTorch and the "
+            intro += (f" The demo's digits CNN and the sentiment BiLSTM and transformer of the text part need "
+                      f"PyTorch and the "
                       f"attribx-torch plugin ({html.escape(TORCH_HINT)}).")
         return intro + "</p>" + _table(["model", "data", "held-out accuracy", "training (s)"], self.models)
 
@@ -435,6 +442,45 @@ def _heatmaps_text(backend: str) -> str:
                    "too.</p>")
 
 
+def _explain_sentences(model, head, vectors, test, methods, what: str, progress_bar) -> tuple[dict, xr.Dataset]:
+    """Each method's relevance for the true class, per token, and all of them as one Dataset: gradient × input
+    on the embedded vectors (``head``), "random" a seeded baseline, the others on the token ids."""
+    y, tokens = test.labels, test.token_text
+    rels = {}
+    for m in progress(methods, len(methods), what, progress_bar):
+        if m == "random":
+            rels[m] = random_relevance(rels[methods[0]], SEED)
+        elif m == "gradient_x_input":
+            rels[m] = explain(head, vectors, m, target=y, labels=y, tokens=tokens, padding=test.ids == test.pad_id,
+                              per_token=True, progress_bar=False)
+        else:
+            rels[m] = explain(model, test.ids, m, target=y, labels=y, tokens=tokens, pad_id=test.pad_id,
+                              progress_bar=False)
+    ds = xr.Dataset({m: r.drop_attrs() for m, r in rels.items()})
+    ds.attrs.update({k: v for k, v in rels[methods[0]].attrs.items() if k not in ("method", "parameters")})
+    ds.attrs["methods"] = list(methods)
+    ds.attrs["parameters"] = {m: r.attrs.get("parameters", {}) for m, r in rels.items()}
+    return rels, ds
+
+
+def _word_deletion_results(rep: _Report, out: str, wd: dict, suffix: str = "", model: str = "") -> tuple[list, str]:
+    """Store one model's word-deletion results (``eval_word_deletion<suffix>.h5``, an accuracy plot); return the
+    report table's rows (accuracy after each deletion and its mean, per method, then the random order of the
+    first method's run) and the plot's path. ``model`` names the model in the files' descriptions."""
+    methods = list(wd)
+    of = f" ({model})" if model else ""
+    save(_combine(wd), rep.file(os.path.join(out, f"eval_word_deletion{suffix}.h5"),
+                                f"word-deletion accuracy per method{of}"))
+    acc_png = rep.file(save_figure(plot_accuracy(wd), os.path.join(out, f"word_deletion{suffix}.png")),
+                       f"word-deletion accuracy curves{of}")
+    rows = [[m, *[float(a) for a in wd[m]["accuracy"].values[1:]], float(wd[m]["accuracy"].values[1:].mean())]
+            for m in methods]
+    r0 = wd[methods[0]]
+    rows.append(["random order (3 runs)", *[float(a) for a in r0["accuracy_random"].values[1:]],
+                 float(r0["accuracy_random"].values[1:].mean())])
+    return rows, acc_png
+
+
 def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) -> None:
     t0 = time.perf_counter()
     train = make_sentiment(3000, seed=1)
@@ -444,25 +490,11 @@ def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) 
     train_s = time.perf_counter() - t0
     result["text_accuracy"] = acc
     _say(f"trained the sentiment BiLSTM on 3000 generated sentences: held-out accuracy {acc:.3f} ({train_s:.1f} s)")
-    ids, y, tokens = test.ids, test.labels, test.token_text
+    ids, y = test.ids, test.labels
     rep.model("sentiment BiLSTM (torch: embedding 16, LSTM 24 per direction, linear)",
               f"{len(train)} generated sentences, {len(ids)} held out", acc, train_s)
-    rels = {}
     head, vectors = embedded(model, ids)
-    for m in progress(TEXT_METHODS, len(TEXT_METHODS), "explain sentences", progress_bar):
-        if m == "random":
-            rels[m] = random_relevance(rels["lrp.epsilon"], SEED)
-        elif m == "gradient_x_input":
-            r = explain(head, vectors, m, target=y, labels=y, tokens=tokens, padding=ids == test.pad_id,
-                                per_token=True, progress_bar=False)
-            rels[m] = r
-        else:
-            rels[m] = explain(model, ids, m, target=y, labels=y, tokens=tokens, pad_id=test.pad_id,
-                                      progress_bar=False)
-    ds = xr.Dataset({m: r.drop_attrs() for m, r in rels.items()})
-    ds.attrs.update({k: v for k, v in rels["lrp.epsilon"].attrs.items() if k not in ("method", "parameters")})
-    ds.attrs["methods"] = list(TEXT_METHODS)
-    ds.attrs["parameters"] = {m: r.attrs.get("parameters", {}) for m, r in rels.items()}
+    rels, ds = _explain_sentences(model, head, vectors, test, TEXT_METHODS, "explain sentences", progress_bar)
     rel_path = rep.file(os.path.join(out, "relevance_text.h5"), "relevance of every text method (per token)")
     save(ds, rel_path)
     result["text_relevance"] = rel_path
@@ -473,16 +505,7 @@ def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) 
         on, inputs = (head, vectors) if m == "gradient_x_input" else (model, ids)
         wd[m] = evaluate("word_deletion", on, inputs, rels[m], steps=WD_STEPS, repeats=3, seed=SEED,
                                  random_baseline=(m == TEXT_METHODS[0]), progress_bar=False)
-    wd_ds = _combine(wd)
-    wd_path = rep.file(os.path.join(out, "eval_word_deletion.h5"), "word-deletion accuracy per method")
-    save(wd_ds, wd_path)
-    acc_png = rep.file(save_figure(plot_accuracy(wd), os.path.join(out, "word_deletion.png")),
-                       "word-deletion accuracy curves")
-    rows = [[m, *[float(a) for a in wd[m]["accuracy"].values[1:]], float(wd[m]["accuracy"].values[1:].mean())]
-            for m in TEXT_METHODS]
-    r0 = wd[TEXT_METHODS[0]]
-    rows.append(["random order (3 runs)", *[float(a) for a in r0["accuracy_random"].values[1:]],
-                 float(r0["accuracy_random"].values[1:].mean())])
+    rows, acc_png = _word_deletion_results(rep, out, wd)
     result["word_deletion"] = {r[0]: r[-1] for r in rows}
     _say("word deletion: mean accuracy after 1.." + f"{WD_STEPS} deletions " +
          ", ".join(f"{r[0]} {r[-1]:.3f}" for r in rows))
@@ -515,11 +538,58 @@ def _text(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) 
             + _legend_html(None) + "\n".join(inline), "text-heatmaps")
 
 
+def _transformer(rep: _Report, out: str, n_sentences: int, progress_bar, result: dict) -> None:
+    """The sentiment transformer: AttnLRP, CP-LRP, gradient × input, attention rollout and random, compared by
+    where they put the relevance and by word deletion (issue 19)."""
+    t0 = time.perf_counter()
+    train = make_sentiment(3000, seed=1)
+    model, _ = train_sentiment_transformer(train, seed=SEED, progress_bar=progress_bar)
+    test = make_sentiment(n_sentences, seed=2)
+    acc = float((predict(model, test.ids).argmax(1) == test.labels).mean())
+    train_s = time.perf_counter() - t0
+    result["transformer_accuracy"] = acc
+    _say(f"trained the sentiment transformer on 3000 generated sentences: held-out accuracy {acc:.3f} "
+         f"({train_s:.1f} s)")
+    rep.model("sentiment transformer (torch: embedding 32, class token, 2 blocks of 4-head attention and a GELU "
+              "MLP, linear head)", f"{len(train)} generated sentences, {len(test)} held out", acc, train_s)
+    ids, y = test.ids, test.labels
+    head, vectors = embedded_transformer(model, ids)
+    rels, ds = _explain_sentences(model, head, vectors, test, TRANSFORMER_METHODS, "explain sentences (transformer)",
+                                  progress_bar)
+    save(ds, rep.file(os.path.join(out, "relevance_transformer.h5"),
+                      "relevance of every method on the sentiment transformer (per token)"))
+    # gradient×input explains the model from its embedding on: evaluated there (a deleted word's vector is zero
+    # on both models, which they read as a removed word)
+    wd = {m: evaluate("word_deletion", *((head, vectors) if m == "gradient_x_input" else (model, ids)), rels[m],
+                      steps=WD_STEPS, repeats=3, seed=SEED, random_baseline=(m == TRANSFORMER_METHODS[0]),
+                      progress_bar=False)
+          for m in progress(TRANSFORMER_METHODS, len(TRANSFORMER_METHODS), "word deletion (transformer)",
+                            progress_bar)}
+    rows, acc_png = _word_deletion_results(rep, out, wd, "_transformer", "sentiment transformer")
+    result["word_deletion_transformer"] = {r[0]: r[-1] for r in rows}
+    _say("word deletion (transformer): mean accuracy after 1.." + f"{WD_STEPS} deletions " +
+         ", ".join(f"{r[0]} {r[-1]:.3f}" for r in rows))
+    inline = [text_heatmap_html(list(test.tokens[i]), rels[m].values[i, :int(test.lengths[i])],
+                                label=f"transformer · {m} · sentence {i} · label "
+                                      f"{['negative', 'positive'][int(y[i])]}")
+              for m in ("lrp.attn", "gradient_x_input", "attention_rollout") for i in range(min(3, len(ids)))]
+    rep.add("Transformer: word deletion and heatmaps",
+            "<p>The same sentences and the same word deletion on a small transformer (a class token, learned "
+            "positions, two blocks of multi-head self-attention, trained here): AttnLRP (<code>lrp.attn</code>, "
+            "Achtibat et al. 2024) and CP-LRP (<code>lrp.cp</code>, Ali et al. 2022) against gradient × input, "
+            "attention rollout (Abnar &amp; Zuidema 2020, the same map for every class) and a random order. "
+            "Lower is better.</p>"
+            + _table(["method"] + [f"after {k}" for k in range(1, WD_STEPS + 1)] + ["mean"], rows)
+            + _img(acc_png, "word deletion (transformer)")
+            + "<p>Relevance of each word for the true class; attention rollout is positive by construction.</p>"
+            + "\n".join(inline), "transformer")
+
+
 def run_demo(out: str = "attribx-demo", backend: str = "auto", n_images: int = 200, n_sentences: int = 400,
              progress_bar: bool | None = None) -> dict:
     """Run the demo into the folder ``out``; returns what it wrote and measured (paths, accuracy, AOPC).
 
-    ``backend``: "torch" (the digits CNN and the sentiment BiLSTM), "numpy" (a scikit-learn MLP on the
+    ``backend``: "torch" (the digits CNN, the sentiment BiLSTM and transformer), "numpy" (a scikit-learn MLP on the
     numpy engine; no text part) or "auto" (torch when PyTorch and attribx-torch are installed).
     """
     if backend == "auto":
@@ -548,8 +618,11 @@ def run_demo(out: str = "attribx-demo", backend: str = "auto", n_images: int = 2
         stage = "text"
         if backend == "torch":
             _text(rep, out, n_sentences, progress_bar, result)
+            stage = "transformer"
+            _transformer(rep, out, n_sentences, progress_bar, result)
         else:
-            line = f"text part skipped: the sentiment BiLSTM needs PyTorch and attribx-torch ({TORCH_HINT})"
+            line = (f"text part skipped: the sentiment BiLSTM and transformer need PyTorch and attribx-torch "
+                    f"({TORCH_HINT})")
             _say(line)
             rep.add("Text", f"<p>{html.escape(line)}.</p>", "text")
             result["text_skipped"] = line

@@ -80,7 +80,9 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
         node = graph[name]
         r = rel.pop(name, None)
         if node.name in consts:   # constants and initial states are leaves: whatever reaches them stays there
-            if r is not None and conservation:
+            # a constant without a sample axis (a scale, a mask's fill value) holds what reaches it summed over
+            # the batch: it has no per-sample sum to report
+            if r is not None and conservation and graph.shape_of(name)[:1] == (None,):
                 sums[name] = _sample_sum(engine, r)
             if r is not None and name in keep:
                 kept[name] = r

@@ -115,22 +115,44 @@ def _read_rows(grad: np.ndarray) -> np.ndarray:
 
 
 def _onto_input(graph, per_token: np.ndarray, shape: tuple) -> tuple[np.ndarray, tuple]:
-    """Token relevance in the input's terms: per token for sequences, spread over its patch for images."""
-    dims, t = tuple(graph.input.dims), per_token.shape[1]
+    """Token relevance in the input's terms: per token for sequences, spread over its patch for images. Tokens
+    the model adds (a class token concatenated to the words or patches) are left out."""
+    dims = tuple(graph.input.dims)
+    per_token = per_token[:, _input_tokens(graph, per_token.shape[1])]
+    t = per_token.shape[1]
     token_axis = dims.index(TOKEN) if TOKEN in dims else (1 if takes_indices(graph) or len(shape) == 3 else None)
     if token_axis is not None and shape[token_axis] == t:
         return per_token, ("sample", TOKEN)
     if len(shape) == 4 and dims[1] == "channel":
         c, h, w = shape[1:]
-        for extra in (1, 0):           # a class token first, or patches only
-            grid = _grid(t - extra, h, w)
-            if grid is not None:
-                gh, gw = grid
-                patches = per_token[:, extra:].reshape(-1, gh, gw) / (c * (h // gh) * (w // gw))
-                pixels = np.repeat(np.repeat(patches, h // gh, axis=1), w // gw, axis=2)
-                return np.broadcast_to(pixels[:, None], (len(pixels), c, h, w)).copy(), dims
-    raise MethodError(f"attention_rollout: attention over {t} tokens cannot be placed on an input of shape "
-                      f"{shape[1:]} (dims {dims[1:]}): neither its token axis nor a grid of patches")
+        grid = _grid(t, h, w)
+        if grid is not None:
+            gh, gw = grid
+            patches = per_token.reshape(-1, gh, gw) / (c * (h // gh) * (w // gw))
+            pixels = np.repeat(np.repeat(patches, h // gh, axis=1), w // gw, axis=2)
+            return np.broadcast_to(pixels[:, None], (len(pixels), c, h, w)).copy(), dims
+    raise MethodError(f"attention_rollout: attention over {t} tokens from the input cannot be placed on an input "
+                      f"of shape {shape[1:]} (dims {dims[1:]}): neither its token axis nor a grid of patches")
+
+
+def _input_tokens(graph, t: int) -> slice:
+    """The columns of the attention that hold the input's tokens: all, or, where the model concatenates tokens
+    of its own (a class token: a constant or parameter) with one tensor computed from the input along the token
+    axis, that tensor's columns."""
+    signals = {graph.input.name}       # values computed from the input (a fill only takes its batch size)
+    for node in graph.nodes:
+        if graph.ops[node.op].category != "source" and any(i in signals for i in node.inputs):
+            signals.add(node.name)
+    for node in graph.nodes:
+        shape = graph.shape_of(node.name)
+        if node.op != "concat" or len(shape) != 3 or shape[1] != t or node.attrs["axis"] not in (1, -2):
+            continue
+        from_input = [i in signals for i in node.inputs]
+        if sum(from_input) == 1:
+            k = from_input.index(True)
+            start = sum(graph.shape_of(i)[1] for i in node.inputs[:k])
+            return slice(start, start + graph.shape_of(node.inputs[k])[1])
+    return slice(0, t)
 
 
 def _grid(patches: int, h: int, w: int) -> tuple[int, int] | None:

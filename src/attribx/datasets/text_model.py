@@ -98,9 +98,17 @@ def train_sentiment_lstm(data: SentimentData, epochs: int = 6, seed: int = 0, *,
     The model is returned in eval mode. ``progress_bar``: a tqdm bar over the epochs (default: when
     stderr is a terminal and tqdm is installed).
     """
+    model = build_sentiment_lstm(len(data.vocab), data.pad_id, embed, hidden, int(data.labels.max()) + 1, seed)
+    return fit_classifier(model, data, epochs, seed, batch_size, lr, "train sentiment LSTM", progress_bar)
+
+
+def fit_classifier(model, data: SentimentData, epochs: int, seed: int, batch_size: int, lr: float, what: str,
+                   progress_bar: bool | None = None) -> tuple[Any, TrainHistory]:
+    """Adam on the cross-entropy of ``model`` (token ids in, class scores out) over ``data``, mini-batches
+    shuffled by ``seed``, gradients clipped at norm 5; one torch thread while training (deterministic sums),
+    the model returned in eval mode with its :class:`TrainHistory`."""
     torch = _torch()
     start = time.perf_counter()
-    model = build_sentiment_lstm(len(data.vocab), data.pad_id, embed, hidden, int(data.labels.max()) + 1, seed)
     ids = torch.from_numpy(np.ascontiguousarray(data.ids, dtype=np.int64))
     labels = torch.from_numpy(np.ascontiguousarray(data.labels, dtype=np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -111,7 +119,7 @@ def train_sentiment_lstm(data: SentimentData, epochs: int = 6, seed: int = 0, *,
     torch.set_num_threads(1)          # deterministic sums, and fair to a shared machine
     try:
         model.train()
-        for _ in progress(range(epochs), epochs, "train sentiment LSTM", progress_bar):
+        for _ in progress(range(epochs), epochs, what, progress_bar):
             perm = torch.from_numpy(order.permutation(len(labels)))
             total, right = 0.0, 0
             for i in range(0, len(perm), batch_size):
