@@ -26,7 +26,7 @@ from attribx.graph import Graph
 
 from .converters import TABLE
 from .signatures import bind
-from .translate import model_dtype
+from .state import model_dtype
 from .tracing import Recorder
 from .values import device_of, first_line, pretty
 from .walker import Walker
@@ -49,20 +49,18 @@ def _class_name(cls) -> str:
 class ProgramWalker(Walker):
     """The module walk over ``ep.module()``: no tracing, aten converters, names from ``nn_module_stack``."""
 
-    def __init__(self, gm: fx.GraphModule, input_shape: tuple, dtype, batch: int, name: str, table=TABLE):
+    def __init__(self, gm: fx.GraphModule, input_shape: tuple, dtype, batch: int, name: str, table=TABLE,
+                 fused: dict | None = None):
         super().__init__(gm, input_shape, dtype, table)
         self.batch = batch
         self.name = name
         self.leaf: dict[fx.Node, str] = {}      # node -> class of the layer named after it
+        self.fused = dict(fused or {})          # node -> class of the module whose pieces it replaced
 
     def trace(self):
         self.root = gm = self.model
-        graph = gm.graph
-        self.dependent = set()
-        for n in graph.nodes:
-            if n.op == "placeholder" or any(a in self.dependent for a in n.all_input_nodes):
-                self.dependent.add(n)
-        return gm, graph, gm
+        self.dependent = input_dependent(gm.graph)
+        return gm, gm.graph, gm
 
     def takes_indices(self, fx_graph) -> bool:
         first = next(n for n in fx_graph.nodes if n.op == "placeholder")
@@ -96,10 +94,11 @@ class ProgramWalker(Walker):
             if n.op != "call_function" or n not in self.dependent or scope is None:
                 continue
             key, path, cls = scope
-            if cls in _LEAF_CLASSES and key not in seen:
+            leaf = self.fused.get(n) or _LEAF_CLASSES.get(cls)
+            if leaf is not None and key not in seen:
                 seen.add(key)
                 names[n] = self.unique(path)
-                self.leaf[n] = _LEAF_CLASSES[cls]
+                self.leaf[n] = leaf
         return names
 
     @staticmethod
@@ -175,11 +174,39 @@ def _program_module(ep, intermediate_writes: bool = False) -> tuple[fx.GraphModu
                 raise UnsupportedError(
                     f"{n.target} (fx node {n.name!r}) updates {', '.join(what)} when the program runs (exported in "
                     f"training mode?); attribx explains inference: export model.eval()")
+    for n in [n for n in gm.graph.nodes if n.op == "placeholder"]:
+        if not n.users and not isinstance(n.meta.get("val"), torch.Tensor):     # a flag (use_cache=False)
+            gm.graph.erase_node(n)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(inputs) != 1:
         raise UnsupportedError(f"the exported program takes {len(inputs)} inputs; attribx translates programs with "
                                f"one input tensor (export a module that takes one)")
     return gm, inputs[0]
+
+
+def input_dependent(graph: fx.Graph) -> set:
+    """The nodes computed from a program input."""
+    dependent = set()
+    for n in graph.nodes:
+        if n.op == "placeholder" or any(a in dependent for a in n.all_input_nodes):
+            dependent.add(n)
+    return dependent
+
+
+#: checks of an intermediate value's dtype and device a program records; they compute nothing
+_CHECKS = tuple(getattr(torch.ops.aten, name).default for name in ("_assert_tensor_metadata",)
+                if hasattr(torch.ops.aten, name))
+
+
+def prepared_module(ep) -> tuple[fx.GraphModule, fx.Node]:
+    """The program's module to walk (see :func:`_program_module`), functional, without its metadata checks."""
+    gm, first = _program_module(_functional(ep))
+    checks = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in _CHECKS]
+    for n in checks:
+        gm.graph.erase_node(n)
+    if checks:
+        gm.recompile()
+    return gm, first
 
 
 def _writes(n: fx.Node) -> bool:
@@ -206,7 +233,7 @@ def _training(n: fx.Node) -> bool:
 def translate_program(ep, input_shape: tuple | None, converters=()) -> Graph:
     """The attribx graph of an ``ExportedProgram``; one sample's shape is the program's own, or
     ``input_shape`` where the program leaves sizes free (dynamic dims); ``converters``: the plugins'."""
-    gm, first = _program_module(_functional(ep))
+    gm, first = prepared_module(ep)
     val = first.meta.get("val")
     if val is None:
         raise UnsupportedError("the exported program does not record its input's shape (no 'val' metadata)")
