@@ -16,6 +16,7 @@ from .errors import InputError, InputShapeError, MethodError, ModelLoadError, Un
 from .graph import Graph
 from .inputs import as_input, as_tensor_input, is_torch_tensor, shape_error, takes_indices, to_numpy
 from .methods import as_method
+from .positions import at_position
 from .plugins import manager, registry
 from .progress import progress
 from .propagation import run_forward
@@ -212,7 +213,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
             output: str | None = None, engine: Any = None, device: Any = None, output_init: Any = None,
             layers: Sequence[str] | None = None, conservation: bool = False, batch_size: int | None = None,
             sample: Any = None, labels: Any = None, progress_bar: bool | None = None, tokens: Any = None,
-            pad_id: int | None = None, padding: Any = None, per_token: bool = False, **params: Any):
+            pad_id: int | None = None, padding: Any = None, per_token: bool = False, position: int | None = None,
+            **params: Any):
     """Explain ``model``'s prediction for inputs ``x`` with a method (a name, a Method or a Composite).
 
     Returns an ``xarray.DataArray`` named ``relevance`` in the input's layout, with coords ``sample``,
@@ -234,9 +236,14 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     ``per_token=True`` sums the relevance over every axis but sample and token, so embedded inputs
     (N, T, E) get one score per token as token-id inputs do. The token axis is the input's ``token``
     dim, else its second axis.
+
+    Language models (see ``docs/transformers.md``): ``position`` (an int, -1 the last) explains the output at
+    that token position of a (sample, token, vocabulary) output, ``target`` then being a token id.
     """
     graph, x = _graph_and_input(model, x)
     graph = _select_output(graph, output)
+    if position is not None:
+        graph = at_position(graph, position)
     reg = registry()
     m = as_method(method, reg.methods)
     resolved = m.resolve(params)

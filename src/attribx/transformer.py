@@ -77,9 +77,12 @@ def transformer_entries(variant: str, epsilon: float) -> list:
         softmax, product = Block(), ConstantFactor(epsilon=epsilon)
     else:
         raise ValueError(f"variant must be 'attn' or 'cp', got {variant!r}")
+    # a constant added to a signal (position embeddings, attention masks) keeps its share, as a bias does
+    # (LXT: embeddings × gradient; LRP's default sum rule gives constants none)
     return [(op("layer_norm", "rms_norm"), ConstantStd(epsilon=epsilon)),
             (op("softmax"), softmax),
-            (op("mul", "matmul"), product)]
+            (op("mul", "matmul"), product),
+            (op("add"), Epsilon(epsilon=epsilon))]
 
 
 def _composite(variant: str, name: str, epsilon: float, entries) -> TransformerComposite:
