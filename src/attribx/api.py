@@ -16,7 +16,7 @@ from .errors import InputError, InputShapeError, MethodError, ModelLoadError, Un
 from .graph import Graph
 from .inputs import as_input, as_tensor_input, is_torch_tensor, shape_error, takes_indices, to_numpy
 from .methods import as_method
-from .positions import at_position
+from .positions import at_position, needs_position
 from .plugins import manager, registry
 from .progress import progress
 from .propagation import run_forward
@@ -244,6 +244,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     graph = _select_output(graph, output)
     if position is not None:
         graph = at_position(graph, position)
+    else:
+        needs_position(graph, takes_indices(graph), output_init)
     reg = registry()
     m = as_method(method, reg.methods)
     resolved = m.resolve(params)
@@ -293,6 +295,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
              "target_kind": target_kind(target)}
     if isinstance(target, tuple):
         extra["contrast"] = True
+    if position is not None:
+        extra["position"] = graph.meta["position"]
     attrs = provenance(graph, m, resolved, eng, **extra)
     lay = {k.split(":", 1)[1]: v for k, v in joined.items() if k.startswith("layer:")}
     cons = None

@@ -34,5 +34,15 @@ def at_position(graph: Graph, position) -> Graph:
     return Graph(graph.inputs, list(graph.nodes) + [cut, flat], [flat.name], meta, ops=graph.ops)
 
 
+def needs_position(graph: Graph, takes_ids: bool, output_init) -> None:
+    """Refuse a class target on a language model's (sample, token, vocabulary) output without ``position``:
+    which position's prediction is meant cannot be guessed."""
+    shape = graph.shape_of(graph.output)
+    if takes_ids and len(shape) == 3 and (output_init is None or isinstance(output_init, str)):
+        raise InputError(f"the output {graph.output!r} holds logits per token position {_pretty(shape)}; pass "
+                         f"position= (the position whose prediction is explained, -1 the last) with target= a "
+                         f"token id, or output_init=<array of the output's shape>")
+
+
 def _pretty(shape) -> str:
     return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"

@@ -105,7 +105,8 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
             raise UnsupportedError(f"rule {rule.name!r} returned {len(back)} relevances for node {name!r} "
                                    f"with {len(node.inputs)} inputs")
         if trace:
-            passed = [_sample_sum(engine, ri) for ri in back if ri is not None]
+            # (what constants take is absorbed, as a bias's share; a constant has no batch axis to sum per sample)
+            passed = [_sample_sum(engine, ri) for i, ri in zip(node.inputs, back) if ri is not None and i not in consts]
             flow[name] = (_sample_sum(engine, r), sum(passed) if passed else np.zeros(len(engine.to_numpy(out))))
         for i, ri in zip(node.inputs, back):
             if ri is None:

@@ -45,17 +45,30 @@ def module_of(name: str):
 
 
 def lxt_main(request_path: str) -> None:
-    """LXT's token relevance for the request (model, attn, variant, weights, ids, target, position) -> npz."""
+    """LXT's token relevance for each request (model, attn, variant, weights, ids, target, position) -> its npz
+    (``relevance``, ``score``; with ``hidden``: the relevance of each hidden state, ``hidden{i}``, as x × gradient).
+    The requests share one model (LXT's patches apply once per process)."""
     import numpy as np
     import torch
-    req = json.loads(Path(request_path).read_text())
-    sys.path.insert(0, req["anchors"])
+    requests = json.loads(Path(request_path).read_text())
+    first = requests[0]
+    sys.path.insert(0, first["anchors"])
     from lxt_reference import patched_model, token_relevance
-    state = torch.load(req["weights"])
-    model = patched_model(lambda: build(req["model"], req["attn"]), module_of(req["model"]), req["variant"], state)
-    ids = torch.as_tensor(np.load(req["ids"]))
-    rel, score = token_relevance(model, ids, req["target"], req.get("position", -1), req["variant"], patch=False)
-    np.savez(req["out"], relevance=rel, score=score)
+    state = torch.load(first["weights"])
+    model = patched_model(lambda: build(first["model"], first["attn"]), module_of(first["model"]), first["variant"],
+                          state)
+    for req in requests:
+        ids = torch.as_tensor(np.load(req["ids"]))
+        rel, score = token_relevance(model, ids, req["target"], req.get("position", -1), req["variant"], patch=False)
+        hidden = {}
+        if req.get("hidden"):
+            embeds = model.get_input_embeddings()(ids).detach()
+            res = model(inputs_embeds=embeds, output_hidden_states=True, use_cache=False)
+            for h in res.hidden_states:
+                h.retain_grad()
+            res.logits[:, req.get("position", -1), req["target"]].sum().backward()
+            hidden = {f"hidden{i}": (h * h.grad).detach().numpy() for i, h in enumerate(res.hidden_states)}
+        np.savez(req["out"], relevance=rel, score=score, **hidden)
 
 
 if __name__ == "__main__":
