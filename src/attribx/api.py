@@ -139,6 +139,11 @@ def _graph_and_input(model: Any, x: Any, passes=True) -> tuple[Graph, Any]:
     A torch tensor stays a tensor on its device (a GPU batch is not copied to the host to be checked);
     anything else becomes a numpy array.
     """
+    if isinstance(x, dict) or (isinstance(x, tuple) and len(x) > 1 and all(hasattr(a, "shape") for a in x)):
+        raise InputError(
+            "several model inputs (a dict, or a tuple of arrays such as (input_ids, attention_mask)) are not "
+            "supported yet: attribx graphs take one input; pass input_ids alone (sequences of one length without "
+            "padding, or explain a causal LM at a position before its right padding; docs/transformers.md)")
     tensor = is_torch_tensor(x)
     if not tensor:
         x = to_numpy(x)

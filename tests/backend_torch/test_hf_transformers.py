@@ -275,3 +275,20 @@ def test_docs_example_runs():
     assert scope["rel"].dims == ("sample", "token")
     assert scope["res"]["transformer.wte"].shape == (1, 7, 32)
     assert np.isfinite(scope["diff"].values).all()
+
+
+def test_several_inputs_are_refused_clearly(gpt2):
+    x = ids()
+    for both in ((x, torch.ones_like(x)), {"input_ids": x, "attention_mask": torch.ones_like(x)}):
+        with pytest.raises(InputError, match="several model inputs"):
+            attribx.explain(gpt2, both, "lrp.attn", target=3, position=-1)
+
+
+def test_causal_lm_right_padding_does_not_reach_earlier_positions(gpt2):
+    """The documented workaround without attention_mask: a position before right padding sees no padding."""
+    x = ids()
+    padded = x.clone()
+    padded[:, 5:] = 0
+    a = attribx.explain(gpt2, x, "lrp.attn", target=3, position=4, epsilon=0.0).values
+    b = attribx.explain(gpt2, padded, "lrp.attn", target=3, position=4, epsilon=0.0).values
+    assert np.array_equal(a[:, :5], b[:, :5]) and not a[:, 5:].any() and not b[:, 5:].any()

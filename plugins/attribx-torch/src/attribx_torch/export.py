@@ -33,9 +33,12 @@ from .walker import Walker
 
 __all__ = ["translate_program", "load_program"]
 
-#: the layer classes with converters: ops a call of one made are named by its path
+#: the layer classes with converters, and layers that export as one aten op: ops a call of one made are named
+#: by its path
 _LEAF_CLASSES = {f"{c.target.__module__}.{c.target.__qualname__}": c.target.__name__
                  for c in TABLE if isinstance(c.target, type)}
+_LEAF_CLASSES.update({"torch.nn.modules.normalization.LayerNorm": "LayerNorm",
+                      "transformers.activations.GELUActivation": "GELUActivation"})
 
 
 # ----------------------------------------------------------------------------------------------

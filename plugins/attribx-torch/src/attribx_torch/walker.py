@@ -203,7 +203,9 @@ class Walker(Translator):
             raise UnsupportedError(
                 f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: {first_line(err)}. "
                 f"attribx translates models whose forward torch.fx can trace symbolically (no control "
-                f"flow on tensor values); {HOOK_HINT}") from None
+                f"flow on tensor values), or export it with torch.export and explain the program "
+                f"(attribx.explain(torch.export.export(model.eval(), (x,)), x), docs/transformers.md); "
+                f"{HOOK_HINT}") from None
         finally:
             for k in set(vars(root)) - before:     # the tracer parks tensor constants on the root
                 if k.startswith("_tensor_constant"):
