@@ -14,7 +14,8 @@ from . import batching
 from .engines.base import Engine
 from .errors import InputError, InputShapeError, MethodError, ModelLoadError, UnsupportedError
 from .graph import Graph
-from .inputs import as_input, as_tensor_input, is_torch_tensor, shape_error, takes_indices, to_numpy
+from .inputs import (as_input, as_tensor_input, is_torch_tensor, mask_arrays, shape_error, split_inputs, takes_indices,
+                     to_numpy)
 from .methods import as_method
 from .positions import at_position, needs_position
 from .plugins import manager, registry
@@ -139,11 +140,6 @@ def _graph_and_input(model: Any, x: Any, passes=True) -> tuple[Graph, Any]:
     A torch tensor stays a tensor on its device (a GPU batch is not copied to the host to be checked);
     anything else becomes a numpy array.
     """
-    if isinstance(x, dict) or (isinstance(x, tuple) and len(x) > 1 and all(hasattr(a, "shape") for a in x)):
-        raise InputError(
-            "several model inputs (a dict, or a tuple of arrays such as (input_ids, attention_mask)) are not "
-            "supported yet: attribx graphs take one input; pass input_ids alone (sequences of one length without "
-            "padding, or explain a causal LM at a position before its right padding; docs/transformers.md)")
     tensor = is_torch_tensor(x)
     if not tensor:
         x = to_numpy(x)
@@ -164,11 +160,13 @@ def forward(model: Any, x: Any, engine: Any = None, output: str | None = None,
     ``passes`` as in :func:`translate` (``False`` runs the graph exactly as given); ``device`` as in
     :func:`explain`.
     """
+    x, rest = split_inputs(x)
     graph, x = _graph_and_input(model, x, passes)
+    masks = mask_arrays(graph, rest, tuple(x.shape))
     graph = _select_output(graph, output)
     eng = get_engine(engine, graph, device)
     name = graph.output
-    acts = run_forward(graph, eng, eng.asarray(x), upto=name)
+    acts = run_forward(graph, eng, eng.asarray(x), upto=name, masks={k: eng.asarray(v) for k, v in masks.items()})
     return eng.to_numpy(acts[name])
 
 
@@ -243,9 +241,13 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     dim, else its second axis.
 
     Language models (see ``docs/transformers.md``): ``position`` (an int, -1 the last) explains the output at
-    that token position of a (sample, token, vocabulary) output, ``target`` then being a token id.
+    that token position of a (sample, token, vocabulary) output, ``target`` then being a token id. ``x`` may be
+    ``(input_ids, attention_mask)`` (or a dict by those names) where the graph has a mask input: the mask
+    decides and takes no relevance; the relevance is the first input's.
     """
+    x, rest = split_inputs(x)
     graph, x = _graph_and_input(model, x)
+    masks = mask_arrays(graph, rest, tuple(x.shape))
     graph = _select_output(graph, output)
     if position is not None:
         graph = at_position(graph, position)
@@ -279,7 +281,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
         tb = batching.batch_target(target, sl, n)
         init = init_array[sl] if init_array is not None else output_init
         result = m.run(graph, eng, eng.asarray(xb), lambda s, tb=tb: resolve_targets(tb, s), resolved, init,
-                       keep=list(where.values()), conservation=conservation, ops=reg.ops, rules=reg.rules)
+                       keep=list(where.values()), conservation=conservation, ops=reg.ops, rules=reg.rules,
+                       masks={k: eng.asarray(v[sl]) for k, v in masks.items()})
         scores = eng.to_numpy(result.output)
         piece = {"input": eng.to_numpy(result.relevance[graph.input.name]),
                  "targets": np.asarray(result.targets),

@@ -59,7 +59,9 @@ def lxt_main(request_path: str) -> None:
                           state)
     for req in requests:
         ids = torch.as_tensor(np.load(req["ids"]))
-        rel, score = token_relevance(model, ids, req["target"], req.get("position", -1), req["variant"], patch=False)
+        mask = torch.as_tensor(np.load(req["mask"])) if req.get("mask") else None
+        rel, score = token_relevance(model, ids, req["target"], req.get("position", -1), req["variant"],
+                                     attention_mask=mask, patch=False)
         hidden = {}
         if req.get("hidden"):
             embeds = model.get_input_embeddings()(ids).detach()

@@ -116,16 +116,19 @@ def test_vit_gradient_x_input_equals_autograd():
 # equal to LXT 2.1 (a subprocess: LXT patches transformers' classes)
 
 
-def lxt_relevance(tmp_path, name, variant, x, targets, position=-1, attn="eager"):
+def lxt_relevance(tmp_path, name, variant, x, targets, position=-1, attn="eager", mask=None):
     """LXT's token relevance (N, T) per target, and its explained scores, from a subprocess."""
     pytest.importorskip("lxt")
     model = build(name, attn)
     torch.save(model.state_dict(), tmp_path / "w.pt")
     np.save(tmp_path / "ids.npy", x.numpy())
+    if mask is not None:
+        np.save(tmp_path / "mask.npy", mask.numpy())
     out = []
     for k, t in enumerate(targets):
         req = dict(model=name, attn=attn, variant=variant, weights=str(tmp_path / "w.pt"), ids=str(tmp_path / "ids.npy"),
-                   target=int(t), position=position, anchors=str(HERE.parent / "anchors"), out=str(tmp_path / f"{k}.npz"))
+                   target=int(t), position=position, anchors=str(HERE.parent / "anchors"), out=str(tmp_path / f"{k}.npz"),
+                   mask=None if mask is None else str(tmp_path / "mask.npy"))
         out.append(req)
     (tmp_path / "req.json").write_text(json.dumps(out))
     run = subprocess.run([sys.executable, str(HERE / "hf_models.py"), str(tmp_path / "req.json")], capture_output=True,
@@ -277,11 +280,76 @@ def test_docs_example_runs():
     assert np.isfinite(scope["diff"].values).all()
 
 
-def test_several_inputs_are_refused_clearly(gpt2):
+# ----------------------------------------------------------------------------------------------
+# attention_mask: a mask input (it decides, takes no relevance)
+
+
+def padded(name, attn="eager"):
+    """ids and an attention mask with right padding (sample 1) and left padding (sample 2; HF's own eager Llama
+    turns fully masked rows into NaN, so right padding only there; BERT reads position 0 ([CLS]), which stays)."""
+    x = torch.cat([ids(3), ids(4)[:1]])
+    mask = torch.ones_like(x)
+    mask[1, 5:] = 0
+    if name == "bert":
+        mask[2, 3:] = 0
+    elif not (name == "llama" and attn == "eager"):
+        mask[2, :2] = 0
+    return x, mask
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_forward_with_attention_mask_equals_hf(name, attn):
+    model = build(name, attn)
+    x, mask = padded(name, attn)
+    extra = {} if name == "bert" else {"use_cache": False}
+    ref = model(input_ids=x, attention_mask=mask, **extra).logits.detach().numpy()
+    graph = attribx.translate(model, input_shape=(SEQ,))
+    assert [v.name for v in graph.mask_inputs] == ["attention_mask"] and graph.input.name == "input"
+    for given in ((x, mask), {"input_ids": x, "attention_mask": mask}):
+        out = attribx.forward(model, given)
+        keep = slice(None) if name == "bert" else mask.bool().numpy()     # an LM's padded positions: anything
+        assert rel_err(out[keep], ref[keep]) <= 1e-5
+    # no mask given: everything attends
+    assert rel_err(attribx.forward(model, x), hf_logits(model, x).detach().numpy()) <= 1e-5
+
+
+def test_mask_input_takes_no_relevance_and_masks():
+    """BERT's classification reads the [CLS] position; masked tokens reach it only as attention keys, whose
+    weights the mask makes exactly 0: their relevance is exactly 0, and a mask of ones equals no mask."""
+    model = build("bert")
+    x, mask = padded("bert")
+    rel = attribx.explain(model, (x, mask), "lrp.attn", target=1, epsilon=0.0).values
+    assert not rel[mask.numpy() == 0].any() and rel[mask.numpy() == 1].all()
+    ones = attribx.explain(model, (x, torch.ones_like(x)), "lrp.attn", target=1, epsilon=0.0).values
+    assert np.array_equal(ones, attribx.explain(model, x, "lrp.attn", target=1, epsilon=0.0).values)
+
+
+def test_several_inputs_are_checked(gpt2):
     x = ids()
-    for both in ((x, torch.ones_like(x)), {"input_ids": x, "attention_mask": torch.ones_like(x)}):
-        with pytest.raises(InputError, match="several model inputs"):
-            attribx.explain(gpt2, both, "lrp.attn", target=3, position=-1)
+    with pytest.raises(InputError, match="takes the explained input and the mask input"):
+        attribx.explain(gpt2, (x, torch.ones_like(x), x), "lrp.attn", target=3, position=-1)
+    with pytest.raises(InputError, match="'token_type_ids'"):
+        attribx.explain(gpt2, {"input_ids": x, "token_type_ids": x}, "lrp.attn", target=3, position=-1)
+    with pytest.raises(InputError, match="shaped like the explained input"):
+        attribx.explain(gpt2, (x, torch.ones(2, 3)), "lrp.attn", target=3, position=-1)
+    vit = build("vit")
+    with pytest.raises(InputError, match="several signal inputs are not supported yet"):
+        attribx.explain(vit, (inputs_for("vit"), inputs_for("vit")), "lrp.attn", target=3)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::attribx.errors.ConservationWarning")
+@pytest.mark.parametrize("name,variant,method", LXT_CASES)
+def test_equal_to_lxt_with_attention_mask(tmp_path, name, variant, method):
+    """With padding and its attention_mask, at a position every sequence keeps (4), equal to LXT."""
+    x, mask = padded(name)
+    targets = [0, 2] if name == "bert" else [1, 23]
+    refs, model = lxt_relevance(tmp_path, name, variant, x, targets, 4, mask=mask)
+    for t, ref in zip(targets, refs):
+        kw = {} if name == "bert" else {"position": 4}
+        ours = attribx.explain(model, (x, mask), method, target=t, epsilon=0.0, **kw)
+        assert rel_err(ours.values, ref["relevance"]) <= 1e-4, (name, variant, t)
 
 
 def test_causal_lm_right_padding_does_not_reach_earlier_positions(gpt2):

@@ -53,8 +53,9 @@ class ProgramWalker(Walker):
     """The module walk over ``ep.module()``: no tracing, aten converters, names from ``nn_module_stack``."""
 
     def __init__(self, gm: fx.GraphModule, input_shape: tuple, dtype, batch: int, name: str, table=TABLE,
-                 fused: dict | None = None):
+                 fused: dict | None = None, masks: tuple = ()):
         super().__init__(gm, input_shape, dtype, table)
+        self.mask_names = tuple(masks)          # placeholders that are mask inputs (ones in the example)
         self.batch = batch
         self.name = name
         self.leaf: dict[fx.Node, str] = {}      # node -> class of the layer named after it
@@ -63,6 +64,7 @@ class ProgramWalker(Walker):
     def trace(self):
         self.root = gm = self.model
         self.dependent = input_dependent(gm.graph)
+        self.masks = {n: n.name for n in gm.graph.nodes if n.op == "placeholder" and n.name in self.mask_names}
         return gm, gm.graph, gm
 
     def takes_indices(self, fx_graph) -> bool:
@@ -74,10 +76,12 @@ class ProgramWalker(Walker):
         """One run at the program's own batch size, every input-dependent value read for the first sample."""
         example = torch.zeros((self.batch, *self.input_shape), dtype=torch.long if self.indices else self.dtype,
                               device=device_of(self.model))
+        masks = [torch.ones((self.batch, *self.input_shape), dtype=torch.long, device=example.device)
+                 for _ in self.masks]
         rec = Recorder(self.gm)
         try:
             with torch.no_grad():
-                rec.run(example)
+                rec.run(example, *masks)
         except Exception as err:
             raise self.shape_error(fx_graph, err) from None
 
@@ -148,7 +152,7 @@ def _arg_name(n: fx.Node, i: int, name: str) -> str:
     return str(v.target) if isinstance(v, fx.Node) and v.op == "get_attr" else name
 
 
-def _program_module(ep, intermediate_writes: bool = False) -> tuple[fx.GraphModule, fx.Node]:
+def _program_module(ep, intermediate_writes: bool = False, masks: tuple = ()) -> tuple[fx.GraphModule, fx.Node]:
     """A fresh module of the program (``ep.module()``), without its input guards (they check the example's
     batch size), and its one input; programs that update state are refused before anything runs (with
     ``intermediate_writes``, in-place ops on values the program computes pass: a check before
@@ -180,7 +184,7 @@ def _program_module(ep, intermediate_writes: bool = False) -> tuple[fx.GraphModu
     for n in [n for n in gm.graph.nodes if n.op == "placeholder"]:
         if not n.users and not isinstance(n.meta.get("val"), torch.Tensor):     # a flag (use_cache=False)
             gm.graph.erase_node(n)
-    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and n.name not in masks]
     if len(inputs) != 1:
         raise UnsupportedError(f"the exported program takes {len(inputs)} inputs; attribx translates programs with "
                                f"one input tensor (export a module that takes one)")
@@ -201,9 +205,10 @@ _CHECKS = tuple(getattr(torch.ops.aten, name).default for name in ("_assert_tens
                 if hasattr(torch.ops.aten, name))
 
 
-def prepared_module(ep) -> tuple[fx.GraphModule, fx.Node]:
-    """The program's module to walk (see :func:`_program_module`), functional, without its metadata checks."""
-    gm, first = _program_module(_functional(ep))
+def prepared_module(ep, masks: tuple = ()) -> tuple[fx.GraphModule, fx.Node]:
+    """The program's module to walk (see :func:`_program_module`), functional, without its metadata checks;
+    ``masks``: names of further inputs that are masks."""
+    gm, first = _program_module(_functional(ep, masks), masks=masks)
     checks = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in _CHECKS]
     for n in checks:
         gm.graph.erase_node(n)
@@ -217,13 +222,13 @@ def _writes(n: fx.Node) -> bool:
         a.alias_info is not None and a.alias_info.is_write for a in n.target._schema.arguments)
 
 
-def _functional(ep):
+def _functional(ep, masks: tuple = ()):
     """The program without in-place ops on intermediate values (``ReLU(inplace=True)`` stays ``relu_`` in
     the training IR): torch's own functionalisation (``run_decompositions`` with no decompositions), which
     also resolves what views of a modified value see. A new program; the user's is not changed. State the
     program would update still shows in the new program's signature, and is refused there."""
     if any(_writes(n) for n in ep.graph.nodes if n.op == "call_function"):
-        _program_module(ep, intermediate_writes=True)      # refuses state updates, naming them as they are
+        _program_module(ep, intermediate_writes=True, masks=masks)      # refuses state updates, naming them as they are
         return ep.run_decompositions({})
     return ep
 

@@ -47,15 +47,64 @@ def _example(model: nn.Module, input_shape: tuple, dtype) -> torch.Tensor:
     return torch.zeros((1, *input_shape), dtype=dtype, device=device)
 
 
+#: encoder families whose ``attention_mask`` may be (N, 1, T) (``get_extended_attention_mask``)
+_ENCODERS = {"bert", "roberta"}
+
+
+def mask_kind(model: nn.Module) -> str | None:
+    """How the model's ``attention_mask`` input is given to it: "causal" (a causal LM: the (N, 1, T, T) additive
+    mask, causality included), "encoder" ((N, 1, T): padding only), None (no attention_mask input)."""
+    if getattr(model, "main_input_name", None) != "input_ids":
+        return None
+    if "attention_mask" not in inspect.signature(model.forward).parameters:
+        return None
+    if getattr(model, "can_generate", lambda: False)():
+        return "causal"
+    return "encoder" if getattr(model.config, "model_type", None) in _ENCODERS else None
+
+
+class _WithMask(nn.Module):
+    """``model(input_ids, attention_mask)`` with the (N, T) 0/1 mask made the additive mask the model takes as
+    it is, in the traced ops: ``ne``, products with the (constant) causal triangle, ``1 - m``, times the dtype's
+    minimum (HF's own convention). HF's own mask code is data-dependent and in-place; this form is not."""
+
+    def __init__(self, model: nn.Module, kind: str, dtype, flags: dict):
+        super().__init__()
+        self.model, self.kind, self.dtype, self.flags = model, kind, dtype, flags
+
+    def forward(self, input_ids, attention_mask):
+        keep = (attention_mask != 0).to(self.dtype)
+        if self.kind == "encoder":
+            return self.model(input_ids=input_ids, attention_mask=keep[:, None, :], **self.flags)[0]
+        length = input_ids.shape[1]
+        causal = torch.tril(torch.ones(length, length, dtype=self.dtype, device=keep.device))
+        additive = (1.0 - causal[None, None] * keep[:, None, None, :]) * torch.finfo(self.dtype).min
+        return self.model(input_ids=input_ids, attention_mask=additive, **self.flags)[0]
+
+
+def _strip_prefix(graph: fx.Graph, prefix: str) -> None:
+    """Module paths as in the user's model: the wrapper's attribute ``prefix`` dropped from every node's stack."""
+    for n in graph.nodes:
+        stack = n.meta.get("nn_module_stack")
+        if stack:
+            n.meta["nn_module_stack"] = {k: (p[len(prefix):] if p.startswith(prefix) else
+                                             "" if p == prefix[:-1] else p, c) for k, (p, c) in stack.items()}
+
+
 def export_hf(model: nn.Module, input_shape: tuple, dtype):
-    """The exported program of an HF model on one example of ``input_shape`` (one sample, no batch axis)."""
+    """The exported program of an HF model on one example of ``input_shape`` (one sample, no batch axis), and the
+    names of its mask inputs (``attention_mask`` where :func:`mask_kind` knows how to give it)."""
     name = getattr(model, "main_input_name", "input_ids")
     params = inspect.signature(model.forward).parameters
-    kwargs = {name: _example(model, input_shape, dtype), "return_dict": False}
-    if "use_cache" in params:
-        kwargs["use_cache"] = False
+    flags = {"return_dict": False, **({"use_cache": False} if "use_cache" in params else {})}
+    example = _example(model, input_shape, dtype)
+    kind = mask_kind(model)
     try:
-        return torch.export.export(model, (), kwargs, strict=False)
+        if kind is None:
+            return torch.export.export(model, (), {name: example, **flags}, strict=False), ()
+        ep = torch.export.export(_WithMask(model, kind, dtype, flags), (example, torch.ones_like(example)),
+                                 strict=False)
+        return ep, ("attention_mask",)
     except Exception as err:
         raise UnsupportedError(
             f"torch.export cannot export {type(model).__name__} on an input of shape {(1, *input_shape)} "
@@ -70,6 +119,28 @@ def export_hf(model: nn.Module, input_shape: tuple, dtype):
 def _region(graph: fx.Graph, key: str):
     """The nodes one module call made (its ``nn_module_stack`` key), in order."""
     return [n for n in graph.nodes if key in (n.meta.get("nn_module_stack") or {})]
+
+
+_CASTS = {torch.ops.aten.to.dtype, torch.ops.aten.alias.default, torch.ops.aten._to_copy.default}
+
+
+def _same_value(n: fx.Node) -> fx.Node | None:
+    """The input a cast to its own dtype passes on (``x.to(float32)`` of a float32 x), else None."""
+    if n.target not in _CASTS or not n.args or not isinstance(n.args[0], fx.Node):
+        return None
+    a, b = n.args[0].meta.get("val"), n.meta.get("val")
+    same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
+    return n.args[0] if same else None
+
+
+def _unalias_exits(region) -> None:
+    """Uses outside the region of a no-op cast of the region's input read the input itself (float32 Llama: the
+    residual reads RMSNorm's ``x.to(float32)``)."""
+    inside = set(region)
+    for n in region:
+        source = _same_value(n)
+        if source is not None and source not in inside:
+            n.replace_all_uses_with(source, delete_user_cb=lambda u: u not in inside)
 
 
 def _boundary(region, dependent):
@@ -151,6 +222,7 @@ def fuse_modules(gm: fx.GraphModule, model: nn.Module, dependent: set) -> dict:
                 continue
             done.add(key)
             region = _region(graph, key)
+            _unalias_exits(region)
             ends = _boundary(region, dependent)
             if ends is None:
                 continue
@@ -183,10 +255,12 @@ class HFTranslation:
         self.model, self.input_shape, self.dtype, self.table = model, tuple(input_shape), dtype, table
 
     def run(self):
-        ep = export_hf(self.model, self.input_shape, self.dtype)
-        gm, _ = prepared_module(ep)
+        ep, masks = export_hf(self.model, self.input_shape, self.dtype)
+        gm, _ = prepared_module(ep, masks)
+        if masks:
+            _strip_prefix(gm.graph, "model.")
         dependent = input_dependent(gm.graph)
         fused = fuse_modules(gm, self.model, dependent)
         return ProgramWalker(gm, self.input_shape, self.dtype, 1, type(self.model).__name__, self.table,
-                             fused).run()
+                             fused, masks).run()
 

@@ -105,9 +105,6 @@ def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     """softmax(q·kᵀ · scale + mask) · v, as the graph's ops."""
     if dropout_p:
         raise Unsupported(f"dropout_p={dropout_p} in attention is random")
-    if is_t(attn_mask):
-        raise Unsupported("an attention mask computed from the model's input (attention_mask) is not yet in the "
-                          "graph; explain with the main input alone (no attention_mask)")
     q, k, v = (ctx.tensor(t, what) for t, what in ((query, "query"), (key, "key"), (value, "value")))
     if enable_gqa and q.shape[-3] != k.shape[-3]:
         times = q.shape[-3] // k.shape[-3]
@@ -120,10 +117,12 @@ def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     masks = []
     if is_causal:
         masks.append(np.triu(np.full((length, source), -math.inf), 1))
-    if attn_mask is not None:
+    if attn_mask is not None and not is_t(attn_mask):
         masks.append(_mask_constant(attn_mask, scores.shape, ctx.dtype))
     for i, m in enumerate(masks):
         scores = ctx.emit("add", [scores, ctx.const(m, f"mask{i}")], scores.shape, name=ctx.sub(f"masked{i}"))
+    if is_t(attn_mask):         # an additive mask computed from a mask input (attention_mask)
+        scores = ctx.emit("add", [scores, ctx.materialize(attn_mask)], scores.shape, name=ctx.sub("masked"))
     weights = ctx.emit("softmax", [scores], scores.shape, {"axis": len(scores.shape) - 1}, name=ctx.sub("weights"))
     return product(ctx, weights, v, ctx.out_shape())
 
@@ -207,3 +206,19 @@ def cat(ctx, tensors, dim=0):
         pieces.append(ctx.emit("fill", [ref], tuple(t.shape), {}, {"value": ctx.param(t[0], "constant")},
                                name=ctx.sub(f"constant{i}")))
     return shape_ops.cat(ctx, pieces, dim)
+
+
+@TABLE.register(*aten("ne.Scalar"))
+def not_equal(ctx, input, other):
+    """``attention_mask != 0`` on a mask input: the graph's ``mask`` op (1.0 where it differs; no relevance)."""
+    x = ctx.tensor(input)
+    if x.name not in ctx.counts:
+        raise Unsupported("a comparison of a value computed from the input; the graph compares mask inputs and "
+                          "token ids only")
+    return ctx.emit("mask", [x], tuple(x.shape), {"value": float(other), "axes": None})
+
+
+@TABLE.register(*aten("rsub.Scalar"))
+def rsub(ctx, input, other, alpha=1):
+    """other - alpha * input."""
+    return elementwise.sub(ctx, other, input, alpha)
