@@ -360,3 +360,24 @@ def test_causal_lm_right_padding_does_not_reach_earlier_positions(gpt2):
     a = attribx.explain(gpt2, x, "lrp.attn", target=3, position=4, epsilon=0.0).values
     b = attribx.explain(gpt2, padded, "lrp.attn", target=3, position=4, epsilon=0.0).values
     assert np.array_equal(a[:, :5], b[:, :5]) and not a[:, 5:].any() and not b[:, 5:].any()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")      # numpy: the dtype's minimum added twice is -inf
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_numpy_engine_equals_torch_engine(name):
+    """The rules run on every engine: the numpy engine gives the torch engine's relevance, masks included."""
+    model = build(name)
+    x, mask = padded(name)
+    a = attribx.explain(model, (x, mask), "lrp.attn", target=1, position=4, engine="numpy", epsilon=0.0)
+    b = attribx.explain(model, (x, mask), "lrp.attn", target=1, position=4, epsilon=0.0)
+    assert rel_err(a.values, b.values) <= 1e-10
+
+
+def test_saved_graph_keeps_its_mask_input(tmp_path, gpt2):
+    x, mask = padded("gpt2")
+    attribx.translate(gpt2, input_shape=(SEQ,)).save(tmp_path / "gpt2.npz")
+    loaded = attribx.load_model(str(tmp_path / "gpt2.npz"))
+    assert [v.name for v in loaded.mask_inputs] == ["attention_mask"]
+    a = attribx.explain(loaded, (x.numpy(), mask.numpy()), "lrp.cp", target=2, position=4)
+    b = attribx.explain(gpt2, (x, mask), "lrp.cp", target=2, position=4)
+    assert rel_err(a.values, b.values) <= 1e-12
