@@ -177,11 +177,9 @@ def test_latent_relevance_equals_lxt(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     ref = np.load(tmp_path / "h.npz")
     graph = attribx.translate(model, input_shape=(SEQ,))
-    # the residual sums: embeddings + positions, then after block 0's MLP
-    sums = [n.name for n in graph.nodes if n.op == "add" and all(graph[i].op != "constant" for i in n.inputs
-                                                                 if i in graph) or n.name == "add"]
-    first, block0 = "add", next(n for n in sums if graph[n].inputs[0] != "add" and "c_proj" in graph[n].inputs[1]
-                                and "mlp" in graph[n].inputs[1])
+    # the residual stream: token + position embeddings, and after block 0 (the sum its MLP's output joins)
+    first = next(n.name for n in graph.nodes if n.op == "add" and "transformer.wte" in n.inputs)
+    block0 = next(n.name for n in graph.nodes if n.op == "add" and "transformer.h.0.mlp.c_proj" in n.inputs)
     ours = attribx.explain(model, x, "lrp.attn", target=9, position=-1, epsilon=0.0, layers=[first, block0])
     assert rel_err(ours[first].values, ref["hidden0"]) <= 1e-4
     assert rel_err(ours[block0].values, ref["hidden1"]) <= 1e-4
