@@ -12,7 +12,8 @@ VOCAB = 50
 
 
 def build(name: str, attn: str = "eager", dtype: str = "float64", seed: int = 0):
-    """The model ``name`` (bert, gpt2, llama, vit) with attention implementation ``attn``, in eval mode."""
+    """The model ``name`` (bert, gpt2, llama, qwen2, gemma, vit) with attention implementation ``attn``, in eval
+    mode."""
     import torch
     import transformers as tr
     torch.manual_seed(seed)
@@ -26,6 +27,13 @@ def build(name: str, attn: str = "eager", dtype: str = "float64", seed: int = 0)
     elif name == "llama":
         cfg = tr.LlamaConfig(vocab_size=VOCAB, num_key_value_heads=2, max_position_embeddings=32, **common)
         cls = tr.LlamaForCausalLM
+    elif name == "qwen2":
+        cfg = tr.Qwen2Config(vocab_size=VOCAB, num_key_value_heads=2, max_position_embeddings=32, **common)
+        cls = tr.Qwen2ForCausalLM
+    elif name == "gemma":       # RMSNorm scaled by (1 + weight), tanh-GELU gate, embeddings times sqrt(hidden)
+        cfg = tr.GemmaConfig(vocab_size=VOCAB, num_key_value_heads=2, head_dim=8, max_position_embeddings=32,
+                             **common)
+        cls = tr.GemmaForCausalLM
     elif name == "vit":
         cfg = tr.ViTConfig(image_size=16, patch_size=4, num_channels=3, num_labels=5, **common)
         cls = tr.ViTForImageClassification

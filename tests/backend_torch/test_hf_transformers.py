@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import attribx  # noqa: E402
-from attribx.errors import InputError, InputShapeError  # noqa: E402
+from attribx.errors import InputError, InputShapeError, UnsupportedError  # noqa: E402
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -58,6 +58,32 @@ def test_forward_equals_hf(name, attn):
         out = attribx.forward(model, x)
         assert out.dtype == ref.dtype
         assert rel_err(out, ref) <= tol, (name, attn, dtype)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "gemma"])
+def test_relatives_forward_equals_hf(name):
+    """Relatives of Llama: Qwen2 (biases on q, k, v) and Gemma (RMSNorm scaled by 1 + weight: fused as such only
+    because the module is checked to compute it), with and without padding."""
+    model = build(name, "sdpa")
+    x, mask = padded(name, "sdpa")
+    assert rel_err(attribx.forward(model, x), hf_logits(model, x).detach().numpy()) <= 1e-5
+    ref = model(input_ids=x, attention_mask=mask, use_cache=False).logits.detach().numpy()
+    keep = mask.bool().numpy()
+    assert rel_err(attribx.forward(model, (x, mask))[keep], ref[keep]) <= 1e-5
+    rel = attribx.explain(model, (x, mask), "lrp.attn", target=1, position=4)
+    assert np.isfinite(rel.values).all()
+
+
+def test_a_norm_that_only_shares_the_name_is_not_fused(monkeypatch):
+    """An *RMSNorm class computing something else keeps its pieces: an error naming the op, never a wrong norm."""
+    import transformers.models.llama.modeling_llama as llama
+
+    def other(self, hidden_states):
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * hidden_states * torch.rsqrt(variance + self.variance_epsilon) * 2.0
+    monkeypatch.setattr(llama.LlamaRMSNorm, "forward", other)
+    with pytest.raises(UnsupportedError, match="aten.pow"):
+        attribx.translate(build("llama"), input_shape=(SEQ,))
 
 
 def test_fused_modules_and_names():

@@ -12,13 +12,15 @@ Some HF modules export as aten pieces that only together are one graph op; they 
 class that made them (the ``nn_module_stack`` of the program's nodes), never by approximating the pieces:
 
 - ``*RMSNorm`` (Llama's ``pow``/``mean``/``add``/``rsqrt``/``mul``) -> ``aten.rms_norm`` (its float32 upcast is
-  dropped: the graph computes in the model's dtype);
+  dropped: the graph computes in the model's dtype), scaled by ``weight`` or Gemma's ``1 + weight``, whichever the
+  module computes (checked on a random input: a class that only shares the name stays its pieces);
 - ``NewGELUActivation`` (GPT-2's ``gelu_new``: ``pow``/``tanh``/``mul``/``add``) -> GELU with ``approximate='tanh'``
   (the same formula);
 - ``Conv1D`` (GPT-2's linear with a transposed weight, ``view``/``addmm``/``view``) -> ``aten.linear``.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -48,7 +50,7 @@ def _example(model: nn.Module, input_shape: tuple, dtype) -> torch.Tensor:
 
 
 #: encoder families whose ``attention_mask`` may be (N, 1, T) (``get_extended_attention_mask``)
-_ENCODERS = {"bert", "roberta"}
+_ENCODERS = {"bert"}
 
 
 def mask_kind(model: nn.Module) -> str | None:
@@ -162,11 +164,36 @@ def _param_node(region, suffix: str):
     return None
 
 
+def _rms_offset(module, eps) -> float | None:
+    """The offset o for which the module computes x / rms(x) · (o + weight): 0 (Llama), 1 (Gemma), or None
+    (another formula). Checked on a random input, so that a class that only shares the name is never fused."""
+    g = torch.Generator().manual_seed(0)
+    size = module.weight.shape[-1]
+    probe = torch.randn((2, 3, size), generator=g, dtype=torch.float64)
+    w = torch.randn(size, generator=g, dtype=torch.float64)     # a weight of its own (the model's may be ones)
+    try:
+        twin = copy.deepcopy(module)
+        with torch.no_grad():
+            twin.weight.copy_(w)
+            got = twin(probe.to(twin.weight.dtype)).to(torch.float64)
+    except Exception:
+        return None
+    for offset in (0.0, 1.0):
+        scale = w + offset
+        want = torch.nn.functional.rms_norm(probe, (w.shape[-1],), scale, float(eps))
+        if torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+            return offset
+    return None
+
+
 def _rms_norm(graph, region, x, module):
     weight = _param_node(region, "weight")
     eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
-    if weight is None or eps is None:
+    offset = None if weight is None or eps is None else _rms_offset(module, eps)
+    if offset is None:
         return None
+    if offset:
+        weight = graph.call_function(torch.ops.aten.add.Tensor, (weight, offset))
     return graph.call_function(torch.ops.aten.rms_norm.default, (x, [int(module.weight.shape[-1])], weight,
                                                                   float(eps)))
 
@@ -237,7 +264,7 @@ def fuse_modules(gm: fx.GraphModule, model: nn.Module, dependent: set) -> dict:
             new.meta["nn_module_stack"] = {k: stack[k] for k in keys[:keys.index(key) + 1]}
             out.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
             for m in new.all_input_nodes:
-                if m.op == "call_function" and m.target is torch.ops.aten.t.default:
+                if m.op == "call_function" and m.target in (torch.ops.aten.t.default, torch.ops.aten.add.Tensor):
                     m.meta["nn_module_stack"] = dict(new.meta["nn_module_stack"])
             fused[new] = name.rsplit(".", 1)[-1]
             dependent.add(new)
