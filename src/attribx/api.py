@@ -14,8 +14,10 @@ from . import batching
 from .engines.base import Engine
 from .errors import InputError, InputShapeError, MethodError, ModelLoadError, UnsupportedError
 from .graph import Graph
-from .inputs import as_input, as_tensor_input, is_torch_tensor, shape_error, takes_indices, to_numpy
+from .inputs import (as_input, as_tensor_input, is_torch_tensor, mask_arrays, shape_error, split_inputs, takes_indices,
+                     to_numpy)
 from .methods import as_method
+from .positions import at_position, needs_position
 from .plugins import manager, registry
 from .progress import progress
 from .propagation import run_forward
@@ -158,11 +160,13 @@ def forward(model: Any, x: Any, engine: Any = None, output: str | None = None,
     ``passes`` as in :func:`translate` (``False`` runs the graph exactly as given); ``device`` as in
     :func:`explain`.
     """
+    x, rest = split_inputs(x)
     graph, x = _graph_and_input(model, x, passes)
+    masks = mask_arrays(graph, rest, tuple(x.shape))
     graph = _select_output(graph, output)
     eng = get_engine(engine, graph, device)
     name = graph.output
-    acts = run_forward(graph, eng, eng.asarray(x), upto=name)
+    acts = run_forward(graph, eng, eng.asarray(x), upto=name, masks={k: eng.asarray(v) for k, v in masks.items()})
     return eng.to_numpy(acts[name])
 
 
@@ -212,7 +216,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
             output: str | None = None, engine: Any = None, device: Any = None, output_init: Any = None,
             layers: Sequence[str] | None = None, conservation: bool = False, batch_size: int | None = None,
             sample: Any = None, labels: Any = None, progress_bar: bool | None = None, tokens: Any = None,
-            pad_id: int | None = None, padding: Any = None, per_token: bool = False, **params: Any):
+            pad_id: int | None = None, padding: Any = None, per_token: bool = False, position: int | None = None,
+            **params: Any):
     """Explain ``model``'s prediction for inputs ``x`` with a method (a name, a Method or a Composite).
 
     Returns an ``xarray.DataArray`` named ``relevance`` in the input's layout, with coords ``sample``,
@@ -234,9 +239,20 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     ``per_token=True`` sums the relevance over every axis but sample and token, so embedded inputs
     (N, T, E) get one score per token as token-id inputs do. The token axis is the input's ``token``
     dim, else its second axis.
+
+    Language models (see ``docs/transformers.md``): ``position`` (an int, -1 the last) explains the output at
+    that token position of a (sample, token, vocabulary) output, ``target`` then being a token id. ``x`` may be
+    ``(input_ids, attention_mask)`` (or a dict by those names) where the graph has a mask input: the mask
+    decides and takes no relevance; the relevance is the first input's.
     """
+    x, rest = split_inputs(x)
     graph, x = _graph_and_input(model, x)
+    masks = mask_arrays(graph, rest, tuple(x.shape))
     graph = _select_output(graph, output)
+    if position is not None:
+        graph = at_position(graph, position)
+    else:
+        needs_position(graph, takes_indices(graph), output_init)
     reg = registry()
     m = as_method(method, reg.methods)
     resolved = m.resolve(params)
@@ -265,7 +281,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
         tb = batching.batch_target(target, sl, n)
         init = init_array[sl] if init_array is not None else output_init
         result = m.run(graph, eng, eng.asarray(xb), lambda s, tb=tb: resolve_targets(tb, s), resolved, init,
-                       keep=list(where.values()), conservation=conservation, ops=reg.ops, rules=reg.rules)
+                       keep=list(where.values()), conservation=conservation, ops=reg.ops, rules=reg.rules,
+                       masks={k: eng.asarray(v[sl]) for k, v in masks.items()})
         scores = eng.to_numpy(result.output)
         piece = {"input": eng.to_numpy(result.relevance[graph.input.name]),
                  "targets": np.asarray(result.targets),
@@ -286,6 +303,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
              "target_kind": target_kind(target)}
     if isinstance(target, tuple):
         extra["contrast"] = True
+    if position is not None:
+        extra["position"] = graph.meta["position"]
     attrs = provenance(graph, m, resolved, eng, **extra)
     lay = {k.split(":", 1)[1]: v for k, v in joined.items() if k.startswith("layer:")}
     cons = None

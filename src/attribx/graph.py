@@ -176,10 +176,20 @@ class Graph:
 
     @property
     def input(self) -> Value:
-        """The single input; graphs with several inputs must be addressed through ``inputs``."""
-        if len(self.inputs) != 1:
-            raise GraphError(f"graph has {len(self.inputs)} inputs; explain one at a time is not supported yet")
-        return self.inputs[0]
+        """The explained input: the only one, or the one that is not a mask input (:attr:`mask_inputs`)."""
+        masks = set(self.meta.get("mask_inputs", ()))
+        main = [v for v in self.inputs if v.name not in masks]
+        if len(main) != 1:
+            raise GraphError(f"graph has {len(main)} inputs besides its mask inputs; explaining several inputs is not "
+                             f"supported yet")
+        return main[0]
+
+    @property
+    def mask_inputs(self) -> list[Value]:
+        """Inputs that decide but take no relevance (a transformer's ``attention_mask``), named in
+        ``meta["mask_inputs"]``; one not given runs as all ones (everything attended)."""
+        masks = set(self.meta.get("mask_inputs", ()))
+        return [v for v in self.inputs if v.name in masks]
 
     @property
     def output(self) -> str:

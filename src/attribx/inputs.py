@@ -121,3 +121,49 @@ def as_input(graph: Graph, x: Any) -> np.ndarray:
         bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
         raise InputError(f"input contains NaN or infinite values (in {bad} of {len(x)} samples)")
     return x
+
+
+def split_inputs(x: Any) -> tuple[Any, Any]:
+    """(the explained input, the further inputs or None) from what the user passed: one array; a tuple of arrays
+    (``(input_ids, attention_mask)``, Captum's convention: the first explained); a dict (the first item explained,
+    the others by name, ``{"input_ids": ..., "attention_mask": ...}``)."""
+    if isinstance(x, dict):
+        if not x:
+            raise InputError("the input dict is empty")
+        items = list(x.items())
+        return items[0][1], dict(items[1:])
+    if isinstance(x, tuple) and len(x) > 1 and all(hasattr(a, "shape") for a in x):
+        return x[0], list(x[1:])
+    return x, None
+
+
+def mask_arrays(graph: Graph, rest: Any, shape: tuple) -> dict[str, np.ndarray]:
+    """The further inputs as the graph's mask inputs by name (numpy in the input's dtype, shaped like the
+    explained input), or the reason they cannot be."""
+    if rest is None:
+        return {}
+    masks = graph.mask_inputs
+    names = [v.name for v in masks]
+    if isinstance(rest, dict):
+        unknown = [k for k in rest if k not in names]
+        if unknown:
+            raise InputError(f"input(s) {', '.join(map(repr, unknown))}: the model's graph takes "
+                             + (f"the mask input(s) {', '.join(map(repr, names))} besides the explained one"
+                                if names else "one input (several signal inputs are not supported yet)"))
+        given = dict(rest)
+    else:
+        if len(rest) > len(names):
+            raise InputError(f"{1 + len(rest)} inputs given; the model's graph takes the explained input"
+                             + (f" and the mask input(s) {', '.join(map(repr, names))}" if names else
+                                " alone (several signal inputs are not supported yet)"))
+        given = dict(zip(names, rest))
+    out = {}
+    for name, m in given.items():
+        m = to_numpy(m)
+        if tuple(m.shape) != tuple(shape):
+            raise InputError(f"mask input {name!r} has shape {tuple(m.shape)}; it must be shaped like the explained "
+                             f"input, {tuple(shape)}")
+        if m.dtype.kind not in "iubf":
+            raise InputError(f"mask input {name!r} must be numeric (0 masks, anything else attends), got {m.dtype}")
+        out[name] = m.astype(np.dtype(next(v.dtype for v in masks if v.name == name)))
+    return out

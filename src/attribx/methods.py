@@ -102,9 +102,9 @@ class Method:
 
     def run(self, graph, engine, x, targets_fn, params: Mapping[str, Any], init=None,
             keep: Sequence[str] = (), conservation: bool = False, ops: Mapping | None = None,
-            rules: Mapping | None = None) -> Propagation:
+            rules: Mapping | None = None, masks: Mapping | None = None) -> Propagation:
         """One relevance pass; ``targets_fn(scores) -> (targets, against)`` picks the explained classes;
-        ``ops``/``rules`` as for :meth:`rules`."""
+        ``ops``/``rules`` as for :meth:`rules`; ``masks``: the mask inputs' values (``attention_mask``)."""
         mode = self.output_init if init is None else init
         start = self.start_node(graph)
         rules = self.rules(graph, params, ops, rules)
@@ -117,17 +117,18 @@ class Method:
             state["put"] = np.asarray(r0, dtype=np.float64).reshape(len(r0), -1).sum(axis=1)
             return engine.asarray(r0, dtype=engine.dtype_of(scores))
 
-        result = propagate(graph, engine, x, rules, start_relevance, start, keep, conservation)
+        result = propagate(graph, engine, x, rules, start_relevance, start, keep, conservation, masks=masks)
         result.targets = state["targets"]
         if self.family == "lrp":
-            self.check_conservation(graph, engine, x, rules, start_relevance, start, result, state["put"])
+            self.check_conservation(graph, engine, x, rules, start_relevance, start, result, state["put"], masks)
         self.finish(engine, graph, result, x)
         return result
 
     #: the input relevance may sum to at most this many times the explained score (per sample) unwarned
     conservation_factor = 100.0
 
-    def check_conservation(self, graph, engine, x, rules, start_relevance, start, result, put) -> None:
+    def check_conservation(self, graph, engine, x, rules, start_relevance, start, result, put,
+                           masks=None) -> None:
         """Warn (:class:`~attribx.errors.ConservationWarning`) when the input relevance sums to orders of
         magnitude more than the relevance put at the output, naming the node where it grows. Costs one sum
         over the input relevance; the per-node sums are computed (a second pass) only when the check fails."""
@@ -140,7 +141,7 @@ class Method:
         if not len(bad):
             return
         k = int(bad[np.argmax(got[bad] / (put[bad] + 1e-30))])
-        traced = propagate(graph, engine, x, rules, start_relevance, start, trace=True)
+        traced = propagate(graph, engine, x, rules, start_relevance, start, trace=True, masks=masks)
         node, ratio = blow_up(traced.flow, ancestors(graph, start))
         where = (f"; it grows at node {node!r} ({graph[node].op}), whose rule passes back {ratio:.3g}x the "
                  f"relevance it receives" if node is not None else "")
@@ -180,19 +181,19 @@ class AveragedMethod(Method):
         raise NotImplementedError
 
     def run(self, graph, engine, x, targets_fn, params, init=None, keep=(), conservation=False, ops=None,
-            rules=None):
+            rules=None, masks=None):
         if keep or conservation:
             raise MethodError(f"method {self.name!r} averages several passes: layers= and conservation= are "
                               f"not available for it")
         start = self.start_node(graph)
-        scores = run_forward(graph, engine, x, upto=start)[start]
+        scores = run_forward(graph, engine, x, upto=start, masks=masks)[start]
         fixed = targets_fn(engine.to_numpy(scores))
         base = Method(self.name, self.composite, defaults={}, output_init=self.output_init)   # one plain pass
         total = None
         rng = np.random.default_rng(params.get("seed", 0))
         for xi, w in self.points(engine, x, params, rng):
             r = Method.run(base, graph, engine, xi, lambda s: fixed, {}, init, ops=ops,
-                           rules=rules).relevance[graph.input.name]
+                           rules=rules, masks=masks).relevance[graph.input.name]
             total = r * w if total is None else total + r * w
         result = Propagation(scores, {graph.input.name: total}, targets=fixed[0], start=start)
         self.finish(engine, graph, result, x, params)

@@ -25,10 +25,15 @@ def ancestors(graph, start: str) -> list[str]:
     return [n.name for n in graph.nodes if n.name in needed]
 
 
-def run_forward(graph, engine, x, upto: str | None = None) -> dict[str, Any]:
-    """Activations of the graph's input and every node up to ``upto`` (default: all outputs)."""
+def run_forward(graph, engine, x, upto: str | None = None, masks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Activations of the graph's input and every node up to ``upto`` (default: all outputs); ``masks``: the
+    values of the graph's mask inputs by name (engine arrays), all ones for those not given."""
     names = set(ancestors(graph, upto)) if upto else None
     acts = {graph.input.name: x}
+    for v in graph.mask_inputs:
+        given = (masks or {}).get(v.name)
+        acts[v.name] = given if given is not None else engine.asarray(
+            np.ones((int(x.shape[0]), *v.shape[1:]), dtype=v.dtype))
     for node in graph.nodes:
         if names is not None and node.name not in names:
             continue
@@ -53,17 +58,17 @@ class Propagation:
 
 def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], Any], start: str,
               keep: Sequence[str] = (), conservation: bool = False, trace: bool = False,
-              ops: Mapping[str, Any] | None = None) -> Propagation:
+              ops: Mapping[str, Any] | None = None, masks: Mapping[str, Any] | None = None) -> Propagation:
     """Forward to ``start``, initialise relevance there with ``init(scores)``, and pass it back.
 
     ``rules`` maps node names to rules (every node between input and ``start`` needs one). ``trace`` records,
     per node, the relevance sum that reached it and the sum its rule passed back (``Propagation.flow``),
     to find where relevance is created (:func:`blow_up`). ``ops`` (the op table, for each node's category)
-    defaults to the graph's own (``graph.ops``).
+    defaults to the graph's own (``graph.ops``); ``masks`` as for :func:`run_forward` (they take no relevance).
     """
     ops = graph.ops if ops is None else ops
     order = ancestors(graph, start)
-    acts = run_forward(graph, engine, x, upto=start)
+    acts = run_forward(graph, engine, x, upto=start, masks=masks)
     scores = acts[start]
     rel: dict[str, Any] = {start: init(scores)}
     kept: dict[str, Any] = {}
@@ -107,7 +112,8 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
             raise UnsupportedError(f"rule {rule.name!r} returned {len(back)} relevances for node {name!r} "
                                    f"with {len(node.inputs)} inputs")
         if trace:
-            passed = [_sample_sum(engine, ri) for ri in back if ri is not None]
+            # (what constants take is absorbed, as a bias's share; a constant has no batch axis to sum per sample)
+            passed = [_sample_sum(engine, ri) for i, ri in zip(node.inputs, back) if ri is not None and i not in consts]
             flow[name] = (_sample_sum(engine, r), sum(passed) if passed else np.zeros(len(engine.to_numpy(out))))
         for i, ri in zip(node.inputs, back):
             if ri is None:

@@ -37,7 +37,8 @@ def resolve_targets(target, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray 
     """(target class per sample, contrast class per sample or None) from the user's ``target``."""
     if scores.ndim != 2:
         raise InputError(f"class targets need outputs of shape (N, classes); this output has shape {scores.shape}; "
-                         f"pass output_init=<array of the output's shape> instead")
+                         f"for a language model's (sample, token, vocabulary) logits pass position= (the token position whose "
+                         f"prediction is explained, -1 the last); else pass output_init=<array of the output's shape>")
     n, c = scores.shape
     if isinstance(target, tuple) and len(target) == 3 and target[0] == "contrast":
         t, _ = resolve_targets(target[1], scores)

@@ -26,16 +26,19 @@ from attribx.graph import Graph
 
 from .converters import TABLE
 from .signatures import bind
-from .translate import model_dtype
+from .state import model_dtype
 from .tracing import Recorder
 from .values import device_of, first_line, pretty
 from .walker import Walker
 
 __all__ = ["translate_program", "load_program"]
 
-#: the layer classes with converters: ops a call of one made are named by its path
+#: the layer classes with converters, and layers that export as one aten op: ops a call of one made are named
+#: by its path
 _LEAF_CLASSES = {f"{c.target.__module__}.{c.target.__qualname__}": c.target.__name__
                  for c in TABLE if isinstance(c.target, type)}
+_LEAF_CLASSES.update({"torch.nn.modules.normalization.LayerNorm": "LayerNorm",
+                      "transformers.activations.GELUActivation": "GELUActivation"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -49,20 +52,20 @@ def _class_name(cls) -> str:
 class ProgramWalker(Walker):
     """The module walk over ``ep.module()``: no tracing, aten converters, names from ``nn_module_stack``."""
 
-    def __init__(self, gm: fx.GraphModule, input_shape: tuple, dtype, batch: int, name: str, table=TABLE):
+    def __init__(self, gm: fx.GraphModule, input_shape: tuple, dtype, batch: int, name: str, table=TABLE,
+                 fused: dict | None = None, masks: tuple = ()):
         super().__init__(gm, input_shape, dtype, table)
+        self.mask_names = tuple(masks)          # placeholders that are mask inputs (ones in the example)
         self.batch = batch
         self.name = name
         self.leaf: dict[fx.Node, str] = {}      # node -> class of the layer named after it
+        self.fused = dict(fused or {})          # node -> class of the module whose pieces it replaced
 
     def trace(self):
         self.root = gm = self.model
-        graph = gm.graph
-        self.dependent = set()
-        for n in graph.nodes:
-            if n.op == "placeholder" or any(a in self.dependent for a in n.all_input_nodes):
-                self.dependent.add(n)
-        return gm, graph, gm
+        self.dependent = input_dependent(gm.graph)
+        self.masks = {n: n.name for n in gm.graph.nodes if n.op == "placeholder" and n.name in self.mask_names}
+        return gm, gm.graph, gm
 
     def takes_indices(self, fx_graph) -> bool:
         first = next(n for n in fx_graph.nodes if n.op == "placeholder")
@@ -73,10 +76,12 @@ class ProgramWalker(Walker):
         """One run at the program's own batch size, every input-dependent value read for the first sample."""
         example = torch.zeros((self.batch, *self.input_shape), dtype=torch.long if self.indices else self.dtype,
                               device=device_of(self.model))
+        masks = [torch.ones((self.batch, *self.input_shape), dtype=torch.long, device=example.device)
+                 for _ in self.masks]
         rec = Recorder(self.gm)
         try:
             with torch.no_grad():
-                rec.run(example)
+                rec.run(example, *masks)
         except Exception as err:
             raise self.shape_error(fx_graph, err) from None
 
@@ -96,10 +101,11 @@ class ProgramWalker(Walker):
             if n.op != "call_function" or n not in self.dependent or scope is None:
                 continue
             key, path, cls = scope
-            if cls in _LEAF_CLASSES and key not in seen:
+            leaf = self.fused.get(n) or _LEAF_CLASSES.get(cls)
+            if leaf is not None and key not in seen:
                 seen.add(key)
                 names[n] = self.unique(path)
-                self.leaf[n] = _LEAF_CLASSES[cls]
+                self.leaf[n] = leaf
         return names
 
     @staticmethod
@@ -146,7 +152,7 @@ def _arg_name(n: fx.Node, i: int, name: str) -> str:
     return str(v.target) if isinstance(v, fx.Node) and v.op == "get_attr" else name
 
 
-def _program_module(ep, intermediate_writes: bool = False) -> tuple[fx.GraphModule, fx.Node]:
+def _program_module(ep, intermediate_writes: bool = False, masks: tuple = ()) -> tuple[fx.GraphModule, fx.Node]:
     """A fresh module of the program (``ep.module()``), without its input guards (they check the example's
     batch size), and its one input; programs that update state are refused before anything runs (with
     ``intermediate_writes``, in-place ops on values the program computes pass: a check before
@@ -175,11 +181,40 @@ def _program_module(ep, intermediate_writes: bool = False) -> tuple[fx.GraphModu
                 raise UnsupportedError(
                     f"{n.target} (fx node {n.name!r}) updates {', '.join(what)} when the program runs (exported in "
                     f"training mode?); attribx explains inference: export model.eval()")
-    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for n in [n for n in gm.graph.nodes if n.op == "placeholder"]:
+        if not n.users and not isinstance(n.meta.get("val"), torch.Tensor):     # a flag (use_cache=False)
+            gm.graph.erase_node(n)
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and n.name not in masks]
     if len(inputs) != 1:
         raise UnsupportedError(f"the exported program takes {len(inputs)} inputs; attribx translates programs with "
                                f"one input tensor (export a module that takes one)")
     return gm, inputs[0]
+
+
+def input_dependent(graph: fx.Graph) -> set:
+    """The nodes computed from a program input."""
+    dependent = set()
+    for n in graph.nodes:
+        if n.op == "placeholder" or any(a in dependent for a in n.all_input_nodes):
+            dependent.add(n)
+    return dependent
+
+
+#: checks of an intermediate value's dtype and device a program records; they compute nothing
+_CHECKS = tuple(getattr(torch.ops.aten, name).default for name in ("_assert_tensor_metadata",)
+                if hasattr(torch.ops.aten, name))
+
+
+def prepared_module(ep, masks: tuple = ()) -> tuple[fx.GraphModule, fx.Node]:
+    """The program's module to walk (see :func:`_program_module`), functional, without its metadata checks;
+    ``masks``: names of further inputs that are masks."""
+    gm, first = _program_module(_functional(ep, masks), masks=masks)
+    checks = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in _CHECKS]
+    for n in checks:
+        gm.graph.erase_node(n)
+    if checks:
+        gm.recompile()
+    return gm, first
 
 
 def _writes(n: fx.Node) -> bool:
@@ -187,13 +222,13 @@ def _writes(n: fx.Node) -> bool:
         a.alias_info is not None and a.alias_info.is_write for a in n.target._schema.arguments)
 
 
-def _functional(ep):
+def _functional(ep, masks: tuple = ()):
     """The program without in-place ops on intermediate values (``ReLU(inplace=True)`` stays ``relu_`` in
     the training IR): torch's own functionalisation (``run_decompositions`` with no decompositions), which
     also resolves what views of a modified value see. A new program; the user's is not changed. State the
     program would update still shows in the new program's signature, and is refused there."""
     if any(_writes(n) for n in ep.graph.nodes if n.op == "call_function"):
-        _program_module(ep, intermediate_writes=True)      # refuses state updates, naming them as they are
+        _program_module(ep, intermediate_writes=True, masks=masks)      # refuses state updates, naming them as they are
         return ep.run_decompositions({})
     return ep
 
@@ -206,7 +241,7 @@ def _training(n: fx.Node) -> bool:
 def translate_program(ep, input_shape: tuple | None, converters=()) -> Graph:
     """The attribx graph of an ``ExportedProgram``; one sample's shape is the program's own, or
     ``input_shape`` where the program leaves sizes free (dynamic dims); ``converters``: the plugins'."""
-    gm, first = _program_module(_functional(ep))
+    gm, first = prepared_module(ep)
     val = first.meta.get("val")
     if val is None:
         raise UnsupportedError("the exported program does not record its input's shape (no 'val' metadata)")

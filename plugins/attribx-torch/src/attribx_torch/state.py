@@ -13,7 +13,18 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from attribx.errors import ModelModeWarning
+from attribx.errors import ModelModeWarning, UnsupportedError
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            if t.dtype in (torch.float32, torch.float64):
+                return t.dtype
+            raise UnsupportedError(
+                f"{type(model).__name__} has {t.dtype} parameters; attribx graphs are float32 or float64 "
+                f"(convert with model.float())")
+    return torch.float32
 
 
 def warn_if_training(model: nn.Module, stacklevel: int) -> None:

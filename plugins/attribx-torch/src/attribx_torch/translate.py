@@ -39,7 +39,9 @@ from attribx.graph import Graph
 from attribx.translation import Converter
 
 from .converters import TABLE
-from .state import as_in_eval_mode, fingerprint, same_fingerprint, untouched, warn_if_training
+from .hf import HFTranslation, is_hf_model
+from .state import (as_in_eval_mode, fingerprint, model_dtype, same_fingerprint, untouched,
+                    warn_if_training)
 from .tracing import first_layer
 from .values import HOOK_HINT, pretty
 from .walker import Walker
@@ -55,17 +57,6 @@ def clear_cache() -> None:
     """Forget every cached translation."""
     with _lock:
         _cache.clear()
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            if t.dtype in (torch.float32, torch.float64):
-                return t.dtype
-            raise UnsupportedError(
-                f"{type(model).__name__} has {t.dtype} parameters; attribx graphs are float32 or float64 "
-                f"(convert with model.float())")
-    return torch.float32
 
 
 def _copy(graph: Graph) -> Graph:
@@ -112,6 +103,8 @@ def translate_module(model: nn.Module, input_shape: tuple | None,
 
 def _walker(model, input_shape, dtype, plugins: tuple) -> Walker:
     table = TABLE.with_plugins(plugins) if plugins else TABLE
+    if is_hf_model(model):      # torch.fx cannot trace them: torch.export (:mod:`.hf`)
+        return HFTranslation(model, input_shape, dtype, table)
     functions = tuple(c.target for c in plugins if inspect.isfunction(c.target))
     return Walker(model, input_shape, dtype, table, functions)
 
@@ -119,6 +112,11 @@ def _walker(model, input_shape, dtype, plugins: tuple) -> Walker:
 def _translate_module(model: nn.Module, input_shape: tuple | None, plugins: tuple) -> Graph:
     warn_if_training(model, stacklevel=3)
     implied = input_shape is None
+    if implied and is_hf_model(model):
+        raise InputShapeError(f"translating a HuggingFace model ({type(model).__name__}) needs one sample's input "
+                              f"shape (it is exported with example data): pass attribx.translate(model, "
+                              f"input_shape=(T,)) with the sequence length, or call attribx.explain(model, "
+                              f"input_ids), which takes the shape from the data", None)
     if not implied:
         try:
             input_shape = tuple(int(d) for d in input_shape)

@@ -69,6 +69,7 @@ class Walker(Translator):
         self.sequence_input = False             # a recurrent layer reads the input directly
         self.swap_out = False                   # an elementwise op on time-major tensors: see out_shape
         self.counts: set[str] = set()           # graph values holding integers (masks, lengths)
+        self.masks: dict[fx.Node, str] = {}     # further inputs that are masks: their graph input names
 
     # -- what converters use ----------------------------------------------------------------------
     def _append(self, name, op, inputs, params, source, attrs):
@@ -203,7 +204,9 @@ class Walker(Translator):
             raise UnsupportedError(
                 f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: {first_line(err)}. "
                 f"attribx translates models whose forward torch.fx can trace symbolically (no control "
-                f"flow on tensor values); {HOOK_HINT}") from None
+                f"flow on tensor values), or export it with torch.export and explain the program "
+                f"(attribx.explain(torch.export.export(model.eval(), (x,)), x), docs/transformers.md); "
+                f"{HOOK_HINT}") from None
         finally:
             for k in set(vars(root)) - before:     # the tracer parks tensor constants on the root
                 if k.startswith("_tensor_constant"):
@@ -264,6 +267,9 @@ class Walker(Translator):
                 if first:
                     self.values[n] = Tensor("input", tuple(example.shape), dtype=example.dtype)
                     first = False
+                elif n in self.masks:       # a mask input (attention_mask): a graph input that takes no relevance
+                    self.values[n] = Tensor(self.masks[n], tuple(self.env[n].shape), dtype=self.env[n].dtype)
+                    self.counts.add(self.masks[n])
                 else:
                     self.values[n] = self.env[n]
                 continue
@@ -493,8 +499,14 @@ class Walker(Translator):
         layout = ("sample",) + tuple("token" if i == 0 else f"position_{i}" for i in range(len(full) - 1))
         if not self.indices:
             layout = layout_dims("NTE" if self.sequence_input else None, len(full))
-        graph = self.finish([Value("input", full, dtype, layout)], [o.name for o in outputs], backend="torch",
-                            framework="torch", torch_version=torch.__version__, input_shape=list(self.input_shape))
+        # mask inputs are carried in the model's float dtype (0 masks), so what is computed from them stays in it
+        float_dtype = "float64" if self.dtype == torch.float64 else "float32"
+        masks = [Value(name, (None, *self.env[n].shape[1:]), float_dtype, ("sample", "token")[:self.env[n].dim()])
+                 for n, name in self.masks.items()]
+        meta = {"mask_inputs": list(self.masks.values())} if masks else {}
+        graph = self.finish([Value("input", full, dtype, layout)] + masks, [o.name for o in outputs], backend="torch",
+                            framework="torch", torch_version=torch.__version__, input_shape=list(self.input_shape),
+                            **meta)
         for nd in graph.nodes:   # the graph's shapes must be torch's, batch axis first
             want = self.expected.get(nd.name)
             got = tuple(1 if d is None else d for d in nd.shape)

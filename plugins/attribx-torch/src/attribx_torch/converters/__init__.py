@@ -10,6 +10,6 @@ a tuple whose first item the graph holds).
 """
 from . import transformer, swin  # noqa: F401  (issue 19's families; they register)
 from .base import TABLE
-from . import layers, elementwise, reductions, shape, pooling, recurrent, aten  # noqa: F401  (they register)
+from . import layers, elementwise, reductions, shape, pooling, recurrent, aten, aten_transformer  # noqa: F401  (they register)
 
 __all__ = ["TABLE"]

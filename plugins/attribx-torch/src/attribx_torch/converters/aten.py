@@ -39,12 +39,11 @@ _SAME = {
     elementwise.relu: "relu.default", elementwise.sigmoid: "sigmoid.default", elementwise.tanh: "tanh.default",
     elementwise.silu: "silu.default", elementwise.gelu: "gelu.default", elementwise.leaky_relu: "leaky_relu.default",
     elementwise.hardtanh: "hardtanh.default", elementwise.hardsigmoid: "hardsigmoid.default",
-    elementwise.clamp: "clamp.default", elementwise.softmax: "softmax.int",
+    elementwise.clamp: "clamp.default",
     elementwise.add: "add.Tensor add.Scalar", elementwise.sub: "sub.Tensor sub.Scalar",
     elementwise.mul: "mul.Tensor mul.Scalar", elementwise.div: "div.Tensor div.Scalar",
     elementwise.neg: "neg.default",
-    elementwise.cast: "clone.default alias.default contiguous.default detach.default _to_copy.default "
-                      "lift_fresh_copy.default",
+    elementwise.cast: "clone.default alias.default contiguous.default detach.default lift_fresh_copy.default",
     pooling.max_pool: "max_pool1d.default max_pool2d.default max_pool3d.default",
     pooling.avg_pool: "avg_pool1d.default avg_pool2d.default avg_pool3d.default",
     pooling.adaptive_avg_pool: "adaptive_avg_pool1d.default adaptive_avg_pool2d.default adaptive_avg_pool3d.default "
@@ -53,7 +52,7 @@ _SAME = {
     shape_ops.flatten: "flatten.using_ints", shape_ops.unsqueeze: "unsqueeze.default",
     shape_ops.squeeze: "squeeze.dim squeeze.dims squeeze.default",
     shape_ops.permute: "permute.default", shape_ops.transpose: "transpose.int", shape_ops.transpose_2d: "t.default",
-    shape_ops.cat: "cat.default", shape_ops.stack: "stack.default",
+    shape_ops.stack: "stack.default",
     shape_ops.size: "sym_size.int",
 }
 for _convert, _names in _SAME.items():
@@ -64,6 +63,8 @@ del _convert, _names, _options
 
 @TABLE.register(*aten("view.default", "_unsafe_view.default"), batch_args_ok=True)
 def view(ctx, input, size):
+    if is_t(input) and tuple(ctx.result().shape) == tuple(input.shape):
+        return ctx.tensor(input)        # (token ids viewed as they are, GPT-2's input_ids.view(-1, T))
     return shape_ops.reshape_to(ctx, input)
 
 
@@ -101,6 +102,8 @@ def mm(ctx, input, mat2):
 
 @TABLE.register(*aten("matmul.default"))
 def matmul(ctx, input, other):
+    if is_t(input) and is_t(other):
+        return ctx.emit("matmul", [ctx.materialize(input), ctx.materialize(other)], ctx.out_shape())
     return layers.linear(ctx, input, _matrix(other, "a matrix product"))
 
 
