@@ -279,8 +279,42 @@ def gen_length_mask(draw, rng):
     return {"steps": steps}, [rng.integers(0, steps + 2, size=draw(st.integers(1, 4))).astype(np.float64)], {}
 
 
+def gen_norm(draw, rng, name):
+    shape = draw_shape(draw)
+    ndim = len(shape)
+    chosen = draw(st.lists(st.integers(1, ndim - 1), min_size=1, max_size=ndim - 1, unique=True))
+    params = {}
+    for key in ("scale",) + (("bias",) if name == "layer_norm" else ()):
+        if draw(st.booleans()):
+            params[key] = rng.normal(size=tuple(shape[a] for a in sorted(chosen)))
+    attrs = {"axes": tuple(a - ndim if draw(st.booleans()) else a for a in chosen),
+             "eps": draw(st.sampled_from([1e-5, 0.1]))}
+    return attrs, [rng.normal(size=shape) * 2 + 0.5], params
+
+
+def gen_matmul(draw, rng):
+    n, k, m = (draw(st.integers(1, 3)) for _ in range(3))
+    lead = tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 2))))
+    batch = draw(st.integers(1, 2))
+    kind = draw(st.sampled_from(["signals", "const_right", "const_left", "rows"]))
+    if kind == "rows":
+        shapes, batched = [(batch, k), (k, m)], [True, False]
+    elif kind == "signals":
+        other = tuple(d if draw(st.booleans()) else 1 for d in lead)
+        shapes, batched = [(batch,) + lead + (n, k), (draw(st.sampled_from([1, batch])),) + other + (k, m)], [True, True]
+    elif kind == "const_right":
+        shapes, batched = [(batch,) + lead + (n, k), lead[len(lead) - draw(st.integers(0, len(lead))):] + (k, m)], \
+            [True, False]
+    else:
+        shapes, batched = [(n, k), (batch,) + lead + (k, m)], [False, True]
+    return {}, [rng.normal(size=s) for s in shapes], {}, batched
+
+
 GENERATORS = {
     "linear": gen_linear,
+    "layer_norm": lambda d, r: gen_norm(d, r, "layer_norm"),
+    "rms_norm": lambda d, r: gen_norm(d, r, "rms_norm"),
+    "matmul": gen_matmul,
     "conv": gen_conv,
     "conv_transpose": gen_conv_transpose,
     "embedding": gen_embedding,
@@ -294,6 +328,7 @@ GENERATORS = {
     "elu": unary("elu", alpha=st.sampled_from([1.0, 0.3])),
     "gelu": unary("gelu", approximate=st.sampled_from(["none", "tanh"])),
     "silu": unary("silu"),
+    "erf": unary("erf"),
     "tanh": unary("tanh"),
     "sigmoid": unary("sigmoid"),
     "softmax": gen_softmax,
@@ -315,7 +350,7 @@ GENERATORS = {
     "length_mask": gen_length_mask,
     "where": gen_where,
 }
-EXAMPLES = {"conv": 120, "conv_transpose": 80, "max_pool": 120, "avg_pool": 120, "add": 60, "mul": 60, "slice": 40, "pad": 40,
+EXAMPLES = {"matmul": 40, "layer_norm": 40, "conv": 120, "conv_transpose": 80, "max_pool": 120, "avg_pool": 120, "add": 60, "mul": 60, "slice": 40, "pad": 40,
             "batch_norm": 40}
 
 
@@ -407,7 +442,46 @@ def zoo_graph(seed=2):
     return b.build(b.softmax(out, name="sm")), rng.normal(size=(2, 4, 9))
 
 
-GRAPHS = {"cnn": cnn_graph, "mlp": mlp_graph, "zoo": zoo_graph}
+def attention_graph(seed=3, bias=True, gated=False, tokens=5, width=6, hidden=8, classes=4):
+    """A one-head self-attention block: layer_norm -> linear q, k, v -> q @ k^T -> scale -> softmax -> @ v
+    -> linear -> residual add -> layer_norm (RMS norm when ``gated``) -> MLP (linear-gelu-linear, or Llama's
+    silu(gate) * up -> down when ``gated``) -> residual add -> first token -> linear head. ``weights`` (in
+    ``graph.meta``) lets a test rebuild it in another framework."""
+    rng = np.random.default_rng(seed)
+    w = {k: rng.normal(size=shape) / np.sqrt(shape[-1])
+         for k, shape in [("q", (width, width)), ("k", (width, width)), ("v", (width, width)), ("o", (width, width)),
+                          ("up", (hidden, width)), ("gate", (hidden, width)), ("down", (width, hidden)),
+                          ("head", (classes, width))]}
+    bias_of = {k: (rng.normal(size=v.shape[0]) * 0.1 if bias else None) for k, v in w.items()}
+    w["ln1_scale"], w["ln2_scale"] = rng.uniform(0.5, 1.5, width), rng.uniform(0.5, 1.5, width)
+    w["ln1_bias"] = rng.normal(size=width) * 0.1 if bias else None
+    w["ln2_bias"] = rng.normal(size=width) * 0.1 if bias and not gated else None
+    b = GraphBuilder("attention")
+    x = b.input("x", (tokens, width), layout=("sample", "token", "feature"))
+
+    def lin(h, key):
+        return b.linear(h, w[key], bias_of[key], name=key)
+
+    a = b.add_node("layer_norm", x, "ln1", {"scale": w["ln1_scale"], "bias": w["ln1_bias"]}, axes=(-1,), eps=1e-5)
+    q, k, v = lin(a, "q"), lin(a, "k"), lin(a, "v")
+    scores = b.add_node("matmul", (q, b.transpose(k, (0, 2, 1), name="kt")), "scores")
+    att = b.softmax(b.mul(scores, b.constant(np.array(1 / np.sqrt(width)), name="c"), name="scaled"), name="att")
+    h = b.add(x, lin(b.add_node("matmul", (att, v), "context"), "o"), name="res1")
+    if gated:
+        m = b.add_node("rms_norm", h, "ln2", {"scale": w["ln2_scale"]}, axes=(2,), eps=1e-6)
+        f = lin(b.mul(b.silu(lin(m, "gate"), name="act"), lin(m, "up"), name="glu"), "down")
+    else:
+        m = b.add_node("layer_norm", h, "ln2", {"scale": w["ln2_scale"], "bias": w["ln2_bias"]}, axes=(-1,),
+                       eps=1e-5)
+        f = lin(b.gelu(lin(m, "up"), name="act"), "down")
+    cls = b.flatten(b.slice(b.add(h, f, name="res2"), axis=1, start=0, stop=1, name="cls"), name="flat")
+    graph = b.build(lin(cls, "head"))
+    graph.meta["weights"] = {**w, **{f"{k}_bias": v for k, v in bias_of.items() if k not in ("ln1", "ln2")}}
+    return graph, rng.normal(size=(3, tokens, width))
+
+
+GRAPHS = {"cnn": cnn_graph, "mlp": mlp_graph, "zoo": zoo_graph, "attention": attention_graph,
+          "attention_gated": lambda: attention_graph(4, gated=True)}
 
 
 def method_params(method):

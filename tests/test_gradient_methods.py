@@ -46,6 +46,8 @@ def op_graph(op):
     elif op == "batch_norm":
         h, shape = b.batch_norm(x, R.normal(size=3), R.uniform(0.5, 2, 3), R.normal(size=3), R.normal(size=3),
                                 eps=1e-3), (3, 6, 6)
+    elif op == "erf":
+        h, shape = b.add_node("erf", x), (3, 6, 6)
     elif op in ("relu", "tanh", "sigmoid", "identity"):
         h, shape = getattr(b, op)(x), (3, 6, 6)
     elif op == "clip":
@@ -65,6 +67,15 @@ def op_graph(op):
         h, shape = b.add(x, b.tanh(x), b.constant(R.normal(size=(1, 6, 1)))), (3, 6, 6)
     elif op == "mul":
         h, shape = b.mul(b.sigmoid(x), x), (3, 6, 6)
+    elif op == "layer_norm":
+        h = b.add_node("layer_norm", x, params={"scale": R.normal(size=(3, 6)), "bias": R.normal(size=(3, 6))},
+                       axes=(1, -1), eps=1e-3)
+        shape = (3, 6, 6)
+    elif op == "rms_norm":
+        h, shape = b.add_node("rms_norm", x, params={"scale": R.normal(size=6)}, axes=-1), (3, 6, 6)
+    elif op == "matmul":        # two signals: x @ tanh(x)^T, and a constant on the right
+        xt = b.transpose(b.tanh(x), (0, 1, 3, 2))
+        h, shape = b.add_node("matmul", [b.add_node("matmul", [x, xt]), b.constant(R.normal(size=(6, 2)))]), (3, 6, 2)
     elif op == "concat":
         h, shape = b.concat(x, b.tanh(x), axis=2), (3, 12, 6)
     elif op == "reshape":

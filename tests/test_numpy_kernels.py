@@ -444,8 +444,50 @@ def length_mask_cases(draw):
     return Case("length_mask", {"steps": steps}, [lengths], seed=seed)
 
 
+@st.composite
+def norm_cases(draw, name):
+    """layer_norm / rms_norm over a non-empty set of non-batch axes (negative or not), with or without affine."""
+    shape = draw(shapes(max_rank=4))
+    ndim = len(shape)
+    chosen = draw(st.lists(st.integers(1, ndim - 1), min_size=1, max_size=ndim - 1, unique=True))
+    axes = tuple(a - ndim if draw(st.booleans()) else a for a in chosen)
+    seed = draw(seeds)
+    rng = np.random.default_rng(seed)
+    params = {}
+    for key in ("scale",) + (("bias",) if name == "layer_norm" else ()):
+        if draw(st.booleans()):
+            params[key] = rng.normal(size=tuple(shape[a] for a in sorted(set(chosen))))
+    attrs = {"axes": axes if draw(st.booleans()) or len(axes) > 1 else axes[0],
+             "eps": draw(st.sampled_from([1e-5, 0.1]))}
+    return Case(name, attrs, [rng.normal(size=shape) * 2 + 0.5], params, seed=seed)
+
+
+@st.composite
+def matmul_cases(draw):
+    """Both factors signals (leading axes broadcast), or one of them a constant without batch axis."""
+    n, k, m = draw(small), draw(small), draw(small)
+    lead = tuple(draw(st.lists(small, max_size=2)))
+    batch = draw(st.integers(1, 2))
+    kind = draw(st.sampled_from(["signals", "const_right", "const_left", "rows"]))
+    seed = draw(seeds)
+    rng = np.random.default_rng(seed)
+    if kind == "rows":             # (N, k) @ (k, m): the batch axis is the rows, as a linear layer
+        shapes_, batched = [(batch, k), (k, m)], [True, False]
+    elif kind == "signals":
+        other = tuple(d if draw(st.booleans()) else 1 for d in lead)
+        shapes_, batched = [(batch,) + lead + (n, k), (draw(st.sampled_from([1, batch])),) + other + (k, m)], [True, True]
+    elif kind == "const_right":
+        shapes_, batched = [(batch,) + lead + (n, k), lead[len(lead) - draw(st.integers(0, len(lead))):] + (k, m)], [True, False]
+    else:
+        shapes_, batched = [(n, k), (batch,) + lead + (k, m)], [False, True]
+    return Case("matmul", {}, [rng.normal(size=s) for s in shapes_], batched=batched, seed=seed)
+
+
 CASES = {
     "linear": linear_cases(),
+    "layer_norm": norm_cases("layer_norm"),
+    "rms_norm": norm_cases("rms_norm"),
+    "matmul": matmul_cases(),
     "conv_transpose": conv_transpose_cases(),
     "div": div_cases(),
     "embedding": embedding_cases(),
@@ -462,6 +504,7 @@ CASES = {
     "elu": unary_cases("elu", values="distinct", alpha=st.sampled_from([1.0, 0.3])),
     "gelu": unary_cases("gelu", approximate=st.sampled_from(["none", "tanh"])),
     "silu": unary_cases("silu"),
+    "erf": unary_cases("erf"),
     "sigmoid": unary_cases("sigmoid"),
     "softmax": axis_cases("softmax"),
     "add": broadcast_cases("add"),
@@ -779,6 +822,48 @@ def test_softmax_formula_and_stability(case, shift):
     np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
 
 
+@settings(max_examples=40, **SETTINGS)
+@given(case=norm_cases("layer_norm"))
+def test_layer_norm_formula(case):
+    x = case.inputs[0]
+    axes = tuple(sorted({a % x.ndim for a in np.atleast_1d(case.attrs["axes"])}))
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
+    want = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + case.attrs["eps"])
+    want = want * case.params.get("scale", np.ones(1)).reshape(shape if "scale" in case.params else [1])
+    want = want + case.params.get("bias", np.zeros(1)).reshape(shape if "bias" in case.params else [1])
+    np.testing.assert_allclose(case.forward(), want, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(case=norm_cases("rms_norm"))
+def test_rms_norm_formula(case):
+    x = case.inputs[0]
+    axes = tuple(sorted({a % x.ndim for a in np.atleast_1d(case.attrs["axes"])}))
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
+    want = x / np.sqrt((x ** 2).mean(axis=axes, keepdims=True) + case.attrs["eps"])
+    if "scale" in case.params:
+        want = want * case.params["scale"].reshape(shape)
+    np.testing.assert_allclose(case.forward(), want, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(case=matmul_cases())
+def test_matmul_is_numpys_and_the_shape_rule_agrees(case):
+    a, b = case.inputs
+    y = case.forward()
+    assert y.shape == inferred_shape(case)
+    want = np.einsum("...ij,...jk->...ik", a, b) if a.ndim == b.ndim else a @ b
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+
+
+def test_matmul_refuses_products_along_the_batch_axis():
+    for a, b in [((None, 3), (None, 3, 2)), ((None, 3, 4), (None, 2)), ((None, 3, 4), (None, 5, 2))]:
+        with pytest.raises(GraphError):
+            OPS["matmul"].infer({}, [a, b], {}, "t")
+    with pytest.raises(GraphError, match="non-batch"):
+        OPS["layer_norm"].infer({"axes": (0,), "eps": 1e-5}, [(None, 3)], {}, "t")
+
+
 def test_elementwise_activations():
     x = np.array([[-3.0, -0.5, 0.0, 0.5, 3.0]])
     run = lambda name, **a: KERNELS[name].forward(OPS[name].resolve_attrs("t", a), [x], {})  # noqa: E731
@@ -793,6 +878,7 @@ def test_elementwise_activations():
     np.testing.assert_allclose(run("gelu", approximate="tanh"),
                                0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))), rtol=1e-12)
     np.testing.assert_allclose(run("silu"), x / (1 + np.exp(-x)), rtol=1e-14)
+    np.testing.assert_allclose(run("erf"), [[math.erf(v) for v in x[0]]], rtol=1e-14)
     big = np.array([[-1000.0, 1000.0]])
     s = KERNELS["sigmoid"].forward({}, [big], {})
     np.testing.assert_array_equal(s, [[0.0, 1.0]])

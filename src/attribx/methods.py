@@ -21,6 +21,7 @@ from .propagation import Propagation, ancestors, blow_up, propagate, run_forward
 from .rules import (AlphaBeta, DeconvNet, Epsilon, Flat, Gamma, Gradient, GuidedBackprop, Rule, WSquare, ZBox, Zero,
                     ZPlus)
 from .targets import initial_relevance
+from .transformer import attn_lrp_composite, cp_lrp_composite
 
 
 # -- input modifiers: (engine, relevance, input, dims) -> (relevance, dims) ---------------------------
@@ -311,6 +312,19 @@ def epsilon_alpha2_beta1_flat(epsilon: NonNegative = 1e-6, stabilizer: Positive 
                         first={"layer": flat})
 
 
+def attn(epsilon: NonNegative = 1e-6) -> C.Composite:
+    """AttnLRP (Achtibat et al. 2024): identity on activations, norms with a constant standard deviation, the
+    softmax rule of Proposition 3.1, the uniform rule on products of two signals, ε on weighted layers, norms,
+    products and sums. ``epsilon=0`` is LRP-0 there: LXT's numbers."""
+    return attn_lrp_composite(epsilon)
+
+
+def cp(epsilon: NonNegative = 1e-6) -> C.Composite:
+    """CP-LRP (Ali et al. 2022): attention weights and gates are constants (relevance flows through the values
+    only), norms with a constant standard deviation, identity on activations, ε elsewhere as in ``lrp.attn``."""
+    return cp_lrp_composite(epsilon)
+
+
 def composite_method(name: str, factory: Callable[..., C.Composite], description: str) -> Method:
     """A method built on a named composite (its parameters and ranges are the factory's); box bounds ordered."""
     boxed = "low" in P.signature_defaults(factory)
@@ -349,6 +363,10 @@ BUILTIN_METHODS = (
                      "α2β1 on convs, ε on dense layers (zennit EpsilonAlpha2Beta1)."),
     composite_method("lrp.epsilon_alpha2_beta1_flat", epsilon_alpha2_beta1_flat,
                      "flat on the first layer, α2β1 on convs, ε on dense layers (zennit EpsilonAlpha2Beta1Flat)."),
+    composite_method("lrp.attn", attn, "AttnLRP for transformers: softmax rule, uniform rule on products of two "
+                     "signals, constant-std norms, ε on linears (Achtibat et al. 2024)."),
+    composite_method("lrp.cp", cp, "CP-LRP for transformers: attention weights and gates constant, constant-std "
+                     "norms, ε on linears (Ali et al. 2022)."),
 )
 
 _BUILTIN_BY_NAME = {m.name: m for m in BUILTIN_METHODS}

@@ -74,8 +74,8 @@ CATEGORIES = {
     "sum": "linear combinations of inputs without weights (add, average pools, reductions)",
     "pool": "max pooling: winner takes all",
     "shape": "reshaping and routing ops: relevance is moved, not changed",
-    "norm": "normalisations (batch norm)",
-    "product": "elementwise products",
+    "norm": "normalisations (batch norm, layer norm, RMS norm)",
+    "product": "products: elementwise (mul) and matrix (matmul), of a signal and a constant or of two signals",
     "softmax": "softmax",
     "source": "constants",
     "lookup": "embedding lookups: integer indices in, vectors out; relevance per index is summed over "
@@ -446,6 +446,38 @@ def _softmax(attrs, shapes, params, node):
     return tuple(s)
 
 
+def norm_axes(attrs, ndim: int, node="?") -> tuple[int, ...]:
+    """The sorted, non-negative axes a ``layer_norm`` / ``rms_norm`` normalises over (never the batch axis)."""
+    axes = attrs["axes"]
+    axes = tuple(sorted({norm_axis(a, ndim, node) for a in ((axes,) if isinstance(axes, int) else axes)}))
+    if not axes or 0 in axes:
+        raise GraphError(f"node {node!r}: normalisation axes {attrs['axes']} must be non-batch axes (at least one)")
+    return axes
+
+
+def _layer_norm(attrs, shapes, params, node):
+    (s,) = shapes
+    axes = norm_axes(attrs, len(s), node)
+    want = tuple(s[a] for a in axes)
+    for key in ("scale", "bias"):
+        p = params.get(key)
+        if p is not None and tuple(p.shape) != want:
+            raise GraphError(f"node {node!r}: {key} has shape {tuple(p.shape)}, the normalised axes {axes} have "
+                             f"shape {want}")
+    return tuple(s)
+
+
+def _matmul(attrs, shapes, params, node):
+    a, b = (tuple(s) for s in shapes)
+    if len(a) < 2 or len(b) < 2:
+        raise GraphError(f"node {node!r}: matmul needs inputs of rank >= 2, got {a} and {b}")
+    if a[-1] is None or b[-2] is None or b[-1] is None or (a[-2] is None and None in b):
+        raise GraphError(f"node {node!r}: matmul of {a} and {b} would multiply along the batch axis")
+    if a[-1] != b[-2]:
+        raise GraphError(f"node {node!r}: matmul of {a} and {b}: {a[-1]} columns against {b[-2]} rows")
+    return broadcast_shapes([a[:-2], b[:-2]], node) + (a[-2], b[-1])
+
+
 def _constant(attrs, shapes, params, node):
     return tuple(params["value"].shape)
 
@@ -517,7 +549,19 @@ BUILTIN_OPS: tuple[OpDef, ...] = (
     OpDef("gelu", "x * Phi(x) (approximate='none'), or the tanh approximation (approximate='tanh').",
           _same, attrs={"approximate": "none"}, category="activation"),
     OpDef("silu", "x * sigmoid(x) (swish).", _same, category="activation"),
+    OpDef("erf", "The error function (ONNX Erf; GELU's exact form is x * (1 + erf(x / sqrt 2)) / 2).", _same,
+          category="activation"),
     OpDef("softmax", "exp(x) / sum(exp(x)) along axis.", _softmax, attrs={"axis": -1}, category="softmax"),
+    OpDef("layer_norm", "Layer norm: (x - mean) / sqrt(var + eps) * scale + bias, mean and (population) "
+          "variance over axes (non-batch, negative allowed); scale and bias (optional) are shaped like the "
+          "normalised axes.", _layer_norm, attrs={"axes": (-1,), "eps": 1e-5}, params=("scale", "bias"),
+          optional_params=("scale", "bias"), category="norm"),
+    OpDef("rms_norm", "RMS norm: x / sqrt(mean(x**2) + eps) * scale over axes (non-batch); scale (optional) is "
+          "shaped like the normalised axes.", _layer_norm, attrs={"axes": (-1,), "eps": 1e-6}, params=("scale",),
+          optional_params=("scale",), category="norm"),
+    OpDef("matmul", "Matrix product a @ b over the two trailing axes, leading axes broadcast as numpy's matmul "
+          "(batch axis first); either input may be a signal or a constant (attention: q @ k^T, weights @ v).",
+          _matmul, n_inputs=2, category="product"),
     OpDef("add", "Elementwise sum of two or more inputs, numpy broadcasting.", _broadcast,
           n_inputs=None, category="sum"),
     OpDef("mul", "Elementwise product of two inputs, numpy broadcasting.", _broadcast,

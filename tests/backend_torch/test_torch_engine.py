@@ -15,6 +15,7 @@ import attribx  # noqa: E402
 from attribx.testing import relative_error  # noqa: E402
 from attribx_torch.engine import TorchEngine  # noqa: E402
 from attribx_torch.kernels import KERNELS as TORCH_KERNELS, unbroadcast  # noqa: E402
+from attribx_torch.kernels_transformer import KERNELS as TRANSFORMER_KERNELS  # noqa: E402
 
 from engine_cases import GENERATORS, cnn_graph, method_params, op_cases, settings_for  # noqa: E402
 
@@ -40,11 +41,12 @@ def test_bfloat16_kernels_run(name):
     @given(op_cases(name))
     def check(case):
         full, inputs, params, rng = case
-        txs = [torch.from_numpy(x).to(torch.bfloat16) for x in inputs]
+        txs = [torch.from_numpy(np.asarray(x)).to(torch.bfloat16) for x in inputs]
         tps = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in params.items()}
-        out = TORCH_KERNELS[name].forward(full, txs, tps)
+        kernel = {**TORCH_KERNELS, **TRANSFORMER_KERNELS}[name]
+        out = kernel.forward(full, txs, tps)
         assert out.dtype == torch.bfloat16
-        back = TORCH_KERNELS[name].vjp(full, txs, tps, out, torch.ones_like(out))
+        back = kernel.vjp(full, txs, tps, out, torch.ones_like(out))
         for gx, x in zip(back, txs):
             assert gx.dtype == torch.bfloat16 and gx.shape == x.shape
     check()

@@ -17,8 +17,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..ops import (conv_geometry, mask_axes, norm_axis, pad_widths, pool_geometry, reduce_axes, slice_bounds,
-                   window_output_size)
+from ..ops import (conv_geometry, mask_axes, norm_axes, norm_axis, pad_widths, pool_geometry, reduce_axes,
+                   slice_bounds, window_output_size)
 from .base import CONSTANT_KERNEL, Kernel, fill_vjp, quotient_kernel, transposed_conv_kernel
 
 __all__ = ["KERNELS", "unbroadcast"]
@@ -290,6 +290,54 @@ def _batch_norm_vjp(attrs, inputs, params, output, grad):
 
 
 # ----------------------------------------------------------------------------------------------
+# layer norm and RMS norm (transformers)
+
+
+def _norm_setup(attrs, x, params):
+    """(normalised axes, scale and bias shaped to broadcast over x, the number of normalised elements)."""
+    axes = norm_axes(attrs, x.ndim)
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
+    scale, bias = (None if p is None else p.reshape(shape) for p in (_param(params, k, x) for k in ("scale", "bias")))
+    return axes, scale, bias, math.prod(x.shape[a] for a in axes)
+
+
+def _layer_norm_parts(attrs, x, params):
+    axes, scale, bias, _ = _norm_setup(attrs, x, params)
+    centred = x - x.mean(axis=axes, keepdims=True)
+    inv = 1 / np.sqrt((centred * centred).mean(axis=axes, keepdims=True) + attrs["eps"])
+    return axes, scale, bias, centred * inv, inv
+
+
+def _layer_norm_forward(attrs, inputs, params):
+    _, scale, bias, n, _ = _layer_norm_parts(attrs, inputs[0], params)
+    y = n if scale is None else n * scale
+    return y if bias is None else y + bias
+
+
+def _layer_norm_vjp(attrs, inputs, params, output, grad):
+    axes, scale, _, n, inv = _layer_norm_parts(attrs, inputs[0], params)
+    g = grad if scale is None else grad * scale
+    return [inv * (g - g.mean(axis=axes, keepdims=True) - n * (g * n).mean(axis=axes, keepdims=True))]
+
+
+def _rms_parts(attrs, x, params):
+    axes, scale, _, _ = _norm_setup(attrs, x, params)
+    inv = 1 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + attrs["eps"])
+    return axes, scale, x * inv, inv
+
+
+def _rms_norm_forward(attrs, inputs, params):
+    _, scale, n, _ = _rms_parts(attrs, inputs[0], params)
+    return n if scale is None else n * scale
+
+
+def _rms_norm_vjp(attrs, inputs, params, output, grad):
+    axes, scale, n, inv = _rms_parts(attrs, inputs[0], params)
+    g = grad if scale is None else grad * scale
+    return [inv * (g - n * (g * n).mean(axis=axes, keepdims=True))]
+
+
+# ----------------------------------------------------------------------------------------------
 # elementwise activations
 
 
@@ -394,6 +442,15 @@ def _gelu_vjp(attrs, inputs, params, output, grad):
     return [(grad * d).astype(x.dtype)]
 
 
+def _erf_forward(attrs, inputs, params):
+    return _erf(inputs[0])
+
+
+def _erf_vjp(attrs, inputs, params, output, grad):
+    (x,) = inputs
+    return [(grad * (2 / np.sqrt(np.pi)) * np.exp(-x * x)).astype(x.dtype)]
+
+
 def _silu_forward(attrs, inputs, params):
     (x,) = inputs
     return x * _sigmoid(x)
@@ -439,6 +496,17 @@ def _mul_forward(attrs, inputs, params):
 def _mul_vjp(attrs, inputs, params, output, grad):
     a, b = inputs
     return [unbroadcast(grad * b, np.shape(a)), unbroadcast(grad * a, np.shape(b))]
+
+
+def _matmul_forward(attrs, inputs, params):
+    a, b = inputs
+    return np.matmul(a, b)
+
+
+def _matmul_vjp(attrs, inputs, params, output, grad):
+    a, b = inputs
+    return [unbroadcast(np.matmul(grad, np.swapaxes(b, -1, -2)), a.shape),
+            unbroadcast(np.matmul(np.swapaxes(a, -1, -2), grad), b.shape)]
 
 
 def _concat_forward(attrs, inputs, params):
@@ -613,12 +681,16 @@ KERNELS: dict[str, Kernel] = {
     "elu": Kernel(_elu_forward, _elu_vjp),
     "gelu": Kernel(_gelu_forward, _gelu_vjp),
     "silu": Kernel(_silu_forward, _silu_vjp),
+    "erf": Kernel(_erf_forward, _erf_vjp),
     "leaky_relu": Kernel(_leaky_forward, _leaky_vjp),
     "tanh": Kernel(_tanh_forward, _tanh_vjp),
     "sigmoid": Kernel(_sigmoid_forward, _sigmoid_vjp),
     "softmax": Kernel(_softmax_forward, _softmax_vjp),
     "add": Kernel(_add_forward, _add_vjp),
     "mul": Kernel(_mul_forward, _mul_vjp),
+    "matmul": Kernel(_matmul_forward, _matmul_vjp),
+    "layer_norm": Kernel(_layer_norm_forward, _layer_norm_vjp),
+    "rms_norm": Kernel(_rms_norm_forward, _rms_norm_vjp),
     "concat": Kernel(_concat_forward, _concat_vjp),
     "reshape": Kernel(_reshape_forward, _reshape_back),
     "flatten": Kernel(_flatten_forward, _reshape_back),

@@ -3,9 +3,11 @@ from .base import NodeContext, Rule
 from .gradient import (DeconvNet, Gradient, GuidedBackprop, Pass, Proportional, Route, SignalTakesAll,
                        WinnerTakesAll)
 from .lrp import Affine, AffineRule, AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, Zero, ZPlus, ZRule
+from .transformer import Block, ConstantFactor, ConstantStd, SoftmaxTaylor, Uniform
 
 BUILTIN_RULES = (Gradient, Route, WinnerTakesAll, Proportional, Pass, SignalTakesAll, DeconvNet, GuidedBackprop,
-                 Zero, Epsilon, Norm, AlphaBeta, ZPlus, Gamma, Flat, WSquare, ZBox)
+                 Zero, Epsilon, Norm, AlphaBeta, ZPlus, Gamma, Flat, WSquare, ZBox,
+                 ConstantStd, SoftmaxTaylor, Uniform, ConstantFactor, Block)
 
 __all__ = ["NodeContext", "Rule", "Affine", "AffineRule", "ZRule", *[r.__name__ for r in BUILTIN_RULES],
            "BUILTIN_RULES"]

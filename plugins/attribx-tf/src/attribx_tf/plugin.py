@@ -25,8 +25,9 @@ def attribx_engines():
 def attribx_kernels(engine):
     if engine != "tensorflow":
         return None
-    from .kernels import KERNELS
-    return dict(KERNELS)
+    from .kernels import KERNELS       # imports tensorflow: only once the engine is used
+    from .kernels_transformer import KERNELS as TRANSFORMER_KERNELS
+    return {**KERNELS, **TRANSFORMER_KERNELS}
 
 
 @hookimpl

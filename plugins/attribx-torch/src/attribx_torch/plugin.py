@@ -25,8 +25,9 @@ def attribx_engines():
 def attribx_kernels(engine):
     if engine != "torch":
         return None
-    from .kernels import KERNELS
-    return dict(KERNELS)
+    from .kernels import KERNELS       # imports torch: only once the torch engine is used
+    from .kernels_transformer import KERNELS as TRANSFORMER_KERNELS
+    return {**KERNELS, **TRANSFORMER_KERNELS}
 
 
 @hookimpl
