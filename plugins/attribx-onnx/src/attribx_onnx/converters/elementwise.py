@@ -70,10 +70,17 @@ def clip(ctx, node, attrs):
                                                       "max": None if hi is None else scalar(hi, "max")})
 
 
-@TABLE.register("Softmax")
+@TABLE.register("Softmax", any_batch_axis=True)
 def softmax(ctx, node, attrs):
-    """Opset 13 semantics (one axis, default -1); older models are converted before translation."""
-    return ctx.emit("softmax", [x_of(ctx, node)], attrs={"axis": int(attrs.get("axis", -1))})
+    """Opset 13 semantics, on any axis but the batch's (default -1); older models are converted before
+    translation."""
+    x = x_of(ctx, node)
+    axis = int(attrs.get("axis", -1))
+    if not -x.rank <= axis < x.rank:
+        raise Unsupported(f"axis {axis} is out of range for a tensor of rank {x.rank}")
+    if x.graph_axis(axis) == 0:
+        raise Unsupported(f"axis {axis} is the batch axis (samples would mix)")
+    return ctx.emit("softmax", [x], attrs={"axis": x.graph_axis(axis)}, order=x.order)
 
 
 def _only_consumer(ctx, tensor):
@@ -127,13 +134,13 @@ def _gelu_pattern(ctx, erf):
     return None
 
 
-@TABLE.register("Erf")
+@TABLE.register("Erf", any_batch_axis=True)
 def erf(ctx, node, attrs):
-    """Erf has no op of its own; inside the exporters' GELU pattern the whole pattern becomes ``gelu``."""
-    found = _gelu_pattern(ctx, node)
+    """The exporters' GELU around Erf becomes one ``gelu`` (its rule then sees a GELU); any other Erf, ``erf``."""
+    x = x_of(ctx, node)
+    found = _gelu_pattern(ctx, node) if x.in_graph_order else None
     if found is None:
-        raise Unsupported("Erf has no op in the graph (the exporters' GELU, x * 0.5 * (1 + erf(x / sqrt(2))), "
-                          "translates as a whole)")
+        return ctx.emit("erf", [x], order=x.order)
     x, last, covered = found
     y = ctx.emit("gelu", [ctx.value(x)], attrs={"approximate": "none"},
                  name=ctx.unique(last.name or last.output[0]))

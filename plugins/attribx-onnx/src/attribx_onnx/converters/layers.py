@@ -32,17 +32,20 @@ def gemm(ctx, node, attrs):
 
 @TABLE.register("MatMul")
 def matmul(ctx, node, attrs):
-    """x @ W with a constant (K, M) weight: a linear over the last axis (a following bias Add folds in)."""
+    """x @ W with a constant (K, M) weight: a linear over the last axis (a following bias Add folds in).
+    Any other product (two tensors computed from the input, as attention's q @ k^T and weights @ v, or a
+    constant of another rank): the graph's ``matmul``, batched and broadcasting as ONNX's."""
     a, b = node.input[:2]
-    if ctx.is_const(a):
-        raise Unsupported("the constant is the left operand (x @ W translates, W @ x does not)")
-    x = ctx.value(a)
-    if not ctx.is_const(b):
-        raise Unsupported("multiplies two tensors computed from the input; the graph has no such op")
-    w = ctx.const(b, "weight")
-    if w.ndim != 2 or x.rank < 2:
-        raise Unsupported(f"only (N, ..., K) @ (K, M) translates, got a weight of shape {w.shape}")
-    return ctx.emit("linear", [x], params={"weight": ctx.float_param(w.T)})
+    if not ctx.is_const(a) and ctx.is_const(b):
+        x, w = ctx.value(a), ctx.const(b, "weight")
+        if w.ndim == 2 and x.rank >= 2:
+            return ctx.emit("linear", [x], params={"weight": ctx.float_param(w.T)})
+    left, right = ctx.operand(a, "left"), ctx.operand(b, "right")
+    for t, side in ((left, "left"), (right, "right")):
+        if t.rank < 2:
+            raise Unsupported(f"the {side} operand has rank {t.rank}; only operands of rank >= 2 translate "
+                              f"(ONNX's 1-d vector products have no op)")
+    return ctx.emit("matmul", [left, right])
 
 
 def _check_kernel(attrs, kernel):

@@ -59,16 +59,41 @@ def size(ctx, node, attrs):
     return Const.pair(np.array(BATCH_A * n, np.int64), np.array(BATCH_B * n, np.int64))
 
 
+def per_sample(pair: Const) -> np.ndarray | None:
+    """A constant expanded to the batch (a class token: ``Expand(token, (N, 1, D))`` folds to one): its one
+    sample's value when every sample holds the same, else None."""
+    if not pair.batch_dependent or pair.a.ndim == 0 or pair.a.shape[1:] != pair.b.shape[1:] \
+            or (pair.a.shape[0], pair.b.shape[0]) != (BATCH_A, BATCH_B):
+        return None
+    first = pair.a[0]
+    if not (np.array_equal(pair.a, np.broadcast_to(first, pair.a.shape))
+            and np.array_equal(pair.b, np.broadcast_to(first, pair.b.shape))):
+        return None
+    return first
+
+
 @TABLE.register("Concat", any_batch_axis=True)
 def concat(ctx, node, attrs):
+    """Tensors computed from the input, and constants expanded to the batch (a class token: a ``fill``
+    reading the batch size of another input)."""
     ins = [i for i in node.input if i]
-    if any(ctx.is_const(i) for i in ins):
-        raise Unsupported("concatenates constants with tensors computed from the input (a constant has no "
-                          "batch axis)")
-    values = [ctx.value(i) for i in ins]
-    batch = {batch_axis(v) for v in values}
+    computed = [i for i in ins if not ctx.is_const(i)]
+    if not computed:
+        raise Unsupported("concatenates constants only")
+    batch = {batch_axis(ctx.value(i)) for i in computed}
     if len(batch) > 1:
         raise Unsupported(f"concatenates tensors whose batch axes differ ({sorted(batch)})")
+    values = []
+    for k, i in enumerate(ins):
+        if not ctx.is_const(i):
+            values.append(ctx.value(i))
+            continue
+        sample = per_sample(ctx.const_pair(i))
+        if sample is None or batch != {0}:
+            raise Unsupported("concatenates a constant with tensors computed from the input (a constant has no "
+                              "batch axis; one expanded to the batch translates)")
+        values.append(ctx.emit("fill", [ctx.value(computed[0])], params={"value": ctx.float_param(sample)},
+                               name=ctx.sub(f"fill{k}")))
     out = ctx.emit("concat", values, attrs={"axis": axis_of(values[0], int(attrs["axis"]))})
     return at_batch(out, batch.pop())
 
