@@ -310,6 +310,34 @@ def gen_matmul(draw, rng):
     return {}, [rng.normal(size=s) for s in shapes], {}, batched
 
 
+def gen_roll(draw, rng):
+    shape = draw_shape(draw, 2, 4, 5)
+    axes = draw(st.lists(st.integers(1, len(shape) - 1), min_size=1, max_size=len(shape) - 1, unique=True))
+    shifts = [draw(st.integers(-6, 6)) for _ in axes]
+    if len(axes) == 1 and draw(st.booleans()):
+        return {"shifts": shifts[0], "axes": axes[0] - len(shape)}, [rng.normal(size=shape)], {}
+    return {"shifts": shifts, "axes": axes}, [rng.normal(size=shape)], {}
+
+
+def resize_attrs(draw, spatial):
+    """size, mode, align_corners and (sometimes) torch's scales from a scale_factor: out = floor(in * f)."""
+    mode = draw(st.sampled_from(["nearest", "linear"]))
+    attrs = {"mode": mode, "align_corners": mode == "linear" and draw(st.booleans())}
+    if not attrs["align_corners"] and draw(st.booleans()):
+        factors = [draw(st.sampled_from([0.5, 1.5, 2.0, 3.0])) for _ in spatial]
+        attrs["size"] = tuple(max(int(math.floor(n * f)), 1) for n, f in zip(spatial, factors))
+        attrs["scales"] = tuple(1 / f for f in factors)
+    else:
+        attrs["size"] = tuple(draw(st.integers(1, 6)) for _ in spatial)
+    return attrs
+
+
+def gen_resize(draw, rng):
+    spatial = tuple(draw(st.integers(1, 4)) for _ in range(draw(st.sampled_from([1, 2, 2, 3]))))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) + spatial
+    return resize_attrs(draw, spatial), [rng.normal(size=shape)], {}
+
+
 GENERATORS = {
     "linear": gen_linear,
     "layer_norm": lambda d, r: gen_norm(d, r, "layer_norm"),
@@ -329,6 +357,10 @@ GENERATORS = {
     "gelu": unary("gelu", approximate=st.sampled_from(["none", "tanh"])),
     "silu": unary("silu"),
     "erf": unary("erf"),
+    "hard_sigmoid": unary("hard_sigmoid", kinks=(-3.0, 3.0, 0.0)),
+    "hard_swish": unary("hard_swish", kinks=(-3.0, 3.0, 0.0)),
+    "roll": gen_roll,
+    "resize": gen_resize,
     "tanh": unary("tanh"),
     "sigmoid": unary("sigmoid"),
     "softmax": gen_softmax,

@@ -107,3 +107,18 @@ def test_a_composite_can_override_the_gated_rule():
     assert C.Composite([(C.category("layer"), "epsilon")]).assign(graph)["y"].name == "signal_takes_all"
     ours = attribx.explain(graph, x, comp, layers=["gate"], target=0)
     assert np.any(ours["gate"].values != 0)      # the gradient rule does send relevance into the gate
+
+
+def test_hard_sigmoid_is_a_gate_and_hard_swish_is_bounded_below():
+    b = GraphBuilder("hard")
+    x = b.input("x", (4,))
+    hs = b.add_node("hard_sigmoid", x, name="hs")
+    b.add_node("hard_swish", x, name="hw")
+    out = b.mul(hs, x, name="gated")
+    g = b.build(out, "hw")
+    bounds = value_bounds(g)
+    assert bounds["hs"] == (0.0, 1.0) and bounds["hw"] == (-0.375, np.inf)   # min of x·relu6(x + 3)/6 at -1.5
+    assert "hs" in gate_values(g) and gated_products(g) == {"gated": 0}
+    xs = np.linspace(-6, 6, 1201)[None, :4 * 300].reshape(-1, 4)
+    hw = attribx.forward(g, xs, output="hw")
+    assert hw.min() >= -0.375 - 1e-12 and np.isclose(hw.min(), -0.375)

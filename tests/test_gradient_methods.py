@@ -46,8 +46,15 @@ def op_graph(op):
     elif op == "batch_norm":
         h, shape = b.batch_norm(x, R.normal(size=3), R.uniform(0.5, 2, 3), R.normal(size=3), R.normal(size=3),
                                 eps=1e-3), (3, 6, 6)
-    elif op == "erf":
-        h, shape = b.add_node("erf", x), (3, 6, 6)
+    elif op in ("erf", "hard_sigmoid", "hard_swish"):
+        h, shape = b.add_node(op, x), (3, 6, 6)
+    elif op == "roll":
+        h, shape = b.add_node("roll", x, shifts=(2, -1), axes=(2, 3)), (3, 6, 6)
+    elif op == "resize":
+        h = b.add(b.add_node("resize", x, size=(9, 12), mode="linear"),
+                  b.add_node("resize", b.add_node("resize", x, size=(3, 4), mode="linear", align_corners=True),
+                             size=(9, 12)))
+        shape = (3, 9, 12)
     elif op in ("relu", "tanh", "sigmoid", "identity"):
         h, shape = getattr(b, op)(x), (3, 6, 6)
     elif op == "clip":

@@ -19,6 +19,8 @@ from attribx.engines.numpy_kernels import KERNELS, unbroadcast
 from attribx.errors import GraphError
 from attribx.ops import BUILTIN_OPS, op_table
 
+from engine_cases import gen_resize, gen_roll
+
 OPS = op_table(BUILTIN_OPS)
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -483,6 +485,20 @@ def matmul_cases(draw):
     return Case("matmul", {}, [rng.normal(size=s) for s in shapes_], batched=batched, seed=seed)
 
 
+@st.composite
+def roll_cases(draw):
+    seed = draw(seeds)
+    attrs, inputs, _ = gen_roll(draw, np.random.default_rng(seed))
+    return Case("roll", attrs, inputs, seed=seed)
+
+
+@st.composite
+def resize_cases(draw):
+    seed = draw(seeds)
+    attrs, inputs, _ = gen_resize(draw, np.random.default_rng(seed))
+    return Case("resize", attrs, inputs, seed=seed)
+
+
 CASES = {
     "linear": linear_cases(),
     "layer_norm": norm_cases("layer_norm"),
@@ -505,6 +521,10 @@ CASES = {
     "gelu": unary_cases("gelu", approximate=st.sampled_from(["none", "tanh"])),
     "silu": unary_cases("silu"),
     "erf": unary_cases("erf"),
+    "hard_sigmoid": unary_cases("hard_sigmoid"),
+    "hard_swish": unary_cases("hard_swish"),
+    "roll": roll_cases(),
+    "resize": resize_cases(),
     "sigmoid": unary_cases("sigmoid"),
     "softmax": axis_cases("softmax"),
     "add": broadcast_cases("add"),

@@ -25,10 +25,11 @@ _RANGES = {
     "tanh": (-1.0, 1.0),
     "gelu": (-0.17, math.inf),    # min of x·Φ(x) is about -0.170
     "silu": (-0.28, math.inf),    # min of x·σ(x) is about -0.278
+    "hard_sigmoid": (0.0, 1.0),
 }
 #: ops whose output values are some of their inputs' values (or means of them)
 _SAME_VALUES = {"max_pool", "avg_pool", "global_avg_pool", "reshape", "flatten", "transpose", "slice",
-                "identity", "concat", "reduce_mean"}
+                "identity", "concat", "reduce_mean", "roll", "resize"}
 
 
 def _mul(a: Bound, b: Bound) -> Bound:
@@ -61,6 +62,8 @@ def _node_bound(node, ins: list, graph) -> Bound:
         lo = -math.inf if a.get("min") is None else float(a["min"])
         hi = math.inf if a.get("max") is None else float(a["max"])
         return max(lo, ins[0][0]), min(hi, ins[0][1])
+    if op == "hard_swish" and a.get("alpha", 1 / 6) > 0 and 0 < a.get("beta", 0.5) < 2:
+        return -a.get("beta", 0.5) ** 2 / (4 * a.get("alpha", 1 / 6)), math.inf   # min of x·(αx + β)
     if op == "elu":
         return max(-float(a.get("alpha", 1.0)), min(ins[0][0], 0.0)), ins[0][1]
     if op in _SAME_VALUES:
@@ -112,7 +115,7 @@ def gate_values(graph, bounds: dict | None = None) -> set[str]:
     family: set[str] = set()      # computed from squashed values and constants only
     for node in graph.nodes:
         lo, hi = bounds[node.name]
-        if node.op in ("sigmoid", "softmax") or (node.op == "clip" and lo >= 0 and hi <= 1):
+        if node.op in ("sigmoid", "softmax", "hard_sigmoid") or (node.op == "clip" and lo >= 0 and hi <= 1):
             family.add(node.name)
         elif node.op in _SAME_VALUES or node.op in ("add", "mul", "clip", "pad"):
             sources = [i for i in node.inputs if not (i in graph and graph[i].op == "constant")]

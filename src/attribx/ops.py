@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from .errors import GraphError
 
 Shape = tuple  # tuple of int | None (batch)
@@ -478,6 +480,78 @@ def _matmul(attrs, shapes, params, node):
     return broadcast_shapes([a[:-2], b[:-2]], node) + (a[-2], b[-1])
 
 
+def roll_shifts(attrs, ndim: int, node="?") -> tuple[tuple[int, int], ...]:
+    """(axis, shift) pairs of a ``roll`` (non-negative, non-batch axes; torch.roll's dims)."""
+    shifts = attrs["shifts"]
+    axes = attrs["axes"]
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    if len(shifts) != len(axes) or not axes:
+        raise GraphError(f"node {node!r}: roll needs one shift per axis, got shifts {shifts} and axes {axes}")
+    pairs = tuple((norm_axis(a, ndim, node), int(s)) for a, s in zip(axes, shifts))
+    if any(a == 0 for a, _ in pairs):
+        raise GraphError(f"node {node!r}: rolling the batch axis mixes samples; not supported")
+    return pairs
+
+
+def _roll(attrs, shapes, params, node):
+    roll_shifts(attrs, len(shapes[0]), node)
+    return tuple(shapes[0])
+
+
+RESIZE_MODES = ("nearest", "linear")
+
+
+def resize_matrix(size_in: int, size_out: int, mode: str, align_corners: bool = False,
+                  scale: float | None = None) -> np.ndarray:
+    """The (size_out, size_in) matrix a ``resize`` applies along one spatial axis, with torch's
+    ``F.interpolate`` source indices: ``scale`` is input size per output size (default size_in / size_out;
+    torch uses 1 / scale_factor when given one). Nearest picks ``floor(dst * scale)``; linear weighs the
+    two neighbours of ``(dst + 0.5) * scale - 0.5`` (clamped at 0), or of ``dst * (in - 1) / (out - 1)``
+    with ``align_corners``. Every row is non-negative and sums to 1."""
+    m = np.zeros((size_out, size_in))
+    dst = np.arange(size_out, dtype=np.float64)
+    scale = size_in / size_out if scale is None else float(scale)
+    if mode == "nearest":
+        m[np.arange(size_out), np.minimum(np.floor(dst * scale).astype(int), size_in - 1)] = 1.0
+        return m
+    if align_corners:
+        src = dst * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
+    else:
+        src = np.maximum((dst + 0.5) * scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(int), size_in - 1)
+    hi = np.minimum(lo + 1, size_in - 1)
+    frac = src - lo
+    np.add.at(m, (np.arange(size_out), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(size_out), hi), frac)
+    return m
+
+
+def resize_matrices(attrs, in_shape, node="?") -> list[np.ndarray]:
+    """One :func:`resize_matrix` per spatial axis (2..) of an input of this shape."""
+    spatial = tuple(in_shape[2:])
+    size = tuple_n(attrs["size"], len(spatial), f"node {node!r} size")
+    scales = attrs["scales"]
+    scales = (None,) * len(spatial) if scales is None else tuple(scales)
+    if len(scales) != len(spatial):
+        raise GraphError(f"node {node!r}: scales {scales} need one entry per spatial axis ({len(spatial)})")
+    return [resize_matrix(i, o, attrs["mode"], attrs["align_corners"], s) for i, o, s in zip(spatial, size, scales)]
+
+
+def _resize(attrs, shapes, params, node):
+    (s,) = shapes
+    _check_rank(s, 3, node, "resize")
+    if attrs["mode"] not in RESIZE_MODES:
+        raise GraphError(f"node {node!r}: resize mode {attrs['mode']!r} is not one of {RESIZE_MODES}")
+    if any(d is None for d in s[2:]):
+        raise GraphError(f"node {node!r}: resize needs known spatial sizes, got {s}")
+    size = tuple_n(attrs["size"], len(s) - 2, f"node {node!r} size")
+    if any(d < 1 for d in size):
+        raise GraphError(f"node {node!r}: resize to {size}: sizes must be positive")
+    resize_matrices(attrs, s, node)
+    return tuple(s[:2]) + size
+
+
 def _constant(attrs, shapes, params, node):
     return tuple(params["value"].shape)
 
@@ -551,6 +625,11 @@ BUILTIN_OPS: tuple[OpDef, ...] = (
     OpDef("silu", "x * sigmoid(x) (swish).", _same, category="activation"),
     OpDef("erf", "The error function (ONNX Erf; GELU's exact form is x * (1 + erf(x / sqrt 2)) / 2).", _same,
           category="activation"),
+    OpDef("hard_sigmoid", "clip(alpha * x + beta, 0, 1): torch's hardsigmoid and Keras' hard_sigmoid with the "
+          "defaults (relu6(x + 3) / 6), ONNX HardSigmoid with its own alpha and beta.", _same,
+          attrs={"alpha": 1 / 6, "beta": 0.5}, category="activation"),
+    OpDef("hard_swish", "x * hard_sigmoid(x) (MobileNetV3's hardswish, Keras' hard_silu), alpha and beta as in "
+          "hard_sigmoid.", _same, attrs={"alpha": 1 / 6, "beta": 0.5}, category="activation"),
     OpDef("softmax", "exp(x) / sum(exp(x)) along axis.", _softmax, attrs={"axis": -1}, category="softmax"),
     OpDef("layer_norm", "Layer norm: (x - mean) / sqrt(var + eps) * scale + bias, mean and (population) "
           "variance over axes (non-batch, negative allowed); scale and bias (optional) are shaped like the "
@@ -580,6 +659,15 @@ BUILTIN_OPS: tuple[OpDef, ...] = (
           _slice, attrs={"axis": REQUIRED, "start": None, "stop": None, "step": None}, category="shape"),
     OpDef("pad", "Constant padding; pads is a list of (before, after) for the trailing axes.",
           _pad, attrs={"pads": REQUIRED, "value": 0.0}, category="shape"),
+    OpDef("roll", "torch.roll / numpy.roll: shift along axes (non-batch) by shifts, wrapping around (Swin's "
+          "cyclic shift).", _roll, attrs={"shifts": REQUIRED, "axes": REQUIRED}, category="shape"),
+    OpDef("resize", "Resize the spatial axes (2..) to size: mode 'nearest' (torch's floor of dst * scale) or "
+          "'linear' (bilinear in 2-d, trilinear in 3-d; align_corners as torch); scales (input per output "
+          "size per axis, default in / out) as torch's 1 / scale_factor. Category sum: each output is a "
+          "fixed non-negative weighting of its inputs, weights summing to 1 (as an average pool), so the "
+          "sum rules split relevance by contribution; for nearest, each output has one source, which gets "
+          "it all (routing).", _resize, attrs={"size": REQUIRED, "mode": "nearest", "align_corners": False,
+                                              "scales": None}, category="sum"),
     OpDef("identity", "y = x.", _same, category="shape"),
     OpDef("reduce_sum", "Sum over axes (default: all non-batch axes).", _reduce,
           attrs={"axes": None, "keepdims": False}, category="sum"),

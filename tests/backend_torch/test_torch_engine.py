@@ -16,6 +16,7 @@ from attribx.testing import relative_error  # noqa: E402
 from attribx_torch.engine import TorchEngine  # noqa: E402
 from attribx_torch.kernels import KERNELS as TORCH_KERNELS, unbroadcast  # noqa: E402
 from attribx_torch.kernels_transformer import KERNELS as TRANSFORMER_KERNELS  # noqa: E402
+from attribx_torch.kernels_vision import KERNELS as VISION_KERNELS  # noqa: E402
 
 from engine_cases import GENERATORS, cnn_graph, method_params, op_cases, settings_for  # noqa: E402
 
@@ -43,7 +44,7 @@ def test_bfloat16_kernels_run(name):
         full, inputs, params, rng = case
         txs = [torch.from_numpy(np.asarray(x)).to(torch.bfloat16) for x in inputs]
         tps = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in params.items()}
-        kernel = {**TORCH_KERNELS, **TRANSFORMER_KERNELS}[name]
+        kernel = {**TORCH_KERNELS, **TRANSFORMER_KERNELS, **VISION_KERNELS}[name]
         out = kernel.forward(full, txs, tps)
         assert out.dtype == torch.bfloat16
         back = kernel.vjp(full, txs, tps, out, torch.ones_like(out))

@@ -20,6 +20,7 @@ import numpy as np
 from ..ops import (conv_geometry, mask_axes, norm_axes, norm_axis, pad_widths, pool_geometry, reduce_axes,
                    slice_bounds, window_output_size)
 from .base import CONSTANT_KERNEL, Kernel, fill_vjp, quotient_kernel, transposed_conv_kernel
+from .vision_kernels import KERNELS as _VISION_KERNELS
 
 __all__ = ["KERNELS", "unbroadcast"]
 
@@ -708,3 +709,4 @@ KERNELS: dict[str, Kernel] = {
 }
 KERNELS["conv_transpose"] = transposed_conv_kernel(KERNELS["conv"], _placeholder, _add_channel_bias)
 KERNELS["div"] = quotient_kernel(unbroadcast, np.shape)
+KERNELS.update(_VISION_KERNELS)

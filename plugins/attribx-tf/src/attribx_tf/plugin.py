@@ -27,7 +27,8 @@ def attribx_kernels(engine):
         return None
     from .kernels import KERNELS       # imports tensorflow: only once the engine is used
     from .kernels_transformer import KERNELS as TRANSFORMER_KERNELS
-    return {**KERNELS, **TRANSFORMER_KERNELS}
+    from .kernels_vision import KERNELS as VISION_KERNELS
+    return {**KERNELS, **TRANSFORMER_KERNELS, **VISION_KERNELS}
 
 
 @hookimpl

@@ -28,7 +28,8 @@ def attribx_kernels(engine):
         return None
     from .kernels import KERNELS       # imports torch: only once the torch engine is used
     from .kernels_transformer import KERNELS as TRANSFORMER_KERNELS
-    return {**KERNELS, **TRANSFORMER_KERNELS}
+    from .kernels_vision import KERNELS as VISION_KERNELS
+    return {**KERNELS, **TRANSFORMER_KERNELS, **VISION_KERNELS}
 
 
 @hookimpl
