@@ -48,7 +48,7 @@ from attribx.translation import NO_TRANSLATION_DOCS, Converter, ConverterTable, 
 
 from .converters import TABLE, Unsupported
 # the converter families register in TABLE when imported
-from .converters import elementwise, layers, masks, pooling, recurrent, transformer  # noqa: F401
+from .converters import elementwise, layers, masks, pooling, recurrent, resize, transformer  # noqa: F401
 from .converters import shape as shape_converters  # noqa: F401
 from .converters.common import batch_axis
 from .converters.layout import Merged

@@ -245,3 +245,16 @@ def div(ctx, node, attrs):
     if not all(ctx.values[t].in_graph_order for t in (a, b) if t in ctx.values):
         raise Unsupported("divides by a tensor whose batch is not on its first axis")
     return ctx.emit("div", [ctx.operand(a), ctx.value(b)])
+
+
+@TABLE.register("HardSigmoid")
+def hard_sigmoid(ctx, node, attrs):
+    """max(0, min(1, alpha x + beta)), ONNX's defaults alpha 0.2, beta 0.5."""
+    return ctx.emit("hard_sigmoid", [x_of(ctx, node)], attrs={"alpha": float(np.float32(attrs.get("alpha", 0.2))),
+                                                              "beta": float(np.float32(attrs.get("beta", 0.5)))})
+
+
+@TABLE.register("HardSwish")
+def hard_swish(ctx, node, attrs):
+    """x * max(0, min(1, x / 6 + 1 / 2)) (MobileNetV3's hard-swish)."""
+    return ctx.emit("hard_swish", [x_of(ctx, node)], attrs={"alpha": 1 / 6, "beta": 0.5})

@@ -1,0 +1,357 @@
+"""Transformers from ONNX (issue 19): the ops they are made of translate exactly (forward equals onnxruntime),
+attention as the exporters write it (the batch merged with the heads inside nn.MultiheadAttention), the
+class token, the decomposed layer norm and GELU; a torchvision ViT exported with torch.onnx.export (the
+tests that need torch import it lazily: the onnx tox env has none)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("attribx_onnx")
+
+from onnx import TensorProto, helper  # noqa: E402
+
+import attribx  # noqa: E402
+from attribx.testing import relative_error  # noqa: E402
+from onnx_builders import CURRENT, assert_matches, model, run_ort, weights  # noqa: E402
+
+node = helper.make_node
+
+
+def _x(rng, *shape, dtype=np.float32):
+    return rng.normal(size=(2, *shape)).astype(dtype)
+
+
+def _ops(g):
+    return [n.op for n in g.nodes if n.op != "constant"]
+
+
+def _as_float64(m):
+    """The model with its input, outputs and initializers in float64 (onnxruntime runs most ops so)."""
+    from onnx import numpy_helper
+    m = onnx.ModelProto.FromString(m.SerializeToString())
+    for v in list(m.graph.input) + list(m.graph.output):
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = TensorProto.DOUBLE
+    for i, t in enumerate(m.graph.initializer):
+        if t.data_type == TensorProto.FLOAT:
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64),
+                                                                    t.name))
+    return m
+
+
+# ----------------------------------------------------------------------------------------------
+# single ops
+
+
+@pytest.mark.parametrize("opset", [17, 18, CURRENT])
+@pytest.mark.parametrize("axis,bias", [(-1, True), (-1, False), (2, True), (-2, True)])
+def test_layer_normalization(rng, opset, axis, bias):
+    ins = ["x", "scale", "b"] if bias else ["x", "scale"]
+    nodes = [node("LayerNormalization", ins, ["y"], name="ln", axis=axis, epsilon=1e-3)]
+    shape = (3, 4, 5)
+    normed = shape[axis % 4 - 1:]
+    inits = [("scale", rng.uniform(0.5, 1.5, normed)), ("b", weights(rng, *normed))][:2 if bias else 1]
+    m = model(nodes, inits, shape, opset=opset)
+    g = assert_matches(m, _x(rng, *shape) * 3 + 1)
+    assert _ops(g) == ["layer_norm"]
+    assert_matches(_as_float64(m), _x(rng, *shape, dtype=np.float64), tol=1e-12)
+
+
+def test_layer_normalization_over_the_batch_axis_is_refused(rng):
+    m = model([node("LayerNormalization", ["x", "s"], ["y"], name="ln", axis=0)], [("s", np.ones((2, 3)))],
+              (3,), opset=17, batch=2)
+    with pytest.raises(attribx.UnsupportedError, match=r"'ln' \(LayerNormalization.*batch axis"):
+        attribx.translate(m)
+
+
+def test_decomposed_layer_norm_is_one_layer_norm(rng):
+    """What exporters wrote before opset 17: ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul, Add."""
+    nodes = [node("ReduceMean", ["x"], ["mu"], name="mean", axes=[-1]),
+             node("Sub", ["x", "mu"], ["d"], name="sub"),
+             node("Pow", ["d", "two"], ["sq"], name="pow"),
+             node("ReduceMean", ["sq"], ["var"], name="var", axes=[-1]),
+             node("Add", ["var", "eps"], ["ve"], name="add_eps"),
+             node("Sqrt", ["ve"], ["sd"], name="sqrt"),
+             node("Div", ["d", "sd"], ["n"], name="div"),
+             node("Mul", ["n", "g"], ["s"], name="scale"),
+             node("Add", ["s", "b"], ["y"], name="shift")]
+    inits = [("two", np.array(2.0, np.float32)), ("eps", np.array(1e-5, np.float32)),
+             ("g", rng.uniform(0.5, 1.5, 6)), ("b", weights(rng, 6))]
+    g = assert_matches(model(nodes, inits, (4, 6)), _x(rng, 4, 6) * 2)
+    assert _ops(g) == ["layer_norm"]
+
+
+def test_a_lone_pow_is_refused_naming_the_pattern(rng):
+    m = model([node("Pow", ["x", "two"], ["y"], name="pow")], [("two", np.array(2.0, np.float32))], (3,))
+    with pytest.raises(attribx.UnsupportedError, match=r"'pow' \(Pow.*decomposed layer norm"):
+        attribx.translate(m)
+
+
+@pytest.mark.parametrize("shapes", [((2, 3, 4), (2, 4, 5)), ((3, 4), (4, 2)), ((2, 3, 4), (1, 4, 5))])
+def test_matmul_of_two_signals(rng, shapes):
+    """Both factors computed from the input (attention's q @ k^T): the graph's matmul."""
+    (a, b) = shapes
+    size_a, size_b = math.prod(a), math.prod(b)
+    nodes = [node("Slice", ["x", "s0", "e0", "ax"], ["fa"], name="take_a"),
+             node("Slice", ["x", "s1", "e1", "ax"], ["fb"], name="take_b"),
+             node("Reshape", ["fa", "sa"], ["ra"], name="shape_a"),
+             node("Reshape", ["fb", "sb"], ["rb"], name="shape_b"),
+             node("MatMul", ["ra", "rb"], ["y"], name="mm")]
+    inits = [("s0", [0]), ("e0", [size_a]), ("s1", [size_a]), ("e1", [size_a + size_b]), ("ax", [1]),
+             ("sa", [0, *a]), ("sb", [0, *b])]
+    g = assert_matches(model(nodes, inits, (size_a + size_b,)), _x(rng, size_a + size_b))
+    assert "matmul" in _ops(g)
+
+
+def test_matmul_with_a_constant_on_the_left(rng):
+    nodes = [node("MatMul", ["w", "x"], ["y"], name="mm")]
+    g = assert_matches(model(nodes, [("w", weights(rng, 5, 3))], (3, 4)), _x(rng, 3, 4))
+    assert _ops(g) == ["matmul"]
+
+
+@pytest.mark.parametrize("axis", [1, 2, -1, -2])
+def test_softmax_on_any_axis(rng, axis):
+    g = assert_matches(model([node("Softmax", ["x"], ["y"], name="sm", axis=axis)], (), (3, 4, 5)),
+                       _x(rng, 3, 4, 5) * 3)
+    assert g.nodes[0].attrs["axis"] == axis % 4
+
+
+def test_softmax_over_the_batch_axis_is_refused(rng):
+    m = model([node("Softmax", ["x"], ["y"], name="sm", axis=0)], (), (3,))
+    with pytest.raises(attribx.UnsupportedError, match=r"'sm' \(Softmax.*batch axis"):
+        attribx.translate(m)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_op(rng, approximate):
+    g = assert_matches(model([node("Gelu", ["x"], ["y"], name="gelu", approximate=approximate)], (), (7,),
+                             opset=20), _x(rng, 7) * 3)
+    assert g.nodes[0].op == "gelu" and g.nodes[0].attrs["approximate"] == approximate
+
+
+@pytest.mark.parametrize("order", ["half_first", "half_last"])
+def test_decomposed_gelu_is_exact(rng, order):
+    """x * 0.5 * (1 + erf(x / sqrt 2)): one gelu (approximate none), equal to onnxruntime in float64."""
+    nodes = [node("Div", ["x", "sqrt2"], ["d"], name="div"), node("Erf", ["d"], ["e"], name="erf"),
+             node("Add", ["e", "one"], ["a"], name="add")]
+    if order == "half_first":
+        nodes += [node("Mul", ["x", "half"], ["h"], name="half"), node("Mul", ["h", "a"], ["y"], name="gelu")]
+    else:
+        nodes += [node("Mul", ["x", "a"], ["p"], name="prod"), node("Mul", ["p", "half"], ["y"], name="gelu")]
+    inits = [("sqrt2", np.array(math.sqrt(2), np.float32)), ("one", np.array(1.0, np.float32)),
+             ("half", np.array(0.5, np.float32))]
+    m = model(nodes, inits, (6,))
+    g = assert_matches(m, _x(rng, 6) * 3)
+    assert _ops(g) == ["gelu"]
+    g64 = attribx.translate(_as_float64(m))                # onnxruntime has no float64 Erf: the formula itself
+    x = _x(rng, 6, dtype=np.float64) * 3
+    exact = x * 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    assert relative_error(np.asarray(attribx.forward(g64, x, engine="numpy")), exact) <= 1e-12
+
+
+@pytest.mark.parametrize("alpha,beta", [(None, None), (0.25, 0.4)])
+def test_hard_sigmoid(rng, alpha, beta):
+    kw = {} if alpha is None else {"alpha": alpha, "beta": beta}
+    g = assert_matches(model([node("HardSigmoid", ["x"], ["y"], name="hs", **kw)], (), (9,)), _x(rng, 9) * 4)
+    assert _ops(g) == ["hard_sigmoid"]
+
+
+def test_hard_swish(rng):
+    g = assert_matches(model([node("HardSwish", ["x"], ["y"], name="hs")], (), (9,), opset=14), _x(rng, 9) * 4)
+    assert _ops(g) == ["hard_swish"]
+
+
+RESIZES = [
+    ({"mode": "nearest"}, "scales", [1, 1, 2, 2]),                         # ONNX defaults, whole factor
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, "scales",
+     [1, 1, 2, 3]),                                                         # torch's nearest export
+    ({"mode": "linear"}, "scales", [1, 1, 2, 2]),                          # half_pixel: torch's bilinear
+    ({"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}, "sizes", [2, 3, 7, 9]),
+    ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, "sizes", [2, 3, 9, 11]),
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, "sizes",
+     [2, 3, 3, 2]),                                                         # downsampling
+]
+
+
+@pytest.mark.parametrize("attrs,by,target", RESIZES)
+def test_resize(rng, attrs, by, target):
+    ins = ["x", "", "scales"] if by == "scales" else ["x", "", "", "sizes"]
+    init = ("scales", np.array(target, np.float32)) if by == "scales" else ("sizes", np.array(target, np.int64))
+    g = assert_matches(model([node("Resize", ins, ["y"], name="up", **attrs)], [init], (3, 4, 5), opset=13),
+                       _x(rng, 3, 4, 5))
+    assert _ops(g) == ["resize"]
+
+
+@pytest.mark.parametrize("attrs", [{"mode": "cubic"},
+                                   {"mode": "linear", "coordinate_transformation_mode": "asymmetric"},
+                                   {"mode": "nearest", "nearest_mode": "ceil"}])
+def test_resize_without_exact_translation_is_refused(rng, attrs):
+    m = model([node("Resize", ["x", "", "scales"], ["y"], name="up", **attrs)],
+              [("scales", np.array([1, 1, 2, 2], np.float32))], (3, 4, 5))
+    with pytest.raises(attribx.UnsupportedError, match=r"'up' \(Resize, opset 13\): mode="):
+        attribx.translate(m)
+
+
+# ----------------------------------------------------------------------------------------------
+# what exporters write for transformers
+
+
+def test_class_token_concatenated_with_patches(rng):
+    """A constant expanded to the batch (Expand(token, (N, 1, D))) concatenated with the patches: ``fill``."""
+    nodes = [node("Shape", ["x"], ["sx"], name="shape", end=1),
+             node("Concat", ["sx", "ones"], ["target"], name="target", axis=0),
+             node("Expand", ["token", "target"], ["tokens"], name="expand"),
+             node("Concat", ["tokens", "x"], ["y"], name="cat", axis=1)]
+    inits = [("ones", [1, 1]), ("token", weights(rng, 1, 1, 4))]
+    g = assert_matches(model(nodes, inits, (3, 4), opset=17), _x(rng, 3, 4))
+    assert _ops(g) == ["fill", "concat"]
+
+
+def test_a_constant_not_expanded_to_the_batch_is_refused(rng):
+    m = model([node("Concat", ["token", "x"], ["y"], name="cat", axis=1)], [("token", weights(rng, 2, 1, 4))],
+              (3, 4), batch=2)
+    with pytest.raises(attribx.UnsupportedError, match=r"'cat' \(Concat.*expanded to the batch"):
+        attribx.translate(m)
+
+
+def mha_model(rng, length=4, embed=6, heads=2, opset=17):
+    """nn.MultiheadAttention (batch_first) as torch.onnx.export writes it: sequence-first projections, the
+    batch merged with the heads ((L, N * heads, hd), (N * heads, L, hd)), an output projection on
+    (L * N, E), a causal mask added to the scores; the shapes computed from Shape(x)."""
+    hd = embed // heads
+    nodes = [
+        node("Shape", ["x"], ["sx"], name="shape"),
+        node("Gather", ["sx", "zero"], ["n"], name="batch_size", axis=0),
+        node("Mul", ["n", "heads"], ["nh"], name="n_heads"),
+        node("Unsqueeze", ["nh", "axis0"], ["nh1"], name="nh1"),
+        node("Unsqueeze", ["n", "axis0"], ["n1"], name="n1"),
+        node("Concat", ["len", "nh1", "hd"], ["split_target"], name="split_target", axis=0),
+        node("Concat", ["n1", "heads1", "len", "hd"], ["heads_target"], name="heads_target", axis=0),
+        node("Transpose", ["x"], ["xt"], name="seq_first", perm=[1, 0, 2]),
+        node("MatMul", ["xt", "w_in"], ["proj"], name="in_proj"),
+        node("Add", ["proj", "b_in"], ["qkv"], name="in_bias"),
+        node("Split", ["qkv", "thirds"], ["q", "k", "v"], name="split", axis=-1),
+    ]
+    for t in ("q", "k", "v"):
+        nodes += [node("Reshape", [t, "split_target"], [f"{t}m"], name=f"{t}_merge"),
+                  node("Transpose", [f"{t}m"], [f"{t}t"], name=f"{t}_batch_first", perm=[1, 0, 2]),
+                  node("Reshape", [f"{t}t", "heads_target"], [f"{t}h"], name=f"{t}_heads")]
+    nodes += [
+        node("Reshape", ["kh", "minus_one_l_hd"], ["k3"], name="k_merge_heads"),         # -1 merges batch and heads
+        node("Transpose", ["k3"], ["k3t"], name="k_transpose", perm=[0, 2, 1]),
+        node("Concat", ["n1", "heads1", "hd", "len"], ["kt_target"], name="kt_target", axis=0),
+        node("Reshape", ["k3t", "kt_target"], ["kth"], name="kt_heads"),
+        node("Mul", ["qh", "scale"], ["qs"], name="q_scale"),
+        node("MatMul", ["qs", "kth"], ["scores"], name="scores"),
+        node("Add", ["scores", "causal"], ["masked"], name="mask"),
+        node("Softmax", ["masked"], ["attn"], name="softmax", axis=-1),
+        node("MatMul", ["attn", "vh"], ["ctx"], name="context"),
+        node("Transpose", ["ctx"], ["ctx_t"], name="ctx_seq_first", perm=[2, 0, 1, 3]),
+        node("Concat", ["len_n", "embed"], ["flat_target"], name="flat_target", axis=0),
+        node("Reshape", ["ctx_t", "flat_target"], ["flat"], name="flat"),          # (L * N, E)
+        node("Gemm", ["flat", "w_out", "b_out"], ["o"], name="out_proj", transB=1),
+        node("Concat", ["len", "n1", "embed"], ["back_target"], name="back_target", axis=0),
+        node("Reshape", ["o", "back_target"], ["ob"], name="unflat"),
+        node("Transpose", ["ob"], ["y"], name="batch_first", perm=[1, 0, 2]),
+    ]
+    causal = np.triu(np.full((length, length), -1e4, np.float32), 1)
+    inits = [("zero", np.array(0)), ("heads", np.array(heads)), ("axis0", [0]), ("heads1", [heads]),
+             ("len", [length]), ("hd", [hd]), ("embed", [embed]), ("thirds", [embed] * 3),
+             ("minus_one_l_hd", [-1, length, hd]), ("len_n", [-1]),
+             ("w_in", weights(rng, embed, 3 * embed)), ("b_in", weights(rng, 3 * embed, scale=0.1)),
+             ("scale", np.array(1 / math.sqrt(hd), np.float32)), ("causal", causal),
+             ("w_out", weights(rng, embed, embed)), ("b_out", weights(rng, embed, scale=0.1))]
+    return model(nodes, inits, (length, embed), opset=opset, name="mha")
+
+
+def test_exported_attention_with_the_batch_merged_into_the_heads(rng):
+    g = assert_matches(mha_model(rng), _x(rng, 4, 6))
+    assert {"matmul", "softmax", "linear"} <= set(_ops(g))
+    assert_matches(mha_model(rng), rng.normal(size=(5, 4, 6)).astype(np.float32))   # any batch size
+
+
+def test_a_tensor_with_a_merged_batch_is_refused_where_it_has_no_meaning(rng):
+    m = mha_model(rng)
+    for n in m.graph.node:
+        if n.name == "k_transpose":                          # Softmax over (N * heads, L, hd) mixes samples' rows?
+            n.CopyFrom(node("Relu", ["k3"], ["k3t"], name="k_transpose"))
+    with pytest.raises(attribx.UnsupportedError, match=r"'k_transpose' \(Relu.*merged with other axes"):
+        attribx.translate(m)
+
+
+def test_a_reshape_that_mixes_samples_is_still_refused(rng):
+    """(N, 4) -> (2, 2N): the batch would not stay apart (data of one sample on both sides)."""
+    nodes = [node("Shape", ["x"], ["sx"], name="shape", end=1), node("Mul", ["sx", "two"], ["n2"], name="n2"),
+             node("Concat", ["two", "n2"], ["t"], name="t", axis=0),
+             node("Reshape", ["x", "t"], ["r"], name="mix"), node("Relu", ["r"], ["y"], name="relu")]
+    m = model(nodes, [("two", [2])], (4,), opset=17)
+    with pytest.raises(attribx.UnsupportedError, match=r"'mix' \(Reshape.*move data between samples"):
+        attribx.translate(m)
+
+
+# ----------------------------------------------------------------------------------------------
+# a torchvision ViT exported with torch.onnx.export
+
+
+def _vit(seed=0):
+    torch = pytest.importorskip("torch")
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(seed)
+    net = tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                      mlp_dim=64, num_classes=5).eval()
+    with torch.no_grad():                       # torchvision zero-initialises the head and the class token
+        for p in (net.heads.head.weight, net.heads.head.bias, net.class_token):
+            p.normal_(0, 0.5)
+    return net
+
+
+def _export(net, dynamo: bool, path):
+    torch = pytest.importorskip("torch")
+    x = torch.randn(2, 3, 32, 32)
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        torch.onnx.export(net, (x,), str(path), dynamo=True, opset_version=18,
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    else:
+        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          dynamic_axes={"x": {0: "N"}})
+    return onnx.load(str(path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_exported_torchvision_vit_translates(rng, tmp_path, dynamo):
+    m = _export(_vit(), dynamo, tmp_path / "vit.onnx")
+    x = rng.normal(size=(3, 3, 32, 32)).astype(np.float32)
+    g = assert_matches(m, x)
+    ops = _ops(g)
+    assert ops.count("layer_norm") == 5 and ops.count("softmax") == 2 and ops.count("gelu") == 2
+    assert "fill" in ops and ops.count("matmul") == 4
+
+
+@pytest.mark.slow
+def test_exported_vit_gradient_times_input_equals_torch_autograd(rng, tmp_path):
+    torch = pytest.importorskip("torch")
+    net = _vit()
+    m = _export(net, True, tmp_path / "vit.onnx")
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    target = [1, 3]
+    rel = attribx.explain(m, x, "gradient_x_input", target=target)
+    xt = torch.tensor(x, requires_grad=True)
+    out = net(xt)
+    out[torch.arange(2), torch.tensor(target)].sum().backward()
+    ref = (xt.grad * xt).detach().numpy()
+    assert relative_error(np.asarray(rel), ref) <= 1e-4
+
+
+@pytest.mark.slow
+def test_exported_vit_attn_lrp_is_finite(rng, tmp_path):
+    m = _export(_vit(), True, tmp_path / "vit.onnx")
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    rel = np.asarray(attribx.explain(m, x, "lrp.attn", target=2))
+    assert np.isfinite(rel).all() and np.abs(rel).sum() > 0
