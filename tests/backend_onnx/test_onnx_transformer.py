@@ -298,35 +298,48 @@ def test_a_reshape_that_mixes_samples_is_still_refused(rng):
 # a torchvision ViT exported with torch.onnx.export
 
 
-def _vit(seed=0):
-    torch = pytest.importorskip("torch")
-    tv = pytest.importorskip("torchvision")
-    torch.manual_seed(seed)
-    net = tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
-                                      mlp_dim=64, num_classes=5).eval()
-    with torch.no_grad():                       # torchvision zero-initialises the head and the class token
-        for p in (net.heads.head.weight, net.heads.head.bias, net.class_token):
-            p.normal_(0, 0.5)
-    return net
+EXPORT_SCRIPT = """
+import sys, numpy as np, torch, torchvision
+torch.manual_seed(0)
+net = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                           mlp_dim=64, num_classes=5).eval()
+with torch.no_grad():                       # torchvision zero-initialises the head and the class token
+    for p in (net.heads.head.weight, net.heads.head.bias, net.class_token):
+        p.normal_(0, 0.5)
+out, x = sys.argv[1], torch.randn(2, 3, 32, 32)
+torch.onnx.export(net, (x,), out + "/dynamo.onnx", dynamo=True, opset_version=18,
+                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+torch.onnx.export(net, (x,), out + "/torchscript.onnx", dynamo=False, opset_version=17, input_names=["x"],
+                  dynamic_axes={"x": {0: "N"}})
+x = torch.tensor(np.random.default_rng(1).normal(size=(2, 3, 32, 32)).astype(np.float32), requires_grad=True)
+y = net(x)
+y[torch.arange(2), torch.tensor([1, 3])].sum().backward()
+np.savez(out + "/reference.npz", x=x.detach().numpy(), grad_x_input=(x.grad * x).detach().numpy())
+"""
 
 
-def _export(net, dynamo: bool, path):
-    torch = pytest.importorskip("torch")
-    x = torch.randn(2, 3, 32, 32)
-    if dynamo:
-        pytest.importorskip("onnxscript")
-        torch.onnx.export(net, (x,), str(path), dynamo=True, opset_version=18,
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    else:
-        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
-                          dynamic_axes={"x": {0: "N"}})
-    return onnx.load(str(path))
+@pytest.fixture(scope="module")
+def vit_exports(tmp_path_factory):
+    """A small torchvision ViT exported by both torch exporters, and torch autograd's gradient x input
+    (targets 1, 3): in a subprocess, so that torch never loads next to TensorFlow in the test process
+    (torch.export's imports crash there)."""
+    import importlib.util
+    import subprocess
+    import sys
+    for mod in ("torch", "torchvision", "onnxscript"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} is not installed")
+    out = tmp_path_factory.mktemp("vit")
+    done = subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
-def test_exported_torchvision_vit_translates(rng, tmp_path, dynamo):
-    m = _export(_vit(), dynamo, tmp_path / "vit.onnx")
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_exported_torchvision_vit_translates(rng, vit_exports, exporter):
+    m = onnx.load(str(vit_exports / f"{exporter}.onnx"))
     x = rng.normal(size=(3, 3, 32, 32)).astype(np.float32)
     g = assert_matches(m, x)
     ops = _ops(g)
@@ -335,23 +348,17 @@ def test_exported_torchvision_vit_translates(rng, tmp_path, dynamo):
 
 
 @pytest.mark.slow
-def test_exported_vit_gradient_times_input_equals_torch_autograd(rng, tmp_path):
-    torch = pytest.importorskip("torch")
-    net = _vit()
-    m = _export(net, True, tmp_path / "vit.onnx")
-    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
-    target = [1, 3]
-    rel = attribx.explain(m, x, "gradient_x_input", target=target)
-    xt = torch.tensor(x, requires_grad=True)
-    out = net(xt)
-    out[torch.arange(2), torch.tensor(target)].sum().backward()
-    ref = (xt.grad * xt).detach().numpy()
-    assert relative_error(np.asarray(rel), ref) <= 1e-4
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_exported_vit_gradient_times_input_equals_torch_autograd(vit_exports, exporter):
+    ref = np.load(vit_exports / "reference.npz")
+    m = onnx.load(str(vit_exports / f"{exporter}.onnx"))
+    rel = attribx.explain(m, ref["x"], "gradient_x_input", target=[1, 3])
+    assert relative_error(np.asarray(rel), ref["grad_x_input"]) <= 1e-4
 
 
 @pytest.mark.slow
-def test_exported_vit_attn_lrp_is_finite(rng, tmp_path):
-    m = _export(_vit(), True, tmp_path / "vit.onnx")
+def test_exported_vit_attn_lrp_is_finite(rng, vit_exports):
+    m = onnx.load(str(vit_exports / "dynamo.onnx"))
     x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
     rel = np.asarray(attribx.explain(m, x, "lrp.attn", target=2))
     assert np.isfinite(rel).all() and np.abs(rel).sum() > 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attribx.ops import resize_matrix
+from attribx.translation.resize import graph_resize_attrs, linear_matrix, nearest_matrix
 
 from . import TABLE, Unsupported
 from .common import ints, x_of
@@ -39,20 +39,12 @@ def onnx_matrix(size_in: int, size_out: int, scale: float, attrs) -> np.ndarray:
     if ctm not in TRANSFORMS:
         raise Unsupported(f"coordinate_transformation_mode={ctm!r}")
     src = TRANSFORMS[ctm](np.arange(size_out, dtype=np.float64), scale, size_in, size_out)
-    m = np.zeros((size_out, size_in))
-    rows = np.arange(size_out)
     if attrs.get("mode", "nearest") == "nearest":
         rounding = attrs.get("nearest_mode", "round_prefer_floor")
         if rounding not in ROUNDING:
             raise Unsupported(f"nearest_mode={rounding!r}")
-        m[rows, np.clip(ROUNDING[rounding](src), 0, size_in - 1).astype(int)] = 1.0
-        return m
-    src = np.clip(src, 0, size_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, size_in - 1)
-    np.add.at(m, (rows, lo), 1.0 - (src - lo))
-    np.add.at(m, (rows, hi), src - lo)
-    return m
+        return nearest_matrix(ROUNDING[rounding](src), size_in)
+    return linear_matrix(src, size_in)
 
 
 def _sizes_and_scales(ctx, node, attrs, shape):
@@ -97,14 +89,11 @@ def resize(ctx, node, attrs):
         raise Unsupported(f"resizes the batch or channel axis (to {out[1:]}); spatial axes (2..) translate")
     spatial = list(zip(x.shape[2:], out[2:], scale[2:]))
     want = [onnx_matrix(i, o, s, attrs) for i, o, s in spatial]
-    for align in (False, True) if mode == "linear" else (False,):
-        graph_scales = None if align else tuple(1.0 / s for _, _, s in spatial)
-        mats = [resize_matrix(i, o, mode, align, None if align else 1.0 / s) for i, o, s in spatial]
-        if all(np.allclose(m, w, rtol=0, atol=1e-9) for m, w in zip(mats, want)):
-            if tuple(out[2:]) == tuple(x.shape[2:]) and all(np.array_equal(m, np.eye(len(m))) for m in mats):
-                return x
-            return ctx.emit("resize", [x], attrs={"size": tuple(out[2:]), "mode": mode, "align_corners": align,
-                                                  "scales": graph_scales})
+    if tuple(out[2:]) == tuple(x.shape[2:]) and all(np.array_equal(w, np.eye(len(w))) for w in want):
+        return x
+    found = graph_resize_attrs(mode, x.shape[2:], out[2:], want, [1.0 / s for _, _, s in spatial])
+    if found is not None:
+        return ctx.emit("resize", [x], attrs=found)
     ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
     rounding = f", nearest_mode={attrs.get('nearest_mode', 'round_prefer_floor')!r}" if mode == "nearest" else ""
     raise Unsupported(f"mode={mode!r} with coordinate_transformation_mode={ctm!r}{rounding} picks other source "

@@ -5,6 +5,8 @@ Elementwise layers keep their input's axis order: a value stored channel-first s
 """
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 
@@ -14,8 +16,14 @@ _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
 
 def activation(ctx, x, fn, name=None):
-    """The node(s) of a Keras activation function; ``linear`` adds nothing."""
+    """The node(s) of a Keras activation function; ``linear`` adds nothing. ``functools.partial`` of
+    ``gelu`` (``approximate=True``) keeps its argument."""
+    kwargs = {}
+    if isinstance(fn, functools.partial) and not fn.args:
+        fn, kwargs = fn.func, dict(fn.keywords)
     fname = getattr(fn, "__name__", str(fn))
+    if kwargs and (fname != "gelu" or set(kwargs) - {"approximate"}):
+        raise Unsupported(f"activation {fname!r} with arguments {kwargs} has no op in the graph")
     if fname == "linear" or fn is None:
         return x
     emit = lambda op, **attrs: ctx.emit(op, [x], attrs=attrs, name=name, order=x.order)  # noqa: E731
@@ -32,7 +40,11 @@ def activation(ctx, x, fn, name=None):
     if fname == "elu":
         return emit("elu", alpha=1.0)
     if fname == "gelu":
-        return emit("gelu", approximate="none")
+        return emit("gelu", approximate="tanh" if kwargs.get("approximate") else "none")
+    if fname == "hard_sigmoid":               # Keras 3: relu6(x + 3) / 6
+        return emit("hard_sigmoid", alpha=1 / 6, beta=0.5)
+    if fname in ("hard_silu", "hard_swish"):  # x * relu6(x + 3) / 6
+        return emit("hard_swish", alpha=1 / 6, beta=0.5)
     if fname == "leaky_relu":
         return emit("leaky_relu", negative_slope=0.2)
     if fname == "softmax":
