@@ -506,14 +506,16 @@ def resize_matrix(size_in: int, size_out: int, mode: str, align_corners: bool = 
                   scale: float | None = None) -> np.ndarray:
     """The (size_out, size_in) matrix a ``resize`` applies along one spatial axis, with torch's
     ``F.interpolate`` source indices: ``scale`` is input size per output size (default size_in / size_out;
-    torch uses 1 / scale_factor when given one). Nearest picks ``floor(dst * scale)``; linear weighs the
+    torch uses 1 / scale_factor when given one). Nearest picks ``floor(dst * scale)`` (in float32, as torch
+    computes it, so that the same sources are picked); linear weighs the
     two neighbours of ``(dst + 0.5) * scale - 0.5`` (clamped at 0), or of ``dst * (in - 1) / (out - 1)``
     with ``align_corners``. Every row is non-negative and sums to 1."""
     m = np.zeros((size_out, size_in))
     dst = np.arange(size_out, dtype=np.float64)
     scale = size_in / size_out if scale is None else float(scale)
     if mode == "nearest":
-        m[np.arange(size_out), np.minimum(np.floor(dst * scale).astype(int), size_in - 1)] = 1.0
+        src = np.floor(dst.astype(np.float32) * np.float32(scale)).astype(int)
+        m[np.arange(size_out), np.minimum(src, size_in - 1)] = 1.0
         return m
     if align_corners:
         src = dst * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)

@@ -64,6 +64,11 @@ SIGNATURES: dict = {
     torch.chunk: "input, chunks, dim=0",
     **dict.fromkeys((torch.mean, torch.sum), _REDUCE),
     torch.any: "input, dim=None, keepdim=False",
+    **dict.fromkeys((torch.matmul, torch.bmm), _BINARY),
+    torch.einsum: "equation, *operands",
+    F.scaled_dot_product_attention: "query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, "
+                                    "scale=None, enable_gqa=False",
+    torch.roll: "input, shifts, dims=None",
     # tensor methods
     **dict.fromkeys([f"method:{m}" for m in ("add", "add_", "sub", "sub_", "subtract")], _ALPHA),
     **dict.fromkeys([f"method:{m}" for m in ("mul", "mul_", "multiply", "ne", "not_equal")], _BINARY),
@@ -85,6 +90,8 @@ SIGNATURES: dict = {
     "method:chunk": "input, chunks, dim=0",
     "method:split": "input, split_size, dim=0",
     "method:size": "input, dim=None",
+    **dict.fromkeys(("method:matmul", "method:bmm"), _BINARY),
+    "method:roll": "input, shifts, dims=None",
 }
 
 

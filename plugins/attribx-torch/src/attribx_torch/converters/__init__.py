@@ -9,6 +9,6 @@ them itself), ``batch_args_ok`` (arguments may depend on the batch size), ``mult
 a tuple whose first item the graph holds).
 """
 from .base import TABLE
-from . import layers, elementwise, reductions, shape, pooling, recurrent, aten  # noqa: F401  (they register)
+from . import layers, elementwise, reductions, shape, pooling, recurrent, transformer, swin, aten  # noqa: F401,E501
 
 __all__ = ["TABLE"]

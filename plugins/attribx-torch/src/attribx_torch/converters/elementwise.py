@@ -92,11 +92,12 @@ def sigmoid(ctx, input):
 
 @TABLE.register(F.hardsigmoid, **ELEMENTWISE)
 def hardsigmoid(ctx, input, inplace=False):
-    """relu6(x + 3) / 6 == clip(x / 6 + 1/2, 0, 1)."""
-    x = ctx.tensor(input)
-    s = ctx.emit("mul", [x, ctx.const(1.0 / 6.0, "scale")], x.shape, name=ctx.sub("scaled"))
-    s = ctx.emit("add", [s, ctx.const(0.5, "shift")], x.shape, name=ctx.sub("shifted"))
-    return ctx.emit("clip", [s], ctx.out_shape(), {"min": 0.0, "max": 1.0})
+    return unary(ctx, input, "hard_sigmoid")
+
+
+@TABLE.register(F.hardswish, **ELEMENTWISE)
+def hardswish(ctx, input, inplace=False):
+    return unary(ctx, input, "hard_swish")
 
 
 @TABLE.register(F.softmax, torch.softmax, "method:softmax")
@@ -128,6 +129,8 @@ for _cls, _convert in (
         (nn.GELU, _module_unary("gelu", approximate=lambda m: m.approximate)),
         (nn.ELU, _module_unary("elu", alpha=lambda m: float(m.alpha))),
         (nn.Tanh, _module_unary("tanh")),
+        (nn.Hardsigmoid, _module_unary("hard_sigmoid")),
+        (nn.Hardswish, _module_unary("hard_swish")),
         (nn.Sigmoid, _module_unary("sigmoid"))):
     TABLE.register(_cls, **ELEMENTWISE)(_convert)
 del _cls, _convert
@@ -136,11 +139,6 @@ del _cls, _convert
 @TABLE.register(nn.Hardtanh, nn.ReLU6, **ELEMENTWISE)      # ReLU6 is a Hardtanh(0, 6)
 def hardtanh_module(ctx, m, input):
     return clip(ctx, input, m.min_val, m.max_val)
-
-
-@TABLE.register(nn.Hardsigmoid, **ELEMENTWISE)
-def hardsigmoid_module(ctx, m, input):
-    return hardsigmoid(ctx, input)
 
 
 @TABLE.register(nn.Softmax)
@@ -272,11 +270,6 @@ def neg(ctx, input):
 @TABLE.register(operator.pos, **ELEMENTWISE)
 def pos(ctx, input):
     return ctx.tensor(input)
-
-
-@TABLE.register(operator.matmul)
-def matmul(ctx, input, other):
-    raise Unsupported("matmul of two input-dependent tensors is not in the graph's op set")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Pooling: max and average windows (with torch's ceil mode and padding counts) and adaptive pooling."""
+"""Pooling: max and average windows (with torch's ceil mode and padding counts) and adaptive pooling; resampling
+(``F.interpolate``, ``nn.Upsample``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -160,3 +161,38 @@ def adaptive_max_pool(ctx, input, output_size, return_indices=False):
 @TABLE.register(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 def adaptive_max_pool_module(ctx, m, input):
     return adaptive_max_pool(ctx, input, m.output_size, m.return_indices)
+
+
+# ----------------------------------------------------------------------------------------------
+# resampling
+
+_RESIZE_MODES = {"nearest": "nearest", "linear": "linear", "bilinear": "linear", "trilinear": "linear"}
+
+
+@TABLE.register(F.interpolate)
+def interpolate(ctx, input, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                recompute_scale_factor=None, antialias=False):
+    """A ``resize`` node with torch's source indices: nearest, and (bi/tri)linear with or without
+    align_corners; a scale_factor keeps torch's 1 / scale_factor for the indices unless recomputed."""
+    x = ctx.tensor(input)
+    n = len(x.shape) - 2
+    if n < 1:
+        raise Unsupported(f"interpolate on an input of rank {len(x.shape)}; it needs (N, C, *spatial)")
+    if mode not in _RESIZE_MODES:
+        raise Unsupported(f"interpolate mode {mode!r}; the graph's resize has nearest and (bi/tri)linear")
+    if antialias:
+        raise Unsupported("antialias=True (a low-pass filter before downsampling)")
+    scales = None
+    if scale_factor is not None and not recompute_scale_factor and not (mode != "nearest" and align_corners):
+        factors = (scale_factor,) * n if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
+        scales = tuple(1.0 / float(f) for f in factors)
+    out = ctx.out_shape()
+    return ctx.emit("resize", [x], out, {"size": tuple(out[2:]), "mode": _RESIZE_MODES[mode],
+                                         "align_corners": bool(align_corners) and mode != "nearest",
+                                         "scales": scales})
+
+
+@TABLE.register(nn.Upsample)
+def upsample_module(ctx, m, input):
+    """nn.Upsample, and UpsamplingNearest2d / UpsamplingBilinear2d (align_corners=True) that share its forward."""
+    return interpolate(ctx, input, m.size, m.scale_factor, m.mode, m.align_corners, m.recompute_scale_factor)

@@ -1,5 +1,5 @@
 """Converters that move values around: view/reshape/flatten, permute/transpose, cat/stack, chunk/split,
-squeeze/unsqueeze, indexing and slicing, constant padding, and the static reads (size, shape, dim).
+squeeze/unsqueeze, indexing and slicing, roll, constant padding, and the static reads (size, shape, dim).
 
 The batch axis stays the graph's first axis: a reshape or a permutation that would move it is refused,
 except ``x.transpose(0, 1)``, which makes a time-major view (:class:`~attribx_torch.values.Swapped`).
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..values import (Lazy, Packed, Swapped, Unsupported, is_int, is_t, norm_dim, swap01, swap_axis)
 from .base import TABLE, graph_value
+from .transformer import per_sample_copy
 
 AWARE = {"time_major": "aware"}
 
@@ -135,8 +136,9 @@ def transpose_2d(ctx, input):
 # joining and splitting
 
 
-@TABLE.register(torch.cat, torch.concat, **AWARE)
+@TABLE.register(torch.cat, torch.concat, batch_args_ok=True, **AWARE)
 def cat(ctx, tensors, dim=0):
+    """Signals, and constants expanded over the batch axis (a class token): one ``fill`` node each."""
     if not isinstance(tensors, (list, tuple)) or not tensors:
         raise Unsupported("concatenates something that is not a list of tensors")
     if any(isinstance(t, Swapped) for t in tensors):
@@ -149,11 +151,18 @@ def cat(ctx, tensors, dim=0):
             return tensors[0]
         return Swapped(ctx.emit("concat", [ctx.base(t) for t in tensors], swap01(ctx.out_shape()),
                                 {"axis": swap_axis(d)}))
-    for t in tensors:
-        if not is_t(t):
-            raise Unsupported("concatenates a tensor that does not depend on the input; only "
-                              "input-dependent tensors can be concatenated in the graph")
-    ts = [ctx.materialize(t) for t in tensors]
+    like = next((t for t in tensors if is_t(t)), None)
+    fx_args = ctx.node.args[0] if ctx.node.args else ctx.node.kwargs.get("tensors", ())
+    if not isinstance(fx_args, (list, tuple)):      # one fx value holding the list (chunk's pieces)
+        fx_args = [None] * len(tensors)
+    ts = []
+    for t, a in zip(tensors, fx_args):
+        copies = None if is_t(t) or like is None else per_sample_copy(ctx, a, ctx.materialize(like))
+        if not is_t(t) and copies is None:
+            raise Unsupported("concatenates a tensor that does not depend on the input, other than a constant "
+                              "expanded over the batch axis (x.expand(n, ...)); only input-dependent tensors can be "
+                              "concatenated in the graph")
+        ts.append(copies or ctx.materialize(t))
     ndim = len(ts[0].shape)
     d = norm_dim(dim, ndim)
     if d == 0:
@@ -284,7 +293,7 @@ def getitem(ctx, input, index):
     x, idx = input, index
     if isinstance(x, (list, tuple)):          # a piece of chunk/split, or a tuple of tensors
         v = x[idx]
-        if isinstance(v, (list, tuple, Swapped, Packed)):
+        if v is None or isinstance(v, (list, tuple, Swapped, Packed)):     # None: an output not asked for
             return v
         if isinstance(v, Lazy) and v.made is None:
             return ctx.materialize(v, name=ctx.main)
@@ -392,6 +401,21 @@ def slice_graph(ctx, x, idx, out_shape):
     if rank_change:
         cur = reshape_to(ctx, cur, out_shape)
     return cur
+
+
+@TABLE.register(torch.roll, "method:roll")
+def roll(ctx, input, shifts, dims=None):
+    """torch.roll along given axes (Swin's cyclic shift); without dims torch rolls the flattened tensor,
+    batch axis included: refused."""
+    x = ctx.tensor(input)
+    if dims is None:
+        raise Unsupported("roll without dims rolls the flattened tensor across samples")
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    axes = tuple(norm_dim(d, len(x.shape)) for d in dims)
+    if 0 in axes:
+        raise Unsupported("rolls the batch axis")
+    return ctx.emit("roll", [x], ctx.out_shape(), {"shifts": tuple(int(s) for s in shifts), "axes": axes})
 
 
 # ----------------------------------------------------------------------------------------------
