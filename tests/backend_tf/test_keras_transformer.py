@@ -309,3 +309,106 @@ def test_keras_vit_gradient_times_input_equals_tensorflow(vit_plugin):
         score = tf.reduce_sum(tf.gather(y, target, axis=1, batch_dims=0) * tf.eye(2, dtype=y.dtype))
     ref = (tape.gradient(score, xt) * xt).numpy()
     assert relative_error(ours, ref) <= 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# the same ViT in PyTorch
+
+
+#: Methods whose relevance must be the same from the Keras ViT and its PyTorch twin.
+TWIN_METHODS = ("lrp.attn", "lrp.cp", "gradient_x_input")
+
+TORCH_TWIN = f"DIM, HEADS, PATCH, SIZE, METHODS = {DIM}, {HEADS}, {PATCH}, {SIZE}, {TWIN_METHODS!r}\n" + '''
+import sys, numpy as np, torch, torch.nn as nn, attribx
+torch.set_default_dtype(torch.float32)
+w = {k.replace(".", "/"): v for k, v in np.load(sys.argv[1] + "/weights.npz").items()}
+t = lambda a: torch.tensor(np.ascontiguousarray(a), dtype=torch.float32)
+
+
+def linear(prefix, kernel):
+    layer = nn.Linear(kernel.shape[0], kernel.shape[1])
+    layer.weight.data, layer.bias.data = t(kernel.T), t(w[prefix + "/bias"].reshape(-1))
+    return layer
+
+
+def norm(prefix):
+    layer = nn.LayerNorm(DIM, eps=1e-6)
+    layer.weight.data, layer.bias.data = t(w[prefix + "/gamma"]), t(w[prefix + "/beta"])
+    return layer
+
+
+class Block(nn.Module):
+    def __init__(self, b):
+        super().__init__()
+        m = f"mha{b}/"
+        self.ln1, self.ln2 = norm(f"ln{b}a"), norm(f"ln{b}b")
+        self.q, self.k, self.v = (linear(m + p, w[m + p + "/kernel"].reshape(DIM, -1)) for p in ("query", "key", "value"))
+        self.o = linear(m + "attention_output", w[m + "attention_output/kernel"].reshape(-1, DIM))
+        self.fc1 = linear(f"mlp{b}a", w[f"mlp{b}a/kernel"])
+        self.fc2 = linear(f"mlp{b}b", w[f"mlp{b}b/kernel"])
+        self.act = nn.GELU()
+
+    def heads(self, x):
+        n, length, _ = x.shape
+        return x.reshape(n, length, HEADS, DIM // HEADS).transpose(1, 2)
+
+    def forward(self, x):
+        a = self.ln1(x)
+        q, k, v = self.heads(self.q(a)), self.heads(self.k(a)), self.heads(self.v(a))
+        s = torch.softmax(torch.matmul(q * (DIM // HEADS) ** -0.5, k.transpose(-2, -1)), dim=-1)
+        c = torch.matmul(s, v).transpose(1, 2).reshape(x.shape)
+        x = x + self.o(c)
+        return x + self.fc2(self.act(self.fc1(self.ln2(x))))
+
+
+class ViT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patches = nn.Conv2d(3, DIM, PATCH, stride=PATCH)
+        self.patches.weight.data = t(np.transpose(w["patches/kernel"], (3, 2, 0, 1)))
+        self.patches.bias.data = t(w["patches/bias"])
+        self.cls = nn.Parameter(t(w["cls/token"]))
+        self.pos = nn.Parameter(t(w["pos/position"])[None])
+        self.blocks = nn.Sequential(Block(0), Block(1))
+        self.ln = norm("ln")
+        self.head = linear("head", w["head/kernel"])
+
+    def forward(self, x):
+        p = self.patches(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), p], dim=1) + self.pos
+        return self.head(self.ln(self.blocks(h))[:, 0])
+
+
+net = ViT().eval()
+x = np.load(sys.argv[1] + "/weights.npz")["x"]
+out = {"logits": net(t(x)).detach().numpy()}
+for method in METHODS:
+    out[method] = np.asarray(attribx.explain(net, x, method, target=[0, 2], engine="numpy"))
+np.savez(sys.argv[1] + "/torch.npz", **out)
+'''
+
+
+@pytest.mark.slow
+def test_keras_vit_and_its_torch_twin_give_the_same_relevance(vit_plugin, tmp_path):
+    """The same weights in a PyTorch ViT written with plain torch ops (nn.Linear, nn.LayerNorm, matmul,
+    softmax, nn.GELU), translated by attribx's torch backend: the same forward and the same relevance
+    (≤1e-4 in float32) for AttnLRP, CP-LRP and gradient x input. Torch runs in a subprocess (it is not
+    loaded next to TensorFlow here)."""
+    import importlib.util
+    import subprocess
+    import sys
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    model = keras_vit()
+    x = sample((SIZE, SIZE, 3), n=2)
+    np.savez(tmp_path / "weights.npz", x=np.transpose(x, (0, 3, 1, 2)),
+             **{v.path.replace("/", "."): np.asarray(v.numpy()) for v in model.weights})
+    done = subprocess.run([sys.executable, "-c", TORCH_TWIN, str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref = np.load(tmp_path / "torch.npz")
+    assert relative_error(ref["logits"], np.asarray(model(x, training=False))) <= 1e-5
+    for method in TWIN_METHODS:
+        ours = np.asarray(attribx.explain(model, x, method, target=[0, 2], engine="numpy"))
+        assert np.abs(ours).max() > 0
+        assert relative_error(ours, np.transpose(ref[method], (0, 2, 3, 1))) <= 1e-4, method
