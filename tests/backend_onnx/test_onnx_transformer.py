@@ -380,3 +380,19 @@ def test_exported_vit_relevance_equals_the_torch_translation(vit_exports, export
     rel = np.asarray(attribx.explain(m, ref["x"], method, target=[1, 3], engine="numpy"))
     assert np.abs(ref[method]).max() > 0 and np.isfinite(rel).all()
     assert relative_error(rel, ref[method]) <= 1e-4
+
+
+def test_where_with_a_constant_mask_on_attention_scores(rng):
+    """A causal mask written as Where(mask, scores, -inf-ish), then Softmax (GPT-2-style exports)."""
+    causal = np.tril(np.ones((4, 4), dtype=bool))
+    nodes = [node("Where", ["causal", "x", "minus"], ["masked"], name="mask"),
+             node("Softmax", ["masked"], ["y"], name="softmax", axis=-1)]
+    inits = [onnx.numpy_helper.from_array(causal, "causal"), ("minus", np.array(-3.4e38, np.float32))]
+    g = assert_matches(model(nodes, inits, (2, 4, 4)), _x(rng, 2, 4, 4))
+    assert _ops(g) == ["where", "softmax"]
+
+
+def test_where_on_a_computed_condition_is_refused(rng):
+    nodes = [node("Greater", ["x", "zero"], ["c"], name="gt"), node("Where", ["c", "x", "zero"], ["y"], name="w")]
+    with pytest.raises(attribx.UnsupportedError, match=r"'(gt|w)' \((Greater|Where)"):
+        attribx.translate(model(nodes, [("zero", np.array(0.0, np.float32))], (3,)))
