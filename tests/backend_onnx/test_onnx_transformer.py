@@ -396,3 +396,15 @@ def test_where_on_a_computed_condition_is_refused(rng):
     nodes = [node("Greater", ["x", "zero"], ["c"], name="gt"), node("Where", ["c", "x", "zero"], ["y"], name="w")]
     with pytest.raises(attribx.UnsupportedError, match=r"'(gt|w)' \((Greater|Where)"):
         attribx.translate(model(nodes, [("zero", np.array(0.0, np.float32))], (3,)))
+
+
+def test_silu_and_bias_on_a_sequence_first_tensor(rng):
+    """(L, N, E) after a Transpose: a linear, a bias Add, SiLU and a scale keep the batch where it is."""
+    nodes = [node("Transpose", ["x"], ["t"], name="seq_first", perm=[1, 0, 2]),
+             node("MatMul", ["t", "w"], ["p"], name="proj"), node("Add", ["p", "b"], ["h"], name="bias"),
+             node("Sigmoid", ["h"], ["s"], name="sig"), node("Mul", ["h", "s"], ["a"], name="silu"),
+             node("Div", ["a", "two"], ["d"], name="half"),
+             node("Transpose", ["d"], ["y"], name="batch_first", perm=[1, 0, 2])]
+    inits = [("w", weights(rng, 4, 5)), ("b", weights(rng, 5)), ("two", np.array(2.0, np.float32))]
+    g = assert_matches(model(nodes, inits, (3, 4)), _x(rng, 3, 4))
+    assert "silu" in _ops(g)

@@ -215,7 +215,8 @@ def _silu(ctx, node, x: str, s: str):
         return None
     if x not in ctx.values:
         return None
-    return ctx.emit("silu", [ctx.value(x)])
+    v = ctx.value(x)
+    return ctx.emit("silu", [v], order=v.order)        # any batch axis (merged ones never reach here)
 
 
 @TABLE.register("Mul", any_batch_axis=True, merged_batch=True)
