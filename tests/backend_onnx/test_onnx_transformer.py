@@ -329,22 +329,26 @@ np.savez(out + "/reference.npz", **ref)
 """
 
 
-@pytest.fixture(scope="module")
-def vit_exports(tmp_path_factory):
-    """A small torchvision ViT exported by both torch exporters, and torch autograd's gradient x input
-    (targets 1, 3): in a subprocess, so that torch never loads next to TensorFlow in the test process
-    (torch.export's imports crash there)."""
+def _in_subprocess(tmp_path_factory, script: str, name: str, modules) -> object:
+    """Run ``script`` with a fresh folder as its argument and return the folder; torch runs there, never
+    next to TensorFlow in the test process (torch.export's imports crash there)."""
     import importlib.util
     import subprocess
     import sys
-    for mod in ("torch", "torchvision", "onnxscript"):
+    for mod in modules:
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} is not installed")
-    out = tmp_path_factory.mktemp("vit")
-    done = subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, str(out)], capture_output=True, text=True,
-                          timeout=600)
+    out = tmp_path_factory.mktemp(name)
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def vit_exports(tmp_path_factory):
+    """A small torchvision ViT exported by both torch exporters, torch autograd's gradient x input
+    (targets 1, 3) and the torch translation's relevance."""
+    return _in_subprocess(tmp_path_factory, EXPORT_SCRIPT, "vit", ("torch", "torchvision", "onnxscript"))
 
 
 @pytest.mark.slow
@@ -408,3 +412,83 @@ def test_silu_and_bias_on_a_sequence_first_tensor(rng):
     inits = [("w", weights(rng, 4, 5)), ("b", weights(rng, 5)), ("two", np.array(2.0, np.float32))]
     g = assert_matches(model(nodes, inits, (3, 4)), _x(rng, 3, 4))
     assert "silu" in _ops(g)
+
+
+# ----------------------------------------------------------------------------------------------
+# a HuggingFace GPT-2 config exported with torch.onnx.export
+
+
+GPT2_SCRIPT = """
+import sys, numpy as np, torch, transformers
+cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=50, n_positions=16)
+torch.manual_seed(0)
+net = transformers.GPT2LMHeadModel(cfg).eval()
+with torch.no_grad():                       # random everything (biases and norms too, not their init)
+    for p in net.parameters():
+        p.normal_(0, 0.2)
+
+
+class Logits(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, ids):
+        return self.m(input_ids=ids, use_cache=False).logits
+
+
+out, ids = sys.argv[1], torch.randint(0, 50, (2, 8))
+torch.onnx.export(Logits(net).eval(), (ids,), out + "/dynamo.onnx", dynamo=True, opset_version=18,
+                  dynamic_shapes={"ids": {0: torch.export.Dim("batch")}})
+torch.onnx.export(Logits(net).eval(), (ids,), out + "/torchscript.onnx", dynamo=False, opset_version=17,
+                  input_names=["ids"], dynamic_axes={"ids": {0: "N"}})
+ids = torch.tensor(np.random.default_rng(2).integers(0, 50, (2, 8)))
+targets = torch.tensor([3, 7])
+emb = net.transformer.wte(ids).detach().requires_grad_(True)
+logits = net(inputs_embeds=emb, use_cache=False).logits
+logits[torch.arange(2), -1, targets].sum().backward()
+np.savez(out + "/reference.npz", ids=ids.numpy(), targets=targets.numpy(), logits=logits.detach().numpy(),
+         grad_x_input=(emb.grad * emb).sum(-1).detach().numpy())
+"""
+
+
+@pytest.fixture(scope="module")
+def gpt2_exports(tmp_path_factory):
+    """A 2-layer GPT-2 config with random weights, exported by both exporters, and torch autograd's
+    embedding x gradient per token for the last position's target logit."""
+    return _in_subprocess(tmp_path_factory, GPT2_SCRIPT, "gpt2", ("torch", "transformers", "onnxscript"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_exported_gpt2_translates_and_its_relevance_equals_torch(gpt2_exports, exporter):
+    """Token ids in; the causal mask (an expanded constant, or Trilu/Where folded), the tanh GELU written
+    with Pow 3, Conv1D's (N * T, E) Gemm: forward equal to onnxruntime and to torch, and embedding x gradient
+    per token equal to torch autograd's (the explained logit: each sample's target at the last position)."""
+    ref = np.load(gpt2_exports / "reference.npz")
+    m = onnx.load(str(gpt2_exports / f"{exporter}.onnx"))
+    ids = ref["ids"].astype(np.int64)
+    g = assert_matches(m, ids)
+    assert _ops(g).count("gelu") == 2 and _ops(g).count("softmax") == 2 and "embedding" in _ops(g)
+    assert relative_error(np.asarray(attribx.forward(g, ids, engine="numpy")), ref["logits"]) <= 1e-5
+    init = np.zeros(ref["logits"].shape, np.float32)
+    init[[0, 1], -1, ref["targets"]] = 1.0
+    lookup = [n for n in g.nodes if n.op == "embedding"][0]
+    ds = attribx.explain(g, ids, "gradient", output_init=init, engine="numpy", layers=[lookup.name])
+    grad = np.asarray(ds[lookup.name])                           # the gradient at the token embeddings
+    per_token = (grad * lookup.params["weight"][ids]).sum(-1)    # embedding x gradient, as LXT defines it
+    assert relative_error(per_token, ref["grad_x_input"]) <= 1e-4
+
+
+def test_tanh_gelu_written_with_pow_is_one_gelu(rng):
+    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), as HuggingFace's gelu_new is exported."""
+    nodes = [node("Mul", ["x", "half"], ["h"], name="half"), node("Pow", ["x", "three"], ["p"], name="cube"),
+             node("Mul", ["p", "c"], ["pc"], name="coef"), node("Add", ["x", "pc"], ["s"], name="inner"),
+             node("Mul", ["s", "k"], ["sk"], name="scale"), node("Tanh", ["sk"], ["t"], name="tanh"),
+             node("Add", ["t", "one"], ["a"], name="plus_one"), node("Mul", ["h", "a"], ["y"], name="gelu")]
+    consts = {"half": 0.5, "three": 3.0, "c": 0.044715, "k": math.sqrt(2 / math.pi), "one": 1.0}
+    m = model(nodes, [(k, np.array(v), np.float32) for k, v in consts.items()], (6,))
+    g = assert_matches(m, _x(rng, 6) * 3)
+    assert _ops(g) == ["gelu"] and g.nodes[-1].attrs["approximate"] == "tanh"
+    m64 = _as_float64(model(nodes, [(k, np.array(v), np.float64) for k, v in consts.items()], (6,)))
+    assert_matches(m64, _x(rng, 6, dtype=np.float64) * 3, tol=1e-12)    # exact constants in float64

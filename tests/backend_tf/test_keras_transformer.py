@@ -39,6 +39,7 @@ def test_layer_normalization_on_channels_after_a_conv(float64):
     assert [n.op for n in g.nodes].count("transpose") == 2          # in and out, as for any conv stack
 
 
+@pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`")
 def test_layer_normalization_rms_scaling_is_refused():
     with pytest.raises(UnsupportedError, match=r"rms_scaling=True.*RMSNormalization translates"):
         attribx.translate(seq((5,), L.LayerNormalization(rms_scaling=True)))

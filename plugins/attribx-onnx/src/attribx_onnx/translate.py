@@ -52,6 +52,7 @@ from .converters import elementwise, layers, masks, pooling, recurrent, resize, 
 from .converters import shape as shape_converters  # noqa: F401
 from .converters.common import batch_axis
 from .converters.layout import Merged
+from .converters.shape import per_sample
 from .fold import Const, Folder
 from .load import model_problem
 
@@ -256,8 +257,12 @@ class OnnxTranslator(Translator):
         return v
 
     def operand(self, tensor: str, suffix: str = "const") -> Tensor:
-        """A graph value, or a ``constant`` node holding the constant tensor."""
+        """A graph value, or a ``constant`` node holding the constant tensor (one expanded to the batch, the
+        same in every sample as an exported attention mask: its sample, with a batch axis of size 1)."""
         if self.is_const(tensor):
+            sample = per_sample(self.const_pair(tensor))
+            if sample is not None:
+                return self.constant(sample[None], suffix)
             return self.constant(self.const(tensor), suffix)
         return self.value(tensor)
 

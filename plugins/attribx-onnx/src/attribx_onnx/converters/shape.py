@@ -263,10 +263,14 @@ def _reshape_target(ctx, pair: Const, x: Tensor, allowzero: bool) -> tuple[list,
 def reshape(ctx, node, attrs):
     """Any target that keeps samples apart; one that merges the batch with other axes gives a
     :class:`~attribx_onnx.converters.layout.Merged` tensor (attention's (L, N * heads, head_dim))."""
-    x = x_of(ctx, node)
+    x = ctx.value(node.input[0], allow_int=True)
     if not ctx.is_const(node.input[1]):
         raise Unsupported("the target shape is computed from the input's values")
     shape, groups = _reshape_target(ctx, ctx.const_pair(node.input[1]), x, bool(attrs.get("allowzero", 0)))
+    if x.name in ctx.int_values and (tuple(d for d in shape if d is not None) != tuple(x.shape[1:]) or
+                                     len(groups) != len(shape)):
+        raise Unsupported(f"input {node.input[0]!r} holds integers (token ids); only a reshape that changes "
+                          f"nothing (x.view(-1, T)) reads them")
     if len(groups) != len(shape) and node.output[0] in ctx.graph_outputs:
         raise Unsupported(f"a model output that merges the batch axis with other axes ({shape}) is not a "
                           f"batch of outputs")

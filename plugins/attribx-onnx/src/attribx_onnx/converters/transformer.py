@@ -1,18 +1,23 @@
 """Transformer pieces: LayerNormalization (opset 17) as ``layer_norm``, and the layer norm older exporters
 write node by node (ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, then Mul scale, Add bias),
-recognised as one ``layer_norm``. Pow, Sqrt and Reciprocal have no op of their own: they translate only
-inside such a pattern (an error names them elsewhere).
+recognised as one ``layer_norm``; the tanh GELU written with Pow 3 (HuggingFace's gelu_new) as one
+``gelu``. Pow, Sqrt and Reciprocal have no op of their own: they translate only inside such patterns (an
+error names them elsewhere).
 
 The other transformer ops live with their families: MatMul of two signals (``matmul``) in layers, Softmax,
 Erf and Gelu in elementwise, the class token (a constant expanded to the batch, then concatenated) in shape.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import TABLE, Unsupported
 from .common import ints, scalar, x_of
 from .elementwise import _const_near, _only_consumer, _other
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def _affine(arr, axes: tuple, rank: int):
@@ -121,13 +126,51 @@ def _layer_norm_pattern(ctx, pow_node):
     return x, axes, scalar(eps.a, "epsilon"), scale, bias, last, covered
 
 
+def _gelu_tanh_pattern(ctx, pow_node):
+    """The tanh GELU around ``pow_node`` (x ** 3), as HuggingFace's gelu_new is exported:
+    0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x ** 3))). Returns (x, last node, nodes covered after
+    the Pow) or None."""
+    x = pow_node.input[0]
+    if x not in ctx.values or not _const_near(ctx, pow_node.input[1], 3.0):
+        return None
+    chain, t = [], pow_node.output[0]
+    for op_type, value in (("Mul", 0.044715), ("Add", None), ("Mul", SQRT_2_OVER_PI), ("Tanh", None), ("Add", 1.0),
+                           ("Mul", None)):
+        n = _only_consumer(ctx, t)
+        if n is None or n.op_type != op_type:
+            return None
+        other = _other(n, t) if op_type != "Tanh" else None
+        if value is not None and not _const_near(ctx, other, value):
+            return None
+        if op_type == "Add" and value is None and other != x:
+            return None
+        chain.append(n)
+        t = n.output[0]
+    last, other = chain[-1], _other(chain[-1], chain[-2].output[0])
+    half = ctx.producers.get(other)
+    if half is not None and half.op_type == "Mul" and x in half.input[:2] and _const_near(ctx, _other(half, x), 0.5):
+        return x, last, chain                                   # (0.5 * x) * (1 + tanh(...))
+    if other == x:
+        n = _only_consumer(ctx, last.output[0])
+        if n is not None and n.op_type == "Mul" and _const_near(ctx, _other(n, last.output[0]), 0.5):
+            return x, n, chain + [n]                            # x * (1 + tanh(...)) * 0.5
+    return None
+
+
 @TABLE.register("Pow")
 def pow_(ctx, node, attrs):
-    """Pow 2 inside the exporters' decomposed layer norm (the whole pattern becomes one ``layer_norm``)."""
+    """Pow inside the exporters' patterns: 2 in the decomposed layer norm (one ``layer_norm``), 3 in the tanh
+    GELU (one ``gelu``, approximate tanh)."""
+    gelu = _gelu_tanh_pattern(ctx, node)
+    if gelu is not None:
+        x, last, covered = gelu
+        y = ctx.emit("gelu", [ctx.value(x)], attrs={"approximate": "tanh"}, name=ctx.unique(last.name or last.output[0]))
+        return _covering(ctx, covered, last, y)
     found = _layer_norm_pattern(ctx, node)
     if found is None:
         raise Unsupported("Pow has no op in the graph; it translates inside the exporters' decomposed layer norm "
-                          "(ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div[, Mul scale, Add bias])")
+                          "(ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div[, Mul scale, Add bias]) and "
+                          "tanh GELU (0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x ** 3))))")
     x, axes, eps, scale, bias, last, covered = found
     xv = ctx.value(x)
     shape = tuple(xv.shape[a] for a in axes)
@@ -138,6 +181,11 @@ def pow_(ctx, node, attrs):
         params["bias"] = np.ascontiguousarray(np.broadcast_to(bias, shape))
     y = ctx.emit("layer_norm", [xv], attrs={"axes": axes, "eps": eps}, params=params,
                  name=ctx.unique(last.name or last.output[0]))
+    return _covering(ctx, covered, last, y)
+
+
+def _covering(ctx, covered, last, y):
+    """``y`` stands for ``last``'s output; the pattern's other nodes are skipped."""
     for n in covered:
         ctx.skip.add(id(n))
     ctx.bind_tensor(last.output[0], y)
