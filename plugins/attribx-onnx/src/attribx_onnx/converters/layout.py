@@ -106,25 +106,21 @@ def aligned_constant(ctx, x: Tensor, value, suffix: str) -> Tensor:
     """A constant broadcasting against ONNX tensor ``x``, as a ``constant`` node laid out like ``x``'s graph
     value (its batch entry, of size 1, first; merged axes split, where the constant is 1 along them)."""
     arr = np.asarray(value, dtype=np.float64)
-    shape, groups = expanded(x)
-    rank = len(groups)
-    if arr.ndim > rank:
-        raise Unsupported(f"a constant of shape {arr.shape} has more axes than the tensor ({rank})")
-    full = (1,) * (rank - arr.ndim) + arr.shape
-    if isinstance(x, Merged) or not x.in_graph_order:
-        dims, k = [], 0
-        for i, g in enumerate(groups):
-            part = shape[k:k + g]
-            if full[i] == 1:
-                dims += [1] * g
-            elif g == 1 and part[0] is not None and full[i] == part[0]:
-                dims += [full[i]]
-            else:
-                raise Unsupported(f"a constant of shape {arr.shape} varies along an axis that holds the batch "
-                                  f"(or broadcasts the tensor, of shape {x.framework_shape})")
-            k += g
-        b = shape.index(None)
-        arr = arr.reshape(dims)
-        arr = np.moveaxis(arr, b, 0)
+    if x.in_graph_order:
         return ctx.constant(arr, suffix)
-    return ctx.constant(arr, suffix)
+    shape, groups = expanded(x)
+    if arr.ndim > len(groups):
+        raise Unsupported(f"a constant of shape {arr.shape} has more axes than the tensor ({len(groups)})")
+    full = (1,) * (len(groups) - arr.ndim) + arr.shape
+    dims, k = [], 0
+    for size, g in zip(full, groups):
+        part = shape[k:k + g]
+        if size == 1:
+            dims += [1] * g
+        elif g == 1 and part[0] == size:
+            dims.append(size)
+        else:
+            raise Unsupported(f"a constant of shape {arr.shape} varies along an axis that holds the batch (or "
+                              f"broadcasts the tensor, of shape {x.framework_shape})")
+        k += g
+    return ctx.constant(np.moveaxis(arr.reshape(dims), shape.index(None), 0), suffix)
