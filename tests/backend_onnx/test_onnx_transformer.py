@@ -492,3 +492,14 @@ def test_tanh_gelu_written_with_pow_is_one_gelu(rng):
     assert _ops(g) == ["gelu"] and g.nodes[-1].attrs["approximate"] == "tanh"
     m64 = _as_float64(model(nodes, [(k, np.array(v), np.float64) for k, v in consts.items()], (6,)))
     assert_matches(m64, _x(rng, 6, dtype=np.float64) * 3, tol=1e-12)    # exact constants in float64
+
+
+def test_class_token_of_a_model_exported_with_batch_one(rng):
+    """torch.export specialises a batch of 1: the token is a (1, 1, D) constant, the input (1, ...); the
+    graph runs any batch size."""
+    nodes = [node("Concat", ["token", "x"], ["y"], name="cat", axis=1)]
+    m = model(nodes, [("token", weights(rng, 1, 1, 4))], (3, 4), batch=1)
+    g = attribx.translate(m)
+    x = _x(rng, 3, 4)
+    ref = np.concatenate([np.asarray(run_ort(m, x[i:i + 1])[0]) for i in range(2)])
+    assert relative_error(np.asarray(attribx.forward(g, x, engine="numpy")), ref) <= 1e-6

@@ -61,11 +61,15 @@ def size(ctx, node, attrs):
     return Const.pair(np.array(BATCH_A * n, np.int64), np.array(BATCH_B * n, np.int64))
 
 
-def per_sample(pair: Const) -> np.ndarray | None:
-    """A constant expanded to the batch (a class token: ``Expand(token, (N, 1, D))`` folds to one): its one
-    sample's value when every sample holds the same, else None."""
-    if not pair.batch_dependent or pair.a.ndim == 0 or pair.a.shape[1:] != pair.b.shape[1:] \
-            or (pair.a.shape[0], pair.b.shape[0]) != (BATCH_A, BATCH_B):
+def per_sample(pair: Const, declared: int | None = None) -> np.ndarray | None:
+    """A constant expanded to the batch (a class token: ``Expand(token, (N, 1, D))`` folds to one; with
+    ``declared``, the model's fixed batch size, also a constant of that many equal rows): its one sample's
+    value when every sample holds the same, else None."""
+    if pair.batch_dependent:
+        if pair.a.ndim == 0 or pair.a.shape[1:] != pair.b.shape[1:] \
+                or (pair.a.shape[0], pair.b.shape[0]) != (BATCH_A, BATCH_B):
+            return None
+    elif not declared or pair.a.ndim == 0 or pair.a.shape[0] != declared:
         return None
     first = pair.a[0]
     if not (np.array_equal(pair.a, np.broadcast_to(first, pair.a.shape))
@@ -90,7 +94,7 @@ def concat(ctx, node, attrs):
         if not ctx.is_const(i):
             values.append(ctx.value(i))
             continue
-        sample = per_sample(ctx.const_pair(i))
+        sample = per_sample(ctx.const_pair(i), ctx.declared_batch)
         if sample is None or batch != {0}:
             raise Unsupported("concatenates a constant with tensors computed from the input (a constant has no "
                               "batch axis; one expanded to the batch translates)")

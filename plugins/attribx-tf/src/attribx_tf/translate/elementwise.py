@@ -41,10 +41,10 @@ def activation(ctx, x, fn, name=None):
         return emit("elu", alpha=1.0)
     if fname == "gelu":
         return emit("gelu", approximate="tanh" if kwargs.get("approximate") else "none")
-    if fname == "hard_sigmoid":               # Keras 3: relu6(x + 3) / 6
-        return emit("hard_sigmoid", alpha=1 / 6, beta=0.5)
-    if fname in ("hard_silu", "hard_swish"):  # x * relu6(x + 3) / 6
-        return emit("hard_swish", alpha=1 / 6, beta=0.5)
+    if fname == "hard_sigmoid":
+        return emit("hard_sigmoid", **hard_sigmoid_params(fn))
+    if fname in ("hard_silu", "hard_swish"):
+        return emit("hard_swish", **hard_sigmoid_params(fn, times_x=True))
     if fname == "leaky_relu":
         return emit("leaky_relu", negative_slope=0.2)
     if fname == "softmax":
@@ -53,6 +53,22 @@ def activation(ctx, x, fn, name=None):
         h = ctx.emit("elu", [x], attrs={"alpha": _SELU_ALPHA}, name=ctx.sub("elu"), order=x.order)
         return ctx.emit("mul", [h, ctx.constant(_SELU_SCALE, "scale")], name=name, order=x.order)
     raise Unsupported(f"activation {fname!r} has no op in the graph")
+
+
+@functools.lru_cache(maxsize=None)
+def hard_sigmoid_params(fn, times_x: bool = False) -> dict:
+    """alpha and beta of clip(alpha x + beta, 0, 1), read off Keras's own function (Keras 3: relu6(x + 3) / 6,
+    Keras 2: 0.2 x + 0.5) and checked on a grid; ``times_x``: ``fn`` is x times it (hard_silu)."""
+    grid = np.linspace(-8.0, 8.0, 161)
+    y = np.asarray(as_numpy(fn(grid)), dtype=np.float64)
+    h = np.divide(y, grid, out=np.full_like(grid, np.nan), where=grid != 0) if times_x else y
+    beta = 0.5 if times_x else float(h[80])                 # h(0): x * h(x) hides it; both Kerases have 0.5
+    alpha = float(h[85] - h[75]) if not times_x else float((y[85] / grid[85] - beta) / grid[85])
+    want = np.clip(alpha * grid + beta, 0.0, 1.0) * (grid if times_x else 1.0)
+    if not np.allclose(y, want, rtol=1e-5, atol=1e-6):
+        raise Unsupported(f"activation {fn.__name__!r} is not clip(alpha x + beta, 0, 1){' times x' if times_x else ''} "
+                          f"in this Keras")
+    return {"alpha": alpha, "beta": beta}
 
 
 def fused_activation(ctx, layer, y):
