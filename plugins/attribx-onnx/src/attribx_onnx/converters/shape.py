@@ -206,7 +206,12 @@ def _batch_entry(ctx, dims: list, size: int, shown, at: int) -> tuple[int, int]:
         return dims.index(-1), size // known
     if ctx.declared_batch and ctx.declared_batch in dims:       # exported with a fixed batch size
         return (at if dims[at:at + 1] == [ctx.declared_batch] else dims.index(ctx.declared_batch)), 1
-    raise Unsupported(f"target shape {shown} does not keep the batch axis (it would move data between samples)")
+    fixed = "" if not ctx.declared_batch else (
+        f"; the model was exported with a fixed batch of {ctx.declared_batch}, which hides where the batch sits in "
+        f"merged axes: export it with a dynamic batch (torch.onnx.export's dynamic_shapes / dynamic_axes, from an "
+        f"example batch of 2 or more)")
+    raise Unsupported(f"target shape {shown} does not keep the batch axis (it would move data between samples)"
+                      f"{fixed}")
 
 
 def _reshape_target(ctx, pair: Const, x: Tensor, allowzero: bool) -> tuple[list, tuple]:
