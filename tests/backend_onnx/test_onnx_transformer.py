@@ -301,32 +301,42 @@ def test_a_reshape_that_mixes_samples_is_still_refused(rng):
 #: Methods whose relevance on the ONNX export must equal the torch translation's (same torch model).
 METHODS = ("lrp.attn", "lrp.cp", "gradient_x_input")
 
-EXPORT_SCRIPT = f"METHODS = {METHODS!r}\n" + """
+VIT_SCRIPT = """
 import sys, numpy as np, torch, torchvision
 torch.manual_seed(0)
-net = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
-                                           mlp_dim=64, num_classes=5).eval()
+net = NET.eval().to(DTYPE)
 with torch.no_grad():                       # torchvision zero-initialises the head and the class token
     for p in (net.heads.head.weight, net.heads.head.bias, net.class_token):
-        p.normal_(0, 0.5)
-out, x = sys.argv[1], torch.randn(2, 3, 32, 32)
-torch.onnx.export(net, (x,), out + "/dynamo.onnx", dynamo=True, opset_version=18,
+        p.normal_(0, 0.5 / net.hidden_dim ** 0.5 * 4)
+out, x = sys.argv[1], torch.randn(2, 3, SIZE, SIZE, dtype=DTYPE)
+torch.onnx.export(net, (x,), out + "/dynamo.onnx", dynamo=True, opset_version=18, external_data=False,
                   dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-torch.onnx.export(net, (x,), out + "/torchscript.onnx", dynamo=False, opset_version=17, input_names=["x"],
-                  dynamic_axes={"x": {0: "N"}})
-x = torch.tensor(np.random.default_rng(1).normal(size=(2, 3, 32, 32)).astype(np.float32), requires_grad=True)
+if TORCHSCRIPT:
+    torch.onnx.export(net, (x,), out + "/torchscript.onnx", dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}})
+x = torch.tensor(np.random.default_rng(1).normal(size=(2, 3, SIZE, SIZE)), dtype=DTYPE, requires_grad=True)
 y = net(x)
 y[torch.arange(2), torch.tensor([1, 3])].sum().backward()
-ref = {"x": x.detach().numpy(), "autograd_x_input": (x.grad * x).detach().numpy()}
+ref = {"x": x.detach().numpy(), "autograd_x_input": (x.grad * x).detach().numpy(), "logits": y.detach().numpy()}
 try:                                        # the torch translation's relevance, where attribx translates torch ViTs
     import attribx
-    g = attribx.translate(net, input_shape=(3, 32, 32))
+    g = attribx.translate(net, input_shape=(3, SIZE, SIZE))
     for method in METHODS:
-        ref[method] = np.asarray(attribx.explain(g, ref["x"], method, target=[1, 3], engine="numpy"))
+        ref[method] = np.asarray(attribx.explain(g, ref["x"], method, target=[1, 3], engine=ENGINE))
 except attribx.UnsupportedError as err:
     print("no torch translation:", err)
 np.savez(out + "/reference.npz", **ref)
 """
+
+
+def vit_script(net: str, size: int, torchscript: bool, engine: str | None, dtype: str = "float32") -> str:
+    """The export script for a torchvision ViT (``net``: its constructor call)."""
+    head = f"METHODS, SIZE, TORCHSCRIPT, ENGINE = {METHODS!r}, {size}, {torchscript}, {engine!r}\n"
+    return head + VIT_SCRIPT.replace("NET", net).replace("import sys,", f"import torch\nDTYPE = torch.{dtype}\nimport sys,")
+
+
+SMALL_VIT = ("torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, "
+             "hidden_dim=32, mlp_dim=64, num_classes=5)")
 
 
 def _in_subprocess(tmp_path_factory, script: str, name: str, modules) -> object:
@@ -348,7 +358,8 @@ def _in_subprocess(tmp_path_factory, script: str, name: str, modules) -> object:
 def vit_exports(tmp_path_factory):
     """A small torchvision ViT exported by both torch exporters, torch autograd's gradient x input
     (targets 1, 3) and the torch translation's relevance."""
-    return _in_subprocess(tmp_path_factory, EXPORT_SCRIPT, "vit", ("torch", "torchvision", "onnxscript"))
+    return _in_subprocess(tmp_path_factory, vit_script(SMALL_VIT, 32, True, "numpy"), "vit",
+                          ("torch", "torchvision", "onnxscript"))
 
 
 @pytest.mark.slow
@@ -383,35 +394,30 @@ def test_exported_vit_relevance_equals_the_torch_translation(vit_exports, export
     m = onnx.load(str(vit_exports / f"{exporter}.onnx"))
     rel = np.asarray(attribx.explain(m, ref["x"], method, target=[1, 3], engine="numpy"))
     assert np.abs(ref[method]).max() > 0 and np.isfinite(rel).all()
-    assert relative_error(rel, ref[method]) <= 1e-4
+    assert relative_error(rel, ref[method]) <= 1e-5     # the scale is taken after q @ k, as torch's graph does
 
 
-def test_where_with_a_constant_mask_on_attention_scores(rng):
-    """A causal mask written as Where(mask, scores, -inf-ish), then Softmax (GPT-2-style exports)."""
-    causal = np.tril(np.ones((4, 4), dtype=bool))
-    nodes = [node("Where", ["causal", "x", "minus"], ["masked"], name="mask"),
-             node("Softmax", ["masked"], ["y"], name="softmax", axis=-1)]
-    inits = [onnx.numpy_helper.from_array(causal, "causal"), ("minus", np.array(-3.4e38, np.float32))]
-    g = assert_matches(model(nodes, inits, (2, 4, 4)), _x(rng, 2, 4, 4))
-    assert _ops(g) == ["where", "softmax"]
+@pytest.fixture(scope="module")
+def vit_b_16_export(tmp_path_factory):
+    """torchvision's vit_b_16 in float64, exported with the dynamo exporter."""
+    return _in_subprocess(tmp_path_factory, vit_script("torchvision.models.vit_b_16()", 224, False, None, "float64"),
+                          "vit_b_16", ("torch", "torchvision", "onnxscript"))
 
 
-def test_where_on_a_computed_condition_is_refused(rng):
-    nodes = [node("Greater", ["x", "zero"], ["c"], name="gt"), node("Where", ["c", "x", "zero"], ["y"], name="w")]
-    with pytest.raises(attribx.UnsupportedError, match=r"'(gt|w)' \((Greater|Where)"):
-        attribx.translate(model(nodes, [("zero", np.array(0.0, np.float32))], (3,)))
-
-
-def test_silu_and_bias_on_a_sequence_first_tensor(rng):
-    """(L, N, E) after a Transpose: a linear, a bias Add, SiLU and a scale keep the batch where it is."""
-    nodes = [node("Transpose", ["x"], ["t"], name="seq_first", perm=[1, 0, 2]),
-             node("MatMul", ["t", "w"], ["p"], name="proj"), node("Add", ["p", "b"], ["h"], name="bias"),
-             node("Sigmoid", ["h"], ["s"], name="sig"), node("Mul", ["h", "s"], ["a"], name="silu"),
-             node("Div", ["a", "two"], ["d"], name="half"),
-             node("Transpose", ["d"], ["y"], name="batch_first", perm=[1, 0, 2])]
-    inits = [("w", weights(rng, 4, 5)), ("b", weights(rng, 5)), ("two", np.array(2.0, np.float32))]
-    g = assert_matches(model(nodes, inits, (3, 4)), _x(rng, 3, 4))
-    assert "silu" in _ops(g)
+@pytest.mark.slow
+def test_exported_vit_b_16_relevance_equals_the_torch_translation(vit_b_16_export):
+    """torchvision's vit_b_16 (random weights, float64: onnxruntime has no float64 Erf, torch is the
+    reference): forward equal to torch, and lrp.attn, lrp.cp, gradient x input equal to the torch
+    translation's (≤1e-8: the two graphs compute the same). In float32 the exported graph and torch's
+    round differently: lrp.attn then differs by 6e-5 to 2e-4 over 12 blocks (measured by hand)."""
+    ref = np.load(vit_b_16_export / "reference.npz")
+    if "lrp.attn" not in ref:
+        pytest.skip("this attribx does not translate torchvision's ViT from torch")
+    g = attribx.translate(onnx.load(str(vit_b_16_export / "dynamo.onnx")))
+    assert relative_error(np.asarray(attribx.forward(g, ref["x"])), ref["logits"]) <= 1e-10
+    for method in METHODS:
+        rel = np.asarray(attribx.explain(g, ref["x"], method, target=[1, 3]))
+        assert relative_error(rel, ref[method]) <= 1e-8, method
 
 
 # ----------------------------------------------------------------------------------------------

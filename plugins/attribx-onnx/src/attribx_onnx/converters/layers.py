@@ -46,6 +46,7 @@ def matmul(ctx, node, attrs):
         if w.ndim == 2 and len(x.framework_shape) >= 2:
             last_axis_alone(x, "a product")
             return like(x, ctx.emit("linear", [x], params={"weight": ctx.float_param(w.T)}), w.shape[1])
+    (a, sa), (b, sb) = _unscaled(ctx, node, a), _unscaled(ctx, node, b)
     left, right = ctx.operand(a, "left"), ctx.operand(b, "right")
     for t, side in ((left, "left"), (right, "right")):
         if not t.in_graph_order:
@@ -53,7 +54,31 @@ def matmul(ctx, node, attrs):
         if t.rank < 2:
             raise Unsupported(f"the {side} operand has rank {t.rank}; only operands of rank >= 2 translate "
                               f"(ONNX's 1-d vector products have no op)")
-    return ctx.emit("matmul", [left, right])
+    if sa * sb == 1.0:
+        return ctx.emit("matmul", [left, right])
+    y = ctx.emit("matmul", [left, right], name=ctx.sub("product"))
+    return ctx.emit("mul", [y, ctx.constant(sa * sb, "scale")])
+
+
+def _unscaled(ctx, node, tensor: str) -> tuple[str, float]:
+    """(the tensor before a scalar scale, the scale) when ``tensor`` is ``Mul(t, c)`` (or ``Div(t, c)``) read
+    only by ``node``, else (tensor, 1). torch's math attention writes (q * sqrt(s)) @ (k * sqrt(s)); the
+    graph takes the product first and scales it once, as torch's own graph does, so that
+    rules with a stabiliser (ε) see the same products whichever way the model was written."""
+    mul = ctx.producers.get(tensor)
+    if mul is None or mul.op_type not in ("Mul", "Div") or ctx.consumers.get(tensor) != [node] \
+            or tensor in ctx.graph_outputs:
+        return tensor, 1.0
+    swapped = [(mul.input[1], mul.input[0])] if mul.op_type == "Mul" else []
+    for t, c in [(mul.input[0], mul.input[1])] + swapped:
+        if t not in ctx.values or not ctx.values[t].in_graph_order or not ctx.is_const(c):
+            continue
+        pair = ctx.const_pair(c)
+        if pair.batch_dependent or pair.a.size != 1 or float(pair.a.reshape(())) == 0:
+            continue
+        v = float(pair.a.reshape(()))
+        return t, (v if mul.op_type == "Mul" else 1.0 / v)
+    return tensor, 1.0
 
 
 def _check_kernel(attrs, kernel):
