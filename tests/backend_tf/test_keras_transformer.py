@@ -254,10 +254,10 @@ def _by_hand(model):
 
     for blk in range(2):
         a = ln(h, f"ln{blk}a")
-        q = b.transpose(b.mul(proj(a, f"mha{blk}/query"), b.constant(1 / np.sqrt(DIM // HEADS))), (0, 2, 1, 3))
+        q = b.transpose(proj(a, f"mha{blk}/query"), (0, 2, 1, 3))
         k = b.transpose(proj(a, f"mha{blk}/key"), (0, 2, 3, 1))
         v = b.transpose(proj(a, f"mha{blk}/value"), (0, 2, 1, 3))
-        s = b.softmax(b.add_node("matmul", [q, k]), axis=-1)
+        s = b.softmax(b.mul(b.add_node("matmul", [q, k]), b.constant(1 / np.sqrt(DIM // HEADS))), axis=-1)
         c = b.transpose(b.add_node("matmul", [s, v]), (0, 2, 1, 3))
         a = proj(c, f"mha{blk}/attention_output", heads_out=False)
         h = b.add(h, a)
@@ -356,7 +356,7 @@ class Block(nn.Module):
     def forward(self, x):
         a = self.ln1(x)
         q, k, v = self.heads(self.q(a)), self.heads(self.k(a)), self.heads(self.v(a))
-        s = torch.softmax(torch.matmul(q * (DIM // HEADS) ** -0.5, k.transpose(-2, -1)), dim=-1)
+        s = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (DIM // HEADS) ** -0.5, dim=-1)
         c = torch.matmul(s, v).transpose(1, 2).reshape(x.shape)
         x = x + self.o(c)
         return x + self.fc2(self.act(self.fc1(self.ln2(x))))

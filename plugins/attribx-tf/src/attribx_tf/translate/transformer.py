@@ -7,8 +7,10 @@ rest: the input is transposed so that the contracted axes come last, flattened i
 the kernel as a ``linear``, unflattened and transposed into the output's order. Equations that share an
 axis between input and kernel without contracting it, or sum an axis of one side only, are refused,
 naming the equation. MultiHeadAttention is Keras's computation written out: the three projections,
-the query scaled by 1/sqrt(key_dim), ``matmul`` of queries and keys, the causal mask added as Keras's
-softmax adds it, ``softmax``, ``matmul`` with the values, the output projection.
+``matmul`` of queries and keys scaled by 1/sqrt(key_dim) (after the product, where torch's graph and the
+ONNX translation put it, although Keras scales the query: the same function, and rules with a stabiliser
+see the same products from every framework), the causal mask added as Keras's softmax adds it,
+``softmax``, ``matmul`` with the values, the output projection.
 """
 from __future__ import annotations
 
@@ -190,12 +192,12 @@ def multi_head_attention(ctx, layer, xs):
     q = _projection(ctx, layer._query_dense, query, "query")           # (N, T, H, dk)
     k = _projection(ctx, layer._key_dense, key, "key")                 # (N, S, H, dk)
     v = _projection(ctx, layer._value_dense, value, "value")           # (N, S, H, dv)
-    q = ctx.emit("mul", [q, ctx.constant(1.0 / math.sqrt(float(layer._key_dim)), "inv_sqrt_key_dim")],
-                 name=ctx.sub("query_scaled"))
     q = ctx.emit("transpose", [q], attrs={"perm": (0, 2, 1, 3)}, name=ctx.sub("query_heads"))
     k = ctx.emit("transpose", [k], attrs={"perm": (0, 2, 3, 1)}, name=ctx.sub("key_heads"))
     v = ctx.emit("transpose", [v], attrs={"perm": (0, 2, 1, 3)}, name=ctx.sub("value_heads"))
-    scores = ctx.emit("matmul", [q, k], name=ctx.sub("scores"))      # (N, H, T, S)
+    scores = ctx.emit("matmul", [q, k], name=ctx.sub("products"))    # (N, H, T, S)
+    scores = ctx.emit("mul", [scores, ctx.constant(1.0 / math.sqrt(float(layer._key_dim)), "inv_sqrt_key_dim")],
+                      name=ctx.sub("scores"))
     if ctx.call_argument("use_causal_mask"):
         scores = ctx.emit("add", [scores, _causal_bias(ctx, q.shape[2], k.shape[3])], name=ctx.sub("masked"))
     attn = ctx.emit("softmax", [scores], attrs={"axis": -1}, name=ctx.sub("softmax"))
