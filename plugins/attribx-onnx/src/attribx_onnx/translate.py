@@ -48,9 +48,11 @@ from attribx.translation import NO_TRANSLATION_DOCS, Converter, ConverterTable, 
 
 from .converters import TABLE, Unsupported
 # the converter families register in TABLE when imported
-from .converters import elementwise, layers, masks, pooling, recurrent  # noqa: F401
+from .converters import elementwise, layers, masks, pooling, recurrent, resize, transformer  # noqa: F401
 from .converters import shape as shape_converters  # noqa: F401
 from .converters.common import batch_axis
+from .converters.layout import Merged
+from .converters.shape import per_sample
 from .fold import Const, Folder
 from .load import model_problem
 
@@ -255,8 +257,12 @@ class OnnxTranslator(Translator):
         return v
 
     def operand(self, tensor: str, suffix: str = "const") -> Tensor:
-        """A graph value, or a ``constant`` node holding the constant tensor."""
+        """A graph value, or a ``constant`` node holding the constant tensor (one expanded to the batch, the
+        same in every sample as an exported attention mask: its sample, with a batch axis of size 1)."""
         if self.is_const(tensor):
+            sample = per_sample(self.const_pair(tensor))
+            if sample is not None:
+                return self.constant(sample[None], suffix)
             return self.constant(self.const(tensor), suffix)
         return self.value(tensor)
 
@@ -394,13 +400,7 @@ class OnnxTranslator(Translator):
                 self._fold(node, present)
                 return
         conv = self._converter(node)
-        moved = [i for i in present if i in self.values and not self.values[i].in_graph_order]
-        if moved and not conv.options.get("any_batch_axis"):
-            readers = sorted(str(c.target) for c in self.table if c.options.get("any_batch_axis"))
-            raise UnsupportedError(
-                f"{self.where()} reads {moved[0]!r}, whose batch is on its axis {batch_axis(self.values[moved[0]])} "
-                f"(a sequence-first tensor, as around an LSTM/GRU with layout=0); such tensors translate through "
-                f"{', '.join(readers)}; {HOOK_HINT}")
+        self._check_layouts(node, conv, present)
         self.main, self.origin = self.unique(node.name or node.output[0]), node.op_type
         n_before = len(self.nodes)
         try:
@@ -418,6 +418,22 @@ class OnnxTranslator(Translator):
         if self.main not in {n.name for n in self.nodes[n_before:]} and len(node.output) == 1 \
                 and isinstance(first, Tensor):
             self.alias(self.main, first.name)     # translated to nothing: the name addresses its input
+
+    def _check_layouts(self, node, conv, present) -> None:
+        """Only converters registered for them read tensors whose batch is merged with other axes
+        (``merged_batch``) or not on the first axis (``any_batch_axis``)."""
+        for option, odd, what in (
+                ("merged_batch", lambda v: isinstance(v, Merged),
+                 lambda v: f"whose batch is merged with other axes (shape {v.framework_shape}, as inside "
+                           f"nn.MultiheadAttention's export)"),
+                ("any_batch_axis", lambda v: not v.in_graph_order,
+                 lambda v: f"whose batch is on its axis {batch_axis(v)} (a sequence-first tensor, as around an "
+                           f"LSTM/GRU with layout=0)")):
+            found = [i for i in present if i in self.values and odd(self.values[i])]
+            if found and not conv.options.get(option):
+                readers = sorted(str(c.target) for c in self.table if c.options.get(option))
+                raise UnsupportedError(f"{self.where()} reads {found[0]!r}, {what(self.values[found[0]])}; such "
+                                       f"tensors translate through {', '.join(readers)}; {HOOK_HINT}")
 
     def _as_output(self, out):
         """A converter's output: a Tensor, a Const or None (a graph value's name is taken as a Tensor)."""
@@ -490,6 +506,10 @@ class OnnxTranslator(Translator):
                 raise UnsupportedError(f"ONNX model output {o.name!r} is a constant: it does not depend on the "
                                        f"model's input")
             v = self.values[o.name]
+            if isinstance(v, Merged):
+                raise UnsupportedError(f"ONNX model output {o.name!r} holds the batch merged with other axes "
+                                       f"(shape {v.framework_shape}); attribx graphs return outputs with the "
+                                       f"batch axis first, on its own")
             if batch_axis(v):
                 raise UnsupportedError(f"ONNX model output {o.name!r} has the batch on its axis "
                                        f"{batch_axis(v)}; attribx graphs return outputs with the batch "

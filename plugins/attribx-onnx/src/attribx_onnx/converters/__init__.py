@@ -8,6 +8,8 @@ its ``order`` says where the ONNX tensor's axes sit when its batch axis is not f
 it). It raises :class:`Unsupported` with the reason; the walk adds the node, op type and opset. Only
 converters registered with ``any_batch_axis=True`` read tensors whose batch axis is not first (the walk
 refuses the others, naming the tensor), so a converter that knows nothing of axis order stays correct.
+Likewise only converters registered with ``merged_batch=True`` read tensors whose batch is merged with
+other axes (exported attention, :mod:`attribx_onnx.converters.layout`).
 
 Keys are op types of the default domain (``"Conv"``) or ``"domain:OpType"`` for other domains. Only this
 package's modules register here; plugins register through :func:`attribx.translation.converter` and the

@@ -3,7 +3,8 @@
 The batch axis: graph values are batch-first, but ONNX tensors around an LSTM or GRU node are
 sequence-first (X (T, N, E) with ``layout=0``, Y (T, dirs, N, H), Y_h (dirs, N, H)). Such a tensor is a
 :class:`~attribx.translation.Tensor` stored with the batch moved to the front and its other axes in order;
-``order`` maps its ONNX axes onto the graph value's (:func:`at_batch`, :func:`batch_axis`).
+``order`` maps its ONNX axes onto the graph value's (:func:`at_batch`, :func:`batch_axis`); a batch merged with
+other axes: :mod:`attribx_onnx.converters.layout`.
 """
 from __future__ import annotations
 
@@ -15,14 +16,7 @@ from attribx.ops import resolve_padding
 from attribx.translation import Tensor
 
 from . import Unsupported
-
-
-def batch_order(rank: int, batch: int) -> tuple | None:
-    """``Tensor.order`` of an ONNX tensor whose batch is on axis ``batch``: the batch axis moves to the
-    front, the others keep their order (None for a batch-first tensor)."""
-    if batch == 0:
-        return None
-    return tuple(0 if i == batch else i + 1 if i < batch else i for i in range(rank))
+from .layout import Merged, batch_order
 
 
 def at_batch(t: Tensor, batch: int) -> Tensor:
@@ -31,7 +25,9 @@ def at_batch(t: Tensor, batch: int) -> Tensor:
 
 
 def batch_axis(t: Tensor) -> int:
-    """The ONNX axis of ``t`` that is the batch (graph axis 0)."""
+    """The ONNX axis of ``t`` that is, or holds, the batch (graph axis 0)."""
+    if isinstance(t, Merged):
+        return t.batch_group
     return 0 if t.in_graph_order else t.order.index(0)
 
 

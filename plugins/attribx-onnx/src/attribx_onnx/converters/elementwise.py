@@ -8,6 +8,7 @@ import numpy as np
 
 from . import TABLE, Unsupported
 from .common import scalar, x_of
+from .layout import aligned_constant, as_onnx, expanded
 
 SQRT2 = math.sqrt(2.0)
 
@@ -72,8 +73,15 @@ def clip(ctx, node, attrs):
 
 @TABLE.register("Softmax")
 def softmax(ctx, node, attrs):
-    """Opset 13 semantics (one axis, default -1); older models are converted before translation."""
-    return ctx.emit("softmax", [x_of(ctx, node)], attrs={"axis": int(attrs.get("axis", -1))})
+    """Opset 13 semantics, on any axis but the batch's (default -1); older models are converted before
+    translation."""
+    x = x_of(ctx, node)
+    axis = int(attrs.get("axis", -1))
+    if not -x.rank <= axis < x.rank:
+        raise Unsupported(f"axis {axis} is out of range for a tensor of rank {x.rank}")
+    if axis % x.rank == 0:
+        raise Unsupported(f"axis {axis} is the batch axis (samples would mix)")
+    return ctx.emit("softmax", [x], attrs={"axis": axis % x.rank})
 
 
 def _only_consumer(ctx, tensor):
@@ -127,13 +135,13 @@ def _gelu_pattern(ctx, erf):
     return None
 
 
-@TABLE.register("Erf")
+@TABLE.register("Erf", any_batch_axis=True)
 def erf(ctx, node, attrs):
-    """Erf has no op of its own; inside the exporters' GELU pattern the whole pattern becomes ``gelu``."""
-    found = _gelu_pattern(ctx, node)
+    """The exporters' GELU around Erf becomes one ``gelu`` (its rule then sees a GELU); any other Erf, ``erf``."""
+    x = x_of(ctx, node)
+    found = _gelu_pattern(ctx, node) if x.in_graph_order else None
     if found is None:
-        raise Unsupported("Erf has no op in the graph (the exporters' GELU, x * 0.5 * (1 + erf(x / sqrt(2))), "
-                          "translates as a whole)")
+        return ctx.emit("erf", [x], order=x.order)
     x, last, covered = found
     y = ctx.emit("gelu", [ctx.value(x)], attrs={"approximate": "none"},
                  name=ctx.unique(last.name or last.output[0]))
@@ -147,11 +155,33 @@ def erf(ctx, node, attrs):
 # arithmetic
 
 
-@TABLE.register("Add")
+def _binary(ctx, node, op: str, const=None):
+    """``op`` of the node's two inputs, numpy broadcasting. A tensor whose batch is not first (moved, or
+    merged with other axes: inside an exported nn.MultiheadAttention) meets only constants, laid out like
+    it; ``const`` maps the constant first (a reciprocal, a negation)."""
+    a, b = node.input[:2]
+    odd = [t for t in (a, b) if t in ctx.values and not ctx.values[t].in_graph_order]
+    if not odd:
+        ins = [ctx.operand(a), ctx.operand(b)] if const is None else \
+            [ctx.value(a), ctx.constant(const(ctx.const(b, "constant")), "reciprocal")]
+        return ctx.emit(op, ins)
+    x = ctx.value(odd[0])
+    other = b if odd[0] == a else a
+    if len(odd) == 2 and expanded(x) == expanded(ctx.value(b)) and x.order == ctx.value(b).order:
+        return as_onnx(ctx.emit(op, [x, ctx.value(b)]), *expanded(x))
+    if not ctx.is_const(other):
+        raise Unsupported(f"{other!r} and {odd[0]!r} hold their batch on different axes")
+    c = ctx.const(other, "constant")
+    c = aligned_constant(ctx, x, c if const is None else const(c), "const" if const is None else "reciprocal")
+    ins = [x, c] if odd[0] == a else [c, x]
+    shape, groups = expanded(x)
+    return as_onnx(ctx.emit(op, ins), shape, groups)
+
+
+@TABLE.register("Add", any_batch_axis=True, merged_batch=True)
 def add(ctx, node, attrs):
     """(A bias Add after a MatMul or Conv is folded by the graph pass ``fold_bias_add``.)"""
-    a, b = node.input[:2]
-    return ctx.emit("add", [ctx.operand(a), ctx.operand(b)])
+    return _binary(ctx, node, "add")
 
 
 @TABLE.register("Sum")
@@ -185,10 +215,11 @@ def _silu(ctx, node, x: str, s: str):
         return None
     if x not in ctx.values:
         return None
-    return ctx.emit("silu", [ctx.value(x)])
+    v = ctx.value(x)
+    return ctx.emit("silu", [v], order=v.order)        # any batch axis (merged ones never reach here)
 
 
-@TABLE.register("Mul")
+@TABLE.register("Mul", any_batch_axis=True, merged_batch=True)
 def mul(ctx, node, attrs):
     a, b = node.input[:2]
     silu = _silu(ctx, node, a, b)
@@ -196,16 +227,35 @@ def mul(ctx, node, attrs):
         silu = _silu(ctx, node, b, a)
     if silu is not None:
         return silu
-    return ctx.emit("mul", [ctx.operand(a), ctx.operand(b)])
+    return _binary(ctx, node, "mul")
 
 
-@TABLE.register("Div")
+def _reciprocal(c):
+    c = np.asarray(c, dtype=np.float64)
+    if not np.all(c != 0):
+        raise Unsupported("divides by a constant that holds zeros")
+    return 1.0 / c
+
+
+@TABLE.register("Div", any_batch_axis=True, merged_batch=True)
 def div(ctx, node, attrs):
     """Division by a constant is a product with its reciprocal; by a tensor, the graph's ``div``."""
     a, b = node.input[:2]
     if ctx.is_const(b):
-        c = np.asarray(ctx.const(b, "divisor"), dtype=np.float64)
-        if not np.all(c != 0):
-            raise Unsupported("divides by a constant that holds zeros")
-        return ctx.emit("mul", [ctx.value(a), ctx.constant(1.0 / c, "reciprocal")])
+        return _binary(ctx, node, "mul", const=_reciprocal)
+    if not all(ctx.values[t].in_graph_order for t in (a, b) if t in ctx.values):
+        raise Unsupported("divides by a tensor whose batch is not on its first axis")
     return ctx.emit("div", [ctx.operand(a), ctx.value(b)])
+
+
+@TABLE.register("HardSigmoid")
+def hard_sigmoid(ctx, node, attrs):
+    """max(0, min(1, alpha x + beta)), ONNX's defaults alpha 0.2, beta 0.5."""
+    return ctx.emit("hard_sigmoid", [x_of(ctx, node)], attrs={"alpha": float(np.float32(attrs.get("alpha", 0.2))),
+                                                              "beta": float(np.float32(attrs.get("beta", 0.5)))})
+
+
+@TABLE.register("HardSwish")
+def hard_swish(ctx, node, attrs):
+    """x * max(0, min(1, x / 6 + 1 / 2)) (MobileNetV3's hard-swish)."""
+    return ctx.emit("hard_swish", [x_of(ctx, node)], attrs={"alpha": 1 / 6, "beta": 0.5})

@@ -6,16 +6,19 @@ import numpy as np
 
 from . import TABLE, Unsupported
 from .common import ints, padding, window, x_of
+from .layout import last_axis_alone, like
 
 
-@TABLE.register("Gemm")
+@TABLE.register("Gemm", any_batch_axis=True, merged_batch=True)
 def gemm(ctx, node, attrs):
-    """alpha * A @ op(B) + beta * C with A the batch: a linear with weight alpha * op(B) (out, in)."""
+    """alpha * A @ op(B) + beta * C with A the batch: a linear with weight alpha * op(B) (out, in). A's rows
+    may hold the batch merged with other axes (nn.MultiheadAttention's output projection reads (L * N, E))."""
     if int(attrs.get("transA", 0)):
         raise Unsupported("transA=1 puts the batch axis second")
     x = x_of(ctx, node)
-    if x.rank != 2:
-        raise Unsupported(f"A has rank {x.rank}, Gemm needs rank 2")
+    if len(x.framework_shape) != 2:
+        raise Unsupported(f"A has rank {len(x.framework_shape)}, Gemm needs rank 2")
+    last_axis_alone(x, "a product")
     w = np.asarray(ctx.const(node.input[1], "B"), dtype=np.float64) * float(attrs.get("alpha", 1.0))
     if not int(attrs.get("transB", 0)):
         w = w.T
@@ -26,23 +29,56 @@ def gemm(ctx, node, attrs):
             bias = np.broadcast_to(bias, (1, w.shape[0]))[0]
         except ValueError:
             raise Unsupported(f"C of shape {bias.shape} is not one bias per output") from None
-    return ctx.emit("linear", [x], params={"weight": ctx.float_param(w),
-                                           "bias": None if bias is None else ctx.float_param(bias)})
+    out = ctx.emit("linear", [x], params={"weight": ctx.float_param(w),
+                                          "bias": None if bias is None else ctx.float_param(bias)})
+    return like(x, out, w.shape[0])
 
 
-@TABLE.register("MatMul")
+@TABLE.register("MatMul", any_batch_axis=True, merged_batch=True)
 def matmul(ctx, node, attrs):
-    """x @ W with a constant (K, M) weight: a linear over the last axis (a following bias Add folds in)."""
+    """x @ W with a constant (K, M) weight: a linear over the last axis (a following bias Add folds in),
+    whatever axis holds x's batch. Any other product (two tensors computed from the input, as attention's
+    q @ k^T and weights @ v, or a constant of another rank): the graph's ``matmul``, batched and
+    broadcasting as ONNX's."""
     a, b = node.input[:2]
-    if ctx.is_const(a):
-        raise Unsupported("the constant is the left operand (x @ W translates, W @ x does not)")
-    x = ctx.value(a)
-    if not ctx.is_const(b):
-        raise Unsupported("multiplies two tensors computed from the input; the graph has no such op")
-    w = ctx.const(b, "weight")
-    if w.ndim != 2 or x.rank < 2:
-        raise Unsupported(f"only (N, ..., K) @ (K, M) translates, got a weight of shape {w.shape}")
-    return ctx.emit("linear", [x], params={"weight": ctx.float_param(w.T)})
+    if not ctx.is_const(a) and ctx.is_const(b):
+        x, w = ctx.value(a), ctx.const(b, "weight")
+        if w.ndim == 2 and len(x.framework_shape) >= 2:
+            last_axis_alone(x, "a product")
+            return like(x, ctx.emit("linear", [x], params={"weight": ctx.float_param(w.T)}), w.shape[1])
+    (a, sa), (b, sb) = _unscaled(ctx, node, a), _unscaled(ctx, node, b)
+    left, right = ctx.operand(a, "left"), ctx.operand(b, "right")
+    for t, side in ((left, "left"), (right, "right")):
+        if not t.in_graph_order:
+            raise Unsupported(f"the {side} operand holds its batch on another axis than the first")
+        if t.rank < 2:
+            raise Unsupported(f"the {side} operand has rank {t.rank}; only operands of rank >= 2 translate "
+                              f"(ONNX's 1-d vector products have no op)")
+    if sa * sb == 1.0:
+        return ctx.emit("matmul", [left, right])
+    y = ctx.emit("matmul", [left, right], name=ctx.sub("product"))
+    return ctx.emit("mul", [y, ctx.constant(sa * sb, "scale")])
+
+
+def _unscaled(ctx, node, tensor: str) -> tuple[str, float]:
+    """(the tensor before a scalar scale, the scale) when ``tensor`` is ``Mul(t, c)`` (or ``Div(t, c)``) read
+    only by ``node``, else (tensor, 1). torch's math attention writes (q * sqrt(s)) @ (k * sqrt(s)); the
+    graph takes the product first and scales it once, as torch's own graph does, so that
+    rules with a stabiliser (ε) see the same products whichever way the model was written."""
+    mul = ctx.producers.get(tensor)
+    if mul is None or mul.op_type not in ("Mul", "Div") or ctx.consumers.get(tensor) != [node] \
+            or tensor in ctx.graph_outputs:
+        return tensor, 1.0
+    swapped = [(mul.input[1], mul.input[0])] if mul.op_type == "Mul" else []
+    for t, c in [(mul.input[0], mul.input[1])] + swapped:
+        if t not in ctx.values or not ctx.values[t].in_graph_order or not ctx.is_const(c):
+            continue
+        pair = ctx.const_pair(c)
+        if pair.batch_dependent or pair.a.size != 1 or float(pair.a.reshape(())) == 0:
+            continue
+        v = float(pair.a.reshape(()))
+        return t, (v if mul.op_type == "Mul" else 1.0 / v)
+    return tensor, 1.0
 
 
 def _check_kernel(attrs, kernel):

@@ -63,3 +63,16 @@ def not_(ctx, node, attrs):
     if tensor not in ctx.complement:
         ctx.complement.add(node.output[0])
     return ctx.values[tensor]
+
+
+@TABLE.register("Where")
+def where(ctx, node, attrs):
+    """Where(cond, X, Y) with a constant condition (a causal mask on attention scores): the graph's ``where``
+    (X where cond, else Y; relevance to the selected input). A condition computed from the input has no
+    translation."""
+    cond, a, b = node.input[:3]
+    if not ctx.is_const(cond):
+        raise Unsupported("the condition is computed from the input; a constant condition (a causal mask) "
+                          "translates")
+    mask = np.asarray(ctx.const(cond, "condition")).astype(bool).astype(np.float64)
+    return ctx.emit("where", [ctx.constant(mask, "condition"), ctx.operand(a, "x"), ctx.operand(b, "y")])

@@ -18,6 +18,7 @@ from attribx.translation import Tensor
 from ..fold import BATCH_A, BATCH_B, Const
 from . import TABLE, Unsupported
 from .common import at_batch, axes_input_or_attr, batch_axis, ints, scalar, x_of
+from .layout import as_onnx, expanded
 
 
 def axis_of(t: Tensor, axis: int, what: str = "axis") -> int:
@@ -41,15 +42,16 @@ def dropout(ctx, node, attrs):
     return [ctx.value(node.input[0])] + [None] * (len(node.output) - 1)   # the mask: an error if read
 
 
-@TABLE.register("Shape", any_batch_axis=True)
+@TABLE.register("Shape", any_batch_axis=True, merged_batch=True)
 def shape(ctx, node, attrs):
     """The shape of a tensor with a known per-sample shape: a constant pair (batch size A, B)."""
-    t = ctx.value(node.input[0], allow_int=True)
-    dims = t.framework_shape
-    batch = batch_axis(t)
+    exp, groups = expanded(ctx.value(node.input[0], allow_int=True))
     sl = slice(int(attrs.get("start", 0)), attrs.get("end"))
-    full = [np.array([size if i == batch else d for i, d in enumerate(dims)], np.int64)[sl]
-            for size in (BATCH_A, BATCH_B)]
+    full = []
+    for size in (BATCH_A, BATCH_B):
+        dims = [size if d is None else d for d in exp]
+        starts = np.cumsum((0,) + groups)
+        full.append(np.array([math.prod(dims[starts[i]:starts[i + 1]]) for i in range(len(groups))], np.int64)[sl])
     return Const.pair(*full)
 
 
@@ -59,16 +61,45 @@ def size(ctx, node, attrs):
     return Const.pair(np.array(BATCH_A * n, np.int64), np.array(BATCH_B * n, np.int64))
 
 
+def per_sample(pair: Const, declared: int | None = None) -> np.ndarray | None:
+    """A constant expanded to the batch (a class token: ``Expand(token, (N, 1, D))`` folds to one; with
+    ``declared``, the model's fixed batch size, also a constant of that many equal rows): its one sample's
+    value when every sample holds the same, else None."""
+    if pair.batch_dependent:
+        if pair.a.ndim == 0 or pair.a.shape[1:] != pair.b.shape[1:] \
+                or (pair.a.shape[0], pair.b.shape[0]) != (BATCH_A, BATCH_B):
+            return None
+    elif not declared or pair.a.ndim == 0 or pair.a.shape[0] != declared:
+        return None
+    first = pair.a[0]
+    if not (np.array_equal(pair.a, np.broadcast_to(first, pair.a.shape))
+            and np.array_equal(pair.b, np.broadcast_to(first, pair.b.shape))):
+        return None
+    return first
+
+
 @TABLE.register("Concat", any_batch_axis=True)
 def concat(ctx, node, attrs):
+    """Tensors computed from the input, and constants expanded to the batch (a class token: a ``fill``
+    reading the batch size of another input)."""
     ins = [i for i in node.input if i]
-    if any(ctx.is_const(i) for i in ins):
-        raise Unsupported("concatenates constants with tensors computed from the input (a constant has no "
-                          "batch axis)")
-    values = [ctx.value(i) for i in ins]
-    batch = {batch_axis(v) for v in values}
+    computed = [i for i in ins if not ctx.is_const(i)]
+    if not computed:
+        raise Unsupported("concatenates constants only")
+    batch = {batch_axis(ctx.value(i)) for i in computed}
     if len(batch) > 1:
         raise Unsupported(f"concatenates tensors whose batch axes differ ({sorted(batch)})")
+    values = []
+    for k, i in enumerate(ins):
+        if not ctx.is_const(i):
+            values.append(ctx.value(i))
+            continue
+        sample = per_sample(ctx.const_pair(i), ctx.declared_batch)
+        if sample is None or batch != {0}:
+            raise Unsupported("concatenates a constant with tensors computed from the input (a constant has no "
+                              "batch axis; one expanded to the batch translates)")
+        values.append(ctx.emit("fill", [ctx.value(computed[0])], params={"value": ctx.float_param(sample)},
+                               name=ctx.sub(f"fill{k}")))
     out = ctx.emit("concat", values, attrs={"axis": axis_of(values[0], int(attrs["axis"]))})
     return at_batch(out, batch.pop())
 
@@ -162,87 +193,118 @@ def flatten(ctx, node, attrs):
     return ctx.emit("flatten", [x], attrs={"start_dim": 1, "end_dim": -1})
 
 
-def _reshape_target(ctx, pair: Const, in_shape: tuple, in_batch: int, allowzero: bool) -> tuple[int, tuple]:
-    """A Reshape target as (the output's batch axis, one sample's shape: the target without that axis).
+def _batch_entry(ctx, dims: list, size: int, shown, at: int) -> tuple[int, int]:
+    """(the target entry holding the batch, how many elements of one sample it holds besides); ``at``: the
+    input's batch axis, the declared batch size's likely place."""
+    held = [i for i, d in enumerate(dims) if isinstance(d, tuple)]
+    if len(held) > 1:
+        raise Unsupported(f"target shape {shown} holds the batch size twice")
+    if held:
+        return held[0], dims[held[0]][1]
+    known = math.prod(d for d in dims if d != -1)
+    if dims.count(-1) == 1 and known and size % known == 0:   # -1 stands for the batch (times size / known)
+        return dims.index(-1), size // known
+    if ctx.declared_batch and ctx.declared_batch in dims:       # exported with a fixed batch size
+        return (at if dims[at:at + 1] == [ctx.declared_batch] else dims.index(ctx.declared_batch)), 1
+    fixed = "" if not ctx.declared_batch else (
+        f"; the model was exported with a fixed batch of {ctx.declared_batch}, which hides where the batch sits in "
+        f"merged axes: export it with a dynamic batch (torch.onnx.export's dynamic_shapes / dynamic_axes, from an "
+        f"example batch of 2 or more)")
+    raise Unsupported(f"target shape {shown} does not keep the batch axis (it would move data between samples)"
+                      f"{fixed}")
 
-    ``in_shape`` is the input's ONNX shape (None at its batch axis ``in_batch``). The batch entry of the
-    target is the one that depends on the batch size (``Shape(x)[k]``), a 0 that copies the input's batch
-    axis, a -1 when the other entries hold exactly one sample, or the model's declared fixed batch size.
-    The data before the batch axis must stay before it, so that no data moves between samples."""
+
+def _reshape_target(ctx, pair: Const, x: Tensor, allowzero: bool) -> tuple[list, tuple]:
+    """A Reshape target as the output's expanded shape (None at the batch) and groups
+    (:mod:`~attribx_onnx.converters.layout`).
+
+    The batch's entry in the target is the one that depends on the batch size (``Shape(x)[k]``, or a
+    multiple of it: the batch merged with other axes), a 0 that copies the input's batch axis, a -1 (the
+    rest of the batch's entry), or the model's declared fixed batch size. The data before the batch in
+    row-major order must stay before it (and so the data after it after it): no data moves between
+    samples, and the entry splits into (before, batch, after) expanded axes."""
+    in_exp, in_groups = expanded(x)
+    in_shape = x.framework_shape
+    p = in_exp.index(None)
+    before, after = math.prod(in_exp[:p]), math.prod(in_exp[p + 1:])
     a, b = ints(pair.a), ints(pair.b)
     if len(a) != len(b):
         raise Unsupported("the target shape's length depends on the batch size")
     if not a:
         raise Unsupported("reshapes to a scalar")
-    size = math.prod(d for i, d in enumerate(in_shape) if i != in_batch)
-    dims = []                     # the target's entries with copies resolved; None: the batch size
+    shown = a if a == b else (a, b)
+    dims = []                     # the target's entries with copies resolved; (None, g): the batch times g
     for i, (u, v) in enumerate(zip(a, b)):
         if u != v:
-            if (u, v) != (BATCH_A, BATCH_B):
-                raise Unsupported(f"entry {i} of the target shape depends on the batch size but is not the batch "
-                                  f"size (it would move data between samples)")
-            dims.append(None)
-        elif u == 0:
-            if allowzero:
-                raise Unsupported("allowzero=1 with a zero in the target shape")
+            g = u // BATCH_A
+            if g < 1 or u != g * BATCH_A or v != g * BATCH_B:
+                raise Unsupported(f"entry {i} of the target shape depends on the batch size but is not a "
+                                  f"multiple of it (it would move data between samples)")
+            dims.append((None, g))
+        elif u == 0 and not allowzero:
             if i >= len(in_shape):
                 raise Unsupported(f"target entry {i} is 0 (copy), but the input has rank {len(in_shape)}")
-            dims.append(in_shape[i])
+            dims.append(in_shape[i] if in_shape[i] is not None else (None, before * after // math.prod(
+                d for j, d in enumerate(in_shape) if j != i)))
+        elif u == 0:
+            raise Unsupported("allowzero=1 with a zero in the target shape")
         else:
             dims.append(u)
-    shown = a if a == b else (a, b)
-    batch = [i for i, d in enumerate(dims) if d is None]
-    if len(batch) > 1:
-        raise Unsupported(f"target shape {shown} holds the batch size twice")
-    if not batch:
-        known = math.prod(d for d in dims if d != -1)
-        if dims.count(-1) == 1 and known == size:                  # -1 stands for the batch size
-            batch = [dims.index(-1)]
-        elif ctx.declared_batch and ctx.declared_batch in dims:   # exported with a fixed batch size
-            batch = [in_batch if dims[in_batch:in_batch + 1] == [ctx.declared_batch] else
-                     dims.index(ctx.declared_batch)]
-    if not batch:
-        raise Unsupported(f"target shape {shown} does not keep the batch axis (it would move data between samples)")
-    j = batch[0]
+    j, g = _batch_entry(ctx, dims, before * after, shown, batch_axis(x))
     rest = [d for i, d in enumerate(dims) if i != j]
     if rest.count(-1) > 1:
         raise Unsupported(f"target shape {shown} has more than one -1")
     if -1 in rest:
-        known = math.prod(d for d in rest if d != -1)
-        if not known or size % known:
-            raise Unsupported(f"target shape {shown} does not fit one sample of size {size}")
-        rest[rest.index(-1)] = size // known
-    if math.prod(rest) != size or math.prod(in_shape[:in_batch]) != math.prod(rest[:j]):
-        raise Unsupported(f"target shape {shown} does not keep the batch axis (it would move data between samples)")
-    return j, tuple(rest)
+        known = math.prod(d for d in rest if d != -1) * g
+        if not known or (before * after) % known:
+            raise Unsupported(f"target shape {shown} does not fit one sample of size {before * after}")
+        rest[rest.index(-1)] = before * after // known
+    head, tail = rest[:j], rest[j:]
+    g1 = before // math.prod(head) if before % math.prod(head) == 0 else 0
+    if not g1 or g % g1 or math.prod(tail) * (g // g1) != after:
+        raise Unsupported(f"target shape {shown} does not keep the batch apart (it would move data between "
+                          f"samples)")
+    split = [d for d in (g1,) if d > 1] + [None] + [d for d in (g // g1,) if d > 1]
+    return head + split + tail, (1,) * len(head) + (len(split),) + (1,) * len(tail)
 
 
-@TABLE.register("Reshape", any_batch_axis=True)
+@TABLE.register("Reshape", any_batch_axis=True, merged_batch=True)
 def reshape(ctx, node, attrs):
-    x = x_of(ctx, node)
+    """Any target that keeps samples apart; one that merges the batch with other axes gives a
+    :class:`~attribx_onnx.converters.layout.Merged` tensor (attention's (L, N * heads, head_dim))."""
+    x = ctx.value(node.input[0], allow_int=True)
     if not ctx.is_const(node.input[1]):
         raise Unsupported("the target shape is computed from the input's values")
-    batch, target = _reshape_target(ctx, ctx.const_pair(node.input[1]), x.framework_shape, batch_axis(x),
-                                    bool(attrs.get("allowzero", 0)))
-    if tuple(target) == tuple(x.shape[1:]):
-        return at_batch(x, batch)
-    return at_batch(ctx.emit("reshape", [x], attrs={"shape": target}), batch)
+    shape, groups = _reshape_target(ctx, ctx.const_pair(node.input[1]), x, bool(attrs.get("allowzero", 0)))
+    if x.name in ctx.int_values and (tuple(d for d in shape if d is not None) != tuple(x.shape[1:]) or
+                                     len(groups) != len(shape)):
+        raise Unsupported(f"input {node.input[0]!r} holds integers (token ids); only a reshape that changes "
+                          f"nothing (x.view(-1, T)) reads them")
+    if len(groups) != len(shape) and node.output[0] in ctx.graph_outputs:
+        raise Unsupported(f"a model output that merges the batch axis with other axes ({shape}) is not a "
+                          f"batch of outputs")
+    target = tuple(d for d in shape if d is not None)
+    if target != tuple(x.shape[1:]):
+        x = ctx.emit("reshape", [x], attrs={"shape": target})
+    return as_onnx(x, shape, groups)
 
 
-@TABLE.register("Transpose", any_batch_axis=True)
+@TABLE.register("Transpose", any_batch_axis=True, merged_batch=True)
 def transpose(ctx, node, attrs):
-    """Any perm: the batch axis goes where perm sends it; the graph value transposes its other axes."""
+    """Any perm: the batch axis (with the axes merged with it) goes where perm sends it; the graph value
+    transposes its other axes."""
     x = x_of(ctx, node)
-    rank = x.rank
+    shape, groups = expanded(x)
+    rank = len(groups)
     perm = [p % rank for p in attrs.get("perm", list(range(rank))[::-1])]
     if sorted(perm) != list(range(rank)):
         raise Unsupported(f"perm {perm} is not a permutation of {rank} axes")
-    out_batch = perm.index(batch_axis(x))
-    order = [out_batch] + [o for o in range(rank) if o != out_batch]
-    stored = tuple(x.graph_axis(perm[o]) for o in order)
-    if stored == tuple(range(rank)):
-        return at_batch(x, out_batch)
-    return at_batch(ctx.emit("transpose", [x], attrs={"perm": stored}), out_batch)
+    starts = [sum(groups[:i]) for i in range(rank)]
+    moved = [k for p in perm for k in range(starts[p], starts[p] + groups[p])]   # expanded axes, new order
+    out_shape = [shape[k] for k in moved]
+    stored = tuple(x.graph_axis(k) for k in [moved[out_shape.index(None)]] + [k for k in moved if shape[k] is not None])
+    out = x if stored == tuple(range(len(shape))) else ctx.emit("transpose", [x], attrs={"perm": stored})
+    return as_onnx(out, out_shape, tuple(groups[p] for p in perm))
 
 
 def _batch_first(shape: list, batch: int) -> tuple:

@@ -12,11 +12,15 @@ subclass of ``Dense`` is a Dense) in one table, :data:`.common.TABLE`, by the fa
 are written: :mod:`.layers` (Dense, convolutions, BatchNormalization, Embedding), :mod:`.elementwise`
 (activations, Rescaling, Normalization, dropout), :mod:`.shape` (Flatten, Reshape, Permute, padding,
 cropping, Concatenate and merges), :mod:`.pooling`, :mod:`.recurrent` (LSTM, GRU, Bidirectional) and
-:mod:`.masks` (Masking). A plugin adds or replaces one with ``attribx.translation.converter("keras",
+:mod:`.masks` (Masking), :mod:`.transformer` (LayerNormalization, RMSNormalization, EinsumDense,
+MultiHeadAttention, UpSampling2D, Resizing). A plugin adds or replaces one with ``attribx.translation.converter("keras",
 LayerClass)`` and the ``attribx_converters`` hook; its converters are layered over the built-in table
 for each translation. A Keras converter is::
 
     def convert(ctx, layer, inputs) -> Tensor | list[Tensor]
+
+(a layer called with several arguments, as MultiHeadAttention's query, value and key, reads each through
+``ctx.call_argument(name, position)``)
 
 ``ctx`` the :class:`.walk.KerasTranslator` (the kit's ``emit``, ``constant``, ``sub``, ``reorder``,
 plus ``keras_order(x)`` and ``channels_first(x)``); ``layer`` the Keras layer object; ``inputs`` the
@@ -42,7 +46,7 @@ the graph cannot express exactly raises an UnsupportedError naming the layer too
 """
 # the converter families: importing them registers their converters in TABLE (before any walk runs: the
 # walk's module is inside this package, so importing it runs this first)
-from . import elementwise, layers, pooling, recurrent, shape  # noqa: F401
+from . import elementwise, layers, pooling, recurrent, shape, transformer  # noqa: F401
 from .common import HOOK_HINT, TABLE
 from .masks import KTensor
 from .walk import KerasTranslator, translate_keras

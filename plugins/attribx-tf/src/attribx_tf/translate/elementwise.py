@@ -5,6 +5,8 @@ Elementwise layers keep their input's axis order: a value stored channel-first s
 """
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 
@@ -14,8 +16,14 @@ _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
 
 def activation(ctx, x, fn, name=None):
-    """The node(s) of a Keras activation function; ``linear`` adds nothing."""
+    """The node(s) of a Keras activation function; ``linear`` adds nothing. ``functools.partial`` of
+    ``gelu`` (``approximate=True``) keeps its argument."""
+    kwargs = {}
+    if isinstance(fn, functools.partial) and not fn.args:
+        fn, kwargs = fn.func, dict(fn.keywords)
     fname = getattr(fn, "__name__", str(fn))
+    if kwargs and (fname != "gelu" or set(kwargs) - {"approximate"}):
+        raise Unsupported(f"activation {fname!r} with arguments {kwargs} has no op in the graph")
     if fname == "linear" or fn is None:
         return x
     emit = lambda op, **attrs: ctx.emit(op, [x], attrs=attrs, name=name, order=x.order)  # noqa: E731
@@ -32,7 +40,11 @@ def activation(ctx, x, fn, name=None):
     if fname == "elu":
         return emit("elu", alpha=1.0)
     if fname == "gelu":
-        return emit("gelu", approximate="none")
+        return emit("gelu", approximate="tanh" if kwargs.get("approximate") else "none")
+    if fname == "hard_sigmoid":
+        return emit("hard_sigmoid", **hard_sigmoid_params(fn))
+    if fname in ("hard_silu", "hard_swish"):
+        return emit("hard_swish", **hard_sigmoid_params(fn, times_x=True))
     if fname == "leaky_relu":
         return emit("leaky_relu", negative_slope=0.2)
     if fname == "softmax":
@@ -41,6 +53,22 @@ def activation(ctx, x, fn, name=None):
         h = ctx.emit("elu", [x], attrs={"alpha": _SELU_ALPHA}, name=ctx.sub("elu"), order=x.order)
         return ctx.emit("mul", [h, ctx.constant(_SELU_SCALE, "scale")], name=name, order=x.order)
     raise Unsupported(f"activation {fname!r} has no op in the graph")
+
+
+@functools.lru_cache(maxsize=None)
+def hard_sigmoid_params(fn, times_x: bool = False) -> dict:
+    """alpha and beta of clip(alpha x + beta, 0, 1), read off Keras's own function (Keras 3: relu6(x + 3) / 6,
+    Keras 2: 0.2 x + 0.5) and checked on a grid; ``times_x``: ``fn`` is x times it (hard_silu)."""
+    grid = np.linspace(-8.0, 8.0, 161)
+    y = np.asarray(as_numpy(fn(grid)), dtype=np.float64)
+    h = np.divide(y, grid, out=np.full_like(grid, np.nan), where=grid != 0) if times_x else y
+    beta = 0.5 if times_x else float(h[80])                 # h(0): x * h(x) hides it; both Kerases have 0.5
+    alpha = float(h[85] - h[75]) if not times_x else float((y[85] / grid[85] - beta) / grid[85])
+    want = np.clip(alpha * grid + beta, 0.0, 1.0) * (grid if times_x else 1.0)
+    if not np.allclose(y, want, rtol=1e-5, atol=1e-6):
+        raise Unsupported(f"activation {fn.__name__!r} is not clip(alpha x + beta, 0, 1){' times x' if times_x else ''} "
+                          f"in this Keras")
+    return {"alpha": alpha, "beta": beta}
 
 
 def fused_activation(ctx, layer, y):

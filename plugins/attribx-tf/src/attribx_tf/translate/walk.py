@@ -46,6 +46,7 @@ class KerasTranslator(Translator):
         self.indices = False
         self.sequence_input = False     # a recurrent layer reads the input (directly or through Masking)
         self.masked_input = None        # the Masking output of the graph input, if any
+        self._call = None               # (Keras node, translated value by id of its tensors) of the layer now
 
     # -- nodes: the kit's, with shapes inferred -------------------------------------------------------
     def _append(self, name, op, inputs, params, source, attrs):
@@ -191,7 +192,9 @@ class KerasTranslator(Translator):
                 xs = [env[id(t)] for t in node.input_tensors if id(t) not in masks]
                 if masks:
                     check_mask(node, xs, f"layer {prefix + op.name!r} ({class_path(op)})")
+                self._call = (node, {id(t): env[id(t)] for t in node.input_tensors if id(t) in env})
                 y = self.layer_call(op, xs, prefix)
+                self._call = None
                 ys = y if isinstance(y, list) else [y]
                 outs = node.output_tensors
                 if len(outs) != len(ys):
@@ -205,6 +208,17 @@ class KerasTranslator(Translator):
             raise UnsupportedError(f"Keras model {model.name!r}: output {missing[0].name} is not computed "
                                    f"from the model's input")
         return [env[id(t)] for t in model.outputs]
+
+    def call_argument(self, name: str, position: int | None = None):
+        """An argument of the current layer's call in a functional model (by ``position``, else by keyword
+        ``name``): a tensor's translated value, any other value as given, None when left out or outside a
+        functional model."""
+        if self._call is None:
+            return None
+        node, values = self._call
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        v = args[position] if position is not None and position < len(args) else kwargs.get(name)
+        return values.get(id(v)) if isinstance(v, keras.KerasTensor) else v
 
     def layer_call(self, layer, xs: list, prefix: str):
         """One layer (or keras.ops operation) through its converter: ``convert(ctx, layer, inputs)``."""
