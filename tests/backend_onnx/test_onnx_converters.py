@@ -31,7 +31,7 @@ def softsign(ctx, node, attrs):
     return ctx.emit("div", [x, den])
 
 
-@converter("onnx", "com.example:ScaledTanh")
+@converter("onnx", "org.attribx.tests:ScaledTanh")
 def scaled_tanh(ctx, node, attrs):
     """A custom-domain op with an attribute: scale * tanh(x)."""
     t = ctx.emit("tanh", [ctx.value(node.input[0])], name=ctx.sub("tanh"))
@@ -53,10 +53,10 @@ def softsign_model(rng):
 
 def scaled_tanh_model(rng, scale=2.5):
     nodes = [node("Gemm", ["x", "w"], ["h"], name="fc"),
-             node("ScaledTanh", ["h"], ["y"], name="scaled", domain="com.example", scale=scale)]
+             node("ScaledTanh", ["h"], ["y"], name="scaled", domain="org.attribx.tests", scale=scale)]
     w = weights(rng, 4, 3)
     m = model(nodes, [("w", w)], (4,))
-    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    m.opset_import.append(helper.make_opsetid("org.attribx.tests", 1))
     return m, w
 
 
@@ -107,6 +107,6 @@ def test_a_custom_domain_op_translates_through_its_plugin_converter(rng, plugin)
 def test_a_custom_domain_op_without_converter_is_refused(rng):
     m, _ = scaled_tanh_model(rng)
     with pytest.raises(attribx.UnsupportedError, match=r"'scaled' \(ScaledTanh, opset 13\): operator domain "
-                                                       r"'com.example' has no onnx translation") as err:
+                                                       r"'org.attribx.tests' has no onnx translation") as err:
         attribx.translate(m)
-    assert "'com.example:ScaledTanh'" in str(err.value) and "attribx_converters" in str(err.value)
+    assert "'org.attribx.tests:ScaledTanh'" in str(err.value) and "attribx_converters" in str(err.value)
