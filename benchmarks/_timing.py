@@ -51,7 +51,8 @@ def _status(key):
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def _trim():
+def trim():
+    """Collect garbage and hand the memory glibc keeps from freed blocks back to the system."""
     gc.collect()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -68,7 +69,7 @@ def rss_mib():
 def peak_rss_growth(run):
     """Peak growth of the resident set during one call of ``run`` (MiB); Linux only (None elsewhere)."""
     try:
-        _trim()
+        trim()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")               # reset the peak resident set (VmHWM) to the current one
         base = _status("VmRSS")

@@ -299,6 +299,7 @@ def _cell(v, key):
 def plot(data, path):
     """Time ratio per model (x) per method (marker), log scale, goals as dashed lines."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ok = [r for r in data["records"] if "error" not in r]
@@ -311,10 +312,13 @@ def plot(data, path):
     xs = np.arange(len(ok))
     for k, m in enumerate(methods):
         ys = [r["methods"].get(m, {}).get("ratio", np.nan) for r in ok]
-        line = ax.plot(xs, ys, "o-" if m in GOALS else "x:", ms=4, lw=0.6, label=m)[0]
+        shift = (k - (len(methods) - 1) / 2) * 0.08     # methods side by side at each model
+        line = ax.plot(xs + shift, ys, "o" if m in GOALS else "x", ms=4, ls="none", label=m)[0]
         if m in GOALS:
             ax.axhline(GOALS[m], color=line.get_color(), ls="--", lw=0.8)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
     ax.set_xticks(xs, [r["model"] for r in ok], rotation=90, fontsize=7)
     ax.set_ylabel("× gradient pass")
     meta = data["meta"]
