@@ -25,7 +25,15 @@ FAMILIES = {
 
 
 def family(op):
-    return FAMILIES.get(op, op)
+    base, _, kind = op.partition(" ")
+    return FAMILIES.get(base, base) + (f" {kind}" if kind else "")
+
+
+def op_key(node):
+    """The node's op; grouped convs (depthwise, ResNeXt, RegNet) apart from dense ones."""
+    if node.op in ("conv", "conv_transpose") and int(node.attrs.get("groups", 1)) > 1:
+        return f"{node.op} (grouped)"
+    return node.op
 
 
 class _TimedRule:
@@ -74,17 +82,17 @@ def profile(graph, engine, run, by_family=False) -> Profile:
     def forward(node, inputs, params=None):
         t0 = time.perf_counter()
         y = orig_forward(node, inputs, params)
-        (prof.rule_forward if state["backward"] else prof.forward)[node.op] += time.perf_counter() - t0
+        (prof.rule_forward if state["backward"] else prof.forward)[op_key(node)] += time.perf_counter() - t0
         return y
 
     def vjp(node, inputs, grad, params=None, output=None):
         t0 = time.perf_counter()
         g = orig_vjp(node, inputs, grad, params, output)
-        prof.rule_vjp[node.op] += time.perf_counter() - t0
+        prof.rule_vjp[op_key(node)] += time.perf_counter() - t0
         return g
 
     def propagate(g, eng, x, rules, *args, **kwargs):
-        timed = {name: _TimedRule(rule, g[name].op, prof.rules) for name, rule in rules.items()}
+        timed = {name: _TimedRule(rule, op_key(g[name]), prof.rules) for name, rule in rules.items()}
         orig_init = args[0]   # the forward pass runs first inside propagate; the rules only after it
 
         def init(scores):
