@@ -18,16 +18,16 @@ and in the rules of the relevance pass (one extra, instrumented run).
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import platform
-import statistics
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _profile import format_profile, profile  # noqa: E402  shared with zoo_speed
+from _timing import time_interleaved, time_it  # noqa: E402  shared with torch_speed / zoo_speed
 from torch_speed import OURS  # noqa: E402  the same composites and parameters as the torch benchmark
 
 MODELS = ["MobileNetV2", "EfficientNetB0", "ResNet50", "Xception", "DenseNet121"]
@@ -69,25 +69,6 @@ def attribx_runner(graph, engine, x, target, method):
     return run
 
 
-def time_it(run, repeat):
-    """Median wall time of ``run`` over ``repeat`` calls after one warm-up call."""
-    return time_interleaved([run], repeat)[0]
-
-
-def time_interleaved(runs, repeat):
-    """Median wall time of each of ``runs`` over ``repeat`` rounds (one call of each per round, after one
-    warm-up call each): on a shared machine whose load drifts, every run sees the same drift."""
-    for run in runs:
-        run()
-    times = [[] for _ in runs]
-    for _ in range(repeat):
-        for run, ts in zip(runs, times):
-            t0 = time.perf_counter()
-            run()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
-
-
 def engine_from(src_dir):
     """The TensorFlow engine of another attribx_tf source tree (e.g. an earlier commit's, unpacked with
     ``git archive <commit> plugins/attribx-tf/src | tar -x -C DIR``), imported as ``attribx_tf_other`` with
@@ -103,68 +84,6 @@ def engine_from(src_dir):
     engine = importlib.import_module("attribx_tf_other.engine").TensorFlowEngine()
     engine._kernels = dict(importlib.import_module("attribx_tf_other.kernels").KERNELS)
     return engine
-
-
-class _TimedRule:
-    """Wraps a rule to add its wall time to ``totals[op]`` (eager TF on the CPU runs synchronously)."""
-
-    def __init__(self, rule, op, totals):
-        self.rule, self.op, self.totals = rule, op, totals
-        self.name = getattr(rule, "name", "?")
-
-    def __call__(self, ctx, relevance):
-        t0 = time.perf_counter()
-        out = self.rule(ctx, relevance)
-        self.totals[self.op] += time.perf_counter() - t0
-        return out
-
-    def __getattr__(self, key):
-        return getattr(self.rule, key)
-
-
-def profile(graph, engine, run):
-    """Seconds per op family: (forward pass, relevance pass) of one run of ``run``."""
-    from attribx import methods
-    fwd, back = collections.Counter(), collections.Counter()
-    orig_propagate, orig_forward = methods.propagate, engine.forward
-    state = {"backward": False}
-
-    def forward(node, inputs, params=None):
-        t0 = time.perf_counter()
-        y = orig_forward(node, inputs, params)
-        if not state["backward"]:
-            fwd[node.op] += time.perf_counter() - t0
-        return y
-
-    def propagate(g, eng, x, rules, *args, **kwargs):
-        timed = {}
-        for name, rule in rules.items():
-            timed[name] = _TimedRule(rule, g[name].op, back)
-        # the forward pass runs first inside propagate; the rules only after it
-        orig_init = args[0]
-
-        def init(scores):
-            state["backward"] = True
-            return orig_init(scores)
-        return orig_propagate(g, eng, x, timed, init, *args[1:], **kwargs)
-
-    methods.propagate, engine.forward = propagate, forward
-    try:
-        t0 = time.perf_counter()
-        run()
-        total = time.perf_counter() - t0
-    finally:
-        methods.propagate = orig_propagate
-        del engine.forward
-    return total, fwd, back
-
-
-def format_profile(label, total, fwd, back, top=8):
-    lines = [f"  {label}: {total:.3f} s in all; forward {sum(fwd.values()):.3f} s, rules {sum(back.values()):.3f} s"]
-    for kind, counter in (("rules", back), ("forward", fwd)):
-        parts = [f"{op} {t:.3f}" for op, t in counter.most_common(top)]
-        lines.append(f"    {kind}: " + ", ".join(parts))
-    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -220,7 +139,7 @@ def main(argv=None):
             rows.append((model_name, method, t, t / t_base, before))
             print(rows[-1], flush=True)
             if args.profile:
-                profiles.append(format_profile(f"{model_name} {method}", *profile(graph, engine, runs[1])))
+                profiles.append(format_profile(f"{model_name} {method}", profile(graph, engine, runs[1])))
                 print(profiles[-1], flush=True)
         del model, graph, engine
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"

@@ -15,12 +15,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _timing  # noqa: E402  shared with tf_speed / zoo_speed
 
 OURS = {
     "lrp.epsilon": {"epsilon": 1e-6},
@@ -103,36 +103,21 @@ def sync(device):
 
 
 def time_it(impl, method, model_name, batch, device, repeat):
-    run = make_runner(impl, method, model_name, batch, device)
-    run()
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return _timing.time_it(make_runner(impl, method, model_name, batch, device), repeat, lambda: sync(device))
 
 
 def peak_memory(impl, method, model_name, batch, device):
     """Peak memory of one attribution, in a fresh process (MiB)."""
     code = f"""
-import json, resource, sys
+import json, sys
 sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-import torch_speed as b, torch
+import torch_speed as b, _timing
 run = b.make_runner({impl!r}, {method!r}, {model_name!r}, {batch}, {device!r})
+run()   # warm: one-time allocations (weights copies, caches) are not counted
 if {device!r}.startswith('cuda'):
-    torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-    run(); torch.cuda.synchronize(); peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    peak = _timing.peak_cuda_growth(run, lambda: b.sync({device!r}))
 else:
-    import gc; run(); gc.collect()   # warm: one-time allocations (weights copies, caches) are not counted
-    def status(key):
-        with open('/proc/self/status') as f:
-            return next(int(l.split()[1]) for l in f if l.startswith(key + ':'))
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')                  # reset the peak resident set (VmHWM) to the current one
-    base = status('VmRSS'); run(); peak = (status('VmHWM') - base) / 1024
+    peak = _timing.peak_rss_growth(run)
 print(json.dumps(peak))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)

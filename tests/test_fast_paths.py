@@ -105,3 +105,23 @@ def test_z_box_bounds_that_vary_over_positions_take_the_general_formula():
     explain(graph, x, spied(ZBox, "fast_folded", calls, low=low, high=2.0), rng.normal(size=(2, 5, 4, 4)),
             "numpy")
     assert not calls
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("bias,zero_bias", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("alpha,beta", [(2.0, 1.0), (1.5, 0.5)])
+def test_alpha_beta_nonnegative_form_equals_the_general_formula(engine, kind, bias, zero_bias, alpha, beta):
+    """αβ on x ≥ 0: F(x; W⁻) from the forward's output and the two transposed ops merged."""
+    from attribx.rules.lrp import AlphaBeta
+    rng = np.random.default_rng(11)
+    graph, x = relu_layer(rng, kind, bias)
+    R = rng.normal(size=layer_output(graph, x).shape)
+    params = {"alpha": alpha, "beta": beta, "stabilizer": 1e-6, "zero_bias": zero_bias}
+    calls: list = []
+    fast = explain(graph, x, spied(AlphaBeta, "fast_nonnegative", calls, **params), R, engine)
+    assert calls, "the fast path did not run"
+    general = explain(graph, x, spied(AlphaBeta, "fast_nonnegative", calls := [], optimise=False, **params), R,
+                      engine)
+    assert not calls
+    np.testing.assert_allclose(fast, general, rtol=1e-9, atol=1e-12 * np.abs(general).max())

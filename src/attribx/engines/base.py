@@ -8,6 +8,7 @@ hands each engine the registry's table (this module never reads the registry).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -112,6 +113,8 @@ class Engine:
     name: ClassVar[str] = ""
     #: the framework a graph's ``meta["framework"]`` names when this engine is its natural default
     framework: ClassVar[str] = ""
+    #: the parameter cache's size at which entries of nodes that are gone are dropped (then twice what is left)
+    _prune_at = 256
 
     def __init__(self, dtype: str | None = None, device: str | None = None):
         self.dtype = dtype
@@ -164,11 +167,21 @@ class Engine:
         dtype = self.dtype_of(inputs[0]) if inputs else self.dtype
         if dtype is not None and not self.is_floating(dtype):    # indices in: parameters keep their dtype
             dtype = self.dtype
-        key = (id(node), node.name, str(dtype))
-        hit = self._param_cache.get(key)
-        if hit is None:
-            hit = {k: self.asarray(v, dtype=dtype) for k, v in node.params.items()}
-            self._param_cache[key] = hit
+        return self._cached_params(node, (id(node), node.name, str(dtype)),
+                                   lambda: {k: self.asarray(v, dtype=dtype) for k, v in node.params.items()})
+
+    def _cached_params(self, node, key, make):
+        """``make()``, cached under ``key`` for as long as ``node`` lives. Each entry remembers its node (weakly):
+        a node created later at the same address (Python reuses ids) never finds another's parameters, and the
+        entries of nodes that are gone are dropped as the cache grows (they would hold converted weights)."""
+        entry = self._param_cache.get(key)
+        if entry is not None and entry[0]() is node:
+            return entry[1]
+        hit = make()
+        if len(self._param_cache) >= self._prune_at:
+            self._param_cache = {k: v for k, v in self._param_cache.items() if v[0]() is not None}
+            self._prune_at = max(256, 2 * len(self._param_cache))
+        self._param_cache[key] = (weakref.ref(node), hit)
         return hit
 
     # -- arrays: subclasses implement ------------------------------------------------------------

@@ -325,8 +325,36 @@ class AlphaBeta(AffineRule):
         super().__init__(alpha=alpha, beta=beta, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
-        pos, neg = positive(eng), negative(eng)
         xp, xn = op.split()
+        if self.optimise and self.beta and op.kind == "layer" and all(v is None for v in xn):
+            return self.fast_nonnegative(op, eng, R, xp[0])
+        return self.general(op, eng, R, xp, xn)
+
+    def fast_nonnegative(self, op, eng, R, x):
+        """Optimisation of :meth:`general` for a weighted layer whose input is x ≥ 0 (after a ReLU).
+
+        The negative contributions need no forward of their own: F(x; W⁻) = z − b − F(x; W⁺), from the forward's
+        output. With W⁻ = W − W⁺ the two transposed ops merge as R = x ⊙ [W⁺ᵀ(α s⁺ + β s⁻) − β Wᵀ s⁻], with
+        s± = R / z± (z± = F(x; W±) + b±): one extra forward instead of two, two transposed ops as before.
+        """
+        pos = positive(eng)
+        z = op.ctx.output
+        b = op.ctx.params.get("bias")
+        fp = op.term([x], pos, DROP)                                  # F(x; W⁺)
+        fn = (z if b is None else z - op.bias_map(b, z)) - fp         # F(x; W⁻)
+        zp, zn = fp, fn
+        if b is not None and not self.zero_bias:
+            zp = fp + op.bias_map(eng.clip(b, 0, None), fp)
+            zn = fn + op.bias_map(eng.clip(b, None, 0), fn)
+        sp = eng.divide_into(R, eng.stabilize(zp, self.stabilizer))
+        sn = eng.divide_into(R, eng.stabilize(zn, self.stabilizer))
+        (t2,) = op.back(sn)
+        (t1,) = op.back(eng.add_scaled_into(sp if self.alpha == 1 else sp * self.alpha, sn, self.beta), pos)
+        return [op.times(x, eng.add_scaled_into(t1, t2, -self.beta))]
+
+    def general(self, op, eng, R, xp, xn):
+        """The formula (docs/rules.md): each part with its own denominator, on every kind of op."""
+        pos, neg = positive(eng), negative(eng)
         zb = self.params["zero_bias"]
         out = [None] * len(xp)
 

@@ -7,6 +7,7 @@ imported the first time the engine touches an array.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -104,16 +105,16 @@ class TorchEngine(Engine):
         else:
             dtype = torch_dtype(self.dtype if like is None else self.dtype_of(like))
             device = self.target_device()
-        key = (id(node), node.name, dtype, device)
-        hit = self._param_cache.get(key)
-        if hit is None:
-            hit = {k: self._convert(v, dtype, device) for k, v in node.params.items()}
-            self._param_cache[key] = hit
-        return hit
+        return self._cached_params(node, (id(node), node.name, dtype, device),
+                                   lambda: {k: self._convert(v, dtype, device, shared=True)
+                                            for k, v in node.params.items()})
 
     # -- arrays -------------------------------------------------------------------------------------
-    def _convert(self, x, dtype, device):
-        """numpy array (or scalar, or tensor) -> tensor of ``dtype`` (None: keep) on ``device``."""
+    def _convert(self, x, dtype, device, shared=False):
+        """numpy array (or scalar, or tensor) -> tensor of ``dtype`` (None: keep) on ``device``.
+
+        ``shared``: the array is a parameter, which kernels only read, so a read-only one (a view of a torch
+        model's weights, :meth:`attribx_torch.walker.Walker.param`) is used in place rather than copied."""
         torch = _torch()
         if isinstance(x, torch.Tensor):
             t = x.detach()
@@ -123,9 +124,14 @@ class TorchEngine(Engine):
                 raise TypeError(f"cannot convert an array of python objects to a tensor: {a!r}")
             if not a.dtype.isnative:
                 a = a.astype(a.dtype.newbyteorder("="))
-            if not a.flags.writeable or any(s < 0 for s in a.strides):
-                a = a.copy()   # torch.from_numpy needs writable memory with positive strides
-            t = torch.from_numpy(a)
+            if any(s < 0 for s in a.strides) or not (a.flags.writeable or shared):
+                a = a.copy()   # torch.from_numpy needs positive strides (and, for inputs, writable memory)
+            if a.flags.writeable:
+                t = torch.from_numpy(a)
+            else:
+                with warnings.catch_warnings():     # torch warns that it could write: parameters are only read
+                    warnings.simplefilter("ignore", UserWarning)
+                    t = torch.from_numpy(a)
         if dtype is not None and t.dtype != dtype:
             return t.to(device=device, dtype=dtype)
         return t.to(device=device)

@@ -99,13 +99,21 @@ class Walker(Translator):
         return t
 
     def param(self, t, what="parameter") -> np.ndarray:
+        """A parameter as a numpy array: a read-only view of the tensor's memory where it is a float32/float64
+        CPU tensor (the graph then holds no copy of the weights), else a copy on the host."""
         if t is None:
             return None
         if is_t(t):
             raise Unsupported(f"its {what} is computed from the input; the graph's {what}s are constants")
         if not isinstance(t, torch.Tensor):
             raise Unsupported(f"{what} is a {type(t).__name__}, not a tensor")
-        a = t.detach().to("cpu")
+        a = t.detach()
+        if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and not a.is_conj() \
+                and not a.is_neg():
+            view = a.numpy()            # the model's own memory: weights are held once
+            view.flags.writeable = False    # nothing in attribx may write through it into the model
+            return view
+        a = a.to("cpu")
         if not a.is_floating_point() or a.dtype not in (torch.float32, torch.float64):
             a = a.to(self.dtype)
         return a.numpy().copy()

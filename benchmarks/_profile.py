@@ -1,0 +1,139 @@
+"""Where an explanation's time goes: seconds per op (or op family) in the forward pass and in the rules of the
+relevance pass, with the rules' time split into kernel forwards (z with modified weights), kernel VJPs
+(transposed ops) and the rest (elementwise work in the rule). Shared by tf_speed and zoo_speed.
+
+One instrumented run; the engine must run synchronously (eager TF and torch on the CPU do; on a GPU the
+times land on whichever op waits for the device).
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+#: op families for the profile tables (ops not named here are their own family)
+FAMILIES = {
+    "conv": "conv", "conv_transpose": "conv", "linear": "linear",
+    "max_pool": "pools", "avg_pool": "pools", "global_avg_pool": "pools",
+    "add": "adds", "batch_norm": "norms", "layer_norm": "norms", "rms_norm": "norms",
+    "softmax": "attention", "matmul": "attention",
+    "relu": "activations", "leaky_relu": "activations", "clip": "activations", "silu": "activations",
+    "gelu": "activations", "sigmoid": "activations", "tanh": "activations", "elu": "activations",
+    "hardswish": "activations", "hardsigmoid": "activations",
+    "mul": "mul", "concat": "shape", "reshape": "shape", "flatten": "shape", "transpose": "shape",
+    "slice": "shape", "pad": "shape", "identity": "shape",
+}
+
+
+def family(op):
+    base, _, kind = op.partition(" ")
+    return FAMILIES.get(base, base) + (f" {kind}" if kind else "")
+
+
+def op_key(node):
+    """The node's op; grouped convs (depthwise, ResNeXt, RegNet) apart from dense ones."""
+    if node.op in ("conv", "conv_transpose") and int(node.attrs.get("groups", 1)) > 1:
+        return f"{node.op} (grouped)"
+    return node.op
+
+
+class _TimedRule:
+    """Wraps a rule to add its wall time to ``totals[op]``."""
+
+    def __init__(self, rule, op, totals):
+        self.rule, self.op, self.totals = rule, op, totals
+        self.name = getattr(rule, "name", "?")
+
+    def __call__(self, ctx, relevance):
+        t0 = time.perf_counter()
+        out = self.rule(ctx, relevance)
+        self.totals[self.op] += time.perf_counter() - t0
+        return out
+
+    def __getattr__(self, key):
+        return getattr(self.rule, key)
+
+
+class Profile:
+    """Seconds per op: ``forward`` (the forward pass), ``rules`` (each rule in all), and within the rules
+    ``rule_forward`` (kernel forwards) and ``rule_vjp`` (kernel VJPs); ``total`` is the whole call."""
+
+    def __init__(self):
+        self.total = 0.0
+        self.forward, self.rules = collections.Counter(), collections.Counter()
+        self.rule_forward, self.rule_vjp = collections.Counter(), collections.Counter()
+
+    def by_family(self):
+        """The same counters summed per op family (:data:`FAMILIES`)."""
+        out = Profile()
+        out.total = self.total
+        for name in ("forward", "rules", "rule_forward", "rule_vjp"):
+            for op, t in getattr(self, name).items():
+                getattr(out, name)[family(op)] += t
+        return out
+
+
+def profile(graph, engine, run, by_family=False) -> Profile:
+    """Time one call of ``run`` (an explanation of ``graph`` on ``engine``), per op."""
+    from attribx import methods
+    prof = Profile()
+    orig_propagate, orig_forward, orig_vjp = methods.propagate, engine.forward, engine.vjp
+    state = {"backward": False}
+
+    def forward(node, inputs, params=None):
+        t0 = time.perf_counter()
+        y = orig_forward(node, inputs, params)
+        (prof.rule_forward if state["backward"] else prof.forward)[op_key(node)] += time.perf_counter() - t0
+        return y
+
+    def vjp(node, inputs, grad, params=None, output=None):
+        t0 = time.perf_counter()
+        g = orig_vjp(node, inputs, grad, params, output)
+        prof.rule_vjp[op_key(node)] += time.perf_counter() - t0
+        return g
+
+    def propagate(g, eng, x, rules, *args, **kwargs):
+        timed = {name: _TimedRule(rule, op_key(g[name]), prof.rules) for name, rule in rules.items()}
+        orig_init = args[0]   # the forward pass runs first inside propagate; the rules only after it
+
+        def init(scores):
+            state["backward"] = True
+            return orig_init(scores)
+        return orig_propagate(g, eng, x, timed, init, *args[1:], **kwargs)
+
+    methods.propagate, engine.forward, engine.vjp = propagate, forward, vjp
+    try:
+        t0 = time.perf_counter()
+        run()
+        prof.total = time.perf_counter() - t0
+    finally:
+        methods.propagate = orig_propagate
+        del engine.forward, engine.vjp
+    return prof.by_family() if by_family else prof
+
+
+def format_profile(label, prof: Profile, top=8):
+    fwd, rules = sum(prof.forward.values()), sum(prof.rules.values())
+    lines = [f"  {label}: {prof.total:.3f} s in all; forward {fwd:.3f} s, rules {rules:.3f} s "
+             f"(kernel forwards {sum(prof.rule_forward.values()):.3f}, VJPs {sum(prof.rule_vjp.values()):.3f}, "
+             f"other {rules - sum(prof.rule_forward.values()) - sum(prof.rule_vjp.values()):.3f}), "
+             f"outside both {prof.total - fwd - rules:.3f}"]
+    for kind, counter in (("rules", prof.rules), ("forward", prof.forward)):
+        parts = [f"{op} {t:.3f}" for op, t in counter.most_common(top)]
+        lines.append(f"    {kind}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def profile_table(prof: Profile) -> list[str]:
+    """A Markdown table: per op family, forward-pass seconds, rule seconds and their split."""
+    fams = sorted(set(prof.forward) | set(prof.rules), key=lambda f: -(prof.forward[f] + prof.rules[f]))
+    rows = ["| op family | forward pass (s) | rules (s) | in rules: kernel forwards | kernel VJPs | other |",
+            "|---|---|---|---|---|---|"]
+    for f in fams:
+        other = prof.rules[f] - prof.rule_forward[f] - prof.rule_vjp[f]
+        rows.append(f"| {f} | {prof.forward[f]:.3f} | {prof.rules[f]:.3f} | {prof.rule_forward[f]:.3f} | "
+                    f"{prof.rule_vjp[f]:.3f} | {other:.3f} |")
+    fwd, rules = sum(prof.forward.values()), sum(prof.rules.values())
+    rows.append(f"| all ({prof.total:.3f} s; {prof.total - fwd - rules:.3f} outside both) | {fwd:.3f} | "
+                f"{rules:.3f} | {sum(prof.rule_forward.values()):.3f} | {sum(prof.rule_vjp.values()):.3f} | "
+                f"{rules - sum(prof.rule_forward.values()) - sum(prof.rule_vjp.values()):.3f} |")
+    return rows
