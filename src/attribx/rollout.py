@@ -57,7 +57,7 @@ class AttentionRollout(Method):
         self.family = "attention"
 
     def run(self, graph, engine, x, targets_fn, params: Mapping[str, Any], init=None, keep=(),
-            conservation=False, ops=None, rules=None) -> Propagation:
+            conservation=False, ops=None, rules=None, masks=None) -> Propagation:
         if keep or conservation:
             raise MethodError(f"method {self.name!r} reads attention maps: layers= and conservation= are not "
                               f"available for it")
@@ -65,8 +65,9 @@ class AttentionRollout(Method):
         if not maps:
             raise MethodError(f"method {self.name!r} needs attention: this graph has no softmax over a square "
                               f"(queries x keys) map that feeds a matrix product")
-        reading = Method.run(self, graph, engine, x, targets_fn, {}, init, keep=[maps[-1]], ops=ops, rules=rules)
-        acts = run_forward(graph, engine, x, upto=maps[-1])
+        reading = Method.run(self, graph, engine, x, targets_fn, {}, init, keep=[maps[-1]], ops=ops, rules=rules,
+                             masks=masks)
+        acts = run_forward(graph, engine, x, upto=maps[-1], masks=masks)
         n = len(x)
         flow = None
         for name in maps:

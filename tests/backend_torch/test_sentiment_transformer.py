@@ -68,7 +68,7 @@ def test_attn_lrp_finds_the_deciding_words_and_wins_word_deletion(trained, held_
     rates = {m: top_is_deciding(r.values, deciding, padding) for m, r in rel.items()}
     rates["random"] = top_is_deciding(noise, deciding, padding)
     print("most relevant token is a deciding word: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
-    assert rates["lrp.attn"] >= 0.9                                 # measured 0.992
+    assert rates["lrp.attn"] >= 0.9                                 # measured 0.997
     assert rates["lrp.attn"] >= rates["random"] + 0.4               # random 0.347
     assert rates["lrp.attn"] >= rates["gradient_x_input"] + 0.15    # gradient x input 0.678
 
@@ -82,6 +82,6 @@ def test_attn_lrp_finds_the_deciding_words_and_wins_word_deletion(trained, held_
             mean_acc["random"] = float(res["accuracy_random"].values[1:].mean())
     print(f"mean accuracy after 1..{steps} deletions (lower is better): "
           + ", ".join(f"{k} {v:.3f}" for k, v in mean_acc.items()))
-    # measured: lrp.attn 0.365, lrp.cp 0.347, attention rollout 0.512, gradient x input 0.585, random 0.854
+    # measured: lrp.attn 0.403, lrp.cp 0.391, attention rollout 0.512, gradient x input 0.585, random 0.854
     for other in ("gradient_x_input", "attention_rollout", "random"):
         assert mean_acc["lrp.attn"] < mean_acc[other] - 0.05, other
