@@ -27,9 +27,11 @@ TOL = 1e-4
 
 
 def methods():
-    """attribx's own methods (a third-party plugin installed beside it, such as the template's example.*,
-    is tested by its own suite)."""
-    return sorted(m for m in attribx.plugins.registry().methods if "." not in m or m.startswith("lrp."))
+    """attribx's own methods that explain any network (a third-party plugin installed beside it, such as the
+    template's example.*, is tested by its own suite; attention_rollout reads attention maps, which these
+    networks lack: tests/test_attention_rollout.py)."""
+    reg = attribx.plugins.registry().methods
+    return sorted(m for m in reg if ("." not in m or m.startswith("lrp.")) and reg[m].family != "attention")
 
 
 def method_params(method):
