@@ -250,7 +250,7 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     masks = mask_arrays(graph, rest, tuple(x.shape))
     graph = _select_output(graph, output)
     if position is not None:
-        graph = at_position(graph, position)
+        graph = at_position(graph, position, keep={_follow_aliases(graph, n) for n in (layers or ())})
     else:
         needs_position(graph, takes_indices(graph), output_init)
     reg = registry()

@@ -48,14 +48,18 @@ def _union(bounds) -> Bound:
     return min(b[0] for b in bounds), max(b[1] for b in bounds)
 
 
+def _extremes(a) -> Bound:
+    """(min, max) of an array, read where it lies (no float64 copy of a large embedding table)."""
+    a = np.asarray(a)
+    return (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+
+
 def _node_bound(node, ins: list, graph) -> Bound:
     op, a = node.op, node.attrs
     if op in ("constant", "fill"):
-        v = np.asarray(node.params["value"], dtype=np.float64)
-        return (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+        return _extremes(node.params["value"])
     if op == "embedding":
-        w = np.asarray(node.params["weight"], dtype=np.float64)
-        return float(w.min()), float(w.max())
+        return _extremes(node.params["weight"])
     if op in _RANGES:
         return _RANGES[op]
     if op == "clip":

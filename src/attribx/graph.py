@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .digests import digest
 from .errors import GraphError, ModelLoadError
 from .ops import BUILTIN_OP_TABLE, OpDef
 from .safe_writes import temp_file_beside, write_target
@@ -135,7 +136,6 @@ class Graph:
         self.outputs = list(outputs)
         self.meta = dict(meta or {})
         self._by_name = {n.name: n for n in self.nodes}
-        self._fingerprint: str | None = None
         self._ops = ops
         if validate:
             self.validate()
@@ -339,11 +339,11 @@ class Graph:
     def fingerprint(self) -> str:
         """A hash of structure and parameter values: the same model gives the same fingerprint.
 
-        Computed once per graph (graphs are not modified after construction; passes make new ones).
+        Computed on each call, since parameters may be views of a model's weights that change in place; each
+        array's own hash is kept while its values stay the same (:mod:`attribx.digests`), so a call costs one
+        cheap read of the weights.
         """
-        if self._fingerprint is None:
-            self._fingerprint = self._hash()
-        return self._fingerprint
+        return self._hash()
 
     def _hash(self) -> str:
         h = hashlib.sha256()
@@ -354,9 +354,9 @@ class Graph:
         h.update(json.dumps(struct, sort_keys=True).encode())
         for n in self.nodes:
             for k in sorted(n.params):
-                p = np.ascontiguousarray(n.params[k])
+                p = np.asarray(n.params[k])
                 h.update(f"{n.name}/{k}/{p.dtype.str}/{p.shape}".encode())
-                h.update(p.tobytes())
+                h.update(digest(p))       # each array hashed once while it stays unchanged (attribx.digests)
         return h.hexdigest()[:16]
 
     def save(self, path: str | os.PathLike) -> None:

@@ -122,3 +122,22 @@ def test_engine_cache_follows_nodes_not_addresses():
     (key,) = eng._param_cache
     eng._param_cache[(id(new),) + key[1:]] = eng._param_cache.pop(key)     # as if new sat at old's address
     assert eng.node_params(new, [x])["weight"].sum() == 12
+
+
+def test_the_fingerprint_follows_weights_changed_in_place():
+    """The fingerprint in the relevance's attrs (what appending to a file checks) is that of the weights used:
+    a graph over shared weights changed in place after a first explanation gets a new one (each array's digest
+    is kept between calls and re-checked, attribx.digests)."""
+    model = small_cnn()
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    graph = attribx.translate(model, input_shape=(3, 8, 8))
+    first = attribx.explain(graph, x, "lrp.epsilon", target=1)
+    assert attribx.explain(graph, x, "lrp.epsilon", target=1).attrs["model_fingerprint"] == \
+        first.attrs["model_fingerprint"]
+    with torch.no_grad():
+        model.fc.weight[1, 3] += 0.5
+    second = attribx.explain(graph, x, "lrp.epsilon", target=1)
+    fresh = attribx.explain(copy.deepcopy(model), x, "lrp.epsilon", target=1)
+    assert second.attrs["model_fingerprint"] != first.attrs["model_fingerprint"]
+    assert second.attrs["model_fingerprint"] == fresh.attrs["model_fingerprint"]
+    np.testing.assert_allclose(second.values, fresh.values, rtol=1e-6)
