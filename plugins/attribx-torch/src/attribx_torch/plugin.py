@@ -42,8 +42,9 @@ def attribx_model_types():
 def attribx_translate(model, input_shape, converters):
     # torch is imported only for torch models
     if _is_exported_program(model):
+        from attribx.inputs import first_shape      # a program's further inputs: masks shaped like the first
         from .export import translate_program
-        return translate_program(model, input_shape, converters)
+        return translate_program(model, first_shape(input_shape), converters)
     if not _is_torch_module(model):
         return None
     from .translate import translate_module
