@@ -371,4 +371,8 @@ def evaluate(name: str, model: Any = None, inputs: Any = None, relevance: Any = 
     if not isinstance(name, str):
         raise MethodError(f"evaluator name must be a str, got {type(name).__name__}")
     fn = registry().evaluator(name)
+    if any(isinstance(a, dict) or isinstance(a, tuple) and len(a) > 1 and all(hasattr(e, "shape") for e in a)
+           for a in (inputs, relevance)):
+        raise UnsupportedError(f"evaluator {name!r} takes one input and its relevance; several inputs (a tuple or "
+                               f"a dict) are not supported by the evaluators yet")
     return fn(model=model, inputs=inputs, relevance=relevance, **params)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InputError, InputShapeError
+from .errors import InputError, InputShapeError, UnsupportedError
 from .graph import Graph, Value
 
 
@@ -132,6 +132,15 @@ def as_input(graph: Graph, x: Any, value: Value | None = None) -> np.ndarray:
     return x
 
 
+def one_signal_input(graph: Graph, what: str) -> None:
+    """Refuse, in one line naming ``what``, a graph with several signal inputs where only one can go."""
+    signals = graph.signal_inputs
+    if len(signals) > 1:
+        raise UnsupportedError(f"{what} takes models with one signal input; this one has {len(signals)} "
+                               f"({', '.join(repr(v.name) for v in signals)}): use attribx.explain with a tuple "
+                               f"of inputs, in memory")
+
+
 def split_inputs(x: Any) -> tuple[list, list | None]:
     """The arrays the user passed and, for a dict, their names: one array; a tuple of arrays (Captum's
     convention: ``(input_ids, attention_mask)``, ``(image, extra)``); a dict by the graph's input names."""
@@ -192,7 +201,9 @@ def assign_inputs(graph: Graph, arrays: list, names: list | None) -> tuple[list,
     missing = [v.name for v in signals if v.name not in by_name]
     if missing:
         raise InputError(f"the model takes {len(signals)} signal inputs ({listed}); missing: "
-                         f"{', '.join(map(repr, missing))} (pass them all, as a tuple in this order or a dict by name)")
+                         f"{', '.join(map(repr, missing))} (pass them all to attribx.explain or attribx.forward, as a "
+                         f"tuple in this order or a dict by name; the command line, streaming and the evaluators "
+                         f"take one input)")
     return [by_name[v.name] for v in signals], _masks(graph, [by_name[k] for k in mask_names if k in by_name],
                                                        [k for k in mask_names if k in by_name], None)
 

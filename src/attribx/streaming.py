@@ -36,6 +36,7 @@ import numpy as np
 
 from .api import _select_output, explain, get_engine, load_model, translate
 from .errors import InputError
+from .inputs import one_signal_input
 from .methods import as_method
 from .relevance_format import h5py, require_h5py
 from .plugins import registry
@@ -402,6 +403,7 @@ class StreamRun:
         resolved = self.method.resolve(params)
         self.path = os.fspath(out_path)
         graph = translate(load_model(model), input_shape=src.sample_shape())   # tracing backends need it
+        one_signal_input(graph, "explaining a data set (streaming to a file)")
         self.graph = _select_output(graph, output)
         self.engine = get_engine(engine, self.graph)
         # the explained node, where it is not the graph's own output (the graph's fingerprint has it too); left
