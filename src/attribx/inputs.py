@@ -234,9 +234,12 @@ def _masks(graph: Graph, rest: list, names: list | None, explained: Any) -> dict
     for name, m in given.items():
         m = to_numpy(m)
         value = next(v for v in masks if v.name == name)
-        if explained is not None and tuple(m.shape) != tuple(explained.shape):
-            raise InputError(f"mask input {name!r} has shape {tuple(m.shape)}; it must be shaped like the explained "
-                             f"input, {tuple(explained.shape)}")
+        if explained is not None:
+            shape = tuple(explained.shape)
+            own = (shape[0], *value.shape[1:])       # (N, T) besides (N, T, E)
+            if tuple(m.shape) not in (shape, own):
+                raise InputError(f"mask input {name!r} has shape {tuple(m.shape)}; it must be shaped like the "
+                                 f"explained input, {shape}" + (f", or {own}" if own != shape else ""))
         if explained is None and not fits(tuple(m.shape)[1:], value.shape[1:]):
             raise InputError(f"mask input {name!r} has shape {tuple(m.shape)}; the model expects "
                              f"(N, {', '.join('?' if d is None else str(d) for d in value.shape[1:])})")
