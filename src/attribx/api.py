@@ -323,8 +323,8 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
                  "prediction": np.argmax(scores, axis=1) if scores.ndim == 2 else np.zeros(len(scores), np.int64)}
         for name, node in where.items():
             r = result.relevance.get(node)
-            piece[f"layer:{name}"] = (eng.to_numpy(r) if r is not None else
-                                      np.zeros((len(scores),) + graph.shape_of(node)[1:], piece[f"input:{inputs[0]}"].dtype))
+            piece[f"layer:{name}"] = (eng.to_numpy(r) if r is not None else np.zeros(
+                (len(scores),) + graph.shape_of(node)[1:], piece[f"input:{inputs[0]}"].dtype))
         if conservation:
             for k, v in result.conservation.items():
                 piece[f"sum:{k}"] = v

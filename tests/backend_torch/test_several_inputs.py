@@ -178,7 +178,7 @@ def test_dict_in_dict_out_and_batches_slice_every_input():
 
 def test_bad_inputs_are_named_one_line_each():
     m, (x1, x2) = model(), inputs()
-    with pytest.raises(UnsupportedError, match=r"forward takes several inputs \(image, extra\)"):
+    with pytest.raises(UnsupportedError, match=r"forward takes several inputs \(image, extra\), one input given"):
         attribx.explain(m, x1, "gradient")
     graph = attribx.translate(m, input_shape=((2, 6, 6), (4,)))
     with pytest.raises(InputError) as err:

@@ -132,9 +132,10 @@ def concrete_args(model: nn.Module, n_inputs: int = 1) -> tuple[dict, list[str]]
             continue
         if p.default is p.empty:
             raise UnsupportedError(
-                f"{type(model).__name__}.forward takes several inputs ({', '.join(q.name for q in params)}); "
-                f"attribx translates them when it is given them all: attribx.explain(model, "
-                f"({', '.join(q.name for q in params if q.default is q.empty)})) or translate(model, "
+                f"{type(model).__name__}.forward takes several inputs ({', '.join(q.name for q in params)}), "
+                f"{'one input' if n_inputs == 1 else f'{n_inputs} inputs'} given: pass them all, "
+                f"attribx.explain(model, "
+                f"({', '.join(q.name for q in params if q.default is q.empty)})), or translate(model, "
                 f"input_shape=(shape, ...)) with one shape per input (sequence lengths for pack_padded_sequence "
                 f"are computed inside the model from the padded input, e.g. (ids != pad).sum(1))")
         concrete[p.name] = p.default
