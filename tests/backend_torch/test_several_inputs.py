@@ -219,3 +219,21 @@ def test_command_line_refuses_several_inputs_in_one_line(tmp_path, capsys):
     code = main(["explain", str(tmp_path / "two.npz"), str(tmp_path / "x.npy"), "-o", str(tmp_path / "r.h5")])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "2 signal inputs" in err and "command line" in err and len(err.splitlines()) == 1
+
+
+def test_streaming_and_dask_refuse_several_inputs_in_one_line(tmp_path):
+    from attribx.streaming import explain_dataset
+    m, (x1, x2) = model(), inputs()
+    graph = attribx.translate(m, input_shape=((2, 6, 6), (4,)))
+    for given in ((x1.numpy(), x2.numpy()), {"image": x1.numpy(), "extra": x2.numpy()}):
+        with pytest.raises(UnsupportedError, match="several inputs, which streaming does not take") as err:
+            explain_dataset(graph, given, tmp_path / "r.h5", "gradient")
+        assert len(str(err.value).splitlines()) == 1
+    with pytest.raises(UnsupportedError, match="explaining a data set .* one signal input"):
+        explain_dataset(graph, x1.numpy(), tmp_path / "r.h5", "gradient")
+    pytest.importorskip("dask.distributed")
+    from attribx.distributed import explain_distributed
+    with pytest.raises(UnsupportedError, match="several inputs, which streaming does not take"):
+        explain_distributed(graph, (x1.numpy(), x2.numpy()), "gradient", scheduler=None)
+    with pytest.raises(UnsupportedError, match="explain on a dask cluster takes models with one signal input"):
+        explain_distributed(graph, x1.numpy(), "gradient", scheduler=None)
