@@ -270,11 +270,11 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     ``(input_ids, attention_mask)`` (or a dict by those names) where the graph has a mask input: the mask
     decides and takes no relevance; the relevance is the first input's.
 
-    Several inputs (see ``docs/api.md``): a model with several signal inputs (``forward(self, image, extra)``,
-    a Keras model with two ``Input`` layers) takes them as a tuple in the model's order (Captum's convention)
-    or a dict by input name, mask inputs mixed in; it returns a tuple (for a dict: a dict) with one
-    relevance per signal input, each in its input's layout with the usual coords. Integrated gradients take
-    one baseline per input (``baseline=(b1, b2)``) or one for all.
+    Several inputs (see ``docs/guide/concepts.md``, "Several inputs"): a model with several signal inputs
+    (``forward(self, image, extra)``, a Keras model with two ``Input`` layers) takes them as a tuple in the
+    model's order (Captum's convention) or a dict by input name, mask inputs mixed in; it returns a tuple (for
+    a dict: a dict) with one relevance per signal input, each in its input's layout with the usual coords.
+    Integrated gradients take one baseline per input (``baseline=(b1, b2)``) or one for all.
     """
     graph, x, masks, names = _graph_and_input(model, x)
     several = isinstance(x, tuple)
