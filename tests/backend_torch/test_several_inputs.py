@@ -85,7 +85,11 @@ def test_forward_and_the_graph_take_every_input():
         graph.input
     ref = m(x1, x2).detach().numpy()
     for given in ((x1, x2), {"extra": x2, "image": x1}, (x1.numpy(), x2.numpy())):
-        assert rel_err(attribx.forward(m, given), ref) <= 1e-12
+        for engine in ("torch", "numpy"):
+            assert rel_err(attribx.forward(m, given, engine=engine), ref) <= 1e-12
+    on_numpy = attribx.explain(m, (x1.numpy(), x2.numpy()), "lrp.epsilon_plus", target=0, engine="numpy")
+    for r, t in zip(on_numpy, attribx.explain(m, (x1, x2), "lrp.epsilon_plus", target=0)):
+        assert rel_err(r.values, t.values) <= 1e-10
 
 
 @pytest.mark.parametrize("ours,theirs", [("gradient", "Saliency"), ("gradient_x_input", "InputXGradient")])
