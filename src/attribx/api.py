@@ -14,8 +14,8 @@ from . import batching
 from .engines.base import Engine
 from .errors import InputError, InputShapeError, MethodError, ModelLoadError, UnsupportedError
 from .graph import Graph
-from .inputs import (as_input, as_tensor_input, is_torch_tensor, mask_arrays, shape_error, split_inputs, takes_indices,
-                     to_numpy)
+from .inputs import (as_input, as_tensor_input, assign_inputs, is_torch_tensor, sample_shapes, shape_error,
+                     split_inputs, takes_indices, to_numpy)
 from .methods import as_method
 from .positions import at_position, needs_position
 from .plugins import manager, registry
@@ -45,19 +45,20 @@ def load_model(model: Any) -> Any:
     return loaded
 
 
-def translate(model: Any, passes: bool | Sequence[str] = True, input_shape: Sequence[int] | None = None) -> Graph:
+def translate(model: Any, passes: bool | Sequence[str] = True, input_shape: Any = None) -> Graph:
     """The intermediate graph of a model (a native model, a path, or a Graph), after the graph passes.
 
     ``passes=True`` runs every default pass, a list names the passes to run, ``False`` none.
     ``input_shape`` (one sample's shape, no batch axis) lets backends that trace with example data
     (PyTorch) translate; :func:`explain` and :func:`forward` pass the data's shape. Without it a torch
-    model translates only when its first layer fixes the whole sample shape (``nn.Linear``).
+    model translates only when its first layer fixes the whole sample shape (``nn.Linear``). A model with
+    several inputs takes a tuple of shapes (one per input, in the model's order) or a dict by input name.
     """
     model = load_model(model)
     if isinstance(model, Graph):
         graph = model
     else:
-        shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        shape = _shapes(input_shape)
         converters = list(registry().converters.values())
         graph = manager().hook.attribx_translate(model=model, input_shape=shape, converters=converters)
         if graph is None:
@@ -79,6 +80,17 @@ def translate(model: Any, passes: bool | Sequence[str] = True, input_shape: Sequ
     for p in chosen:
         graph = p(graph)
     return graph
+
+
+def _shapes(input_shape: Any):
+    """``input_shape`` as ints: one shape, a tuple of shapes, or shapes by input name."""
+    if input_shape is None:
+        return None
+    if isinstance(input_shape, dict):
+        return {str(k): _shapes(v) for k, v in input_shape.items()}
+    if any(isinstance(d, (tuple, list)) or d is None for d in input_shape):
+        return tuple(_shapes(d) for d in input_shape)
+    return tuple(int(d) for d in input_shape)
 
 
 def get_engine(engine: Any = None, graph: Graph | None = None, device: Any = None):
@@ -134,23 +146,37 @@ def _engine_on(engine: Any, device: Any):
     return cls(device=device)
 
 
-def _graph_and_input(model: Any, x: Any, passes=True) -> tuple[Graph, Any]:
-    """Translate (with the data's shape, for tracing backends) and check the input against the graph.
+def _graph_and_input(model: Any, x: Any, passes=True) -> tuple[Graph, Any, dict, list | None]:
+    """Translate (with the data's shapes, for tracing backends) and check the inputs against the graph:
+    (graph, the signal input or a tuple with one per signal input, the mask inputs by name, the dict's keys).
 
     A torch tensor stays a tensor on its device (a GPU batch is not copied to the host to be checked);
     anything else becomes a numpy array.
     """
-    tensor = is_torch_tensor(x)
-    if not tensor:
-        x = to_numpy(x)
-    shape = tuple(int(d) for d in x.shape)
+    arrays, names = split_inputs(x)
+    arrays = [a if is_torch_tensor(a) else to_numpy(a) for a in arrays]
     try:
-        graph = translate(model, passes, input_shape=shape[1:] if shape else None)
+        graph = translate(model, passes, input_shape=sample_shapes(arrays, names))
     except InputShapeError as err:     # a tracing backend could not run the model on data of this shape
-        if err.expected is None:
+        if err.expected is None or len(arrays) > 1:
             raise
-        raise shape_error(shape, err.expected, tensor) from None
-    return graph, (as_tensor_input(graph, x) if tensor else as_input(graph, x))
+        raise shape_error(tuple(int(d) for d in arrays[0].shape), err.expected, is_torch_tensor(arrays[0])) from None
+    signals, masks = assign_inputs(graph, arrays, names)
+    if len(signals) == 1:
+        x = signals[0]
+        return graph, (as_tensor_input(graph, x) if is_torch_tensor(x) else as_input(graph, x)), masks, None
+    checked, bad = [], []
+    for v, a in zip(graph.signal_inputs, signals):      # every bad input named, one line each
+        try:
+            checked.append(as_tensor_input(graph, a, v) if is_torch_tensor(a) else as_input(graph, a, v))
+        except InputError as err:
+            bad.append(f"input {v.name!r}: {err}")
+    if bad:
+        raise InputError("\n".join(bad))
+    if len({len(a) for a in checked}) > 1:
+        raise InputError("the inputs have different numbers of samples: " + ", ".join(
+            f"{v.name!r} {len(a)}" for v, a in zip(graph.signal_inputs, checked)))
+    return graph, tuple(checked), masks, names
 
 
 def forward(model: Any, x: Any, engine: Any = None, output: str | None = None,
@@ -158,15 +184,14 @@ def forward(model: Any, x: Any, engine: Any = None, output: str | None = None,
     """The graph's own forward pass on any engine, as numpy (the value of ``output``, default the output).
 
     ``passes`` as in :func:`translate` (``False`` runs the graph exactly as given); ``device`` as in
-    :func:`explain`.
+    :func:`explain`; ``x`` in any form :func:`explain` takes (several inputs as a tuple or a dict).
     """
-    x, rest = split_inputs(x)
-    graph, x = _graph_and_input(model, x, passes)
-    masks = mask_arrays(graph, rest, tuple(x.shape))
+    graph, x, masks, _ = _graph_and_input(model, x, passes)
     graph = _select_output(graph, output)
     eng = get_engine(engine, graph, device)
     name = graph.output
-    acts = run_forward(graph, eng, eng.asarray(x), upto=name, masks={k: eng.asarray(v) for k, v in masks.items()})
+    acts = run_forward(graph, eng, batching.each(x, eng.asarray), upto=name,
+                       masks={k: eng.asarray(v) for k, v in masks.items()})
     return eng.to_numpy(acts[name])
 
 
@@ -244,10 +269,18 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     that token position of a (sample, token, vocabulary) output, ``target`` then being a token id. ``x`` may be
     ``(input_ids, attention_mask)`` (or a dict by those names) where the graph has a mask input: the mask
     decides and takes no relevance; the relevance is the first input's.
+
+    Several inputs (see ``docs/guide/concepts.md``, "Several inputs"): a model with several signal inputs
+    (``forward(self, image, extra)``, a Keras model with two ``Input`` layers) takes them as a tuple in the
+    model's order (Captum's convention) or a dict by input name, mask inputs mixed in; it returns a tuple (for
+    a dict: a dict) with one relevance per signal input, each in its input's layout with the usual coords.
+    Integrated gradients take one baseline per input (``baseline=(b1, b2)``) or one for all.
     """
-    x, rest = split_inputs(x)
-    graph, x = _graph_and_input(model, x)
-    masks = mask_arrays(graph, rest, tuple(x.shape))
+    graph, x, masks, names = _graph_and_input(model, x)
+    several = isinstance(x, tuple)
+    if several and (tokens is not None or pad_id is not None or padding is not None or per_token):
+        raise InputError("tokens=, pad_id=, padding= and per_token= read one token input; this model has several "
+                         "signal inputs")
     graph = _select_output(graph, output)
     if position is not None:
         graph = at_position(graph, position, keep={_follow_aliases(graph, n) for n in (layers or ())})
@@ -259,10 +292,11 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     if m.needs_real_input and takes_indices(graph):
         raise MethodError(f"method {m.name!r} perturbs the input or multiplies by it, but this model's input "
                           f"holds integer indices (an embedding lookup); use a gradient or LRP method")
-    view = token_view(tuple(x.shape), graph.input.dims, takes_indices(graph), tokens, pad_id, padding, per_token,
-                      ids=to_numpy(x) if pad_id is not None else None)
+    view = None if several else token_view(tuple(x.shape), graph.input.dims, takes_indices(graph), tokens, pad_id,
+                                           padding, per_token, ids=to_numpy(x) if pad_id is not None else None)
     eng = get_engine(engine, graph, device)
-    n = len(x)
+    n = len(x[0] if several else x)
+    inputs = [v.name for v in graph.signal_inputs]
     layers = list(layers or [])
     where = {name: _resolve_alias(graph, name) for name in layers}   # requested name -> node holding it
     init_array = None
@@ -277,20 +311,20 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
         batch_size = batching.auto_batch_size(graph, x)
     chunks = batching.batches(n, batch_size)
     for sl in progress(chunks, len(chunks), f"explain {m.name}", progress_bar):
-        xb = x[sl]
+        xb = batching.each(x, lambda a: eng.asarray(a[sl]))
         tb = batching.batch_target(target, sl, n)
         init = init_array[sl] if init_array is not None else output_init
-        result = m.run(graph, eng, eng.asarray(xb), lambda s, tb=tb: resolve_targets(tb, s), resolved, init,
+        result = m.run(graph, eng, xb, lambda s, tb=tb: resolve_targets(tb, s), resolved, init,
                        keep=list(where.values()), conservation=conservation, ops=reg.ops, rules=reg.rules,
                        masks={k: eng.asarray(v[sl]) for k, v in masks.items()})
         scores = eng.to_numpy(result.output)
-        piece = {"input": eng.to_numpy(result.relevance[graph.input.name]),
+        piece = {**{f"input:{k}": eng.to_numpy(result.relevance[k]) for k in inputs},
                  "targets": np.asarray(result.targets),
-                 "prediction": np.argmax(scores, axis=1) if scores.ndim == 2 else np.zeros(len(xb), np.int64)}
+                 "prediction": np.argmax(scores, axis=1) if scores.ndim == 2 else np.zeros(len(scores), np.int64)}
         for name, node in where.items():
             r = result.relevance.get(node)
-            piece[f"layer:{name}"] = (eng.to_numpy(r) if r is not None else
-                                      np.zeros((len(xb),) + graph.shape_of(node)[1:], piece["input"].dtype))
+            piece[f"layer:{name}"] = (eng.to_numpy(r) if r is not None else np.zeros(
+                (len(scores),) + graph.shape_of(node)[1:], piece[f"input:{inputs[0]}"].dtype))
         if conservation:
             for k, v in result.conservation.items():
                 piece[f"sum:{k}"] = v
@@ -309,10 +343,14 @@ def explain(model: Any, x: Any, method: Any = "lrp.epsilon", target: Any = "pred
     lay = {k.split(":", 1)[1]: v for k, v in joined.items() if k.startswith("layer:")}
     cons = None
     if conservation:
-        order = [graph.input.name] + [nd.name for nd in graph.nodes]
+        order = inputs + [nd.name for nd in graph.nodes]
         cons = {k: joined[f"sum:{k}"] for k in order if f"sum:{k}" in joined}
     score = cons.get(result.start) if cons else None
-    values, dims = joined["input"], result.dims or graph.input.dims
+    if several:     # one relevance per signal input, each in its own layout
+        out = [labeled(joined[f"input:{v.name}"], result.input_dims.get(v.name) or v.dims, dict(coords),
+                       {**attrs, "input": v.name}, lay, cons, score) for v in graph.signal_inputs]
+        return tuple(out) if names is None else dict(zip(inputs, out))
+    values, dims = joined[f"input:{inputs[0]}"], result.dims or graph.input.dims
     if view is not None:
         values, dims, token_coords = view.apply(values, dims)
         coords.update(token_coords)
@@ -333,4 +371,8 @@ def evaluate(name: str, model: Any = None, inputs: Any = None, relevance: Any = 
     if not isinstance(name, str):
         raise MethodError(f"evaluator name must be a str, got {type(name).__name__}")
     fn = registry().evaluator(name)
+    if any(isinstance(a, dict) or isinstance(a, tuple) and len(a) > 1 and all(hasattr(e, "shape") for e in a)
+           for a in (inputs, relevance)):
+        raise UnsupportedError(f"evaluator {name!r} takes one input and its relevance; several inputs (a tuple or "
+                               f"a dict) are not supported by the evaluators yet")
     return fn(model=model, inputs=inputs, relevance=relevance, **params)

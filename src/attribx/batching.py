@@ -23,6 +23,12 @@ def batches(n: int, batch_size: int | None) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
+def each(x: Any, fn):
+    """``fn`` on the input, or on each input of a tuple (one per signal input): batches slice every input
+    along the sample axis."""
+    return tuple(fn(a) for a in x) if isinstance(x, tuple) else fn(x)
+
+
 def memory_budget() -> int:
     """Bytes one explain batch may hold in activations and relevance: a quarter of the physical memory
     available now, at most 4 GiB (1 GiB where the system does not say)."""
@@ -35,7 +41,10 @@ def memory_budget() -> int:
 
 def per_sample_bytes(graph: Graph, x: Any) -> int:
     """What one sample costs a relevance pass, roughly: every node's activation (the forward pass keeps
-    them all) and the relevance beside it, in the input's precision (at least float32)."""
+    them all) and the relevance beside it, in the input's precision (at least float32); ``x`` one input or a
+    tuple of them."""
+    if isinstance(x, tuple):       # the further inputs and their relevance besides the first's pass
+        return per_sample_bytes(graph, x[0]) + sum(2 * max(4, a.dtype.itemsize) * math.prod(a.shape[1:]) for a in x[1:])
     itemsize = max(4, int(getattr(getattr(x, "dtype", None), "itemsize", 4) or 4))
     per_in = math.prod(int(d) for d in x.shape[1:]) if len(x.shape) > 1 else 1
     total = per_in
@@ -49,7 +58,7 @@ def per_sample_bytes(graph: Graph, x: Any) -> int:
 def auto_batch_size(graph: Graph, x: Any) -> int | None:
     """A batch size for inputs whose relevance pass would not fit in :func:`memory_budget` at once (None:
     one batch)."""
-    n = len(x)
+    n = len(x[0] if isinstance(x, tuple) else x)
     per = per_sample_bytes(graph, x)
     if n <= 1 or per * n <= memory_budget():
         return None

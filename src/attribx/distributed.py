@@ -50,6 +50,7 @@ from .evaluators import perturbation as P
 from .evaluators import spray as S
 from .evaluators.base import is_dask
 from .graph import aligned_array
+from .inputs import one_signal_input
 from .streaming import StreamRun, open_source, opened_source, per_sample_slice, positive_batch_size
 
 #: Per worker process: fingerprint -> prepared graph; and how many times a model was prepared here.
@@ -236,6 +237,7 @@ def explain_distributed(model: Any, x: Any, method: Any = "lrp.epsilon", target:
         raise MethodError("on a cluster, engine must be a name (engines are created on the workers)")
     src = open_source(x)
     graph = translate(load_model(model), input_shape=src.sample_shape())
+    one_signal_input(graph, "explain on a dask cluster")
     eng_name = get_engine(engine, graph).name
 
     def batches():

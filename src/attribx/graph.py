@@ -177,12 +177,17 @@ class Graph:
     @property
     def input(self) -> Value:
         """The explained input: the only one, or the one that is not a mask input (:attr:`mask_inputs`)."""
-        masks = set(self.meta.get("mask_inputs", ()))
-        main = [v for v in self.inputs if v.name not in masks]
+        main = self.signal_inputs
         if len(main) != 1:
-            raise GraphError(f"graph has {len(main)} inputs besides its mask inputs; explaining several inputs is not "
-                             f"supported yet")
+            raise GraphError(f"graph has {len(main)} signal inputs ({', '.join(repr(v.name) for v in main)}); this "
+                             f"needs exactly one (explain and forward take them all, as a tuple or a dict by name)")
         return main[0]
+
+    @property
+    def signal_inputs(self) -> list[Value]:
+        """The inputs that take relevance: every input but the mask inputs, in the graph's order."""
+        masks = set(self.meta.get("mask_inputs", ()))
+        return [v for v in self.inputs if v.name not in masks]
 
     @property
     def mask_inputs(self) -> list[Value]:

@@ -17,7 +17,8 @@ from . import composite as C
 from . import parameters as P
 from .errors import ConservationWarning, InputError, MethodError
 from .parameters import FiniteArray, NonNegative, NonNegativeInt, OptionalArray, Positive, PositiveInt
-from .propagation import Propagation, ancestors, blow_up, propagate, run_forward, sample_sums
+from .propagation import (Propagation, ancestors, as_given, blow_up, propagate, run_forward, sample_sums,
+                          signal_values)
 from .rules import (AlphaBeta, DeconvNet, Epsilon, Flat, Gamma, Gradient, GuidedBackprop, Rule, WSquare, ZBox, Zero,
                     ZPlus)
 from .targets import initial_relevance
@@ -132,10 +133,11 @@ class Method:
         """Warn (:class:`~attribx.errors.ConservationWarning`) when the input relevance sums to orders of
         magnitude more than the relevance put at the output, naming the node where it grows. Costs one sum
         over the input relevance; the per-node sums are computed (a second pass) only when the check fails."""
-        r_in = result.relevance.get(graph.input.name)
-        if r_in is None or start not in graph:
+        r_in = [result.relevance.get(v.name) for v in graph.signal_inputs]
+        if any(r is None for r in r_in) or start not in graph:
             return
-        got, put = np.abs(sample_sums(engine, r_in)), np.abs(np.asarray(put, dtype=np.float64))
+        got = np.abs(sum(sample_sums(engine, r) for r in r_in))     # over every signal input
+        put = np.abs(np.asarray(put, dtype=np.float64))
         tol = self.conservation_factor * put + 1e-3 * float(put.max(initial=0.0)) + 1e-6
         bad = np.flatnonzero(~(got <= tol))        # NaN counts as departing too
         if not len(bad):
@@ -152,10 +154,13 @@ class Method:
             stacklevel=4)
 
     def finish(self, engine, graph, result: Propagation, x, params=None) -> None:
-        inp = graph.input.name
-        result.dims = graph.input.dims
-        if self.input_modifier is not None:
-            result.relevance[inp], result.dims = self.input_modifier(engine, result.relevance[inp], x, graph.input.dims)
+        """The input modifier on each signal input's relevance; its dims recorded per input."""
+        for inp, xi in signal_values(graph, x).items():
+            dims = next(v.dims for v in graph.signal_inputs if v.name == inp)
+            if self.input_modifier is not None:
+                result.relevance[inp], dims = self.input_modifier(engine, result.relevance[inp], xi, dims)
+            result.input_dims[inp] = dims
+        result.dims = next(iter(result.input_dims.values()))
 
 
 def _growth_hint(op: str | None) -> str:
@@ -176,8 +181,9 @@ class AveragedMethod(Method):
         super().__post_init__()
         self.needs_real_input = True
 
-    def points(self, engine, x, params, rng):
-        """Yield (input, weight) pairs; the result is Σ weight · relevance(input)."""
+    def points(self, engine, xs, params, rng):
+        """Yield (inputs, weight) pairs, ``xs`` and each ``inputs`` a list with one array per signal input; the
+        result is Σ weight · relevance(inputs)."""
         raise NotImplementedError
 
     def run(self, graph, engine, x, targets_fn, params, init=None, keep=(), conservation=False, ops=None,
@@ -189,13 +195,15 @@ class AveragedMethod(Method):
         scores = run_forward(graph, engine, x, upto=start, masks=masks)[start]
         fixed = targets_fn(engine.to_numpy(scores))
         base = Method(self.name, self.composite, defaults={}, output_init=self.output_init)   # one plain pass
-        total = None
+        names = [v.name for v in graph.signal_inputs]
+        total = {}
         rng = np.random.default_rng(params.get("seed", 0))
-        for xi, w in self.points(engine, x, params, rng):
-            r = Method.run(base, graph, engine, xi, lambda s: fixed, {}, init, ops=ops,
-                           rules=rules, masks=masks).relevance[graph.input.name]
-            total = r * w if total is None else total + r * w
-        result = Propagation(scores, {graph.input.name: total}, targets=fixed[0], start=start)
+        for xi, w in self.points(engine, list(signal_values(graph, x).values()), params, rng):
+            rel = Method.run(base, graph, engine, as_given(graph, xi), lambda s: fixed, {}, init, ops=ops,
+                             rules=rules, masks=masks).relevance
+            for name in names:
+                total[name] = rel[name] * w if name not in total else total[name] + rel[name] * w
+        result = Propagation(scores, total, targets=fixed[0], start=start)
         self.finish(engine, graph, result, x, params)
         return result
 
@@ -204,28 +212,43 @@ class SmoothGrad(AveragedMethod):
     """SmoothGrad (Smilkov et al. 2017): the mean gradient over ``samples`` copies of x with Gaussian
     noise of standard deviation ``noise`` × (max − min of each sample); ``seed`` fixes the noise."""
 
-    def points(self, engine, x, params, rng):
+    def points(self, engine, xs, params, rng):
+        """Noise on every input, each scaled by its own range."""
         n = int(params["samples"])
-        xn = engine.to_numpy(x)
-        axes = tuple(range(1, xn.ndim))
-        std = params["noise"] * (xn.max(axis=axes, keepdims=True) - xn.min(axis=axes, keepdims=True))
+        stds = []
+        for x in xs:
+            xn = engine.to_numpy(x)
+            axes = tuple(range(1, xn.ndim))
+            stds.append(params["noise"] * (xn.max(axis=axes, keepdims=True) - xn.min(axis=axes, keepdims=True)))
         for _ in range(n):
-            eps = rng.standard_normal(xn.shape) * std
-            yield x + engine.asarray(eps, dtype=engine.dtype_of(x)), 1.0 / n
+            yield [x + engine.asarray(rng.standard_normal(tuple(x.shape)) * std, dtype=engine.dtype_of(x))
+                   for x, std in zip(xs, stds)], 1.0 / n
 
 
 class IntegratedGradients(AveragedMethod):
     """Integrated gradients (Sundararajan et al. 2017): (x − baseline) × the mean gradient at
-    baseline + α (x − baseline) for α = 1/steps, 2/steps, ..., 1 (the right Riemann sum, as zennit)."""
+    baseline + α (x − baseline) for α = 1/steps, 2/steps, ..., 1 (the right Riemann sum, as zennit and
+    Captum's ``method="riemann_right"``). Several inputs move together along one α, each from its own
+    baseline (``baseline``: one for all, or a tuple with one per signal input)."""
 
-    def points(self, engine, x, params, rng):
+    def points(self, engine, xs, params, rng):
         steps = int(params["steps"])
-        b = self.baseline(engine, x, params)
+        bs = self.baselines(engine, xs, params)
         for k in range(1, steps + 1):
-            yield b + (x - b) * (k / steps), 1.0 / steps
+            yield [b + (x - b) * (k / steps) for x, b in zip(xs, bs)], 1.0 / steps
 
-    def baseline(self, engine, x, params):
-        base = np.asarray(params["baseline"], dtype=np.float64)
+    def baselines(self, engine, xs, params):
+        given = params["baseline"]
+        if isinstance(given, (tuple, list)) and len(xs) > 1:
+            if len(given) != len(xs):
+                raise InputError(f"integrated_gradients: {len(given)} baselines for {len(xs)} inputs; give one "
+                                 f"per signal input, or one for all")
+        else:
+            given = [given] * len(xs)
+        return [self.baseline(engine, x, b) for x, b in zip(xs, given)]
+
+    def baseline(self, engine, x, given):
+        base = np.asarray(given, dtype=np.float64)
         try:
             return engine.zeros_like(x) + engine.asarray(base, dtype=engine.dtype_of(x))
         except Exception:
@@ -233,8 +256,9 @@ class IntegratedGradients(AveragedMethod):
                              f"inputs of shape {tuple(x.shape)}") from None
 
     def finish(self, engine, graph, result, x, params=None):
-        inp = graph.input.name
-        result.relevance[inp] = result.relevance[inp] * (x - self.baseline(engine, x, params))
+        xs = signal_values(graph, x)
+        for (inp, xi), b in zip(xs.items(), self.baselines(engine, list(xs.values()), params)):
+            result.relevance[inp] = result.relevance[inp] * (xi - b)
         super().finish(engine, graph, result, x, params)
 
 

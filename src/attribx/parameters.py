@@ -103,11 +103,14 @@ def integer(minimum: int = 0) -> Range:
 
 
 def _finite_array(v) -> bool:
-    a = np.asarray(v)
+    try:
+        a = np.asarray(v)
+    except ValueError:      # arrays of different shapes: one per input (integrated gradients' baselines)
+        return isinstance(v, (tuple, list)) and all(_finite_array(e) for e in v)
     return a.dtype.kind in "iuf" and a.size > 0 and bool(np.all(np.isfinite(a)))
 
 
-#: a finite number or an array (list) of finite numbers
+#: a finite number or an array (list) of finite numbers (or a tuple of them, one per input)
 finite_array = Range("a finite number or an array of finite numbers", _finite_array)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .bounds import gated_products, nonnegative_values, value_bounds
-from .errors import UnsupportedError
+from .errors import InputError, UnsupportedError
 from .rules.base import NodeContext
 
 
@@ -25,20 +25,39 @@ def ancestors(graph, start: str) -> list[str]:
     return [n.name for n in graph.nodes if n.name in needed]
 
 
+def signal_values(graph, x) -> dict[str, Any]:
+    """The signal inputs' values by name: ``x`` is one array (a graph with one signal input) or a tuple of
+    arrays, one per signal input in :attr:`Graph.signal_inputs` order."""
+    signals = graph.signal_inputs
+    if not isinstance(x, (tuple, list)):
+        return {graph.input.name: x}
+    if len(x) != len(signals):
+        raise InputError(f"{len(x)} inputs given; the graph's signal inputs are "
+                         f"{', '.join(repr(v.name) for v in signals)}")
+    return {v.name: a for v, a in zip(signals, x)}
+
+
+def as_given(graph, arrays: Sequence[Any]):
+    """Per-input arrays (signal order) in the form the pass takes: the array itself for one signal input."""
+    return arrays[0] if len(graph.signal_inputs) == 1 else tuple(arrays)
+
+
 def run_forward(graph, engine, x, upto: str | None = None, masks: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Activations of the graph's input and every node up to ``upto`` (default: all outputs); ``masks``: the
-    values of the graph's mask inputs by name (engine arrays), all ones for those not given."""
+    """Activations of the graph's inputs and every node up to ``upto`` (default: all outputs); ``x``: one array,
+    or a tuple with one per signal input (:func:`signal_values`); ``masks``: the values of the graph's mask
+    inputs by name (engine arrays), all ones for those not given."""
     names = set(ancestors(graph, upto)) if upto else None
-    acts = {graph.input.name: x}
+    acts = signal_values(graph, x)
+    first = next(iter(acts.values()))
     for v in graph.mask_inputs:
         given = (masks or {}).get(v.name)
         acts[v.name] = given if given is not None else engine.asarray(
-            np.ones((int(x.shape[0]), *v.shape[1:]), dtype=v.dtype))
+            np.ones((int(first.shape[0]), *v.shape[1:]), dtype=v.dtype))
     for node in graph.nodes:
         if names is not None and node.name not in names:
             continue
         ins = [acts[i] for i in node.inputs]
-        acts[node.name] = engine.forward(node, ins, engine.node_params(node, ins or [x]))
+        acts[node.name] = engine.forward(node, ins, engine.node_params(node, ins or [first]))
     return acts
 
 
@@ -47,11 +66,12 @@ class Propagation:
     """What one relevance pass returns (engine arrays)."""
 
     output: Any                      # the values at the start node (scores)
-    relevance: dict[str, Any]        # at the input, and at every kept node's output
+    relevance: dict[str, Any]        # at each signal input, and at every kept node's output
     conservation: dict[str, Any] = field(default_factory=dict)  # per node: relevance sum per sample
     targets: Any = None              # explained class per sample
     start: str = ""                  # the node whose values were explained
     dims: tuple = ()                 # dims of the input relevance (a method may reduce some)
+    input_dims: dict[str, tuple] = field(default_factory=dict)   # the same per signal input, by name
     #: with ``trace=True``: per node, (relevance sum at its output, sum of what its rule passed back), per sample
     flow: dict[str, tuple] = field(default_factory=dict)
 
@@ -119,13 +139,13 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
             if ri is None:
                 continue
             rel[i] = rel[i] + ri if i in rel else ri
-    inp = graph.input.name
-    r_in = rel.get(inp)
-    if r_in is None:
-        r_in = engine.zeros_like(x)
-    if conservation:
-        sums[inp] = _sample_sum(engine, r_in)
-    kept[inp] = r_in
+    for inp, xi in signal_values(graph, x).items():
+        r_in = rel.get(inp)
+        if r_in is None:
+            r_in = engine.zeros_like(xi)
+        if conservation:
+            sums[inp] = _sample_sum(engine, r_in)
+        kept[inp] = r_in
     return Propagation(scores, kept, sums, start=start, flow=flow)
 
 

@@ -58,6 +58,9 @@ class AttentionRollout(Method):
 
     def run(self, graph, engine, x, targets_fn, params: Mapping[str, Any], init=None, keep=(),
             conservation=False, ops=None, rules=None, masks=None) -> Propagation:
+        if len(graph.signal_inputs) > 1:
+            raise MethodError(f"method {self.name!r} reads attention over one input's tokens; this model has several "
+                              f"signal inputs ({', '.join(v.name for v in graph.signal_inputs)})")
         if keep or conservation:
             raise MethodError(f"method {self.name!r} reads attention maps: layers= and conservation= are not "
                               f"available for it")

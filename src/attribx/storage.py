@@ -442,6 +442,9 @@ def save(obj, path, mode: str = "w") -> None:
         path = os.fspath(path)
     except TypeError:
         raise StorageError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+    if isinstance(obj, (tuple, list, dict)):
+        raise StorageError(f"{path}: the relevance of several inputs (a {type(obj).__name__} of DataArrays) is not "
+                           f"saved in one file yet; save each input's relevance to a file of its own")
     if mode not in ("w", "a"):
         raise StorageError(f"{path}: mode must be 'w' (write) or 'a' (append), got {mode!r}")
     try:

@@ -35,7 +35,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .api import _select_output, explain, get_engine, load_model, translate
-from .errors import InputError
+from .errors import InputError, UnsupportedError
+from .inputs import one_signal_input
 from .methods import as_method
 from .relevance_format import h5py, require_h5py
 from .plugins import registry
@@ -297,6 +298,9 @@ def open_source(obj: Any, ids: Any = None, **kwargs: Any) -> Source:
         if path.endswith((".h5", ".hdf5")):
             raise InputError(f"{path}: name the dataset: {path}:DATASET")
         raise InputError(f"{path}: not a streaming source (.npy, file.h5:dataset, .zarr, a directory of images)")
+    if isinstance(obj, dict) or isinstance(obj, tuple) and len(obj) > 1 and all(hasattr(a, "shape") for a in obj):
+        raise UnsupportedError(f"a {type(obj).__name__} of arrays is several inputs, which streaming does not take "
+                               f"yet (use attribx.explain in memory; batches to stream come as a list or a generator)")
     if hasattr(obj, "shape") and hasattr(obj, "__getitem__") and len(getattr(obj, "shape")) >= 1:
         return ArraySource(obj, ids)
     if hasattr(obj, "__iter__"):
@@ -402,6 +406,7 @@ class StreamRun:
         resolved = self.method.resolve(params)
         self.path = os.fspath(out_path)
         graph = translate(load_model(model), input_shape=src.sample_shape())   # tracing backends need it
+        one_signal_input(graph, "explaining a data set (streaming to a file)")
         self.graph = _select_output(graph, output)
         self.engine = get_engine(engine, self.graph)
         # the explained node, where it is not the graph's own output (the graph's fingerprint has it too); left

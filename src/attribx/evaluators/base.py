@@ -30,6 +30,7 @@ from ..errors import InputError, MethodError
 from ..api import get_engine, translate, forward
 from ..batching import batches as _batches
 from ..graph import layout_dims
+from ..inputs import one_signal_input
 from ..progress import progress
 from ..storage import open_relevance
 from ..targets import resolve_targets
@@ -215,6 +216,7 @@ class ModelRunner:
         self.batch_size = positive_int(evaluator, "batch_size", batch_size, allow_none=True)
         self.progress_bar = progress_bar
         self.graph = translate(model, input_shape=tuple(int(d) for d in sample_shape))
+        one_signal_input(self.graph, f"evaluator {evaluator!r}")
         self.engine = get_engine(engine, self.graph)
         out = self.graph.output
         node = self.graph[out] if out in self.graph else None

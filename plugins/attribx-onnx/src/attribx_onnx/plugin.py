@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from attribx import hookimpl
+from attribx.inputs import first_shape
 
 from .load import load_onnx              # neither imports onnx at import time: onnx loads when a model is read
 from .translate import translate_onnx
@@ -18,7 +19,7 @@ def attribx_translate(model, input_shape, converters):
     layered over the built-in table for this translation."""
     if not is_onnx_model(model):
         return None
-    return translate_onnx(model, input_shape, converters)
+    return translate_onnx(model, first_shape(input_shape), converters)   # further inputs: masks (or refused)
 
 
 @hookimpl

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from attribx import hookimpl
+from attribx.inputs import first_shape
 
 from .engine import TorchEngine     # imports torch only when the engine first touches an array
 
@@ -43,7 +44,7 @@ def attribx_translate(model, input_shape, converters):
     # torch is imported only for torch models
     if _is_exported_program(model):
         from .export import translate_program
-        return translate_program(model, input_shape, converters)
+        return translate_program(model, first_shape(input_shape), converters)   # further inputs: masks
     if not _is_torch_module(model):
         return None
     from .translate import translate_module

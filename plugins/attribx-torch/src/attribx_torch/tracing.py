@@ -113,26 +113,33 @@ class Tracer(fx.Tracer):
         return node
 
 
-def concrete_args(model: nn.Module) -> tuple[dict, str | None]:
-    """forward's parameters after the first, bound to their defaults; error if one has none."""
+def concrete_args(model: nn.Module, n_inputs: int = 1) -> tuple[dict, list[str]]:
+    """forward's parameters after the first ``n_inputs`` (the traced inputs), bound to their defaults; error if
+    one has none. Returns them and the traced inputs' names."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
-        return {}, None
+        return {}, []
     if not params:
         raise UnsupportedError(f"{type(model).__name__}.forward takes no input")
+    inputs = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)][:n_inputs]
+    if len(inputs) < n_inputs:
+        raise UnsupportedError(f"{n_inputs} inputs given; {type(model).__name__}.forward takes "
+                               f"{len(inputs)} ({', '.join(p.name for p in inputs)})")
     concrete = {}
-    for p in params[1:]:
+    for p in params[n_inputs:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.default is p.empty:
             raise UnsupportedError(
-                f"{type(model).__name__}.forward takes several inputs ({', '.join(q.name for q in params)}); "
-                f"attribx translates models with one input tensor (wrap the model in a module that "
-                f"takes one; sequence lengths for pack_padded_sequence are computed inside the model from the "
-                f"padded input, e.g. (ids != pad).sum(1))")
+                f"{type(model).__name__}.forward takes several inputs ({', '.join(q.name for q in params)}), "
+                f"{'one input' if n_inputs == 1 else f'{n_inputs} inputs'} given: pass them all, "
+                f"attribx.explain(model, "
+                f"({', '.join(q.name for q in params if q.default is q.empty)})), or translate(model, "
+                f"input_shape=(shape, ...)) with one shape per input (sequence lengths for pack_padded_sequence "
+                f"are computed inside the model from the padded input, e.g. (ids != pad).sum(1))")
         concrete[p.name] = p.default
-    return concrete, params[0].name
+    return concrete, [p.name for p in inputs]
 
 
 class Holder(nn.Module):

@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from attribx.errors import InputError, InputShapeError, UnsupportedError
 from attribx.graph import Graph
+from attribx.inputs import first_shape
 from attribx.translation import Converter
 
 from .converters import TABLE
@@ -109,6 +110,25 @@ def _walker(model, input_shape, dtype, plugins: tuple) -> Walker:
     return Walker(model, input_shape, dtype, table, functions)
 
 
+def _checked(input_shape):
+    """One sample's shape as ints; or, for a model with several inputs, a tuple of them or a dict by name."""
+    if isinstance(input_shape, dict):
+        return {k: _checked(v) for k, v in input_shape.items()}
+    if input_shape and isinstance(input_shape[0], (tuple, list)):
+        return tuple(_checked(v) for v in input_shape)
+    try:
+        input_shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise InputError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
+    if any(d < 1 for d in input_shape):
+        raise InputError(f"input_shape {input_shape} has a non-positive size")
+    return input_shape
+
+
+def _hashable(input_shape):
+    return tuple(input_shape.items()) if isinstance(input_shape, dict) else input_shape
+
+
 def _translate_module(model: nn.Module, input_shape: tuple | None, plugins: tuple) -> Graph:
     warn_if_training(model, stacklevel=3)
     implied = input_shape is None
@@ -118,14 +138,11 @@ def _translate_module(model: nn.Module, input_shape: tuple | None, plugins: tupl
                               f"input_shape=(T,)) with the sequence length, or call attribx.explain(model, "
                               f"input_ids), which takes the shape from the data", None)
     if not implied:
-        try:
-            input_shape = tuple(int(d) for d in input_shape)
-        except (TypeError, ValueError):
-            raise InputError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
-        if any(d < 1 for d in input_shape):
-            raise InputError(f"input_shape {input_shape} has a non-positive size")
+        if is_hf_model(model):      # its further inputs are masks shaped like input_ids
+            input_shape = first_shape(input_shape)
+        input_shape = _checked(input_shape)
         dtype = model_dtype(model)
-        key = (input_shape, str(dtype), plugins)
+        key = (_hashable(input_shape), str(dtype), plugins)
         with _lock:
             entry = _cache.get(model, {}).get(key)
         if entry is not None and same_fingerprint(entry[0], fingerprint(model)):
@@ -135,7 +152,7 @@ def _translate_module(model: nn.Module, input_shape: tuple | None, plugins: tupl
         if implied:
             input_shape = _implied_input_shape(_walker(model, (), model_dtype(model), plugins))
         dtype = model_dtype(model)
-        key = (input_shape, str(dtype), plugins)
+        key = (_hashable(input_shape), str(dtype), plugins)
         try:
             graph = _walker(model, input_shape, dtype, plugins).run()
         except InputShapeError as err:

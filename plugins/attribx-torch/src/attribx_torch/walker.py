@@ -17,8 +17,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from attribx.errors import AttribxError, GraphError, InputShapeError, UnsupportedError
+from attribx.errors import AttribxError, GraphError, InputError, InputShapeError, UnsupportedError
 from attribx.graph import Graph, Value, layout_dims
+from attribx.inputs import first_shape
 from attribx.translation import ConverterTable, Tensor, Translator
 
 from .aliasing import Aliases
@@ -53,7 +54,10 @@ class Walker(Translator):
                  leaf_functions: tuple = ()):
         super().__init__(type(model).__name__, np.float64 if dtype == torch.float64 else np.float32)
         self.model = model
-        self.input_shape = input_shape
+        several = isinstance(input_shape, dict) or bool(input_shape) and isinstance(input_shape[0], (tuple, list))
+        self.shapes = input_shape if several else None     # one per input (a tuple, or a dict by forward's names)
+        self.input_shape = first_shape(input_shape)
+        self.input_names = ["input"]            # the graph inputs: one per traced forward argument
         self.dtype = dtype
         self.table = table
         self.leaf_functions = tuple(leaf_functions)     # a plugin's plain functions, traced as one call
@@ -198,7 +202,14 @@ class Walker(Translator):
         # a module we translate whole is traced as the one call of a holder, so it keeps its name
         whole = module_converter(self.table, model) is not None or fx.Tracer().is_leaf_module(model, "")
         self.root = root = Holder(model) if whole else model
-        concrete, _ = concrete_args(root)
+        concrete, self.params = concrete_args(root, 1 if self.shapes is None else len(self.shapes))
+        if isinstance(self.shapes, dict):       # by forward's parameter names, in its order
+            unknown = [k for k in self.shapes if k not in self.params]
+            if unknown:
+                raise InputError(f"input(s) {', '.join(map(repr, unknown))}: {type(model).__name__}.forward "
+                                 f"takes {', '.join(self.params)}")
+            self.shapes = tuple(self.shapes[k] for k in self.params)
+            self.input_shape = self.shapes[0]
         tracer = Tracer(lambda m: module_converter(self.table, m) is not None, self.leaf_functions)
         before = set(vars(root))
         try:
@@ -236,10 +247,12 @@ class Walker(Translator):
         for fill in ((1, 2, 0) if packs else (0,)):
             example = torch.full((1, *self.input_shape), fill, dtype=torch.long if self.indices else self.dtype,
                                  device=device_of(model))
+            more = [torch.zeros((1, *shape), dtype=self.dtype, device=device_of(model))
+                    for shape in (self.shapes or ())[1:]]     # further inputs: real-valued signals
             rec = Recorder(self.gm)
             try:
                 with torch.no_grad():
-                    rec.run(example)
+                    rec.run(example, *more)
                 return rec.env, example
             except Exception as err:
                 first_err = first_err or err
@@ -248,6 +261,10 @@ class Walker(Translator):
     def shape_error(self, fx_graph, err) -> InputShapeError:
         """The model does not run on the example: torch's reason, and the shape its first layer takes."""
         shape = tuple(self.input_shape)
+        if self.shapes is not None:
+            given = ", ".join(f"{p} {tuple(s)}" for p, s in zip(self.params, self.shapes))
+            return InputShapeError(f"{type(self.model).__name__} does not run on one sample of each input ({given}): "
+                                   f"{type(err).__name__}: {first_line(err)}", None)
         first = first_layer(self.table, fx_graph, self.root)
         takes = (f"its first layer {first[0]!r} ({type(first[1]).__name__}) takes one sample of shape "
                  f"{pretty(first[2])}" if first else
@@ -266,15 +283,18 @@ class Walker(Translator):
         self.env, example = self.record(fx_graph)
         nodes = list(fx_graph.nodes)
         self.order = {n: i for i, n in enumerate(nodes)}
+        if self.shapes is not None:     # several inputs: each named after its forward argument
+            self.input_names = [p if p == "input" else self.unique(p) for p in self.params]
         self.main_names.update(self.names(nodes))
         outputs = None
-        first = True
+        placeholders = 0
         for n in nodes:
             self.node = n
             if n.op == "placeholder":
-                if first:
-                    self.values[n] = Tensor("input", tuple(example.shape), dtype=example.dtype)
-                    first = False
+                if placeholders < len(self.input_names):
+                    name = self.input_names[placeholders]
+                    self.values[n] = Tensor(name, tuple(self.env[n].shape), dtype=self.env[n].dtype)
+                    placeholders += 1
                 elif n in self.masks:       # a mask input (attention_mask): a graph input that takes no relevance
                     self.values[n] = Tensor(self.masks[n], tuple(self.env[n].shape), dtype=self.env[n].dtype)
                     self.counts.add(self.masks[n])
@@ -488,7 +508,7 @@ class Walker(Translator):
         outs = [self.materialize(v) for v in flat]
         # a model that returns its input unchanged still gets a node to explain
         self.origin = "Identity"
-        return [self.emit("identity", [o], o.shape, name=self.unique("output")) if o.name == "input" else o
+        return [self.emit("identity", [o], o.shape, name=self.unique("output")) if o.name in self.input_names else o
                 for o in outs]
 
     def _finish(self, outputs) -> Graph:
@@ -503,7 +523,7 @@ class Walker(Translator):
                 raise UnsupportedError(f"output {o.name!r} has dtype {o.dtype}, the model's is {self.dtype}")
         dtype = "int64" if self.indices else "float64" if self.dtype == torch.float64 else "float32"
         full = (None, *self.input_shape)
-        self.aliases = {k: v for k, v in self.aliases.items() if v in needed or v == "input"}
+        self.aliases = {k: v for k, v in self.aliases.items() if v in needed or v in self.input_names}
         layout = ("sample",) + tuple("token" if i == 0 else f"position_{i}" for i in range(len(full) - 1))
         if not self.indices:
             layout = layout_dims("NTE" if self.sequence_input else None, len(full))
@@ -512,9 +532,12 @@ class Walker(Translator):
         masks = [Value(name, (None, *self.env[n].shape[1:]), float_dtype, ("sample", "token")[:self.env[n].dim()])
                  for n, name in self.masks.items()]
         meta = {"mask_inputs": list(self.masks.values())} if masks else {}
-        graph = self.finish([Value("input", full, dtype, layout)] + masks, [o.name for o in outputs], backend="torch",
-                            framework="torch", torch_version=torch.__version__, input_shape=list(self.input_shape),
-                            **meta)
+        more = [Value(name, (None, *shape), float_dtype, layout_dims(None, len(shape) + 1))
+                for name, shape in zip(self.input_names[1:], (self.shapes or ())[1:])]
+        shapes = [list(s) for s in self.shapes] if self.shapes is not None else list(self.input_shape)
+        graph = self.finish([Value(self.input_names[0], full, dtype, layout)] + more + masks,
+                            [o.name for o in outputs], backend="torch", framework="torch",
+                            torch_version=torch.__version__, input_shape=shapes, **meta)
         for nd in graph.nodes:   # the graph's shapes must be torch's, batch axis first
             want = self.expected.get(nd.name)
             got = tuple(1 if d is None else d for d in nd.shape)

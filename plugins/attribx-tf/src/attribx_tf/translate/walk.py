@@ -14,6 +14,7 @@ import numpy as np
 
 from attribx.errors import AttribxError, InputError, UnsupportedError
 from attribx.graph import Graph, Value, layout_dims
+from attribx.inputs import first_shape
 from attribx.plugins import registry
 from attribx.translation import ConverterTable, Tensor, TranslationError, Translator
 
@@ -104,11 +105,9 @@ class KerasTranslator(Translator):
             if self.input_shape is None:
                 raise InputError(f"Keras model {model.name!r} is not built and no input shape is known; "
                                  f"pass one sample's shape: attribx.translate(model, input_shape=(32, 32, 3))")
-            model.build((None, *self.input_shape))
+            model.build((None, *first_shape(self.input_shape)))
         inputs = list(getattr(model, "inputs", None) or [])
-        if len(inputs) > 1:
-            raise UnsupportedError(f"Keras model {model.name!r} has {len(inputs)} inputs; attribx graphs "
-                                   f"explain models with one input for now")
+        given = self._given_shapes(inputs)
         kshape = tuple(inputs[0].shape[1:]) if inputs else None
         dtype = str(inputs[0].dtype) if inputs else str(model.dtype_policy.variable_dtype)
         shape = self._input_shape(kshape)
@@ -125,7 +124,8 @@ class KerasTranslator(Translator):
         self.input_name = in_name
         full = (None, *shape)
         self.shapes[in_name] = full
-        outs = self.walk(model, [KTensor(in_name, full)], prefix="")
+        more = [self._further_input(t, g) for t, g in zip(inputs[1:], given[1:])]
+        outs = self.walk(model, [KTensor(in_name, full)] + [KTensor(v.name, v.shape) for v in more], prefix="")
         layout = None
         if self.indices:
             layout = ("sample",) + tuple("token" if i == 0 else f"position_{i}" for i in range(len(full) - 1))
@@ -142,7 +142,45 @@ class KerasTranslator(Translator):
             if o.name == in_name:    # a model that returns its input still gets a node to explain
                 o = self.emit("identity", [o], name=self.unique("output"), order=o.order)
             finals.append(o)
-        return self._finish(value, finals, shape)
+        return self._finish([value] + more, finals, shape if not more else [shape] + [list(v.shape[1:]) for v in more])
+
+    def _given_shapes(self, inputs) -> list:
+        """One sample's shape per Keras input (None where not given); ``self.input_shape`` becomes the first's.
+        Several are given as a tuple (in the model's input order) or a dict by input name."""
+        given = self.input_shape
+        names = [t._keras_history[0].name for t in inputs]
+        if isinstance(given, dict):
+            unknown = [k for k in given if k not in names]
+            if unknown:
+                raise InputError(f"input(s) {', '.join(map(repr, unknown))}: Keras model {self.model.name!r} takes "
+                                 f"{', '.join(map(repr, names))}")
+            given = [given.get(k) for k in names]
+        elif given and isinstance(given[0], (tuple, list)):
+            if len(inputs) > 1 and len(given) != len(inputs):
+                raise InputError(f"{len(given)} inputs given; Keras model {self.model.name!r} takes {len(inputs)} "
+                                 f"({', '.join(map(repr, names))})")
+            given = list(given)
+        else:
+            given = [given] + [None] * (len(inputs) - 1)
+        self.input_shape = given[0]
+        return given
+
+    def _further_input(self, t, given) -> Value:
+        """A Keras input after the first: a real-valued signal, in Keras's (channels-last) layout."""
+        name = t._keras_history[0].name
+        if "float" not in str(t.dtype):
+            raise UnsupportedError(f"input {name!r} of Keras model {self.model.name!r} has dtype {t.dtype}; inputs "
+                                   f"after the first must be real-valued signals")
+        keep, self.input_shape = self.input_shape, given
+        try:
+            shape = self._input_shape(tuple(t.shape[1:]))
+        finally:
+            self.input_shape = keep
+        self.used.add(name)
+        full = (None, *shape)
+        self.shapes[name] = full
+        layout = CHANNELS_LAST_LAYOUTS.get(len(full)) if keras.config.image_data_format() == "channels_last" else None
+        return Value(name, full, "float64" if "64" in str(t.dtype) else "float32", layout_dims(layout, len(full)))
 
     def _input_shape(self, kshape):
         given = None if self.input_shape is None else tuple(int(d) for d in self.input_shape)
@@ -265,20 +303,20 @@ class KerasTranslator(Translator):
             self.alias(self.main, (y[0] if isinstance(y, list) else y).name)
         return y
 
-    def _finish(self, value: Value, outputs: list, shape) -> Graph:
+    def _finish(self, values: list[Value], outputs: list, shape) -> Graph:
         """The graph of the nodes the outputs need, with the aliases that still name one of them."""
         needed = {o.name for o in outputs}
         for node in reversed(self.nodes):
             if node.name in needed:
                 needed.update(node.inputs)
         self.nodes = [n for n in self.nodes if n.name in needed]
-        names = {n.name for n in self.nodes} | {value.name}
+        names = {n.name for n in self.nodes} | {v.name for v in values}
         aliases = {k: v for k, v in self.aliases.items() if v in names}
         for bare, full in self.bare.items():   # inner names of nested models, where unambiguous
             if bare not in self.used and len(full) == 1:
                 aliases[bare] = aliases.get(full[0], full[0])
         self.aliases = aliases
-        return self.finish([value], [o.name for o in outputs], backend="keras", framework="tensorflow",
+        return self.finish(list(values), [o.name for o in outputs], backend="keras", framework="tensorflow",
                            keras_version=keras.__version__, input_shape=list(shape))
 
 
@@ -300,11 +338,14 @@ def translate_keras(model, input_shape, converters=()) -> Graph:
     """The attribx graph of a Keras 3 model; ``input_shape`` (one sample, no batch axis) fills free sizes;
     ``converters`` (plugins' :class:`~attribx.translation.Converter` records) replace or add to the
     built-in ones for this translation."""
-    if input_shape is not None:
+    several = isinstance(input_shape, dict) or bool(input_shape) and isinstance(input_shape[0], (tuple, list))
+    if input_shape is not None and not several:     # several (one per input) are checked input by input
         try:
             input_shape = tuple(int(d) for d in input_shape)
         except (TypeError, ValueError):
             raise InputError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
+    if not isinstance(model, keras.Model) and several:
+        input_shape = first_shape(input_shape)
     if not isinstance(model, keras.Model):
         # a bare layer: wrap it, so that it translates like a one-layer model
         if input_shape is None:
