@@ -10,8 +10,9 @@ needs carry the layer's name and a suffix after a colon, as in the torch backend
 Converters. Each layer goes to the converter registered for its class (looked up along the MRO, so a
 subclass of ``Dense`` is a Dense) in one table, :data:`.common.TABLE`, by the family modules where they
 are written: :mod:`.layers` (Dense, convolutions, BatchNormalization, Embedding), :mod:`.elementwise`
-(activations, Rescaling, Normalization, dropout), :mod:`.shape` (Flatten, Reshape, Permute, padding,
-cropping, Concatenate and merges), :mod:`.pooling`, :mod:`.recurrent` (LSTM, GRU, Bidirectional) and
+(activations, Rescaling, Normalization, dropout, ConvNeXt's LayerScale), :mod:`.shape` (Flatten, Reshape,
+Permute, padding, cropping, Concatenate and merges), :mod:`.operations` (``keras.ops`` arithmetic in a
+functional model: ``x + 3.0``, ``a + b``), :mod:`.pooling`, :mod:`.recurrent` (LSTM, GRU, Bidirectional) and
 :mod:`.masks` (Masking), :mod:`.transformer` (LayerNormalization, RMSNormalization, EinsumDense,
 MultiHeadAttention, UpSampling2D, Resizing). A plugin adds or replaces one with ``attribx.translation.converter("keras",
 LayerClass)`` and the ``attribx_converters`` hook; its converters are layered over the built-in table
@@ -46,7 +47,7 @@ the graph cannot express exactly raises an UnsupportedError naming the layer too
 """
 # the converter families: importing them registers their converters in TABLE (before any walk runs: the
 # walk's module is inside this package, so importing it runs this first)
-from . import elementwise, layers, pooling, recurrent, shape, transformer  # noqa: F401
+from . import elementwise, layers, operations, pooling, recurrent, shape, transformer  # noqa: F401
 from .common import HOOK_HINT, TABLE
 from .masks import KTensor
 from .walk import KerasTranslator, translate_keras

@@ -18,6 +18,12 @@ class Unsupported(Exception):
     :class:`attribx.UnsupportedError` naming the layer."""
 
 
+def present(*classes) -> list:
+    """The layer classes this Keras has (keras.applications' own layers, imported where the Keras version
+    has them, are None otherwise): a converter registers for those only."""
+    return [c for c in classes if c is not None]
+
+
 def one(xs: list):
     """The single input of a layer that takes one."""
     if len(xs) != 1:

@@ -1,5 +1,6 @@
 """Keras converters of elementwise layers: activations (as layers and fused into Dense/Conv), Rescaling and
-Normalization, and the layers that pass their input on at inference (dropout, noise, Identity).
+Normalization, ConvNeXt's LayerScale, and the layers that pass their input on at inference (dropout, noise,
+Identity, ConvNeXt's StochasticDepth).
 
 Elementwise layers keep their input's axis order: a value stored channel-first stays so.
 """
@@ -10,7 +11,12 @@ import functools
 import keras
 import numpy as np
 
-from .common import TABLE, Unsupported, as_numpy, one
+from .common import TABLE, Unsupported, as_numpy, one, present
+
+try:     # keras.applications' own layers (not exported under keras.layers)
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+except ImportError:          # another Keras: the applications then translate without them or stop naming them
+    LayerScale = StochasticDepth = None
 
 _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
@@ -129,7 +135,8 @@ def softmax(ctx, layer, xs):
 
 @TABLE.register(keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
                 keras.layers.SpatialDropout3D, keras.layers.GaussianNoise, keras.layers.GaussianDropout,
-                keras.layers.AlphaDropout, keras.layers.ActivityRegularization, keras.layers.Identity)
+                keras.layers.AlphaDropout, keras.layers.ActivityRegularization, keras.layers.Identity,
+                *present(StochasticDepth))
 def passthrough(ctx, layer, xs):
     """Layers that change nothing at inference: no node; the layer's name becomes an alias of its input."""
     return one(xs)
@@ -164,3 +171,13 @@ def normalization(ctx, layer, xs):
         return ctx.emit("add", [h, ctx.constant(mean, "mean")], order=x.order)
     h = ctx.emit("add", [x, ctx.constant(-mean, "minus_mean")], name=ctx.sub("centered"), order=x.order)
     return ctx.emit("mul", [h, ctx.constant(1.0 / std, "inv_std")], order=x.order)
+
+
+@TABLE.register(*present(LayerScale))
+def scale_channels(ctx, layer, xs):
+    """ConvNeXt's LayerScale: x * gamma along the last (channel) axis, wherever the value stores it."""
+    x = one(xs)
+    gamma = as_numpy(layer.gamma).astype(np.float64)
+    shape = [1] * (x.rank - 1)                      # the constant has no batch axis
+    shape[x.graph_axis(-1) - 1] = gamma.size
+    return ctx.emit("mul", [x, ctx.constant(gamma.reshape(shape), "gamma")], order=x.order)

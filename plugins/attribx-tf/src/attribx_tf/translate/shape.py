@@ -1,5 +1,6 @@
 """Keras converters of layers that move, reshape or combine values: Flatten, Reshape, Permute, padding
-and cropping, Concatenate and the merge layers (Add, Subtract, Multiply, Average).
+and cropping, Concatenate and the merge layers (Add, Subtract, Multiply, Average, and InceptionResNetV2's
+scaled residual sum CustomScaleLayer).
 
 Layout-sensitive layers (Flatten, Reshape) first put their input back in Keras's order, so that Flatten
 flattens in H, W, C order exactly as Keras does; the others act on the axis Keras names wherever the
@@ -9,10 +10,15 @@ from __future__ import annotations
 
 import keras
 
-from .common import TABLE, Unsupported, channels_last, one
+from .common import TABLE, Unsupported, channels_last, one, present
+
+try:     # keras.applications' own layer (not exported under keras.layers)
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+except ImportError:
+    CustomScaleLayer = None
 
 
-def _aligned(ctx, xs: list) -> list:
+def aligned(ctx, xs: list) -> list:
     """Operands of a merge layer in one axis order (the first's; Keras order where ranks differ)."""
     if len({x.rank for x in xs}) > 1:
         return [ctx.keras_order(x) for x in xs]
@@ -21,7 +27,7 @@ def _aligned(ctx, xs: list) -> list:
 
 @TABLE.register(keras.layers.Add)
 def add(ctx, layer, xs):
-    xs = _aligned(ctx, xs)
+    xs = aligned(ctx, xs)
     return ctx.emit("add", xs, order=xs[0].order)
 
 
@@ -29,14 +35,14 @@ def add(ctx, layer, xs):
 def subtract(ctx, layer, xs):
     if len(xs) != 2:
         raise Unsupported(f"takes {len(xs)} inputs, expected two")
-    a, b = _aligned(ctx, xs)
+    a, b = aligned(ctx, xs)
     neg = ctx.emit("mul", [b, ctx.constant(-1.0, "minus_one")], name=ctx.sub("neg"), order=b.order)
     return ctx.emit("add", [a, neg], order=a.order)
 
 
 @TABLE.register(keras.layers.Multiply)
 def multiply(ctx, layer, xs):
-    xs = _aligned(ctx, xs)
+    xs = aligned(ctx, xs)
     y = xs[0]
     for i, x in enumerate(xs[1:]):
         last = i == len(xs) - 2
@@ -46,14 +52,24 @@ def multiply(ctx, layer, xs):
 
 @TABLE.register(keras.layers.Average)
 def average(ctx, layer, xs):
-    xs = _aligned(ctx, xs)
+    xs = aligned(ctx, xs)
     s = ctx.emit("add", xs, name=ctx.sub("sum"), order=xs[0].order)
     return ctx.emit("mul", [s, ctx.constant(1.0 / len(xs), "inv_n")], order=s.order)
 
 
+@TABLE.register(*present(CustomScaleLayer))
+def scaled_sum(ctx, layer, xs):
+    """InceptionResNetV2's residual: inputs[0] + inputs[1] * scale."""
+    if len(xs) != 2:
+        raise Unsupported(f"takes {len(xs)} inputs, expected two")
+    a, b = aligned(ctx, xs)
+    scaled = ctx.emit("mul", [b, ctx.constant(float(layer.scale), "scale")], name=ctx.sub("scaled"), order=b.order)
+    return ctx.emit("add", [a, scaled], order=a.order)
+
+
 @TABLE.register(keras.layers.Concatenate)
 def concat(ctx, layer, xs):
-    xs = _aligned(ctx, xs)
+    xs = aligned(ctx, xs)
     axis = layer.axis % xs[0].rank
     return ctx.emit("concat", xs, attrs={"axis": xs[0].graph_axis(axis)}, order=xs[0].order)
 
