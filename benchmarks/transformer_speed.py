@@ -163,6 +163,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None, help="ViT batch (default 4 on a CPU, 32 on a GPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every measurement this many times, interleaved (median over rounds)")
     p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--llama-size", choices=sorted(LLAMA_SIZES), default="small")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
@@ -185,9 +187,11 @@ def main(argv=None):
             cases += [dict(model=name, batch=batch, seq=seq, mode=m, method=meth, device=a.device,
                            repeat=a.repeat, threads=a.threads, llama_size=a.llama_size, lxt_variant="attnLRP")
                       for m, meth in modes]
-    results = []
-    for spec in tqdm(cases, desc="transformer benchmark"):
-        results.append({**spec, **run_one(spec, a.timeout)})
+    runs = [[] for _ in cases]
+    order = [i for _ in range(a.rounds) for i in range(len(cases))]    # interleaved: load drifts alike
+    for i in tqdm(order, desc="transformer benchmark"):
+        runs[i].append(run_one(cases[i], a.timeout))
+    results = [{**spec, **_combine(r)} for spec, r in zip(cases, runs)]
     table = _table(results, a)
     print(table)
     if a.out:
@@ -198,13 +202,28 @@ def main(argv=None):
     return 0
 
 
+def _combine(runs: list[dict]) -> dict:
+    """One measurement from the rounds: the median time and peak over the rounds that did not fail."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    out = dict(ok[0])
+    for key in ("seconds", "peak_bytes", "translate_s"):
+        if key in out:
+            out[key] = statistics.median(r[key] for r in ok)
+    out["runs"] = [t for r in ok for t in r["runs"]]
+    out["rounds"] = len(ok)
+    return out
+
+
 def _table(results: list[dict], a) -> str:
     import torch
     import transformers
     lines = [f"## {time.strftime('%Y-%m-%d')}: transformers, attribx against LXT 2.1 and a gradient pass "
              f"(`benchmarks/transformer_speed.py`), {platform.machine()} {os.cpu_count()} cores, device "
              f"{a.device}, {a.threads} torch thread(s), torch {torch.__version__}, transformers "
-             f"{transformers.__version__}, load average {os.getloadavg()[0]:.1f}",
+             f"{transformers.__version__}, {a.rounds} interleaved round(s) of {a.repeat} call(s), load average "
+             f"{os.getloadavg()[0]:.1f} at the end",
              "",
              "| model | input | method | median time (s) | × gradient | × LXT | peak memory (MiB) | memory × gradient "
              "| translation (s) |",

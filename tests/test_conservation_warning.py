@@ -94,3 +94,19 @@ def test_growth_at_a_softmax_points_to_the_attention_methods():
     with pytest.warns(ConservationWarning, match=r"node 'att' \(softmax\).*lrp\.attn or lrp\.cp") as caught:
         attribx.explain(graph, x, "lrp.alpha_beta", engine="numpy")
     assert all("batch norm" not in str(w.message) for w in caught)
+
+
+def test_nan_relevance_names_the_node_where_it_first_appears(monkeypatch):
+    """A rule that turns finite relevance into NaN (0/0, an overflow in float32) is named as such, with the
+    advice that fits (not the batch-norm hint of growing relevance)."""
+    from attribx.rules.lrp import Epsilon
+    plain = Epsilon.relevance
+
+    def poisoned(self, op, eng, R):
+        rels = plain(self, op, eng, R)
+        return [r * np.nan for r in rels] if op.ctx.node.name == "conv2" else rels
+    monkeypatch.setattr(Epsilon, "relevance", poisoned)
+    with pytest.warns(ConservationWarning, match=r"first turns non-finite at node 'conv2' \(conv\)") as caught:
+        attribx.explain(bn_net(0.0), inputs(), "lrp.epsilon")
+    msg = str(caught[0].message)
+    assert "positive epsilon" in msg and "batch norm" not in msg

@@ -592,3 +592,17 @@ def test_rule_on_an_op_it_does_not_apply_to(rule):
     comp = C.Composite([(C.op("relu"), rule), (C.category("layer"), ("epsilon", {}))])
     with pytest.raises(attribx.UnsupportedError, match=rf"(?s)act.*{rule}.*relu"):
         attribx.explain(graph, x, method=comp, output_init=R)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_epsilon_zero_passes_nothing_through_a_unit_whose_z_is_exactly_zero(engine):
+    """LRP-0 (ε = 0): a hidden unit with z = 0 receives R = 0 (its activation is 0) and 0/0 must count as 0,
+    not NaN (GPT-2 at 512 tokens has such a unit in float32). Hand-derived: z₁ = x·[1, 1] = 0 for x = (1, -1),
+    z₂ = 2; out = 3·z₁ + z₂ = 2; R_in = x ⊙ W₁ᵀ (R_h / z_h) = (1, -1) ⊙ (2, 0) = (2, 0), conserving 2."""
+    if engine == "torch":
+        pytest.importorskip("attribx_torch")
+    b = GraphBuilder("zero_unit")
+    h = b.linear(b.input("x", (2,)), np.array([[1.0, 1.0], [2.0, 0.0]]), None, name="hidden")
+    g = b.build(b.linear(h, np.array([[3.0, 1.0]]), None, name="out"))
+    rel = attribx.explain(g, np.array([[1.0, -1.0]]), "lrp.epsilon", target=0, epsilon=0.0, engine=engine)
+    np.testing.assert_allclose(rel.values, [[2.0, 0.0]], atol=1e-12)

@@ -145,13 +145,20 @@ class Method:
         k = int(bad[np.argmax(got[bad] / (put[bad] + 1e-30))])
         traced = propagate(graph, engine, x, rules, start_relevance, start, trace=True, masks=masks)
         node, ratio = blow_up(traced.flow, ancestors(graph, start))
-        where = (f"; it grows at node {node!r} ({graph[node].op}), whose rule passes back {ratio:.3g}x the "
-                 f"relevance it receives" if node is not None else "")
+        finite = bool(np.isfinite(got[k]))
+        if finite:
+            where = (f"; it grows at node {node!r} ({graph[node].op}), whose rule passes back {ratio:.3g}x the "
+                     f"relevance it receives" if node is not None else "")
+            hint = _growth_hint(graph[node].op if node else None)
+        else:
+            where = (f"; it first turns non-finite at node {node!r} ({graph[node].op})" if node is not None and
+                     ratio == np.inf else "")
+            hint = ("a division by a zero or tiny denominator or an overflow: use a positive epsilon, or float64 "
+                    "inputs and model")
         warnings.warn(ConservationWarning(
             f"method {self.name!r}: the input relevance sums to {got[k]:.3g} for an explained score of "
             f"{put[k]:.3g} (sample {k}; {len(bad)} of {len(got)} samples depart by more than "
-            f"{self.conservation_factor:g}x){where}; {_growth_hint(graph[node].op if node else None)}"),
-            stacklevel=4)
+            f"{self.conservation_factor:g}x or are not finite){where}; {hint}"), stacklevel=4)
 
     def finish(self, engine, graph, result: Propagation, x, params=None) -> None:
         """The input modifier on each signal input's relevance; its dims recorded per input."""

@@ -6,6 +6,8 @@ freed as soon as the backward pass is past the node that produced them.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -163,12 +165,15 @@ def sample_sums(engine, r) -> np.ndarray:
 def blow_up(flow: Mapping[str, tuple], order: Sequence[str], factor: float = 10.0):
     """The first node, in backward order, whose rule passes back more than ``factor`` times the relevance
     that reached it (in absolute sum, in any sample), else the one with the largest such ratio; with that
-    ratio. ``flow`` as recorded by ``propagate(..., trace=True)``."""
+    ratio (infinite where the rule turns finite relevance into NaN or infinity). ``flow`` as recorded by
+    ``propagate(..., trace=True)``."""
     best, best_ratio = None, 0.0
     for name in reversed(order):
         if name not in flow:
             continue
         got, passed = (np.abs(np.asarray(v, dtype=np.float64)) for v in flow[name])
+        if np.all(np.isfinite(got)) and not np.all(np.isfinite(passed)):
+            return name, math.inf          # where NaN or infinity first appears
         tiny = 1e-12 + 1e-6 * float(got.max(initial=0.0))
         ratio = float(np.max(passed / (got + tiny), initial=0.0))
         if ratio > factor:

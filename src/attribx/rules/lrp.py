@@ -241,6 +241,8 @@ class Epsilon(ZRule):
         super().__init__(epsilon=epsilon, zero_bias=zero_bias, bias_factor=bias_factor)
 
     def divide(self, eng, R, z):
+        if self.epsilon == 0:       # LRP-0: a unit whose z is exactly 0 passes nothing (not 0/0 = NaN)
+            return eng.safe_divide(R, z)
         return eng.divide_into(R, eng.stabilize(z, self.epsilon))
 
     def relevance(self, op, eng, R):
