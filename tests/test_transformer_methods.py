@@ -43,3 +43,12 @@ def test_lrp_epsilon_on_attention_is_attn_lrp_with_norms_passed_through():
     np.testing.assert_allclose(ours.values, ref.values, rtol=1e-9, atol=1e-12)
     differs = attribx.explain(graph, x, "lrp.attn", target=0, epsilon=eps)
     assert not np.allclose(differs.values, ours.values)        # the norms' rule matters
+
+
+def test_a_constant_without_a_sample_axis_is_refused_as_a_layer():
+    """The attention scale is one number for every sample: no relevance per sample to return (it was a
+    numpy concatenate error of zero-dimensional arrays)."""
+    from attribx.errors import MethodError
+    graph, x = attention_graph()
+    with pytest.raises(MethodError, match=r"'c' is a constant without a sample axis"):
+        attribx.explain(graph, x, "lrp.attn", target=1, layers=["c"])

@@ -218,6 +218,11 @@ def _resolve_alias(graph: Graph, name: str) -> str:
                           f"before it")
     if name not in graph and name not in inputs:
         raise MethodError(f"layers: no node named {name!r}; see attribx.translate(model).summary()")
+    shape = graph.shape_of(name)
+    if not shape or shape[0] is not None:
+        raise MethodError(f"layers: {name!r} is a {graph[name].op} without a sample axis (shape {tuple(shape)}): "
+                          f"it is the same for every sample and holds no relevance per sample; ask for a node "
+                          f"that reads it")
     return name
 
 
