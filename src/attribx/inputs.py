@@ -160,9 +160,10 @@ def mask_arrays(graph: Graph, rest: Any, shape: tuple) -> dict[str, np.ndarray]:
     out = {}
     for name, m in given.items():
         m = to_numpy(m)
-        if tuple(m.shape) != tuple(shape):
+        own = (shape[0], *next(v.shape[1:] for v in masks if v.name == name))   # (N, T) besides (N, T, E)
+        if tuple(m.shape) not in (tuple(shape), own):
             raise InputError(f"mask input {name!r} has shape {tuple(m.shape)}; it must be shaped like the explained "
-                             f"input, {tuple(shape)}")
+                             f"input, {tuple(shape)}" + (f", or {own}" if own != tuple(shape) else ""))
         if m.dtype.kind not in "iubf":
             raise InputError(f"mask input {name!r} must be numeric (0 masks, anything else attends), got {m.dtype}")
         out[name] = m.astype(np.dtype(next(v.dtype for v in masks if v.name == name)))
