@@ -123,16 +123,32 @@ def concrete_args(model: nn.Module) -> tuple[dict, str | None]:
         raise UnsupportedError(f"{type(model).__name__}.forward takes no input")
     concrete = {}
     for p in params[1:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or is_mask_parameter(p):
             continue
         if p.default is p.empty:
             raise UnsupportedError(
                 f"{type(model).__name__}.forward takes several inputs ({', '.join(q.name for q in params)}); "
-                f"attribx translates models with one input tensor (wrap the model in a module that "
-                f"takes one; sequence lengths for pack_padded_sequence are computed inside the model from the "
+                f"attribx translates models with one input tensor and mask inputs (further parameters "
+                f"without a default whose name says mask: key_padding_mask, attention_mask); wrap the model in a "
+                f"module that takes those; sequence lengths for pack_padded_sequence are computed inside the model from the "
                 f"padded input, e.g. (ids != pad).sum(1))")
         concrete[p.name] = p.default
     return concrete, params[0].name
+
+
+def is_mask_parameter(p: inspect.Parameter) -> bool:
+    """A further forward parameter without a default whose name says it is a mask (``key_padding_mask``,
+    ``attention_mask``): a mask input of the graph (it decides, takes no relevance)."""
+    return p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and "mask" in p.name
+
+
+def mask_parameters(model: nn.Module) -> list[str]:
+    """Names of ``model.forward``'s mask parameters (:func:`is_mask_parameter`), in order."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params[1:] if is_mask_parameter(p)]
 
 
 class Holder(nn.Module):

@@ -25,7 +25,8 @@ from .aliasing import Aliases
 from .converters import TABLE
 from .converters.recurrent import PACK_PADDED
 from .signatures import bind
-from .tracing import Holder, Recorder, Tracer, concrete_args, feeds_embeddings, first_layer, module_converter
+from .tracing import (Holder, Recorder, Tracer, concrete_args, feeds_embeddings, first_layer, mask_parameters,
+                      module_converter)
 from .values import (HOOK_HINT, TIME_MAJOR_HINT, Lazy, Packed, Swapped, Unsupported, class_path, contains,
                      contains_t, device_of, first_line, fn_name, is_number, is_t, pretty, qualname, swap01)
 
@@ -168,10 +169,16 @@ class Walker(Translator):
             v = v[0]
         if not isinstance(v, torch.Tensor):
             raise Unsupported(f"expected a tensor result, got {type(v).__name__}")
-        if not v.is_floating_point() and not counts:
+        if not v.is_floating_point() and not counts and not self.reads_counts():
             raise Unsupported(f"its result has dtype {v.dtype}; the graph carries floating point values only "
                               f"(besides masks and lengths of padded sequences)")
         return swap01(v.shape) if self.swap_out else tuple(v.shape)
+
+    def reads_counts(self) -> bool:
+        """Whether the current node reads a mask or lengths (its integer or boolean result is one too: a mask
+        input sliced, reshaped, concatenated, negated)."""
+        return any(isinstance(self.values.get(a), Tensor) and self.values[a].name in self.counts
+                   for a in self.node.all_input_nodes)
 
     def source(self) -> str:
         n = self.node
@@ -222,6 +229,8 @@ class Walker(Translator):
         for n in fx_graph.nodes:     # modules without a translation: say so before running anything
             if n.op == "call_module" and module_converter(self.table, root.get_submodule(n.target)) is None:
                 raise self.no_translation(self._where(n))
+        masks = set(mask_parameters(root))
+        self.masks = {n: str(n.target) for n in fx_graph.nodes if n.op == "placeholder" and n.target in masks}
         return root, fx_graph, gm
 
     def takes_indices(self, fx_graph) -> bool:
@@ -236,14 +245,24 @@ class Walker(Translator):
         for fill in ((1, 2, 0) if packs else (0,)):
             example = torch.full((1, *self.input_shape), fill, dtype=torch.long if self.indices else self.dtype,
                                  device=device_of(model))
-            rec = Recorder(self.gm)
-            try:
-                with torch.no_grad():
-                    rec.run(example)
-                return rec.env, example
-            except Exception as err:
-                first_err = first_err or err
+            for masks in self._mask_examples(example):
+                rec = Recorder(self.gm)
+                try:
+                    with torch.no_grad():
+                        rec.run(example, *masks)
+                    return rec.env, example
+                except Exception as err:
+                    first_err = first_err or err
         raise self.shape_error(fx_graph, first_err)
+
+    def _mask_examples(self, example):
+        """Examples of the mask inputs to record with (boolean, none masked): shaped (N, T) like token ids, or
+        like the input without its feature axis ((N, T) for (N, T, E)), whichever the model runs on."""
+        if not self.masks:
+            return [()]
+        shapes = [tuple(example.shape)] if self.indices or example.dim() < 3 else \
+            [tuple(example.shape[:-1]), tuple(example.shape)]
+        return [tuple(torch.zeros(s, dtype=torch.bool, device=example.device) for _ in self.masks) for s in shapes]
 
     def shape_error(self, fx_graph, err) -> InputShapeError:
         """The model does not run on the example: torch's reason, and the shape its first layer takes."""

@@ -230,6 +230,9 @@ def mul(ctx, input, other):
     if is_t(input) and is_t(other):
         a, b = ctx.materialize(input), ctx.materialize(other)
         _check_pair(a, b)
+        for x, m in ((a, b), (b, a)):       # x times a boolean mask: a selection, the mask takes no relevance
+            if m.name in ctx.counts and getattr(m, "dtype", None) == torch.bool and x.name not in ctx.counts:
+                return ctx.emit("where", [m, x, ctx.const(0.0, "zero")], ctx.out_shape())
         return ctx.emit("mul", [a, b], ctx.out_shape())
     t, c = (input, other) if is_t(input) else (other, input)
     t = ctx.materialize(t)
