@@ -18,6 +18,7 @@ from attribx.plugins import registry
 from attribx.translation import ConverterTable, Tensor, TranslationError, Translator
 
 from .common import HOOK_HINT, TABLE, Unsupported, channels_first_order, class_path
+from .mask_inputs import mask_inputs
 from .masks import KTensor, check_mask, mask_kwarg, mask_only_nodes, pass_mask, refuse_mask_readers
 
 #: Input layouts by rank for channels-last Keras models (letters of attribx.graph.LAYOUT_LETTERS).
@@ -47,6 +48,7 @@ class KerasTranslator(Translator):
         self.sequence_input = False     # a recurrent layer reads the input (directly or through Masking)
         self.masked_input = None        # the Masking output of the graph input, if any
         self._call = None               # (Keras node, translated value by id of its tensors) of the layer now
+        self.mask_values: list[Value] = []  # further inputs that are masks (attention_mask)
 
     # -- nodes: the kit's, with shapes inferred -------------------------------------------------------
     def _append(self, name, op, inputs, params, source, attrs):
@@ -106,9 +108,11 @@ class KerasTranslator(Translator):
                                  f"pass one sample's shape: attribx.translate(model, input_shape=(32, 32, 3))")
             model.build((None, *self.input_shape))
         inputs = list(getattr(model, "inputs", None) or [])
-        if len(inputs) > 1:
-            raise UnsupportedError(f"Keras model {model.name!r} has {len(inputs)} inputs; attribx graphs "
-                                   f"explain models with one input for now")
+        masks = mask_inputs(model)
+        if len(inputs) - len(masks) > 1:
+            raise UnsupportedError(f"Keras model {model.name!r} has {len(inputs) - len(masks)} inputs besides its "
+                                   f"mask inputs (inputs that only reach MultiHeadAttention as attention_mask, "
+                                   f"value_mask or key_mask); attribx graphs explain models with one input for now")
         kshape = tuple(inputs[0].shape[1:]) if inputs else None
         dtype = str(inputs[0].dtype) if inputs else str(model.dtype_policy.variable_dtype)
         shape = self._input_shape(kshape)
@@ -125,7 +129,8 @@ class KerasTranslator(Translator):
         self.input_name = in_name
         full = (None, *shape)
         self.shapes[in_name] = full
-        outs = self.walk(model, [KTensor(in_name, full)], prefix="")
+        given = [KTensor(in_name, full)] + [self._mask_input(t, shape) for t in masks]
+        outs = self.walk(model, given, prefix="")
         layout = None
         if self.indices:
             layout = ("sample",) + tuple("token" if i == 0 else f"position_{i}" for i in range(len(full) - 1))
@@ -143,6 +148,21 @@ class KerasTranslator(Translator):
                 o = self.emit("identity", [o], name=self.unique("output"), order=o.order)
             finals.append(o)
         return self._finish(value, finals, shape)
+
+    def _mask_input(self, t, shape) -> KTensor:
+        """A mask input as a graph input in the float dtype; sizes it leaves free are the explained input's."""
+        name = t._keras_history[0].name
+        sample = tuple(d if d is not None else (shape[i] if i < len(shape) else None) for i, d in
+                       enumerate(t.shape[1:]))
+        if None in sample:
+            raise UnsupportedError(f"Keras model input {name!r} (a mask) leaves sizes free that the explained input "
+                                   f"does not fix: {tuple(t.shape)}")
+        self.used.add(name)
+        full = (None, *sample)
+        self.shapes[name] = full
+        self.mask_values.append(Value(name, full, self.np_dtype.name, layout_dims("NT" if len(full) == 2 else None,
+                                                                                  len(full))))
+        return KTensor(name, full)
 
     def _input_shape(self, kshape):
         given = None if self.input_shape is None else tuple(int(d) for d in self.input_shape)
@@ -272,14 +292,15 @@ class KerasTranslator(Translator):
             if node.name in needed:
                 needed.update(node.inputs)
         self.nodes = [n for n in self.nodes if n.name in needed]
-        names = {n.name for n in self.nodes} | {value.name}
+        names = {n.name for n in self.nodes} | {value.name} | {m.name for m in self.mask_values}
         aliases = {k: v for k, v in self.aliases.items() if v in names}
         for bare, full in self.bare.items():   # inner names of nested models, where unambiguous
             if bare not in self.used and len(full) == 1:
                 aliases[bare] = aliases.get(full[0], full[0])
         self.aliases = aliases
-        return self.finish([value], [o.name for o in outputs], backend="keras", framework="tensorflow",
-                           keras_version=keras.__version__, input_shape=list(shape))
+        meta = {"mask_inputs": [m.name for m in self.mask_values]} if self.mask_values else {}
+        return self.finish([value, *self.mask_values], [o.name for o in outputs], backend="keras",
+                           framework="tensorflow", keras_version=keras.__version__, input_shape=list(shape), **meta)
 
 
 def _check_result(y, conv) -> None:
