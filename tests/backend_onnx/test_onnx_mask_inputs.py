@@ -224,3 +224,82 @@ def test_exported_hf_model_with_attention_mask_equals_torch(hf_exports, name, ex
             assert relative_error(rel, ref[method]) <= 1e-4, (method, engine)
             if name == "bert":
                 assert not rel[mask == 0].any()                    # masked keys: no attention, no relevance
+
+
+# ----------------------------------------------------------------------------------------------
+# equal to LXT 2.1 on the ONNX export (LXT in its own subprocess: it patches transformers' classes)
+
+
+LXT_EXPORT = """
+import sys, numpy as np, torch
+sys.path.insert(0, sys.argv[2])
+from hf_models import build
+
+
+class Logits(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, ids, mask):
+        return self.m(input_ids=ids, attention_mask=mask, return_dict=False)[0]
+
+
+out = sys.argv[1]
+for name in ("bert", "gpt2"):
+    net = build(name, "eager")                                   # float64: LXT's reference runs on these weights
+    torch.save(net.state_dict(), f"{out}/{name}.pt")
+    ids = torch.randint(0, 50, (2, 7))
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(Logits(net.float()).eval(), (ids, torch.ones_like(ids)), f"{out}/{name}.onnx", dynamo=True,
+                      opset_version=18, external_data=False, dynamic_shapes={"ids": {0: batch}, "mask": {0: batch}})
+"""
+
+LXT_CASES = [("bert", "attnLRP", "lrp.attn"), ("gpt2", "attnLRP", "lrp.attn"), ("gpt2", "cp_LRP", "lrp.cp")]
+
+
+@pytest.fixture(scope="module")
+def lxt_exports(tmp_path_factory):
+    import importlib.util
+    from pathlib import Path
+    if importlib.util.find_spec("lxt") is None:
+        pytest.skip("lxt is not installed")
+    script = LXT_EXPORT.replace("sys.argv[2]", repr(str(Path(__file__).parent.parent / "backend_torch")))
+    return _in_subprocess(tmp_path_factory, script, "hf_lxt", ("torch", "transformers", "onnxscript"))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::attribx.errors.ConservationWarning")   # AttnLRP does not conserve
+@pytest.mark.parametrize("name,variant,method", LXT_CASES)
+def test_exported_hf_model_with_attention_mask_equals_lxt(lxt_exports, tmp_path, name, variant, method):
+    """The ONNX export (float32) of the HF configs LXT is tested on, padded (right padding; BERT reads [CLS],
+    GPT-2 position 4, which every sequence keeps): ε-free relevance equal to LXT's on the float64 model (≤1e-4)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    here = Path(__file__).parent.parent
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 50, (3, 7)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 5:] = 0
+    mask[2, 6:] = 0
+    targets, position = [1, 2], 4 if name == "gpt2" else -1
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "mask.npy", mask)
+    reqs = [dict(model=name, attn="eager", variant=variant, weights=str(lxt_exports / f"{name}.pt"),
+                 ids=str(tmp_path / "ids.npy"), mask=str(tmp_path / "mask.npy"), target=t, position=position,
+                 anchors=str(here / "anchors"), out=str(tmp_path / f"{k}.npz")) for k, t in enumerate(targets)]
+    (tmp_path / "req.json").write_text(json.dumps(reqs))
+    run = subprocess.run([sys.executable, str(here / "backend_torch" / "hf_models.py"), str(tmp_path / "req.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    g = attribx.translate(onnx.load(str(lxt_exports / f"{name}.onnx")))
+    out = np.asarray(attribx.forward(g, (ids, mask), engine="numpy"))
+    for req, t in zip(reqs, targets):
+        ref = np.load(req["out"])
+        init = np.zeros(out.shape, np.float32)
+        at = (slice(None), t) if name == "bert" else (slice(None), position, t)
+        init[at] = out[at]
+        rel = np.asarray(attribx.explain(g, (ids, mask), method, output_init=init, epsilon=0.0, engine="numpy"))
+        assert relative_error(rel, ref["relevance"]) <= 1e-4, t
