@@ -136,3 +136,44 @@ def test_a_mask_op_without_translation_is_refused_naming_it():
 
     with pytest.raises(attribx.UnsupportedError, match="cumsum"):
         attribx.translate(Counts().eval(), input_shape=(5, 8))
+
+
+STYLES = {
+    "additive": lambda s, m: s + (1 - m[:, None, :]) * -10000.0,
+    "additive_float": lambda s, m: s + (1.0 - m[:, None, :].float()) * -1e9,
+    "equal_zero": lambda s, m: s.masked_fill(m[:, None, :] == 0, float("-inf")),
+    "not_bool": lambda s, m: s.masked_fill(~m.bool()[:, None, :], float("-inf")),
+}
+
+
+class TokenEncoder(nn.Module):
+    """Token ids and an integer attention_mask (1: attended) applied in one of :data:`STYLES`."""
+
+    def __init__(self, style):
+        super().__init__()
+        self.style = STYLES[style]
+        self.emb, self.qkv, self.head = nn.Embedding(20, 8), nn.Linear(8, 24), nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask):
+        q, k, v = self.qkv(self.emb(input_ids)).chunk(3, -1)
+        scores = self.style(q @ k.transpose(-1, -2) / math.sqrt(8), attention_mask)
+        return self.head((scores.softmax(-1) @ v)[:, 0])
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_integer_attention_mask_styles(style):
+    """An attention_mask (1 attends) of token ids, made additive or a condition as hand-written models do:
+    forward equal to torch's, and masked keys take no relevance."""
+    torch.manual_seed(0)
+    net = TokenEncoder(style).eval()
+    ids = torch.randint(1, 20, (3, 5), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    mask[2, 1] = 0
+    g = attribx.translate(net, input_shape=(5,))
+    assert [v.name for v in g.mask_inputs] == ["attention_mask"]
+    with torch.no_grad():
+        ref = net(ids, mask).numpy()
+    assert relative_error(np.asarray(attribx.forward(g, (ids, mask))), ref) <= 1e-6
+    rel = np.asarray(attribx.explain(net, (ids, mask), "lrp.cp", target=1))
+    assert not rel[mask.numpy() == 0].any() and np.abs(rel[mask.numpy() == 1]).all()

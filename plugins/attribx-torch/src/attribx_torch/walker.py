@@ -256,13 +256,15 @@ class Walker(Translator):
         raise self.shape_error(fx_graph, first_err)
 
     def _mask_examples(self, example):
-        """Examples of the mask inputs to record with (boolean, none masked): shaped (N, T) like token ids, or
-        like the input without its feature axis ((N, T) for (N, T, E)), whichever the model runs on."""
+        """Examples of the mask inputs to record with, nothing masked: boolean False (a key_padding_mask), else
+        integer ones (an attention_mask); shaped (N, T) like token ids, or like the input without its feature
+        axis ((N, T) for (N, T, E)); the first the model runs on is taken."""
         if not self.masks:
             return [()]
         shapes = [tuple(example.shape)] if self.indices or example.dim() < 3 else \
             [tuple(example.shape[:-1]), tuple(example.shape)]
-        return [tuple(torch.zeros(s, dtype=torch.bool, device=example.device) for _ in self.masks) for s in shapes]
+        return [tuple(make(s, dtype=dtype, device=example.device) for _ in self.masks)
+                for s in shapes for make, dtype in ((torch.zeros, torch.bool), (torch.ones, torch.long))]
 
     def shape_error(self, fx_graph, err) -> InputShapeError:
         """The model does not run on the example: torch's reason, and the shape its first layer takes."""

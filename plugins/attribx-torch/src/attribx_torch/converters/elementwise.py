@@ -164,6 +164,8 @@ def _check_pair(a, b):
 
 def _result_check(ctx):
     v = ctx.result()
+    if isinstance(v, torch.Tensor) and not v.is_floating_point() and ctx.reads_counts():
+        return                  # arithmetic on a mask (1 - attention_mask): the graph holds it as floats
     if not isinstance(v, torch.Tensor) or v.dtype != ctx.dtype:
         raise Unsupported(f"its result has dtype {getattr(v, 'dtype', type(v).__name__)}, the model's is "
                           f"{ctx.dtype}")

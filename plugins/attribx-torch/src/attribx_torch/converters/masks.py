@@ -1,5 +1,5 @@
 """Masks computed from a mask input (``key_padding_mask``, ``attention_mask``) in traced models: negation
-(``~mask``, ``logical_not``), copies and broadcasts (``zeros_like``, ``expand``), selections decided by a mask
+(``~mask``, ``logical_not``), comparisons with a number (``mask == 0``, ``mask.bool()``), copies and broadcasts (``zeros_like``, ``expand``), selections decided by a mask
 (``masked_fill(mask, -inf)``, ``torch.where(mask, scores, -inf)``). The graph holds a mask as 0/1 floats
 (:attr:`Walker.counts`), so ``~m`` is ``1 - m`` and a selection is the graph's ``where`` (relevance goes to the
 selected input, none to the mask). Slicing, reshaping and concatenating masks go through the shape converters
@@ -30,10 +30,46 @@ def _mask(ctx, v, what="mask"):
                 "method:__invert__")
 def negation(ctx, *args, **kwargs):
     """~mask of a boolean mask: 1 - m."""
-    m = _mask(ctx, (args or tuple(kwargs.values()))[0])
-    shape = ctx.out_shape()
+    return _complement(ctx, _mask(ctx, (args or tuple(kwargs.values()))[0]))
+
+
+def _complement(ctx, m):
+    """1 - m of a 0/1 graph value, a boolean mask."""
+    shape = ctx.out_shape(counts=True)
     neg = ctx.emit("mul", [m, ctx.const(-1.0, "minus_one")], shape, name=ctx.sub("neg"))
-    return ctx.emit("add", [neg, ctx.const(1.0, "one")], shape)
+    r = ctx.emit("add", [neg, ctx.const(1.0, "one")], shape)
+    r.dtype = torch.bool
+    ctx.counts.add(r.name)
+    return r
+
+
+@TABLE.register(operator.eq, torch.eq, "method:eq")
+def equal(ctx, *args, **kwargs):
+    """``mask == c`` for a number c on a mask (``attention_mask == 0``): 1 - (mask != c)."""
+    x, other = (args + tuple(kwargs.values()))[:2]
+    if is_t(other) and not is_t(x):
+        x, other = other, x
+    if is_t(other) or isinstance(other, torch.Tensor):
+        raise Unsupported("compares two tensors; the graph compares a mask with a number only")
+    x = ctx.tensor(x)
+    if x.name not in ctx.counts:
+        raise Unsupported("compares a value computed from the input (not a mask); the graph compares masks only")
+    differs = ctx.emit("mask", [x], ctx.out_shape(counts=True), {"value": float(other), "axes": None},
+                       name=ctx.sub("differs"))
+    return _complement(ctx, differs)
+
+
+@TABLE.register("method:bool")
+def to_bool(ctx, input):
+    """``mask.bool()``: nonzero entries of a mask (``mask != 0``); a boolean mask passes."""
+    x = ctx.tensor(input)
+    if x.name not in ctx.counts:
+        raise Unsupported("a cast to bool of a value computed from the input (not a mask)")
+    if getattr(x, "dtype", None) == torch.bool:
+        return x
+    r = ctx.emit("mask", [x], ctx.out_shape(counts=True), {"value": 0.0, "axes": None})
+    r.dtype = torch.bool
+    return r
 
 
 @TABLE.register(torch.zeros_like, torch.ones_like, torch.full_like)
