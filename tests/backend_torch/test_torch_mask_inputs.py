@@ -219,3 +219,29 @@ def test_two_signal_inputs_and_a_mask_input_gradient_x_input_equals_autograd(eng
             r = np.asarray(r)
             assert r.shape == ref.shape and relative_error(r, ref) <= 1e-5
             assert not r[pad.numpy()].any()
+
+
+def test_a_mask_left_out_runs_as_nothing_masked(model):
+    """explain(model, x) on forward(x, key_padding_mask): the boolean mask left out masks nothing (False), as
+    torch's forward with an all-False key_padding_mask; an integer attention_mask left out is all ones."""
+    x, _ = _padded()
+    with torch.no_grad():
+        ref = model(x, torch.zeros(3, 5, dtype=torch.bool)).numpy()
+    assert relative_error(np.asarray(attribx.forward(model, x)), ref) <= 1e-6
+    net = TokenEncoder("equal_zero").eval()
+    ids = torch.randint(1, 20, (3, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = net(ids, torch.ones(3, 5, dtype=torch.long)).numpy()
+    assert relative_error(np.asarray(attribx.forward(net, ids)), ref) <= 1e-6
+
+
+def test_two_signal_inputs_with_the_mask_left_out_equal_autograd():
+    torch.manual_seed(0)
+    net = TwoSignalsAndMask().eval()
+    x1, _ = _padded()
+    x2 = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(2))
+    a, b = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
+    net(a, b, torch.zeros(3, 5, dtype=torch.bool))[:, 1].sum().backward()
+    rel = attribx.explain(net, (x1, x2), "gradient_x_input", target=1)
+    for r, g in zip(rel, (a, b)):
+        assert relative_error(np.asarray(r), (g.grad * g).detach().numpy()) <= 1e-5

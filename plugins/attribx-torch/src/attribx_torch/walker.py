@@ -580,6 +580,12 @@ class Walker(Translator):
         inputs = {n: Value(name, (None, *self.env[n].shape[1:]), float_dtype,
                            ("sample", "token")[:self.env[n].dim()]) for n, name in self.masks.items()}
         meta = {"mask_inputs": list(self.masks.values())} if self.masks else {}
+        # left out, a mask masks nothing: an attention_mask (HF's convention) attends where 1, torch's boolean
+        # masks (key_padding_mask, attn_mask) mask where True, so one recorded on False runs as 0
+        zeros = [name for n, name in self.masks.items() if self.env[n].dtype == torch.bool and
+                 "attention" not in str(n.target)]
+        if zeros:
+            meta["mask_fill"] = {name: 0 for name in zeros}
         inputs.update({n: Value(name, (None, *self.env[n].shape[1:]), float_dtype, layout_dims(None, self.env[n].dim()))
                        for n, name in zip(self.signals[1:], self.input_names[1:])})
         inputs[self.signals[0]] = Value(self.input_names[0], full, dtype, layout)
