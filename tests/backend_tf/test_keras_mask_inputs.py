@@ -192,3 +192,27 @@ def test_the_masked_softmax_layer_path_gives_the_same_relevance(method):
     a = np.asarray(attribx.explain(plain, (x, mask), method, target=1))
     b = np.asarray(attribx.explain(dropped, (x, mask), method, target=1))
     assert relative_error(b, a) <= 1e-6
+
+
+def test_two_signal_inputs_and_a_mask_input_equal_tensorflow():
+    """A real-valued second Input (a signal) and an int mask Input at once: one relevance per signal input, each
+    gradient x input as tf.GradientTape's; the mask may be left out of the tuple (it then attends everywhere)."""
+    x = keras.Input((T, E), name="x")
+    side = keras.Input((T, 4), name="side")
+    m = keras.Input((T,), dtype="int32", name="mask")
+    h = L.Add()([x, L.Dense(E)(side)])
+    h = L.MultiHeadAttention(2, 4, name="mha")(h, h, value_mask=m)
+    model = randomize(keras.Model([x, side, m], L.Dense(3, name="head")(L.Flatten()(h))))
+    g = attribx.translate(model)
+    assert [v.name for v in g.signal_inputs] == ["x", "side"] and [v.name for v in g.mask_inputs] == ["mask"]
+    xv, mask = _padded()
+    sv = np.random.default_rng(1).normal(size=(3, T, 4)).astype(np.float32)
+    for mv, given in ((mask, (xv, sv, mask)), (np.ones_like(mask), (xv, sv))):
+        rel = attribx.explain(model, given, "gradient_x_input", target=[0, 2, 1])
+        xt, st = tf.constant(xv), tf.constant(sv)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([xt, st])
+            y = model([xt, st, tf.constant(mv)], training=False)
+            score = tf.reduce_sum(y * tf.one_hot([0, 2, 1], 3, dtype=y.dtype))
+        for r, t in zip(rel, (xt, st)):
+            assert relative_error(np.asarray(r), (tape.gradient(score, t) * t).numpy()) <= 1e-5

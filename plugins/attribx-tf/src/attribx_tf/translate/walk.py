@@ -109,8 +109,8 @@ class KerasTranslator(Translator):
                                  f"pass one sample's shape: attribx.translate(model, input_shape=(32, 32, 3))")
             model.build((None, *first_shape(self.input_shape)))
         inputs = list(getattr(model, "inputs", None) or [])
-        given = self._given_shapes(inputs)
         masks = mask_inputs(model)
+        given = self._given_shapes(inputs, masks)
         floats = [t for t in mask_only_inputs(model) if not is_integer(t)]
         if floats:
             raise UnsupportedError(
@@ -159,9 +159,10 @@ class KerasTranslator(Translator):
         return self._finish([value] + further, finals,
                             shape if not more else [shape] + [list(v.shape[1:]) for v in more])
 
-    def _given_shapes(self, inputs) -> list:
+    def _given_shapes(self, inputs, masks) -> list:
         """One sample's shape per Keras input (None where not given); ``self.input_shape`` becomes the first's.
-        Several are given as a tuple (in the model's input order) or a dict by input name."""
+        Several are given as a tuple (in the model's input order; mask inputs at its end may be left out) or a
+        dict by input name."""
         given = self.input_shape
         names = [t._keras_history[0].name for t in inputs]
         if isinstance(given, dict):
@@ -171,10 +172,11 @@ class KerasTranslator(Translator):
                                  f"{', '.join(map(repr, names))}")
             given = [given.get(k) for k in names]
         elif given and isinstance(given[0], (tuple, list)):
-            if len(inputs) > 1 and len(given) != len(inputs):
+            left = inputs[len(given):]
+            if len(inputs) > 1 and (len(given) > len(inputs) or not all(any(t is m for m in masks) for t in left)):
                 raise InputError(f"{len(given)} inputs given; Keras model {self.model.name!r} takes {len(inputs)} "
                                  f"({', '.join(map(repr, names))})")
-            given = list(given)
+            given = list(given) + [None] * len(left)
         else:
             given = [given] + [None] * (len(inputs) - 1)
         self.input_shape = given[0]
