@@ -332,8 +332,8 @@ class Walker(Translator):
         nodes = list(fx_graph.nodes)
         self.order = {n: i for i, n in enumerate(nodes)}
         if len(self.signals) > 1:     # several signal inputs: each named after its forward argument
-            self.input_names = [p if p == "input" else self.unique(p) for p in map(str, (n.target for n in
-                                                                                        self.signals))]
+            names = [str(n.target) for n in self.signals]
+            self.input_names = [p if p == "input" else self.unique(p) for p in names]
         self.masks = {n: self.unique(name) for n, name in self.masks.items()}
         self.main_names.update(self.names(nodes))
         outputs = None
