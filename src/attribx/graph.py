@@ -192,7 +192,8 @@ class Graph:
     @property
     def mask_inputs(self) -> list[Value]:
         """Inputs that decide but take no relevance (a transformer's ``attention_mask``), named in
-        ``meta["mask_inputs"]``; one not given runs as all ones (everything attended)."""
+        ``meta["mask_inputs"]``; one not given runs as nothing masked: all ones (an attention_mask), or the
+        value ``meta["mask_fill"]`` gives it by name (0 for a key_padding_mask, where True masks)."""
         masks = set(self.meta.get("mask_inputs", ()))
         return [v for v in self.inputs if v.name in masks]
 

@@ -47,14 +47,15 @@ def as_given(graph, arrays: Sequence[Any]):
 def run_forward(graph, engine, x, upto: str | None = None, masks: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Activations of the graph's inputs and every node up to ``upto`` (default: all outputs); ``x``: one array,
     or a tuple with one per signal input (:func:`signal_values`); ``masks``: the values of the graph's mask
-    inputs by name (engine arrays), all ones for those not given."""
+    inputs by name (engine arrays); one not given runs as nothing masked (all ones, or its ``meta["mask_fill"]``)."""
     names = set(ancestors(graph, upto)) if upto else None
     acts = signal_values(graph, x)
     first = next(iter(acts.values()))
+    fill = graph.meta.get("mask_fill", {})
     for v in graph.mask_inputs:
         given = (masks or {}).get(v.name)
         acts[v.name] = given if given is not None else engine.asarray(
-            np.ones((int(first.shape[0]), *v.shape[1:]), dtype=v.dtype))
+            np.full((int(first.shape[0]), *v.shape[1:]), fill.get(v.name, 1), dtype=v.dtype))
     for node in graph.nodes:
         if names is not None and node.name not in names:
             continue

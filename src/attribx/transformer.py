@@ -20,10 +20,16 @@ _BUILTIN_OPS = op_table(BUILTIN_OPS)
 
 
 def _producer(graph, name: str, ops):
-    """The node a value comes from, looking through single-input routing ops (reshape, transpose, ...);
-    None for a graph input."""
-    while name in graph and ops[graph[name].op].category == "shape" and len(graph[name].inputs) == 1:
-        name = graph[name].inputs[0]
+    """The node a value comes from, looking through single-input routing ops (reshape, transpose, ...) and
+    masks that zero some of it (``where(mask, x, constant)``: Keras's masked softmax); None for a graph input."""
+    while name in graph:
+        node = graph[name]
+        if ops[node.op].category == "shape" and len(node.inputs) == 1:
+            name = node.inputs[0]
+        elif node.op == "where" and node.inputs[2] in graph and graph[node.inputs[2]].op == "constant":
+            name = node.inputs[1]
+        else:
+            break
     return graph[name] if name in graph else None
 
 

@@ -55,6 +55,7 @@ from .converters.layout import Merged
 from .converters.shape import per_sample
 from .fold import Const, Folder
 from .load import model_problem
+from .mask_inputs import is_mask_input
 
 __all__ = ["translate_onnx", "OnnxTranslator", "HOOK_HINT", "MIN_OPSET"]
 
@@ -77,6 +78,10 @@ CHANNELS_LAST = {3: "NLC", 4: "NHWC", 5: "NDHWC"}
 
 #: Ops with subgraphs: on values computed from the input they have no translation (see _refuse_control_flow).
 CONTROL_FLOW = frozenset({"Loop", "Scan", "If"})
+
+#: Ops that move, copy or select elements: a mask stays a mask through them.
+MASK_KEEPING = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Slice", "Gather",
+                          "Split", "Concat", "Expand", "ScatterND"})
 
 #: ONNX tensor element types (TensorProto.DataType) an input may have, as graph dtypes.
 INPUT_DTYPES = {1: "float32", 11: "float64", 7: "int64", 6: "int32"}
@@ -169,6 +174,8 @@ class OnnxTranslator(Translator):
         self.int_values: set[str] = set()        # graph values holding integers (token ids)
         self.counts: set[str] = set()            # float graph values holding whole numbers from masks
         self.complement: set[str] = set()        # ONNX booleans whose graph value holds their negation
+        self.booleans: set[str] = set()          # graph values holding 0/1 (masks, comparisons): Where conditions
+        self.mask_values: list = []              # ONNX graph inputs that are mask inputs (attention_mask)
         self.sequence_input = False              # an LSTM/GRU reads the input: dims (sample, token, embedding)
         self.skip: set[int] = set()              # ONNX nodes already translated by a fused pattern
         self.consumers: dict[str, list] = {}
@@ -296,6 +303,7 @@ class OnnxTranslator(Translator):
     # -- the walk -------------------------------------------------------------------------------
     def run(self) -> Graph:
         value = self._input()
+        self.masks = self._mask_inputs(value)
         self.inferred = inferred_shapes(self.model, value.name, value.shape[1:])
         self._refuse_control_flow(value.name)
         for node in self.graph.node:
@@ -329,10 +337,15 @@ class OnnxTranslator(Translator):
     def _input(self) -> Value:
         inits = set(self.inits) | {t.values.name for t in self.graph.sparse_initializer}
         real = [v for v in self.graph.input if v.name not in inits]
+        if len(real) > 1:       # (input_ids, attention_mask): the further inputs that only decide are masks
+            masks = [v for v in real[1:] if is_mask_input(self.graph, v, real[0].name)]
+            self.mask_values = masks
+            real = [v for v in real if v not in masks]
         if len(real) != 1:
             names = ", ".join(repr(v.name) for v in real) or "none"
-            raise UnsupportedError(f"ONNX model {self.graph.name!r} has {len(real)} inputs ({names}); attribx "
-                                   f"graphs explain models with one input for now")
+            raise UnsupportedError(f"ONNX model {self.graph.name!r} has {len(real)} inputs ({names}) besides its "
+                                   f"mask inputs (integer inputs that only decide, as an attention_mask); "
+                                   f"attribx graphs explain models with one input for now")
         v = real[0]
         if not v.type.HasField("tensor_type"):
             raise UnsupportedError(f"ONNX model input {v.name!r} is not a tensor (a sequence or map?)")
@@ -356,6 +369,30 @@ class OnnxTranslator(Translator):
         else:
             self.np_dtype = np.dtype(dtype)
         return Value(v.name, full, dtype, layout_dims(layout, len(full)))
+
+    def _mask_inputs(self, main: Value) -> list[Value]:
+        """The mask inputs as graph inputs in the float dtype (0 masks): values holding whole numbers
+        (``counts``), shaped as declared, sizes left free taken from the explained input's."""
+        out = []
+        for v in self.mask_values:
+            declared = _tensor_shape(v.type)
+            if declared is None or len(declared) < 1:
+                raise UnsupportedError(f"ONNX model mask input {v.name!r} has no declared rank")
+            sample = [d if d is not None else (main.shape[i + 1] if i + 1 < len(main.shape) else None)
+                      for i, d in enumerate(declared[1:])]
+            if None in sample:
+                raise UnsupportedError(f"ONNX model mask input {v.name!r} leaves sizes free that the explained "
+                                       f"input does not fix: {declared}")
+            full = (None, *sample)
+            self.used.add(v.name)
+            self.values[v.name] = Tensor(v.name, full)
+            self.shapes[v.name] = full
+            self.counts.add(v.name)
+            if v.type.tensor_type.elem_type == 9:      # a bool input holds 0/1: a condition as it is
+                self.booleans.add(v.name)
+            out.append(Value(v.name, full, self.np_dtype.name, layout_dims("NT" if len(full) == 2 else None,
+                                                                           len(full))))
+        return out
 
     def _input_shape(self, declared) -> tuple:
         given = self.input_shape
@@ -414,10 +451,21 @@ class OnnxTranslator(Translator):
             raise UnsupportedError(f"{self.where()} cannot be translated: {type(err).__name__}: {err}; "
                                    f"{HOOK_HINT}") from None
         self._bind(node, outs)
+        self._keep_kind(node, present, outs)
         first = outs[0] if outs else None
         if self.main not in {n.name for n in self.nodes[n_before:]} and len(node.output) == 1 \
                 and isinstance(first, Tensor):
             self.alias(self.main, first.name)     # translated to nothing: the name addresses its input
+
+    def _keep_kind(self, node, present, outs) -> None:
+        """Moving, copying or selecting elements keeps a mask a mask: outputs of such ops on 0/1 values (on
+        whole numbers) hold 0/1 (whole numbers) too."""
+        if node.op_type not in MASK_KEEPING:
+            return
+        computed = [self.values[i].name for i in present if i in self.values]
+        for kind in (self.booleans, self.counts):
+            if computed and all(c in kind for c in computed):
+                kind.update(o.name for o in outs if isinstance(o, Tensor))
 
     def _check_layouts(self, node, conv, present) -> None:
         """Only converters registered for them read tensors whose batch is merged with other axes
@@ -527,7 +575,7 @@ class OnnxTranslator(Translator):
             if node.name in needed:
                 needed.update(node.inputs)
         self.nodes = [n for n in self.nodes if n.name in needed]
-        kept = {n.name for n in self.nodes} | {value.name}
+        kept = {n.name for n in self.nodes} | {value.name} | {m.name for m in self.masks}
         self.aliases = {k: v for k, v in self.aliases.items() if v in kept and k not in kept}
         meta = {"backend": "onnx", "framework": "onnx", "engines": ["torch", "numpy"], "opset": self.opset,
                 "input_shape": list(value.shape[1:])}
@@ -536,13 +584,15 @@ class OnnxTranslator(Translator):
             meta["producer"] = producer
         if self.sequence_input and len(value.shape) == 3:
             value = replace(value, dims=layout_dims("NTE", 3))
-        graph = self.finish([value], outputs, **meta)
+        if self.masks:
+            meta["mask_inputs"] = [m.name for m in self.masks]
+        graph = self.finish([value, *self.masks], outputs, **meta)
         channel = input_channel_axis(graph)
         if channel is not None and channel == len(value.shape) - 1 and channel != 1 \
                 and len(value.shape) in CHANNELS_LAST:
             # channels-last input (a Keras export transposes it for its convs): relevance keeps that layout
-            graph = Graph([replace(value, dims=layout_dims(CHANNELS_LAST[len(value.shape)], len(value.shape)))],
-                          graph.nodes, graph.outputs, graph.meta)
+            graph = Graph([replace(value, dims=layout_dims(CHANNELS_LAST[len(value.shape)], len(value.shape))),
+                           *self.masks], graph.nodes, graph.outputs, graph.meta)
         return graph
 
 

@@ -65,6 +65,7 @@ class ProgramWalker(Walker):
         self.root = gm = self.model
         self.dependent = input_dependent(gm.graph)
         self.masks = {n: n.name for n in gm.graph.nodes if n.op == "placeholder" and n.name in self.mask_names}
+        self.signals = [next(n for n in gm.graph.nodes if n.op == "placeholder")]     # the one signal input
         return gm, gm.graph, gm
 
     def takes_indices(self, fx_graph) -> bool:

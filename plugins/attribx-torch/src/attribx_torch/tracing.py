@@ -114,8 +114,9 @@ class Tracer(fx.Tracer):
 
 
 def concrete_args(model: nn.Module, n_inputs: int = 1) -> tuple[dict, list[str]]:
-    """forward's parameters after the first ``n_inputs`` (the traced inputs), bound to their defaults; error if
-    one has none. Returns them and the traced inputs' names."""
+    """forward's parameters after the first ``n_inputs`` (the inputs given), bound to their defaults, but for
+    mask parameters (:func:`is_mask_parameter`), which stay traced inputs run on example masks; error if another
+    one has no default. Returns them and the given inputs' names."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
@@ -128,7 +129,7 @@ def concrete_args(model: nn.Module, n_inputs: int = 1) -> tuple[dict, list[str]]
                                f"{len(inputs)} ({', '.join(p.name for p in inputs)})")
     concrete = {}
     for p in params[n_inputs:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or is_mask_parameter(p):
             continue
         if p.default is p.empty:
             raise UnsupportedError(
@@ -136,10 +137,37 @@ def concrete_args(model: nn.Module, n_inputs: int = 1) -> tuple[dict, list[str]]
                 f"{'one input' if n_inputs == 1 else f'{n_inputs} inputs'} given: pass them all, "
                 f"attribx.explain(model, "
                 f"({', '.join(q.name for q in params if q.default is q.empty)})), or translate(model, "
-                f"input_shape=(shape, ...)) with one shape per input (sequence lengths for pack_padded_sequence "
-                f"are computed inside the model from the padded input, e.g. (ids != pad).sum(1))")
+                f"input_shape=(shape, ...)) with one shape per input (mask parameters without a default whose name "
+                f"says mask, key_padding_mask, attention_mask, may be left out: they run as nothing masked; "
+                f"sequence lengths for pack_padded_sequence are computed inside the model from the padded input, "
+                f"e.g. (ids != pad).sum(1))")
         concrete[p.name] = p.default
     return concrete, [p.name for p in inputs]
+
+
+def is_mask_parameter(p: inspect.Parameter) -> bool:
+    """A further forward parameter without a default whose name says it is a mask (``key_padding_mask``,
+    ``attention_mask``): a mask input of the graph (it decides, takes no relevance); the others without a
+    default are signal inputs."""
+    return p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and "mask" in p.name
+
+
+def parameter_names(model: nn.Module) -> list[str]:
+    """Names of ``model.forward``'s parameters that can take an input (not ``*args``, ``**kwargs``), in order."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def mask_parameters(model: nn.Module) -> list[str]:
+    """Names of ``model.forward``'s mask parameters (:func:`is_mask_parameter`), in order."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params[1:] if is_mask_parameter(p)]
 
 
 class Holder(nn.Module):

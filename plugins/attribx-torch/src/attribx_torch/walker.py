@@ -26,7 +26,8 @@ from .aliasing import Aliases
 from .converters import TABLE
 from .converters.recurrent import PACK_PADDED
 from .signatures import bind
-from .tracing import Holder, Recorder, Tracer, concrete_args, feeds_embeddings, first_layer, module_converter
+from .tracing import (Holder, Recorder, Tracer, concrete_args, feeds_embeddings, first_layer, mask_parameters,
+                      module_converter, parameter_names)
 from .values import (HOOK_HINT, TIME_MAJOR_HINT, Lazy, Packed, Swapped, Unsupported, class_path, contains,
                      contains_t, device_of, first_line, fn_name, is_number, is_t, pretty, qualname, swap01)
 
@@ -74,6 +75,7 @@ class Walker(Translator):
         self.swap_out = False                   # an elementwise op on time-major tensors: see out_shape
         self.counts: set[str] = set()           # graph values holding integers (masks, lengths)
         self.masks: dict[fx.Node, str] = {}     # further inputs that are masks: their graph input names
+        self.signals: list[fx.Node] = []        # the placeholders of the signal inputs, in forward's order
 
     # -- what converters use ----------------------------------------------------------------------
     def _append(self, name, op, inputs, params, source, attrs):
@@ -172,10 +174,16 @@ class Walker(Translator):
             v = v[0]
         if not isinstance(v, torch.Tensor):
             raise Unsupported(f"expected a tensor result, got {type(v).__name__}")
-        if not v.is_floating_point() and not counts:
+        if not v.is_floating_point() and not counts and not self.reads_counts():
             raise Unsupported(f"its result has dtype {v.dtype}; the graph carries floating point values only "
                               f"(besides masks and lengths of padded sequences)")
         return swap01(v.shape) if self.swap_out else tuple(v.shape)
+
+    def reads_counts(self) -> bool:
+        """Whether the current node reads a mask or lengths (its integer or boolean result is one too: a mask
+        input sliced, reshaped, concatenated, negated)."""
+        return any(isinstance(self.values.get(a), Tensor) and self.values[a].name in self.counts
+                   for a in self.node.all_input_nodes)
 
     def source(self) -> str:
         n = self.node
@@ -202,14 +210,23 @@ class Walker(Translator):
         # a module we translate whole is traced as the one call of a holder, so it keeps its name
         whole = module_converter(self.table, model) is not None or fx.Tracer().is_leaf_module(model, "")
         self.root = root = Holder(model) if whole else model
-        concrete, self.params = concrete_args(root, 1 if self.shapes is None else len(self.shapes))
-        if isinstance(self.shapes, dict):       # by forward's parameter names, in its order
-            unknown = [k for k in self.shapes if k not in self.params]
+        if isinstance(self.shapes, dict):       # by forward's parameter names, in its order; masks may be left out
+            names = parameter_names(root)
+            unknown = [k for k in self.shapes if k not in names]
             if unknown:
                 raise InputError(f"input(s) {', '.join(map(repr, unknown))}: {type(model).__name__}.forward "
-                                 f"takes {', '.join(self.params)}")
-            self.shapes = tuple(self.shapes[k] for k in self.params)
+                                 f"takes {', '.join(names)}")
+            names = names[:max(names.index(k) for k in self.shapes) + 1]
+            missing = [k for k in names if k not in self.shapes and k not in mask_parameters(root)]
+            if missing:
+                raise InputError(f"input(s) {', '.join(map(repr, missing))} missing: {type(model).__name__}.forward "
+                                 f"takes {', '.join(names)}")
+            self.shapes = {k: self.shapes[k] for k in names if k in self.shapes}
+            concrete, _ = concrete_args(root, len(names))
+            self.params, self.shapes = list(self.shapes), tuple(self.shapes.values())
             self.input_shape = self.shapes[0]
+        else:
+            concrete, self.params = concrete_args(root, 1 if self.shapes is None else len(self.shapes))
         tracer = Tracer(lambda m: module_converter(self.table, m) is not None, self.leaf_functions)
         before = set(vars(root))
         try:
@@ -233,6 +250,12 @@ class Walker(Translator):
         for n in fx_graph.nodes:     # modules without a translation: say so before running anything
             if n.op == "call_module" and module_converter(self.table, root.get_submodule(n.target)) is None:
                 raise self.no_translation(self._where(n))
+        # the graph's inputs, in forward's order: the given ones and the mask parameters (given or not)
+        masks, given = set(mask_parameters(root)), set(self.params or ("",))
+        first = next((n for n in fx_graph.nodes if n.op == "placeholder"), None)
+        self.masks = {n: str(n.target) for n in fx_graph.nodes if n.op == "placeholder" and n.target in masks}
+        self.signals = [n for n in fx_graph.nodes if n.op == "placeholder" and n not in self.masks and
+                        (n is first or n.target in given)]
         return root, fx_graph, gm
 
     def takes_indices(self, fx_graph) -> bool:
@@ -247,16 +270,41 @@ class Walker(Translator):
         for fill in ((1, 2, 0) if packs else (0,)):
             example = torch.full((1, *self.input_shape), fill, dtype=torch.long if self.indices else self.dtype,
                                  device=device_of(model))
-            more = [torch.zeros((1, *shape), dtype=self.dtype, device=device_of(model))
-                    for shape in (self.shapes or ())[1:]]     # further inputs: real-valued signals
-            rec = Recorder(self.gm)
-            try:
-                with torch.no_grad():
-                    rec.run(example, *more)
-                return rec.env, example
-            except Exception as err:
-                first_err = first_err or err
+            for masks in self._mask_examples(example):
+                rec = Recorder(self.gm)
+                try:
+                    with torch.no_grad():
+                        rec.run(*self._arguments(example, masks))
+                    return rec.env, example
+                except Exception as err:
+                    first_err = first_err or err
         raise self.shape_error(fx_graph, first_err)
+
+    def _given_shapes(self) -> dict:
+        """The shapes given (one sample's), by forward's parameter name; {} for one input."""
+        return dict(zip(self.params, self.shapes)) if self.shapes is not None else {}
+
+    def _mask_examples(self, example):
+        """Examples of the mask inputs to record with, nothing masked: boolean False (a key_padding_mask), else
+        integer ones (an attention_mask); shaped as given, else (N, T) like token ids, or like the input without
+        its feature axis ((N, T) for (N, T, E)); the first the model runs on is taken."""
+        if not self.masks:
+            return [()]
+        given = self._given_shapes()
+        shapes = [tuple(example.shape)] if self.indices or example.dim() < 3 else \
+            [tuple(example.shape[:-1]), tuple(example.shape)]
+        return [tuple(make((1, *given[m]) if m in given else s, dtype=dtype, device=example.device)
+                      for m in self.masks.values())
+                for s in shapes for make, dtype in ((torch.zeros, torch.bool), (torch.ones, torch.long))]
+
+    def _arguments(self, example, masks) -> list:
+        """The traced inputs in forward's order: the example for the first signal input, zeros for further
+        ones (real-valued signals, shaped as given), the mask examples for the mask inputs."""
+        given, masks = self._given_shapes(), dict(zip(self.masks, masks))
+        more = {n: torch.zeros((1, *given[str(n.target)]), dtype=self.dtype, device=example.device)
+                for n in self.signals[1:]}
+        ordered = [n for n in self.gm.graph.nodes if n in masks or n in more or n is self.signals[0]]
+        return [example if n is self.signals[0] else masks[n] if n in masks else more[n] for n in ordered]
 
     def shape_error(self, fx_graph, err) -> InputShapeError:
         """The model does not run on the example: torch's reason, and the shape its first layer takes."""
@@ -283,18 +331,18 @@ class Walker(Translator):
         self.env, example = self.record(fx_graph)
         nodes = list(fx_graph.nodes)
         self.order = {n: i for i, n in enumerate(nodes)}
-        if self.shapes is not None:     # several inputs: each named after its forward argument
-            self.input_names = [p if p == "input" else self.unique(p) for p in self.params]
+        if len(self.signals) > 1:     # several signal inputs: each named after its forward argument
+            names = [str(n.target) for n in self.signals]
+            self.input_names = [p if p == "input" else self.unique(p) for p in names]
+        self.masks = {n: self.unique(name) for n, name in self.masks.items()}
         self.main_names.update(self.names(nodes))
         outputs = None
-        placeholders = 0
         for n in nodes:
             self.node = n
             if n.op == "placeholder":
-                if placeholders < len(self.input_names):
-                    name = self.input_names[placeholders]
+                if n in self.signals:
+                    name = self.input_names[self.signals.index(n)]
                     self.values[n] = Tensor(name, tuple(self.env[n].shape), dtype=self.env[n].dtype)
-                    placeholders += 1
                 elif n in self.masks:       # a mask input (attention_mask): a graph input that takes no relevance
                     self.values[n] = Tensor(self.masks[n], tuple(self.env[n].shape), dtype=self.env[n].dtype)
                     self.counts.add(self.masks[n])
@@ -529,13 +577,20 @@ class Walker(Translator):
             layout = layout_dims("NTE" if self.sequence_input else None, len(full))
         # mask inputs are carried in the model's float dtype (0 masks), so what is computed from them stays in it
         float_dtype = "float64" if self.dtype == torch.float64 else "float32"
-        masks = [Value(name, (None, *self.env[n].shape[1:]), float_dtype, ("sample", "token")[:self.env[n].dim()])
-                 for n, name in self.masks.items()]
-        meta = {"mask_inputs": list(self.masks.values())} if masks else {}
-        more = [Value(name, (None, *shape), float_dtype, layout_dims(None, len(shape) + 1))
-                for name, shape in zip(self.input_names[1:], (self.shapes or ())[1:])]
+        inputs = {n: Value(name, (None, *self.env[n].shape[1:]), float_dtype,
+                           ("sample", "token")[:self.env[n].dim()]) for n, name in self.masks.items()}
+        meta = {"mask_inputs": list(self.masks.values())} if self.masks else {}
+        # left out, a mask masks nothing: an attention_mask (HF's convention) attends where 1, torch's boolean
+        # masks (key_padding_mask, attn_mask) mask where True, so one recorded on False runs as 0
+        zeros = [name for n, name in self.masks.items() if self.env[n].dtype == torch.bool and
+                 "attention" not in str(n.target)]
+        if zeros:
+            meta["mask_fill"] = {name: 0 for name in zeros}
+        inputs.update({n: Value(name, (None, *self.env[n].shape[1:]), float_dtype, layout_dims(None, self.env[n].dim()))
+                       for n, name in zip(self.signals[1:], self.input_names[1:])})
+        inputs[self.signals[0]] = Value(self.input_names[0], full, dtype, layout)
         shapes = [list(s) for s in self.shapes] if self.shapes is not None else list(self.input_shape)
-        graph = self.finish([Value(self.input_names[0], full, dtype, layout)] + more + masks,
+        graph = self.finish([v for n, v in sorted(inputs.items(), key=lambda kv: self.order[kv[0]])],
                             [o.name for o in outputs], backend="torch", framework="torch",
                             torch_version=torch.__version__, input_shape=shapes, **meta)
         for nd in graph.nodes:   # the graph's shapes must be torch's, batch axis first

@@ -227,7 +227,21 @@ def mul(ctx, node, attrs):
         silu = _silu(ctx, node, b, a)
     if silu is not None:
         return silu
-    return _binary(ctx, node, "mul")
+    gated = _masked(ctx, a, b)
+    if gated is None:
+        gated = _masked(ctx, b, a)
+    return gated if gated is not None else _binary(ctx, node, "mul")
+
+
+def _masked(ctx, x: str, m: str):
+    """x times a 0/1 mask computed from a mask input: ``where(m, x, 0)``, so that the mask takes no relevance
+    (a product rule would share it with the mask); None for other products."""
+    mv, xv = ctx.values.get(m), ctx.values.get(x)
+    if mv is None or mv.name not in ctx.booleans or m in ctx.complement or xv is None or x in ctx.complement:
+        return None
+    if not (mv.in_graph_order and xv.in_graph_order) or mv.name in ctx.int_values or xv.name in ctx.int_values:
+        return None
+    return ctx.emit("where", [mv, xv, ctx.constant(0.0, "zero")])
 
 
 def _reciprocal(c):

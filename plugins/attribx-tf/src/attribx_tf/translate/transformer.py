@@ -20,10 +20,12 @@ import string
 import keras
 import numpy as np
 
+from attribx.translation import Tensor
 from attribx.translation.resize import graph_resize_attrs, linear_matrix, nearest_matrix
 
 from .common import TABLE, Unsupported, as_numpy, channels_last, one
 from .elementwise import fused_activation
+from .masks import with_mask
 
 #: What Keras's masked softmax adds where the mask is False (keras.layers.Softmax, float32 and wider).
 LARGE_NEGATIVE = -1e9
@@ -165,17 +167,48 @@ def _causal_bias(ctx, t: int, s: int):
     return ctx.constant(np.where(np.tril(np.ones((t, s), dtype=bool)), 0.0, LARGE_NEGATIVE), "causal_mask")
 
 
-@TABLE.register(keras.layers.MultiHeadAttention)
+def _mask_value(ctx, m, shape, what):
+    """A mask (a mask input or a Keras padding mask) as 0/1 where it is nonzero (Keras casts it to bool),
+    reshaped to (N, 1, T, S)-broadcastable ``shape`` (one sample's)."""
+    if not isinstance(m, Tensor):
+        raise Unsupported(f"{what} is not a mask input of the model nor a Keras padding mask it carries")
+    m = ctx.keras_order(m)
+    if math.prod(m.shape[1:]) != math.prod(shape):
+        raise Unsupported(f"{what} of shape {m.shape} does not fit the scores' {shape}")
+    b = ctx.emit("mask", [m], attrs={"value": 0.0, "axes": None}, name=ctx.sub(f"{what}_bool"))
+    return ctx.emit("reshape", [b], attrs={"shape": tuple(shape)}, name=ctx.sub(what))
+
+
+def _keep(ctx, query, key, value):
+    """Keras's attention mask (``_compute_attention_mask``) as a 0/1 graph value (N, 1, T, S), or None: the
+    query's padding mask (N, T) — Keras reads the query's own, not the ``query_mask`` argument —, ``value_mask``
+    and ``key_mask`` (N, S) (the arguments, else the tensors' padding masks), ``attention_mask`` (N, T, S)."""
+    t, s = query.shape[query.graph_axis(1)], value.shape[value.graph_axis(1)]
+    def given(name, t):
+        m = ctx.call_argument(name)
+        return getattr(t, "mask", None) if m is None else m
+
+    own = [(getattr(query, "mask", None), "query_mask", (1, t, 1)), (given("value_mask", value), "value_mask", (1, 1, s)),
+           (None if key is value else given("key_mask", key), "key_mask", (1, 1, s)),
+           (ctx.call_argument("attention_mask"), "attention_mask", (1, t, s))]
+    keep = None
+    for m, what, shape in own:
+        if m is None:
+            continue
+        v = _mask_value(ctx, m, shape, what)
+        keep = v if keep is None else ctx.emit("mul", [keep, v], name=ctx.sub(f"and_{what}"))
+    return keep
+
+
+@TABLE.register(keras.layers.MultiHeadAttention, reads_mask=True)
 def multi_head_attention(ctx, layer, xs):
-    """Self- and cross-attention over one sequence axis ((N, T, E) inputs), ``use_causal_mask``; Keras's
-    masks from Embedding(mask_zero) and ``attention_mask`` tensors, gates, sliding windows and other
-    attention axes are refused."""
+    """Self- and cross-attention over one sequence axis ((N, T, E) inputs), ``use_causal_mask``, masks
+    (``attention_mask``, ``value_mask``, ``key_mask`` from mask inputs, and the padding masks of
+    Embedding(mask_zero) / Masking on the inputs) as Keras's masked softmax applies them; gates, sliding windows
+    and other attention axes are refused."""
     query = ctx.call_argument("query", 0)
     value = ctx.call_argument("value", 1)
     key = ctx.call_argument("key", 2)
-    for kw in ("attention_mask", "query_mask", "value_mask", "key_mask"):
-        if ctx.call_argument(kw) is not None:
-            raise Unsupported(f"{kw} is not translated (use_causal_mask is)")
     if ctx.call_argument("return_attention_scores"):
         raise Unsupported("return_attention_scores=True (two outputs)")
     if query is None or value is None:
@@ -186,8 +219,8 @@ def multi_head_attention(ctx, layer, xs):
     if query.rank != 3 or tuple(layer._attention_axes) != (1,):
         raise Unsupported(f"attention over axes {layer._attention_axes} of rank-{query.rank} inputs; one sequence "
                           f"axis of (N, T, E) inputs translates")
-    if any(t.mask is not None for t in (query, key, value) if hasattr(t, "mask")):
-        raise Unsupported("inputs with a Keras mask (Embedding(mask_zero) / Masking) are not translated")
+    keep = _keep(ctx, query, key, value)
+    query_mask = getattr(query, "mask", None)
     query, key, value = (ctx.keras_order(t) for t in (query, key, value))
     q = _projection(ctx, layer._query_dense, query, "query")           # (N, T, H, dk)
     k = _projection(ctx, layer._key_dense, key, "key")                 # (N, S, H, dk)
@@ -198,13 +231,28 @@ def multi_head_attention(ctx, layer, xs):
     scores = ctx.emit("matmul", [q, k], name=ctx.sub("products"))    # (N, H, T, S)
     scores = ctx.emit("mul", [scores, ctx.constant(1.0 / math.sqrt(float(layer._key_dim)), "inv_sqrt_key_dim")],
                       name=ctx.sub("scores"))
-    if ctx.call_argument("use_causal_mask"):
-        scores = ctx.emit("add", [scores, _causal_bias(ctx, q.shape[2], k.shape[3])], name=ctx.sub("masked"))
-    attn = ctx.emit("softmax", [scores], attrs={"axis": -1}, name=ctx.sub("softmax"))
+    if keep is not None:
+        if ctx.call_argument("use_causal_mask"):
+            causal = np.tril(np.ones((q.shape[2], k.shape[3])))[None]
+            keep = ctx.emit("mul", [keep, ctx.constant(causal, "causal_mask")], name=ctx.sub("keep_causal"))
+        # Keras's dot_product_attention (no dropout) fills masked scores with -0.7 of the dtype's largest
+        # number; its masked Softmax layer (with dropout) with -1e9, then zeroes those weights (fully masked rows)
+        zeroed = float(getattr(layer, "_dropout", 0.0)) > 0.0
+        fill = LARGE_NEGATIVE if zeroed else -0.7 * float(np.finfo(ctx.np_dtype).max if ctx.np_dtype.itemsize > 4
+                                                           else 3.38953e38)
+        scores = ctx.emit("where", [keep, scores, ctx.constant(fill, "large_negative")], name=ctx.sub("masked"))
+        attn = ctx.emit("softmax", [scores], attrs={"axis": -1}, name=ctx.sub("weights" if zeroed else "softmax"))
+        if zeroed:
+            attn = ctx.emit("where", [keep, attn, ctx.constant(0.0, "zero")], name=ctx.sub("softmax"))
+    else:
+        if ctx.call_argument("use_causal_mask"):
+            scores = ctx.emit("add", [scores, _causal_bias(ctx, q.shape[2], k.shape[3])], name=ctx.sub("masked"))
+        attn = ctx.emit("softmax", [scores], attrs={"axis": -1}, name=ctx.sub("softmax"))
     out = ctx.emit("matmul", [attn, v], name=ctx.sub("context"))      # (N, H, T, dv)
     out = ctx.emit("transpose", [out], attrs={"perm": (0, 2, 1, 3)}, name=ctx.sub("context_tokens"))
     dense = layer._output_dense
-    return einsum_linear(ctx, out, dense.equation, _kernel(dense), getattr(dense, "bias", None), ctx.main)
+    y = einsum_linear(ctx, out, dense.equation, _kernel(dense), getattr(dense, "bias", None), ctx.main)
+    return with_mask(y, query_mask)         # the output carries the query's padding mask, as in Keras
 
 
 # ----------------------------------------------------------------------------------------------

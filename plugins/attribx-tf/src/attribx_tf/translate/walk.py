@@ -19,6 +19,7 @@ from attribx.plugins import registry
 from attribx.translation import ConverterTable, Tensor, TranslationError, Translator
 
 from .common import HOOK_HINT, TABLE, Unsupported, channels_first_order, class_path
+from .mask_inputs import is_integer, mask_inputs, mask_only_inputs
 from .masks import KTensor, check_mask, mask_kwarg, mask_only_nodes, pass_mask, refuse_mask_readers
 
 #: Input layouts by rank for channels-last Keras models (letters of attribx.graph.LAYOUT_LETTERS).
@@ -48,6 +49,7 @@ class KerasTranslator(Translator):
         self.sequence_input = False     # a recurrent layer reads the input (directly or through Masking)
         self.masked_input = None        # the Masking output of the graph input, if any
         self._call = None               # (Keras node, translated value by id of its tensors) of the layer now
+        self.mask_values: list[Value] = []  # further inputs that are masks (attention_mask)
 
     # -- nodes: the kit's, with shapes inferred -------------------------------------------------------
     def _append(self, name, op, inputs, params, source, attrs):
@@ -107,7 +109,16 @@ class KerasTranslator(Translator):
                                  f"pass one sample's shape: attribx.translate(model, input_shape=(32, 32, 3))")
             model.build((None, *first_shape(self.input_shape)))
         inputs = list(getattr(model, "inputs", None) or [])
-        given = self._given_shapes(inputs)
+        masks = mask_inputs(model)
+        given = self._given_shapes(inputs, masks)
+        floats = [t for t in mask_only_inputs(model) if not is_integer(t)]
+        if floats:
+            raise UnsupportedError(
+                f"Keras model {model.name!r} has {len(inputs) - len(masks)} inputs besides its mask inputs: "
+                f"{', '.join(repr(t._keras_history[0].name) for t in floats)} only reach MultiHeadAttention as "
+                f"attention_mask, value_mask or key_mask but are real-valued (a bias added to the scores, or a "
+                f"mask?); give a mask an integer or boolean Input (keras.Input(..., dtype='int32')) to make it a "
+                f"mask input")
         kshape = tuple(inputs[0].shape[1:]) if inputs else None
         dtype = str(inputs[0].dtype) if inputs else str(model.dtype_policy.variable_dtype)
         shape = self._input_shape(kshape)
@@ -124,8 +135,11 @@ class KerasTranslator(Translator):
         self.input_name = in_name
         full = (None, *shape)
         self.shapes[in_name] = full
-        more = [self._further_input(t, g) for t, g in zip(inputs[1:], given[1:])]
-        outs = self.walk(model, [KTensor(in_name, full)] + [KTensor(v.name, v.shape) for v in more], prefix="")
+        # further inputs, in the model's order: mask inputs (they only decide), else real-valued signals
+        further = [self._mask_input(t, g or shape) if any(t is m for m in masks) else self._further_input(t, g)
+                   for t, g in zip(inputs[1:], given[1:])]
+        more = [v for v in further if all(v is not m for m in self.mask_values)]
+        outs = self.walk(model, [KTensor(in_name, full)] + [KTensor(v.name, v.shape) for v in further], prefix="")
         layout = None
         if self.indices:
             layout = ("sample",) + tuple("token" if i == 0 else f"position_{i}" for i in range(len(full) - 1))
@@ -142,11 +156,13 @@ class KerasTranslator(Translator):
             if o.name == in_name:    # a model that returns its input still gets a node to explain
                 o = self.emit("identity", [o], name=self.unique("output"), order=o.order)
             finals.append(o)
-        return self._finish([value] + more, finals, shape if not more else [shape] + [list(v.shape[1:]) for v in more])
+        return self._finish([value] + further, finals,
+                            shape if not more else [shape] + [list(v.shape[1:]) for v in more])
 
-    def _given_shapes(self, inputs) -> list:
+    def _given_shapes(self, inputs, masks) -> list:
         """One sample's shape per Keras input (None where not given); ``self.input_shape`` becomes the first's.
-        Several are given as a tuple (in the model's input order) or a dict by input name."""
+        Several are given as a tuple (in the model's input order; mask inputs at its end may be left out) or a
+        dict by input name."""
         given = self.input_shape
         names = [t._keras_history[0].name for t in inputs]
         if isinstance(given, dict):
@@ -156,17 +172,19 @@ class KerasTranslator(Translator):
                                  f"{', '.join(map(repr, names))}")
             given = [given.get(k) for k in names]
         elif given and isinstance(given[0], (tuple, list)):
-            if len(inputs) > 1 and len(given) != len(inputs):
+            left = inputs[len(given):]
+            if len(inputs) > 1 and (len(given) > len(inputs) or not all(any(t is m for m in masks) for t in left)):
                 raise InputError(f"{len(given)} inputs given; Keras model {self.model.name!r} takes {len(inputs)} "
                                  f"({', '.join(map(repr, names))})")
-            given = list(given)
+            given = list(given) + [None] * len(left)
         else:
             given = [given] + [None] * (len(inputs) - 1)
         self.input_shape = given[0]
         return given
 
     def _further_input(self, t, given) -> Value:
-        """A Keras input after the first: a real-valued signal, in Keras's (channels-last) layout."""
+        """A Keras input after the first that is not a mask input: a real-valued signal, in Keras's
+        (channels-last) layout."""
         name = t._keras_history[0].name
         if "float" not in str(t.dtype):
             raise UnsupportedError(f"input {name!r} of Keras model {self.model.name!r} has dtype {t.dtype}; inputs "
@@ -181,6 +199,22 @@ class KerasTranslator(Translator):
         self.shapes[name] = full
         layout = CHANNELS_LAST_LAYOUTS.get(len(full)) if keras.config.image_data_format() == "channels_last" else None
         return Value(name, full, "float64" if "64" in str(t.dtype) else "float32", layout_dims(layout, len(full)))
+
+    def _mask_input(self, t, shape) -> Value:
+        """A mask input as a graph input in the float dtype; sizes it leaves free are taken from ``shape`` (its
+        data's when given, else the explained input's)."""
+        name = t._keras_history[0].name
+        sample = tuple(d if d is not None else (shape[i] if i < len(shape) else None) for i, d in
+                       enumerate(t.shape[1:]))
+        if None in sample:
+            raise UnsupportedError(f"Keras model input {name!r} (a mask) leaves sizes free that the explained input "
+                                   f"does not fix: {tuple(t.shape)}")
+        self.used.add(name)
+        full = (None, *sample)
+        self.shapes[name] = full
+        self.mask_values.append(Value(name, full, self.np_dtype.name, layout_dims("NT" if len(full) == 2 else None,
+                                                                                  len(full))))
+        return self.mask_values[-1]
 
     def _input_shape(self, kshape):
         given = None if self.input_shape is None else tuple(int(d) for d in self.input_shape)
@@ -316,8 +350,9 @@ class KerasTranslator(Translator):
             if bare not in self.used and len(full) == 1:
                 aliases[bare] = aliases.get(full[0], full[0])
         self.aliases = aliases
+        meta = {"mask_inputs": [m.name for m in self.mask_values]} if self.mask_values else {}
         return self.finish(list(values), [o.name for o in outputs], backend="keras", framework="tensorflow",
-                           keras_version=keras.__version__, input_shape=list(shape))
+                           keras_version=keras.__version__, input_shape=list(shape), **meta)
 
 
 def _check_result(y, conv) -> None:

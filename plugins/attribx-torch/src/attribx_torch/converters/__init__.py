@@ -11,5 +11,6 @@ a tuple whose first item the graph holds).
 from . import transformer, swin  # noqa: F401  (issue 19's families; they register)
 from .base import TABLE
 from . import layers, elementwise, reductions, shape, pooling, recurrent, aten, aten_transformer  # noqa: F401  (they register)
+from . import masks  # noqa: F401  (masks from mask inputs; registers)
 
 __all__ = ["TABLE"]

@@ -164,6 +164,8 @@ def _check_pair(a, b):
 
 def _result_check(ctx):
     v = ctx.result()
+    if isinstance(v, torch.Tensor) and not v.is_floating_point() and ctx.reads_counts():
+        return                  # arithmetic on a mask (1 - attention_mask): the graph holds it as floats
     if not isinstance(v, torch.Tensor) or v.dtype != ctx.dtype:
         raise Unsupported(f"its result has dtype {getattr(v, 'dtype', type(v).__name__)}, the model's is "
                           f"{ctx.dtype}")
@@ -230,6 +232,9 @@ def mul(ctx, input, other):
     if is_t(input) and is_t(other):
         a, b = ctx.materialize(input), ctx.materialize(other)
         _check_pair(a, b)
+        for x, m in ((a, b), (b, a)):       # x times a boolean mask: a selection, the mask takes no relevance
+            if m.name in ctx.counts and getattr(m, "dtype", None) == torch.bool and x.name not in ctx.counts:
+                return ctx.emit("where", [m, x, ctx.const(0.0, "zero")], ctx.out_shape())
         return ctx.emit("mul", [a, b], ctx.out_shape())
     t, c = (input, other) if is_t(input) else (other, input)
     t = ctx.materialize(t)

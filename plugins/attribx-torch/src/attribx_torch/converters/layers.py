@@ -120,10 +120,11 @@ def embedding(ctx, input, weight, padding_idx=None, max_norm=None, norm_type=2.0
               sparse=False):
     if max_norm is not None:
         raise Unsupported(f"max_norm={max_norm} renormalises the weight at lookup time")
-    if isinstance(input, Swapped) and input.base is not None and input.base.name == "input":
+    ids = ctx.input_names[0]       # the first input, which holds the indices
+    if isinstance(input, Swapped) and input.base is not None and input.base.name == ids:
         return Swapped(ctx.emit("embedding", [input.base], swap01(ctx.out_shape()), {},
                                 {"weight": ctx.param(weight, "weight")}))
-    if not is_t(input) or input.name != "input":
+    if not is_t(input) or input.name != ids:
         raise Unsupported("looks up indices computed inside the model; the graph's indices are its input")
     return ctx.emit("embedding", [input], ctx.out_shape(), {}, {"weight": ctx.param(weight, "weight")})
 
