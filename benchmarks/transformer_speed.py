@@ -7,8 +7,9 @@ Same model (random weights from a seed; nothing is downloaded), same input, one 
 * ``gpt2``: a GPT-2-small-sized config (12 layers, 768 wide, 12 heads, vocabulary 50257), batch 1, the logit of
   one token at the last position, sequences of ``--seq`` tokens (128 and 512).
 * ``llama``: a Llama-architecture config (RMSNorm, rotary positions, SiLU-gated MLP, grouped-query attention;
-  ``--llama-size``: ``small`` is 8 layers × 1024 wide, 16 heads, 4 key/value heads, vocabulary 32000 — a
-  Llama-7B-sized config does not fit a CPU run of minutes; ``7b`` builds one for a GPU), batch 1.
+  ``--llama-size``: ``small`` is 8 layers × 1024 wide, 16 heads, 4 key/value heads, vocabulary 32000; ``1b`` has
+  Llama 3.2 1B's shape (16 layers × 2048, 32 heads, 8 key/value heads, vocabulary 128256, 1.24 B parameters, 5 GB
+  in float32); ``7b`` Llama 2 7B's (27 GB in float32: more than a 24 GB machine holds, so for a GPU)), batch 1.
 
 Each measurement runs in a fresh subprocess (LXT patches transformers' and torchvision's classes for the whole
 process, and peak memory must not mix): it builds the model, warms up once, then times ``--repeat`` calls
@@ -40,6 +41,8 @@ ANCHORS = ROOT / "tests" / "anchors"
 LLAMA_SIZES = {
     "small": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
                   num_key_value_heads=4, vocab_size=32000),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),       # Llama 3.2 1B's shape
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32, vocab_size=32000),
 }
