@@ -17,8 +17,10 @@ process, and peak memory must not mix): it builds the model, warms up once, then
 :class:`attribx.benchmark.PeakRSS`; on a GPU ``torch.cuda.max_memory_allocated``). Modes:
 
 * ``gradient``: the plain gradient pass of the explained logit w.r.t. the input (pixels; token embeddings),
-  the unpatched model: the reference the ratios divide by;
-* ``lxt``: LXT's patched model, one gradient × input pass (its "efficient" mode: that is all LXT does);
+  the unpatched model, input gradients only (``torch.autograd.grad``, no weight gradients): the reference the
+  ratios divide by;
+* ``lxt``: LXT's patched model, one gradient × input pass (its "efficient" mode: that is all LXT does), input
+  gradients only as well;
 * ``attribx``: ``attribx.explain`` on the translated graph (translation timed apart, once per model and shape:
   it is paid once, not per explanation).
 
@@ -103,14 +105,16 @@ def worker(spec: dict) -> dict:
     x = torch.from_numpy(x_np).to(device)
 
     def logit_grad():
-        """The explained logit's gradient times the input (pixels; token embeddings summed per token)."""
+        """The explained logit's gradient times the input (pixels; token embeddings summed per token). Only the
+        input's gradient is asked for (``torch.autograd.grad``): a ``backward()`` would compute every weight's
+        gradient too, which no explanation needs (it made the gradient pass about 1.4× slower)."""
         if image:
             xi = x.detach().clone().requires_grad_(True)
-            model(xi)[:, TARGET].sum().backward()
-            return (xi * xi.grad).detach()
+            g, = torch.autograd.grad(model(xi)[:, TARGET].sum(), xi)
+            return (xi * g).detach()
         emb = model.get_input_embeddings()(x).detach().requires_grad_(True)
-        model(inputs_embeds=emb, use_cache=False).logits[:, -1, TARGET].sum().backward()
-        return (emb * emb.grad).sum(-1).detach()
+        g, = torch.autograd.grad(model(inputs_embeds=emb, use_cache=False).logits[:, -1, TARGET].sum(), emb)
+        return (emb * g).sum(-1).detach()
 
     if mode in ("gradient", "lxt"):
         call = logit_grad
