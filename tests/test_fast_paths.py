@@ -1,6 +1,7 @@
 """Each rule's optimisations (``fast_*``) give the general formula's numbers: γ's forms for non-negative
-inputs (one branch when nothing arrives where z ≤ 0; both branches merged otherwise) and z-box with bounds
-folded into the weights, each against the same rule with ``optimise = False`` on random layers and inputs."""
+inputs (one branch when nothing arrives where z ≤ 0; both branches merged otherwise) and for inputs of both
+signs (through |x| and |W|), z-box with bounds folded into the weights and αβ on x ≥ 0, each against the
+same rule with ``optimise = False`` on random layers and inputs."""
 from __future__ import annotations
 
 import importlib.util
@@ -29,6 +30,16 @@ def explain(graph, x, rule, R, engine):
     return np.asarray(attribx.explain(graph, x, comp, output_init=R, engine=engine).values)
 
 
+def assert_fast_equals_general(graph, x, R, engine, cls, fast: str, **params):
+    """The rule with its fast path ``fast`` (which must run) gives the numbers of ``optimise = False``."""
+    calls: list = []
+    got = explain(graph, x, spied(cls, fast, calls, **params), R, engine)
+    assert calls, "the fast path did not run"
+    general = explain(graph, x, spied(cls, fast, calls := [], optimise=False, **params), R, engine)
+    assert not calls
+    np.testing.assert_allclose(got, general, rtol=1e-9, atol=1e-12 * np.abs(general).max())
+
+
 def relu_layer(rng, kind: str, bias: bool):
     """x -> relu -> layer: the layer's input is known to be non-negative (γ's fast path applies)."""
     b = GraphBuilder("relu_" + kind)
@@ -45,24 +56,47 @@ def layer_output(graph, x):
     return np.asarray(attribx.forward(graph, x, engine="numpy"))
 
 
+def signed_layer(rng, kind: str, bias: bool):
+    """x -> silu -> layer: the layer's input has both signs (EfficientNet's convs; γ's signed form applies).
+    Some inputs are exactly 0, so that some outputs are z = 0 (no branch: no relevance passes there)."""
+    b = GraphBuilder("silu_" + kind)
+    if kind == "linear":
+        h = b.silu(b.input("x", (7,), dtype="float64"))
+        b.linear(h, rng.normal(size=(5, 7)), rng.normal(size=5) if bias else None, name="layer")
+        x = rng.normal(size=(4, 7))
+        x[0] = 0.0
+        return b.build(), x
+    groups, cin = (1, 3) if kind == "conv" else (4, 4)     # "depthwise": one filter per channel
+    h = b.silu(b.input("x", (cin, 6, 6), dtype="float64"))
+    b.conv(h, rng.normal(size=(4, cin // groups, 3, 3)), rng.normal(size=4) if bias else None, padding=1,
+           groups=groups, name="layer")
+    x = rng.normal(size=(2, cin, 6, 6))
+    x[0, :, :3, :3] = 0.0
+    return b.build(), x
+
+
+#: (layer maker, seed, γ's fast path): after a ReLU (x ≥ 0) or a SiLU (both signs)
+GAMMA_INPUTS = {"relu": (relu_layer, 7, "fast_nonnegative"), "silu": (signed_layer, 5, "fast_signed")}
+
+
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("inputs,kind", [("relu", "linear"), ("relu", "conv"),
+                                         ("silu", "linear"), ("silu", "conv"), ("silu", "depthwise")])
 @pytest.mark.parametrize("bias,zero_bias", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("arrives", ["where z > 0", "everywhere"])
-def test_gamma_nonnegative_forms_equal_the_general_formula(engine, kind, bias, zero_bias, arrives):
-    rng = np.random.default_rng(7)
-    graph, x = relu_layer(rng, kind, bias)
+def test_gamma_forms_equal_the_general_formula(engine, inputs, kind, bias, zero_bias, arrives):
+    """x ≥ 0: one branch or both merged; both signs: one forward with |x| and |W|, two transposed ops."""
+    make, seed, fast = GAMMA_INPUTS[inputs]
+    rng = np.random.default_rng(seed)
+    graph, x = make(rng, kind, bias)
     z = layer_output(graph, x)
+    if inputs == "silu" and not bias:
+        assert (z == 0).any()
     R = rng.normal(size=z.shape)
     if arrives == "where z > 0":        # a ReLU after the layer: the one-branch form
         R = np.where(z > 0, np.abs(R), 0.0)
     params = {"gamma": 0.37, "stabilizer": 1e-6, "zero_bias": zero_bias}
-    calls: list = []
-    fast = explain(graph, x, spied(Gamma, "fast_nonnegative", calls, **params), R, engine)
-    assert calls, "the fast path did not run"
-    general = explain(graph, x, spied(Gamma, "fast_nonnegative", calls := [], optimise=False, **params), R, engine)
-    assert not calls
-    np.testing.assert_allclose(fast, general, rtol=1e-9, atol=1e-12 * np.abs(general).max())
+    assert_fast_equals_general(graph, x, R, engine, Gamma, fast, **params)
 
 
 def box_layer(rng, kind: str):
@@ -88,13 +122,7 @@ def test_z_box_folded_equals_unfolded(engine, kind, bounds):
         low = -2.0 - rng.uniform(size=channel_shape)
         high = 2.0 + rng.uniform(size=channel_shape)
     R = rng.normal(size=layer_output(graph, x).shape)
-    calls: list = []
-    fast = explain(graph, x, spied(ZBox, "fast_folded", calls, low=low, high=high), R, engine)
-    assert calls, "the fast path did not run"
-    general = explain(graph, x, spied(ZBox, "fast_folded", calls := [], optimise=False, low=low, high=high), R,
-                      engine)
-    assert not calls
-    np.testing.assert_allclose(fast, general, rtol=1e-9, atol=1e-12 * np.abs(general).max())
+    assert_fast_equals_general(graph, x, R, engine, ZBox, "fast_folded", low=low, high=high)
 
 
 def test_z_box_bounds_that_vary_over_positions_take_the_general_formula():
@@ -118,10 +146,4 @@ def test_alpha_beta_nonnegative_form_equals_the_general_formula(engine, kind, bi
     graph, x = relu_layer(rng, kind, bias)
     R = rng.normal(size=layer_output(graph, x).shape)
     params = {"alpha": alpha, "beta": beta, "stabilizer": 1e-6, "zero_bias": zero_bias}
-    calls: list = []
-    fast = explain(graph, x, spied(AlphaBeta, "fast_nonnegative", calls, **params), R, engine)
-    assert calls, "the fast path did not run"
-    general = explain(graph, x, spied(AlphaBeta, "fast_nonnegative", calls := [], optimise=False, **params), R,
-                      engine)
-    assert not calls
-    np.testing.assert_allclose(fast, general, rtol=1e-9, atol=1e-12 * np.abs(general).max())
+    assert_fast_equals_general(graph, x, R, engine, AlphaBeta, "fast_nonnegative", **params)

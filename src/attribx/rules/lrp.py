@@ -59,6 +59,11 @@ def gamma_down(eng, g) -> Mod:
     return Mod(lambda w: w + g * eng.clip(w, None, 0), lambda v: v + g * min(v, 0.0))
 
 
+def magnitude(eng) -> Mod:
+    """|W|"""
+    return Mod(lambda w: eng.abs(w), lambda v: abs(v))
+
+
 def ones(eng) -> Mod:
     return Mod(lambda w: eng.ones_like(w), lambda v: 1.0)
 
@@ -168,6 +173,11 @@ class Affine:
         if x is None or g is None:
             return None
         return self.eng.multiply_into(g, x) if self.kind == "layer" else x * g
+
+    def nonnegative(self):
+        """Per signal, whether the graph guarantees it is ≥ 0 (after a ReLU)."""
+        nonneg = self.ctx.nonnegative or [False] * len(self.ctx.inputs)
+        return [bool(nonneg[i]) for i in self.signal]
 
     def split(self):
         """(x⁺, x⁻) per signal; x⁻ is None where the graph guarantees x ≥ 0 (its terms vanish)."""
@@ -405,10 +415,11 @@ class Gamma(AffineRule):
         super().__init__(gamma=gamma, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
-        xp, xn = op.split()
-        if self.optimise and op.kind == "layer" and all(v is None for v in xn):
-            return self.fast_nonnegative(op, eng, R, xp[0])
-        return self.general(op, eng, R, xp, xn)
+        if self.optimise and op.kind == "layer" and len(op.signal) == 1:
+            (x,) = op.signals()
+            fast = self.fast_nonnegative if op.nonnegative()[0] else self.fast_signed
+            return fast(op, eng, R, x)
+        return self.general(op, eng, R, *op.split())
 
     def general(self, op, eng, R, xp, xn):
         """The formula (docs/rules.md): both branches, each with its own denominator, on every kind of op."""
@@ -427,6 +438,36 @@ class Gamma(AffineRule):
             for k, (gp, gn) in enumerate(zip(gps, gns)):
                 out[k] = _add(out[k], _add(_mul(xp[k], gp), _mul(xn[k], gn)))
         return out
+
+    def fast_signed(self, op, eng, R, x):
+        """Optimisation of :meth:`general` for a weighted layer whose input has both signs (after SiLU, a
+        linear bottleneck, a gate, a residual sum).
+
+        With x± = (x ± |x|)/2 and W± = (W ± |W|)/2, the positive contributions are P = F(x⁺; W⁺) + F(x⁻; W⁻)
+        = (z₀ + A)/2 and the negative ones N = z₀ − P = (z₀ − A)/2, where z₀ = z − b and A = F(|x|; |W|). So both
+        branches' denominators are one array, (1 + γ/2)z + (γ/2)σ(A + |b|) with σ the sign of z (0 at 0;
+        zero_bias: z₀ and A), and the four transposed ops merge into two:
+        R = (1 + γ/2) x ⊙ Wᵀ(|σ|s) + (γ/2) |x| ⊙ |W|ᵀ(σs). One extra forward and two transposed ops instead of
+        four of each. Without zero_bias the denominators stay above γ/2 times the contributions they divide (z
+        and γ(P + b⁺) share a sign where z > 0, likewise below), so the rewrite rounds no worse than the general
+        form. (The same |x|, |W| rewrite of αβ is not taken: its parts' denominators may vanish while their
+        contributions do not cancel, P ≈ 0 beside a large N, and the rounding of A would be amplified.)
+        """
+        h = self.gamma / 2.0
+        z = op.ctx.output
+        b = op.ctx.params.get("bias")
+        mag = magnitude(eng)
+        ax = eng.abs(x)
+        a = op.term([ax], mag, DROP if self.zero_bias else mag)          # A (+ |b|)
+        zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
+        sig = eng.signum(z)
+        den = eng.add_scaled_into(zz * (1.0 + h), eng.multiply_into(a, sig), h)
+        s = eng.divide_into(R, eng.stabilize(den, self.stabilizer))
+        s_diff = s * sig                          # σs
+        s_both = eng.multiply_into(sig, s_diff)   # σ²s = |σ|s: nothing where z = 0
+        (t1,) = op.back(s_both)
+        (t2,) = op.back(s_diff, mag)
+        return [eng.add_scaled_into(op.times(x, t1) * (1.0 + h), op.times(ax, t2), h)]
 
     def fast_nonnegative(self, op, eng, R, x):
         """Optimisation of :meth:`general` for a weighted layer whose input is x ≥ 0 (after a ReLU).
