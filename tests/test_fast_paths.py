@@ -147,3 +147,38 @@ def test_alpha_beta_nonnegative_form_equals_the_general_formula(engine, kind, bi
     R = rng.normal(size=layer_output(graph, x).shape)
     params = {"alpha": alpha, "beta": beta, "stabilizer": 1e-6, "zero_bias": zero_bias}
     assert_fast_equals_general(graph, x, R, engine, AlphaBeta, "fast_nonnegative", **params)
+
+
+def wide_signed_layer(rng, kind: str, bias: bool):
+    """x -> silu -> a layer with many inputs per unit (64 or 72): contributions of both signs at every unit."""
+    b = GraphBuilder("wide_" + kind)
+    if kind in ("linear", "one-sided"):     # one-sided: unit 0's contributions are all positive
+        h = b.silu(b.input("x", (64,), dtype="float64"))
+        w, x = rng.normal(size=(5, 64)), rng.normal(size=(4, 64))
+        if kind == "one-sided":
+            w[0], x = np.abs(w[0]), np.abs(x) + 0.1
+        b.linear(h, w, rng.normal(size=5) if bias else None, name="layer")
+        return b.build(), x
+    h = b.silu(b.input("x", (8, 5, 5), dtype="float64"))
+    b.conv(h, rng.normal(size=(4, 8, 3, 3)), rng.normal(size=4) if bias else None, padding=1, name="layer")
+    return b.build(), rng.normal(size=(2, 8, 5, 5))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["linear", "conv", "depthwise", "one-sided"])
+@pytest.mark.parametrize("bias,zero_bias", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("alpha,beta", [(2.0, 1.0), (1.5, 0.5), (1.0, 0.0)])
+def test_alpha_beta_signed_form_equals_the_general_formula(engine, kind, bias, zero_bias, alpha, beta):
+    """αβ and z⁺ (β = 0) on inputs of both signs: the |x|, |W| form on layers with many inputs per unit; the
+    general form where a unit's contributions may all have one sign (a depthwise conv's nine) or do."""
+    from attribx.rules.lrp import AlphaBeta
+    rng = np.random.default_rng(13)
+    graph, x = signed_layer(rng, kind, bias) if kind == "depthwise" else wide_signed_layer(rng, kind, bias)
+    R = rng.normal(size=layer_output(graph, x).shape)
+    params = {"alpha": alpha, "beta": beta, "stabilizer": 1e-6, "zero_bias": zero_bias}
+    general: list = []
+    got = explain(graph, x, spied(AlphaBeta, "general", general, **params), R, engine)
+    assert bool(general) == (kind in ("depthwise", "one-sided")), general
+    want = explain(graph, x, spied(AlphaBeta, "fast_signed", calls := [], optimise=False, **params), R, engine)
+    assert not calls
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())

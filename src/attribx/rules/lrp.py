@@ -340,7 +340,54 @@ class AlphaBeta(AffineRule):
         xp, xn = op.split()
         if self.optimise and self.beta and op.kind == "layer" and all(v is None for v in xn):
             return self.fast_nonnegative(op, eng, R, xp[0])
+        if self.optimise and op.kind == "layer" and len(xn) == 1 and xn[0] is not None:
+            fast = self.fast_signed(op, eng, R, op.signals()[0])
+            if fast is not None:
+                return fast
         return self.general(op, eng, R, xp, xn)
+
+    #: :meth:`fast_signed` applies where every unit's contributions of either sign are at least this share of
+    #: all its contributions' magnitude (rounding then grows by at most about 2 / share)
+    min_share: ClassVar[float] = 1e-2
+    #: layers with fewer inputs per unit (a depthwise conv's nine) nearly always have such units: not tried
+    min_inputs: ClassVar[int] = 32
+
+    def fast_signed(self, op, eng, R, x):
+        """Optimisation of :meth:`general` for a weighted layer whose input has both signs (after SiLU, a gate,
+        a linear bottleneck); None where it does not apply.
+
+        As for γ (:meth:`Gamma.fast_signed`), with A' = F(|x|; |W|) + |b| the parts' denominators are
+        zp = (z + A')/2 and zn = (z − A')/2 (zero_bias: z − b and A), and
+        R = ½[x ⊙ Wᵀ(α sp − β sn) + |x| ⊙ |W|ᵀ(α sp + β sn)]: one extra forward and two transposed ops instead
+        of four of each (z⁺: two of each). Unlike γ's, these denominators vanish where a unit's contributions
+        all have one sign, while its transposed ops do not: z − (±A') rounds to about ε·A' there, and dividing
+        by it spreads that rounding (the general form multiplies it by exact zeros). So the form is taken only
+        where |z| ≤ (1 − min_share)·A' everywhere (dense layers with many inputs); else, as on depthwise convs,
+        the general form runs.
+        """
+        if int(np.prod(op.ctx.params["weight"].shape[1:])) < self.min_inputs:
+            return None
+        mag = magnitude(eng)
+        z = op.ctx.output
+        b = op.ctx.params.get("bias")
+        ax = eng.abs(x)
+        a = op.term([ax], mag, DROP if self.zero_bias else mag)
+        zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
+        slack = eng.add_scaled_into(a, eng.abs(zz), -1.0 / (1.0 - self.min_share))   # A' − |z| / (1 − share)
+        if eng.any_nonzero(eng.clip(slack, None, 0)):
+            return None
+        sp = eng.divide_into(R, eng.stabilize((zz + a) * 0.5, self.stabilizer))
+        if self.beta:
+            sn = eng.divide_into(R, eng.stabilize((zz - a) * 0.5, self.stabilizer))
+            ap = sp * self.alpha
+            u = ap - sn * self.beta
+            v = eng.add_scaled_into(ap, sn, self.beta)
+        else:
+            u = v = sp if self.alpha == 1 else sp * self.alpha
+        (t1,) = op.back(u)
+        (t2,) = op.back(v, mag)
+        r = eng.add_scaled_into(op.times(x, t1), op.times(ax, t2), 1.0)
+        return [eng.multiply_into(r, 0.5)]
 
     def fast_nonnegative(self, op, eng, R, x):
         """Optimisation of :meth:`general` for a weighted layer whose input is x ≥ 0 (after a ReLU).
