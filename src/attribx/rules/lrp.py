@@ -340,7 +340,7 @@ class AlphaBeta(AffineRule):
         xp, xn = op.split()
         if self.optimise and self.beta and op.kind == "layer" and all(v is None for v in xn):
             return self.fast_nonnegative(op, eng, R, xp[0])
-        if self.optimise and op.kind == "layer" and len(xn) == 1 and xn[0] is not None:
+        if self.optimise and self.beta and op.kind == "layer" and len(xn) == 1 and xn[0] is not None:
             fast = self.fast_signed(op, eng, R, op.signals()[0])
             if fast is not None:
                 return fast
@@ -359,7 +359,7 @@ class AlphaBeta(AffineRule):
         As for γ (:meth:`Gamma.fast_signed`), with A' = F(|x|; |W|) + |b| the parts' denominators are
         zp = (z + A')/2 and zn = (z − A')/2 (zero_bias: z − b and A), and
         R = ½[x ⊙ Wᵀ(α sp − β sn) + |x| ⊙ |W|ᵀ(α sp + β sn)]: one extra forward and two transposed ops instead
-        of four of each (z⁺: two of each). Unlike γ's, these denominators vanish where a unit's contributions
+        of four of each. (z⁺, β = 0, keeps the general form: two of each, which measured as fast.) Unlike γ's, these denominators vanish where a unit's contributions
         all have one sign, while its transposed ops do not: z − (±A') rounds to about ε·A' there, and dividing
         by it spreads that rounding (the general form multiplies it by exact zeros). So the form is taken only
         where |z| ≤ (1 − min_share)·A' everywhere (dense layers with many inputs); else, as on depthwise convs,
@@ -377,13 +377,10 @@ class AlphaBeta(AffineRule):
         if eng.any_nonzero(eng.clip(slack, None, 0)):
             return None
         sp = eng.divide_into(R, eng.stabilize((zz + a) * 0.5, self.stabilizer))
-        if self.beta:
-            sn = eng.divide_into(R, eng.stabilize((zz - a) * 0.5, self.stabilizer))
-            ap = sp * self.alpha
-            u = ap - sn * self.beta
-            v = eng.add_scaled_into(ap, sn, self.beta)
-        else:
-            u = v = sp if self.alpha == 1 else sp * self.alpha
+        sn = eng.divide_into(R, eng.stabilize((zz - a) * 0.5, self.stabilizer))
+        ap = sp * self.alpha
+        u = ap - sn * self.beta
+        v = eng.add_scaled_into(ap, sn, self.beta)
         (t1,) = op.back(u)
         (t2,) = op.back(v, mag)
         r = eng.add_scaled_into(op.times(x, t1), op.times(ax, t2), 1.0)
