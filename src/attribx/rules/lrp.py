@@ -337,14 +337,12 @@ class AlphaBeta(AffineRule):
         super().__init__(alpha=alpha, beta=beta, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
-        xp, xn = op.split()
-        if self.optimise and self.beta and op.kind == "layer" and all(v is None for v in xn):
-            return self.fast_nonnegative(op, eng, R, xp[0])
-        if self.optimise and self.beta and op.kind == "layer" and len(xn) == 1 and xn[0] is not None:
-            fast = self.fast_signed(op, eng, R, op.signals()[0])
+        if self.optimise and self.beta and op.kind == "layer" and len(op.signal) == 1:
+            (x,) = op.signals()
+            fast = (self.fast_nonnegative if op.nonnegative()[0] else self.fast_signed)(op, eng, R, x)
             if fast is not None:
                 return fast
-        return self.general(op, eng, R, xp, xn)
+        return self.general(op, eng, R, *op.split())
 
     #: :meth:`fast_signed` applies where every unit's contributions of either sign are at least this share of
     #: all its contributions' magnitude (rounding then grows by at most about 2 / share)
@@ -359,11 +357,13 @@ class AlphaBeta(AffineRule):
         As for γ (:meth:`Gamma.fast_signed`), with A' = F(|x|; |W|) + |b| the parts' denominators are
         zp = (z + A')/2 and zn = (z − A')/2 (zero_bias: z − b and A), and
         R = ½[x ⊙ Wᵀ(α sp − β sn) + |x| ⊙ |W|ᵀ(α sp + β sn)]: one extra forward and two transposed ops instead
-        of four of each. (z⁺, β = 0, keeps the general form: two of each, which measured as fast.) Unlike γ's, these denominators vanish where a unit's contributions
-        all have one sign, while its transposed ops do not: z − (±A') rounds to about ε·A' there, and dividing
-        by it spreads that rounding (the general form multiplies it by exact zeros). So the form is taken only
-        where |z| ≤ (1 − min_share)·A' everywhere (dense layers with many inputs); else, as on depthwise convs,
-        the general form runs.
+        of four of each (z⁺, β = 0, keeps the general form: two of each, which measured as fast).
+
+        Unlike γ's, these denominators vanish where a unit's contributions all have one sign, while its
+        transposed ops do not: z − (±A') rounds to about ε·A' there, and dividing by it spreads that rounding
+        (the general form multiplies it by exact zeros). So the form is taken only where
+        |z| ≤ (1 − min_share)·A' everywhere (dense layers with many inputs); else, as on depthwise convs, the
+        general form runs.
         """
         if int(np.prod(op.ctx.params["weight"].shape[1:])) < self.min_inputs:
             return None
@@ -383,8 +383,7 @@ class AlphaBeta(AffineRule):
         v = eng.add_scaled_into(ap, sn, self.beta)
         (t1,) = op.back(u)
         (t2,) = op.back(v, mag)
-        r = eng.add_scaled_into(op.times(x, t1), op.times(ax, t2), 1.0)
-        return [eng.multiply_into(r, 0.5)]
+        return [eng.add_scaled_into(op.times(x, t1), op.times(ax, t2), 1.0) * 0.5]
 
     def fast_nonnegative(self, op, eng, R, x):
         """Optimisation of :meth:`general` for a weighted layer whose input is x ≥ 0 (after a ReLU).
