@@ -251,6 +251,11 @@ class Engine:
         """a + alpha * b, where ``b`` is a temporary that an engine may overwrite."""
         return a + alpha * b
 
+    def signum(self, x):
+        """-1, 0 or +1 by the sign of x (0 at 0): selects two disjoint branches, and neither at 0, in one array."""
+        one = self.ones_like(x)
+        return self.where_positive(x, one) - self.where_positive(-x, one)
+
     def stabilize(self, z, epsilon: float):
         """z + epsilon * sign(z) with sign(0) = +1."""
         return z + epsilon * self.sign(z)

@@ -32,6 +32,9 @@ class NumpyEngine(Engine):
     def abs(self, x):
         return np.abs(x)
 
+    def signum(self, x):
+        return np.sign(x)
+
     def clip(self, x, low=None, high=None):
         return np.clip(x, low, high)
 

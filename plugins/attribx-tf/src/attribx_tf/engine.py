@@ -224,6 +224,9 @@ class TensorFlowEngine(Engine):
     def abs(self, x):
         return _tf().abs(self._tensor(x))
 
+    def signum(self, x):
+        return _tf().sign(self._tensor(x))
+
     def clip(self, x, low=None, high=None):
         tf = _tf()
         x = self._tensor(x)

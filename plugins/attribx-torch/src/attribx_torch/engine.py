@@ -177,6 +177,9 @@ class TorchEngine(Engine):
     def abs(self, x):
         return self._tensor(x).abs()
 
+    def signum(self, x):
+        return _torch().sign(self._tensor(x))
+
     def clip(self, x, low=None, high=None):
         torch = _torch()
         if low is None and high is None:
