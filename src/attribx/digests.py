@@ -11,7 +11,6 @@ updates), so the probe is taken again on every use and a changed array is hashed
 from __future__ import annotations
 
 import hashlib
-import threading
 import weakref
 
 import numpy as np
@@ -19,8 +18,9 @@ import numpy as np
 _WIDTH = 512
 _WEIGHTS = np.random.default_rng(20261207).integers(1, 2 ** 62, _WIDTH, dtype=np.uint64) | np.uint64(1)
 _SMALL = 1 << 16          # arrays of fewer bytes are hashed every time: cheaper than keeping them
-_cache: dict[int, tuple] = {}          # id(array) -> (weak reference, probe, digest)
-_lock = threading.Lock()
+#: id(array) -> (weak reference, probe, digest). No lock: single dict operations are atomic, and a lock taken in
+#: the weak reference's callback could deadlock when garbage collection frees an array while it is held.
+_cache: dict[int, tuple] = {}
 
 
 def probe(a: np.ndarray) -> tuple | None:
@@ -43,8 +43,7 @@ def digest(a: np.ndarray) -> bytes:
     """The SHA-256 of ``a``'s bytes (C order), from the cache when ``a``'s probe is unchanged."""
     check = probe(a)
     key = id(a)
-    with _lock:
-        hit = _cache.get(key)
+    hit = _cache.get(key)
     if check is not None and hit is not None and hit[0]() is a and hit[1] == check:
         return hit[2]
     value = hashlib.sha256(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest()
@@ -53,11 +52,9 @@ def digest(a: np.ndarray) -> bytes:
             ref = weakref.ref(a, lambda _, key=key: _forget(key))
         except TypeError:           # pragma: no cover - an array type without weak references
             return value
-        with _lock:
-            _cache[key] = (ref, check, value)
+        _cache[key] = (ref, check, value)
     return value
 
 
 def _forget(key: int) -> None:
-    with _lock:
-        _cache.pop(key, None)
+    _cache.pop(key, None)
