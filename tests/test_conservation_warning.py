@@ -110,3 +110,12 @@ def test_nan_relevance_names_the_node_where_it_first_appears(monkeypatch):
         attribx.explain(bn_net(0.0), inputs(), "lrp.epsilon")
     msg = str(caught[0].message)
     assert "positive epsilon" in msg and "batch norm" not in msg
+
+
+def test_growth_at_a_softmax_under_attn_lrp_does_not_point_to_itself():
+    """Under lrp.attn itself the softmax hint explains AttnLRP's softmax rule and points to lrp.cp (it used to
+    advise using lrp.attn to someone using lrp.attn)."""
+    from attribx.methods import _growth_hint
+    hint = _growth_hint("softmax", "lrp.attn")
+    assert "lrp.cp" in hint and "made for attention" not in hint
+    assert "made for attention" in _growth_hint("softmax", "lrp.alpha_beta")

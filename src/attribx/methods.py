@@ -149,7 +149,7 @@ class Method:
         if finite:
             where = (f"; it grows at node {node!r} ({graph[node].op}), whose rule passes back {ratio:.3g}x the "
                      f"relevance it receives" if node is not None else "")
-            hint = _growth_hint(graph[node].op if node else None)
+            hint = _growth_hint(graph[node].op if node else None, self.name)
         else:
             where = (f"; it first turns non-finite at node {node!r} ({graph[node].op})" if node is not None and
                      ratio == np.inf else "")
@@ -170,8 +170,12 @@ class Method:
         result.dims = next(iter(result.input_dims.values()))
 
 
-def _growth_hint(op: str | None) -> str:
+def _growth_hint(op: str | None, method: str = "") -> str:
     """What usually makes relevance grow at a node of this op, and what to use instead."""
+    if op == "softmax" and method == "lrp.attn":
+        return ("AttnLRP's softmax rule (x ⊙ (R − s·ΣR) on the scores x) conserves only up to what the scores' "
+                "shift absorbs, which grows with large scores; lrp.cp holds the attention weights constant and "
+                "conserves there")
     if op == "softmax":
         return ("a softmax inside the network (attention) passes back more than it receives under the Taylor "
                 "rule: lrp.attn or lrp.cp are made for attention, see docs/rules.md, 'Transformers: AttnLRP "
