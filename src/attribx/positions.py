@@ -17,9 +17,9 @@ from .errors import InputError
 from .graph import Graph, Node
 
 
-#: ops that act on each position alone when their input is (sample, token, ...) and they do not reduce axis 1
-_PER_POSITION = {"linear", "layer_norm", "rms_norm", "relu", "leaky_relu", "tanh", "sigmoid", "clip", "elu", "gelu",
-                 "silu", "erf", "hard_sigmoid", "hard_swish"}
+#: ops besides the elementwise activations (op category "activation") that act on each position alone when their
+#: input is (sample, token, ...) and they do not reduce axis 1
+_PER_POSITION = {"linear", "layer_norm", "rms_norm"}
 
 
 def at_position(graph: Graph, position, keep=()) -> Graph:
@@ -61,7 +61,7 @@ def _per_position_chain(graph: Graph, keep: set) -> list[Node]:
         return chain
     while name in graph and name not in keep:
         node = graph[name]
-        if node.op not in _PER_POSITION or len(node.inputs) != 1:
+        if (node.op not in _PER_POSITION and graph.ops[node.op].category != "activation") or len(node.inputs) != 1:
             break
         src = node.inputs[0]
         in_shape = graph.shape_of(src)

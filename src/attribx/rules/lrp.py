@@ -195,6 +195,13 @@ class Affine:
         return out
 
 
+def epsilon_divide(eng, R, z, epsilon):
+    """R / (z + ε·sign(z)); with ε = 0 (LRP-0) a unit whose z is exactly 0 passes nothing (not 0/0 = NaN)."""
+    if epsilon == 0:
+        return eng.safe_divide(R, z)
+    return eng.divide_into(R, eng.stabilize(z, epsilon))
+
+
 def _add(a, b):
     if a is None:
         return b
@@ -251,9 +258,7 @@ class Epsilon(ZRule):
         super().__init__(epsilon=epsilon, zero_bias=zero_bias, bias_factor=bias_factor)
 
     def divide(self, eng, R, z):
-        if self.epsilon == 0:       # LRP-0: a unit whose z is exactly 0 passes nothing (not 0/0 = NaN)
-            return eng.safe_divide(R, z)
-        return eng.divide_into(R, eng.stabilize(z, self.epsilon))
+        return epsilon_divide(eng, R, z, self.epsilon)
 
     def relevance(self, op, eng, R):
         rels = super().relevance(op, eng, R)
@@ -318,7 +323,7 @@ class Norm(ZRule):
         xs = op.signals()
         own = op.kind == "product" or (op.kind == "sum" and not any(op.ctx.constant))
         z = op.ctx.output if own else op.term(xs, bmod=DROP)   # no bias to drop: the output itself
-        s = eng.safe_divide(R, z) if self.epsilon == 0 else eng.divide_into(R, eng.stabilize(z, self.epsilon))
+        s = epsilon_divide(eng, R, z, self.epsilon)
         return [op.times(x, g) for x, g in zip(xs, op.back(s))]
 
 
