@@ -130,6 +130,18 @@ def test_a_condition_computed_from_the_signal_is_refused(rng):
 # HF BERT and GPT-2 configs exported with (input_ids, attention_mask)
 
 
+# the HF model as a module of (ids, mask) returning the logits, for torch.onnx.export (in the scripts below)
+LOGITS_WITH_MASK = """
+
+class Logits(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, ids, mask):
+        return self.m(input_ids=ids, attention_mask=mask, return_dict=False)[0]
+"""
+
 HF_SCRIPT = """
 import sys, numpy as np, torch, transformers
 import attribx
@@ -146,15 +158,7 @@ for net in (gpt, bert):
         for p in net.parameters():
             p.normal_(0, 0.2)
 
-
-class Logits(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, ids, mask):
-        return self.m(input_ids=ids, attention_mask=mask, return_dict=False)[0]
-
+""" + LOGITS_WITH_MASK + """
 
 rng = np.random.default_rng(2)
 for name, net, embed in (("gpt2", gpt, gpt.transformer.wte), ("bert", bert, bert.bert.embeddings.word_embeddings)):
@@ -235,15 +239,7 @@ import sys, numpy as np, torch
 sys.path.insert(0, sys.argv[2])
 from hf_models import build
 
-
-class Logits(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, ids, mask):
-        return self.m(input_ids=ids, attention_mask=mask, return_dict=False)[0]
-
+""" + LOGITS_WITH_MASK + """
 
 out = sys.argv[1]
 for name in ("bert", "gpt2"):
