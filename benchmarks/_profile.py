@@ -49,6 +49,12 @@ class _TimedRule:
         self.totals[self.op] += time.perf_counter() - t0
         return out
 
+    def carry(self, ctx, s, r, want):
+        t0 = time.perf_counter()
+        out = self.rule.carry(ctx, s, r, want)
+        self.totals[self.op] += time.perf_counter() - t0
+        return out
+
     def __getattr__(self, key):
         return getattr(self.rule, key)
 

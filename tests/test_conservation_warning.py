@@ -100,12 +100,17 @@ def test_nan_relevance_names_the_node_where_it_first_appears(monkeypatch):
     """A rule that turns finite relevance into NaN (0/0, an overflow in float32) is named as such, with the
     advice that fits (not the batch-norm hint of growing relevance)."""
     from attribx.rules.lrp import Epsilon
-    plain = Epsilon.relevance
+    plain, carried = Epsilon.relevance, Epsilon.carry
 
     def poisoned(self, op, eng, R):
         rels = plain(self, op, eng, R)
         return [r * np.nan for r in rels] if op.ctx.node.name == "conv2" else rels
+
+    def poisoned_carry(self, ctx, s, r, want):      # the same rule in quotient form (the pass's first choice)
+        back = carried(self, ctx, s, r, want)
+        return [None if b is None else b * np.nan for b in back] if ctx.node.name == "conv2" else back
     monkeypatch.setattr(Epsilon, "relevance", poisoned)
+    monkeypatch.setattr(Epsilon, "carry", poisoned_carry)
     with pytest.warns(ConservationWarning, match=r"first turns non-finite at node 'conv2' \(conv\)") as caught:
         attribx.explain(bn_net(0.0), inputs(), "lrp.epsilon")
     msg = str(caught[0].message)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .bounds import gated_products, nonnegative_values, value_bounds
 from .errors import InputError, UnsupportedError
-from .rules.base import NodeContext
+from .rules.base import NodeContext, relevance_of
 
 
 def ancestors(graph, start: str) -> list[str]:
@@ -79,21 +79,40 @@ class Propagation:
     flow: dict[str, tuple] = field(default_factory=dict)
 
 
+#: pass quotients s = R / z between rules that take them (:meth:`attribx.rules.Rule.carry`); False: relevance
+#: everywhere (the tests compare the two)
+QUOTIENTS = True
+
+
+def _accumulate(into: dict, name: str, value) -> None:
+    into[name] = into[name] + value if name in into else value
+
+
 def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], Any], start: str,
               keep: Sequence[str] = (), conservation: bool = False, trace: bool = False,
-              ops: Mapping[str, Any] | None = None, masks: Mapping[str, Any] | None = None) -> Propagation:
+              ops: Mapping[str, Any] | None = None, masks: Mapping[str, Any] | None = None,
+              quotients: bool | None = None) -> Propagation:
     """Forward to ``start``, initialise relevance there with ``init(scores)``, and pass it back.
 
     ``rules`` maps node names to rules (every node between input and ``start`` needs one). ``trace`` records,
     per node, the relevance sum that reached it and the sum its rule passed back (``Propagation.flow``),
     to find where relevance is created (:func:`blow_up`). ``ops`` (the op table, for each node's category)
     defaults to the graph's own (``graph.ops``); ``masks`` as for :func:`run_forward` (they take no relevance).
+
+    Between two nodes whose rules both take quotients (LRP-0/ε on linear maps and sums, routing, AttnLRP's
+    and CP-LRP's rules) the pass hands on s = R / z instead of R (``quotients``, default :data:`QUOTIENTS`;
+    never with ``trace``): with ε = 0 that is LXT's modified gradient, with no division by z nor product by
+    x at each layer. Relevance itself, z ⊙ s, is formed only where a rule or the caller needs it.
     """
     ops = graph.ops if ops is None else ops
     order = ancestors(graph, start)
     acts = run_forward(graph, engine, x, upto=start, masks=masks)
     scores = acts[start]
     rel: dict[str, Any] = {start: init(scores)}
+    quot: dict[str, Any] = {}       # quotients: what reached a node is z ⊙ quot[node] (+ rel[node])
+    carrying = (QUOTIENTS if quotients is None else quotients) and not trace
+    takes = {name: carrying and name in rules and rules[name].takes_quotient(graph[name], ops[graph[name].op].category)
+             for name in order}
     kept: dict[str, Any] = {}
     sums: dict[str, Any] = {}
     flow: dict[str, tuple] = {}
@@ -106,8 +125,9 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
     gated = gated_products(graph, bounds)
     for name in reversed(order):
         node = graph[name]
-        r = rel.pop(name, None)
+        r, s = rel.pop(name, None), quot.pop(name, None)
         if node.name in consts:   # constants and initial states are leaves: whatever reaches them stays there
+            r = relevance_of(engine, r, s, acts[name]) if s is not None and (conservation or name in keep) else r
             # a constant without a sample axis (a scale, a mask's fill value) holds what reaches it summed over
             # the batch: it has no per-sample sum to report
             if r is not None and conservation and graph.shape_of(name)[:1] == (None,):
@@ -117,8 +137,10 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
             continue
         ins = [acts[i] for i in node.inputs]
         out = acts.pop(name)
-        if r is None:
+        if r is None and s is None:
             continue
+        if s is not None and (conservation or name in keep):
+            r, s = relevance_of(engine, r, s, out), None
         if conservation:
             sums[name] = _sample_sum(engine, r)
         if name in keep:
@@ -130,7 +152,11 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
                           [i in fixed for i in node.inputs], ops[node.op].category,
                           [i in nonneg for i in node.inputs],
                           [k == gated.get(name) for k in range(len(node.inputs))])
-        back = rule(ctx, r)
+        want = [takes.get(i, False) for i in node.inputs]
+        back = rule.carry(ctx, s, r, want) if takes[name] else None
+        if back is None:
+            want = [False] * len(node.inputs)
+            back = rule(ctx, relevance_of(engine, r, s, out))
         if len(back) != len(node.inputs):
             raise UnsupportedError(f"rule {rule.name!r} returned {len(back)} relevances for node {name!r} "
                                    f"with {len(node.inputs)} inputs")
@@ -138,12 +164,13 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
             # (what constants take is absorbed, as a bias's share; a constant has no batch axis to sum per sample)
             passed = [_sample_sum(engine, ri) for i, ri in zip(node.inputs, back) if ri is not None and i not in consts]
             flow[name] = (_sample_sum(engine, r), sum(passed) if passed else np.zeros(len(engine.to_numpy(out))))
-        for i, ri in zip(node.inputs, back):
-            if ri is None:
-                continue
-            rel[i] = rel[i] + ri if i in rel else ri
+        for i, ri, w in zip(node.inputs, back, want):
+            if ri is not None:
+                _accumulate(quot if w else rel, i, ri)
     for inp, xi in signal_values(graph, x).items():
         r_in = rel.get(inp)
+        if inp in quot:
+            r_in = relevance_of(engine, r_in, quot[inp], xi)
         if r_in is None:
             r_in = engine.zeros_like(xi)
         if conservation:

@@ -260,6 +260,10 @@ class Engine:
         """z + epsilon * sign(z) with sign(0) = +1."""
         return z + epsilon * self.sign(z)
 
+    def where_nonzero(self, ref, x):
+        """``x`` where ``ref`` is not 0, else 0 (same shapes)."""
+        return self.where(ref == 0, self.zeros_like(x), x)
+
     def safe_divide(self, num, den):
         """num / den, and 0 where den is 0 (LRP-0 on units that contribute nothing)."""
         zero = den == 0

@@ -64,6 +64,12 @@ class Rule:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if (not cls.__module__.startswith("attribx.") and "carry" not in own
+                and any(m in own for m in ("__call__", "relevance", "split", "divide"))):
+            # a rule written elsewhere that changes how an attribx rule computes relevance: the quotient form
+            # it would inherit computes the parent's numbers, so the pass gives it relevance instead
+            cls.takes_quotient = Rule.takes_quotient
         if "__init__" in cls.__dict__:          # parameters declared in the signature
             cls.defaults = signature_defaults(cls.__init__, f"rule {cls.name!r}")
             declared = signature_ranges(cls.__init__)
@@ -101,6 +107,22 @@ class Rule:
     def __call__(self, ctx: NodeContext, relevance) -> list:
         raise NotImplementedError
 
+    # -- the quotient form: LXT's modified gradient, in LRP's terms ---------------------------------
+    def takes_quotient(self, node, category: str) -> bool:
+        """Whether :meth:`carry` runs this node (whenever no plain relevance reaches it, at least): rules
+        whose relevance is R_i = x_i ⊙ G_i(R / z) say yes, so that a chain of them passes s = R / z along
+        and never divides by z or multiplies by x in between (see :meth:`carry`)."""
+        return False
+
+    def carry(self, ctx: NodeContext, s, r, want: Sequence[bool]):
+        """The rule in quotient form. What reaches the node's output is R = r + z ⊙ s (z its output; ``s``,
+        quotients from consumers that carry, and ``r``, relevance from others: either may be None). Returns
+        per input its quotient s_i (R_i = x_i ⊙ s_i) where ``want[i]`` (the producer carries too), else its
+        relevance R_i, None for nothing; or None as a whole where the form does not apply now, and the pass
+        then hands :meth:`__call__` the relevance R. The numbers are those of :meth:`__call__` (up to
+        rounding): where LRP-0 divides, a unit whose z is exactly 0 passes nothing on in either form."""
+        return None
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
@@ -110,3 +132,38 @@ class Rule:
 
     def __hash__(self):
         return hash((type(self), repr(self)))
+
+
+def epsilon_divide(eng, R, z, epsilon):
+    """R / (z + ε·sign(z)); with ε = 0 (LRP-0) a unit whose z is exactly 0 passes nothing (not 0/0 = NaN)."""
+    if epsilon == 0:
+        return eng.safe_divide(R, z)
+    return eng.divide_into(R, eng.stabilize(z, epsilon))
+
+
+def quotient(eng, z, s, r, epsilon: float = 0.0):
+    """R / (z + ε·sign z) for R = r + z ⊙ s (``s`` or ``r`` None: no such part). With ε = 0: s itself (0 where
+    z = 0, as R / z counts 0/0), plus r / z when relevance arrives too: no division where only quotients arrive."""
+    if epsilon == 0:
+        s = None if s is None else eng.where_nonzero(z, s)
+        if r is None:
+            return s
+        q = eng.safe_divide(r, z)
+        return q if s is None else q + s
+    return epsilon_divide(eng, relevance_of(eng, r, s, z), z, epsilon)
+
+
+def relevance_of(eng, r, s, z):
+    """The relevance R = r + z ⊙ s that a quotient ``s`` (and relevance ``r``, either None) stand for; a value
+    z = ±∞ with s = 0 (a masked attention score) holds none, not ∞ · 0."""
+    if s is None:
+        return r
+    if not eng.isfinite_all(z):
+        z = eng.where(s == 0, eng.zeros_like(z), z)
+    zs = z * s
+    return zs if r is None else r + zs
+
+
+def times(x, g):
+    """x ⊙ g (None where either is None)."""
+    return None if x is None or g is None else x * g

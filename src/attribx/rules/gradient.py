@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import UnsupportedError
 from ..parameters import NonNegative
-from .base import NodeContext, Rule
+from .base import NodeContext, Rule, times
 
 
 class Gradient(Rule):
@@ -26,6 +26,17 @@ class Route(Rule):
 
     def __call__(self, ctx: NodeContext, relevance):
         return ctx.vjp(relevance, output=ctx.output)
+
+    def takes_quotient(self, node, category):
+        """Each output element is one input element (or a constant), so the VJP of z ⊙ s is x ⊙ (VJP of s):
+        quotients route as relevance does. Not for a lookup (its input is an index, not the value)."""
+        return category in ("shape", "pool", "select")
+
+    def carry(self, ctx, s, r, want):
+        if r is not None:       # relevance at a unit whose value is 0 must still route: not a quotient
+            return None
+        grads = ctx.vjp(s, output=ctx.output)
+        return [g if w else times(x, g) for x, g, w in zip(ctx.inputs, grads, want)]
 
 
 class WinnerTakesAll(Route):

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import MethodError, UnsupportedError
 from ..parameters import Flag, NonNegative, OptionalArray, UnitInterval, alpha_minus_beta_is_one, ordered
-from .base import NodeContext, Rule
+from .base import NodeContext, Rule, epsilon_divide, quotient, relevance_of
 
 KEEP = "keep"   # bias modifier: leave the bias as it is
 DROP = None     # bias modifier: no bias
@@ -195,13 +195,6 @@ class Affine:
         return out
 
 
-def epsilon_divide(eng, R, z, epsilon):
-    """R / (z + ε·sign(z)); with ε = 0 (LRP-0) a unit whose z is exactly 0 passes nothing (not 0/0 = NaN)."""
-    if epsilon == 0:
-        return eng.safe_divide(R, z)
-    return eng.divide_into(R, eng.stabilize(z, epsilon))
-
-
 def _add(a, b):
     if a is None:
         return b
@@ -244,6 +237,29 @@ class ZRule(AffineRule):
         s = self.divide(eng, R, z)
         return [op.times(x, g) for x, g in zip(xs, op.back(s))]
 
+    def takes_quotient(self, node, category):
+        """R_i = x_i ⊙ J_iᵀ(R / stabilised z) with z the node's own output: a quotient form (not with a
+        bias dropped from z, nor with ``bias_factor``'s spreading)."""
+        return (category in self.categories and not self.params.get("zero_bias")
+                and not self.params.get("bias_factor"))
+
+    def own_output(self, op) -> bool:
+        """Whether the rule's z is the node's output (not a bias-free term)."""
+        return True
+
+    def divides_exactly(self) -> bool:
+        """Whether :meth:`divide` is R / z (0 where z = 0): then a quotient passes on without a division."""
+        return False
+
+    def carry(self, ctx, s, r, want):
+        op = Affine(ctx)
+        if not self.own_output(op):
+            return None
+        eng, z = ctx.engine, ctx.output
+        q = quotient(eng, z, s, r) if self.divides_exactly() else self.divide(eng, relevance_of(eng, r, s, z), z)
+        grads = op.back(q)
+        return op.scatter([g if want[i] else op.times(x, g) for i, x, g in zip(op.signal, op.signals(), grads)])
+
 
 class Epsilon(ZRule):
     """LRP-ε: denominator z + ε·sign(z), sign(0) = +1; ε absorbs weak or contradictory relevance.
@@ -259,6 +275,9 @@ class Epsilon(ZRule):
 
     def divide(self, eng, R, z):
         return epsilon_divide(eng, R, z, self.epsilon)
+
+    def divides_exactly(self):
+        return self.epsilon == 0
 
     def relevance(self, op, eng, R):
         rels = super().relevance(op, eng, R)
@@ -308,6 +327,9 @@ class Zero(ZRule):
     def divide(self, eng, R, z):
         return eng.safe_divide(R, z)
 
+    def divides_exactly(self):
+        return True
+
 
 class Norm(ZRule):
     """For sums, average pools and scalings: each input gets its share of the output, by contribution
@@ -319,11 +341,19 @@ class Norm(ZRule):
     def __init__(self, epsilon: NonNegative = 1e-6):
         super().__init__(epsilon=epsilon)
 
+    def own_output(self, op) -> bool:
+        return op.kind == "product" or (op.kind == "sum" and not any(op.ctx.constant))
+
+    def divide(self, eng, R, z):
+        return epsilon_divide(eng, R, z, self.epsilon)
+
+    def divides_exactly(self):
+        return self.epsilon == 0
+
     def relevance(self, op, eng, R):
         xs = op.signals()
-        own = op.kind == "product" or (op.kind == "sum" and not any(op.ctx.constant))
-        z = op.ctx.output if own else op.term(xs, bmod=DROP)   # no bias to drop: the output itself
-        s = epsilon_divide(eng, R, z, self.epsilon)
+        z = op.ctx.output if self.own_output(op) else op.term(xs, bmod=DROP)   # no bias to drop: the output
+        s = self.divide(eng, R, z)
         return [op.times(x, g) for x, g in zip(xs, op.back(s))]
 
 

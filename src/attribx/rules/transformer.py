@@ -19,16 +19,11 @@ from typing import Annotated, Optional
 
 from ..ops import norm_axes
 from ..parameters import NonNegative, Range
-from .base import NodeContext, Rule
+from .base import NodeContext, Rule, quotient
 
 #: which input of a product is held constant: 0, 1, or None (found on the graph)
 Factor = Annotated[Optional[int], Range("0, 1 or None (found on the graph)",
                                         lambda v: v is None or (not isinstance(v, bool) and v in (0, 1)))]
-
-
-def _quotient(eng, R, z, epsilon: float):
-    """R / (z + ε·sign(z)); with ε = 0, R / z and 0 where z = 0."""
-    return eng.safe_divide(R, z) if epsilon == 0 else R / eng.stabilize(z, epsilon)
 
 
 class ConstantStd(Rule):
@@ -47,6 +42,12 @@ class ConstantStd(Rule):
         super().__init__(epsilon=epsilon)
 
     def __call__(self, ctx: NodeContext, relevance):
+        return self.carry(ctx, None, relevance, [False])
+
+    def takes_quotient(self, node, category):
+        return True
+
+    def carry(self, ctx, s, r, want):
         eng, node = ctx.engine, ctx.node
         (x,) = ctx.inputs
         ndim = len(x.shape)
@@ -59,13 +60,13 @@ class ConstantStd(Rule):
         else:
             x0 = x
         inv = (eng.sum(x0 * x0, axis=axes, keepdims=True) / count + eps) ** -0.5
-        t = _quotient(eng, relevance, ctx.output, self.epsilon)
+        t = quotient(eng, ctx.output, s, r, self.epsilon)
         scale = ctx.params.get("scale")
         if scale is not None:
             t = t * _reshaped(eng, scale, x, axes)
         if centred:
             t = t - eng.sum(t, axis=axes, keepdims=True) / count
-        return [x * (t * inv)]
+        return [t * inv if want[0] else x * (t * inv)]
 
 
 def _reshaped(eng, p, x, axes):
@@ -84,12 +85,22 @@ class SoftmaxTaylor(Rule):
     ops = frozenset({"softmax"})
 
     def __call__(self, ctx: NodeContext, relevance):
+        return self.carry(ctx, None, relevance, [False])
+
+    def takes_quotient(self, node, category):
+        return True
+
+    def carry(self, ctx, s, r, want):
+        """R_in = x ⊙ (R − y ⊙ Σ R): the bracket is the quotient (no division), R = r + y ⊙ s (y is finite)."""
         eng = ctx.engine
         (x,) = ctx.inputs
-        s = ctx.output
+        y = ctx.output
+        R = r if s is None else (y * s if r is None else r + y * s)
         axis = int(ctx.node.attrs["axis"]) % len(x.shape)
-        x = eng.where(x > -math.inf, x, eng.zeros_like(x))
-        return [x * (relevance - s * eng.sum(relevance, axis=axis, keepdims=True))]
+        q = R - y * eng.sum(R, axis=axis, keepdims=True)
+        if want[0]:
+            return [q]
+        return [eng.where(x > -math.inf, x, eng.zeros_like(x)) * q]
 
 
 class _Product(Rule):
@@ -100,19 +111,36 @@ class _Product(Rule):
 
     def split(self, ctx: NodeContext, relevance, shares):
         """Relevance of each input: share_i · x_i ⊙ (∂z/∂x_i)ᵀ (R / (z + ε·sign z)); shares 0 give None."""
-        s = _quotient(ctx.engine, relevance, ctx.output, self.epsilon)
-        grads = ctx.vjp(s, output=ctx.output)
+        return self.split_quotient(ctx, None, relevance, shares, [False] * len(shares))
+
+    def split_quotient(self, ctx: NodeContext, s, r, shares, want):
+        """As :meth:`split` for R = r + z ⊙ s, with quotients (share_i · (∂z/∂x_i)ᵀ q) for the inputs in
+        ``want``. Equal shares scale q once, before the VJP (it is linear), rather than each input after."""
+        q = quotient(ctx.engine, ctx.output, s, r, self.epsilon)
+        used = {share for share in shares if share}
+        common = used.pop() if len(used) == 1 else 1.0
+        grads = ctx.vjp(q if common == 1 else q * common, output=ctx.output)
         out = []
-        for x, g, share in zip(ctx.inputs, grads, shares):
+        for x, g, share, w in zip(ctx.inputs, grads, shares, want):
             if share == 0 or g is None:
                 out.append(None)
-            else:
-                r = x * g
-                out.append(r if share == 1 else r * share)
+                continue
+            if share != common:
+                g = g * (share / common)
+            out.append(g if w else x * g)
         return out
 
     def signals(self, ctx: NodeContext):
         return [not c for c in ctx.constant]
+
+    def takes_quotient(self, node, category):
+        return True
+
+    def carry(self, ctx, s, r, want):
+        return self.split_quotient(ctx, s, r, self.shares(ctx), want)
+
+    def __call__(self, ctx: NodeContext, relevance):
+        return self.split(ctx, relevance, self.shares(ctx))
 
 
 class Uniform(_Product):
@@ -125,10 +153,10 @@ class Uniform(_Product):
     def __init__(self, epsilon: NonNegative = 1e-6):
         super().__init__(epsilon=epsilon)
 
-    def __call__(self, ctx: NodeContext, relevance):
+    def shares(self, ctx: NodeContext):
         signal = self.signals(ctx)
         n = sum(signal)
-        return self.split(ctx, relevance, [1.0 / n if s else 0 for s in signal])
+        return [1.0 / n if s else 0 for s in signal]
 
 
 class ConstantFactor(_Product):
@@ -144,15 +172,15 @@ class ConstantFactor(_Product):
     def __init__(self, epsilon: NonNegative = 1e-6, factor: Factor = None):
         super().__init__(epsilon=epsilon, factor=factor)
 
-    def __call__(self, ctx: NodeContext, relevance):
+    def shares(self, ctx: NodeContext):
         signal = self.signals(ctx)
         constant = self.factor
         if constant is None and sum(ctx.gate) == 1:
             constant = list(ctx.gate).index(True)
         if sum(signal) == 2 and constant is not None:
-            return self.split(ctx, relevance, [0 if k == constant else 1 for k in range(2)])
+            return [0 if k == constant else 1 for k in range(2)]
         n = sum(signal)
-        return self.split(ctx, relevance, [1.0 / n if s else 0 for s in signal])
+        return [1.0 / n if s else 0 for s in signal]
 
 
 class Block(Rule):
@@ -161,6 +189,12 @@ class Block(Rule):
     name = "block"
 
     def __call__(self, ctx: NodeContext, relevance):
+        return [None] * len(ctx.inputs)
+
+    def takes_quotient(self, node, category):
+        return True
+
+    def carry(self, ctx, s, r, want):
         return [None] * len(ctx.inputs)
 
 

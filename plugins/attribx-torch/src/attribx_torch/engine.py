@@ -268,6 +268,17 @@ class TorchEngine(Engine):
             return _torch().add(a, b, alpha=alpha, out=b)
         return a + alpha * b
 
+    def where_nonzero(self, ref, x):
+        """``x`` where ``ref`` is not 0, else 0; on the CPU the ``where`` runs only when some ref is 0 (as
+        :meth:`safe_divide`)."""
+        torch = _torch()
+        if not isinstance(ref, torch.Tensor) or not isinstance(x, torch.Tensor):
+            return super().where_nonzero(ref, x)
+        zero = ref == 0
+        if ref.device.type == "cpu" and not bool(zero.any()):
+            return x
+        return torch.where(zero, 0.0, x)
+
     def safe_divide(self, num, den):
         """num / den, and 0 where den is 0. On the CPU the division runs alone and ``where`` only when some den
         is 0 (rare outside masks; ``where`` costs several divisions); on a GPU always ``where`` (no sync)."""
