@@ -63,6 +63,12 @@ def available_device(device):
     return dev
 
 
+def _has_zero(t) -> bool:
+    """Whether a tensor holds a 0 (or -0.0): counting non-zeros reads it once, without the boolean tensor
+    that ``(t == 0).any()`` writes first (about half the time on the CPU)."""
+    return int(_torch().count_nonzero(t)) != t.numel()
+
+
 class TorchEngine(Engine):
     """Runs graphs with torch, in the input's dtype, on ``device``.
 
@@ -274,10 +280,9 @@ class TorchEngine(Engine):
         torch = _torch()
         if not isinstance(ref, torch.Tensor) or not isinstance(x, torch.Tensor):
             return super().where_nonzero(ref, x)
-        zero = ref == 0
-        if ref.device.type == "cpu" and not bool(zero.any()):
+        if ref.device.type == "cpu" and not _has_zero(ref):
             return x
-        return torch.where(zero, 0.0, x)
+        return torch.where(ref == 0, 0.0, x)
 
     def safe_divide(self, num, den):
         """num / den, and 0 where den is 0. On the CPU the division runs alone and ``where`` only when some den
@@ -285,7 +290,6 @@ class TorchEngine(Engine):
         torch = _torch()
         if not isinstance(den, torch.Tensor) or not isinstance(num, torch.Tensor):
             return super().safe_divide(num, den)
-        zero = den == 0
-        if den.device.type == "cpu" and not bool(zero.any()):
+        if den.device.type == "cpu" and not _has_zero(den):
             return num / den
-        return torch.where(zero, 0.0, num / den)
+        return torch.where(den == 0, 0.0, num / den)
