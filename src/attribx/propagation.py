@@ -89,6 +89,11 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
     to find where relevance is created (:func:`blow_up`). ``ops`` (the op table, for each node's category)
     defaults to the graph's own (``graph.ops``); ``masks`` as for :func:`run_forward` (they take no relevance).
     """
+    compiled = getattr(engine, "compiled_pass", None)     # an engine may run the whole pass compiled
+    done = compiled and compiled(graph, x, rules, init, start, keep=keep, conservation=conservation, trace=trace,
+                                 ops=ops, masks=masks)
+    if done is not None:
+        return done
     ops = graph.ops if ops is None else ops
     order = ancestors(graph, start)
     acts = run_forward(graph, engine, x, upto=start, masks=masks)

@@ -162,6 +162,12 @@ class Engine:
         params = self.node_params(node, inputs) if params is None else params
         return list(self.kernel(node.op, node.name).vjp(node.attrs, list(inputs), params, output, grad))
 
+    def compiled_pass(self, graph, x, rules, init, start, **options):
+        """The relevance pass run as one compiled program (an engine that compiles whole passes returns its
+        :class:`~attribx.propagation.Propagation`), or None: :func:`attribx.propagation.propagate` runs it
+        node by node. ``options``: propagate's keyword arguments."""
+        return None
+
     def node_params(self, node, inputs: Sequence[Any] = ()) -> dict:
         """The node's parameters as engine arrays of the computation's dtype (cached per engine)."""
         dtype = self.dtype_of(inputs[0]) if inputs else self.dtype
