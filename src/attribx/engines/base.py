@@ -240,6 +240,11 @@ class Engine:
         """Whether any entry of ``x`` is non-zero (rules use it to skip terms that vanish)."""
         raise NotImplementedError
 
+    def if_any_nonzero(self, x, then: Callable[[], Any], otherwise: Callable[[], Any]):
+        """``then()`` where any entry of ``x`` is non-zero, else ``otherwise()``: a rule's choice between two forms
+        by a value. An engine that compiles the pass decides when it runs (both forms compiled)."""
+        return then() if self.any_nonzero(x) else otherwise()
+
     # -- derived helpers shared by rules -----------------------------------------------------------
     def divide_into(self, num, den):
         """num / den, where ``den`` is a temporary that an engine may overwrite to save an allocation."""

@@ -289,6 +289,15 @@ class TensorFlowEngine(Engine):
         x = self._tensor(x)
         return bool(tf.reduce_any(tf.not_equal(x, tf.zeros((), x.dtype))))
 
+    def if_any_nonzero(self, x, then, otherwise):
+        """``then()`` where any entry of ``x`` is non-zero, else ``otherwise()``; while tracing a ``tf.cond`` (both
+        forms traced, the one the values pick runs), eagerly a Python branch."""
+        tf = _tf()
+        if not (self.tracing or not tf.executing_eagerly()):
+            return super().if_any_nonzero(x, then, otherwise)
+        x = self._tensor(x)
+        return tf.cond(tf.reduce_any(tf.not_equal(x, tf.zeros((), x.dtype))), then, otherwise)
+
     # -- rule helpers ----------------------------------------------------------------------------------
     def stabilize(self, z, epsilon: float):
         """z + epsilon * sign(z) with sign(0) = +1, -0.0 included (``-0.0 >= 0`` holds): one select; on large
