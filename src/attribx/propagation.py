@@ -88,6 +88,8 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
     per node, the relevance sum that reached it and the sum its rule passed back (``Propagation.flow``),
     to find where relevance is created (:func:`blow_up`). ``ops`` (the op table, for each node's category)
     defaults to the graph's own (``graph.ops``); ``masks`` as for :func:`run_forward` (they take no relevance).
+    An engine may run the whole pass as one compiled program (:meth:`Engine.compiled_pass`, the TF engine's
+    traced ``tf.function``); it returns None for what it does not compile, which then runs here node by node.
     """
     compiled = getattr(engine, "compiled_pass", None)     # an engine may run the whole pass compiled
     done = compiled and compiled(graph, x, rules, init, start, keep=keep, conservation=conservation, trace=trace,

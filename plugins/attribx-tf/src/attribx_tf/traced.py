@@ -27,11 +27,10 @@ import threading
 from typing import Any, Mapping
 
 import numpy as np
+import tensorflow as tf
 
 from attribx.digests import digest
 from attribx.propagation import Propagation, propagate
-
-from .engine import _tf
 
 #: traces of the whole pass, by graph fingerprint: a growing count on repeated calls means retracing
 TRACES: collections.Counter = collections.Counter()
@@ -82,7 +81,7 @@ def _value_key(v) -> Any:
         return (type(v), tuple(_value_key(p) for p in v))
     if isinstance(v, dict):
         return tuple(sorted((k, _value_key(p)) for k, p in v.items()))
-    if _tf().is_tensor(v):
+    if tf.is_tensor(v):
         return ("tensor", tuple(v.shape), v.dtype.name, digest(np.asarray(v)))
     return (type(v), repr(v))
 
@@ -93,7 +92,6 @@ def _spec(t) -> tuple:
 
 def fallback_reason(engine, x, keep, conservation, trace, masks) -> str | None:
     """Why this pass runs eagerly (None: it is traced)."""
-    tf = _tf()
     if not getattr(engine, "compile_pass", True):
         return "compile_pass=False"
     if conservation:
@@ -147,7 +145,7 @@ def compiled_propagate(engine, graph, x, rules: Mapping[str, Any], init, start: 
         try:
             with _no_remapper():
                 scores, relevance = entry.fn(x, masks)
-        except _tf().errors.OpError:
+        except tf.errors.OpError:
             if entry.error is not None:       # the caller's init raised: its own error, not TF's wrapper
                 raise entry.error from None
             raise
@@ -158,7 +156,6 @@ def compiled_propagate(engine, graph, x, rules: Mapping[str, Any], init, start: 
 
 def _trace(engine, graph, x, rules, start, keep, ops, masks, group, entry, fingerprint):
     """A ``tf.function`` running the pass for these input specs, traced now (None: the pass cannot be traced)."""
-    tf = _tf()
 
     def start_relevance(scores):
         if not scores.dtype.is_floating:
@@ -179,8 +176,8 @@ def _trace(engine, graph, x, rules, start, keep, ops, masks, group, entry, finge
         result = propagate(graph, engine, xt, rules, start_relevance, start, keep, ops=ops, masks=mt or None)
         return result.output, result.relevance
 
-    if _no_remapper_options() is None:
-        raise _Untraceable("this TensorFlow has no per-call grappler options")
+    if _no_remapper_options() is None:       # no way to keep the remapper off: tracing could abort the process
+        return None
     fn = tf.function(run, autograph=False, reduce_retracing=False,
                      input_signature=[tf.TensorSpec(x.shape, x.dtype),
                                       {k: tf.TensorSpec(v.shape, v.dtype) for k, v in masks.items()}])
