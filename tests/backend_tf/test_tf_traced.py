@@ -26,7 +26,7 @@ BOX = {"low": -3.0, "high": 3.0}
 
 
 def compiled():
-    return attribx.get_engine(TensorFlowEngine())
+    return attribx.get_engine(TensorFlowEngine(trace_after=0))
 
 
 def eager():
@@ -132,7 +132,8 @@ def test_traced_once_across_calls_inputs_targets_and_engines(cnn):
         close(got.values, want.values, 1e-5, f"seed {seed}")
         assert np.array_equal(got.coords["target"].values, want.coords["target"].values)
     assert _traces(graph) == start + 1
-    attribx.explain(graph, images(n=2), "lrp.epsilon_gamma_box", engine="tensorflow", **BOX)
+    for _ in range(2):       # traced on its second call
+        attribx.explain(graph, images(n=2), "lrp.epsilon_gamma_box", engine="tensorflow", **BOX)
     attribx.explain(graph, images(seed=4), "lrp.epsilon_gamma_box", engine="tensorflow", **BOX)
     assert _traces(graph) == start + 2
 
@@ -199,8 +200,40 @@ def test_a_bad_target_raises_the_callers_error(cnn):
           attribx.explain(graph, images(), "lrp.epsilon", target=1, engine=eager()).values, 1e-5, "after the error")
 
 
+def test_a_pass_is_traced_on_its_second_call():
+    """By default a pass runs eagerly once (a one-off explanation pays no trace) and is traced on its second
+    call with that signature; both give the eager numbers."""
+    graph, x = GRAPHS["cnn"]()
+    start = _traces(graph)
+    first = attribx.explain(graph, x, "lrp.epsilon", engine="tensorflow").values
+    assert _traces(graph) == start
+    second = attribx.explain(graph, x, "lrp.epsilon", engine="tensorflow").values
+    assert _traces(graph) == start + 1
+    close(second, first, 1e-12, "traced against the first, eager call")
+
+
 def test_compile_pass_false_runs_node_by_node(cnn):
     _, graph = cnn
     before = traced.FALLBACKS["compile_pass=False"]
     attribx.explain(graph, images(), "lrp.epsilon", engine=eager())
     assert traced.FALLBACKS["compile_pass=False"] == before + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["zoo", "attention"])
+def test_every_method_traces_with_the_eager_numbers(name):
+    """Every registered method on a graph of many ops traces (no pass falls back as untraceable) and gives
+    the eager engine's numbers."""
+    graph, x = GRAPHS[name]()
+    for method in attribx.plugins.registry().methods:
+        if method == "attention_rollout" or method.startswith("example."):
+            continue
+        params = method_params(method)
+        before = traced.FALLBACKS["untraceable"]
+        try:
+            want = attribx.explain(graph, x, method, engine=eager(), **params).values
+        except attribx.AttribxError:
+            continue        # a method this graph does not take
+        got = attribx.explain(graph, x, method, engine=compiled(), **params).values
+        assert traced.FALLBACKS["untraceable"] == before, f"{name} {method}: not traceable"
+        close(got, want, 1e-9, f"{name} {method}")

@@ -115,9 +115,13 @@ class TensorFlowEngine(Engine):
     #: while tracing: the parameter tensors shared by every trace of the graph, by (node name, dtype)
     shared_params: dict | None = None
 
-    def __init__(self, dtype=None, device=None, compile_pass: bool = True):
+    #: eager calls of a pass (same graph, method, input signature) before it is traced
+    trace_after = 1
+
+    def __init__(self, dtype=None, device=None, compile_pass: bool = True, trace_after: int = 1):
         super().__init__(dtype, device)
         self.compile_pass = compile_pass
+        self.trace_after = trace_after
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name!r} device={self.device!r}>"

@@ -4,7 +4,9 @@ Run node by node, each eager TF op costs about what the same op costs in a graph
 TF gradient pass, one compiled graph, is 2-3x faster than the eager pass. So the TF engine traces
 :func:`attribx.propagation.propagate` once per (graph content, rules and their parameters, input signature,
 kept nodes, engine dtype and device, kernel and op tables) and calls the traced graph from then on, never
-retracing it (:data:`TRACES` counts the traces).
+retracing it (:data:`TRACES` counts the traces). Tracing costs several passes, so a pass is traced on its
+second call (the engine's ``trace_after``: eager calls first; 0 traces on the first call): a one-off
+explanation runs eagerly.
 
 While tracing, the engine's value checks (``any_nonzero``: may a term be skipped?) answer conservatively
 (the general branch, always correct), and its parameters are converted eagerly and shared by every trace of
@@ -60,6 +62,7 @@ class _Pass:
 
     def __init__(self):
         self.fn = None
+        self.calls = 0                      # eager calls before the trace
         self.init = None
         self.error: BaseException | None = None
         self.lock = threading.Lock()
@@ -134,6 +137,10 @@ def compiled_propagate(engine, graph, x, rules: Mapping[str, Any], init, start: 
         FALLBACKS["untraceable"] += 1
         return None
     with entry.lock:
+        if entry.fn is None and entry.calls < getattr(engine, "trace_after", 0):
+            entry.calls += 1                  # a pass run once stays eager: tracing costs several passes
+            FALLBACKS["before tracing"] += 1
+            return None
         if entry.fn is None:
             entry.fn = _trace(engine, graph, x, rules, start, keep, ops, masks, group, entry, fingerprint)
             if entry.fn is None:
