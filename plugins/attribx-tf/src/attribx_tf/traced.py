@@ -62,6 +62,7 @@ class _Pass:
 
     def __init__(self):
         self.fn = None
+        self.tables = None
         self.calls = 0                      # eager calls before the trace
         self.init = None
         self.error: BaseException | None = None
@@ -129,8 +130,11 @@ def compiled_propagate(engine, graph, x, rules: Mapping[str, Any], init, start: 
         _GROUPS[group_key] = group              # most recently used last
         while len(_GROUPS) > MAX_GRAPHS:
             _GROUPS.popitem(last=False)
-        entry = group.passes.pop(key, _Pass())
+        entry = group.passes.pop(key, None) if key in group.passes else _Pass()
         group.passes[key] = entry
+        if entry is not None:
+            # the key holds the tables' ids: held here, no other table can take those ids while the trace lives
+            entry.tables = (engine.kernels, graph.ops if ops is None else ops)
         while len(group.passes) > MAX_TRACES:
             group.passes.popitem(last=False)
     if entry is None:                         # tracing failed before: eager
