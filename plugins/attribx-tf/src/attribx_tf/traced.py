@@ -8,8 +8,9 @@ retracing it (:data:`TRACES` counts the traces). Tracing costs several passes, s
 second call (the engine's ``trace_after``: eager calls first; 0 traces on the first call): a one-off
 explanation runs eagerly.
 
-While tracing, the engine's value checks (``any_nonzero``: may a term be skipped?) answer conservatively
-(the general branch, always correct), and its parameters are converted eagerly and shared by every trace of
+While tracing, a rule's choice of form by value (``Engine.if_any_nonzero``: γ's one-branch form, αβ's fast
+forms) becomes a ``tf.cond`` decided at run time, other value checks (``any_nonzero``) answer conservatively
+(the general branch, always correct), and the engine's parameters are converted eagerly and shared by every trace of
 the same graph content (captured, never copied into the graph as constants). The start relevance (the
 targets, picked from the scores on the host) is computed by the caller's ``init`` through ``tf.py_function``
 on every call, so the target spec never changes the trace.
