@@ -76,6 +76,7 @@ def test_keras_cnn_traced_equals_eager_and_numpy(cnn, method, params):
     model, graph = cnn
     weights = [w.copy() for w in model.get_weights()]
     x = images()
+    traced.clear()            # traced afresh, whatever ran before
     before = _traces(graph)
     ours = attribx.explain(graph, x, method, engine=compiled(), **params).values
     assert _traces(graph) == before + 1, "the pass was not traced (or traced twice)"
@@ -110,6 +111,7 @@ def test_engine_case_graphs_traced_equal_eager(name, methods):
     graph, x = GRAPHS[name]()
     for method in methods:
         params = method_params(method)
+        traced.clear()
         before = _traces(graph)
         ours = attribx.explain(graph, x, method, engine=compiled(), **params).values
         assert _traces(graph) == before + 1, f"{name} {method}: not traced"
@@ -204,6 +206,7 @@ def test_a_pass_is_traced_on_its_second_call():
     """By default a pass runs eagerly once (a one-off explanation pays no trace) and is traced on its second
     call with that signature; both give the eager numbers."""
     graph, x = GRAPHS["cnn"]()
+    traced.clear()
     start = _traces(graph)
     first = attribx.explain(graph, x, "lrp.epsilon", engine="tensorflow").values
     assert _traces(graph) == start
