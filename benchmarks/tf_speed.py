@@ -7,7 +7,9 @@ with Keras's per-layer Python overhead, is slower and listed with ``--eager-base
 their result as a numpy array. Times are medians of ``--repeat`` rounds after a warm-up (``torch_speed.py``'s
 conventions), each method interleaved with the baseline round by round (and with ``--other``'s engine, e.g.
 an earlier commit's), so that drifting load on a shared machine hits both sides of a ratio alike: the ratios
-are what counts. ``--profile`` adds, per method, the time spent per op family (graph op) in the forward pass
+are what counts. The engine runs each pass as one traced ``tf.function`` (traced on the first call, whose time
+is listed as "tracing call"; by default an engine traces a pass on its second call); ``--eager-engine`` also times it node by node (``compile_pass=False``) in the same
+rounds. ``--profile`` adds, per method, the time spent per op family (graph op) in the forward pass
 and in the rules of the relevance pass (one extra, instrumented run).
 
     python benchmarks/tf_speed.py --models MobileNetV2 EfficientNetB0 ResNet50 Xception DenseNet121
@@ -98,6 +100,8 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true", help="time per op family (forward and rules), per method")
     p.add_argument("--other", default=None, metavar="SRC",
                    help="also time the engine of another attribx_tf source tree (a folder holding attribx_tf/)")
+    p.add_argument("--eager-engine", action="store_true",
+                   help="also time the engine node by node (TensorFlowEngine(compile_pass=False)) in the same rounds")
     p.add_argument("--note", default="", help="a note for the table's heading (e.g. the machine's load)")
     p.add_argument("--out", default=None, help="append a Markdown table to this file")
     args = p.parse_args(argv)
@@ -117,26 +121,31 @@ def main(argv=None):
         target = np.arange(args.batch) % 1000
         base = gradient_runner(model, x, target)
         base_t = time_it(base, repeat)
-        rows.append((model_name, "TF gradient (GradientTape in tf.function)", base_t, 1.0, None))
+        rows.append((model_name, "TF gradient (GradientTape in tf.function)", base_t, 1.0, None, None, None))
         print(rows[-1], flush=True)
         if args.eager_baseline:
             t_base, t = time_interleaved([base, gradient_runner(model, x, target, compiled=False)], repeat)
-            rows.append((model_name, "TF gradient (GradientTape, eager)", t, t / t_base, None))
+            rows.append((model_name, "TF gradient (GradientTape, eager)", t, t / t_base, None, None, None))
             print(rows[-1], flush=True)
         graph = attribx.translate(model)
-        engine = attribx.plugins.registry().engine("tensorflow")()
+        engine = attribx.get_engine("tensorflow")
+        engine.trace_after = 0            # traced on the first call (by default the second), timed as "tracing call"
+        eager = attribx.get_engine(type(engine)(compile_pass=False)) if args.eager_engine else None
         for method in args.methods:
             runs = [base, attribx_runner(graph, engine, x, target, method)]
-            if other is not None:
-                runs.append(attribx_runner(graph, other, x, target, method))
+            extra = [e for e in (eager, other) if e is not None]
+            runs += [attribx_runner(graph, e, x, target, method) for e in extra]
             try:
+                t0 = time.perf_counter()
+                runs[1]()                 # traces the pass
+                first = time.perf_counter() - t0
                 times = time_interleaved(runs, repeat)
             except Exception as err:   # a method that cannot run this model is reported, not fatal
                 print(f"{method} {model_name}: {type(err).__name__}: {err}", file=sys.stderr)
                 continue
             t_base, t = times[:2]
-            before = None if other is None else times[2] / t_base
-            rows.append((model_name, method, t, t / t_base, before))
+            ratios = {e: tt / t_base for e, tt in zip(extra, times[2:])}
+            rows.append((model_name, method, t, t / t_base, first, ratios.get(eager), ratios.get(other)))
             print(rows[-1], flush=True)
             if args.profile:
                 profiles.append(format_profile(f"{model_name} {method}", profile(graph, engine, runs[1])))
@@ -146,11 +155,15 @@ def main(argv=None):
     note = f"; {args.note}" if args.note else ""
     table = [f"\n### {time.strftime('%Y-%m-%d %H:%M')}: {machine}, CPU, batch {args.batch}, {size}×{size}, "
              f"TensorFlow {tf.__version__}, median of {repeat} after a warm-up{note}\n",
-             "| model | method | median time (s) | × TF gradient |" + (" × TF gradient, --other |" if other else ""),
-             "|---|---|---|---|" + ("---|" if other else "")]
-    for model_name, method, t, r, before in rows:
-        extra = "" if other is None else (" |" if before is None else f" {before:.2f} |")
-        table.append(f"| {model_name} | {method} | {t:.3f} | {r:.2f} |" + extra)
+             "| model | method | median time (s) | × TF gradient | tracing call (s) |"
+             + (" × TF gradient, eager engine |" if args.eager_engine else "") + (" × TF gradient, --other |" if other else ""),
+             "|---|---|---|---|---|" + ("---|" if args.eager_engine else "") + ("---|" if other else "")]
+
+    def cell(v, fmt="{:.2f}"):
+        return " |" if v is None else " " + fmt.format(v) + " |"
+    for model_name, method, t, r, first, r_eager, before in rows:
+        table.append(f"| {model_name} | {method} | {t:.3f} | {r:.2f} |" + cell(first, "{:.1f}")
+                     + (cell(r_eager) if args.eager_engine else "") + (cell(before) if other else ""))
     text = "\n".join(table)
     print(text)
     if profiles:

@@ -16,7 +16,7 @@ from attribx.rules import Epsilon, ZRule
 
 from engine_cases import attention_graph, cnn_graph, method_params, mlp_graph, zoo_graph
 
-ENGINES = ["numpy", "torch"]
+ENGINES = ["numpy", "torch", "tensorflow"]
 CASES = {
     "cnn": (cnn_graph, ["lrp.epsilon", "lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1"]),
     "mlp": (mlp_graph, ["lrp.epsilon", "lrp.z_plus"]),
@@ -46,8 +46,8 @@ def _close(a, b, what, rtol=1e-11):
 
 
 def _engine(name):
-    if name == "torch":
-        pytest.importorskip("attribx_torch")
+    if name != "numpy":
+        pytest.importorskip({"torch": "attribx_torch", "tensorflow": "attribx_tf"}[name])
     return name
 
 

@@ -103,14 +103,23 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
     and CP-LRP's rules) the pass hands on s = R / z instead of R (``quotients``, default :data:`QUOTIENTS`;
     never with ``trace``): with ε = 0 that is LXT's modified gradient, with no division by z nor product by
     x at each layer. Relevance itself, z ⊙ s, is formed only where a rule or the caller needs it.
+
+    An engine may run the whole pass as one compiled program (:meth:`Engine.compiled_pass`, the TF engine's
+    traced ``tf.function``); it returns None for what it does not compile, which then runs here node by node.
     """
+    quotients = QUOTIENTS if quotients is None else quotients
+    compiled = getattr(engine, "compiled_pass", None)     # an engine may run the whole pass compiled
+    done = compiled and compiled(graph, x, rules, init, start, keep=keep, conservation=conservation, trace=trace,
+                                 ops=ops, masks=masks, quotients=quotients)
+    if done is not None:
+        return done
     ops = graph.ops if ops is None else ops
     order = ancestors(graph, start)
     acts = run_forward(graph, engine, x, upto=start, masks=masks)
     scores = acts[start]
     rel: dict[str, Any] = {start: init(scores)}
     quot: dict[str, Any] = {}       # quotients: what reached a node is z ⊙ quot[node] (+ rel[node])
-    carrying = (QUOTIENTS if quotients is None else quotients) and not trace
+    carrying = quotients and not trace
     takes = {name: carrying and name in rules and rules[name].takes_quotient(graph[name], ops[graph[name].op].category)
              for name in order}
     kept: dict[str, Any] = {}

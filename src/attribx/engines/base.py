@@ -162,6 +162,12 @@ class Engine:
         params = self.node_params(node, inputs) if params is None else params
         return list(self.kernel(node.op, node.name).vjp(node.attrs, list(inputs), params, output, grad))
 
+    def compiled_pass(self, graph, x, rules, init, start, **options):
+        """The relevance pass run as one compiled program (an engine that compiles whole passes returns its
+        :class:`~attribx.propagation.Propagation`), or None: :func:`attribx.propagation.propagate` runs it
+        node by node. ``options``: propagate's keyword arguments."""
+        return None
+
     def node_params(self, node, inputs: Sequence[Any] = ()) -> dict:
         """The node's parameters as engine arrays of the computation's dtype (cached per engine)."""
         dtype = self.dtype_of(inputs[0]) if inputs else self.dtype
@@ -228,11 +234,17 @@ class Engine:
         raise NotImplementedError
 
     def isfinite_all(self, x) -> bool:
+        """Whether every entry is finite; an engine that cannot tell yet (tracing) answers False."""
         raise NotImplementedError
 
     def any_nonzero(self, x) -> bool:
         """Whether any entry of ``x`` is non-zero (rules use it to skip terms that vanish)."""
         raise NotImplementedError
+
+    def if_any_nonzero(self, x, then: Callable[[], Any], otherwise: Callable[[], Any]):
+        """``then()`` where any entry of ``x`` is non-zero, else ``otherwise()``: a rule's choice between two forms
+        by a value. An engine that compiles the pass decides when it runs (both forms compiled)."""
+        return then() if self.any_nonzero(x) else otherwise()
 
     # -- derived helpers shared by rules -----------------------------------------------------------
     def divide_into(self, num, den):

@@ -372,11 +372,9 @@ class AlphaBeta(AffineRule):
         super().__init__(alpha=alpha, beta=beta, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
-        if self.optimise and self.beta and op.kind == "layer" and len(op.signal) == 1:
+        if self.optimise and self.beta and op.kind == "layer" and len(op.signal) == 1 and not self.few_inputs(op):
             (x,) = op.signals()
-            fast = (self.fast_nonnegative if op.nonnegative()[0] else self.fast_signed)(op, eng, R, x)
-            if fast is not None:
-                return fast
+            return (self.fast_nonnegative if op.nonnegative()[0] else self.fast_signed)(op, eng, R, x)
         return self.general(op, eng, R, *op.split())
 
     #: the fast forms apply where every unit's contributions of either sign are at least this share of all its
@@ -386,12 +384,16 @@ class AlphaBeta(AffineRule):
     min_inputs: ClassVar[int] = 32
 
     def few_inputs(self, op) -> bool:
-        return int(np.prod(op.ctx.params["weight"].shape[1:])) < self.min_inputs
+        return "weight" not in op.ctx.params or int(np.prod(op.ctx.params["weight"].shape[1:])) < self.min_inputs
 
-    def one_sided(self, eng, z0, a) -> bool:
-        """Whether some unit has |z₀| > (1 − min_share)·a (a: the magnitude of all its contributions): nearly all of
-        them of one sign, so that the other part's denominator, got by a difference, is mostly rounding."""
-        return eng.any_nonzero(eng.clip(eng.add_scaled_into(a, eng.abs(z0), -1.0 / (1.0 - self.min_share)), None, 0))
+    def one_sided(self, eng, z0, a):
+        """Non-zero where a unit has |z₀| > (1 − min_share)·a (a: the magnitude of all its contributions): nearly all
+        of them of one sign, so that the other part's denominator, got by a difference, is mostly rounding."""
+        return eng.clip(eng.add_scaled_into(a, eng.abs(z0), -1.0 / (1.0 - self.min_share)), None, 0)
+
+    def unless_one_sided(self, op, eng, R, z0, a, fast):
+        """``fast()``, or the general form where some unit is one-sided (:meth:`one_sided`)."""
+        return eng.if_any_nonzero(self.one_sided(eng, z0, a), lambda: self.general(op, eng, R, *op.split()), fast)
 
     def fast_signed(self, op, eng, R, x):
         """Optimisation of :meth:`general` for a weighted layer whose input has both signs (after SiLU, a gate,
@@ -408,24 +410,23 @@ class AlphaBeta(AffineRule):
         |z| ≤ (1 − min_share)·A' everywhere (dense layers with many inputs); else, as on depthwise convs, the
         general form runs.
         """
-        if self.few_inputs(op):
-            return None
         mag = magnitude(eng)
         z = op.ctx.output
         b = op.ctx.params.get("bias")
         ax = eng.abs(x)
         a = op.term([ax], mag, DROP if self.zero_bias else mag)
         zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
-        if self.one_sided(eng, zz, a):
-            return None
-        sp = eng.divide_into(R, eng.stabilize((zz + a) * 0.5, self.stabilizer))
-        sn = eng.divide_into(R, eng.stabilize((zz - a) * 0.5, self.stabilizer))
-        ap = sp * self.alpha
-        u = ap - sn * self.beta
-        v = eng.add_scaled_into(ap, sn, self.beta)
-        (t1,) = op.back(u)
-        (t2,) = op.back(v, mag)
-        return [eng.add_scaled_into(op.times(x, t1), op.times(ax, t2), 1.0) * 0.5]
+
+        def fast():
+            sp = eng.divide_into(R, eng.stabilize((zz + a) * 0.5, self.stabilizer))
+            sn = eng.divide_into(R, eng.stabilize((zz - a) * 0.5, self.stabilizer))
+            ap = sp * self.alpha
+            u = ap - sn * self.beta
+            v = eng.add_scaled_into(ap, sn, self.beta)
+            (t1,) = op.back(u)
+            (t2,) = op.back(v, mag)
+            return [eng.add_scaled_into(op.times(x, t1), op.times(ax, t2), 1.0) * 0.5]
+        return self.unless_one_sided(op, eng, R, zz, a, fast)
 
     def fast_nonnegative(self, op, eng, R, x):
         """Optimisation of :meth:`general` for a weighted layer whose input is x ≥ 0 (after a ReLU).
@@ -440,22 +441,21 @@ class AlphaBeta(AffineRule):
         pos = positive(eng)
         z = op.ctx.output
         b = op.ctx.params.get("bias")
-        if self.few_inputs(op):
-            return None
         fp = op.term([x], pos, DROP)                                  # F(x; W⁺)
         z0 = z if b is None else z - op.bias_map(b, z)
         fn = z0 - fp                                                  # F(x; W⁻)
-        if self.one_sided(eng, z0, fp - fn):
-            return None
-        zp, zn = fp, fn
-        if b is not None and not self.zero_bias:
-            zp = fp + op.bias_map(eng.clip(b, 0, None), fp)
-            zn = fn + op.bias_map(eng.clip(b, None, 0), fn)
-        sp = eng.divide_into(R, eng.stabilize(zp, self.stabilizer))
-        sn = eng.divide_into(R, eng.stabilize(zn, self.stabilizer))
-        (t2,) = op.back(sn)
-        (t1,) = op.back(eng.add_scaled_into(sp if self.alpha == 1 else sp * self.alpha, sn, self.beta), pos)
-        return [op.times(x, eng.add_scaled_into(t1, t2, -self.beta))]
+
+        def fast():
+            zp, zn = fp, fn
+            if b is not None and not self.zero_bias:
+                zp = fp + op.bias_map(eng.clip(b, 0, None), fp)
+                zn = fn + op.bias_map(eng.clip(b, None, 0), fn)
+            sp = eng.divide_into(R, eng.stabilize(zp, self.stabilizer))
+            sn = eng.divide_into(R, eng.stabilize(zn, self.stabilizer))
+            (t2,) = op.back(sn)
+            (t1,) = op.back(eng.add_scaled_into(sp if self.alpha == 1 else sp * self.alpha, sn, self.beta), pos)
+            return [op.times(x, eng.add_scaled_into(t1, t2, -self.beta))]
+        return self.unless_one_sided(op, eng, R, z0, fp - fn, fast)
 
     def general(self, op, eng, R, xp, xn):
         """The formula (docs/rules.md): each part with its own denominator, on every kind of op."""
@@ -577,23 +577,28 @@ class Gamma(AffineRule):
         z = op.ctx.output
         b = op.ctx.params.get("bias")
         q = op.term([x], positive(eng), DROP if self.zero_bias else positive(eng))
-        if not eng.any_nonzero(R - eng.where_positive(z, R)):     # nothing arrives where z ≤ 0
+
+        def positive_branch():
             den = eng.add_scaled_into(z, q, g)
             if b is not None and self.zero_bias:
                 den = den - op.bias_map(b, den)
             s = eng.divide_into(R, eng.stabilize(den, self.stabilizer))
             (t,) = op.back(s, gamma_up(eng, g))
             return [op.times(x, t)]
-        zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
-        mz = -z
-        # each branch's own contributions: q where z > 0, the negative part zz − q where z < 0
-        part = eng.where_positive(z, q) + eng.where_positive(mz, zz - q)
-        s = eng.divide_into(R, eng.stabilize(eng.add_scaled_into(zz, part, g), self.stabilizer))
-        s_up, s_dn = eng.where_positive(z, s), eng.where_positive(mz, s)    # z = 0 passes nothing
-        diff = s_up - s_dn
-        (t1,) = op.back(eng.add_scaled_into(s_up, s_dn, 1 + g))
-        (t2,) = op.back(diff, positive(eng))
-        return [op.times(x, eng.add_scaled_into(t1, t2, g))]
+
+        def both_branches():
+            zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
+            mz = -z
+            # each branch's own contributions: q where z > 0, the negative part zz − q where z < 0
+            part = eng.where_positive(z, q) + eng.where_positive(mz, zz - q)
+            s = eng.divide_into(R, eng.stabilize(eng.add_scaled_into(zz, part, g), self.stabilizer))
+            s_up, s_dn = eng.where_positive(z, s), eng.where_positive(mz, s)    # z = 0 passes nothing
+            diff = s_up - s_dn
+            (t1,) = op.back(eng.add_scaled_into(s_up, s_dn, 1 + g))
+            (t2,) = op.back(diff, positive(eng))
+            return [op.times(x, eng.add_scaled_into(t1, t2, g))]
+        # the positive branch alone where nothing arrives where z ≤ 0
+        return eng.if_any_nonzero(R - eng.where_positive(z, R), both_branches, positive_branch)
 
 
 class Flat(AffineRule):

@@ -108,6 +108,20 @@ class TensorFlowEngine(Engine):
 
     name = "tensorflow"
     framework = "tensorflow"
+    #: run the relevance pass as one traced ``tf.function`` (:mod:`attribx_tf.traced`); False: node by node
+    compile_pass = True
+    #: set while the pass is being traced: value checks answer conservatively (the general branch)
+    tracing = False
+    #: while tracing: the parameter tensors shared by every trace of the graph, by (node name, dtype)
+    shared_params: dict | None = None
+
+    #: eager calls of a pass (same graph, method, input signature) before it is traced
+    trace_after = 1
+
+    def __init__(self, dtype=None, device=None, compile_pass: bool = True, trace_after: int = 1):
+        super().__init__(dtype, device)
+        self.compile_pass = compile_pass
+        self.trace_after = trace_after
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name!r} device={self.device!r}>"
@@ -136,6 +150,14 @@ class TensorFlowEngine(Engine):
                 return list(fn(list(inputs), params, grad))     # the compiled ops read no output
             return super().vjp(node, inputs, grad, params, output)
 
+    def compiled_pass(self, graph, x, rules, init, start, **options):
+        """The whole pass as one traced ``tf.function`` (:func:`attribx_tf.traced.compiled_propagate`), or None
+        where it runs node by node (while tracing it, and for the options it cannot trace)."""
+        if self.tracing:
+            return None
+        from .traced import compiled_propagate     # imports TensorFlow: once the engine runs
+        return compiled_propagate(self, graph, x, rules, init, start, **options)
+
     def _compilable(self, node, inputs, params) -> bool:
         """Whether the node runs as a compiled kernel: an op of :data:`COMPILED_OPS`, eager execution (inside
         a caller's ``tf.function`` the kernel is traced into its graph anyway), and tensors only (a numpy
@@ -159,11 +181,14 @@ class TensorFlowEngine(Engine):
             dtype = self.dtype_of(like)
             if not dtype.is_floating:
                 dtype = tf_dtype(self.dtype)
-        key = (id(node), node.name, dtype, self.device)
-        hit = self._param_cache.get(key)
+        cache, key = self._param_cache, (id(node), node.name, dtype, self.device)
+        if self.shared_params is not None:      # tracing the pass: shared by the traces of this graph content
+            cache, key = self.shared_params, (node.name, dtype)
+        hit = cache.get(key)
         if hit is None:
-            hit = {k: self.asarray(v, dtype=dtype) for k, v in node.params.items()}
-            self._param_cache[key] = hit
+            with _tf().init_scope():            # eager tensors (captured by a trace), never graph constants
+                hit = {k: self.asarray(v, dtype=dtype) for k, v in node.params.items()}
+            cache[key] = hit
         return hit
 
     # -- arrays -------------------------------------------------------------------------------------
@@ -254,16 +279,32 @@ class TensorFlowEngine(Engine):
         return tf.one_hot(tf.reshape(index, [-1]), int(like.shape[1]), dtype=like.dtype)
 
     def isfinite_all(self, x) -> bool:
+        """Whether every entry is finite; False while tracing (the value is not known: callers take the form
+        that is right for infinite values too)."""
         tf = _tf()
         x = self._tensor(x)
         if not x.dtype.is_floating:
             return True
+        if self.tracing or not tf.executing_eagerly():
+            return False
         return bool(tf.reduce_all(tf.math.is_finite(x)))
 
     def any_nonzero(self, x) -> bool:
+        """Whether any entry is non-zero; True while tracing (the value is not known: rules take the term)."""
         tf = _tf()
+        if self.tracing or not tf.executing_eagerly():
+            return True
         x = self._tensor(x)
         return bool(tf.reduce_any(tf.not_equal(x, tf.zeros((), x.dtype))))
+
+    def if_any_nonzero(self, x, then, otherwise):
+        """``then()`` where any entry of ``x`` is non-zero, else ``otherwise()``; while tracing a ``tf.cond`` (both
+        forms traced, the one the values pick runs), eagerly a Python branch."""
+        tf = _tf()
+        if not (self.tracing or not tf.executing_eagerly()):
+            return super().if_any_nonzero(x, then, otherwise)
+        x = self._tensor(x)
+        return tf.cond(tf.reduce_any(tf.not_equal(x, tf.zeros((), x.dtype))), then, otherwise)
 
     # -- rule helpers ----------------------------------------------------------------------------------
     def stabilize(self, z, epsilon: float):
