@@ -535,26 +535,47 @@ class Gamma(AffineRule):
     def fast_nonnegative(self, op, eng, R, x):
         """Optimisation of :meth:`general` for a weighted layer whose input is x ≥ 0 (after a ReLU).
 
-        With p = F(x; W⁺) and q = p + b⁺ the branches are zp = z + γq and zn = (1+γ)z − γq (without
-        biases: z' = z − b and q = p), and their supports are disjoint.
-
-        When no relevance arrives where z ≤ 0 (a layer followed by a ReLU under input-proportional
-        rules: the usual case) only the positive branch is left, R = x ⊙ (W + γW⁺)ᵀ(R / zp): one extra
-        forward and one transposed op. Otherwise R = x ⊙ [Wᵀ(gp + (1+γ)gn) + γW⁺ᵀ(gp − gn)]: one extra
-        forward and two transposed ops. Both give the numbers of the general form.
+        With q = F(x; W⁺) + b⁺ ≥ 0 the branches' outputs are zp = z + γq > 0 where z > 0 and zn = (1+γ)z − γq < 0
+        where z < 0, so their stabilised values are one array: z (times 1+γ where z ≤ 0) + sign(z)(γq + ε), four
+        light passes. When no relevance arrives where z ≤ 0 (a layer followed by a ReLU under input-proportional
+        rules: the usual case) only the positive branch is left, R = x ⊙ (W + γW⁺)ᵀ(R / (zp + ε)): one extra
+        forward and one transposed op. Otherwise (a layer feeding a residual sum) each branch's quotient goes back
+        along its own weights, R = x ⊙ [(W + γW⁺)ᵀs⁺ + (W + γW⁻)ᵀs⁻]: one extra forward and two transposed ops.
+        The modified weights are made from one W⁺. Both give the numbers of the general form.
         """
+        if self.zero_bias:
+            return self._nonnegative_zero_bias(op, eng, R, x)
+        g, eps = self.gamma, self.stabilizer
+        z = op.ctx.output
+        w = op.ctx.params["weight"]
+        wp = eng.clip(w, 0, None)
+        q = op.term([x], _fixed(wp), positive(eng))                 # F(x; W⁺) + b⁺
+        if not eng.any_where_nonpositive(z, R):                     # nothing arrives where z ≤ 0
+            s = eng.divide_into(R, eng.positive_plus_into(eng.add_scaled_into(z, q, g), eps))
+            if eps == 0:
+                s = eng.where_positive(z, s)        # where z ≤ 0 the quotient may be 0/0
+            (t,) = op.back(s, _fixed(eng.add_scaled_into(w, wp, g)))
+            return [op.times(x, t)]
+        w_dn = eng.add_scaled_into(w, eng.clip(w, None, 0), g)      # W + γW⁻
+        pm = eng.copysign_into(eng.add_scaled_into(eps, q, g), z)    # ±(γq + ε) by the sign of z
+        s = eng.divide_into(R, eng.add_scaled_into(eng.scale_negative(z, 1.0 + g), pm, 1.0))
+        (t_up,) = op.back(eng.where_positive(z, s), _fixed(eng.add_scaled_into(w, wp, g)))
+        (t_dn,) = op.back(eng.where_negative(z, s), _fixed(w_dn))   # z = 0: neither branch
+        return [op.times(x, eng.add_scaled_into(t_up, t_dn, 1.0))]
+
+    def _nonnegative_zero_bias(self, op, eng, R, x):
+        """:meth:`fast_nonnegative` with ``zero_bias``: z' = z − b and q = F(x; W⁺), whose branches' outputs
+        zp = z' + γq and zn = (1+γ)z' − γq need not have the sign of z. Where nothing arrives at z ≤ 0 the
+        positive branch alone; else R = x ⊙ [Wᵀ(s⁺ + (1+γ)s⁻) + γW⁺ᵀ(s⁺ − s⁻)]."""
         g = self.gamma
         z = op.ctx.output
         b = op.ctx.params.get("bias")
-        q = op.term([x], positive(eng), DROP if self.zero_bias else positive(eng))
-        if not eng.any_nonzero(R - eng.where_positive(z, R)):     # nothing arrives where z ≤ 0
-            den = eng.add_scaled_into(z, q, g)
-            if b is not None and self.zero_bias:
-                den = den - op.bias_map(b, den)
-            s = eng.divide_into(R, eng.stabilize(den, self.stabilizer))
+        zz = z if b is None else z - op.bias_map(b, z)
+        q = op.term([x], positive(eng), DROP)
+        if not eng.any_where_nonpositive(z, R):
+            s = eng.divide_into(R, eng.stabilize(eng.add_scaled_into(zz, q, g), self.stabilizer))
             (t,) = op.back(s, gamma_up(eng, g))
             return [op.times(x, t)]
-        zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
         mz = -z
         # each branch's own contributions: q where z > 0, the negative part zz − q where z < 0
         part = eng.where_positive(z, q) + eng.where_positive(mz, zz - q)
@@ -564,6 +585,11 @@ class Gamma(AffineRule):
         (t1,) = op.back(eng.add_scaled_into(s_up, s_dn, 1 + g))
         (t2,) = op.back(diff, positive(eng))
         return [op.times(x, eng.add_scaled_into(t1, t2, g))]
+
+
+def _fixed(w) -> Mod:
+    """A weight 'modifier' that hands back weights made beforehand from the layer's own (a weighted layer's)."""
+    return Mod(lambda _: w, lambda v: v)
 
 
 class Flat(AffineRule):
