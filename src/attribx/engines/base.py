@@ -251,6 +251,12 @@ class Engine:
         """``x`` where ``ref < 0``, else 0: :meth:`where_positive`'s other branch (neither takes ref = 0)."""
         return self.where_positive(-ref, x)
 
+    def stack_by_sign(self, ref, x, axis: int):
+        """[x where ref > 0, x where ref < 0] concatenated along ``axis`` in one new array, for one transposed op
+        with the two branches' weights stacked; None where the engine has no cheaper way than two arrays and
+        a copy (the caller then runs two transposed ops)."""
+        return None
+
     def any_where_nonpositive(self, ref, x) -> bool:
         """Whether ``x`` is non-zero anywhere ``ref ≤ 0`` (a rule's one-branch form needs it to be False)."""
         return self.any_nonzero(x - self.where_positive(ref, x))

@@ -161,6 +161,16 @@ class Affine:
     def signals(self):
         return [self.ctx.inputs[i] for i in self.signal]
 
+    def output_channel_axis(self):
+        """The output's axis that the weight's first axis maps to, for a dense linear or ungrouped conv (weights
+        stacked along their first axis then act on inputs stacked along it); None for other ops."""
+        node = self.ctx.node
+        if node.op == "conv" and int(node.attrs.get("groups", 1)) == 1:
+            return 1
+        if node.op == "linear":
+            return len(self.ctx.output.shape) - 1
+        return None
+
     def bias_map(self, b, z):
         """The bias broadcast to the output z (channel axis 1 for conv, the last axis for linear)."""
         if self.ctx.node.op in ("conv", "conv_transpose"):
@@ -559,8 +569,14 @@ class Gamma(AffineRule):
         w_dn = eng.add_scaled_into(w, eng.clip(w, None, 0), g)      # W + γW⁻
         pm = eng.copysign_into(eng.add_scaled_into(eps, q, g), z)    # ±(γq + ε) by the sign of z
         s = eng.divide_into(R, eng.add_scaled_into(eng.scale_negative(z, 1.0 + g), pm, 1.0))
-        (t_up,) = op.back(eng.where_positive(z, s), _fixed(eng.add_scaled_into(w, wp, g)))
-        (t_dn,) = op.back(eng.where_negative(z, s), _fixed(w_dn))   # z = 0: neither branch
+        w_up = eng.add_scaled_into(w, wp, g)                        # W + γW⁺
+        axis = op.output_channel_axis()
+        both = None if axis is None else eng.stack_by_sign(z, s, axis)    # z = 0: neither branch
+        if both is not None:        # one transposed op over [s⁺, s⁻] with the weights stacked the same way
+            (t,) = op.back(both, _fixed(eng.kernel("concat").forward({"axis": 0}, [w_up, w_dn], {})))
+            return [op.times(x, t)]
+        (t_up,) = op.back(eng.where_positive(z, s), _fixed(w_up))
+        (t_dn,) = op.back(eng.where_negative(z, s), _fixed(w_dn))
         return [op.times(x, eng.add_scaled_into(t_up, t_dn, 1.0))]
 
     def _nonnegative_zero_bias(self, op, eng, R, x):

@@ -254,6 +254,19 @@ class TorchEngine(Engine):
             return torch.ops.aten.hardtanh_backward(x, ref, float("-inf"), 0.0)
         return super().where_negative(ref, x)
 
+    def stack_by_sign(self, ref, x, axis: int):
+        """Both halves written straight into the stacked array by the two masks' kernels (no copy)."""
+        torch = _torch()
+        if not self._same_float(x, ref):
+            return None
+        shape = list(x.shape)
+        n = shape[axis]
+        shape[axis] = 2 * n
+        out = x.new_empty(shape)
+        torch.ops.aten.threshold_backward.grad_input(x, ref, 0, grad_input=out.narrow(axis, 0, n))
+        torch.ops.aten.hardtanh_backward.grad_input(x, ref, float("-inf"), 0.0, grad_input=out.narrow(axis, n, n))
+        return out
+
     def any_where_nonpositive(self, ref, x) -> bool:
         """x − (x where ref > 0), written into the masked copy, then :meth:`any_nonzero`: two light passes."""
         torch = _torch()
