@@ -149,9 +149,11 @@ class Affine:
         z = self.ctx.forward(inputs, params)
         return z if scale == 1.0 else z * scale
 
-    def back(self, grad, wmod=None):
-        """VJP of the modified op w.r.t. each signal input (a list over signals)."""
-        inputs, params, scale = self._inputs_params([self.ctx.inputs[i] for i in self.signal], wmod, KEEP)
+    def back(self, grad, wmod=None, xs=None):
+        """VJP of the modified op w.r.t. each signal input (a list over signals); ``xs``: stand-ins for the
+        signals, whose shapes (not values) the VJP takes (for weights stacked along their input axis)."""
+        xs = [self.ctx.inputs[i] for i in self.signal] if xs is None else xs
+        inputs, params, scale = self._inputs_params(xs, wmod, KEEP)
         if scale == 0.0:
             return [None] * len(self.signal)
         grads = self.ctx.vjp(grad, inputs=inputs, params=params)
@@ -571,8 +573,14 @@ class Gamma(AffineRule):
         s = eng.divide_into(R, eng.add_scaled_into(eng.scale_negative(z, 1.0 + g), pm, 1.0))
         w_up = eng.add_scaled_into(w, wp, g)                        # W + γW⁺
         axis = op.output_channel_axis()
-        both = None if axis is None else eng.stack_by_sign(z, s, axis)    # z = 0: neither branch
-        if both is not None:        # one transposed op over [s⁺, s⁻] with the weights stacked the same way
+        # one transposed op over [s⁺, s⁻] with the weights stacked the same way where the activations outweigh
+        # the weights (more output positions than inputs per unit): there it runs faster than two; with few
+        # positions and many channels (a ResNet's last stage) two separate ones run faster than the copy and
+        # the larger op
+        both = None
+        if axis is not None and _positions(z, axis) >= _fan_in(w):
+            both = eng.stack_by_sign(z, s, axis)    # z = 0: neither branch
+        if both is not None:
             (t,) = op.back(both, _fixed(eng.kernel("concat").forward({"axis": 0}, [w_up, w_dn], {})))
             return [op.times(x, t)]
         (t_up,) = op.back(eng.where_positive(z, s), _fixed(w_up))
@@ -601,6 +609,16 @@ class Gamma(AffineRule):
         (t1,) = op.back(eng.add_scaled_into(s_up, s_dn, 1 + g))
         (t2,) = op.back(diff, positive(eng))
         return [op.times(x, eng.add_scaled_into(t1, t2, g))]
+
+
+def _positions(a, axis: int) -> int:
+    """Entries of ``a`` per index of ``axis`` (a layer's output positions over the batch)."""
+    return int(np.prod(a.shape)) // int(a.shape[axis])
+
+
+def _fan_in(w) -> int:
+    """Inputs per output unit of a layer with weights ``w`` (out, in, *kernel)."""
+    return int(np.prod(w.shape[1:]))
 
 
 def _fixed(w) -> Mod:
@@ -718,8 +736,8 @@ class ZBox(AffineRule):
 
     def fast_folded(self, op, eng, R, x, low, high):
         """Optimisation of :meth:`general` for bounds constant over each input channel (:meth:`per_channel`):
-        z − F(1; M) with M = lW⁺ + hW⁻ on one sample (the bias cancels), and R = x ⊙ Wᵀs − Mᵀs: two
-        transposed ops instead of three."""
+        z − F(1; M) with M = lW⁺ + hW⁻ on one sample (the bias cancels), and R = x ⊙ Wᵀs − Mᵀs: one transposed
+        op with W and M stacked along the input axis, instead of three."""
         dtype = eng.dtype_of(x)
         shape = (1, -1) + (1,) * (len(op.ctx.params["weight"].shape) - 2)
         lo = eng.asarray(low.reshape(shape), dtype=dtype)
@@ -728,6 +746,12 @@ class ZBox(AffineRule):
         one = eng.ones_like(x[:1])
         c = op.term([one], mix, KEEP)          # F(1; M) + b, broadcast over the batch
         s = eng.divide_into(R, eng.stabilize(op.ctx.output - c, self.stabilizer))
-        (g,) = op.back(s)
-        (gb,) = op.back(s, mix)
-        return [op.times(x, g) - gb]
+        # [Wᵀs, Mᵀs] as one transposed op with [W, M] stacked along the input axis: an image model's first
+        # conv has few input channels, and its transposed op costs about the same for twice as many
+        w = op.ctx.params["weight"]
+        both = eng.kernel("concat").forward({"axis": 1}, [w, mix(w)], {})
+        axis = 1 if op.ctx.node.op == "conv" else len(x.shape) - 1
+        (gg,) = op.back(s, _fixed(both), xs=[eng.kernel("concat").forward({"axis": axis}, [x, x], {})])
+        n = int(x.shape[axis])
+        g, gb = (gg[(slice(None),) * axis + (slice(0, n),)], gg[(slice(None),) * axis + (slice(n, 2 * n),)])
+        return [x * g - gb]
