@@ -613,12 +613,12 @@ class Gamma(AffineRule):
 
 def _positions(a, axis: int) -> int:
     """Entries of ``a`` per index of ``axis`` (a layer's output positions over the batch)."""
-    return int(np.prod(a.shape)) // int(a.shape[axis])
+    return int(np.prod([int(d) for d in a.shape])) // int(a.shape[axis])
 
 
 def _fan_in(w) -> int:
     """Inputs per output unit of a layer with weights ``w`` (out, in, *kernel)."""
-    return int(np.prod(w.shape[1:]))
+    return int(np.prod([int(d) for d in w.shape[1:]]))
 
 
 def _fixed(w) -> Mod:
