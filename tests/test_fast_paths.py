@@ -1,7 +1,7 @@
 """Each rule's optimisations (``fast_*``) give the general formula's numbers: γ's forms for non-negative
-inputs (one branch when nothing arrives where z ≤ 0; both branches merged otherwise) and for inputs of both
-signs (through |x| and |W|), z-box with bounds folded into the weights and αβ on x ≥ 0, each against the
-same rule with ``optimise = False`` on random layers and inputs."""
+inputs (one branch when nothing arrives where z ≤ 0, both branches otherwise, as on a conv feeding a residual
+sum) and for inputs of both signs (through |x| and |W|), z-box with bounds folded into the weights and αβ on
+x ≥ 0, each against the same rule with ``optimise = False`` on random layers and inputs."""
 from __future__ import annotations
 
 import importlib.util
@@ -169,3 +169,52 @@ def test_alpha_beta_forms_equal_the_general_formula(engine, act, kind, bias, zer
     assert bool(general) == (kind in ("depthwise", "one-sided") or beta == 0), general
     want = explain(graph, x, spied(AlphaBeta, "general", [], optimise=False, **params), R, engine)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+
+
+#: a ResNet block's last conv (batch norm folded in: a bias) shaped three ways: (channels, size, kernel, stride)
+RESIDUAL_SHAPES = {
+    "3x3, many positions": (4, 8, 3, 1),          # more output positions than inputs per unit (stacked on torch)
+    "3x3, last stage": (16, 2, 3, 1),             # few positions, many inputs per unit (two transposed ops)
+    "1x1 stride 2 (downsample)": (4, 8, 1, 2),
+}
+
+
+def residual_block(rng, shape: str):
+    """x -> relu -> conv (+ bias) -> + relu(x) (average-pooled where the conv strides) -> relu: the conv's
+    relevance arrives through the residual sum, so also where its own output z ≤ 0 (γ's two branches)."""
+    ch, size, k, stride = RESIDUAL_SHAPES[shape]
+    b = GraphBuilder("residual")
+    h = b.relu(b.input("x", (ch, size, size), dtype="float64"))
+    c = b.conv(h, rng.normal(size=(ch, ch, k, k)) / k, rng.normal(size=ch), stride=stride, padding=k // 2,
+               name="layer")
+    skip = h if stride == 1 else b.avg_pool(h, stride)
+    b.relu(b.add(c, skip))
+    return b.build(), rng.normal(size=(2, ch, size, size))
+
+
+@pytest.mark.filterwarnings("ignore::attribx.errors.ConservationWarning")    # random relevance of both signs
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("shape", list(RESIDUAL_SHAPES))
+@pytest.mark.parametrize("sign", ["R > 0", "R of both signs"])
+def test_gamma_on_a_conv_feeding_a_residual_sum_equals_the_general_formula(engine, shape, sign):
+    """Both branches after a ReLU (stacked into one transposed op on torch where the activations outweigh the
+    weights): float64 to 1e-12 of the general formula, and in float32 as close to float64's general formula
+    as the general formula run in float32."""
+    rng = np.random.default_rng(23)
+    graph, x = residual_block(rng, shape)
+    z_out = layer_output(graph, x)
+    R = rng.normal(size=z_out.shape)
+    R = np.abs(R) if sign == "R > 0" else R
+    params = {"gamma": 0.25, "stabilizer": 1e-6}
+    calls: list = []
+    got = explain(graph, x, spied(Gamma, "fast_nonnegative", calls, **params), R, engine)
+    assert calls
+    want = explain(graph, x, spied(Gamma, "fast_nonnegative", [], optimise=False, **params), R, engine)
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= 1e-12 * scale       # measured: ≤ 3·10⁻¹⁶
+    x32, R32 = x.astype(np.float32), R.astype(np.float32)
+    fast32 = explain(graph, x32, spied(Gamma, "fast_nonnegative", [], **params), R32, engine)
+    general32 = explain(graph, x32, spied(Gamma, "fast_nonnegative", [], optimise=False, **params), R32, engine)
+    assert fast32.dtype == np.float32
+    err_fast, err_general = (np.abs(v.astype(np.float64) - want).max() / scale for v in (fast32, general32))
+    assert err_fast <= max(4 * err_general, 1e-6), (err_fast, err_general)

@@ -259,9 +259,42 @@ class Engine:
         """``x`` where ``ref > 0``, else 0 (same shapes): a ReLU's backward, which engines run in one pass."""
         return self.where(ref > 0, x, self.zeros_like(x))
 
+    def where_negative(self, ref, x):
+        """``x`` where ``ref < 0``, else 0: :meth:`where_positive`'s other branch (neither takes ref = 0)."""
+        return self.where_positive(-ref, x)
+
+    def stack_by_sign(self, ref, x, axis: int):
+        """[x where ref > 0, x where ref < 0] concatenated along ``axis`` in one new array, for one transposed op
+        with the two branches' weights stacked; None where the engine has no cheaper way than two arrays and
+        a copy (the caller then runs two transposed ops)."""
+        return None
+
+    def any_where_nonpositive(self, ref, x) -> bool:
+        """Whether ``x`` is non-zero anywhere ``ref ≤ 0`` (a rule's one-branch form needs it to be False)."""
+        return self.any_nonzero(x - self.where_positive(ref, x))
+
+    def if_any_where_nonpositive(self, ref, x, then: Callable[[], Any], otherwise: Callable[[], Any]):
+        """``then()`` where ``x`` is non-zero anywhere ``ref ≤ 0``, else ``otherwise()``: as :meth:`if_any_nonzero`
+        (an engine that compiles the pass compiles both forms); eagerly by :meth:`any_where_nonpositive`."""
+        if type(self).any_where_nonpositive is not Engine.any_where_nonpositive:     # the engine's own test
+            return then() if self.any_where_nonpositive(ref, x) else otherwise()
+        return self.if_any_nonzero(x - self.where_positive(ref, x), then, otherwise)
+
     def add_scaled_into(self, a, b, alpha: float):
-        """a + alpha * b, where ``b`` is a temporary that an engine may overwrite."""
+        """a + alpha * b, where ``b`` is a temporary that an engine may overwrite (``a`` may be a number)."""
         return a + alpha * b
+
+    def scale_negative(self, x, factor: float):
+        """x where x > 0, ``factor`` · x elsewhere (a leaky ReLU of slope ``factor``), as a new array."""
+        return x + (factor - 1.0) * self.clip(x, None, 0)
+
+    def copysign_into(self, a, ref):
+        """|a| with the sign of ``ref`` (either sign where ref is ±0), where ``a`` is a temporary."""
+        return self.abs(a) * self.sign(ref)
+
+    def positive_plus_into(self, x, epsilon: float):
+        """max(x, 0) + epsilon, where ``x`` is a temporary."""
+        return self.clip(x, 0, None) + epsilon
 
     def signum(self, x):
         """-1, 0 or +1 by the sign of x (0 at 0): selects two disjoint branches, and neither at 0, in one array."""

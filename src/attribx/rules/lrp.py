@@ -149,9 +149,11 @@ class Affine:
         z = self.ctx.forward(inputs, params)
         return z if scale == 1.0 else z * scale
 
-    def back(self, grad, wmod=None):
-        """VJP of the modified op w.r.t. each signal input (a list over signals)."""
-        inputs, params, scale = self._inputs_params([self.ctx.inputs[i] for i in self.signal], wmod, KEEP)
+    def back(self, grad, wmod=None, xs=None):
+        """VJP of the modified op w.r.t. each signal input (a list over signals); ``xs``: stand-ins for the
+        signals, whose shapes (not values) the VJP takes (for weights stacked along their input axis)."""
+        xs = [self.ctx.inputs[i] for i in self.signal] if xs is None else xs
+        inputs, params, scale = self._inputs_params(xs, wmod, KEEP)
         if scale == 0.0:
             return [None] * len(self.signal)
         grads = self.ctx.vjp(grad, inputs=inputs, params=params)
@@ -160,6 +162,16 @@ class Affine:
 
     def signals(self):
         return [self.ctx.inputs[i] for i in self.signal]
+
+    def output_channel_axis(self):
+        """The output's axis that the weight's first axis maps to, for a dense linear or ungrouped conv (weights
+        stacked along their first axis then act on inputs stacked along it); None for other ops."""
+        node = self.ctx.node
+        if node.op == "conv" and int(node.attrs.get("groups", 1)) == 1:
+            return 1
+        if node.op == "linear":
+            return len(self.ctx.output.shape) - 1
+        return None
 
     def bias_map(self, b, z):
         """The bias broadcast to the output z (channel axis 1 for conv, the last axis for linear)."""
@@ -565,29 +577,66 @@ class Gamma(AffineRule):
     def fast_nonnegative(self, op, eng, R, x):
         """Optimisation of :meth:`general` for a weighted layer whose input is x ≥ 0 (after a ReLU).
 
-        With p = F(x; W⁺) and q = p + b⁺ the branches are zp = z + γq and zn = (1+γ)z − γq (without
-        biases: z' = z − b and q = p), and their supports are disjoint.
-
-        When no relevance arrives where z ≤ 0 (a layer followed by a ReLU under input-proportional
-        rules: the usual case) only the positive branch is left, R = x ⊙ (W + γW⁺)ᵀ(R / zp): one extra
-        forward and one transposed op. Otherwise R = x ⊙ [Wᵀ(gp + (1+γ)gn) + γW⁺ᵀ(gp − gn)]: one extra
-        forward and two transposed ops. Both give the numbers of the general form.
+        With q = F(x; W⁺) + b⁺ ≥ 0 the branches' outputs are zp = z + γq > 0 where z > 0 and zn = (1+γ)z − γq < 0
+        where z < 0, so their stabilised values are one array: z (times 1+γ where z ≤ 0) + sign(z)(γq + ε), four
+        light passes. When no relevance arrives where z ≤ 0 (a layer followed by a ReLU under input-proportional
+        rules: the usual case) only the positive branch is left, R = x ⊙ (W + γW⁺)ᵀ(R / (zp + ε)): one extra
+        forward and one transposed op. Otherwise (a layer feeding a residual sum) each branch's quotient goes back
+        along its own weights, R = x ⊙ [(W + γW⁺)ᵀs⁺ + (W + γW⁻)ᵀs⁻]: one extra forward and two transposed ops.
+        The modified weights are made from one W⁺. Both give the numbers of the general form.
         """
+        if self.zero_bias:
+            return self._nonnegative_zero_bias(op, eng, R, x)
+        g, eps = self.gamma, self.stabilizer
+        z = op.ctx.output
+        w = op.ctx.params["weight"]
+        wp = eng.clip(w, 0, None)
+        q = op.term([x], _fixed(wp), positive(eng))                 # F(x; W⁺) + b⁺
+
+        def positive_branch():                                      # nothing arrives where z ≤ 0
+            s = eng.divide_into(R, eng.positive_plus_into(eng.add_scaled_into(z, q, g), eps))
+            if eps == 0:
+                s = eng.where_positive(z, s)        # where z ≤ 0 the quotient may be 0/0
+            (t,) = op.back(s, _fixed(eng.add_scaled_into(w, wp, g)))
+            return [op.times(x, t)]
+
+        def both_branches():
+            w_dn = eng.add_scaled_into(w, eng.clip(w, None, 0), g)      # W + γW⁻
+            pm = eng.copysign_into(eng.add_scaled_into(eps, q, g), z)    # ±(γq + ε) by the sign of z
+            s = eng.divide_into(R, eng.add_scaled_into(eng.scale_negative(z, 1.0 + g), pm, 1.0))
+            w_up = eng.add_scaled_into(w, wp, g)                        # W + γW⁺
+            axis = op.output_channel_axis()
+            # one transposed op over [s⁺, s⁻] with the weights stacked the same way where the activations
+            # outweigh the weights (more output positions than inputs per unit): there it runs faster than two;
+            # with few positions and many channels (a ResNet's last stage) two separate ones run faster than the
+            # copy and the larger op
+            both = None
+            if axis is not None and _positions(z, axis) >= _fan_in(w):
+                both = eng.stack_by_sign(z, s, axis)    # z = 0: neither branch
+            if both is not None:
+                (t,) = op.back(both, _fixed(eng.kernel("concat").forward({"axis": 0}, [w_up, w_dn], {})))
+                return [op.times(x, t)]
+            (t_up,) = op.back(eng.where_positive(z, s), _fixed(w_up))
+            (t_dn,) = op.back(eng.where_negative(z, s), _fixed(w_dn))
+            return [op.times(x, eng.add_scaled_into(t_up, t_dn, 1.0))]
+        return eng.if_any_where_nonpositive(z, R, both_branches, positive_branch)
+
+    def _nonnegative_zero_bias(self, op, eng, R, x):
+        """:meth:`fast_nonnegative` with ``zero_bias``: z' = z − b and q = F(x; W⁺), whose branches' outputs
+        zp = z' + γq and zn = (1+γ)z' − γq need not have the sign of z. Where nothing arrives at z ≤ 0 the
+        positive branch alone; else R = x ⊙ [Wᵀ(s⁺ + (1+γ)s⁻) + γW⁺ᵀ(s⁺ − s⁻)]."""
         g = self.gamma
         z = op.ctx.output
         b = op.ctx.params.get("bias")
-        q = op.term([x], positive(eng), DROP if self.zero_bias else positive(eng))
+        zz = z if b is None else z - op.bias_map(b, z)
+        q = op.term([x], positive(eng), DROP)
 
         def positive_branch():
-            den = eng.add_scaled_into(z, q, g)
-            if b is not None and self.zero_bias:
-                den = den - op.bias_map(b, den)
-            s = eng.divide_into(R, eng.stabilize(den, self.stabilizer))
+            s = eng.divide_into(R, eng.stabilize(eng.add_scaled_into(zz, q, g), self.stabilizer))
             (t,) = op.back(s, gamma_up(eng, g))
             return [op.times(x, t)]
 
         def both_branches():
-            zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
             mz = -z
             # each branch's own contributions: q where z > 0, the negative part zz − q where z < 0
             part = eng.where_positive(z, q) + eng.where_positive(mz, zz - q)
@@ -598,7 +647,22 @@ class Gamma(AffineRule):
             (t2,) = op.back(diff, positive(eng))
             return [op.times(x, eng.add_scaled_into(t1, t2, g))]
         # the positive branch alone where nothing arrives where z ≤ 0
-        return eng.if_any_nonzero(R - eng.where_positive(z, R), both_branches, positive_branch)
+        return eng.if_any_where_nonpositive(z, R, both_branches, positive_branch)
+
+
+def _positions(a, axis: int) -> int:
+    """Entries of ``a`` per index of ``axis`` (a layer's output positions over the batch)."""
+    return int(np.prod([int(d) for d in a.shape])) // int(a.shape[axis])
+
+
+def _fan_in(w) -> int:
+    """Inputs per output unit of a layer with weights ``w`` (out, in, *kernel)."""
+    return int(np.prod([int(d) for d in w.shape[1:]]))
+
+
+def _fixed(w) -> Mod:
+    """A weight 'modifier' that hands back weights made beforehand from the layer's own (a weighted layer's)."""
+    return Mod(lambda _: w, lambda v: v)
 
 
 class Flat(AffineRule):
@@ -711,8 +775,8 @@ class ZBox(AffineRule):
 
     def fast_folded(self, op, eng, R, x, low, high):
         """Optimisation of :meth:`general` for bounds constant over each input channel (:meth:`per_channel`):
-        z − F(1; M) with M = lW⁺ + hW⁻ on one sample (the bias cancels), and R = x ⊙ Wᵀs − Mᵀs: two
-        transposed ops instead of three."""
+        z − F(1; M) with M = lW⁺ + hW⁻ on one sample (the bias cancels), and R = x ⊙ Wᵀs − Mᵀs: one transposed
+        op with W and M stacked along the input axis, instead of three."""
         dtype = eng.dtype_of(x)
         shape = (1, -1) + (1,) * (len(op.ctx.params["weight"].shape) - 2)
         lo = eng.asarray(low.reshape(shape), dtype=dtype)
@@ -721,6 +785,12 @@ class ZBox(AffineRule):
         one = eng.ones_like(x[:1])
         c = op.term([one], mix, KEEP)          # F(1; M) + b, broadcast over the batch
         s = eng.divide_into(R, eng.stabilize(op.ctx.output - c, self.stabilizer))
-        (g,) = op.back(s)
-        (gb,) = op.back(s, mix)
-        return [op.times(x, g) - gb]
+        # [Wᵀs, Mᵀs] as one transposed op with [W, M] stacked along the input axis: an image model's first
+        # conv has few input channels, and its transposed op costs about the same for twice as many
+        w = op.ctx.params["weight"]
+        both = eng.kernel("concat").forward({"axis": 1}, [w, mix(w)], {})
+        axis = 1 if op.ctx.node.op == "conv" else len(x.shape) - 1
+        (gg,) = op.back(s, _fixed(both), xs=[eng.kernel("concat").forward({"axis": axis}, [x, x], {})])
+        n = int(x.shape[axis])
+        g, gb = (gg[(slice(None),) * axis + (slice(0, n),)], gg[(slice(None),) * axis + (slice(n, 2 * n),)])
+        return [x * g - gb]

@@ -218,7 +218,13 @@ class TorchEngine(Engine):
         return bool(_torch().isfinite(self._tensor(x)).all())
 
     def any_nonzero(self, x) -> bool:
-        return bool(self._tensor(x).any())
+        """Floating tensors: min and max in one vectorised pass (``any`` on floats is several times slower); a NaN
+        counts as non-zero, as in ``any``."""
+        x = self._tensor(x)
+        if x.is_floating_point() and x.numel():
+            lo, hi = _torch().aminmax(x)
+            return not (bool(lo == 0) and bool(hi == 0))
+        return bool(x.any())
 
     # -- rule helpers, fused ---------------------------------------------------------------------------
     def _scalar(self, value: float, like):
@@ -243,11 +249,60 @@ class TorchEngine(Engine):
     def where_positive(self, ref, x):
         """x where ref > 0, else 0, with ReLU's backward kernel: one pass, no boolean mask (torch.where on
         the CPU is about twenty times slower than a multiplication)."""
-        torch = _torch()
-        if (isinstance(x, torch.Tensor) and isinstance(ref, torch.Tensor) and x.shape == ref.shape
-                and x.dtype == ref.dtype and x.is_floating_point()):
-            return torch.ops.aten.threshold_backward(x, ref, 0)
+        if self._same_float(x, ref):
+            return _torch().ops.aten.threshold_backward(x, ref, 0)
         return super().where_positive(ref, x)
+
+    def where_negative(self, ref, x):
+        """x where ref < 0, else 0, with hardtanh's backward kernel (x where −∞ < ref < 0): one pass."""
+        torch = _torch()
+        if self._same_float(x, ref):
+            return torch.ops.aten.hardtanh_backward(x, ref, float("-inf"), 0.0)
+        return super().where_negative(ref, x)
+
+    def stack_by_sign(self, ref, x, axis: int):
+        """Both halves written straight into the stacked array by the two masks' kernels (no copy)."""
+        torch = _torch()
+        if not self._same_float(x, ref):
+            return None
+        shape = list(x.shape)
+        n = shape[axis]
+        shape[axis] = 2 * n
+        out = x.new_empty(shape)
+        torch.ops.aten.threshold_backward.grad_input(x, ref, 0, grad_input=out.narrow(axis, 0, n))
+        torch.ops.aten.hardtanh_backward.grad_input(x, ref, float("-inf"), 0.0, grad_input=out.narrow(axis, n, n))
+        return out
+
+    def any_where_nonpositive(self, ref, x) -> bool:
+        """x − (x where ref > 0), written into the masked copy, then :meth:`any_nonzero`: two light passes."""
+        torch = _torch()
+        if self._same_float(x, ref):
+            t = torch.ops.aten.threshold_backward(x, ref, 0)
+            return self.any_nonzero(torch.sub(x, t, out=t))
+        return super().any_where_nonpositive(ref, x)
+
+    def scale_negative(self, x, factor: float):
+        torch = _torch()
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            return torch.nn.functional.leaky_relu(x, float(factor))
+        return super().scale_negative(x, factor)
+
+    def copysign_into(self, a, ref):
+        if self._reusable(a, ref) and a.is_floating_point():
+            return _torch().copysign(a, ref, out=a)
+        return super().copysign_into(a, ref)
+
+    def positive_plus_into(self, x, epsilon: float):
+        torch = _torch()
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad:
+            return x.clamp_min_(0).add_(float(epsilon))
+        return super().positive_plus_into(x, epsilon)
+
+    @staticmethod
+    def _same_float(x, ref) -> bool:
+        torch = _torch()
+        return (isinstance(x, torch.Tensor) and isinstance(ref, torch.Tensor) and x.shape == ref.shape
+                and x.dtype == ref.dtype and x.is_floating_point())
 
     @staticmethod
     def _reusable(temp, other) -> bool:
@@ -269,9 +324,13 @@ class TorchEngine(Engine):
         return a * b
 
     def add_scaled_into(self, a, b, alpha: float):
-        """a + alpha * b written into ``b`` (a temporary), in one pass."""
+        """a + alpha * b written into ``b`` (a temporary), in one pass (``a`` a tensor of b's shape or a number)."""
+        torch = _torch()
+        if isinstance(a, (int, float)) and isinstance(b, torch.Tensor) and b.is_floating_point() \
+                and not b.requires_grad:
+            return torch.add(self._scalar(float(a), b), b, alpha=alpha, out=b)
         if self._reusable(b, a):
-            return _torch().add(a, b, alpha=alpha, out=b)
+            return torch.add(a, b, alpha=alpha, out=b)
         return a + alpha * b
 
     def where_nonzero(self, ref, x):
