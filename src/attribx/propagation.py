@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
 from .bounds import gated_products, nonnegative_values, value_bounds
 from .errors import InputError, UnsupportedError
+from .liveness import released_values
 from .rules.base import NodeContext, relevance_of
 
 
@@ -44,11 +45,22 @@ def as_given(graph, arrays: Sequence[Any]):
     return arrays[0] if len(graph.signal_inputs) == 1 else tuple(arrays)
 
 
-def run_forward(graph, engine, x, upto: str | None = None, masks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_forward(graph, engine, x, upto: str | None = None, masks: Mapping[str, Any] | None = None,
+                release: Collection[str] = ()) -> dict[str, Any]:
     """Activations of the graph's inputs and every node up to ``upto`` (default: all outputs); ``x``: one array,
     or a tuple with one per signal input (:func:`signal_values`); ``masks``: the values of the graph's mask
-    inputs by name (engine arrays); one not given runs as nothing masked (all ones, or its ``meta["mask_fill"]``)."""
+    inputs by name (engine arrays); one not given runs as nothing masked (all ones, or its ``meta["mask_fill"]``).
+    ``release``: values replaced by the engine's shape stub after their last consumer ran, where they hold no
+    zero (:mod:`attribx.liveness`)."""
     names = set(ancestors(graph, upto)) if upto else None
+    waiting: dict[str, int] = {}
+    release = set(release)
+    if release:
+        for node in graph.nodes:
+            if names is None or node.name in names:
+                for i in set(node.inputs) & set(release):
+                    waiting[i] = waiting.get(i, 0) + 1
+        release = {name for name in release if name in waiting}
     acts = signal_values(graph, x)
     first = next(iter(acts.values()))
     fill = graph.meta.get("mask_fill", {})
@@ -60,7 +72,15 @@ def run_forward(graph, engine, x, upto: str | None = None, masks: Mapping[str, A
         if names is not None and node.name not in names:
             continue
         ins = [acts[i] for i in node.inputs]
-        acts[node.name] = engine.forward(node, ins, engine.node_params(node, ins or [first]))
+        out = acts[node.name] = engine.forward(node, ins, engine.node_params(node, ins or [first]))
+        if node.name in release and engine.has_zero(out):
+            release.discard(node.name)          # its rule must find the zero units: kept
+        for i in set(node.inputs) & release:
+            waiting[i] -= 1
+            if waiting[i] == 0:
+                stub = engine.shape_stub(acts[i])
+                if stub is not None:
+                    acts[i] = stub
     return acts
 
 
@@ -82,6 +102,8 @@ class Propagation:
 #: pass quotients s = R / z between rules that take them (:meth:`attribx.rules.Rule.carry`); False: relevance
 #: everywhere (the tests compare the two)
 QUOTIENTS = True
+#: with quotients, release activations the pass reads only for their shape (:mod:`attribx.liveness`)
+RELEASE = True
 
 
 def _accumulate(into: dict, name: str, value) -> None:
@@ -115,13 +137,15 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
         return done
     ops = graph.ops if ops is None else ops
     order = ancestors(graph, start)
-    acts = run_forward(graph, engine, x, upto=start, masks=masks)
-    scores = acts[start]
-    rel: dict[str, Any] = {start: init(scores)}
-    quot: dict[str, Any] = {}       # quotients: what reached a node is z ⊙ quot[node] (+ rel[node])
     carrying = quotients and not trace
     takes = {name: carrying and name in rules and rules[name].takes_quotient(graph[name], ops[graph[name].op].category)
              for name in order}
+    release = (released_values(graph, rules, takes, order, start, keep)
+               if carrying and not conservation and RELEASE and getattr(engine, "releases_values", False) else ())
+    acts = run_forward(graph, engine, x, upto=start, masks=masks, release=release)
+    scores = acts[start]
+    rel: dict[str, Any] = {start: init(scores)}
+    quot: dict[str, Any] = {}       # quotients: what reached a node is z ⊙ quot[node] (+ rel[node])
     kept: dict[str, Any] = {}
     sums: dict[str, Any] = {}
     flow: dict[str, tuple] = {}

@@ -305,6 +305,18 @@ class Engine:
         """z + epsilon * sign(z) with sign(0) = +1."""
         return z + epsilon * self.sign(z)
 
+    #: whether :meth:`shape_stub` gives stubs (the pass plans releases only then)
+    releases_values: ClassVar[bool] = False
+
+    def shape_stub(self, x):
+        """A stand-in for ``x`` that has its shape and dtype but no values, where reading them is an error (the
+        pass then releases values it reads only for their shape: :mod:`attribx.liveness`); None: none here."""
+        return None
+
+    def has_zero(self, x) -> bool:
+        """Whether ``x`` holds a 0."""
+        return bool(np.any(self.to_numpy(x) == 0))
+
     def where_nonzero(self, ref, x):
         """``x`` where ``ref`` is not 0, else 0 (same shapes)."""
         return self.where(ref == 0, self.zeros_like(x), x)

@@ -117,6 +117,9 @@ class _Product(Rule):
         """As :meth:`split` for R = r + z ⊙ s, with quotients (share_i · (∂z/∂x_i)ᵀ q) for the inputs in
         ``want``. Equal shares scale q once, before the VJP (it is linear), rather than each input after."""
         q = quotient(ctx.engine, ctx.output, s, r, self.epsilon)
+        out = self._scaled_by_constant(ctx, q, shares, want)
+        if out is not None:
+            return out
         used = {share for share in shares if share}
         common = used.pop() if len(used) == 1 else 1.0
         grads = ctx.vjp(q if common == 1 else q * common, output=ctx.output)
@@ -128,6 +131,24 @@ class _Product(Rule):
             if share != common:
                 g = g * (share / common)
             out.append(g if w else x * g)
+        return out
+
+    @staticmethod
+    def _scaled_by_constant(ctx: NodeContext, q, shares, want):
+        """A product of a signal shaped like the output and a constant (attention's scale): the signal's
+        quotient is q ⊙ constant, the op's own forward, without the VJP (which would read the signal, and
+        reduce a gradient for the constant); None for other products."""
+        if ctx.node.op != "mul" or len(shares) != 2 or sum(1 for sh in shares if sh) != 1:
+            return None
+        k = 0 if shares[0] else 1
+        x = ctx.inputs[k]
+        if not ctx.constant[1 - k] or tuple(x.shape) != tuple(q.shape):
+            return None
+        g = ctx.forward([q, ctx.inputs[1]] if k == 0 else [ctx.inputs[0], q])
+        if shares[k] != 1:
+            g = g * shares[k]
+        out = [None, None]
+        out[k] = g if want[k] else x * g
         return out
 
     def signals(self, ctx: NodeContext):

@@ -333,12 +333,28 @@ class TorchEngine(Engine):
             return torch.add(a, b, alpha=alpha, out=b)
         return a + alpha * b
 
+    releases_values = True
+
+    def shape_stub(self, x):
+        """A tensor on torch's "meta" device: shape and dtype, no memory; any kernel reading it with real tensors
+        raises."""
+        torch = _torch()
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.is_meta:
+            return torch.empty(x.shape, dtype=x.dtype, device="meta")
+        return None
+
+    def has_zero(self, x) -> bool:
+        torch = _torch()
+        return _has_zero(x) if isinstance(x, torch.Tensor) else super().has_zero(x)
+
     def where_nonzero(self, ref, x):
         """``x`` where ``ref`` is not 0, else 0; on the CPU the ``where`` runs only when some ref is 0 (as
-        :meth:`safe_divide`)."""
+        :meth:`safe_divide`). A shape stub (:meth:`shape_stub`) stands for a value tested free of zeros."""
         torch = _torch()
         if not isinstance(ref, torch.Tensor) or not isinstance(x, torch.Tensor):
             return super().where_nonzero(ref, x)
+        if ref.is_meta:
+            return x
         if ref.device.type == "cpu" and not _has_zero(ref):
             return x
         return torch.where(ref == 0, 0.0, x)

@@ -1,0 +1,67 @@
+"""Activations the relevance pass reads only for their shape: released once the forward pass is past them.
+
+With quotients (:meth:`attribx.rules.Rule.carry`) a chain of attention scores before a softmax (q·kᵀ, its
+scaling, the mask added) is read in the backward pass only for shapes and for LRP-0's test of units whose z is
+exactly 0; autograd keeps none of them either. Such a value is tested for zeros when it is computed and, after
+its last forward consumer ran, replaced by the engine's shape stub (:meth:`attribx.engines.Engine.shape_stub`:
+on torch a tensor on the "meta" device, so that reading its values is an error, never a wrong number). A value
+holding a zero is kept (its rule must pass nothing there). Only rules and ops listed here qualify: what each
+reads is known exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Collection, Mapping
+
+from .rules.lrp import Epsilon, Zero
+from .rules.transformer import Block, ConstantFactor, SoftmaxTaylor, Uniform
+
+
+def _exact(rule) -> bool:
+    """LRP-0's division (ε = 0) by a rule whose quotient form this module knows."""
+    if type(rule) in (Epsilon, Zero):
+        return rule.divides_exactly() and not rule.params.get("zero_bias") and not rule.params.get("bias_factor")
+    if type(rule) in (Uniform, ConstantFactor):
+        return rule.epsilon == 0
+    return False
+
+
+def _reads_output_only_for_zeros(rule, node) -> bool:
+    """The node's rule reads its own output only to find exactly-zero units (and not its values otherwise)."""
+    if type(rule) in (Epsilon, Zero):
+        return _exact(rule) and node.op == "add"
+    return _exact(rule) and node.op in ("mul", "matmul")
+
+
+def _reads_only_shape(graph, rule, consumer, value: str) -> bool:
+    """``consumer``'s rule reads ``value`` (one of its inputs, which takes quotients) for its shape at most."""
+    if type(rule) in (SoftmaxTaylor, Block):     # x ⊙ (…) only where the producer takes no quotients
+        return True
+    if type(rule) in (Epsilon, Zero):            # a sum's VJP: the inputs' shapes
+        return _exact(rule) and consumer.op == "add"
+    if type(rule) in (Uniform, ConstantFactor) and consumer.op == "mul" and len(consumer.inputs) == 2:
+        other = consumer.inputs[1 - consumer.inputs.index(value)]
+        # the signal's quotient is q ⊙ constant by the op's own kernel (_Product.split_quotient): value unread
+        return (_exact(rule) and other != value and other in graph and graph[other].op == "constant"
+                and tuple(graph.shape_of(value)) == tuple(consumer.shape))
+    return False
+
+
+def released_values(graph, rules: Mapping[str, Any], takes: Mapping[str, bool], order: Collection[str],
+                    start: str, keep: Collection[str]) -> set[str]:
+    """The values of ``order`` (the nodes the pass runs) that the relevance pass reads only for shapes and the
+    zero test: each node's rule and every consumer's rule take quotients and are among the rules above."""
+    inputs = {v.name for v in graph.inputs}
+    running = set(order)
+    consumers = graph.consumers()
+    out = set()
+    for name in order:
+        if name == start or name in keep or name in inputs or not takes.get(name):
+            continue
+        node = graph[name]
+        if not _reads_output_only_for_zeros(rules.get(name), node):
+            continue
+        readers = [graph[c] for c in consumers.get(name, ()) if c in running]
+        if readers and all(takes.get(c.name) and _reads_only_shape(graph, rules.get(c.name), c, name)
+                           for c in readers):
+            out.add(name)
+    return out
