@@ -58,7 +58,7 @@ def run_forward(graph, engine, x, upto: str | None = None, masks: Mapping[str, A
     if release:
         for node in graph.nodes:
             if names is None or node.name in names:
-                for i in set(node.inputs) & set(release):
+                for i in set(node.inputs) & release:
                     waiting[i] = waiting.get(i, 0) + 1
         release = {name for name in release if name in waiting}
     acts = signal_values(graph, x)
