@@ -128,6 +128,45 @@ def test_fused_stabilizer_is_bit_for_bit_the_select(dtype):
     np.testing.assert_array_equal(tf.bitcast(got, bits).numpy(), tf.bitcast(want, bits).numpy())
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+@pytest.mark.parametrize("traced", [False, True])
+def test_fused_epsilon_quotient_is_bit_for_bit_the_ops(dtype, traced):
+    """R / (z + ε sign z) as one XLA kernel (eagerly on large tensors, inside a trace from FUSE_MIN_TRACED):
+    the same bits as the TF ops one by one (IEEE division, no reciprocal), at ±0, tiny z and broadcast R."""
+    rng = np.random.default_rng(1)
+    shape = (4, 64, 64, 64) if not traced else (2, 16, 32, 32)
+    z = rng.normal(size=shape)
+    z.flat[:6] = [0.0, -0.0, 1e-30, -1e-30, 3e-7, -3e-7]
+    z, r = tf.constant(z, dtype), tf.constant(rng.normal(size=shape), dtype)
+    r_row = tf.constant(rng.normal(size=shape[-1:]), dtype)          # broadcast against z
+    eng = TensorFlowEngine()
+    limit = tf_engine.FUSE_MIN_TRACED if traced else tf_engine.FUSE_MIN
+    assert z.shape.num_elements() >= limit
+    if traced:
+        run = tf.function(lambda a, b: eng.divide_stabilized(a, b, 1e-6), autograph=False)
+        ops = {o.type for o in run.get_concrete_function(r, z).graph.get_operations()}
+        assert "StatefulPartitionedCall" in ops or "PartitionedCall" in ops       # the XLA kernel, not five ops
+        assert "SelectV2" not in ops
+    else:
+        run = lambda a, b: eng.divide_stabilized(a, b, 1e-6)       # noqa: E731
+    eps = tf.constant(1e-6, dtype)
+    bits = tf.int32 if dtype == tf.float32 else tf.int64
+    for num in (r, r_row):
+        want = num / tf_engine._stabilize(z, eps)
+        np.testing.assert_array_equal(tf.bitcast(run(num, z), bits).numpy(), tf.bitcast(want, bits).numpy())
+
+
+def test_multiply_no_nan_holds_no_relevance_on_masked_scores():
+    """z ⊙ s with z = ±∞ where s = 0 (a masked attention score) is 0 (MulNoNan), finite entries the product;
+    the same numbers as the base class's select (numpy engine)."""
+    from attribx.engines.numpy_engine import NumpyEngine
+    z = np.array([[-np.inf, 2.0, np.inf, -3.0, 0.0]], np.float32)
+    s = np.array([[0.0, 0.5, 0.0, -2.0, 7.0]], np.float32)
+    got = TensorFlowEngine().multiply_no_nan(tf.constant(z), tf.constant(s)).numpy()
+    np.testing.assert_array_equal(got, [[0.0, 1.0, 0.0, 6.0, 0.0]])
+    np.testing.assert_array_equal(NumpyEngine().multiply_no_nan(z, s), got)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu6_takes_tf_kernels_with_the_clip_numbers(dtype):
     """clip(0, 6) (MobileNet's ReLU6) runs as relu6 / Relu6Grad: the numbers of the general clip, gradient 0

@@ -138,7 +138,7 @@ def epsilon_divide(eng, R, z, epsilon):
     """R / (z + ε·sign(z)); with ε = 0 (LRP-0) a unit whose z is exactly 0 passes nothing (not 0/0 = NaN)."""
     if epsilon == 0:
         return eng.safe_divide(R, z)
-    return eng.divide_into(R, eng.stabilize(z, epsilon))
+    return eng.divide_stabilized(R, z, epsilon)
 
 
 def quotient(eng, z, s, r, epsilon: float = 0.0):
@@ -158,9 +158,7 @@ def relevance_of(eng, r, s, z):
     z = ±∞ with s = 0 (a masked attention score) holds none, not ∞ · 0."""
     if s is None:
         return r
-    if not eng.isfinite_all(z):
-        z = eng.where(s == 0, eng.zeros_like(z), z)
-    zs = z * s
+    zs = eng.multiply_no_nan(z, s)
     return zs if r is None else r + zs
 
 

@@ -65,7 +65,7 @@ class Proportional(Rule):
                              "padding": node.attrs["padding"], "count_include_pad": True})
         (x,) = ctx.inputs
         z = eng.forward(window, [x], {})
-        s = relevance / eng.stabilize(z, self.epsilon)
+        s = eng.divide_stabilized(relevance, z, self.epsilon)
         (g,) = eng.vjp(window, [x], s, {})
         return [x * g]
 

@@ -430,8 +430,8 @@ class AlphaBeta(AffineRule):
         zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
 
         def fast():
-            sp = eng.divide_into(R, eng.stabilize((zz + a) * 0.5, self.stabilizer))
-            sn = eng.divide_into(R, eng.stabilize((zz - a) * 0.5, self.stabilizer))
+            sp = eng.divide_stabilized(R, (zz + a) * 0.5, self.stabilizer)
+            sn = eng.divide_stabilized(R, (zz - a) * 0.5, self.stabilizer)
             ap = sp * self.alpha
             u = ap - sn * self.beta
             v = eng.add_scaled_into(ap, sn, self.beta)
@@ -462,8 +462,8 @@ class AlphaBeta(AffineRule):
             if b is not None and not self.zero_bias:
                 zp = fp + op.bias_map(eng.clip(b, 0, None), fp)
                 zn = fn + op.bias_map(eng.clip(b, None, 0), fn)
-            sp = eng.divide_into(R, eng.stabilize(zp, self.stabilizer))
-            sn = eng.divide_into(R, eng.stabilize(zn, self.stabilizer))
+            sp = eng.divide_stabilized(R, zp, self.stabilizer)
+            sn = eng.divide_stabilized(R, zn, self.stabilizer)
             (t2,) = op.back(sn)
             (t1,) = op.back(eng.add_scaled_into(sp if self.alpha == 1 else sp * self.alpha, sn, self.beta), pos)
             return [op.times(x, eng.add_scaled_into(t1, t2, -self.beta))]
@@ -479,7 +479,7 @@ class AlphaBeta(AffineRule):
             z = _add(op.term(xp, w_for_xp, DROP if zb else b_mod), op.term(xn, w_for_xn, DROP))
             if z is None:
                 return
-            s = eng.divide_into(R, eng.stabilize(z, self.stabilizer))
+            s = eng.divide_stabilized(R, z, self.stabilizer)
             gps = op.back(s, w_for_xp)
             gns = op.back(s, w_for_xn) if any(x is not None for x in xn) else [None] * len(xn)
             for k, (gp, gn) in enumerate(zip(gps, gns)):
@@ -537,7 +537,7 @@ class Gamma(AffineRule):
             zz = _add(op.term(xp, w_xp, DROP if zb else w_xp), op.term(xn, w_xn, DROP))
             if zz is None:
                 continue
-            s = eng.where_positive(sign, eng.divide_into(R, eng.stabilize(zz, self.stabilizer)))
+            s = eng.where_positive(sign, eng.divide_stabilized(R, zz, self.stabilizer))
             gps = op.back(s, w_xp)
             gns = op.back(s, w_xn) if has_neg else [None] * len(xn)
             for k, (gp, gn) in enumerate(zip(gps, gns)):
@@ -567,7 +567,7 @@ class Gamma(AffineRule):
         zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
         sig = eng.signum(z)
         den = eng.add_scaled_into(zz * (1.0 + h), eng.multiply_into(a, sig), h)
-        s = eng.divide_into(R, eng.stabilize(den, self.stabilizer))
+        s = eng.divide_stabilized(R, den, self.stabilizer)
         s_diff = s * sig                          # σs
         s_both = eng.multiply_into(sig, s_diff)   # σ²s = |σ|s: nothing where z = 0
         (t1,) = op.back(s_both)
@@ -632,7 +632,7 @@ class Gamma(AffineRule):
         q = op.term([x], positive(eng), DROP)
 
         def positive_branch():
-            s = eng.divide_into(R, eng.stabilize(eng.add_scaled_into(zz, q, g), self.stabilizer))
+            s = eng.divide_stabilized(R, eng.add_scaled_into(zz, q, g), self.stabilizer)
             (t,) = op.back(s, gamma_up(eng, g))
             return [op.times(x, t)]
 
@@ -640,7 +640,7 @@ class Gamma(AffineRule):
             mz = -z
             # each branch's own contributions: q where z > 0, the negative part zz − q where z < 0
             part = eng.where_positive(z, q) + eng.where_positive(mz, zz - q)
-            s = eng.divide_into(R, eng.stabilize(eng.add_scaled_into(zz, part, g), self.stabilizer))
+            s = eng.divide_stabilized(R, eng.add_scaled_into(zz, part, g), self.stabilizer)
             s_up, s_dn = eng.where_positive(z, s), eng.where_positive(mz, s)    # z = 0 passes nothing
             diff = s_up - s_dn
             (t1,) = op.back(eng.add_scaled_into(s_up, s_dn, 1 + g))
@@ -677,7 +677,7 @@ class Flat(AffineRule):
         one = ones(eng)
         xs = [eng.ones_like(x) for x in op.signals()]
         z = op.term(xs, one, DROP)
-        s = R / eng.stabilize(z, self.stabilizer)
+        s = eng.divide_stabilized(R, z, self.stabilizer)
         return op.back(s, one)
 
 
@@ -694,7 +694,7 @@ class WSquare(AffineRule):
         sq = square(eng)
         xs = [eng.ones_like(x) for x in op.signals()]
         z = op.term(xs, sq, DROP if self.zero_bias else sq)
-        s = R / eng.stabilize(z, self.stabilizer)
+        s = eng.divide_stabilized(R, z, self.stabilizer)
         return op.back(s, sq)
 
 
@@ -764,7 +764,7 @@ class ZBox(AffineRule):
         z = z - op.term(ls, pos, pos)
         zh = op.term(hs, neg, neg)
         z = z if zh is None else z - zh
-        s = R / eng.stabilize(z, self.stabilizer)
+        s = eng.divide_stabilized(R, z, self.stabilizer)
         out = []
         for x, l, h, g, gp, gn in zip(xs, ls, hs, op.back(s), op.back(s, pos), op.back(s, neg)):
             r = _mul(x, g)
@@ -784,7 +784,7 @@ class ZBox(AffineRule):
         mix = Mod(lambda w: lo * eng.clip(w, 0, None) + hi * eng.clip(w, None, 0), None)
         one = eng.ones_like(x[:1])
         c = op.term([one], mix, KEEP)          # F(1; M) + b, broadcast over the batch
-        s = eng.divide_into(R, eng.stabilize(op.ctx.output - c, self.stabilizer))
+        s = eng.divide_stabilized(R, op.ctx.output - c, self.stabilizer)
         # [Wᵀs, Mᵀs] as one transposed op with [W, M] stacked along the input axis: an image model's first
         # conv has few input channels, and its transposed op costs about the same for twice as many
         w = op.ctx.params["weight"]

@@ -84,18 +84,28 @@ def _stabilize(z, eps):
     return _tf().where(z >= 0, z + eps, z - eps)
 
 
+def _divide_stabilized(num, z, eps):
+    return num / _stabilize(z, eps)
+
+
+#: elements from which a traced pass runs an elementwise helper as one XLA kernel (an XLA launch costs about
+#: what a pass over ~10⁴ floats does; the compile, once per shape, falls in the tracing call)
+FUSE_MIN_TRACED = 1 << 14
+
+
 @functools.lru_cache(maxsize=None)
-def _fused_stabilize():
-    """:func:`_stabilize` compiled by XLA (one pass, traced per shape and dtype), or None where this
-    TensorFlow has no XLA for the CPU (probed once)."""
+def _fused(fn):
+    """``fn`` compiled by XLA (one pass, traced per shape and dtype), or None where this TensorFlow has no XLA
+    for the CPU (probed once, eagerly)."""
     tf = _tf()
-    fn = tf.function(_stabilize, jit_compile=True, autograph=False)
+    compiled = tf.function(fn, jit_compile=True, autograph=False)
     try:
         with tf.init_scope():
-            fn(tf.zeros((2,), tf.float32), tf.constant(1.0, tf.float32))
+            probe = tf.ones((2,), tf.float32)
+            compiled(*([probe] * (fn.__code__.co_argcount - 1)), tf.constant(1.0, tf.float32))
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError):
         return None
-    return fn
+    return compiled
 
 
 class TensorFlowEngine(Engine):
@@ -314,14 +324,38 @@ class TensorFlowEngine(Engine):
         if not self._is_tensor(z) or not z.dtype.is_floating:
             return super().stabilize(z, epsilon)
         eps = tf.constant(epsilon, dtype=z.dtype)
-        if z.shape.num_elements() is not None and z.shape.num_elements() >= FUSE_MIN and tf.executing_eagerly():
-            fused = _fused_stabilize()
+        return self._fuse(_stabilize, (z,), eps)
+
+    def divide_stabilized(self, num, z, epsilon: float):
+        """num / (z + epsilon * sign z) as one XLA kernel on large tensors (five TF ops otherwise: the select
+        alone costs several multiplications), with the same numbers (XLA keeps IEEE division on the CPU)."""
+        tf = _tf()
+        if not (self._is_tensor(z) and self._is_tensor(num) and z.dtype == num.dtype and z.dtype.is_floating):
+            return super().divide_stabilized(num, z, epsilon)
+        return self._fuse(_divide_stabilized, (num, z), tf.constant(epsilon, dtype=z.dtype))
+
+    def _fuse(self, fn, tensors, eps):
+        """``fn(*tensors, eps)``, XLA-compiled where the tensors are large enough to pay for it (eagerly: from
+        ``FUSE_MIN`` elements, compiled per shape at first use; in a trace from ``FUSE_MIN_TRACED``) and the
+        dtype is float32/float64, else TF op by op."""
+        tf = _tf()
+        n = max(t.shape.num_elements() or 0 for t in tensors)
+        eager = tf.executing_eagerly()
+        if n >= (FUSE_MIN if eager else FUSE_MIN_TRACED) and tensors[0].dtype in (tf.float32, tf.float64):
+            fused = _fused(fn)
             if fused is not None:
                 try:
-                    return fused(z, eps)
-                except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):    # a dtype XLA lacks
+                    return fused(*tensors, eps)
+                except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):    # eagerly: XLA refused
                     pass
-        return _stabilize(z, eps)
+        return fn(*tensors, eps)
+
+    def multiply_no_nan(self, z, s):
+        """z ⊙ s, 0 where s = 0 (also where z is ±∞): TF's MulNoNan, one op."""
+        tf = _tf()
+        if self._is_tensor(z) and self._is_tensor(s) and z.dtype == s.dtype and z.dtype.is_floating:
+            return tf.math.multiply_no_nan(z, s)
+        return super().multiply_no_nan(z, s)
 
     def where_positive(self, ref, x):
         """x where ref > 0, else 0, through ReLU's gradient kernel (one pass, no mask tensor)."""
