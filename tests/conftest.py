@@ -16,7 +16,33 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXTENDED = os.environ.get("ATTRIBX_EXTENDED", "") not in ("", "0")
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--engines", default="", metavar="NAMES",
+        help="comma-separated (torch, tensorflow): a core test (tests/*.py) parametrized over engines (an `engine` "
+             "parameter) runs for the numpy engine and these frameworks' only. tox's `all` env runs the core tests "
+             "that need a framework this way, torch and TensorFlow in separate runs (both imported in one pytest "
+             "worker crash it); default: every engine (each skips where its framework is missing)")
+
+
+FRAMEWORK_ENGINES = ("torch", "tensorflow")
+
+
+def _other_framework(item, asked) -> bool:
+    """Whether ``item`` is a core test run for a framework's engine that ``--engines`` did not ask for."""
+    callspec = getattr(item, "callspec", None)
+    engine = None if callspec is None else callspec.params.get("engine")
+    return (Path(str(item.path)).parent == Path(__file__).parent and engine in FRAMEWORK_ENGINES
+            and engine not in asked)
+
+
 def pytest_collection_modifyitems(config, items):
+    asked = {e for e in config.getoption("engines").split(",") if e}
+    if asked:
+        dropped = [i for i in items if _other_framework(i, asked)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [i for i in items if not _other_framework(i, asked)]
     if EXTENDED or "extended" in (config.getoption("markexpr", "") or ""):
         return
     skip = pytest.mark.skip(reason="extended: repeats covered ground; ATTRIBX_EXTENDED=1 runs it")
