@@ -19,6 +19,7 @@ cuda``): ``torch.cuda.max_memory_allocated`` above what was allocated before the
     python benchmarks/zoo_speed.py --framework torch --out benchmarks/RESULTS.md          # the whole zoo
     python benchmarks/zoo_speed.py --size 64 --models resnet18 mobilenet_v2 --repeat 1   # a quick look
     python benchmarks/zoo_speed.py --framework keras --limit 5
+    python benchmarks/zoo_speed.py --json run.json --resume     # go on with a run that was stopped
     python benchmarks/zoo_speed.py --profile resnet50 --methods lrp.epsilon_gamma_box    # time per op family
     python benchmarks/zoo_speed.py --report benchmarks/zoo_torch_cpu_224.json --out benchmarks/RESULTS.md
 """
@@ -164,9 +165,10 @@ def measure(framework, name, size, batch, device, methods, repeat, memory=True):
 
 
 # -- the parent: one subprocess per model ---------------------------------------------------------------------
-def run_zoo(args, names):
+def run_zoo(args, names, records=()):
+    """Measure ``names`` one subprocess each, after ``records`` (a resumed run's), saving after every model."""
     from tqdm import tqdm
-    records = []
+    records = list(records)
     for name in (bar := tqdm(names, unit="model")):
         bar.set_postfix_str(name)
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--framework", args.framework,
@@ -190,6 +192,22 @@ def run_zoo(args, names):
         bar.write(summary_line(rec))
         save_json(args, records)      # after every model: an interrupted run keeps what it measured
     return records
+
+
+def resumed(args):
+    """The records of the saved run that ``--resume`` continues; refused in one line when its setting differs
+    (a table mixing sizes, batches or devices would compare unlike with unlike)."""
+    path = json_path(args)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        data = json.load(f)
+    meta = data["meta"]
+    for key in ("framework", "device", "size", "batch", "repeat"):
+        if meta.get(key) != getattr(args, key):
+            sys.exit(f"--resume: {path} was run with {key}={meta.get(key)!r}, not {getattr(args, key)!r}")
+    args.started, args.load_start = meta["started"], meta["load_start"]
+    return data["records"]
 
 
 def summary_line(rec):
@@ -383,6 +401,8 @@ def main(argv=None):
                    help="raw numbers (default: benchmarks/zoo_<framework>_<device>_<size>.json)")
     p.add_argument("--out", default=None, help="append the Markdown table to this file (e.g. benchmarks/RESULTS.md)")
     p.add_argument("--plot", default=None, help="the plot's path (default: next to --out)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in the JSON: its models are kept, not measured again")
     p.add_argument("--report", default=None, metavar="JSON", help="only write the table and plot of a saved run")
     p.add_argument("--profile", default=None, metavar="MODEL", help="time per op family for one model")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -404,7 +424,9 @@ def main(argv=None):
         args.framework = framework
         names = [n for n in (args.models or model_names(framework)) if n not in args.skip][:args.limit]
         args.started, args.load_start = time.strftime("%Y-%m-%d %H:%M"), os.getloadavg()
-        records = run_zoo(args, names)
+        done = resumed(args) if args.resume else []
+        names = [n for n in names if n not in {r["model"] for r in done}]
+        records = run_zoo(args, names, done)
         with open(json_path(args)) as f:
             data = json.load(f)
         assert len(data["records"]) == len(records)
