@@ -49,6 +49,26 @@ def test_max_pool_ties_go_to_the_first_maximum():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("traced", [False, True])
+def test_max_pool_gradient_takes_the_first_maximum_with_many_ties(dtype, traced):
+    """ResNet's pool (3×3, stride 2, padded, overlapping windows) on ReLU-like inputs full of ties: TF's own
+    max-pool gradient (forward recomputed beside it; oneDNN's in float32, traced too) routes each window's
+    gradient as the numpy kernel does, to the window's first maximum (117 of the 216 windows here are tied)."""
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.integers(-2, 3, size=(2, 3, 11, 12)), 0).astype(dtype)
+    attrs = {"kernel_size": 3, "stride": 2, "padding": 1, "dilation": 1}
+    y = NUMPY_KERNELS["max_pool"].forward(attrs, [x], {})
+    g = rng.normal(size=y.shape).astype(dtype)
+    ref = NUMPY_KERNELS["max_pool"].vjp(attrs, [x], {}, None, g)[0]
+    vjp = lambda a, b: TF_KERNELS["max_pool"].vjp(attrs, [a], {}, None, b)[0]       # noqa: E731
+    if traced:
+        vjp = tf.function(vjp, autograph=False)
+    # overlapping windows sum their gradients in another order: rounding only (a tie routed elsewhere is O(1))
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(vjp(tf.constant(x), tf.constant(g)).numpy(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv_with_an_input_tail_no_window_reads(dtype):
     """TF 2.21's oneDNN float32 Conv2D returned garbage in every other row for width 3, kernel 2, stride 2;
     the kernel drops the unread tail first, and its gradient there is zero."""

@@ -384,9 +384,12 @@ class AlphaBeta(AffineRule):
         super().__init__(alpha=alpha, beta=beta, stabilizer=stabilizer, zero_bias=zero_bias)
 
     def relevance(self, op, eng, R):
-        if self.optimise and self.beta and op.kind == "layer" and len(op.signal) == 1 and not self.few_inputs(op):
+        if self.optimise and op.kind == "layer" and len(op.signal) == 1 and not self.few_inputs(op):
             (x,) = op.signals()
-            return (self.fast_nonnegative if op.nonnegative()[0] else self.fast_signed)(op, eng, R, x)
+            if not op.nonnegative()[0]:
+                return self.fast_signed(op, eng, R, x)
+            if self.beta:       # z⁺ after a ReLU: the general form is one forward and one transposed op already
+                return self.fast_nonnegative(op, eng, R, x)
         return self.general(op, eng, R, *op.split())
 
     #: the fast forms apply where every unit's contributions of either sign are at least this share of all its
@@ -414,7 +417,8 @@ class AlphaBeta(AffineRule):
         As for γ (:meth:`Gamma.fast_signed`), with A' = F(|x|; |W|) + |b| the parts' denominators are
         zp = (z + A')/2 and zn = (z − A')/2 (zero_bias: z − b and A), and
         R = ½[x ⊙ Wᵀ(α sp − β sn) + |x| ⊙ |W|ᵀ(α sp + β sn)]: one extra forward and two transposed ops instead
-        of four of each (z⁺, β = 0, keeps the general form: two of each, which measured as fast).
+        of four of each (z⁺, β = 0: of two each, and no sn; after hardswish, MobileNetV3's 1×1 convs, the
+        general form's splits of x and its sums cost more than its convs).
 
         Unlike γ's, these denominators vanish where a unit's contributions all have one sign, while its
         transposed ops do not: z − (±A') rounds to about ε·A' there, and dividing by it spreads that rounding
@@ -431,10 +435,13 @@ class AlphaBeta(AffineRule):
 
         def fast():
             sp = eng.divide_stabilized(R, (zz + a) * 0.5, self.stabilizer)
-            sn = eng.divide_stabilized(R, (zz - a) * 0.5, self.stabilizer)
-            ap = sp * self.alpha
-            u = ap - sn * self.beta
-            v = eng.add_scaled_into(ap, sn, self.beta)
+            ap = sp if self.alpha == 1 else sp * self.alpha
+            if self.beta:
+                sn = eng.divide_stabilized(R, (zz - a) * 0.5, self.stabilizer)
+                u = ap - sn * self.beta
+                v = eng.add_scaled_into(ap, sn, self.beta)
+            else:
+                u = v = ap
             (t1,) = op.back(u)
             (t2,) = op.back(v, mag)
             return [eng.add_scaled_into(op.times(x, t1), op.times(ax, t2), 1.0) * 0.5]

@@ -73,10 +73,20 @@ def _max_pool_vjp(attrs, inputs, params, output, grad):
         lifted = len(x.shape) == 3
         xl, (kernel, stride, _, pads) = _lift(x, geometry) if lifted else (x, geometry)
         xp = _to_last(_pad_spatial(xl, pads, -math.inf))
-        _, arg = tf.nn.max_pool_with_argmax(xp, list(kernel), list(stride), "VALID", include_batch_in_index=True)
         g = _to_last(tf.expand_dims(grad, 2) if lifted else grad)
-        gx = tf.math.unsorted_segment_sum(tf.reshape(g, [-1]), tf.reshape(arg, [-1]), int(np.prod(_shape(xp))))
-        gx = _crop_spatial(_to_first(tf.reshape(gx, _shape(xp))), pads, _shape(xl)[2:])
+        if x.dtype in (tf.float32, tf.float64):
+            # TF's own max-pool gradient, its forward recomputed beside it (oneDNN then passes the forward's
+            # argmax on: ResNet50's pool 7 ms instead of 85 ms for argmax and segment sum); it too gives each
+            # window's gradient to its first maximum (tests/backend_tf: ties)
+            ksize, strides = [1, *kernel, 1], [1, *stride, 1]
+            y = tf.raw_ops.MaxPool(input=xp, ksize=ksize, strides=strides, padding="VALID")
+            gx = tf.raw_ops.MaxPoolGrad(orig_input=xp, orig_output=y, grad=g, ksize=ksize, strides=strides,
+                                        padding="VALID")
+        else:
+            _, arg = tf.nn.max_pool_with_argmax(xp, list(kernel), list(stride), "VALID", include_batch_in_index=True)
+            gx = tf.math.unsorted_segment_sum(tf.reshape(g, [-1]), tf.reshape(arg, [-1]), int(np.prod(_shape(xp))))
+            gx = tf.reshape(gx, _shape(xp))
+        gx = _crop_spatial(_to_first(gx), pads, _shape(xl)[2:])
         return [tf.squeeze(gx, 2) if lifted else gx]
     kernel, stride, dilation, pads = geometry
     _, idx, out_spatial = _max_pool_argmax(x, geometry)
