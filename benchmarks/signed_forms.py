@@ -22,8 +22,9 @@ METHODS = ["lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1", "lrp.epsilon_plu
 def signed_forms(on: bool):
     """Take the signed forms (``on``) or, as before them, the general formula on inputs of both signs."""
     from attribx.rules.lrp import AlphaBeta, Gamma
-    for cls, off in ((Gamma, lambda self, op, eng, R, x: self.general(op, eng, R, *op.split())),
-                     (AlphaBeta, lambda self, op, eng, R, x: None)):
+    def off(self, op, eng, R, x):
+        return self.general(op, eng, R, *op.split())
+    for cls in (Gamma, AlphaBeta):
         own = ORIGINAL.setdefault(cls, cls.__dict__["fast_signed"])
         cls.fast_signed = own if on else off
 
