@@ -143,3 +143,57 @@ def profile_table(prof: Profile) -> list[str]:
                 f"{rules:.3f} | {sum(prof.rule_forward.values()):.3f} | {sum(prof.rule_vjp.values()):.3f} | "
                 f"{rules - sum(prof.rule_forward.values()) - sum(prof.rule_vjp.values()):.3f} |")
     return rows
+
+
+# -- TensorFlow's own profiler: time per TF kernel inside a traced function -------------------------------------
+#: events that enclose others (the function, the executor's process) or belong to an XLA launch's inner steps
+_ENCLOSING = {"Process", "Run", "ExecuteAsyncOnStream", "Execute", "Done"}
+
+
+def tf_kernel_profile(run, calls: int = 2, logdir: str | None = None):
+    """Milliseconds per call and launches per call of each TF kernel type while ``run`` runs ``calls`` times,
+    from TensorFlow's profiler (the traced pass is one graph: only the profiler sees inside it). XLA-fused
+    elementwise kernels are listed as "XLA fused (launch)". Best with one inter-op thread, so that the
+    kernels' times add up to the call's."""
+    import glob
+    import shutil
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    logdir = logdir or tempfile.mkdtemp(prefix="attribx-tfprof-")
+    try:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(calls):
+            run()
+        tf.profiler.experimental.stop()
+        (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    ms, count = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            end = -1                                   # kernels inside a kept one (XLA's own) are its time
+            for ev in sorted(line.events, key=lambda e: e.offset_ps):
+                kernel = names.get(ev.metadata_id, "?").split(":")[-1].strip()
+                if kernel in _ENCLOSING or ev.offset_ps < end:
+                    continue
+                end = ev.offset_ps + ev.duration_ps
+                kernel = "XLA fused (launch)" if kernel == "Start" else kernel.replace("_MklNative", "").replace("_Mkl", "")
+                ms[kernel] += ev.duration_ps / 1e9 / calls
+                count[kernel] += 1
+    return [(k, t, count[k] // calls) for k, t in ms.most_common()]
+
+
+def tf_kernel_table(label, rows, top: int = 12):
+    total = sum(t for _, t, _ in rows)
+    lines = [f"{label}: {total:.1f} ms in TF kernels per call", "", "| TF kernel | ms per call | share | launches |",
+             "|---|---|---|---|"]
+    lines += [f"| {k} | {t:.1f} | {t / total:.0%} | {n} |" for k, t, n in rows[:top] if total]
+    return "\n".join(lines)

@@ -10,10 +10,13 @@ an earlier commit's), so that drifting load on a shared machine hits both sides 
 are what counts. The engine runs each pass as one traced ``tf.function`` (traced on the first call, whose time
 is listed as "tracing call"; by default an engine traces a pass on its second call); ``--eager-engine`` also times it node by node (``compile_pass=False``) in the same
 rounds. ``--profile`` adds, per method, the time spent per op family (graph op) in the forward pass
-and in the rules of the relevance pass (one extra, instrumented run).
+and in the rules of the relevance pass (one extra, instrumented run, node by node); ``--kernels`` the time per
+TF kernel type inside the traced pass and inside the baseline, from TensorFlow's profiler (what the traced
+graph runs: layout transposes, XLA-fused elementwise kernels, convs).
 
     python benchmarks/tf_speed.py --models MobileNetV2 EfficientNetB0 ResNet50 Xception DenseNet121
     python benchmarks/tf_speed.py --quick --profile --models MobileNetV2
+    TF_NUM_INTEROP_THREADS=1 python benchmarks/tf_speed.py --kernels --models ResNet50 --methods lrp.epsilon
     git archive <commit> plugins/attribx-tf/src | tar -x -C /tmp/old
     python benchmarks/tf_speed.py --other /tmp/old/plugins/attribx-tf/src
 """
@@ -28,7 +31,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _profile import format_profile, profile  # noqa: E402  shared with zoo_speed
+from _profile import format_profile, profile, tf_kernel_profile, tf_kernel_table  # noqa: E402  shared with zoo_speed
 from _timing import time_interleaved, time_it  # noqa: E402  shared with torch_speed / zoo_speed
 from torch_speed import OURS  # noqa: E402  the same composites and parameters as the torch benchmark
 
@@ -98,6 +101,8 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=list(OURS) + GRADIENT_METHODS)
     p.add_argument("--eager-baseline", action="store_true", help="also time the eager GradientTape pass")
     p.add_argument("--profile", action="store_true", help="time per op family (forward and rules), per method")
+    p.add_argument("--kernels", action="store_true",
+                   help="time per TF kernel type in the traced pass and the baseline (TensorFlow's profiler)")
     p.add_argument("--other", default=None, metavar="SRC",
                    help="also time the engine of another attribx_tf source tree (a folder holding attribx_tf/)")
     p.add_argument("--eager-engine", action="store_true",
@@ -123,6 +128,9 @@ def main(argv=None):
         base_t = time_it(base, repeat)
         rows.append((model_name, "TF gradient (GradientTape in tf.function)", base_t, 1.0, None, None, None))
         print(rows[-1], flush=True)
+        if args.kernels:
+            profiles.append(tf_kernel_table(f"{model_name}, TF gradient", tf_kernel_profile(base)))
+            print(profiles[-1], flush=True)
         if args.eager_baseline:
             t_base, t = time_interleaved([base, gradient_runner(model, x, target, compiled=False)], repeat)
             rows.append((model_name, "TF gradient (GradientTape, eager)", t, t / t_base, None, None, None))
@@ -150,6 +158,9 @@ def main(argv=None):
             if args.profile:
                 profiles.append(format_profile(f"{model_name} {method}", profile(graph, engine, runs[1])))
                 print(profiles[-1], flush=True)
+            if args.kernels:
+                profiles.append(tf_kernel_table(f"{model_name} {method}", tf_kernel_profile(runs[1])))
+                print(profiles[-1], flush=True)
         del model, graph, engine
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     note = f"; {args.note}" if args.note else ""
@@ -167,7 +178,7 @@ def main(argv=None):
     text = "\n".join(table)
     print(text)
     if profiles:
-        print("\nprofile (seconds per op family):\n" + "\n".join(profiles))
+        print("\nprofiles:\n" + "\n\n".join(profiles))
     if args.out:
         with open(args.out, "a") as f:
             f.write(text + "\n")
