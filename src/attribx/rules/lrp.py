@@ -417,8 +417,7 @@ class AlphaBeta(AffineRule):
         As for γ (:meth:`Gamma.fast_signed`), with A' = F(|x|; |W|) + |b| the parts' denominators are
         zp = (z + A')/2 and zn = (z − A')/2 (zero_bias: z − b and A), and
         R = ½[x ⊙ Wᵀ(α sp − β sn) + |x| ⊙ |W|ᵀ(α sp + β sn)]: one extra forward and two transposed ops instead
-        of four of each (z⁺, β = 0: of two each, and no sn; after hardswish, MobileNetV3's 1×1 convs, the
-        general form's splits of x and its sums cost more than its convs).
+        of four of each (z⁺, β = 0: of two each, and x is not split: MobileNetV3's 1×1 convs after hardswish).
 
         Unlike γ's, these denominators vanish where a unit's contributions all have one sign, while its
         transposed ops do not: z − (±A') rounds to about ε·A' there, and dividing by it spreads that rounding
@@ -435,13 +434,10 @@ class AlphaBeta(AffineRule):
 
         def fast():
             sp = eng.divide_stabilized(R, (zz + a) * 0.5, self.stabilizer)
-            ap = sp if self.alpha == 1 else sp * self.alpha
-            if self.beta:
+            u = v = sp if self.alpha == 1 else sp * self.alpha
+            if self.beta:          # u before v: add_scaled_into may overwrite sn
                 sn = eng.divide_stabilized(R, (zz - a) * 0.5, self.stabilizer)
-                u = ap - sn * self.beta
-                v = eng.add_scaled_into(ap, sn, self.beta)
-            else:
-                u = v = ap
+                u, v = u - sn * self.beta, eng.add_scaled_into(v, sn, self.beta)
             (t1,) = op.back(u)
             (t2,) = op.back(v, mag)
             return [eng.add_scaled_into(op.times(x, t1), op.times(ax, t2), 1.0) * 0.5]
