@@ -431,7 +431,8 @@ def main(argv=None):
         names = [n for n in (args.models or model_names(framework)) if n not in args.skip][:args.limit]
         args.started, args.load_start = time.strftime("%Y-%m-%d %H:%M"), os.getloadavg()
         done = resumed(args) if args.resume else []
-        names = [n for n in names if n not in {r["model"] for r in done}]
+        measured = {r["model"] for r in done}
+        names = [n for n in names if n not in measured]
         records = run_zoo(args, names, done)
         with open(json_path(args)) as f:
             data = json.load(f)

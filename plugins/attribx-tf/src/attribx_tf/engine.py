@@ -205,6 +205,10 @@ class TensorFlowEngine(Engine):
     def _is_tensor(self, x):
         return _tf().is_tensor(x)
 
+    def _float_pair(self, a, b) -> bool:
+        """Both TF tensors of one floating dtype: TF's fused binary kernels take them (shapes may broadcast)."""
+        return self._is_tensor(a) and self._is_tensor(b) and a.dtype == b.dtype and a.dtype.is_floating
+
     def asarray(self, x, dtype=None):
         tf = _tf()
         dtype = tf_dtype(self.dtype if dtype is None else dtype)
@@ -330,7 +334,7 @@ class TensorFlowEngine(Engine):
         """num / (z + epsilon * sign z) as one XLA kernel on large tensors (five TF ops otherwise: the select
         alone costs several multiplications), with the same numbers (XLA keeps IEEE division on the CPU)."""
         tf = _tf()
-        if not (self._is_tensor(z) and self._is_tensor(num) and z.dtype == num.dtype and z.dtype.is_floating):
+        if not self._float_pair(num, z):
             return super().divide_stabilized(num, z, epsilon)
         return self._fuse(_divide_stabilized, (num, z), tf.constant(epsilon, dtype=z.dtype))
 
@@ -353,22 +357,21 @@ class TensorFlowEngine(Engine):
     def multiply_no_nan(self, z, s):
         """z ⊙ s, 0 where s = 0 (also where z is ±∞): TF's MulNoNan, one op."""
         tf = _tf()
-        if self._is_tensor(z) and self._is_tensor(s) and z.dtype == s.dtype and z.dtype.is_floating:
+        if self._float_pair(z, s):
             return tf.math.multiply_no_nan(z, s)
         return super().multiply_no_nan(z, s)
 
     def where_positive(self, ref, x):
         """x where ref > 0, else 0, through ReLU's gradient kernel (one pass, no mask tensor)."""
         tf = _tf()
-        if (self._is_tensor(x) and self._is_tensor(ref) and x.shape == ref.shape and x.dtype == ref.dtype
-                and x.dtype.is_floating):
+        if self._float_pair(x, ref) and x.shape == ref.shape:
             return tf.raw_ops.ReluGrad(gradients=x, features=ref)
         return super().where_positive(ref, x)
 
     def safe_divide(self, num, den):
         """num / den, and 0 where den is 0 (TensorFlow's divide_no_nan)."""
         tf = _tf()
-        if self._is_tensor(num) and self._is_tensor(den) and num.dtype == den.dtype and num.dtype.is_floating:
+        if self._float_pair(num, den):
             return tf.math.divide_no_nan(num, den)
         return super().safe_divide(num, den)
 
