@@ -61,6 +61,16 @@ def trim():
         pass
 
 
+#: environment for a process whose peak resident set is measured: glibc serves every allocation of 128 KiB or
+#: more by its own mmap, handed back to the system when freed. Its default threshold grows (up to 32 MiB) each
+#: time a large block is freed, after which large temporaries come from the heap, whose freed gaps stay resident
+#: and are reused or not depending on the order of the allocations: the peak of one and the same pass then moves
+#: by 30-50% from process to process. With the threshold fixed the resident set follows what is allocated, as
+#: CUDA's ``max_memory_allocated`` does. glibc reads it at start-up; set in a process that only measures memory
+#: (a page fault per block would move the times), for the baseline and the methods alike.
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
 def rss_mib():
     """The resident set now (MiB)."""
     return _status("VmRSS") / 1024

@@ -21,7 +21,7 @@ METHODS = ["lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1", "lrp.epsilon_plu
 
 def signed_forms(on: bool):
     """Take the signed forms (``on``) or, as before them, the general formula on inputs of both signs."""
-    from attribx.rules.lrp import AlphaBeta, Gamma
+    from attribx.rules import AlphaBeta, Gamma
     def off(self, op, eng, R, x):
         return self.general(op, eng, R, *op.split())
     for cls in (Gamma, AlphaBeta):

@@ -11,7 +11,9 @@ after a warm-up, so the ratios hold on a loaded machine even where the absolute 
 
 Peak memory, CPU: the growth of the resident set during one call, after a warm-up call (Linux VmHWM reset
 through /proc/self/clear_refs after ``malloc_trim``, :func:`_timing.peak_rss_growth`), for the gradient pass
-and for each method; the ratio divides the two. What a first call allocates and keeps (the engine's
+and for each method; the ratio divides the two. Peaks are taken after all timings, with glibc's mmap threshold
+fixed (:data:`_timing.FIXED_MMAP`, in a process of their own), so that the resident set follows what is allocated
+rather than how the heap's freed gaps happened to be reused; ``--repeat 0`` measures memory only. What a first call allocates and keeps (the engine's
 parameters, which share the graph's arrays on the CPU) is not in either; ``translate MiB`` is the resident set
 that translation added (the graph's own parameter arrays: 0 when it shares the model's). GPU (``--device
 cuda``): ``torch.cuda.max_memory_allocated`` above what was allocated before the call.
@@ -149,55 +151,88 @@ def measure(framework, name, size, batch, device, methods, repeat, memory=True):
     cuda = device.startswith("cuda")
 
     def peak(run):
-        if not memory:
-            return None
         return _timing.peak_cuda_growth(run, sync) if cuda else _timing.peak_rss_growth(run)
     base()
-    rec["gradient_mib"] = peak(base)
-    rec["methods"] = {}
+    rec["methods"], runs = {}, {}
     for method in methods:
         run = explain(method)
         try:
-            t_base, t = _timing.time_interleaved([base, run], repeat, sync)
-            m = peak(run)
+            if repeat:
+                t_base, t = _timing.time_interleaved([base, run], repeat, sync)
+            else:                           # --repeat 0: memory only, after one warm-up call
+                run()
         except Exception as err:    # a method that cannot run this model: reported, not fatal
             rec["methods"][method] = {"error": one_line(err)}
             continue
-        rec["methods"][method] = {"time_s": t, "gradient_s": t_base, "ratio": t / t_base, "peak_mib": m,
-                                  "mem_ratio": None if m is None or not rec["gradient_mib"]
-                                  else m / rec["gradient_mib"]}
+        runs[method] = run
+        rec["methods"][method] = {"time_s": t, "gradient_s": t_base, "ratio": t / t_base} if repeat else {}
+    if memory:
+        rec["mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+        rec["gradient_mib"] = peak(base)
+        for method, run in runs.items():
+            try:
+                m = peak(run)
+            except Exception as err:
+                rec["methods"][method]["error"] = one_line(err)
+                continue
+            g = rec["gradient_mib"]
+            rec["methods"][method].update(peak_mib=m, mem_ratio=m / g if m is not None and g else None)
     rec["rss_end_mib"] = _timing.rss_mib()
     return rec
 
 
 # -- the parent: one subprocess per model ---------------------------------------------------------------------
 def run_zoo(args, names, records=()):
-    """Measure ``names`` one subprocess each, after ``records`` (a resumed run's), saving after every model."""
+    """Measure ``names`` after ``records`` (a resumed run's), saving after every model: per model one subprocess
+    for the times and one for the peaks (started with glibc's mmap threshold fixed, :data:`_timing.FIXED_MMAP`)."""
     from tqdm import tqdm
     records = list(records)
     for name in (bar := tqdm(names, unit="model")):
         bar.set_postfix_str(name)
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--framework", args.framework,
-               "--models", name, "--size", str(args.size), "--batch", str(args.batch), "--device", args.device,
-               "--repeat", str(args.repeat)]
+               "--models", name, "--size", str(args.size), "--batch", str(args.batch), "--device", args.device]
         cmd += ["--threads", str(args.threads)] if args.threads else []
         cmd += ["--methods", *args.methods] if args.methods else []
-        cmd += ["--no-memory"] if args.no_memory else []
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            lines = out.stdout.strip().splitlines()
-            if out.returncode == 0 and lines:
-                rec = json.loads(lines[-1])
-            else:
-                err = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
-                rec = {"model": name, "framework": args.framework, "error": f"crashed ({out.returncode}): {err[:300]}"}
-        except subprocess.TimeoutExpired:
-            rec = {"model": name, "framework": args.framework, "error": f"timed out after {args.timeout} s"}
+        rec = None
+        if args.repeat:
+            rec = child(args, name, cmd + ["--repeat", str(args.repeat), "--no-memory"])
+        if not args.no_memory and (rec is None or "error" not in rec):
+            mem = child(args, name, cmd + ["--repeat", "0"], env={**os.environ, **_timing.FIXED_MMAP})
+            rec = merge_memory(rec, mem)
         rec["load"] = os.getloadavg()
         records.append(rec)
         bar.write(summary_line(rec))
         save_json(args, records)      # after every model: an interrupted run keeps what it measured
     return records
+
+
+def child(args, name, cmd, env=None):
+    """One model measured in a subprocess: its record, or one with the one-line reason it has none."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "framework": args.framework, "error": f"timed out after {args.timeout} s"}
+    lines = out.stdout.strip().splitlines()
+    if out.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    err = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+    return {"model": name, "framework": args.framework, "error": f"crashed ({out.returncode}): {err[:300]}"}
+
+
+def merge_memory(rec, mem):
+    """The times' record with the memory child's peaks added (that child's record where there are no times); a
+    memory child that failed leaves the times and says why under ``memory_error``."""
+    if rec is None:
+        return mem
+    if "error" in mem:
+        return {**rec, "memory_error": mem["error"]}
+    rec = {**rec, **{k: mem[k] for k in ("gradient_mib", "mmap_threshold") if k in mem}}
+    for method, v in mem.get("methods", {}).items():
+        keep = {k: v[k] for k in ("peak_mib", "mem_ratio") if k in v}
+        if "error" in v:
+            keep["memory_error"] = v["error"]
+        rec["methods"][method] = {**rec["methods"].get(method, {}), **keep}
+    return rec
 
 
 def resumed(args):
@@ -219,7 +254,9 @@ def resumed(args):
 def summary_line(rec):
     if "error" in rec:
         return f"{rec['model']}: {rec['error']}"
-    parts = [f"{m} {v['ratio']:.2f}" if "ratio" in v else f"{m} failed" for m, v in rec["methods"].items()]
+    parts = [f"{m} failed" if "error" in v else
+             " ".join([f"{m}"] + [f"{v[k]:.2f}{unit}" for k, unit in (("ratio", ""), ("mem_ratio", " mem"))
+                                  if v.get(k) is not None]) for m, v in rec["methods"].items()]
     return f"{rec['model']}: " + ", ".join(parts)
 
 
@@ -292,14 +329,16 @@ def report(data, plot_path=None):
     for m in methods:
         vals = [(r["methods"][m]["ratio"], r["model"]) for r in ok if "ratio" in r["methods"].get(m, {})]
         mems = [r["methods"][m]["mem_ratio"] for r in ok if r["methods"].get(m, {}).get("mem_ratio") is not None]
-        if not vals:
+        if not vals and not mems:
             continue
         goal = GOALS.get(m)
-        worst = max(vals)
-        over = "" if goal is None else str(sum(v > goal for v, _ in vals))
+        times = " | | "                     # a memory-only run (--repeat 0)
+        if vals:
+            worst = max(vals)
+            over = "" if goal is None else str(sum(v > goal for v, _ in vals))
+            times = f"{statistics.median(v for v, _ in vals):.2f} | {worst[0]:.2f} ({worst[1]}) | {over}"
         mem = (f"{statistics.median(mems):.2f} | {max(mems):.2f}") if mems else " | "
-        lines.append(f"| {m} | {'' if goal is None else f'≤ {goal}'} | {len(vals)} | "
-                     f"{statistics.median(v for v, _ in vals):.2f} | {worst[0]:.2f} ({worst[1]}) | {over} | {mem} |")
+        lines.append(f"| {m} | {'' if goal is None else f'≤ {goal}'} | {max(len(vals), len(mems))} | {times} | {mem} |")
     failed = [r for r in records if "error" in r]
     if failed:
         lines += ["", "Not measured (one-line error):", ""]

@@ -110,6 +110,15 @@ def test_engine_array_functions(engine):
     np.testing.assert_array_equal(eng.to_numpy(eng.multiply_into(a, b)), r * z)
     a, b = fresh()
     np.testing.assert_array_equal(eng.to_numpy(eng.divide_into(a, eng.abs(b) + 1)), r / (np.abs(z) + 1))
+    # a bias broadcast into a temporary (rules add it in place), and shapes that do not broadcast into it
+    z4 = np.arange(24.0).reshape(2, 3, 2, 2)
+    bias = np.array([1.0, -2.0, 0.5]).reshape(3, 1, 1)
+    np.testing.assert_array_equal(eng.to_numpy(eng.add_scaled_into(eng.asarray(bias), eng.asarray(z4.copy()), 1.0)),
+                                  bias + z4)
+    np.testing.assert_array_equal(eng.to_numpy(eng.add_scaled_into(eng.asarray(z4), eng.asarray(bias.copy()), -1.0)),
+                                  z4 - bias)
+    np.testing.assert_array_equal(eng.to_numpy(eng.multiply_into(eng.asarray(r[0, :1].copy()), eng.asarray(r))),
+                                  r[0, :1] * r)
 
 
 def test_node_params_are_cached_per_dtype(engine):

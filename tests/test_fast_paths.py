@@ -160,7 +160,7 @@ def test_alpha_beta_forms_equal_the_general_formula(engine, act, kind, bias, zer
     signs (the |x|, |W| form), on layers with many inputs per unit; the general form where a unit's
     contributions may all have one sign (a depthwise conv's nine) or do, and for z⁺ (β = 0) after a ReLU (its
     general form is one forward and one transposed op); z⁺ on signed inputs takes the |x|, |W| form."""
-    from attribx.rules.lrp import AlphaBeta
+    from attribx.rules import AlphaBeta
     rng = np.random.default_rng(11 if act == "relu" else 13)
     graph, x = signed_layer(rng, kind, bias, act) if kind == "depthwise" else wide_layer(rng, kind, bias, act)
     R = rng.normal(size=layer_output(graph, x).shape)

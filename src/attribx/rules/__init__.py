@@ -1,8 +1,9 @@
 """Rules: how relevance passes one node. Written once against the engine interface."""
-from .base import NodeContext, Rule
+from .alpha_beta import AlphaBeta, ZPlus
 from .gradient import (DeconvNet, Gradient, GuidedBackprop, Pass, Proportional, Route, SignalTakesAll,
                        WinnerTakesAll)
-from .lrp import Affine, AffineRule, AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, Zero, ZPlus, ZRule
+from .base import NodeContext, Rule
+from .lrp import Affine, AffineRule, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, Zero, ZRule
 from .transformer import Block, ConstantFactor, ConstantStd, SoftmaxTaylor, Uniform
 
 BUILTIN_RULES = (Gradient, Route, WinnerTakesAll, Proportional, Pass, SignalTakesAll, DeconvNet, GuidedBackprop,

@@ -306,10 +306,18 @@ class TorchEngine(Engine):
 
     @staticmethod
     def _reusable(temp, other) -> bool:
-        """Whether a result of ``temp`` and ``other`` may be written into ``temp`` (a temporary)."""
+        """Whether a result of ``temp`` and ``other`` may be written into ``temp`` (a temporary): ``other`` of
+        temp's dtype and shape, or broadcast to it (a bias)."""
         torch = _torch()
-        return (isinstance(temp, torch.Tensor) and isinstance(other, torch.Tensor)
-                and temp.shape == other.shape and temp.dtype == other.dtype and not temp.requires_grad)
+        if not (isinstance(temp, torch.Tensor) and isinstance(other, torch.Tensor)
+                and temp.dtype == other.dtype and not temp.requires_grad):
+            return False
+        if temp.shape == other.shape:
+            return True
+        try:
+            return torch.broadcast_shapes(temp.shape, other.shape) == temp.shape
+        except RuntimeError:
+            return False
 
     def divide_into(self, num, den):
         """num / den written into ``den`` (a temporary): large activations cost an allocation each."""
