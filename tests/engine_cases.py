@@ -18,6 +18,9 @@ from attribx.errors import GraphError
 
 REGISTRY = attribx.plugins.registry()
 OPS = REGISTRY.ops
+#: the engines a core test runs on: numpy, and each framework's whose plugin is installed (tox's `all` env keeps
+#: each run to one framework with ``--engines``)
+ENGINES = ["numpy"] + [e for e in ("torch", "tensorflow") if e in REGISTRY.engines]
 BOUNDED = {"lrp.z_box", "lrp.epsilon_gamma_box"}   # methods that need the input bounds
 
 def settings_for(n):
