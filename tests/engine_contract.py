@@ -97,6 +97,10 @@ def test_engine_array_functions(engine):
     r = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]])
     for eps in (0.0, 1e-6, 0.5):
         np.testing.assert_array_equal(eng.to_numpy(eng.stabilize(eng.asarray(z), eps)), ref.stabilize(z, eps))
+        want = r / ref.stabilize(z, eps)          # the ε quotient, and computed in a temporary z: same bits
+        np.testing.assert_array_equal(eng.to_numpy(eng.divide_stabilized(eng.asarray(r), eng.asarray(z), eps)), want)
+        np.testing.assert_array_equal(
+            eng.to_numpy(eng.divide_stabilized_into(eng.asarray(r), eng.asarray(z.copy()), eps)), want)
     np.testing.assert_array_equal(eng.to_numpy(eng.safe_divide(eng.asarray(r), eng.asarray(z))),
                                   ref.safe_divide(r, z))
     z32 = eng.asarray(z[:, :-1].astype(np.float32))

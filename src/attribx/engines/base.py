@@ -310,6 +310,10 @@ class Engine:
         method, so that an engine can run it as one pass (the TF engine's trace: one XLA kernel for five ops)."""
         return self.divide_into(num, self.stabilize(z, epsilon))
 
+    def divide_stabilized_into(self, num, den, epsilon: float):
+        """:meth:`divide_stabilized`, where ``den`` is a temporary that the engine may overwrite (a rule's own z)."""
+        return self.divide_stabilized(num, den, epsilon)
+
     def multiply_no_nan(self, z, s):
         """z ⊙ s, and 0 where s = 0 even where z is ±∞ (a masked score that carries no quotient holds no
         relevance, not ∞ · 0 = NaN)."""

@@ -80,23 +80,27 @@ class AlphaBeta(AffineRule):
         del zz, a
 
         def fast():
+            # with d± = z ± A' = 2·z± and 2ε, the quotients are s±/2 and the form's ½ cancels (exact: powers of 2)
             zz, a = held
             held.clear()
-            sp = eng.divide_stabilized(R, (zz + a) * 0.5, self.stabilizer)
-            zn = (zz - a) * 0.5 if self.beta else None
+            dp, dn = zz + a, (zz - a if self.beta else None)
             del zz, a
-            u = v = sp if self.alpha == 1 else sp * self.alpha
-            del sp
-            if self.beta:          # u before v: add_scaled_into may overwrite sn
-                sn = eng.divide_stabilized(R, zn, self.stabilizer)
-                del zn
-                u, v = u - sn * self.beta, eng.add_scaled_into(v, sn, self.beta)
+            sp = eng.divide_stabilized_into(R, dp, 2.0 * self.stabilizer)
+            if self.alpha != 1:
+                sp = eng.add_scaled_into(0.0, sp, self.alpha)
+            u = v = sp
+            if self.beta:
+                sn = eng.divide_stabilized_into(R, dn, 2.0 * self.stabilizer)
+                del dn
+                u = sp - (sn if self.beta == 1 else sn * self.beta)
+                v = eng.add_scaled_into(sp, sn, self.beta)          # into sn
                 del sn
+            del sp
             (t1,) = op.back(u)
             del u
             (t2,) = op.back(v, mag)
             del v
-            return [eng.add_scaled_into(op.times(x, t1), op.times(ax, t2), 1.0) * 0.5]
+            return [eng.add_scaled_into(op.times(x, t1), op.times(ax, t2), 1.0)]
         return self.unless_one_sided(op, eng, R, flag, fast)
 
     def fast_nonnegative(self, op, eng, R, x):
@@ -125,9 +129,9 @@ class AlphaBeta(AffineRule):
             if b is not None and not self.zero_bias:        # in place: zp and zn are this rule's own arrays
                 zp = eng.add_scaled_into(op.bias_map(eng.clip(b, 0, None), zp), zp, 1.0)
                 zn = eng.add_scaled_into(op.bias_map(eng.clip(b, None, 0), zn), zn, 1.0)
-            sp = eng.divide_stabilized(R, zp, self.stabilizer)
+            sp = eng.divide_stabilized_into(R, zp, self.stabilizer)
             del zp
-            sn = eng.divide_stabilized(R, zn, self.stabilizer)
+            sn = eng.divide_stabilized_into(R, zn, self.stabilizer)
             del zn
             (t2,) = op.back(sn)
             u = eng.add_scaled_into(sp if self.alpha == 1 else sp * self.alpha, sn, self.beta)
@@ -147,7 +151,8 @@ class AlphaBeta(AffineRule):
             z = _add(op.term(xp, w_for_xp, DROP if zb else b_mod), op.term(xn, w_for_xn, DROP))
             if z is None:
                 return
-            s = eng.divide_stabilized(R, z, self.stabilizer)
+            # a weighted layer's z is this rule's own array (sums and routing may hand back an input's)
+            s = (eng.divide_stabilized_into if op.kind == "layer" else eng.divide_stabilized)(R, z, self.stabilizer)
             del z
             gps = op.back(s, w_for_xp)
             gns = op.back(s, w_for_xn) if any(x is not None for x in xn) else [None] * len(xn)

@@ -246,6 +246,16 @@ class TorchEngine(Engine):
         t = z + 0.0
         return t.add_(torch.copysign(self._scalar(float(epsilon), t), t))
 
+    def divide_stabilized_into(self, num, den, epsilon: float):
+        """num / (den + epsilon * sign den) computed in ``den`` (a temporary): ``den + 0`` in place, then one
+        array for the signed epsilon, where :meth:`stabilize` needs two (large arrays cost an allocation each)."""
+        torch = _torch()
+        if not (self._reusable(den, num) and den.is_floating_point()):
+            return self.divide_stabilized(num, den, epsilon)
+        den.add_(0.0)                       # -0.0 -> +0.0, so that copysign gives +epsilon at both zeros
+        den.add_(torch.copysign(self._scalar(float(epsilon), den), den))
+        return torch.div(num, den, out=den)
+
     def where_positive(self, ref, x):
         """x where ref > 0, else 0, with ReLU's backward kernel: one pass, no boolean mask (torch.where on
         the CPU is about twenty times slower than a multiplication)."""
