@@ -34,6 +34,22 @@ def test_hard_activations_equal_torch():
     check("hard_swish", {}, x, F.hardswish)
 
 
+@pytest.mark.parametrize("attrs", [{}, {"alpha": 0.2, "beta": 0.5}, {"alpha": 0.5, "beta": 0.25}])
+@pytest.mark.parametrize("name", ["hard_sigmoid", "hard_swish"])
+def test_torch_engine_hard_activations_equal_the_reference(name, attrs):
+    """The torch engine's forward (torch's own one-pass kernel at the default attributes, the clip otherwise)
+    against the numpy reference, at the kinks too, float64 and float32."""
+    from attribx_torch.kernels_vision import KERNELS as TORCH
+    full = BUILTIN_OP_TABLE[name].resolve_attrs("t", attrs)
+    x = np.concatenate([R.normal(size=200) * 4, [-3.0, 3.0, 0.0, -0.0, -2.5, 2.5, -1.0, 1.0, 7.0, -7.0]])
+    for dtype, rtol in ((np.float64, 1e-15), (np.float32, 1e-6)):
+        xs = x.astype(dtype)
+        want = KERNELS[name].forward(full, [xs], {})
+        got = TORCH[name].forward(full, [torch.tensor(xs)], {}).numpy()
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
+
+
 def test_roll_equals_torch():
     x = R.normal(size=(2, 3, 5, 4))
     check("roll", {"shifts": (-2, 3), "axes": (2, 3)}, x, lambda t: torch.roll(t, (-2, 3), (2, 3)))

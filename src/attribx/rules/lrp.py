@@ -400,7 +400,8 @@ class Gamma(AffineRule):
             zz = _add(op.term(xp, w_xp, DROP if zb else w_xp), op.term(xn, w_xn, DROP))
             if zz is None:
                 continue
-            s = eng.where_positive(sign, eng.divide_stabilized(R, zz, self.stabilizer))
+            divide = eng.divide_stabilized_into if op.kind == "layer" else eng.divide_stabilized   # zz: ours
+            s = eng.where_positive(sign, divide(R, zz, self.stabilizer))
             gps = op.back(s, w_xp)
             gns = op.back(s, w_xn) if has_neg else [None] * len(xn)
             for k, (gp, gn) in enumerate(zip(gps, gns)):
@@ -430,12 +431,13 @@ class Gamma(AffineRule):
         zz = z if b is None or not self.zero_bias else z - op.bias_map(b, z)
         sig = eng.signum(z)
         den = eng.add_scaled_into(zz * (1.0 + h), eng.multiply_into(a, sig), h)
-        s = eng.divide_stabilized(R, den, self.stabilizer)
-        s_diff = s * sig                          # σs
+        s_diff = eng.multiply_into(eng.divide_stabilized_into(R, den, self.stabilizer), sig)   # σs, in den
         s_both = eng.multiply_into(sig, s_diff)   # σ²s = |σ|s: nothing where z = 0
         (t1,) = op.back(s_both)
+        del s_both
         (t2,) = op.back(s_diff, mag)
-        return [eng.add_scaled_into(op.times(x, t1) * (1.0 + h), op.times(ax, t2), h)]
+        del s_diff
+        return [eng.add_scaled_into(eng.add_scaled_into(0.0, op.times(x, t1), 1.0 + h), op.times(ax, t2), h)]
 
     def fast_nonnegative(self, op, eng, R, x):
         """Optimisation of :meth:`general` for a weighted layer whose input is x ≥ 0 (after a ReLU).
