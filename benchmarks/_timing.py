@@ -9,6 +9,7 @@ Linux's VmHWM after resetting it to the current resident set (``/proc/self/clear
 blocks of the heap resident, and a call that reuses them looks free. What stays allocated across calls
 (weights, an engine's converted parameters) is in the baseline, not in the growth. On a GPU
 (:func:`peak_cuda_growth`): ``torch.cuda.max_memory_allocated`` above what was allocated before the call.
+TensorFlow (:func:`peak_tf_growth`): the peak of TF's allocator above what it held before the call.
 """
 from __future__ import annotations
 
@@ -87,6 +88,18 @@ def peak_rss_growth(run):
         return None
     run()
     return (_status("VmHWM") - base) / 1024
+
+
+def peak_tf_growth(run, device="CPU:0"):
+    """Peak growth of TensorFlow's allocated memory on ``device`` during one call of ``run`` (MiB), from TF's own
+    allocator statistics (``tf.config.experimental.get_memory_info``). TF keeps the blocks that a warm-up call
+    freed in its pool, so the resident set hardly grows on later calls and says nothing about a call's peak."""
+    import tensorflow as tf
+    gc.collect()
+    tf.config.experimental.reset_memory_stats(device)
+    base = tf.config.experimental.get_memory_info(device)["current"]
+    run()
+    return (tf.config.experimental.get_memory_info(device)["peak"] - base) / 2**20
 
 
 def peak_cuda_growth(run, sync):

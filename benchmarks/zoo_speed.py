@@ -9,14 +9,16 @@ gradient compiled by ``tf.function`` (Keras, :func:`tf_speed.gradient_runner`). 
 interleaved with the baseline round by round (:func:`_timing.time_interleaved`), median of ``--repeat`` rounds
 after a warm-up, so the ratios hold on a loaded machine even where the absolute times do not.
 
-Peak memory, CPU: the growth of the resident set during one call, after a warm-up call (Linux VmHWM reset
-through /proc/self/clear_refs after ``malloc_trim``, :func:`_timing.peak_rss_growth`), for the gradient pass
-and for each method; the ratio divides the two. Peaks are taken after all timings, with glibc's mmap threshold
-fixed (:data:`_timing.FIXED_MMAP`, in a process of their own), so that the resident set follows what is allocated
-rather than how the heap's freed gaps happened to be reused; ``--repeat 0`` measures memory only. What a first call allocates and keeps (the engine's
-parameters, which share the graph's arrays on the CPU) is not in either; ``translate MiB`` is the resident set
-that translation added (the graph's own parameter arrays: 0 when it shares the model's). GPU (``--device
-cuda``): ``torch.cuda.max_memory_allocated`` above what was allocated before the call.
+Peak memory, torch on the CPU: the growth of the resident set during one call, after a warm-up call (Linux VmHWM
+reset through /proc/self/clear_refs after ``malloc_trim``, :func:`_timing.peak_rss_growth`), for the gradient pass
+and for each method; the ratio divides the two. Peaks are taken in a process of their own, started with glibc's
+mmap threshold fixed (:data:`_timing.FIXED_MMAP`), so that the resident set follows what is allocated rather than
+how the heap's freed gaps happened to be reused; ``--repeat 0`` measures memory only. What a first call allocates
+and keeps (the engine's parameters, which share the graph's arrays on the CPU) is not in either; ``translate
+MiB`` is the resident set that translation added (the graph's own parameter arrays: 0 when it shares the
+model's). Keras: the peak of TensorFlow's own allocator above what it held before the call
+(:func:`_timing.peak_tf_growth`; TF pools freed blocks, so its resident set hardly grows after a warm-up).
+GPU (``--device cuda``): ``torch.cuda.max_memory_allocated`` above what was allocated before the call.
 
     python benchmarks/zoo_speed.py --framework torch --out benchmarks/RESULTS.md          # the whole zoo
     python benchmarks/zoo_speed.py --size 64 --models resnet18 mobilenet_v2 --repeat 1   # a quick look
@@ -151,6 +153,8 @@ def measure(framework, name, size, batch, device, methods, repeat, memory=True):
     cuda = device.startswith("cuda")
 
     def peak(run):
+        if framework == "keras":
+            return _timing.peak_tf_growth(run, "GPU:0" if cuda else "CPU:0")
         return _timing.peak_cuda_growth(run, sync) if cuda else _timing.peak_rss_growth(run)
     base()
     rec["methods"], runs = {}, {}
