@@ -184,3 +184,54 @@ def test_device_cuda_matches_cpu():
 def test_device_errors(kwargs, needle):
     with pytest.raises(attribx.MethodError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         attribx.explain(small_torch_model(), torch.randn(2, 1, 5, 5), **kwargs)
+
+
+@pytest.mark.parametrize("geometry", [
+    {"kernel": (3, 3), "stride": (2, 2), "pads": ((1, 1), (1, 1))},      # ResNet's, ShuffleNet's stem pool
+    {"kernel": (2, 2), "stride": (2, 2), "pads": ((0, 0), (0, 0))},      # VGG's
+    {"kernel": (3, 3), "stride": (2, 2), "pads": ((0, 1), (0, 1))},      # 'same' with an odd total: -inf padded
+    {"kernel": (3, 2), "stride": (1, 2), "pads": ((1, 1), (0, 0)), "dilation": (2, 1)}])
+def test_max_pool_equals_torchs_channel_first_pool_with_ties(geometry):
+    """The kernel runs the pool on a channels-last copy: maxima, the (first) maximum each window's gradient
+    goes to and the VJP are those of torch's channel-first max pool, bit for bit; inputs of few distinct values
+    tie in most windows, and -inf and NaN entries are kept."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-2, 3, size=(2, 5, 11, 9)).astype(np.float32)
+    x[0, 0, 0, :3], x[1, 2, 4, 4] = -np.inf, np.nan
+    attrs = {"kernel_size": geometry["kernel"], "stride": geometry["stride"], "padding": geometry["pads"],
+             "dilation": geometry.get("dilation", (1, 1))}
+    attrs = attribx.ops.BUILTIN_OP_TABLE["max_pool"].resolve_attrs("p", attrs)
+    xt = torch.tensor(x)
+    out = TORCH_KERNELS["max_pool"].forward(attrs, [xt], {})
+    pads = [p for pair in reversed(geometry["pads"]) for p in pair]
+    ref_in = torch.nn.functional.pad(xt, pads, value=-np.inf).requires_grad_(True)
+    ref = torch.nn.functional.max_pool2d(ref_in, geometry["kernel"], geometry["stride"], 0,
+                                         geometry.get("dilation", (1, 1)))
+    assert out.is_contiguous() and torch.equal(out.nan_to_num(7.0), ref.detach().nan_to_num(7.0))
+    g = torch.tensor(rng.normal(size=tuple(ref.shape)).astype(np.float32))
+    ref.backward(g)
+    want = ref_in.grad[(slice(None), slice(None)) + tuple(slice(lo, lo + n) for (lo, _), n in
+                                                          zip(geometry["pads"], x.shape[2:]))]
+    (got,) = TORCH_KERNELS["max_pool"].vjp(attrs, [xt], {}, out, g)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kernel,stride,pad,include", [((3, 3), (1, 1), 1, True), ((3, 3), (1, 1), 1, False),
+                                                       ((2, 2), (2, 2), 0, True), ((3, 2), (2, 1), (1, 0), False)])
+def test_avg_pool_equals_torchs_channel_first_pool(kernel, stride, pad, include):
+    """The average pool runs on channels-last copies (forward and VJP): the numbers of torch's channel-first
+    pool and its autograd, bit for bit, and contiguous results."""
+    rng = np.random.default_rng(1)
+    x = torch.tensor(rng.normal(size=(2, 6, 9, 10)).astype(np.float32))
+    pads = (pad, pad) if isinstance(pad, int) else pad
+    attrs = attribx.ops.BUILTIN_OP_TABLE["avg_pool"].resolve_attrs(
+        "p", {"kernel_size": kernel, "stride": stride, "padding": [(p, p) for p in pads],
+              "count_include_pad": include})
+    out = TORCH_KERNELS["avg_pool"].forward(attrs, [x], {})
+    xr = x.clone().requires_grad_(True)
+    ref = torch.nn.functional.avg_pool2d(xr, kernel, stride, pads, count_include_pad=include)
+    assert out.is_contiguous() and torch.equal(out, ref.detach())
+    g = torch.tensor(rng.normal(size=tuple(ref.shape)).astype(np.float32))
+    ref.backward(g)
+    (got,) = TORCH_KERNELS["avg_pool"].vjp(attrs, [x], {}, out, g)
+    assert got.is_contiguous() and torch.equal(got, xr.grad)
