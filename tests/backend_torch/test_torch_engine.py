@@ -235,3 +235,15 @@ def test_avg_pool_equals_torchs_channel_first_pool(kernel, stride, pad, include)
     ref.backward(g)
     (got,) = TORCH_KERNELS["avg_pool"].vjp(attrs, [x], {}, out, g)
     assert got.is_contiguous() and torch.equal(got, xr.grad)
+
+
+def test_a_shape_stub_reaching_a_weighted_kernel_raises():
+    """A released value (:meth:`TorchEngine.shape_stub`, on the meta device) given to a conv's VJP: torch would
+    move the weight to the meta device and return numbers computed from nothing; the kernel refuses instead."""
+    attrs = attribx.ops.BUILTIN_OP_TABLE["conv"].resolve_attrs("c", {"stride": 1, "padding": 1})
+    w, g = torch.randn(4, 6, 3, 3), torch.randn(2, 4, 8, 8)
+    stub = TorchEngine().shape_stub(torch.randn(2, 6, 8, 8))
+    with pytest.raises(ValueError, match="released value"):
+        TORCH_KERNELS["conv"].vjp(attrs, [stub], {"weight": w}, None, g)
+    with pytest.raises(ValueError, match="released value"):
+        TORCH_KERNELS["linear"].forward({}, [torch.empty(2, 6, device="meta")], {"weight": torch.randn(3, 6)})

@@ -35,10 +35,15 @@ _aten = torch.ops.aten
 
 
 def _param(params, key, like):
-    """A parameter as a tensor of ``like``'s dtype and device (a no-op when the engine converted it)."""
+    """A parameter as a tensor of ``like``'s dtype and device (a no-op when the engine converted it). ``like`` a
+    shape stub (the meta device: a value the pass released) is refused: the parameter would follow it to the
+    meta device, and torch's CPU kernels then return numbers computed from no values instead of raising."""
     p = params.get(key)
     if p is None:
         return None
+    if like.is_meta:
+        raise ValueError(f"parameter {key!r}: its op's input is a released value (a shape stub), which this kernel "
+                         f"cannot take")
     if not isinstance(p, torch.Tensor):
         p = torch.as_tensor(p, device=like.device)
     if p.dtype != like.dtype and like.is_floating_point():
