@@ -314,7 +314,7 @@ def report(data, plot_path=None):
              f"batch {meta['batch']}, {meta['size']}×{meta['size']}, {meta['versions']}, median of "
              f"{meta['repeat']} rounds after a warm-up; {load}\n",
              f"{len(ok)} of {len(records)} models measured. Time: × the framework's gradient pass timed beside it. "
-             "Memory: peak growth of the resident set during one call (GPU: allocated), × the gradient pass's; "
+             f"Memory: {_memory_kind(meta, ok)}, × the gradient pass's; "
              "`grad MiB` is the gradient pass's, `translate MiB` what building and translating the model added.\n",
              "| model | params (M) | gradient (s) | " + " | ".join(f"{m} ×" for m in methods) +
              " | grad MiB | " + " | ".join(f"{m} mem ×" for m in methods) + " | translate MiB |",
@@ -353,6 +353,17 @@ def report(data, plot_path=None):
         lines += ["", f"Plot: `{os.path.relpath(plot_path, HERE)}` (ratio per model per method, log scale; "
                       "dashed: goals)."]
     return "\n".join(lines)
+
+
+def _memory_kind(meta, records) -> str:
+    """What the memory columns measured (older runs: the resident set with glibc's default threshold)."""
+    if meta["device"].startswith("cuda"):
+        return "peak allocated during one call (torch.cuda.max_memory_allocated)"
+    if not any("mmap_threshold" in r for r in records):
+        return "peak growth of the resident set during one call, glibc's default mmap threshold"
+    if meta["framework"] == "keras":
+        return "peak of TensorFlow's allocator during one call (tf.config.experimental.get_memory_info)"
+    return "peak growth of the resident set during one call, in a process with glibc's mmap threshold fixed"
 
 
 def _cell(v, key):
