@@ -151,8 +151,7 @@ class AlphaBeta(AffineRule):
             z = _add(op.term(xp, w_for_xp, DROP if zb else b_mod), op.term(xn, w_for_xn, DROP))
             if z is None:
                 return
-            # a weighted layer's z is this rule's own array (sums and routing may hand back an input's)
-            s = (eng.divide_stabilized_into if op.kind == "layer" else eng.divide_stabilized)(R, z, self.stabilizer)
+            s = op.divide_term(R, z, self.stabilizer)
             del z
             gps = op.back(s, w_for_xp)
             gns = op.back(s, w_for_xn) if any(x is not None for x in xn) else [None] * len(xn)

@@ -173,6 +173,12 @@ class Affine:
             return len(self.ctx.output.shape) - 1
         return None
 
+    def divide_term(self, R, z, epsilon: float):
+        """R / stabilised(z) for a ``z`` from :meth:`term`: a weighted layer's forward hands back a fresh array, which
+        the engine may overwrite (sums and routing may hand back an input itself)."""
+        divide = self.eng.divide_stabilized_into if self.kind == "layer" else self.eng.divide_stabilized
+        return divide(R, z, epsilon)
+
     def bias_map(self, b, z):
         """The bias broadcast to the output z (channel axis 1 for conv, the last axis for linear)."""
         if self.ctx.node.op in ("conv", "conv_transpose"):
@@ -400,8 +406,7 @@ class Gamma(AffineRule):
             zz = _add(op.term(xp, w_xp, DROP if zb else w_xp), op.term(xn, w_xn, DROP))
             if zz is None:
                 continue
-            divide = eng.divide_stabilized_into if op.kind == "layer" else eng.divide_stabilized   # zz: ours
-            s = eng.where_positive(sign, divide(R, zz, self.stabilizer))
+            s = eng.where_positive(sign, op.divide_term(R, zz, self.stabilizer))
             gps = op.back(s, w_xp)
             gns = op.back(s, w_xn) if has_neg else [None] * len(xn)
             for k, (gp, gn) in enumerate(zip(gps, gns)):

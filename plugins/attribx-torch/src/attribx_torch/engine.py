@@ -243,8 +243,12 @@ class TorchEngine(Engine):
         torch = _torch()
         if not isinstance(z, torch.Tensor) or not z.is_floating_point():
             return super().stabilize(z, epsilon)
-        t = z + 0.0
-        return t.add_(torch.copysign(self._scalar(float(epsilon), t), t))
+        return self._add_signed_epsilon(z + 0.0, epsilon)
+
+    def _add_signed_epsilon(self, t, epsilon: float):
+        """t + epsilon * sign(t), in ``t``, for a ``t`` without -0.0 (``z + 0`` made it), so that copysign gives
+        +epsilon at zero."""
+        return t.add_(_torch().copysign(self._scalar(float(epsilon), t), t))
 
     def divide_stabilized_into(self, num, den, epsilon: float):
         """num / (den + epsilon * sign den) computed in ``den`` (a temporary): ``den + 0`` in place, then one
@@ -252,9 +256,7 @@ class TorchEngine(Engine):
         torch = _torch()
         if not (self._reusable(den, num) and den.is_floating_point()):
             return self.divide_stabilized(num, den, epsilon)
-        den.add_(0.0)                       # -0.0 -> +0.0, so that copysign gives +epsilon at both zeros
-        den.add_(torch.copysign(self._scalar(float(epsilon), den), den))
-        return torch.div(num, den, out=den)
+        return torch.div(num, self._add_signed_epsilon(den.add_(0.0), epsilon), out=den)
 
     def where_positive(self, ref, x):
         """x where ref > 0, else 0, with ReLU's backward kernel: one pass, no boolean mask (torch.where on
