@@ -1,4 +1,12 @@
-"""Activations the relevance pass reads only for their shape: released once the forward pass is past them.
+"""Activations the relevance pass does not hold from the forward pass to the backward pass.
+
+Two kinds. Values read only for their shape are released (below). Values of cheap elementwise ops (a ReLU)
+are dropped once their forward consumers ran and computed again from their input when the backward pass
+reaches them (:func:`recomputed_values`): the input (a conv's output, which its rule reads anyway) is held
+until then, so a conv and its ReLU cost one stored array, as in the framework's own gradient pass, at the cost
+of one more ReLU pass. The same kernel on the same input gives the same bits: the numbers do not change.
+
+Released values:
 
 With quotients (:meth:`attribx.rules.Rule.carry`) a chain of attention scores before a softmax (q·kᵀ, its
 scaling, the mask added) is read in the backward pass only for shapes and for LRP-0's test of units whose z is
@@ -63,5 +71,28 @@ def released_values(graph, rules: Mapping[str, Any], takes: Mapping[str, bool], 
         readers = [graph[c] for c in consumers.get(name, ()) if c in running]
         if readers and all(takes.get(c.name) and _reads_only_shape(graph, rules.get(c.name), c, name)
                            for c in readers):
+            out.add(name)
+    return out
+
+
+#: ops whose value the relevance pass computes again from their one input rather than hold it (one cheap
+#: elementwise pass each; exact: the same kernel on the same input)
+RECOMPUTED_OPS = frozenset({"relu", "leaky_relu", "clip"})
+
+
+def recomputed_values(graph, order: Collection[str], start: str, released: Collection[str] = ()) -> set[str]:
+    """The values of ``order`` that the pass recomputes in the backward pass (:data:`RECOMPUTED_OPS`): the
+    node's one input is a graph input or a value held until the backward pass is past the node (not released,
+    not itself recomputed), and the node's value has forward consumers (else it is not dropped early)."""
+    running = set(order)
+    held = {v.name for v in graph.inputs} | {n for n in running if n not in released}
+    consumers = graph.consumers()
+    out: set[str] = set()
+    for name in order:
+        node = graph[name]
+        if (name == start or node.op not in RECOMPUTED_OPS or len(node.inputs) != 1
+                or node.inputs[0] not in held or node.inputs[0] in out):
+            continue
+        if any(c in running for c in consumers.get(name, ())):
             out.add(name)
     return out

@@ -15,7 +15,7 @@ import numpy as np
 
 from .bounds import gated_products, nonnegative_values, value_bounds
 from .errors import InputError, UnsupportedError
-from .liveness import released_values
+from .liveness import recomputed_values, released_values
 from .rules.base import NodeContext, relevance_of
 
 
@@ -46,21 +46,24 @@ def as_given(graph, arrays: Sequence[Any]):
 
 
 def run_forward(graph, engine, x, upto: str | None = None, masks: Mapping[str, Any] | None = None,
-                release: Collection[str] = ()) -> dict[str, Any]:
+                release: Collection[str] = (), recompute: Collection[str] = ()) -> dict[str, Any]:
     """Activations of the graph's inputs and every node up to ``upto`` (default: all outputs); ``x``: one array,
     or a tuple with one per signal input (:func:`signal_values`); ``masks``: the values of the graph's mask
     inputs by name (engine arrays); one not given runs as nothing masked (all ones, or its ``meta["mask_fill"]``).
     ``release``: values replaced by the engine's shape stub after their last consumer ran, where they hold no
-    zero (:mod:`attribx.liveness`)."""
+    zero (:mod:`attribx.liveness`); ``recompute``: values dropped after their last consumer ran (the backward
+    pass computes them again: :func:`attribx.liveness.recomputed_values`)."""
     names = set(ancestors(graph, upto)) if upto else None
     waiting: dict[str, int] = {}
-    release = set(release)
-    if release:
+    release, recompute = set(release), set(recompute)
+    shared: set[int] = set()
+    if release or recompute:
         for node in graph.nodes:
             if names is None or node.name in names:
-                for i in set(node.inputs) & release:
+                for i in set(node.inputs) & (release | recompute):
                     waiting[i] = waiting.get(i, 0) + 1
         release = {name for name in release if name in waiting}
+        recompute = {name for name in recompute if name in waiting}
     acts = signal_values(graph, x)
     first = next(iter(acts.values()))
     fill = graph.meta.get("mask_fill", {})
@@ -73,15 +76,30 @@ def run_forward(graph, engine, x, upto: str | None = None, masks: Mapping[str, A
             continue
         ins = [acts[i] for i in node.inputs]
         out = acts[node.name] = engine.forward(node, ins, engine.node_params(node, ins or [first]))
+        if recompute and any(out is a for a in ins):
+            shared.add(id(out))         # an op that hands back its input: that array is held under two names
         if node.name in release and engine.has_zero(out):
             release.discard(node.name)          # its rule must find the zero units: kept
-        for i in set(node.inputs) & release:
+        for i in set(node.inputs) & (release | recompute):
             waiting[i] -= 1
-            if waiting[i] == 0:
+            if waiting[i] == 0 and i in recompute:
+                shell = None if id(acts[i]) in shared else engine.vacate(acts[i])
+                if shell is None:
+                    del acts[i]
+                else:
+                    acts[i] = Vacated(shell)
+            elif waiting[i] == 0:
                 stub = engine.shape_stub(acts[i])
                 if stub is not None:
                     acts[i] = stub
     return acts
+
+
+@dataclass
+class Vacated:
+    """A value the forward pass dropped, kept as the engine's shell (:meth:`Engine.vacate`) until recomputed."""
+
+    shell: Any
 
 
 @dataclass
@@ -104,6 +122,21 @@ class Propagation:
 QUOTIENTS = True
 #: with quotients, release activations the pass reads only for their shape (:mod:`attribx.liveness`)
 RELEASE = True
+#: recompute cheap elementwise values (a ReLU's) from their input in the backward pass instead of holding them
+#: (:func:`attribx.liveness.recomputed_values`); False: hold them (the tests compare the two)
+RECOMPUTE = True
+
+
+def _value(name: str, acts: dict, recompute: Collection[str], graph, engine):
+    """The forward value ``name``: held in ``acts``, or computed again from its input (held) and kept there."""
+    held = acts[name] if name in acts or name not in recompute else None
+    if held is not None and not isinstance(held, Vacated):
+        return held
+    node = graph[name]
+    inputs = [_value(node.inputs[0], acts, recompute, graph, engine)]
+    acts[name] = engine.recompute(node, inputs, engine.node_params(node, inputs),
+                                  held.shell if held is not None else None)
+    return acts[name]
 
 
 def _accumulate(into: dict, name: str, value) -> None:
@@ -142,7 +175,8 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
              for name in order}
     release = (released_values(graph, rules, takes, order, start, keep)
                if carrying and not conservation and RELEASE and getattr(engine, "releases_values", False) else ())
-    acts = run_forward(graph, engine, x, upto=start, masks=masks, release=release)
+    recompute = recomputed_values(graph, order, start, release) if RECOMPUTE else set()
+    acts = run_forward(graph, engine, x, upto=start, masks=masks, release=release, recompute=recompute)
     scores = acts[start]
     rel: dict[str, Any] = {start: init(scores)}
     quot: dict[str, Any] = {}       # quotients: what reached a node is z ⊙ quot[node] (+ rel[node])
@@ -168,28 +202,31 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
             if r is not None and name in keep:
                 kept[name] = r
             continue
-        ins = [acts[i] for i in node.inputs]
-        out = acts.pop(name)
         if r is None and s is None:
+            acts.pop(name, None)
             continue
-        if s is not None and (conservation or name in keep):
-            r, s = relevance_of(engine, r, s, out), None
-        if conservation:
-            sums[name] = _sample_sum(engine, r)
-        if name in keep:
-            kept[name] = r
-        rule = rules.get(name)
-        if rule is None:
-            raise UnsupportedError(f"node {name!r} ({node.op}) has no rule")
-        ctx = NodeContext(engine, node, ins, out, engine.node_params(node, ins),
-                          [i in fixed for i in node.inputs], ops[node.op].category,
-                          [i in nonneg for i in node.inputs],
-                          [k == gated.get(name) for k in range(len(node.inputs))])
-        want = [takes.get(i, False) for i in node.inputs]
-        back = rule.carry(ctx, s, r, want) if takes[name] else None
-        if back is None:
-            want = [False] * len(node.inputs)
-            back = rule(ctx, relevance_of(engine, r, s, out))
+        with engine.ordered_after(s if r is None else r):     # (a traced pass: no rule op runs before it)
+            out = _value(name, acts, recompute, graph, engine)
+            del acts[name]
+            ins = [_value(i, acts, recompute, graph, engine) for i in node.inputs]
+            if s is not None and (conservation or name in keep):
+                r, s = relevance_of(engine, r, s, out), None
+            if conservation:
+                sums[name] = _sample_sum(engine, r)
+            if name in keep:
+                kept[name] = r
+            rule = rules.get(name)
+            if rule is None:
+                raise UnsupportedError(f"node {name!r} ({node.op}) has no rule")
+            ctx = NodeContext(engine, node, ins, out, engine.node_params(node, ins),
+                              [i in fixed for i in node.inputs], ops[node.op].category,
+                              [i in nonneg for i in node.inputs],
+                              [k == gated.get(name) for k in range(len(node.inputs))])
+            want = [takes.get(i, False) for i in node.inputs]
+            back = rule.carry(ctx, s, r, want) if takes[name] else None
+            if back is None:
+                want = [False] * len(node.inputs)
+                back = rule(ctx, relevance_of(engine, r, s, out))
         if len(back) != len(node.inputs):
             raise UnsupportedError(f"rule {rule.name!r} returned {len(back)} relevances for node {name!r} "
                                    f"with {len(node.inputs)} inputs")

@@ -8,6 +8,8 @@ hands each engine the registry's table (this module never reads the registry).
 """
 from __future__ import annotations
 
+import contextlib
+
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -320,6 +322,25 @@ class Engine:
         if not self.isfinite_all(z):
             z = self.where(s == 0, self.zeros_like(z), z)
         return z * s
+
+    def vacate(self, x):
+        """Free ``x``'s memory but keep the array object as a shell that :meth:`recompute` fills again, so that
+        caches keyed by the array's identity (the torch engine's max-pool indices) stay valid; None: this
+        engine keeps no shells (the pass drops the array)."""
+        return None
+
+    def recompute(self, node, inputs: Sequence[Any], params: dict, shell=None):
+        """The node's forward value again, in the backward pass, for a value not held from the forward pass
+        (:func:`attribx.liveness.recomputed_values`); in ``shell`` (from :meth:`vacate`) where given."""
+        return self.forward(node, inputs, params)
+
+    def ordered_after(self, value):
+        """A context in which the backward pass computes one node's step, once ``value`` (the relevance that
+        reached the node) exists. Run op by op, that is already so; an engine that compiles the whole pass into
+        a dataflow graph makes the step's ops wait for ``value``: else they run as soon as their forward inputs
+        exist (a denominator z + ε sign z, a recomputed ReLU) and are held until the backward pass gets there,
+        and the compiler merges a recomputed value with the forward pass's."""
+        return contextlib.nullcontext()
 
     #: whether :meth:`shape_stub` gives stubs (the pass plans releases only then)
     releases_values: ClassVar[bool] = False

@@ -654,7 +654,7 @@ class ZBox(AffineRule):
         mix = Mod(lambda w: lo * eng.clip(w, 0, None) + hi * eng.clip(w, None, 0), None)
         one = eng.ones_like(x[:1])
         c = op.term([one], mix, KEEP)          # F(1; M) + b, broadcast over the batch
-        s = eng.divide_stabilized(R, op.ctx.output - c, self.stabilizer)
+        s = eng.divide_stabilized_into(R, op.ctx.output - c, self.stabilizer)
         # [Wᵀs, Mᵀs] as one transposed op with [W, M] stacked along the input axis: an image model's first
         # conv has few input channels, and its transposed op costs about the same for twice as many
         w = op.ctx.params["weight"]

@@ -151,6 +151,13 @@ class TensorFlowEngine(Engine):
                 return fn(list(inputs), params)
             return super().forward(node, inputs, params)
 
+    def ordered_after(self, value):
+        """While tracing: a control dependency on ``value`` for the ops of the node's step (see the base class;
+        it also keeps grappler from merging a recomputed ReLU with the forward pass's)."""
+        if self.tracing and self._is_tensor(value) and not _tf().executing_eagerly():
+            return _tf().control_dependencies([value])
+        return super().ordered_after(value)
+
     def vjp(self, node, inputs: Sequence[Any], grad, params: dict | None = None, output=None) -> list:
         with self.placement():
             params = self.node_params(node, inputs) if params is None else params

@@ -353,6 +353,24 @@ class TorchEngine(Engine):
             return torch.add(a, b, alpha=alpha, out=b)
         return a + alpha * b
 
+    def vacate(self, x):
+        """The tensor itself with its storage dropped (``set_()``: an empty tensor), for a tensor that owns its
+        whole storage (else None). :meth:`recompute` points it at the new values: the max pool's indices, kept
+        by the identity of its input (``kernels._MAX_INDICES``), are then found again."""
+        torch = _torch()
+        if not isinstance(x, torch.Tensor) or x.requires_grad or x._base is not None or x.is_meta \
+                or x.untyped_storage().nbytes() != x.numel() * x.element_size():
+            return None
+        return x.set_()
+
+    def recompute(self, node, inputs: Sequence[Any], params: dict, shell=None):
+        """The forward kernel's value, in ``shell`` where given (the same tensor object, holding new storage)."""
+        value = self.forward(node, inputs, params)
+        if shell is None or not isinstance(value, _torch().Tensor) or value.dtype != shell.dtype \
+                or value.device != shell.device:
+            return value
+        return shell.set_(value)
+
     releases_values = True
 
     def shape_stub(self, x):
