@@ -20,8 +20,8 @@ Every (model, method) cell measures:
   timed call;
 * ``peak_allocated``: the peak of the memory the engine's allocator handed out during one explain call,
   above what was allocated before it: ``tracemalloc`` for the numpy engine (numpy reports its arrays to it),
-  ``torch.cuda.max_memory_allocated`` for torch on CUDA; NaN where no allocator reports its peak (torch and
-  TensorFlow on the CPU);
+  ``torch.cuda.max_memory_allocated`` for torch on CUDA, TF's allocator statistics for TensorFlow
+  (:meth:`attribx.engines.Engine.allocated_peak`); NaN where no allocator reports its peak (torch on the CPU);
 * ``peak_rss``: the peak rise of the process's resident memory during one explain call (Linux): the kernel's
   high-water mark ``VmHWM``, reset by writing ``5`` to ``/proc/self/clear_refs`` just before the call,
   minus ``VmRSS`` at that moment, after glibc handed its free heap back (``malloc_trim``) so that memory
@@ -340,6 +340,9 @@ def measure_memory(eng, run: Callable[[], Any]) -> dict:
         out["peak_allocated"] = float(torch.cuda.max_memory_allocated(cuda) - base)
     elif getattr(eng, "name", None) == "numpy":
         out["peak_allocated"] = _traced_peak(run)
+    else:
+        peak = eng.allocated_peak(run) if hasattr(eng, "allocated_peak") else None
+        out["peak_allocated"] = float("nan") if peak is None else float(peak)
     return out
 
 
@@ -413,7 +416,8 @@ SCALARS = {
     "seconds_per_sample": ("median over the repeats of explain() wall time over all samples / samples (after a "
                            "warm-up call)", "s"),
     "peak_allocated": ("peak allocated during one explain() call above what was allocated before: tracemalloc "
-                       "(numpy engine), torch.cuda.max_memory_allocated (torch on CUDA); NaN on other engines",
+                       "(numpy engine), torch.cuda.max_memory_allocated (torch on CUDA), TF's allocator statistics "
+                       "(TensorFlow); NaN on other engines",
                        "bytes"),
     "peak_rss": ("peak rise of the process's resident memory during one explain() call (VmHWM after a reset "
                  "through /proc/self/clear_refs, minus VmRSS then)", "bytes"),
@@ -576,7 +580,8 @@ def table_notes(ds: xr.Dataset, model: str | None = None) -> list[str]:
                      f"samples (after a warm-up call), per sample.")
     if "peak_allocated" in ds and not np.isnan(sub["peak_allocated"].values).all():
         notes.append("peak allocated: the allocator's peak during one explain() call above what it held before "
-                     "(tracemalloc on the numpy engine, torch.cuda.max_memory_allocated on CUDA).")
+                     "(tracemalloc on the numpy engine, torch.cuda.max_memory_allocated on CUDA, TF's allocator "
+                     "statistics for TensorFlow).")
     if "peak_rss" in ds and not np.isnan(sub["peak_rss"].values).all():
         notes.append("peak RSS rise: the process's resident-memory high-water mark during one explain() call minus "
                      "its resident memory before (Linux VmHWM, reset through /proc/self/clear_refs); host memory "

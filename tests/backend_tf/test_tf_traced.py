@@ -5,6 +5,7 @@ signature (never again for new values, targets or engines), and runs eagerly whe
 by reason."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -240,3 +241,35 @@ def test_every_method_traces_with_the_eager_numbers(name):
         got = attribx.explain(graph, x, method, engine=compiled(), **params).values
         assert traced.FALLBACKS["untraceable"] == before, f"{name} {method}: not traceable"
         close(got, want, 1e-9, f"{name} {method}")
+
+
+def _deep_cnn():
+    keras.utils.set_random_seed(5)
+    layers = [keras.Input((24, 24, 3))]
+    for _ in range(6):
+        layers.append(keras.layers.Conv2D(16, 3, padding="same", activation="relu"))
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)]
+    return keras.Sequential(layers)
+
+
+def test_ordered_steps_hold_less_than_a_pass_tf_may_run_in_any_order(monkeypatch):
+    """Each node's step waits for the relevance that reaches it (``Engine.ordered_after``); without that, TF's
+    executor runs every step that needs only forward values (αβ's positive and negative parts of each layer) as
+    soon as the forward pass made them, and holds all of them. Peaks from TF's allocator
+    (``Engine.allocated_peak``, what ``attribx benchmark`` reports as ``peak_allocated``)."""
+    from attribx.benchmark import measure_memory
+    graph = attribx.translate(_deep_cnn())
+    x = np.random.default_rng(0).normal(size=(8, 24, 24, 3)).astype(np.float32)
+    eng = compiled()
+
+    def peak():
+        run = lambda: attribx.explain(graph, x, "lrp.epsilon_alpha2_beta1", target=0, engine=eng)   # noqa: E731
+        run()
+        return measure_memory(eng, run)["peak_allocated"]
+    ordered = peak()
+    monkeypatch.setattr(TensorFlowEngine, "ordered_after", lambda self, value: contextlib.nullcontext())
+    traced.clear()
+    unordered = peak()
+    activation = x.size / 3 * 16 * 4                  # one layer's output, bytes
+    assert np.isfinite(ordered) and ordered > activation
+    assert ordered < unordered - 2 * activation, (ordered / activation, unordered / activation)

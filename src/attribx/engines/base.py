@@ -334,6 +334,11 @@ class Engine:
         (:func:`attribx.liveness.recomputed_values`); in ``shell`` (from :meth:`vacate`) where given."""
         return self.forward(node, inputs, params)
 
+    def allocated_peak(self, run: Callable[[], Any]) -> float | None:
+        """The peak of the memory this engine's allocator handed out while ``run()`` ran, above what it held
+        before (bytes); None where the allocator reports no peak (:func:`attribx.benchmark.measure_memory`)."""
+        return None
+
     def ordered_after(self, value):
         """A context in which the backward pass computes one node's step, once ``value`` (the relevance that
         reached the node) exists. Run op by op, that is already so; an engine that compiles the whole pass into

@@ -151,6 +151,21 @@ class TensorFlowEngine(Engine):
                 return fn(list(inputs), params)
             return super().forward(node, inputs, params)
 
+    def allocated_peak(self, run):
+        """TF's own allocator statistics (``tf.config.experimental.get_memory_info``) on the engine's device (the
+        first GPU where TF places ops by default, else the CPU). TF keeps freed blocks in its pool, so the
+        resident set says little about one call's peak."""
+        tf = _tf()
+        name = (self.device or ("GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"))
+        name = name.split("device:")[-1].lstrip("/")
+        try:
+            tf.config.experimental.reset_memory_stats(name)
+            base = tf.config.experimental.get_memory_info(name)["current"]
+            run()
+            return float(tf.config.experimental.get_memory_info(name)["peak"] - base)
+        except (ValueError, RuntimeError):          # a device whose allocator keeps no statistics
+            return None
+
     def ordered_after(self, value):
         """While tracing: a control dependency on ``value`` for the ops of the node's step (see the base class;
         it also keeps grappler from merging a recomputed ReLU with the forward pass's)."""
