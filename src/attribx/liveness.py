@@ -1,10 +1,10 @@
 """Activations the relevance pass does not hold from the forward pass to the backward pass.
 
-Two kinds. Values read only for their shape are released (below). Values of cheap elementwise ops (a ReLU)
-are dropped once their forward consumers ran and computed again from their input when the backward pass
-reaches them (:func:`recomputed_values`): the input (a conv's output, which its rule reads anyway) is held
-until then, so a conv and its ReLU cost one stored array, as in the framework's own gradient pass, at the cost
-of one more ReLU pass. The same kernel on the same input gives the same bits: the numbers do not change.
+Two kinds. Values read only for their shape are released (below). Values of cheap ops (a ReLU, a concat, a
+transpose) are dropped once their forward consumers ran and computed again from their inputs when the backward
+pass reaches them (:func:`recomputed_values`): the inputs (a conv's output, which its rule reads anyway) are
+held until then, so a conv and its ReLU cost one stored array, as in the framework's own gradient pass, at the
+cost of one more ReLU pass. The same kernel on the same inputs gives the same bits: the numbers do not change.
 
 Released values:
 
@@ -75,23 +75,27 @@ def released_values(graph, rules: Mapping[str, Any], takes: Mapping[str, bool], 
     return out
 
 
-#: ops whose value the relevance pass computes again from their one input rather than hold it (one cheap
-#: elementwise pass each; exact: the same kernel on the same input)
-RECOMPUTED_OPS = frozenset({"relu", "leaky_relu", "clip"})
+#: ops whose value the relevance pass computes again from its inputs rather than hold it: one elementwise pass
+#: or copy each (exact: the same kernel on the same inputs). Activations other than these cost more (an exp, an
+#: erf) and are held.
+RECOMPUTED_OPS = frozenset({"relu", "leaky_relu", "clip", "concat", "pad", "transpose", "reshape", "flatten",
+                            "slice", "identity"})
 
 
 def recomputed_values(graph, order: Collection[str], start: str, released: Collection[str] = ()) -> set[str]:
-    """The values of ``order`` that the pass recomputes in the backward pass (:data:`RECOMPUTED_OPS`): the
-    node's one input is a graph input or a value held until the backward pass is past the node (not released,
-    not itself recomputed), and the node's value has forward consumers (else it is not dropped early)."""
+    """The values of ``order`` that the pass recomputes in the backward pass (:data:`RECOMPUTED_OPS`): each of
+    the node's inputs is a graph input, a value held until the backward pass is past the node (not released), or
+    itself recomputed (a concat of ReLUs: from the convs' outputs); and the node's value has forward consumers
+    (else it is not dropped early). A recomputed value is kept from its first use in the backward pass until the
+    pass reaches its node."""
     running = set(order)
     held = {v.name for v in graph.inputs} | {n for n in running if n not in released}
     consumers = graph.consumers()
     out: set[str] = set()
     for name in order:
         node = graph[name]
-        if (name == start or node.op not in RECOMPUTED_OPS or len(node.inputs) != 1
-                or node.inputs[0] not in held or node.inputs[0] in out):
+        if name == start or node.op not in RECOMPUTED_OPS or not node.inputs \
+                or not all(i in held for i in node.inputs):
             continue
         if any(c in running for c in consumers.get(name, ())):
             out.add(name)

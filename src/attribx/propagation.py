@@ -128,12 +128,13 @@ RECOMPUTE = True
 
 
 def _value(name: str, acts: dict, recompute: Collection[str], graph, engine):
-    """The forward value ``name``: held in ``acts``, or computed again from its input (held) and kept there."""
+    """The forward value ``name``: held in ``acts``, or computed again from its inputs (held or recomputed in
+    turn) and kept there."""
     held = acts[name] if name in acts or name not in recompute else None
     if held is not None and not isinstance(held, Vacated):
         return held
     node = graph[name]
-    inputs = [_value(node.inputs[0], acts, recompute, graph, engine)]
+    inputs = [_value(i, acts, recompute, graph, engine) for i in node.inputs]
     acts[name] = engine.recompute(node, inputs, engine.node_params(node, inputs),
                                   held.shell if held is not None else None)
     return acts[name]
