@@ -127,7 +127,7 @@ RELEASE = True
 #: reaches the node: its terms that need only forward values (αβ's parts, a denominator) overlap the steps above
 #: it on another core (TF's inter-op threads), and at most that many steps' terms are held early. 0: strictly in
 #: order (least memory; on 2 cores TF MobileNetV2 α2β1 takes 2.76× TF's gradient pass at 1.26× its memory, with
-#: 2: 2.76× at 1.57×, εγ 2.27× → 2.00× at 1.03× → 1.51×; unordered: 2.27×, 1.88× at 4.5×, 3.4×)
+#: 2: 2.76× at 1.57×, εγ 2.27× → 2.00× at 1.03× → 1.51×; unordered: 2.27×, 1.88× at 4.0×, 3.4×)
 LOOKAHEAD = 2
 #: recompute cheap elementwise values (a ReLU's) from their input in the backward pass instead of holding them
 #: (:func:`attribx.liveness.recomputed_values`); False: hold them (the tests compare the two)

@@ -341,10 +341,11 @@ class Engine:
 
     def ordered_after(self, value):
         """A context in which the backward pass computes one node's step, once ``value`` (the relevance that
-        reached a node a few steps back: :data:`attribx.propagation.LOOKAHEAD`) exists. Run op by op, that is already so; an engine that compiles the whole pass into
-        a dataflow graph makes the step's ops wait for ``value``: else they run as soon as their forward inputs
-        exist (a denominator z + ε sign z, a recomputed ReLU) and are held until the backward pass gets there,
-        and the compiler merges a recomputed value with the forward pass's."""
+        reached a node a few steps back: :data:`attribx.propagation.LOOKAHEAD`) exists. Run op by op, that is
+        already so; an engine that compiles the whole pass into a dataflow graph makes the step's ops wait for
+        ``value``: else they run as soon as their forward inputs exist (a denominator z + ε sign z, a recomputed
+        ReLU) and are held until the backward pass gets there, and the compiler merges a recomputed value with
+        the forward pass's."""
         return contextlib.nullcontext()
 
     #: whether :meth:`shape_stub` gives stubs (the pass plans releases only then)
