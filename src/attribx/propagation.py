@@ -198,7 +198,8 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
     bounds = value_bounds(graph)
     nonneg = nonnegative_values(graph, bounds)
     gated = gated_products(graph, bounds)
-    reached = collections.deque(maxlen=LOOKAHEAD + 1)    # what reached the last steps' nodes, oldest first
+    ahead = engine.steps_ahead(LOOKAHEAD)
+    reached = collections.deque(maxlen=ahead + 1)    # what reached the last steps' nodes, oldest first
     for name in reversed(order):
         node = graph[name]
         r, s = rel.pop(name, None), quot.pop(name, None)
@@ -215,7 +216,7 @@ def propagate(graph, engine, x, rules: Mapping[str, Any], init: Callable[[Any], 
             acts.pop(name, None)
             continue
         reached.append(s if r is None else r)
-        # a compiled pass runs this step once the relevance reached the node LOOKAHEAD steps back
+        # a compiled pass runs this step once the relevance reached the node ``ahead`` steps back
         with engine.ordered_after(reached[0]):
             out = _value(name, acts, recompute, graph, engine)
             del acts[name]

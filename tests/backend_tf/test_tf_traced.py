@@ -278,3 +278,13 @@ def test_ordered_steps_hold_less_than_a_pass_tf_may_run_in_any_order(monkeypatch
     assert np.isfinite(strict) and strict > activation
     assert strict < ahead - activation and ahead < unordered - 2 * activation, \
         (strict / activation, ahead / activation, unordered / activation)
+
+
+@pytest.mark.parametrize("threads, ahead", [(1, 0), (4, 2), (0, None)])
+def test_steps_run_ahead_only_where_another_thread_can_run_them(monkeypatch, threads, ahead):
+    """With one inter-op thread TF runs one op at a time: a step run early is only held longer."""
+    import os
+    monkeypatch.setattr(tf.config.threading, "get_inter_op_parallelism_threads", lambda: threads)
+    if ahead is None:                                       # TF's default (0): one per core
+        ahead = 2 if (os.cpu_count() or 1) > 1 else 0
+    assert compiled().steps_ahead(2) == ahead

@@ -339,6 +339,11 @@ class Engine:
         before (bytes); None where the allocator reports no peak (:func:`attribx.benchmark.measure_memory`)."""
         return None
 
+    def steps_ahead(self, default: int) -> int:
+        """How many steps before the backward pass reaches a node :meth:`ordered_after` may let its step run
+        (``default``: :data:`attribx.propagation.LOOKAHEAD`): worth it only where another core runs them."""
+        return default
+
     def ordered_after(self, value):
         """A context in which the backward pass computes one node's step, once ``value`` (the relevance that
         reached a node a few steps back: :data:`attribx.propagation.LOOKAHEAD`) exists. Run op by op, that is

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -165,6 +166,13 @@ class TensorFlowEngine(Engine):
             return float(tf.config.experimental.get_memory_info(name)["peak"] - base)
         except (ValueError, RuntimeError):          # a device whose allocator keeps no statistics
             return None
+
+    def steps_ahead(self, default: int) -> int:
+        """0 where TF runs one op at a time (inter-op parallelism 1, or one core): steps run early would then
+        only be held longer, at no gain in time (MobileNetV2 α2β1: 3.97× TF's gradient pass unordered, 3.86×
+        two steps ahead)."""
+        threads = _tf().config.threading.get_inter_op_parallelism_threads() or (os.cpu_count() or 1)
+        return default if threads > 1 else 0
 
     def ordered_after(self, value):
         """While tracing: a control dependency on ``value`` for the ops of the node's step (see the base class;
