@@ -34,7 +34,7 @@ def test_the_cheap_ops_are_planned_and_nothing_else():
     assert {graph[n].op for n in _planned(graph)} == {"relu", "slice", "concat", "flatten"}
     assert len([n for n in _planned(graph) if graph[n].op == "relu"]) == 4
     graph, _ = zoo_graph()
-    assert {graph[n].op for n in _planned(graph)} == {"leaky_relu", "pad", "clip", "transpose", "reshape",
+    assert {graph[n].op for n in _planned(graph)} == {"leaky_relu", "pad", "clip", "transpose", "reshape", "mul",
                                                       "concat", "identity", "flatten"}
 
 

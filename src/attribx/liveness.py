@@ -83,7 +83,8 @@ RECOMPUTED_OPS = frozenset({"relu", "leaky_relu", "clip", "concat", "pad", "tran
 
 
 def recomputed_values(graph, order: Collection[str], start: str, released: Collection[str] = ()) -> set[str]:
-    """The values of ``order`` that the pass recomputes in the backward pass (:data:`RECOMPUTED_OPS`): each of
+    """The values of ``order`` that the pass recomputes in the backward pass (:data:`RECOMPUTED_OPS`, and a
+    product by a constant: attention scores scaled by 1/√d): each of
     the node's inputs is a graph input, a value held until the backward pass is past the node (not released), or
     itself recomputed (a concat of ReLUs: from the convs' outputs); and the node's value has forward consumers
     (else it is not dropped early). A recomputed value is kept from its first use in the backward pass until the
@@ -94,7 +95,8 @@ def recomputed_values(graph, order: Collection[str], start: str, released: Colle
     out: set[str] = set()
     for name in order:
         node = graph[name]
-        if name == start or node.op not in RECOMPUTED_OPS or not node.inputs \
+        scaled = node.op == "mul" and any(i in graph and graph[i].op == "constant" for i in node.inputs)
+        if name == start or name in released or not (node.op in RECOMPUTED_OPS or scaled) or not node.inputs \
                 or not all(i in held for i in node.inputs):
             continue
         if any(c in running for c in consumers.get(name, ())):
