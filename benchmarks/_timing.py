@@ -90,16 +90,14 @@ def peak_rss_growth(run):
     return (_status("VmHWM") - base) / 1024
 
 
-def peak_tf_growth(run, device="CPU:0"):
-    """Peak growth of TensorFlow's allocated memory on ``device`` during one call of ``run`` (MiB), from TF's own
-    allocator statistics (``tf.config.experimental.get_memory_info``). TF keeps the blocks that a warm-up call
-    freed in its pool, so the resident set hardly grows on later calls and says nothing about a call's peak."""
-    import tensorflow as tf
+def peak_tf_growth(run, engine):
+    """Peak growth of TensorFlow's allocated memory during one call of ``run`` (MiB), on the device of ``engine`` (a
+    TF engine: :meth:`attribx_tf.engine.TensorFlowEngine.allocated_peak`, TF's own allocator statistics). TF keeps
+    the blocks that a warm-up call freed in its pool, so the resident set hardly grows on later calls and says
+    nothing about a call's peak."""
     gc.collect()
-    tf.config.experimental.reset_memory_stats(device)
-    base = tf.config.experimental.get_memory_info(device)["current"]
-    run()
-    return (tf.config.experimental.get_memory_info(device)["peak"] - base) / 2**20
+    peak = engine.allocated_peak(run)
+    return None if peak is None else peak / 2**20
 
 
 def peak_cuda_growth(run, sync):

@@ -154,7 +154,7 @@ def measure(framework, name, size, batch, device, methods, repeat, memory=True):
 
     def peak(run):
         if framework == "keras":
-            return _timing.peak_tf_growth(run, "GPU:0" if cuda else "CPU:0")
+            return _timing.peak_tf_growth(run, engine)
         return _timing.peak_cuda_growth(run, sync) if cuda else _timing.peak_rss_growth(run)
     base()
     rec["methods"], runs = {}, {}

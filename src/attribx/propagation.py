@@ -83,13 +83,15 @@ def run_forward(graph, engine, x, upto: str | None = None, masks: Mapping[str, A
             release.discard(node.name)          # its rule must find the zero units: kept
         for i in set(node.inputs) & (release | recompute):
             waiting[i] -= 1
-            if waiting[i] == 0 and i in recompute:
+            if waiting[i]:
+                continue
+            if i in recompute:
                 shell = None if id(acts[i]) in shared else engine.vacate(acts[i])
                 if shell is None:
                     del acts[i]
                 else:
                     acts[i] = Vacated(shell)
-            elif waiting[i] == 0:
+            else:
                 stub = engine.shape_stub(acts[i])
                 if stub is not None:
                     acts[i] = stub
@@ -129,15 +131,16 @@ RELEASE = True
 #: order (least memory; on 2 cores TF MobileNetV2 α2β1 takes 2.76× TF's gradient pass at 1.26× its memory, with
 #: 2: 2.76× at 1.57×, εγ 2.27× → 2.00× at 1.03× → 1.51×; unordered: 2.27×, 1.88× at 4.0×, 3.4×)
 LOOKAHEAD = 2
-#: recompute cheap elementwise values (a ReLU's) from their input in the backward pass instead of holding them
-#: (:func:`attribx.liveness.recomputed_values`); False: hold them (the tests compare the two)
+#: recompute cheap values (a ReLU's, a concat's: :data:`attribx.liveness.RECOMPUTED_OPS`) from their inputs in
+#: the backward pass instead of holding them (:func:`attribx.liveness.recomputed_values`); False: hold them (the
+#: tests compare the two)
 RECOMPUTE = True
 
 
 def _value(name: str, acts: dict, recompute: Collection[str], graph, engine):
     """The forward value ``name``: held in ``acts``, or computed again from its inputs (held or recomputed in
     turn) and kept there."""
-    held = acts[name] if name in acts or name not in recompute else None
+    held = acts.get(name) if name in recompute else acts[name]
     if held is not None and not isinstance(held, Vacated):
         return held
     node = graph[name]

@@ -9,7 +9,6 @@ hands each engine the registry's table (this module never reads the registry).
 from __future__ import annotations
 
 import contextlib
-
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
